@@ -1,0 +1,118 @@
+//! The facts Panshi commits to its log. Each event is a complete, self-contained fact: replay
+//! never depends on an allocation algorithm, a clock or a random source, so the same log
+//! always rebuilds the same state. storage/ frames and versions these; it never interprets them.
+
+use bincode::{Decode, Encode};
+
+use crate::ids::{CardId, OrderId, Sku};
+use crate::money::Currency;
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Event {
+    ProductCreated(Product),
+    /// Keys already deduplicated against the SKU; ids are `first_card_id ..` in order.
+    CardsImported {
+        sku: Sku,
+        first_card_id: CardId,
+        keys: Vec<String>,
+    },
+    OrderCreated(Box<NewOrder>),
+    PaymentApplied {
+        order_id: OrderId,
+        payment: Payment,
+        at_ms: u64,
+        fulfilment: Fulfilment,
+    },
+    OrderExpired {
+        order_id: OrderId,
+        at_ms: u64,
+    },
+}
+
+impl Event {
+    /// The order an event concerns, if any: the unit of per-order serialisation.
+    pub fn order_id(&self) -> Option<&OrderId> {
+        match self {
+            Event::OrderCreated(order) => Some(&order.order_id),
+            Event::PaymentApplied { order_id, .. } | Event::OrderExpired { order_id, .. } => {
+                Some(order_id)
+            }
+            Event::ProductCreated(_) | Event::CardsImported { .. } => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Product {
+    pub sku: Sku,
+    pub name: String,
+    pub price_cents: u64,
+    pub currency: Currency,
+    pub created_at_ms: u64,
+}
+
+/// A created order, with the keys reserved for it and everything its first answer showed.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct NewOrder {
+    pub order_id: OrderId,
+    /// Secret for buyer lookups, 128 random bits in hex.
+    pub token: String,
+    pub trace_id: String,
+    pub sku: Sku,
+    pub quantity: u32,
+    pub amount_cents: u64,
+    pub currency: Currency,
+    pub contact: String,
+    /// The channel the buyer asked for (a channel name or a payment method).
+    pub channel: String,
+    /// The channel chosen and the URL where the buyer pays.
+    pub payment_channel: String,
+    pub payment_url: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub cards: Vec<CardId>,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An `Idempotency-Key` and a fingerprint of the request it first came with.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: u64,
+}
+
+/// A verified payment: which gateway transaction paid how much.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Payment {
+    pub channel: String,
+    pub gateway_trade_no: String,
+    pub amount_cents: u64,
+}
+
+impl Payment {
+    pub fn same_transaction(&self, other: &Payment) -> bool {
+        self.channel == other.channel && self.gateway_trade_no == other.gateway_trade_no
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Fulfilment {
+    /// Delivered: the order's reserved keys, plus `newly_reserved` for a late payment.
+    Delivered { newly_reserved: Vec<CardId> },
+    /// Paid but not fulfillable; an operator must act (restock and deliver, or refund).
+    ManualReview { reason: ReviewReason },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ReviewReason {
+    /// The payment arrived after the reservation lapsed and the stock was gone.
+    SoldOutAfterLapse,
+}
+
+impl ReviewReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewReason::SoldOutAfterLapse => "sold_out_after_lapse",
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Identifiers. Each is a newtype so that two of them can never be swapped silently.
+
+use bincode::{Decode, Encode};
+use std::fmt;
+
+use crate::Rejection;
+
+/// Longest order id: the payment protocols' `out_trade_no` (epusdt takes at most 32).
+pub const ORDER_ID_LEN_MAX: usize = 32;
+/// Longest SKU.
+pub const SKU_LEN_MAX: usize = 64;
+
+fn is_id_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')
+}
+
+fn valid_id(text: &str, len_max: usize) -> bool {
+    !text.is_empty() && text.len() <= len_max && text.bytes().all(is_id_char)
+}
+
+/// An order's id, `^[A-Za-z0-9._-]{1,32}$`; it is the gateways' `out_trade_no`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+pub struct OrderId(String);
+
+impl OrderId {
+    pub fn parse(text: &str) -> Result<Self, Rejection> {
+        if valid_id(text, ORDER_ID_LEN_MAX) {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(Rejection::InvalidOrderId)
+        }
+    }
+
+    /// Builds the id of a new order from its creation time and 64 random bits: sortable by
+    /// time, and unique without coordination (27 characters).
+    pub fn generate(created_at_ms: u64, random: u64) -> Self {
+        let id = format!("{created_at_ms:011x}{random:016x}");
+        debug_assert!(valid_id(&id, ORDER_ID_LEN_MAX));
+        Self(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A product's stock-keeping unit, `^[A-Za-z0-9._-]{1,64}$`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+pub struct Sku(String);
+
+impl Sku {
+    pub fn parse(text: &str) -> Result<Self, Rejection> {
+        if valid_id(text, SKU_LEN_MAX) {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(Rejection::InvalidSku)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A card key's identity: dense, assigned at import from 1 upwards, never reused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode, Debug)]
+pub struct CardId(pub u64);
+
+macro_rules! display_as_str {
+    ($($name:ident),*) => {$(
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+    )*};
+}
+display_as_str!(OrderId, Sku);
+
+/// Formats 128 random bits as 32 lowercase hex digits (tokens and trace ids).
+pub fn hex128(random: u128) -> String {
+    format!("{random:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_follow_the_contract_pattern() {
+        assert!(OrderId::parse("abc-DEF_1.2").is_ok());
+        assert!(OrderId::parse("").is_err());
+        assert!(OrderId::parse(&"a".repeat(33)).is_err());
+        assert!(OrderId::parse("a b").is_err());
+        assert!(OrderId::parse("a/b").is_err());
+        let id = OrderId::generate(u64::MAX >> 20, u64::MAX);
+        assert!(id.as_str().len() <= ORDER_ID_LEN_MAX);
+        assert!(OrderId::parse(id.as_str()).is_ok());
+    }
+}

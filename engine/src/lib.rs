@@ -1,0 +1,30 @@
+//! Panshi's engine: the pure, deterministic domain of an auto-delivery card shop.
+//!
+//! It holds the order state machine (one transition table), the card-pool shard logic, money
+//! parsing, card-import parsing, payment-signature rules, the events committed to the log,
+//! and `ShopState`, which folds those events and checks every invariant.
+//!
+//! Invariants: no key is ever held by two orders; per SKU, imported = available + reserved +
+//! sold; a paid order ends delivered or in manual review; money is integer minor units.
+//!
+//! Design decision: the engine does no I/O, reads no clock and draws no randomness. Time, ids
+//! and random values come in as arguments and effects go out as values, so the same inputs
+//! always give the same outputs: the simulator replays a seed exactly, and `panshi audit`
+//! re-derives the shop from the log with the very code that ran it.
+
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod import;
+pub mod money;
+pub mod order;
+pub mod payment;
+pub mod pool;
+pub mod state;
+
+pub use error::Rejection;
+pub use events::{Event, Fulfilment, Idempotency, NewOrder, Payment, Product, ReviewReason};
+pub use ids::{CardId, OrderId, Sku};
+pub use money::Currency;
+pub use order::{Order, OrderStatus};
+pub use state::{OrderRecord, ShopState, Stock, Violation};

@@ -1,0 +1,503 @@
+//! `ShopState`: the whole shop as the log describes it. Pure: `apply` folds one committed
+//! event in, refusing (and leaving the state untouched) any event that would break an
+//! invariant; `check` re-derives every invariant from scratch. storage/ mirrors it into sled,
+//! `panshi audit` and the simulator replay logs through it, and the actors are seeded from it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bincode::{Decode, Encode};
+
+use crate::events::{Event, Fulfilment, NewOrder, Payment, Product, ReviewReason};
+use crate::ids::{CardId, OrderId, Sku};
+use crate::order::{transition, Order, OrderEventKind, OrderStatus};
+
+/// An event that must never have been committed, or a broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)*) => {
+        if !$cond {
+            return Err(Violation(format!($($fmt)*)));
+        }
+    };
+}
+
+/// Per-SKU key counts. Conservation: imported = available + reserved + sold.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Stock {
+    pub imported: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+}
+
+impl Stock {
+    pub fn is_conserved(&self) -> bool {
+        self.available + self.reserved + self.sold == self.imported
+    }
+}
+
+pub struct ProductState {
+    pub product: Product,
+    pub stock: Stock,
+    keys: HashSet<Box<str>>,
+}
+
+impl ProductState {
+    pub fn has_key(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Holder {
+    Available,
+    Reserved(u32),
+    Sold(u32),
+}
+
+pub struct CardSlot {
+    pub sku_index: u32,
+    pub key: Box<str>,
+    pub holder: Holder,
+}
+
+/// An order as lookups show it; the sled row of an order.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct OrderRecord {
+    pub created: NewOrder,
+    pub status: OrderStatus,
+    /// Keys held: reserved while awaiting payment, sold once delivered, none once lapsed.
+    pub cards: Vec<CardId>,
+    pub payment: Option<Payment>,
+    pub paid_at_ms: Option<u64>,
+    /// When the order reached `delivered`, `expired` or `manual_review`.
+    pub settled_at_ms: Option<u64>,
+    pub review_reason: Option<ReviewReason>,
+}
+
+impl OrderRecord {
+    /// The order as its actor holds it.
+    pub fn to_order(&self) -> Order {
+        Order {
+            order_id: self.created.order_id.clone(),
+            sku: self.created.sku.clone(),
+            quantity: self.created.quantity,
+            amount_cents: self.created.amount_cents,
+            currency: self.created.currency,
+            status: self.status,
+            created_at_ms: self.created.created_at_ms,
+            expires_at_ms: self.created.expires_at_ms,
+            cards: self.cards.clone(),
+            payment: self.payment.clone(),
+        }
+    }
+}
+
+/// What an applied event changed: the rows a mirror must rewrite.
+#[derive(Default, Debug)]
+pub struct Touched {
+    pub sku: Option<Sku>,
+    pub order: Option<OrderId>,
+    pub cards: Vec<CardId>,
+}
+
+#[derive(Default)]
+pub struct ShopState {
+    products: BTreeMap<Sku, ProductState>,
+    skus: Vec<Sku>,
+    cards: Vec<CardSlot>,
+    orders: Vec<OrderRecord>,
+    order_index: HashMap<OrderId, u32>,
+    idempotency: HashMap<String, u32>,
+}
+
+impl ShopState {
+    pub fn product(&self, sku: &Sku) -> Option<&ProductState> {
+        self.products.get(sku)
+    }
+
+    pub fn products(&self) -> impl Iterator<Item = &ProductState> {
+        self.products.values()
+    }
+
+    pub fn order(&self, order_id: &OrderId) -> Option<&OrderRecord> {
+        self.order_index
+            .get(order_id)
+            .map(|index| &self.orders[*index as usize])
+    }
+
+    pub fn orders(&self) -> &[OrderRecord] {
+        &self.orders
+    }
+
+    pub fn order_by_idempotency_key(&self, key: &str) -> Option<&OrderRecord> {
+        self.idempotency
+            .get(key)
+            .map(|index| &self.orders[*index as usize])
+    }
+
+    pub fn card(&self, card: CardId) -> Option<&CardSlot> {
+        let index = card.0.checked_sub(1)?;
+        self.cards.get(usize::try_from(index).ok()?)
+    }
+
+    pub fn card_key(&self, card: CardId) -> Option<&str> {
+        self.card(card).map(|slot| &*slot.key)
+    }
+
+    pub fn cards_count(&self) -> u64 {
+        self.cards.len() as u64
+    }
+
+    /// The id the next imported key gets.
+    pub fn next_card_id(&self) -> CardId {
+        CardId(self.cards.len() as u64 + 1)
+    }
+
+    /// Available keys of a SKU, oldest first (to seed the pool shards).
+    pub fn available_cards(&self, sku: &Sku) -> Vec<CardId> {
+        let Some(sku_index) = self.skus.iter().position(|s| s == sku) else {
+            return Vec::new();
+        };
+        (1..=self.cards.len() as u64)
+            .map(CardId)
+            .filter(|id| {
+                let slot = &self.cards[(id.0 - 1) as usize];
+                slot.sku_index == sku_index as u32 && slot.holder == Holder::Available
+            })
+            .collect()
+    }
+
+    /// Folds one committed event in. On `Err` nothing changed.
+    pub fn apply(&mut self, event: &Event) -> Result<Touched, Violation> {
+        match event {
+            Event::ProductCreated(product) => self.apply_product(product),
+            Event::CardsImported {
+                sku,
+                first_card_id,
+                keys,
+            } => self.apply_import(sku, *first_card_id, keys),
+            Event::OrderCreated(order) => self.apply_order_created(order),
+            Event::PaymentApplied {
+                order_id,
+                payment,
+                at_ms,
+                fulfilment,
+            } => self.apply_payment(order_id, payment, *at_ms, fulfilment),
+            Event::OrderExpired { order_id, at_ms } => self.apply_expiry(order_id, *at_ms),
+        }
+    }
+
+    fn apply_product(&mut self, product: &Product) -> Result<Touched, Violation> {
+        ensure!(!self.products.contains_key(&product.sku), "sku {} created twice", product.sku);
+        self.skus.push(product.sku.clone());
+        self.products.insert(
+            product.sku.clone(),
+            ProductState {
+                product: product.clone(),
+                stock: Stock::default(),
+                keys: HashSet::new(),
+            },
+        );
+        Ok(Touched {
+            sku: Some(product.sku.clone()),
+            ..Touched::default()
+        })
+    }
+
+    fn apply_import(
+        &mut self,
+        sku: &Sku,
+        first_card_id: CardId,
+        keys: &[String],
+    ) -> Result<Touched, Violation> {
+        ensure!(first_card_id == self.next_card_id(), "import at {first_card_id:?} leaves a gap");
+        let sku_index = self.skus.iter().position(|s| s == sku);
+        let product = self.products.get_mut(sku);
+        let (Some(sku_index), Some(product)) = (sku_index, product) else {
+            return Err(Violation(format!("import into unknown sku {sku}")));
+        };
+        let mut fresh = HashSet::with_capacity(keys.len());
+        for key in keys {
+            ensure!(!product.keys.contains(key.as_str()), "key imported twice into {sku}");
+            ensure!(fresh.insert(key.as_str()), "key repeated inside one import into {sku}");
+        }
+        let mut touched = Touched {
+            sku: Some(sku.clone()),
+            ..Touched::default()
+        };
+        for key in keys {
+            touched.cards.push(CardId(self.cards.len() as u64 + 1));
+            product.keys.insert(key.as_str().into());
+            self.cards.push(CardSlot {
+                sku_index: sku_index as u32,
+                key: key.as_str().into(),
+                holder: Holder::Available,
+            });
+        }
+        product.stock.imported += keys.len() as u64;
+        product.stock.available += keys.len() as u64;
+        Ok(touched)
+    }
+
+    fn check_cards(&self, sku: &Sku, cards: &[CardId], holder: Holder) -> Result<(), Violation> {
+        let mut seen = HashSet::new();
+        for card in cards {
+            ensure!(seen.insert(*card), "card {card:?} listed twice in one event");
+            let slot = self
+                .card(*card)
+                .ok_or_else(|| Violation(format!("unknown card {card:?}")))?;
+            ensure!(&self.skus[slot.sku_index as usize] == sku, "card {card:?} is not of {sku}");
+            ensure!(
+                slot.holder == holder,
+                "card {card:?} is {:?}, expected {holder:?}",
+                slot.holder
+            );
+        }
+        Ok(())
+    }
+
+    fn set_holders(&mut self, cards: &[CardId], holder: Holder) {
+        for card in cards {
+            self.cards[(card.0 - 1) as usize].holder = holder;
+        }
+    }
+
+    fn apply_order_created(&mut self, order: &NewOrder) -> Result<Touched, Violation> {
+        let id = &order.order_id;
+        ensure!(!self.order_index.contains_key(id), "order {id} created twice");
+        let product = self
+            .products
+            .get(&order.sku)
+            .ok_or_else(|| Violation(format!("order {id} of unknown sku")))?;
+        ensure!(order.quantity > 0, "order {id} has quantity 0");
+        ensure!(
+            order.cards.len() == order.quantity as usize,
+            "order {id} reserves {} keys for quantity {}",
+            order.cards.len(),
+            order.quantity
+        );
+        ensure!(
+            order.amount_cents == product.product.price_cents * u64::from(order.quantity),
+            "order {id} amount is not price x quantity"
+        );
+        if let Some(idempotency) = &order.idempotency {
+            ensure!(
+                !self.idempotency.contains_key(&idempotency.key),
+                "idempotency key of order {id} used twice"
+            );
+        }
+        self.check_cards(&order.sku, &order.cards, Holder::Available)?;
+        let index = self.orders.len() as u32;
+        self.set_holders(&order.cards, Holder::Reserved(index));
+        let stock = &mut self.products.get_mut(&order.sku).expect("checked").stock;
+        stock.available -= order.cards.len() as u64;
+        stock.reserved += order.cards.len() as u64;
+        if let Some(idempotency) = &order.idempotency {
+            self.idempotency.insert(idempotency.key.clone(), index);
+        }
+        self.order_index.insert(id.clone(), index);
+        self.orders.push(OrderRecord {
+            created: order.clone(),
+            status: OrderStatus::AwaitingPayment,
+            cards: order.cards.clone(),
+            payment: None,
+            paid_at_ms: None,
+            settled_at_ms: None,
+            review_reason: None,
+        });
+        Ok(Touched {
+            sku: Some(order.sku.clone()),
+            order: Some(id.clone()),
+            cards: order.cards.clone(),
+        })
+    }
+
+    fn order_index(&self, order_id: &OrderId) -> Result<u32, Violation> {
+        self.order_index
+            .get(order_id)
+            .copied()
+            .ok_or_else(|| Violation(format!("event for unknown order {order_id}")))
+    }
+
+    fn apply_payment(
+        &mut self,
+        order_id: &OrderId,
+        payment: &Payment,
+        at_ms: u64,
+        fulfilment: &Fulfilment,
+    ) -> Result<Touched, Violation> {
+        let index = self.order_index(order_id)?;
+        let record = &self.orders[index as usize];
+        let from = record.status;
+        let paid = transition(from, OrderEventKind::PaymentConfirmed)
+            .map_err(|e| Violation(format!("order {order_id}: {e}")))?;
+        ensure!(
+            payment.amount_cents == record.created.amount_cents,
+            "order {order_id} paid {} for {}",
+            payment.amount_cents,
+            record.created.amount_cents
+        );
+        let sku = record.created.sku.clone();
+        let quantity = record.created.quantity as usize;
+        let held = record.cards.clone();
+        let lapsed = from != OrderStatus::AwaitingPayment;
+        let mut touched = Touched {
+            sku: Some(sku.clone()),
+            order: Some(order_id.clone()),
+            cards: Vec::new(),
+        };
+        let (status, review_reason) = match fulfilment {
+            Fulfilment::Delivered { newly_reserved } => {
+                let to = transition(paid, OrderEventKind::Deliver).expect("paid -> delivered");
+                if lapsed {
+                    ensure!(newly_reserved.len() == quantity, "late delivery of {order_id} short");
+                    self.check_cards(&sku, newly_reserved, Holder::Available)?;
+                } else {
+                    ensure!(newly_reserved.is_empty(), "order {order_id} reserved twice");
+                    self.check_cards(&sku, &held, Holder::Reserved(index))?;
+                }
+                (to, None)
+            }
+            Fulfilment::ManualReview { reason } => {
+                ensure!(lapsed, "order {order_id} sent to review while holding keys");
+                let to = transition(paid, OrderEventKind::SendToReview).expect("paid -> review");
+                (to, Some(*reason))
+            }
+        };
+        if let Fulfilment::Delivered { newly_reserved } = fulfilment {
+            let cards: Vec<CardId> = if lapsed { newly_reserved.clone() } else { held };
+            self.set_holders(&cards, Holder::Sold(index));
+            let stock = &mut self.products.get_mut(&sku).expect("order's sku").stock;
+            if lapsed {
+                stock.available -= cards.len() as u64;
+            } else {
+                stock.reserved -= cards.len() as u64;
+            }
+            stock.sold += cards.len() as u64;
+            self.orders[index as usize].cards = cards.clone();
+            touched.cards = cards;
+        }
+        let record = &mut self.orders[index as usize];
+        record.status = status;
+        record.payment = Some(payment.clone());
+        record.paid_at_ms = Some(at_ms);
+        record.settled_at_ms = Some(at_ms);
+        record.review_reason = review_reason;
+        Ok(touched)
+    }
+
+    fn apply_expiry(&mut self, order_id: &OrderId, at_ms: u64) -> Result<Touched, Violation> {
+        let index = self.order_index(order_id)?;
+        let record = &self.orders[index as usize];
+        let to = transition(record.status, OrderEventKind::Expire)
+            .map_err(|e| Violation(format!("order {order_id}: {e}")))?;
+        ensure!(
+            at_ms >= record.created.expires_at_ms,
+            "order {order_id} expired before its deadline"
+        );
+        let sku = record.created.sku.clone();
+        let cards = record.cards.clone();
+        self.check_cards(&sku, &cards, Holder::Reserved(index))?;
+        self.set_holders(&cards, Holder::Available);
+        let stock = &mut self.products.get_mut(&sku).expect("order's sku").stock;
+        stock.reserved -= cards.len() as u64;
+        stock.available += cards.len() as u64;
+        let record = &mut self.orders[index as usize];
+        record.status = to;
+        record.cards.clear();
+        record.settled_at_ms = Some(at_ms);
+        Ok(Touched {
+            sku: Some(sku),
+            order: Some(order_id.clone()),
+            cards,
+        })
+    }
+
+    /// Re-derives every invariant from scratch; returns each broken one.
+    pub fn check(&self) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        let mut recount: Vec<Stock> = vec![Stock::default(); self.skus.len()];
+        for slot in &self.cards {
+            let stock = &mut recount[slot.sku_index as usize];
+            stock.imported += 1;
+            match slot.holder {
+                Holder::Available => stock.available += 1,
+                Holder::Reserved(_) => stock.reserved += 1,
+                Holder::Sold(_) => stock.sold += 1,
+            }
+        }
+        for (sku_index, sku) in self.skus.iter().enumerate() {
+            let product = &self.products[sku];
+            let counted = recount[sku_index];
+            if !product.stock.is_conserved() {
+                violations.push(Violation(format!("{sku}: stock {:?} not conserved", product.stock)));
+            }
+            if product.stock != counted {
+                violations.push(Violation(format!(
+                    "{sku}: counters {:?} but the keys say {counted:?}",
+                    product.stock
+                )));
+            }
+            if product.keys.len() as u64 != counted.imported {
+                violations.push(Violation(format!("{sku}: duplicate keys imported")));
+            }
+        }
+        let mut owner: HashMap<CardId, u32> = HashMap::new();
+        for (index, record) in self.orders.iter().enumerate() {
+            let index = index as u32;
+            self.check_order(index, record, &mut owner, &mut violations);
+        }
+        violations
+    }
+
+    fn check_order(
+        &self,
+        index: u32,
+        record: &OrderRecord,
+        owner: &mut HashMap<CardId, u32>,
+        violations: &mut Vec<Violation>,
+    ) {
+        let id = &record.created.order_id;
+        let quantity = record.created.quantity as usize;
+        let expected_holder = match record.status {
+            OrderStatus::AwaitingPayment => Some(Holder::Reserved(index)),
+            OrderStatus::Delivered => Some(Holder::Sold(index)),
+            OrderStatus::Paid => {
+                violations.push(Violation(format!(
+                    "order {id} was paid but neither delivered nor in manual review"
+                )));
+                None
+            }
+            _ => None,
+        };
+        match expected_holder {
+            Some(holder) => {
+                if record.cards.len() != quantity {
+                    violations.push(Violation(format!("order {id} holds a wrong number of keys")));
+                }
+                for card in &record.cards {
+                    if let Some(other) = owner.insert(*card, index) {
+                        violations.push(Violation(format!(
+                            "card {card:?} is in orders {} and {id}",
+                            self.orders[other as usize].created.order_id
+                        )));
+                    }
+                    if self.card(*card).map(|slot| slot.holder) != Some(holder) {
+                        violations.push(Violation(format!("card {card:?} of {id} not {holder:?}")));
+                    }
+                }
+            }
+            None if !record.cards.is_empty() => {
+                violations.push(Violation(format!("{:?} order {id} holds keys", record.status)));
+            }
+            None => {}
+        }
+        if record.status.is_paid() && record.payment.is_none() {
+            violations.push(Violation(format!("order {id} is paid without a payment")));
+        }
+    }
+}
