@@ -24,7 +24,10 @@ pub enum Rejection {
     #[error("card import refused: {0}")]
     BadImport(String),
     #[error("order is {from:?}; {event:?} does not apply")]
-    InvalidTransition { from: OrderStatus, event: OrderEventKind },
+    InvalidTransition {
+        from: OrderStatus,
+        event: OrderEventKind,
+    },
     #[error("payment amount {paid_cents} does not equal the order amount {order_cents}")]
     AmountMismatch { paid_cents: u64, order_cents: u64 },
     #[error("payment signature is invalid")]

@@ -26,8 +26,9 @@ pub fn parse_import(body: &[u8]) -> Result<ParsedImport<'_>, Rejection> {
             "body is over {IMPORT_BODY_BYTES_MAX} bytes"
         )));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| Rejection::BadImport(format!("body is not UTF-8 (byte {})", e.valid_up_to())))?;
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Rejection::BadImport(format!("body is not UTF-8 (byte {})", e.valid_up_to()))
+    })?;
     let mut seen = HashSet::new();
     let mut keys = Vec::new();
     let mut duplicates_count = 0;

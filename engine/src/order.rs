@@ -59,7 +59,10 @@ impl OrderStatus {
 
     /// Whether a confirmed payment has reached this order.
     pub fn is_paid(self) -> bool {
-        matches!(self, Self::Paid | Self::Delivered | Self::ManualReview | Self::Refunded)
+        matches!(
+            self,
+            Self::Paid | Self::Delivered | Self::ManualReview | Self::Refunded
+        )
     }
 }
 
@@ -214,8 +217,14 @@ mod tests {
                     Ok(to) => to.as_str(),
                     Err(_) => "-",
                 };
-                writeln!(table, "{:<16} {:<16} {}", from.as_str(), format!("{event:?}"), to)
-                    .unwrap();
+                writeln!(
+                    table,
+                    "{:<16} {:<16} {}",
+                    from.as_str(),
+                    format!("{event:?}"),
+                    to
+                )
+                .unwrap();
             }
         }
         expect![[r#"
@@ -270,8 +279,15 @@ mod tests {
         for from in OrderStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
             for event in OrderEventKind::ALL {
                 if let Ok(to) = transition(from, event) {
-                    assert_eq!(event, OrderEventKind::PaymentConfirmed, "{from:?} -> {to:?}");
-                    assert!(matches!(from, OrderStatus::Expired | OrderStatus::Cancelled));
+                    assert_eq!(
+                        event,
+                        OrderEventKind::PaymentConfirmed,
+                        "{from:?} -> {to:?}"
+                    );
+                    assert!(matches!(
+                        from,
+                        OrderStatus::Expired | OrderStatus::Cancelled
+                    ));
                 }
             }
         }
@@ -303,7 +319,10 @@ mod tests {
     #[test]
     fn payment_decisions() {
         let live = order(OrderStatus::AwaitingPayment, vec![CardId(7)]);
-        assert_eq!(live.decide_payment(&payment("T1", 1250)), Ok(PaymentDecision::DeliverReserved));
+        assert_eq!(
+            live.decide_payment(&payment("T1", 1250)),
+            Ok(PaymentDecision::DeliverReserved)
+        );
         assert!(matches!(
             live.decide_payment(&payment("T1", 1249)),
             Err(Rejection::AmountMismatch { .. })
@@ -314,9 +333,17 @@ mod tests {
             Ok(PaymentDecision::ReserveAgain { quantity: 1 })
         );
         let mut done = live.clone();
-        done.apply_payment(&payment("T1", 1250), &Fulfilment::Delivered { newly_reserved: vec![] });
+        done.apply_payment(
+            &payment("T1", 1250),
+            &Fulfilment::Delivered {
+                newly_reserved: vec![],
+            },
+        );
         assert_eq!(done.status, OrderStatus::Delivered);
-        assert_eq!(done.decide_payment(&payment("T1", 1250)), Ok(PaymentDecision::AlreadyApplied));
+        assert_eq!(
+            done.decide_payment(&payment("T1", 1250)),
+            Ok(PaymentDecision::AlreadyApplied)
+        );
         assert_eq!(
             done.decide_payment(&payment("T2", 1250)),
             Err(Rejection::PaidByOtherTransaction)

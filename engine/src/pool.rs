@@ -43,7 +43,10 @@ impl Shard {
     /// Returns keys (a lapsed reservation, or an incomplete one) to the front, oldest first.
     pub fn give_back(&mut self, cards: &[CardId]) {
         for card in cards.iter().rev() {
-            debug_assert!(!self.available.contains(card), "key {card:?} returned twice");
+            debug_assert!(
+                !self.available.contains(card),
+                "key {card:?} returned twice"
+            );
             self.available.push_front(*card);
         }
     }

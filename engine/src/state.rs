@@ -144,6 +144,11 @@ impl ShopState {
         self.cards.get(usize::try_from(index).ok()?)
     }
 
+    pub fn sku_of(&self, card: CardId) -> Option<Sku> {
+        self.card(card)
+            .map(|slot| self.skus[slot.sku_index as usize].clone())
+    }
+
     pub fn card_key(&self, card: CardId) -> Option<&str> {
         self.card(card).map(|slot| &*slot.key)
     }
@@ -192,7 +197,11 @@ impl ShopState {
     }
 
     fn apply_product(&mut self, product: &Product) -> Result<Touched, Violation> {
-        ensure!(!self.products.contains_key(&product.sku), "sku {} created twice", product.sku);
+        ensure!(
+            !self.products.contains_key(&product.sku),
+            "sku {} created twice",
+            product.sku
+        );
         self.skus.push(product.sku.clone());
         self.products.insert(
             product.sku.clone(),
@@ -214,7 +223,10 @@ impl ShopState {
         first_card_id: CardId,
         keys: &[String],
     ) -> Result<Touched, Violation> {
-        ensure!(first_card_id == self.next_card_id(), "import at {first_card_id:?} leaves a gap");
+        ensure!(
+            first_card_id == self.next_card_id(),
+            "import at {first_card_id:?} leaves a gap"
+        );
         let sku_index = self.skus.iter().position(|s| s == sku);
         let product = self.products.get_mut(sku);
         let (Some(sku_index), Some(product)) = (sku_index, product) else {
@@ -222,8 +234,14 @@ impl ShopState {
         };
         let mut fresh = HashSet::with_capacity(keys.len());
         for key in keys {
-            ensure!(!product.keys.contains(key.as_str()), "key imported twice into {sku}");
-            ensure!(fresh.insert(key.as_str()), "key repeated inside one import into {sku}");
+            ensure!(
+                !product.keys.contains(key.as_str()),
+                "key imported twice into {sku}"
+            );
+            ensure!(
+                fresh.insert(key.as_str()),
+                "key repeated inside one import into {sku}"
+            );
         }
         let mut touched = Touched {
             sku: Some(sku.clone()),
@@ -246,11 +264,17 @@ impl ShopState {
     fn check_cards(&self, sku: &Sku, cards: &[CardId], holder: Holder) -> Result<(), Violation> {
         let mut seen = HashSet::new();
         for card in cards {
-            ensure!(seen.insert(*card), "card {card:?} listed twice in one event");
+            ensure!(
+                seen.insert(*card),
+                "card {card:?} listed twice in one event"
+            );
             let slot = self
                 .card(*card)
                 .ok_or_else(|| Violation(format!("unknown card {card:?}")))?;
-            ensure!(&self.skus[slot.sku_index as usize] == sku, "card {card:?} is not of {sku}");
+            ensure!(
+                &self.skus[slot.sku_index as usize] == sku,
+                "card {card:?} is not of {sku}"
+            );
             ensure!(
                 slot.holder == holder,
                 "card {card:?} is {:?}, expected {holder:?}",
@@ -268,7 +292,10 @@ impl ShopState {
 
     fn apply_order_created(&mut self, order: &NewOrder) -> Result<Touched, Violation> {
         let id = &order.order_id;
-        ensure!(!self.order_index.contains_key(id), "order {id} created twice");
+        ensure!(
+            !self.order_index.contains_key(id),
+            "order {id} created twice"
+        );
         let product = self
             .products
             .get(&order.sku)
@@ -354,7 +381,10 @@ impl ShopState {
             Fulfilment::Delivered { newly_reserved } => {
                 let to = transition(paid, OrderEventKind::Deliver).expect("paid -> delivered");
                 if lapsed {
-                    ensure!(newly_reserved.len() == quantity, "late delivery of {order_id} short");
+                    ensure!(
+                        newly_reserved.len() == quantity,
+                        "late delivery of {order_id} short"
+                    );
                     self.check_cards(&sku, newly_reserved, Holder::Available)?;
                 } else {
                     ensure!(newly_reserved.is_empty(), "order {order_id} reserved twice");
@@ -434,7 +464,10 @@ impl ShopState {
             let product = &self.products[sku];
             let counted = recount[sku_index];
             if !product.stock.is_conserved() {
-                violations.push(Violation(format!("{sku}: stock {:?} not conserved", product.stock)));
+                violations.push(Violation(format!(
+                    "{sku}: stock {:?} not conserved",
+                    product.stock
+                )));
             }
             if product.stock != counted {
                 violations.push(Violation(format!(
@@ -477,7 +510,9 @@ impl ShopState {
         match expected_holder {
             Some(holder) => {
                 if record.cards.len() != quantity {
-                    violations.push(Violation(format!("order {id} holds a wrong number of keys")));
+                    violations.push(Violation(format!(
+                        "order {id} holds a wrong number of keys"
+                    )));
                 }
                 for card in &record.cards {
                     if let Some(other) = owner.insert(*card, index) {
@@ -492,7 +527,10 @@ impl ShopState {
                 }
             }
             None if !record.cards.is_empty() => {
-                violations.push(Violation(format!("{:?} order {id} holds keys", record.status)));
+                violations.push(Violation(format!(
+                    "{:?} order {id} holds keys",
+                    record.status
+                )));
             }
             None => {}
         }

@@ -1,0 +1,196 @@
+//! The versioned record formats: log payloads and sled rows. Each starts with a format byte;
+//! the rest is bincode 2 (standard config). A reader refuses versions it does not know.
+
+use bincode::{Decode, Encode};
+use engine::state::{Holder, OrderRecord, ShopState, Stock, Touched};
+use engine::{Event, OrderId, Product, Sku};
+
+use crate::Error;
+
+/// Format of log payloads and sled rows written by this build.
+pub const FORMAT_VERSION: u8 = 1;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(128);
+    bytes.push(FORMAT_VERSION);
+    bincode::encode_into_std_write(value, &mut bytes, config()).expect("encoding to memory");
+    bytes
+}
+
+pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, Error> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => {
+            let (value, read) = bincode::decode_from_slice(rest, config())
+                .map_err(|e| Error::Corrupt(format!("undecodable record: {e}")))?;
+            if read != rest.len() {
+                return Err(Error::Corrupt("trailing bytes after a record".into()));
+            }
+            Ok(value)
+        }
+        Some((version, _)) => Err(Error::Corrupt(format!("unknown record format {version}"))),
+        None => Err(Error::Corrupt("empty record".into())),
+    }
+}
+
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    encode(event)
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<Event, Error> {
+    decode(bytes)
+}
+
+/// A product's sled row.
+#[derive(Encode, Decode, Debug, PartialEq, Eq)]
+pub struct ProductRow {
+    pub product: Product,
+    pub stock: Stock,
+}
+
+/// Who holds a card, by order id (the state's indexes are private to it).
+#[derive(Encode, Decode, Debug, PartialEq, Eq, Clone)]
+pub enum HolderRow {
+    Available,
+    Reserved(OrderId),
+    Sold(OrderId),
+}
+
+/// A card's sled row.
+#[derive(Encode, Decode, Debug, PartialEq, Eq)]
+pub struct CardRow {
+    pub sku: Sku,
+    pub key: String,
+    pub holder: HolderRow,
+}
+
+/// The sled trees. Orders live in one tree per creation month, so old months can be
+/// archived or dropped whole.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TreeName {
+    Meta,
+    Products,
+    Cards,
+    OrderMonth,
+    Idempotency,
+    Orders(String),
+}
+
+impl TreeName {
+    pub fn as_string(&self) -> String {
+        match self {
+            TreeName::Meta => "meta".into(),
+            TreeName::Products => "products".into(),
+            TreeName::Cards => "cards".into(),
+            TreeName::OrderMonth => "order_month".into(),
+            TreeName::Idempotency => "idempotency".into(),
+            TreeName::Orders(month) => format!("orders/{month}"),
+        }
+    }
+}
+
+pub struct Row {
+    pub tree: TreeName,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// `YYYY-MM` (UTC) of a Unix time in milliseconds (Howard Hinnant's civil-from-days).
+pub fn month_of(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}")
+}
+
+pub fn card_key(card: engine::CardId) -> [u8; 8] {
+    card.0.to_be_bytes()
+}
+
+pub fn holder_row(state: &ShopState, holder: Holder) -> HolderRow {
+    let id = |index: u32| state.orders()[index as usize].created.order_id.clone();
+    match holder {
+        Holder::Available => HolderRow::Available,
+        Holder::Reserved(index) => HolderRow::Reserved(id(index)),
+        Holder::Sold(index) => HolderRow::Sold(id(index)),
+    }
+}
+
+pub fn order_rows(record: &OrderRecord, rows: &mut Vec<Row>) {
+    let month = month_of(record.created.created_at_ms);
+    let id = record.created.order_id.as_str().as_bytes().to_vec();
+    rows.push(Row {
+        tree: TreeName::OrderMonth,
+        key: id.clone(),
+        value: month.as_bytes().to_vec(),
+    });
+    if let Some(idempotency) = &record.created.idempotency {
+        rows.push(Row {
+            tree: TreeName::Idempotency,
+            key: idempotency.key.as_bytes().to_vec(),
+            value: id.clone(),
+        });
+    }
+    rows.push(Row {
+        tree: TreeName::Orders(month),
+        key: id,
+        value: encode(record),
+    });
+}
+
+/// The rows an applied event changed, as the state now has them.
+pub fn touched_rows(state: &ShopState, touched: &Touched, rows: &mut Vec<Row>) {
+    if let Some(sku) = &touched.sku {
+        let product = state.product(sku).expect("touched sku exists");
+        rows.push(Row {
+            tree: TreeName::Products,
+            key: sku.as_str().as_bytes().to_vec(),
+            value: encode(&ProductRow {
+                product: product.product.clone(),
+                stock: product.stock,
+            }),
+        });
+    }
+    if let Some(order_id) = &touched.order {
+        order_rows(state.order(order_id).expect("touched order exists"), rows);
+    }
+    for card in &touched.cards {
+        rows.push(card_row(state, *card));
+    }
+}
+
+pub fn card_row(state: &ShopState, card: engine::CardId) -> Row {
+    let slot = state.card(card).expect("touched card exists");
+    let sku = state.sku_of(card).expect("card has a sku");
+    Row {
+        tree: TreeName::Cards,
+        key: card_key(card).to_vec(),
+        value: encode(&CardRow {
+            sku,
+            key: slot.key.to_string(),
+            holder: holder_row(state, slot.holder),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        assert_eq!(month_of(0), "1970-01");
+        assert_eq!(month_of(1_795_000_000_000), "2026-11");
+        assert_eq!(month_of(951_782_400_000), "2000-02-29".get(..7).unwrap());
+        assert_eq!(month_of(951_868_800_000), "2000-03");
+    }
+}

@@ -1,0 +1,377 @@
+//! `Store`: the log, the in-memory `ShopState` that validates every event before it is
+//! logged, and the sled mirror that holds the applied state.
+//!
+//! Commit path: validate and apply to `ShopState` under its write lock, queue the frame to
+//! the log writer under that same lock (so log order is apply order), and hand the caller a
+//! `Durable` that resolves only after the frame is fdatasync'd and its rows are in sled.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use engine::state::{ShopState, Touched};
+use engine::{CardId, Event, OrderId, OrderRecord, Sku};
+use parking_lot::{RwLock, RwLockReadGuard};
+use tokio::sync::oneshot;
+
+use crate::log::{self, DurableGroup, Log, Lsn, Recovery, APPEND_QUEUE_CAPACITY};
+use crate::rows::{self, Row, TreeName};
+use crate::Error;
+
+const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
+/// Cache sled may use, in bytes.
+pub const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Observes commit latency and group sizes (metrics live in the caller's crate).
+pub trait CommitObserver: Send + Sync + 'static {
+    fn group_committed(&self, records_count: usize, oldest_wait: std::time::Duration);
+}
+
+struct NoObserver;
+impl CommitObserver for NoObserver {
+    fn group_committed(&self, _: usize, _: std::time::Duration) {}
+}
+
+struct Pending {
+    rows: Vec<Row>,
+    done: oneshot::Sender<Result<Lsn, Error>>,
+    queued_at: Instant,
+}
+
+/// Resolves when a committed event is durable and mirrored.
+pub struct Durable(oneshot::Receiver<Result<Lsn, Error>>);
+
+impl Durable {
+    pub async fn wait(self) -> Result<Lsn, Error> {
+        self.0.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Blocks the thread (for tools and tests outside an async runtime).
+    pub fn wait_blocking(self) -> Result<Lsn, Error> {
+        self.0.blocking_recv().unwrap_or(Err(Error::Closed))
+    }
+}
+
+pub struct Store {
+    state: Arc<RwLock<ShopState>>,
+    log: Log<Pending>,
+    db: sled::Db,
+    applier: Option<JoinHandle<()>>,
+    poisoned: Arc<AtomicBool>,
+    recovery: Recovery,
+    data_dir: PathBuf,
+}
+
+#[derive(Default)]
+pub(crate) struct TouchedSet {
+    pub(crate) skus: BTreeSet<Sku>,
+    pub(crate) orders: BTreeSet<OrderId>,
+    pub(crate) cards: BTreeSet<CardId>,
+}
+
+impl TouchedSet {
+    pub(crate) fn add(&mut self, touched: Touched) {
+        self.skus.extend(touched.sku);
+        self.orders.extend(touched.order);
+        self.cards.extend(touched.cards);
+    }
+
+    fn rows(&self, state: &ShopState) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for sku in &self.skus {
+            let touched = Touched {
+                sku: Some(sku.clone()),
+                ..Touched::default()
+            };
+            rows::touched_rows(state, &touched, &mut rows);
+        }
+        for order_id in &self.orders {
+            rows::order_rows(state.order(order_id).expect("replayed order"), &mut rows);
+        }
+        for card in &self.cards {
+            rows.push(rows::card_row(state, *card));
+        }
+        rows
+    }
+}
+
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+pub fn sled_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state")
+}
+
+pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
+    Ok(sled::Config::new()
+        .path(sled_dir(data_dir))
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()?)
+}
+
+pub fn applied_lsn(db: &sled::Db) -> Result<u64, Error> {
+    let meta = db.open_tree(TreeName::Meta.as_string())?;
+    Ok(meta.get(APPLIED_LSN_KEY)?.map_or(0, |v| {
+        u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
+    }))
+}
+
+fn write_rows(
+    db: &sled::Db,
+    trees: &mut HashMap<TreeName, sled::Tree>,
+    rows: impl IntoIterator<Item = Row>,
+    applied: Lsn,
+) -> Result<(), Error> {
+    let mut batches: BTreeMap<TreeName, sled::Batch> = BTreeMap::new();
+    for row in rows {
+        batches
+            .entry(row.tree)
+            .or_default()
+            .insert(row.key, row.value);
+    }
+    let mut meta = sled::Batch::default();
+    meta.insert(APPLIED_LSN_KEY, &applied.0.to_be_bytes());
+    batches.insert(TreeName::Meta, meta);
+    // Meta goes last (BTreeMap order puts it first otherwise): a crash in between leaves
+    // applied_lsn behind, and the next start rewrites those rows from the log.
+    let meta = batches.remove(&TreeName::Meta).expect("inserted");
+    for (name, batch) in batches.into_iter().chain([(TreeName::Meta, meta)]) {
+        let tree = match trees.get(&name) {
+            Some(tree) => tree,
+            None => trees
+                .entry(name.clone())
+                .or_insert(db.open_tree(name.as_string())?),
+        };
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
+/// Replays the whole log into a fresh `ShopState`, cutting a torn tail when `repair` is set.
+/// Events after `mirrored_through` are collected as touched.
+fn replay(
+    data_dir: &Path,
+    repair: bool,
+    mirrored_through: u64,
+) -> Result<(ShopState, Recovery, TouchedSet), Error> {
+    let mut state = ShopState::default();
+    let mut touched = TouchedSet::default();
+    let recovery = log::recover(&log_dir(data_dir), repair, |lsn, payload| {
+        let event = rows::decode_event(payload)?;
+        let changed = state
+            .apply(&event)
+            .map_err(|v| Error::Corrupt(format!("lsn {}: {v}", lsn.0)))?;
+        if lsn.0 > mirrored_through {
+            touched.add(changed);
+        }
+        Ok(())
+    })?;
+    Ok((state, recovery, touched))
+}
+
+impl Store {
+    /// Opens (or creates) a data dir: recovers the log, rebuilds the state from it, brings
+    /// sled up to date, and starts the log writer and the applier.
+    pub fn open(data_dir: &Path) -> Result<Self, Error> {
+        Self::open_with(data_dir, Arc::new(NoObserver))
+    }
+
+    pub fn open_with(data_dir: &Path, observer: Arc<dyn CommitObserver>) -> Result<Self, Error> {
+        std::fs::create_dir_all(data_dir)?;
+        let db = open_sled(data_dir)?;
+        let mirrored = applied_lsn(&db)?;
+        let (state, recovery, mut touched) = replay(data_dir, true, mirrored)?;
+        if mirrored > recovery.last_lsn {
+            tracing::warn!(
+                mirrored,
+                last_lsn = recovery.last_lsn,
+                "sled is ahead of the log; rebuilding it"
+            );
+            for name in db.tree_names() {
+                if name.as_ref() != b"__sled__default" {
+                    db.drop_tree(name)?;
+                }
+            }
+            touched = replay(data_dir, false, 0)?.2;
+        }
+        let mut trees = HashMap::new();
+        write_rows(
+            &db,
+            &mut trees,
+            touched.rows(&state),
+            Lsn(recovery.last_lsn),
+        )?;
+        db.flush()?;
+        let (sink, durable) = crossbeam_channel::bounded(64);
+        let log = Log::start(&log_dir(data_dir), recovery.last_lsn, sink)?;
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let applier = {
+            let db = db.clone();
+            let poisoned = poisoned.clone();
+            std::thread::Builder::new()
+                .name("log-applier".into())
+                .spawn(move || run_applier(db, trees, durable, poisoned, observer))?
+        };
+        Ok(Self {
+            state: Arc::new(RwLock::new(state)),
+            log,
+            db,
+            applier: Some(applier),
+            poisoned,
+            recovery,
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Validates `event` against the state, applies it, and queues it for the log. Refused
+    /// events (`Error::Violation`) change nothing and are never logged.
+    pub fn commit(&self, event: &Event) -> Result<Durable, Error> {
+        if self.poisoned.load(Ordering::Acquire) || self.log.has_failed() {
+            return Err(Error::LogFailed);
+        }
+        let payload = rows::encode_event(event);
+        let mut state = self.state.write();
+        // Appends happen only under this lock, so a free slot seen now is still free below.
+        if self.log.queued_count() >= APPEND_QUEUE_CAPACITY {
+            return Err(Error::Busy);
+        }
+        let touched = state.apply(event).map_err(Error::Violation)?;
+        let mut rows = Vec::with_capacity(4);
+        rows::touched_rows(&state, &touched, &mut rows);
+        let (done, receiver) = oneshot::channel();
+        let pending = Pending {
+            rows,
+            done,
+            queued_at: Instant::now(),
+        };
+        if let Err(error) = self.log.append(payload, pending) {
+            // The state is now ahead of the log: nothing more may be acknowledged.
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(%error, "log refused an applied event; store poisoned");
+            return Err(error);
+        }
+        Ok(Durable(receiver))
+    }
+
+    /// Read access to the state (validated, possibly ahead of durability by in-flight
+    /// commits: use it for decisions and counts, and `order` for what was acknowledged).
+    pub fn state(&self) -> RwLockReadGuard<'_, ShopState> {
+        self.state.read()
+    }
+
+    /// An order as sled holds it: exactly what was acknowledged.
+    pub fn order(&self, order_id: &OrderId) -> Result<Option<OrderRecord>, Error> {
+        let index = self.db.open_tree(TreeName::OrderMonth.as_string())?;
+        let Some(month) = index.get(order_id.as_str())? else {
+            return Ok(None);
+        };
+        let month = String::from_utf8_lossy(&month).into_owned();
+        let tree = self.db.open_tree(TreeName::Orders(month).as_string())?;
+        tree.get(order_id.as_str())?
+            .map(|bytes| rows::decode(&bytes))
+            .transpose()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        !self.poisoned.load(Ordering::Acquire) && !self.log.has_failed()
+    }
+
+    /// Records waiting for the log writer.
+    pub fn queued_count(&self) -> usize {
+        self.log.queued_count()
+    }
+
+    pub fn inject_sync_failure(&self) {
+        self.log
+            .faults
+            .fail_next_sync
+            .store(true, Ordering::Release);
+    }
+
+    /// Drains everything queued, waits for it to be mirrored, and flushes sled.
+    pub fn close(&mut self) -> Result<(), Error> {
+        self.log.close();
+        if let Some(applier) = self.applier.take() {
+            let _ = applier.join();
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn run_applier(
+    db: sled::Db,
+    mut trees: HashMap<TreeName, sled::Tree>,
+    durable: Receiver<DurableGroup<Pending>>,
+    poisoned: Arc<AtomicBool>,
+    observer: Arc<dyn CommitObserver>,
+) {
+    for group in durable {
+        let Some((last, first)) = group.records.last().map(|r| r.0).zip(group.records.first())
+        else {
+            continue;
+        };
+        observer.group_committed(group.records.len(), first.1.queued_at.elapsed());
+        let mut result = group.result;
+        if result.is_ok() {
+            let mut records = Vec::with_capacity(group.records.len());
+            let mut rows = Vec::new();
+            for (lsn, pending) in group.records {
+                rows.extend(pending.rows);
+                records.push((lsn, pending.done));
+            }
+            result = write_rows(&db, &mut trees, rows, last);
+            finish(records, &result, &poisoned);
+        } else {
+            let records = group
+                .records
+                .into_iter()
+                .map(|(lsn, p)| (lsn, p.done))
+                .collect();
+            finish(records, &result, &poisoned);
+        }
+    }
+}
+
+fn finish(
+    records: Vec<(Lsn, oneshot::Sender<Result<Lsn, Error>>)>,
+    result: &Result<(), Error>,
+    poisoned: &AtomicBool,
+) {
+    if let Err(error) = result {
+        poisoned.store(true, Ordering::Release);
+        tracing::error!(%error, "log group failed; store poisoned");
+    }
+    for (lsn, done) in records {
+        let answer = match result {
+            Ok(()) => Ok(lsn),
+            Err(_) => Err(Error::LogFailed),
+        };
+        let _ = done.send(answer);
+    }
+}
+
+/// The log replayed without repairing it: for `audit`.
+pub fn replay_readonly(data_dir: &Path) -> Result<(ShopState, Recovery), Error> {
+    let (state, recovery, _) = replay(data_dir, false, u64::MAX)?;
+    Ok((state, recovery))
+}
