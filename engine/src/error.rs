@@ -13,6 +13,10 @@ pub enum Rejection {
     InvalidCurrency,
     #[error("{0}")]
     InvalidInput(&'static str),
+    #[error("unknown payment channel or method")]
+    UnknownChannel,
+    #[error("the payment channel is not configured")]
+    ChannelUnavailable,
     #[error("unknown sku")]
     UnknownSku,
     #[error("a product with this sku exists")]

@@ -21,6 +21,7 @@ pub mod order;
 pub mod payment;
 pub mod pool;
 pub mod state;
+pub mod time;
 
 pub use error::Rejection;
 pub use events::{Event, Fulfilment, Idempotency, NewOrder, Payment, Product, ReviewReason};

@@ -114,6 +114,38 @@ pub fn verify_epay_notify(
     })
 }
 
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
+pub fn percent_encode(text: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+}
+
+/// The buyer-facing Epay `submit.php` URL for an order, signed; empty fields are left out.
+pub fn epay_submit_url(gateway_url: &str, merchant_key: &str, fields: &[(&str, &str)]) -> String {
+    let sign = epay_sign(fields.iter().copied(), merchant_key);
+    let mut url = String::with_capacity(256);
+    url.push_str(gateway_url.trim_end_matches('/'));
+    url.push_str("/submit.php?");
+    for (k, v) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+        url.push_str(k);
+        url.push('=');
+        percent_encode(v, &mut url);
+        url.push('&');
+    }
+    url.push_str("sign=");
+    url.push_str(&sign);
+    url.push_str("&sign_type=MD5");
+    url
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +202,27 @@ mod tests {
             ("money", money),
             ("trade_status", "TRADE_SUCCESS"),
         ])
+    }
+
+    #[test]
+    fn submit_urls_are_signed_and_skip_empty_fields() {
+        let url = epay_submit_url(
+            "http://gw/",
+            "K",
+            &[
+                ("pid", "1"),
+                ("type", ""),
+                ("name", "a b&c"),
+                ("money", "1.00"),
+            ],
+        );
+        let sign = epay_sign([("pid", "1"), ("name", "a b&c"), ("money", "1.00")], "K");
+        assert_eq!(
+            url,
+            format!(
+                "http://gw/submit.php?pid=1&name=a%20b%26c&money=1.00&sign={sign}&sign_type=MD5"
+            )
+        );
     }
 
     #[test]

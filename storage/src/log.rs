@@ -11,11 +11,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
 
 use crate::Error;
 
@@ -55,10 +56,10 @@ pub struct Faults {
 
 /// The writing half of an open log.
 pub struct Log<T: Send + 'static> {
-    sender: Option<Sender<Append<T>>>,
-    writer: Option<JoinHandle<()>>,
+    /// `None` once closed.
+    sender: RwLock<Option<Sender<Append<T>>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     failed: Arc<AtomicBool>,
-    next_lsn_hint: Arc<AtomicU64>,
     pub faults: Arc<Faults>,
 }
 
@@ -263,7 +264,6 @@ impl<T: Send + 'static> Log<T> {
         let (sender, receiver) = crossbeam_channel::bounded(APPEND_QUEUE_CAPACITY);
         let failed = Arc::new(AtomicBool::new(false));
         let faults = Arc::new(Faults::default());
-        let next_lsn_hint = Arc::new(AtomicU64::new(last_lsn + 1));
         let writer = Writer {
             dir: dir.to_owned(),
             file,
@@ -279,10 +279,9 @@ impl<T: Send + 'static> Log<T> {
             .name("log-writer".into())
             .spawn(move || writer.run())?;
         Ok(Self {
-            sender: Some(sender),
-            writer: Some(writer),
+            sender: RwLock::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
             failed,
-            next_lsn_hint,
             faults,
         })
     }
@@ -296,12 +295,10 @@ impl<T: Send + 'static> Log<T> {
         if payload.len() > RECORD_BYTES_MAX {
             return Err(Error::RecordTooLarge(payload.len()));
         }
-        let sender = self.sender.as_ref().ok_or(Error::Closed)?;
+        let sender = self.sender.read();
+        let sender = sender.as_ref().ok_or(Error::Closed)?;
         match sender.try_send(Append { payload, tag }) {
-            Ok(()) => {
-                self.next_lsn_hint.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(Error::Busy),
             Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
         }
@@ -313,13 +310,13 @@ impl<T: Send + 'static> Log<T> {
 
     /// Records queued or written but not yet drained, approximately.
     pub fn queued_count(&self) -> usize {
-        self.sender.as_ref().map_or(0, Sender::len)
+        self.sender.read().as_ref().map_or(0, Sender::len)
     }
 
     /// Stops accepting appends, lets the writer finish everything queued, and waits for it.
-    pub fn close(&mut self) {
-        self.sender.take();
-        if let Some(writer) = self.writer.take() {
+    pub fn close(&self) {
+        self.sender.write().take();
+        if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
     }

@@ -98,19 +98,7 @@ pub struct Row {
     pub value: Vec<u8>,
 }
 
-/// `YYYY-MM` (UTC) of a Unix time in milliseconds (Howard Hinnant's civil-from-days).
-pub fn month_of(ms: u64) -> String {
-    let days = (ms / 86_400_000) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}")
-}
+pub use engine::time::month_of;
 
 pub fn card_key(card: engine::CardId) -> [u8; 8] {
     card.0.to_be_bytes()
@@ -179,18 +167,5 @@ pub fn card_row(state: &ShopState, card: engine::CardId) -> Row {
             key: slot.key.to_string(),
             holder: holder_row(state, slot.holder),
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn months_are_utc_calendar_months() {
-        assert_eq!(month_of(0), "1970-01");
-        assert_eq!(month_of(1_795_000_000_000), "2026-11");
-        assert_eq!(month_of(951_782_400_000), "2000-02-29".get(..7).unwrap());
-        assert_eq!(month_of(951_868_800_000), "2000-03");
     }
 }

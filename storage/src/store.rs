@@ -60,7 +60,7 @@ pub struct Store {
     state: Arc<RwLock<ShopState>>,
     log: Log<Pending>,
     db: sled::Db,
-    applier: Option<JoinHandle<()>>,
+    applier: parking_lot::Mutex<Option<JoinHandle<()>>>,
     poisoned: Arc<AtomicBool>,
     recovery: Recovery,
     data_dir: PathBuf,
@@ -221,7 +221,7 @@ impl Store {
             state: Arc::new(RwLock::new(state)),
             log,
             db,
-            applier: Some(applier),
+            applier: parking_lot::Mutex::new(Some(applier)),
             poisoned,
             recovery,
             data_dir: data_dir.to_owned(),
@@ -302,9 +302,9 @@ impl Store {
     }
 
     /// Drains everything queued, waits for it to be mirrored, and flushes sled.
-    pub fn close(&mut self) -> Result<(), Error> {
+    pub fn close(&self) -> Result<(), Error> {
         self.log.close();
-        if let Some(applier) = self.applier.take() {
+        if let Some(applier) = self.applier.lock().take() {
             let _ = applier.join();
         }
         self.db.flush()?;

@@ -19,7 +19,7 @@ fn product(n: u32) -> Event {
 }
 
 fn fill(dir: &Path, count: u32) {
-    let mut store = Store::open(dir).unwrap();
+    let store = Store::open(dir).unwrap();
     for n in 0..count {
         store.commit(&product(n)).unwrap().wait_blocking().unwrap();
     }
@@ -108,7 +108,7 @@ fn a_failed_sync_is_sticky() {
 #[test]
 fn the_engine_refuses_bad_events_before_they_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+    let store = Store::open(dir.path()).unwrap();
     store.commit(&product(1)).unwrap().wait_blocking().unwrap();
     assert!(matches!(
         store.commit(&product(1)),

@@ -1,1 +1,108 @@
-//! placeholder
+//! Panshi's edge: HTTP and WebSocket (actix-web with actix-ws, on the actors' runtime), and
+//! the `panshi` binary. The only crate that knows JSON, HTTP status codes or URLs.
+//!
+//! Invariants: an answer that acknowledges a change (2xx, `success` to a gateway) is sent
+//! only after the actors report the change durable; every body, connection and socket is
+//! bounded; one client's bad input is answered with a 4xx and touches no one else.
+//!
+//! Design decision: request bodies are read by hand up to a limit and parsed with serde, so
+//! every failure, including an oversized or malformed body, gets the contract's error shape.
+
+pub mod error;
+pub mod routes;
+pub mod settings;
+pub mod wire;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::Service;
+use actix_web::web;
+use actors::{EpaySettings, Shop};
+use futures_util::{FutureExt, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::ApiError;
+
+/// What every handler shares.
+pub struct AppState {
+    pub shop: Shop,
+    pub admin_token: String,
+    pub epay: Option<EpaySettings>,
+    pub metrics: Option<PrometheusHandle>,
+    pub websockets_open: Arc<AtomicUsize>,
+    pub websockets_max: usize,
+    pub json_body_bytes_max: usize,
+    pub demo: bool,
+}
+
+/// Reads a request body up to `limit` bytes; more is refused with `status` before it is
+/// all read.
+pub async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    too_large: fn(usize) -> ApiError,
+) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub fn payload_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body is over {limit} bytes"),
+    )
+}
+
+/// Registers every route. Request metrics are recorded per route pattern, never per id.
+pub fn configure(config: &mut web::ServiceConfig) {
+    routes::configure(config);
+}
+
+/// Wraps an app with per-route request metrics.
+pub fn app(
+    state: web::Data<AppState>,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .app_data(state)
+        .app_data(web::PayloadConfig::new(routes::admin::IMPORT_REQUEST_BYTES_MAX))
+        .wrap_fn(|request, service| {
+            let started = Instant::now();
+            let route = request.match_pattern().unwrap_or_else(|| "unmatched".into());
+            let method = request.method().as_str().to_owned();
+            service.call(request).map(move |result| {
+                let status = match &result {
+                    Ok(response) => response.status().as_u16(),
+                    Err(error) => error.as_response_error().status_code().as_u16(),
+                };
+                let class = match status {
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                };
+                metrics::counter!("panshi_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => class).increment(1);
+                metrics::histogram!("panshi_http_request_duration_seconds", "route" => route, "method" => method)
+                    .record(started.elapsed().as_secs_f64());
+                result
+            })
+        })
+        .configure(configure)
+}

@@ -1,1 +1,262 @@
-fn main() {}
+//! The `panshi` binary: `serve` runs the shop, `audit` checks a stopped data dir.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpServer};
+use actors::{CommitMetrics, EpaySettings, OsEntropy, Settings, Shop, SystemClock};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use engine::Currency;
+use storage::Store;
+use ws_api::settings::{self, ServerSettings};
+use ws_api::AppState;
+
+#[derive(Parser)]
+#[command(
+    name = "panshi",
+    version,
+    about = "Panshi (磐石): an auto-delivery card shop that does not fall over"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the bound address is printed).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (created when missing).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// TOML settings file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seed a demo catalogue and mount the demo payment gateway.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Check a data dir that no server is using against every invariant.
+    Audit {
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve {
+            listen,
+            data,
+            config,
+            demo,
+        } => {
+            let mut overrides = Vec::new();
+            if let Some(listen) = listen {
+                overrides.push(("listen", listen));
+            }
+            if let Some(data) = data {
+                overrides.push(("data", data.display().to_string()));
+            }
+            if demo {
+                overrides.push(("demo", "true".to_owned()));
+            }
+            match settings::load(config.as_deref(), &overrides).and_then(serve) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("panshi: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Audit { data } => audit(&data),
+    }
+}
+
+fn audit(data: &std::path::Path) -> ExitCode {
+    match storage::audit::audit(data) {
+        Ok(report) => {
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            for violation in &report.violations {
+                println!("violation: {violation}");
+            }
+            println!(
+                "audit: {} orders, {} cards, {} violations",
+                report.orders_count,
+                report.cards_count,
+                report.violations.len()
+            );
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            println!("violation: {error}");
+            println!("audit: 0 orders, 0 cards, 1 violations");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(settings: &ServerSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log.format == "text" {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+fn random_token() -> String {
+    engine::ids::hex128(rand_u128())
+}
+
+fn rand_u128() -> u128 {
+    use actors::Entropy;
+    OsEntropy.random_u128()
+}
+
+fn serve(settings: ServerSettings) -> anyhow::Result<()> {
+    init_tracing(&settings);
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+        ])?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let listener = TcpListener::bind(&settings.listen)
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let bound = listener.local_addr()?;
+    let public_url = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let admin_token = match (&settings.admin_token, settings.demo) {
+        (Some(token), _) if !token.is_empty() => token.clone(),
+        (_, true) => "demo-admin".to_owned(),
+        _ => {
+            let token = random_token();
+            eprintln!("panshi: no admin_token configured; this run's operator token is {token}");
+            token
+        }
+    };
+    let epay = match (
+        &settings.epay.pid,
+        &settings.epay.key,
+        &settings.epay.gateway_url,
+    ) {
+        (Some(pid), Some(key), Some(url)) => Some(EpaySettings {
+            pid: pid.clone(),
+            key: key.clone(),
+            gateway_url: url.clone(),
+        }),
+        _ if settings.demo => Some(EpaySettings {
+            pid: "1000".into(),
+            key: "demo-merchant-key".into(),
+            gateway_url: format!("{public_url}/demo/gateway"),
+        }),
+        _ => None,
+    };
+    let shop_settings = Settings {
+        order_ttl_ms: settings.order_ttl_secs * 1000,
+        shards_per_sku: settings.shards_per_sku,
+        currency: Currency::parse(&settings.shop.currency).context("shop.currency")?,
+        public_url,
+        epay: epay.clone(),
+    };
+    std::fs::create_dir_all(&settings.data)
+        .with_context(|| format!("creating {}", settings.data.display()))?;
+    let store = Arc::new(
+        Store::open_with(&settings.data, Arc::new(CommitMetrics))
+            .context("opening the data dir")?,
+    );
+    tracing::info!(
+        last_lsn = store.recovery().last_lsn,
+        truncated_bytes = store.recovery().truncated_bytes,
+        "log recovered"
+    );
+    let workers = match settings.http.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    actix_web::rt::System::new().block_on(async {
+        let shop = Shop::start(
+            store.clone(),
+            shop_settings,
+            Arc::new(SystemClock),
+            Arc::new(OsEntropy),
+        );
+        if settings.demo {
+            seed_demo(&shop).await?;
+        }
+        let state = web::Data::new(AppState {
+            shop,
+            admin_token,
+            epay,
+            metrics: Some(metrics),
+            websockets_open: Arc::new(AtomicUsize::new(0)),
+            websockets_max: settings.http.websockets_max,
+            json_body_bytes_max: settings.http.json_body_bytes_max,
+            demo: settings.demo,
+        });
+        let server = HttpServer::new(move || ws_api::app(state.clone()))
+            .workers(workers)
+            .max_connections(settings.http.connections_per_worker_max)
+            .shutdown_timeout(settings.http.shutdown_timeout_secs)
+            .listen(listener)?
+            .run();
+        println!("panshi: listening on http://{bound}");
+        tracing::info!(%bound, workers, "listening");
+        server.await?;
+        anyhow::Ok(())
+    })?;
+    store.close().context("closing the store")?;
+    std::thread::sleep(Duration::from_millis(10));
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// A small demo catalogue, seeded once into an empty shop.
+async fn seed_demo(shop: &Shop) -> anyhow::Result<()> {
+    if !shop.products().is_empty() {
+        return Ok(());
+    }
+    let catalogue = [
+        ("steam-10", "Steam wallet code 10 USD", 7_200, "STEAM"),
+        ("office-365", "Office 365 personal, 1 year", 19_900, "O365"),
+        ("vpn-30d", "VPN 30-day pass", 1_500, "VPN"),
+    ];
+    for (sku, name, price_cents, prefix) in catalogue {
+        let product = engine::Product {
+            sku: engine::Sku::parse(sku)?,
+            name: name.into(),
+            price_cents,
+            currency: shop.settings().currency,
+            created_at_ms: shop.now_ms(),
+        };
+        shop.create_product(product).await?;
+        let keys: String = (1..=20)
+            .map(|n| format!("{prefix}-DEMO-{n:04}-{:08X}\n", rand_u128() as u32))
+            .collect();
+        shop.import_cards(engine::Sku::parse(sku)?, keys.into_bytes())
+            .await?;
+    }
+    println!("panshi: demo catalogue seeded (operator token: demo-admin)");
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! The catalogue actor: serialises product creation and card imports, so that a key's
+//! deduplication and its card id are decided against a state no other import is changing.
+
+use actix::prelude::*;
+use engine::import::parse_import;
+use engine::{Event, Product, Rejection};
+
+use crate::{ActorKind, Shop, ShopError};
+
+pub const CATALOG_MAILBOX_CAPACITY: usize = 64;
+
+#[derive(Message)]
+#[rtype(result = "Result<(), ShopError>")]
+pub struct CreateProduct(pub Product);
+
+/// An operator's upload, raw: parsed here so a bad body imports nothing.
+#[derive(Message)]
+#[rtype(result = "Result<ImportOutcome, ShopError>")]
+pub struct ImportCards {
+    pub sku: engine::Sku,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportOutcome {
+    pub imported: u64,
+    pub duplicates: u64,
+}
+
+pub struct Catalog {
+    pub(crate) shop: Shop,
+}
+
+impl Actor for Catalog {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(CATALOG_MAILBOX_CAPACITY);
+        self.shop.health().started(ActorKind::Catalog);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shop.health().stopped(ActorKind::Catalog);
+    }
+}
+
+impl Supervised for Catalog {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.shop.health().restarted(ActorKind::Catalog);
+    }
+}
+
+impl Handler<CreateProduct> for Catalog {
+    type Result = AtomicResponse<Self, Result<(), ShopError>>;
+
+    fn handle(&mut self, msg: CreateProduct, _: &mut Self::Context) -> Self::Result {
+        let shop = self.shop.clone();
+        let work = async move {
+            let product = msg.0;
+            if shop.store().state().product(&product.sku).is_some() {
+                return Err(Rejection::SkuExists.into());
+            }
+            let sku = product.sku.clone();
+            shop.commit(&Event::ProductCreated(product)).await?;
+            shop.open_pool(&sku);
+            Ok(())
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self)))
+    }
+}
+
+impl Handler<ImportCards> for Catalog {
+    type Result = AtomicResponse<Self, Result<ImportOutcome, ShopError>>;
+
+    fn handle(&mut self, msg: ImportCards, _: &mut Self::Context) -> Self::Result {
+        let shop = self.shop.clone();
+        let work = async move {
+            let parsed = parse_import(&msg.body)?;
+            let (keys, first_card_id, duplicates) = {
+                let state = shop.store().state();
+                let product = state.product(&msg.sku).ok_or(Rejection::UnknownSku)?;
+                let mut duplicates = parsed.duplicates_count;
+                let mut keys = Vec::with_capacity(parsed.keys.len());
+                for key in parsed.keys {
+                    if product.has_key(key) {
+                        duplicates += 1;
+                    } else {
+                        keys.push(key.to_owned());
+                    }
+                }
+                (keys, state.next_card_id(), duplicates)
+            };
+            let imported = keys.len() as u64;
+            if imported > 0 {
+                let event = Event::CardsImported {
+                    sku: msg.sku.clone(),
+                    first_card_id,
+                    keys,
+                };
+                shop.commit(&event).await?;
+                let ids = (first_card_id.0..first_card_id.0 + imported).map(engine::CardId);
+                shop.add_cards(&msg.sku, ids.collect()).await;
+            }
+            Ok(ImportOutcome {
+                imported,
+                duplicates,
+            })
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self)))
+    }
+}

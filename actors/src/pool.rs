@@ -1,0 +1,227 @@
+//! Card-pool shard actors. Each owns a disjoint slice of one SKU's available keys (a key
+//! belongs to shard `card_id % shards`). A reservation starts at a home shard and tries the
+//! others before answering sold out; what it gathered but cannot use goes back.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use engine::pool::{shard_of, Shard};
+use engine::{CardId, Rejection, Sku};
+
+use crate::{ActorKind, Shop, ShopError};
+
+/// Messages a shard may hold before senders wait.
+pub const POOL_MAILBOX_CAPACITY: usize = 1024;
+
+#[derive(Message)]
+#[rtype(result = "Vec<CardId>")]
+pub struct Take {
+    pub quantity: usize,
+}
+
+/// Keys going back to the shard: a lapsed reservation (after its expiry is durable), or an
+/// incomplete one that was never logged.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GiveBack(pub Vec<CardId>);
+
+/// Freshly imported keys (after their import is durable).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Add(pub Vec<CardId>);
+
+pub struct PoolShard {
+    shop: Shop,
+    sku: Sku,
+    index: usize,
+    shard: Shard,
+    /// The shard's available count, readable without a message (a hint: it may lag).
+    available_hint: Arc<AtomicUsize>,
+}
+
+impl PoolShard {
+    /// Reloads this shard's keys from the store: on start and when the supervisor restarts it.
+    fn reload(&mut self) {
+        let shards_count = self.shop.settings().shards_per_sku;
+        let state = self.shop.store().state();
+        let mine = state
+            .available_cards(&self.sku)
+            .into_iter()
+            .filter(|card| shard_of(*card, shards_count) == self.index);
+        self.shard = Shard::default();
+        self.shard.add(mine);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.available_hint
+            .store(self.shard.available_count(), Ordering::Release);
+    }
+}
+
+impl Actor for PoolShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(POOL_MAILBOX_CAPACITY);
+        self.shop.health().started(ActorKind::PoolShard);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shop.health().stopped(ActorKind::PoolShard);
+    }
+}
+
+impl Supervised for PoolShard {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.shop.health().restarted(ActorKind::PoolShard);
+        self.reload();
+    }
+}
+
+impl Handler<Take> for PoolShard {
+    type Result = MessageResult<Take>;
+
+    fn handle(&mut self, msg: Take, _: &mut Self::Context) -> Self::Result {
+        let mut taken = Vec::with_capacity(msg.quantity);
+        self.shard.take(msg.quantity, &mut taken);
+        self.publish();
+        MessageResult(taken)
+    }
+}
+
+impl Handler<GiveBack> for PoolShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: GiveBack, _: &mut Self::Context) {
+        self.shard.give_back(&msg.0);
+        self.publish();
+    }
+}
+
+impl Handler<Add> for PoolShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Add, _: &mut Self::Context) {
+        self.shard.add(msg.0);
+        self.publish();
+    }
+}
+
+/// One SKU's shards.
+pub struct SkuPool {
+    shards: Vec<Addr<PoolShard>>,
+    hints: Vec<Arc<AtomicUsize>>,
+}
+
+impl SkuPool {
+    /// Starts the SKU's shard actors, supervised, on `arbiter`, each loaded from the store.
+    pub fn start(shop: &Shop, sku: &Sku, arbiter: &ArbiterHandle) -> Self {
+        let shards_count = shop.settings().shards_per_sku;
+        let mut shards = Vec::with_capacity(shards_count);
+        let mut hints = Vec::with_capacity(shards_count);
+        for index in 0..shards_count {
+            let hint = Arc::new(AtomicUsize::new(0));
+            let mut actor = PoolShard {
+                shop: shop.clone(),
+                sku: sku.clone(),
+                index,
+                shard: Shard::default(),
+                available_hint: hint.clone(),
+            };
+            actor.reload();
+            shards.push(Supervisor::start_in_arbiter(arbiter, move |_| actor));
+            hints.push(hint);
+        }
+        Self { shards, hints }
+    }
+
+    pub fn available_hint(&self) -> usize {
+        self.hints.iter().map(|h| h.load(Ordering::Acquire)).sum()
+    }
+
+    /// Reserves `quantity` keys, all or none, starting at shard `home`.
+    pub async fn reserve(&self, quantity: usize, home: usize) -> Result<Vec<CardId>, ShopError> {
+        if self.available_hint() < quantity {
+            return Err(Rejection::SoldOut.into());
+        }
+        let count = self.shards.len();
+        let mut got = Vec::with_capacity(quantity);
+        for step in 0..count {
+            let index = (home + step) % count;
+            let want = quantity - got.len();
+            if want == 0 {
+                break;
+            }
+            if self.hints[index].load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            match self.shards[index].send(Take { quantity: want }).await {
+                Ok(taken) => got.extend(taken),
+                Err(_) => {
+                    self.give_back(got).await;
+                    return Err(ShopError::Unavailable("card pool shard"));
+                }
+            }
+        }
+        if got.len() < quantity {
+            self.give_back(got).await;
+            return Err(Rejection::SoldOut.into());
+        }
+        Ok(got)
+    }
+
+    /// Returns keys to the shards that own them. Waits for room rather than dropping keys.
+    pub async fn give_back(&self, cards: Vec<CardId>) {
+        self.route(cards, |cards| GiveBack(cards).into()).await;
+    }
+
+    /// Adds imported keys to the shards that own them.
+    pub async fn add(&self, cards: Vec<CardId>) {
+        self.route(cards, |cards| Add(cards).into()).await;
+    }
+
+    async fn route(&self, cards: Vec<CardId>, message: impl Fn(Vec<CardId>) -> Routed) {
+        if cards.is_empty() {
+            return;
+        }
+        let count = self.shards.len();
+        let mut split: Vec<Vec<CardId>> = vec![Vec::new(); count];
+        for card in cards {
+            split[shard_of(card, count)].push(card);
+        }
+        for (index, cards) in split.into_iter().enumerate() {
+            if cards.is_empty() {
+                continue;
+            }
+            let sent = match message(cards) {
+                Routed::GiveBack(m) => self.shards[index].send(m).await,
+                Routed::Add(m) => self.shards[index].send(m).await,
+            };
+            if sent.is_err() {
+                tracing::error!(
+                    shard = index,
+                    "card pool shard gone; its keys reload on restart"
+                );
+            }
+        }
+    }
+}
+
+pub enum Routed {
+    GiveBack(GiveBack),
+    Add(Add),
+}
+
+impl From<GiveBack> for Routed {
+    fn from(m: GiveBack) -> Self {
+        Routed::GiveBack(m)
+    }
+}
+
+impl From<Add> for Routed {
+    fn from(m: Add) -> Self {
+        Routed::Add(m)
+    }
+}

@@ -1,0 +1,123 @@
+//! The one error shape of the HTTP API: `{"error": "<code>", "message": "<text>"}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use actors::ShopError;
+use engine::Rejection;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds for a `Retry-After` header on 429 and 503.
+    pub retry_after_secs: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            retry_after_secs: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after_secs {
+            response.insert_header(("Retry-After", secs.to_string()));
+        }
+        response.json(serde_json::json!({"error": self.code, "message": self.message}))
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        let message = rejection.to_string();
+        let (status, code) = match rejection {
+            Rejection::UnknownSku => (StatusCode::NOT_FOUND, "unknown_sku"),
+            Rejection::UnknownOrder => (StatusCode::NOT_FOUND, "not_found"),
+            Rejection::SkuExists => (StatusCode::CONFLICT, "sku_exists"),
+            Rejection::SoldOut => (StatusCode::CONFLICT, "sold_out"),
+            Rejection::BadImport(_) => (StatusCode::BAD_REQUEST, "bad_import"),
+            Rejection::UnknownChannel => (StatusCode::BAD_REQUEST, "unknown_channel"),
+            Rejection::ChannelUnavailable => (StatusCode::BAD_REQUEST, "channel_unavailable"),
+            Rejection::InvalidSku => (StatusCode::BAD_REQUEST, "invalid_sku"),
+            Rejection::InvalidOrderId => (StatusCode::BAD_REQUEST, "invalid_order_id"),
+            Rejection::InvalidCurrency => (StatusCode::BAD_REQUEST, "invalid_currency"),
+            Rejection::AmountMismatch { .. } => (StatusCode::BAD_REQUEST, "amount_mismatch"),
+            Rejection::BadSignature => (StatusCode::BAD_REQUEST, "bad_signature"),
+            Rejection::WrongMerchant => (StatusCode::BAD_REQUEST, "wrong_merchant"),
+            Rejection::MalformedNotify(_) => (StatusCode::BAD_REQUEST, "malformed_notify"),
+            Rejection::NotPaid => (StatusCode::BAD_REQUEST, "not_paid"),
+            Rejection::PaidByOtherTransaction => (StatusCode::CONFLICT, "already_paid"),
+            Rejection::InvalidTransition { .. } => (StatusCode::CONFLICT, "invalid_state"),
+            Rejection::InvalidInput(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl From<ShopError> for ApiError {
+    fn from(error: ShopError) -> Self {
+        match error {
+            ShopError::Rejected(rejection) => rejection.into(),
+            ShopError::Busy => Self::unavailable("busy", error.to_string()),
+            ShopError::InProgress => Self {
+                retry_after_secs: Some(1),
+                ..Self::new(
+                    StatusCode::CONFLICT,
+                    "request_in_progress",
+                    error.to_string(),
+                )
+            },
+            ShopError::IdempotencyMismatch => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_mismatch",
+                error.to_string(),
+            ),
+            ShopError::Storage(ref inner) => {
+                tracing::error!(error = %inner, "storage failure");
+                Self::unavailable("storage_unavailable", "the shop cannot commit right now")
+            }
+            ShopError::Unavailable(_) => Self::unavailable("unavailable", error.to_string()),
+        }
+    }
+}

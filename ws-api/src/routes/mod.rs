@@ -1,0 +1,44 @@
+//! The routes of CONTRACT.md, one module per audience.
+
+pub mod admin;
+pub mod demo;
+pub mod live;
+pub mod ops;
+pub mod orders;
+pub mod pages;
+pub mod payments;
+
+use actix_web::{web, HttpRequest};
+use engine::payment::signatures_equal;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    admin::configure(config);
+    orders::configure(config);
+    live::configure(config);
+    payments::configure(config);
+    ops::configure(config);
+    pages::configure(config);
+    demo::configure(config);
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(request: &HttpRequest) -> Option<&str> {
+    request
+        .headers()
+        .get("Authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Refuses anything but the operator token (compared in constant time).
+pub fn require_operator(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    match bearer(request) {
+        Some(token) if signatures_equal(token, &state.admin_token) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}

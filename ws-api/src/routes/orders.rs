@@ -1,0 +1,95 @@
+//! Buyer endpoints: the catalogue, order creation and lookup.
+
+use std::hash::{Hash, Hasher};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actors::OrderRequest;
+use engine::{OrderId, Sku};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::wire::{catalogue_item, created_order, order_view, parse_json, OrderBody};
+use crate::{payload_too_large, read_body, AppState};
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .route("/api/v1/products", web::get().to(products))
+        .route("/api/v1/orders", web::post().to(create_order))
+        .route("/api/v1/orders/{order_id}", web::get().to(lookup));
+}
+
+async fn products(state: web::Data<AppState>) -> HttpResponse {
+    let items: Vec<_> = state
+        .shop
+        .products()
+        .iter()
+        .map(|(product, stock)| catalogue_item(product, stock.available))
+        .collect();
+    HttpResponse::Ok().json(items)
+}
+
+/// FNV-1a: a hash that stays the same across restarts (std's is randomly keyed).
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+fn fingerprint(body: &OrderBody) -> u64 {
+    let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
+    body.hash(&mut hasher);
+    hasher.finish()
+}
+
+async fn create_order(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    let body: OrderBody = parse_json(&body)?;
+    let idempotency_key = match request.headers().get("Idempotency-Key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("bad_request", "Idempotency-Key must be visible ASCII")
+                })?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let order_request = OrderRequest {
+        sku: Sku::parse(&body.sku)?,
+        quantity: body.quantity,
+        fingerprint: fingerprint(&body),
+        contact: body.contact,
+        channel: body.channel,
+        idempotency_key,
+    };
+    let order = state.shop.create_order(order_request).await?;
+    Ok(HttpResponse::Created().json(created_order(&order)))
+}
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    #[serde(default)]
+    pub token: String,
+}
+
+async fn lookup(
+    path: web::Path<String>,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
+    let view = state.shop.lookup(&order_id, &query.token)?;
+    Ok(HttpResponse::Ok().json(order_view(&view.record, &view.keys)))
+}
