@@ -1,0 +1,269 @@
+//! A real `panshi serve` process on port 0, and a buyer's, an operator's and a gateway's
+//! clients for it: reqwest for HTTP, tokio-tungstenite for WebSockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const ADMIN: &str = "test-admin-token";
+pub const PID: &str = "2001";
+pub const KEY: &str = "test-merchant-key";
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub data: PathBuf,
+    pub http: reqwest::Client,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Server {
+        Self::start_with(data, &[])
+    }
+
+    /// Starts the server on port 0 with `env` added, and waits until it listens.
+    pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut server = Server {
+            child: None,
+            base: String::new(),
+            data: data.to_owned(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            env,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_panshi"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&self.data)
+            .env("PANSHI_ADMIN_TOKEN", ADMIN)
+            .env("PANSHI_EPAY__PID", PID)
+            .env("PANSHI_EPAY__KEY", KEY)
+            .env("PANSHI_EPAY__GATEWAY_URL", "http://127.0.0.1:9/epay")
+            .env("PANSHI_LOG__LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("panshi starts");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(url) = line.strip_prefix("panshi: listening on ") {
+                    let _ = sender.send(url.to_owned());
+                }
+            }
+        });
+        self.base = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server printed its address");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and wait for a graceful stop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "graceful stop exited with {status}");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn audit(&self) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_panshi"))
+            .args(["audit", "--data"])
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{}", self.base.replacen("http://", "ws://", 1), path)
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(self.url(path)).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+        answer(r).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).bearer_auth(ADMIN).send().await.unwrap();
+        answer(r).await
+    }
+
+    pub async fn import(&self, sku: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(&format!("/api/v1/admin/products/{sku}/cards")))
+            .bearer_auth(ADMIN)
+            .header("Content-Type", "text/plain")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        answer(r).await
+    }
+
+    /// Creates a product and imports `keys`.
+    pub async fn product(&self, sku: &str, price_cents: u64, keys: &[String]) {
+        let (code, body) = self
+            .admin_post("/api/v1/admin/products", json!({"sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "currency": "CNY"}))
+            .await;
+        assert_eq!(code, 201, "{body}");
+        if !keys.is_empty() {
+            let (code, body) = self.import(sku, keys.join("\n")).await;
+            assert_eq!(code, 200, "{body}");
+            assert_eq!(body["imported"], keys.len() as u64);
+        }
+    }
+
+    pub async fn order(&self, sku: &str, quantity: u32) -> (u16, Value) {
+        let body = json!({"sku": sku, "quantity": quantity, "contact": "buyer@example.com", "channel": "epay"});
+        let r = self.http.post(self.url("/api/v1/orders")).json(&body).send().await.unwrap();
+        answer(r).await
+    }
+
+    pub async fn lookup(&self, order: &Value) -> (u16, Value) {
+        let path = format!("/api/v1/orders/{}?token={}", order["order_id"].as_str().unwrap(), order["token"].as_str().unwrap());
+        let r = self.http.get(self.url(&path)).send().await.unwrap();
+        answer(r).await
+    }
+
+    pub async fn stock(&self, sku: &str) -> (u64, u64, u64) {
+        let (code, s) = self.admin_get(&format!("/api/v1/admin/products/{sku}/stock")).await;
+        assert_eq!(code, 200, "{s}");
+        (s["available"].as_u64().unwrap(), s["reserved"].as_u64().unwrap(), s["sold"].as_u64().unwrap())
+    }
+
+    /// Sends a signed Epay notify as a gateway would (form POST); returns status and body.
+    pub async fn notify(&self, params: &[(String, String)]) -> (u16, String) {
+        let r = self.http.post(self.url("/api/v1/payments/epay/notify")).form(params).send().await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.text().await.unwrap())
+    }
+
+    pub async fn pay(&self, order: &Value) -> (u16, String) {
+        self.notify(&epay_params(order, PID, KEY, None)).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn answer(r: reqwest::Response) -> (u16, Value) {
+    let code = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub fn money(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// Signed notify parameters for an order; `money_override` forges the amount.
+pub fn epay_params(order: &Value, pid: &str, key: &str, money_override: Option<&str>) -> Vec<(String, String)> {
+    let id = order["order_id"].as_str().unwrap();
+    let amount = money(order["amount_cents"].as_u64().unwrap());
+    let mut params: Vec<(String, String)> = [
+        ("pid", pid),
+        ("trade_no", &format!("G{id}")),
+        ("out_trade_no", id),
+        ("type", "alipay"),
+        ("name", "test item"),
+        ("money", money_override.unwrap_or(&amount)),
+        ("trade_status", "TRADE_SUCCESS"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let sign = engine::payment::epay_sign(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), key);
+    params.push(("sign".into(), sign));
+    params.push(("sign_type".into(), "MD5".into()));
+    params
+}
+
+pub fn keys(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}-{i:05}")).collect()
+}
+
+/// A live WebSocket on an order, with 4 KiB buffers.
+pub struct Live {
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+pub enum Frame {
+    Update(Value),
+    /// The server closed, with this close code.
+    Closed(Option<u16>),
+}
+
+impl Live {
+    pub async fn connect(server: &Server, order: &Value) -> Live {
+        let url = server.ws_url(&format!(
+            "/api/v1/orders/{}/live?token={}",
+            order["order_id"].as_str().unwrap(),
+            order["token"].as_str().unwrap()
+        ));
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(4096);
+        let (stream, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false).await.expect("websocket connects");
+        Live { stream }
+    }
+
+    pub async fn next(&mut self) -> Frame {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.stream.next()).await.expect("a frame within 10 s");
+            match message {
+                Some(Ok(Message::Text(text))) => return Frame::Update(serde_json::from_str(&text).unwrap()),
+                Some(Ok(Message::Close(frame))) => return Frame::Closed(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Frame::Closed(None),
+            }
+        }
+    }
+
+    pub async fn status(&mut self) -> String {
+        match self.next().await {
+            Frame::Update(v) => v["status"].as_str().unwrap().to_owned(),
+            Frame::Closed(code) => panic!("socket closed ({code:?}) while a frame was expected"),
+        }
+    }
+}
