@@ -101,6 +101,10 @@ impl OrderRecord {
 pub struct Touched {
     pub sku: Option<Sku>,
     pub order: Option<OrderId>,
+    /// The event created the order (its indexes are new).
+    pub order_created: bool,
+    /// Cards whose sold-or-not state changed. A reservation is not a card change: the
+    /// order holds it.
     pub cards: Vec<CardId>,
 }
 
@@ -339,7 +343,8 @@ impl ShopState {
         Ok(Touched {
             sku: Some(order.sku.clone()),
             order: Some(id.clone()),
-            cards: order.cards.clone(),
+            order_created: true,
+            cards: Vec::new(),
         })
     }
 
@@ -375,7 +380,7 @@ impl ShopState {
         let mut touched = Touched {
             sku: Some(sku.clone()),
             order: Some(order_id.clone()),
-            cards: Vec::new(),
+            ..Touched::default()
         };
         let (status, review_reason) = match fulfilment {
             Fulfilment::Delivered { newly_reserved } => {
@@ -443,7 +448,7 @@ impl ShopState {
         Ok(Touched {
             sku: Some(sku),
             order: Some(order_id.clone()),
-            cards,
+            ..Touched::default()
         })
     }
 

@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod log;
+pub mod mirror;
 pub mod rows;
 pub mod store;
 

@@ -2,8 +2,10 @@
 //! the rest is bincode 2 (standard config). A reader refuses versions it does not know.
 
 use bincode::{Decode, Encode};
+use std::sync::Arc;
+
 use engine::state::{Holder, OrderRecord, ShopState, Stock, Touched};
-use engine::{Event, OrderId, Product, Sku};
+use engine::{CardId, Event, OrderId, Product, Sku};
 
 use crate::Error;
 
@@ -51,11 +53,11 @@ pub struct ProductRow {
     pub stock: Stock,
 }
 
-/// Who holds a card, by order id (the state's indexes are private to it).
+/// Whether a card is sold, and to which order. A reserved card is `Unsold` here: the
+/// reservation lives in the order's row, so reserving writes no card row.
 #[derive(Encode, Decode, Debug, PartialEq, Eq, Clone)]
 pub enum HolderRow {
-    Available,
-    Reserved(OrderId),
+    Unsold,
     Sold(OrderId),
 }
 
@@ -100,33 +102,35 @@ pub struct Row {
 
 pub use engine::time::month_of;
 
-pub fn card_key(card: engine::CardId) -> [u8; 8] {
+pub fn card_key(card: CardId) -> [u8; 8] {
     card.0.to_be_bytes()
 }
 
 pub fn holder_row(state: &ShopState, holder: Holder) -> HolderRow {
     let id = |index: u32| state.orders()[index as usize].created.order_id.clone();
     match holder {
-        Holder::Available => HolderRow::Available,
-        Holder::Reserved(index) => HolderRow::Reserved(id(index)),
+        Holder::Available | Holder::Reserved(_) => HolderRow::Unsold,
         Holder::Sold(index) => HolderRow::Sold(id(index)),
     }
 }
 
-pub fn order_rows(record: &OrderRecord, rows: &mut Vec<Row>) {
+/// An order's row, and with `created` its index rows.
+pub fn order_rows(record: &OrderRecord, created: bool, rows: &mut Vec<Row>) {
     let month = month_of(record.created.created_at_ms);
     let id = record.created.order_id.as_str().as_bytes().to_vec();
-    rows.push(Row {
-        tree: TreeName::OrderMonth,
-        key: id.clone(),
-        value: month.as_bytes().to_vec(),
-    });
-    if let Some(idempotency) = &record.created.idempotency {
+    if created {
         rows.push(Row {
-            tree: TreeName::Idempotency,
-            key: idempotency.key.as_bytes().to_vec(),
-            value: id.clone(),
+            tree: TreeName::OrderMonth,
+            key: id.clone(),
+            value: month.as_bytes().to_vec(),
         });
+        if let Some(idempotency) = &record.created.idempotency {
+            rows.push(Row {
+                tree: TreeName::Idempotency,
+                key: idempotency.key.as_bytes().to_vec(),
+                value: id.clone(),
+            });
+        }
     }
     rows.push(Row {
         tree: TreeName::Orders(month),
@@ -135,37 +139,71 @@ pub fn order_rows(record: &OrderRecord, rows: &mut Vec<Row>) {
     });
 }
 
-/// The rows an applied event changed, as the state now has them.
-pub fn touched_rows(state: &ShopState, touched: &Touched, rows: &mut Vec<Row>) {
-    if let Some(sku) = &touched.sku {
-        let product = state.product(sku).expect("touched sku exists");
-        rows.push(Row {
-            tree: TreeName::Products,
-            key: sku.as_str().as_bytes().to_vec(),
-            value: encode(&ProductRow {
-                product: product.product.clone(),
-                stock: product.stock,
-            }),
-        });
-    }
-    if let Some(order_id) = &touched.order {
-        order_rows(state.order(order_id).expect("touched order exists"), rows);
-    }
-    for card in &touched.cards {
-        rows.push(card_row(state, *card));
+pub fn product_row(product: &Product, stock: Stock) -> Row {
+    Row {
+        tree: TreeName::Products,
+        key: product.sku.as_str().as_bytes().to_vec(),
+        value: encode(&ProductRow {
+            product: product.clone(),
+            stock,
+        }),
     }
 }
 
-pub fn card_row(state: &ShopState, card: engine::CardId) -> Row {
+/// One change to mirror, captured (cheaply, unencoded) while the state lock is held.
+pub enum Change {
+    Order {
+        record: Arc<OrderRecord>,
+        created: bool,
+    },
+    Card {
+        card: CardId,
+        row: CardRow,
+    },
+    Stock {
+        sku: Sku,
+        stock: Stock,
+    },
+    Product(Product),
+}
+
+/// The changes an applied event made, as the state now has them.
+pub fn changes(state: &ShopState, event: &Event, touched: Touched, out: &mut Vec<Change>) {
+    if let Event::ProductCreated(product) = event {
+        out.push(Change::Product(product.clone()));
+    }
+    if let Some(order_id) = &touched.order {
+        let record = state.order(order_id).expect("touched order exists");
+        out.push(Change::Order {
+            record: Arc::new(record.clone()),
+            created: touched.order_created,
+        });
+    }
+    for card in touched.cards {
+        out.push(Change::Card {
+            card,
+            row: card_record(state, card),
+        });
+    }
+    if let Some(sku) = touched.sku {
+        let stock = state.product(&sku).expect("touched sku exists").stock;
+        out.push(Change::Stock { sku, stock });
+    }
+}
+
+pub fn card_record(state: &ShopState, card: CardId) -> CardRow {
     let slot = state.card(card).expect("touched card exists");
-    let sku = state.sku_of(card).expect("card has a sku");
+    CardRow {
+        sku: state.sku_of(card).expect("card has a sku"),
+        key: slot.key.to_string(),
+        holder: holder_row(state, slot.holder),
+    }
+}
+
+pub fn card_row(card: CardId, row: &CardRow) -> Row {
     Row {
         tree: TreeName::Cards,
         key: card_key(card).to_vec(),
-        value: encode(&CardRow {
-            sku,
-            key: slot.key.to_string(),
-            holder: holder_row(state, slot.holder),
-        }),
+        value: encode(row),
     }
 }

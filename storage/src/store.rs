@@ -12,19 +12,22 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
 use engine::state::{ShopState, Touched};
 use engine::{CardId, Event, OrderId, OrderRecord, Sku};
 use parking_lot::{RwLock, RwLockReadGuard};
 use tokio::sync::oneshot;
 
-use crate::log::{self, DurableGroup, Log, Lsn, Recovery, APPEND_QUEUE_CAPACITY};
+use crate::log::{self, Log, Lsn, Recovery, APPEND_QUEUE_CAPACITY};
+use crate::mirror::{self, DurableView, Pending};
 use crate::rows::{self, Row, TreeName};
 use crate::Error;
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
 /// Cache sled may use, in bytes.
 pub const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
+/// rare flush only costs catch-up work after a crash.
+pub const SLED_FLUSH_EVERY_MS: u64 = 2_000;
 
 /// Observes commit latency and group sizes (metrics live in the caller's crate).
 pub trait CommitObserver: Send + Sync + 'static {
@@ -34,12 +37,6 @@ pub trait CommitObserver: Send + Sync + 'static {
 struct NoObserver;
 impl CommitObserver for NoObserver {
     fn group_committed(&self, _: usize, _: std::time::Duration) {}
-}
-
-struct Pending {
-    rows: Vec<Row>,
-    done: oneshot::Sender<Result<Lsn, Error>>,
-    queued_at: Instant,
 }
 
 /// Resolves when a committed event is durable and mirrored.
@@ -60,7 +57,8 @@ pub struct Store {
     state: Arc<RwLock<ShopState>>,
     log: Log<Pending>,
     db: sled::Db,
-    applier: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    view: Arc<DurableView>,
+    threads: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     poisoned: Arc<AtomicBool>,
     recovery: Recovery,
     data_dir: PathBuf,
@@ -83,17 +81,18 @@ impl TouchedSet {
     fn rows(&self, state: &ShopState) -> Vec<Row> {
         let mut rows = Vec::new();
         for sku in &self.skus {
-            let touched = Touched {
-                sku: Some(sku.clone()),
-                ..Touched::default()
-            };
-            rows::touched_rows(state, &touched, &mut rows);
+            let product = state.product(sku).expect("replayed product");
+            rows.push(rows::product_row(&product.product, product.stock));
         }
         for order_id in &self.orders {
-            rows::order_rows(state.order(order_id).expect("replayed order"), &mut rows);
+            rows::order_rows(
+                state.order(order_id).expect("replayed order"),
+                true,
+                &mut rows,
+            );
         }
         for card in &self.cards {
-            rows.push(rows::card_row(state, *card));
+            rows.push(rows::card_row(*card, &rows::card_record(state, *card)));
         }
         rows
     }
@@ -111,6 +110,8 @@ pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
     Ok(sled::Config::new()
         .path(sled_dir(data_dir))
         .cache_capacity(SLED_CACHE_BYTES)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
         .open()?)
 }
 
@@ -121,7 +122,7 @@ pub fn applied_lsn(db: &sled::Db) -> Result<u64, Error> {
     }))
 }
 
-fn write_rows(
+pub(crate) fn write_rows(
     db: &sled::Db,
     trees: &mut HashMap<TreeName, sled::Tree>,
     rows: impl IntoIterator<Item = Row>,
@@ -207,21 +208,33 @@ impl Store {
             Lsn(recovery.last_lsn),
         )?;
         db.flush()?;
+        let products = state
+            .products()
+            .map(|p| (p.product.sku.clone(), p.product.clone()))
+            .collect();
         let (sink, durable) = crossbeam_channel::bounded(64);
         let log = Log::start(&log_dir(data_dir), recovery.last_lsn, sink)?;
         let poisoned = Arc::new(AtomicBool::new(false));
+        let view = Arc::new(DurableView::default());
+        let (to_mirror, batches) = crossbeam_channel::bounded(mirror::MIRROR_QUEUE_BATCHES);
         let applier = {
-            let db = db.clone();
-            let poisoned = poisoned.clone();
+            let (view, poisoned) = (view.clone(), poisoned.clone());
             std::thread::Builder::new()
                 .name("log-applier".into())
-                .spawn(move || run_applier(db, trees, durable, poisoned, observer))?
+                .spawn(move || mirror::run_applier(durable, view, to_mirror, poisoned, observer))?
+        };
+        let mirror = {
+            let (db, view, poisoned) = (db.clone(), view.clone(), poisoned.clone());
+            std::thread::Builder::new()
+                .name("sled-mirror".into())
+                .spawn(move || mirror::run_mirror(db, trees, products, batches, view, poisoned))?
         };
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
             log,
             db,
-            applier: parking_lot::Mutex::new(Some(applier)),
+            view,
+            threads: parking_lot::Mutex::new(vec![applier, mirror]),
             poisoned,
             recovery,
             data_dir: data_dir.to_owned(),
@@ -249,11 +262,11 @@ impl Store {
             return Err(Error::Busy);
         }
         let touched = state.apply(event).map_err(Error::Violation)?;
-        let mut rows = Vec::with_capacity(4);
-        rows::touched_rows(&state, &touched, &mut rows);
+        let mut changes = Vec::with_capacity(3);
+        rows::changes(&state, event, touched, &mut changes);
         let (done, receiver) = oneshot::channel();
         let pending = Pending {
-            rows,
+            changes,
             done,
             queued_at: Instant::now(),
         };
@@ -272,8 +285,11 @@ impl Store {
         self.state.read()
     }
 
-    /// An order as sled holds it: exactly what was acknowledged.
+    /// An order as it was last made durable: from the view of recent changes, else sled.
     pub fn order(&self, order_id: &OrderId) -> Result<Option<OrderRecord>, Error> {
+        if let Some(record) = self.view.get(order_id) {
+            return Ok(Some((*record).clone()));
+        }
         let index = self.db.open_tree(TreeName::OrderMonth.as_string())?;
         let Some(month) = index.get(order_id.as_str())? else {
             return Ok(None);
@@ -301,11 +317,16 @@ impl Store {
             .store(true, Ordering::Release);
     }
 
+    /// Orders durable but not yet in sled.
+    pub fn unmirrored_orders_count(&self) -> usize {
+        self.view.len()
+    }
+
     /// Drains everything queued, waits for it to be mirrored, and flushes sled.
     pub fn close(&self) -> Result<(), Error> {
         self.log.close();
-        if let Some(applier) = self.applier.lock().take() {
-            let _ = applier.join();
+        for thread in self.threads.lock().drain(..) {
+            let _ = thread.join();
         }
         self.db.flush()?;
         Ok(())
@@ -315,58 +336,6 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         let _ = self.close();
-    }
-}
-
-fn run_applier(
-    db: sled::Db,
-    mut trees: HashMap<TreeName, sled::Tree>,
-    durable: Receiver<DurableGroup<Pending>>,
-    poisoned: Arc<AtomicBool>,
-    observer: Arc<dyn CommitObserver>,
-) {
-    for group in durable {
-        let Some((last, first)) = group.records.last().map(|r| r.0).zip(group.records.first())
-        else {
-            continue;
-        };
-        observer.group_committed(group.records.len(), first.1.queued_at.elapsed());
-        let mut result = group.result;
-        if result.is_ok() {
-            let mut records = Vec::with_capacity(group.records.len());
-            let mut rows = Vec::new();
-            for (lsn, pending) in group.records {
-                rows.extend(pending.rows);
-                records.push((lsn, pending.done));
-            }
-            result = write_rows(&db, &mut trees, rows, last);
-            finish(records, &result, &poisoned);
-        } else {
-            let records = group
-                .records
-                .into_iter()
-                .map(|(lsn, p)| (lsn, p.done))
-                .collect();
-            finish(records, &result, &poisoned);
-        }
-    }
-}
-
-fn finish(
-    records: Vec<(Lsn, oneshot::Sender<Result<Lsn, Error>>)>,
-    result: &Result<(), Error>,
-    poisoned: &AtomicBool,
-) {
-    if let Err(error) = result {
-        poisoned.store(true, Ordering::Release);
-        tracing::error!(%error, "log group failed; store poisoned");
-    }
-    for (lsn, done) in records {
-        let answer = match result {
-            Ok(()) => Ok(lsn),
-            Err(_) => Err(Error::LogFailed),
-        };
-        let _ = done.send(answer);
     }
 }
 

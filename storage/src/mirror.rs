@@ -1,0 +1,221 @@
+//! The path from a durable log group to its callers and to sled.
+//!
+//! The applier thread takes each fdatasync'd group, publishes its order records in the
+//! `DurableView` (memory), completes the callers, and gathers the group's changes into a
+//! `MirrorBatch`, coalescing by key. Every `MIRROR_BATCH_MS` (or `MIRROR_BATCH_CHANGES_MAX`
+//! changes) the batch goes to the mirror thread, which writes it to sled, records
+//! `applied_lsn` last, and then evicts from the view what sled now holds.
+//!
+//! Reads of an order go to the view first, then to sled: both hold only durable state, and
+//! together they hold all of it. sled's writes are off the acknowledgement path, so sled
+//! costs throughput only as CPU, never as latency; its lag is bounded by the channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use engine::{CardId, OrderId, OrderRecord, Product, Sku, Stock};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::log::{DurableGroup, Lsn};
+use crate::rows::{self, CardRow, Change, Row, TreeName};
+use crate::store::{write_rows, CommitObserver};
+use crate::Error;
+
+/// Longest a durable change waits before it is sent to sled.
+pub const MIRROR_BATCH_MS: u64 = 20;
+/// Most changes gathered into one sled batch.
+pub const MIRROR_BATCH_CHANGES_MAX: usize = 100_000;
+/// Batches waiting for the mirror thread; when full, acknowledgements wait (back-pressure).
+pub const MIRROR_QUEUE_BATCHES: usize = 4;
+const VIEW_SHARDS: usize = 32;
+
+pub(crate) struct Pending {
+    pub changes: Vec<Change>,
+    pub done: oneshot::Sender<Result<Lsn, Error>>,
+    pub queued_at: Instant,
+}
+
+/// Order records that are durable but possibly not yet in sled, with the lsn of each.
+#[derive(Default)]
+pub struct DurableView {
+    shards: [Mutex<HashMap<OrderId, (u64, Arc<OrderRecord>)>>; VIEW_SHARDS],
+}
+
+impl DurableView {
+    fn shard(&self, order_id: &OrderId) -> &Mutex<HashMap<OrderId, (u64, Arc<OrderRecord>)>> {
+        let hash = order_id
+            .as_str()
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        &self.shards[(hash % VIEW_SHARDS as u64) as usize]
+    }
+
+    pub fn get(&self, order_id: &OrderId) -> Option<Arc<OrderRecord>> {
+        self.shard(order_id)
+            .lock()
+            .get(order_id)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn publish(&self, lsn: u64, record: Arc<OrderRecord>) {
+        let id = record.created.order_id.clone();
+        self.shard(&id).lock().insert(id, (lsn, record));
+    }
+
+    /// Forgets records sled now holds (written at or before `through`).
+    fn evict(&self, orders: &[OrderId], through: u64) {
+        for id in orders {
+            let mut shard = self.shard(id).lock();
+            if shard.get(id).is_some_and(|(lsn, _)| *lsn <= through) {
+                shard.remove(id);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Changes since the last sled write, coalesced: the last value of each key wins.
+#[derive(Default)]
+pub(crate) struct MirrorBatch {
+    orders: HashMap<OrderId, (Arc<OrderRecord>, bool)>,
+    cards: HashMap<CardId, CardRow>,
+    stocks: HashMap<Sku, Stock>,
+    products: Vec<Product>,
+    changes_count: usize,
+    last_lsn: u64,
+    started: Option<Instant>,
+}
+
+impl MirrorBatch {
+    fn add(&mut self, lsn: u64, change: Change) {
+        self.started.get_or_insert_with(Instant::now);
+        self.changes_count += 1;
+        self.last_lsn = lsn;
+        match change {
+            Change::Order { record, created } => {
+                let id = record.created.order_id.clone();
+                let created_before = self.orders.get(&id).is_some_and(|(_, c)| *c);
+                self.orders.insert(id, (record, created || created_before));
+            }
+            Change::Card { card, row } => {
+                self.cards.insert(card, row);
+            }
+            Change::Stock { sku, stock } => {
+                self.stocks.insert(sku, stock);
+            }
+            Change::Product(product) => self.products.push(product),
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        self.changes_count >= MIRROR_BATCH_CHANGES_MAX
+            || self
+                .started
+                .is_some_and(|t| t.elapsed() >= Duration::from_millis(MIRROR_BATCH_MS))
+    }
+
+    fn wait_for_next(&self) -> Duration {
+        match self.started {
+            Some(t) => Duration::from_millis(MIRROR_BATCH_MS).saturating_sub(t.elapsed()),
+            None => Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Completes callers as groups become durable, and feeds the mirror.
+pub(crate) fn run_applier(
+    durable: Receiver<DurableGroup<Pending>>,
+    view: Arc<DurableView>,
+    mirror: Sender<MirrorBatch>,
+    poisoned: Arc<AtomicBool>,
+    observer: Arc<dyn CommitObserver>,
+) {
+    let mut batch = MirrorBatch::default();
+    loop {
+        match durable.recv_timeout(batch.wait_for_next()) {
+            Ok(group) => apply_group(group, &view, &mut batch, &poisoned, &*observer),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if batch.is_due() && mirror.send(std::mem::take(&mut batch)).is_err() {
+            return;
+        }
+    }
+    if batch.changes_count > 0 {
+        let _ = mirror.send(batch);
+    }
+}
+
+fn apply_group(
+    group: DurableGroup<Pending>,
+    view: &DurableView,
+    batch: &mut MirrorBatch,
+    poisoned: &AtomicBool,
+    observer: &dyn CommitObserver,
+) {
+    if let Some((_, first)) = group.records.first() {
+        observer.group_committed(group.records.len(), first.queued_at.elapsed());
+    }
+    if let Err(error) = &group.result {
+        poisoned.store(true, Ordering::Release);
+        tracing::error!(%error, "log group failed; store poisoned");
+    }
+    for (lsn, pending) in group.records {
+        if group.result.is_err() {
+            let _ = pending.done.send(Err(Error::LogFailed));
+            continue;
+        }
+        for change in pending.changes {
+            if let Change::Order { record, .. } = &change {
+                view.publish(lsn.0, record.clone());
+            }
+            batch.add(lsn.0, change);
+        }
+        let _ = pending.done.send(Ok(lsn));
+    }
+}
+
+/// Writes batches into sled, then evicts what sled now holds from the view.
+pub(crate) fn run_mirror(
+    db: sled::Db,
+    mut trees: HashMap<TreeName, sled::Tree>,
+    mut products: HashMap<Sku, Product>,
+    batches: Receiver<MirrorBatch>,
+    view: Arc<DurableView>,
+    poisoned: Arc<AtomicBool>,
+) {
+    for batch in batches {
+        for product in batch.products {
+            products.insert(product.sku.clone(), product);
+        }
+        let mut rows: Vec<Row> = Vec::with_capacity(batch.orders.len() * 2 + batch.cards.len());
+        let mut orders = Vec::with_capacity(batch.orders.len());
+        for (id, (record, created)) in batch.orders {
+            rows::order_rows(&record, created, &mut rows);
+            orders.push(id);
+        }
+        for (card, row) in &batch.cards {
+            rows.push(rows::card_row(*card, row));
+        }
+        for (sku, stock) in batch.stocks {
+            rows.push(rows::product_row(&products[&sku], stock));
+        }
+        if let Err(error) = write_rows(&db, &mut trees, rows, Lsn(batch.last_lsn)) {
+            poisoned.store(true, Ordering::Release);
+            tracing::error!(%error, "sled mirror write failed; store poisoned (the log holds everything)");
+            continue;
+        }
+        view.evict(&orders, batch.last_lsn);
+    }
+}
