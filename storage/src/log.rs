@@ -399,3 +399,20 @@ pub fn load_vote(dir: &Path) -> Result<Option<(u64, u64)>, Error> {
     let voted_for = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
     Ok(Some((term, voted_for)))
 }
+
+/// Where each record of the newest segment ends: `(lsn, end offset)`, plus that segment's
+/// path. For fault injection (the simulator cuts or tears the tail at a chosen record).
+pub fn tail_frames(dir: &Path) -> Result<Option<(PathBuf, Vec<(u64, u64)>)>, Error> {
+    let Some((_, path)) = list_segments(dir)?.pop() else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    File::open(&path)?.read_to_end(&mut bytes)?;
+    let mut ends = Vec::new();
+    let mut offset = 0;
+    while let Some((lsn, range)) = frame_at(&bytes, offset) {
+        ends.push((lsn, range.end as u64));
+        offset = range.end;
+    }
+    Ok(Some((path, ends)))
+}

@@ -28,9 +28,9 @@ use crate::Error;
 /// Longest a durable change waits before it is sent to sled.
 pub const MIRROR_BATCH_MS: u64 = 20;
 /// Most changes gathered into one sled batch.
-pub const MIRROR_BATCH_CHANGES_MAX: usize = 100_000;
+pub const MIRROR_BATCH_CHANGES_MAX: usize = 20_000;
 /// Batches waiting for the mirror thread; when full, acknowledgements wait (back-pressure).
-pub const MIRROR_QUEUE_BATCHES: usize = 4;
+pub const MIRROR_QUEUE_BATCHES: usize = 2;
 const VIEW_SHARDS: usize = 32;
 
 pub(crate) struct Pending {

@@ -24,10 +24,10 @@ use crate::Error;
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
 /// Cache sled may use, in bytes.
-pub const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
 /// rare flush only costs catch-up work after a crash.
-pub const SLED_FLUSH_EVERY_MS: u64 = 2_000;
+pub const SLED_FLUSH_EVERY_MS: u64 = 500;
 
 /// Observes commit latency and group sizes (metrics live in the caller's crate).
 pub trait CommitObserver: Send + Sync + 'static {
