@@ -36,6 +36,8 @@ pub enum Rejection {
     AmountMismatch { paid_cents: u64, order_cents: u64 },
     #[error("payment signature is invalid")]
     BadSignature,
+    #[error("the signature's timestamp is outside the tolerance")]
+    StaleSignature,
     #[error("merchant id does not match")]
     WrongMerchant,
     #[error("payment notification is malformed: {0}")]

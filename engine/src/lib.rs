@@ -12,6 +12,7 @@
 //! always give the same outputs: the simulator replays a seed exactly, and `panshi audit`
 //! re-derives the shop from the log with the very code that ran it.
 
+pub mod breaker;
 pub mod error;
 pub mod events;
 pub mod ids;

@@ -14,9 +14,26 @@ pub const EPAY_PARAMS_COUNT_MAX: usize = 32;
 /// Epay's MD5 signature: every parameter except `sign`, `sign_type` and empty values, sorted
 /// by key (byte order), joined as `k=v` with `&`, the merchant key appended, MD5, lower hex.
 pub fn epay_sign<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>, key: &str) -> String {
+    md5_signature(params, &["sign", "sign_type"], key)
+}
+
+/// epusdt's signature: the Epay rule over every field but `signature`, keyed with the API
+/// token; numbers in their shortest decimal form (see `shortest_decimal`).
+pub fn epusdt_sign<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    token: &str,
+) -> String {
+    md5_signature(params, &["signature"], token)
+}
+
+fn md5_signature<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    excluded: &[&str],
+    secret: &str,
+) -> String {
     let mut signed: Vec<(&str, &str)> = params
         .into_iter()
-        .filter(|(k, v)| !v.is_empty() && *k != "sign" && *k != "sign_type")
+        .filter(|(k, v)| !v.is_empty() && !excluded.contains(k))
         .collect();
     signed.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut hasher = Md5::new();
@@ -28,8 +45,144 @@ pub fn epay_sign<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>, key: 
         hasher.update(b"=");
         hasher.update(v.as_bytes());
     }
-    hasher.update(key.as_bytes());
+    hasher.update(secret.as_bytes());
     hex_lower(&hasher.finalize())
+}
+
+/// The shortest decimal form of a JSON number's text: "10.50" -> "10.5", "10.0" -> "10",
+/// "28.88" stays. Exponents and anything else that is not a plain decimal are `None`.
+pub fn shortest_decimal(raw: &str) -> Option<String> {
+    let (sign, digits) = match raw.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", raw),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let plain = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || !plain(whole)
+        || !plain(fraction)
+        || (digits.contains('.') && fraction.is_empty())
+    {
+        return None;
+    }
+    let fraction = fraction.trim_end_matches('0');
+    Some(if fraction.is_empty() {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{fraction}")
+    })
+}
+
+/// One field of a JSON callback: its name, its text (a string's decoded value, or a
+/// number's raw text), and whether it was a number.
+#[derive(Clone, Debug)]
+pub struct JsonField {
+    pub name: String,
+    pub text: String,
+    pub is_number: bool,
+}
+
+/// An epusdt callback whose signature checked out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EpusdtCallback {
+    pub order_id: OrderId,
+    pub trade_id: String,
+    pub amount_cents: u64,
+    /// `status` is 2.
+    pub paid: bool,
+}
+
+/// Verifies an epusdt callback: signature (constant time, keyed with the token), then the
+/// fields. `amount` is read from the JSON text as a decimal, never through a float.
+pub fn verify_epusdt_callback(
+    fields: &[JsonField],
+    token: &str,
+) -> Result<EpusdtCallback, Rejection> {
+    if fields.len() > EPAY_PARAMS_COUNT_MAX {
+        return Err(Rejection::MalformedNotify("too many fields"));
+    }
+    let mut canonical = Vec::with_capacity(fields.len());
+    for field in fields {
+        let value = if field.is_number {
+            shortest_decimal(&field.text).ok_or(Rejection::MalformedNotify(
+                "a number is not a plain decimal",
+            ))?
+        } else {
+            field.text.clone()
+        };
+        canonical.push((field.name.as_str(), value));
+    }
+    let get = |name: &str| {
+        canonical
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let signature = get("signature").ok_or(Rejection::MalformedNotify("signature is missing"))?;
+    let expected = epusdt_sign(canonical.iter().map(|(k, v)| (*k, v.as_str())), token);
+    if !signatures_equal(&expected, &signature.to_ascii_lowercase()) {
+        return Err(Rejection::BadSignature);
+    }
+    let required = |name: &'static str| {
+        get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or(Rejection::MalformedNotify(name))
+    };
+    let order_id = OrderId::parse(required("order_id")?)?;
+    let trade_id = required("trade_id")?.to_owned();
+    let amount_cents = parse_decimal_cents(required("amount")?)
+        .ok_or(Rejection::MalformedNotify("amount is not a decimal amount"))?;
+    let paid = required("status")? == "2";
+    Ok(EpusdtCallback {
+        order_id,
+        trade_id,
+        amount_cents,
+        paid,
+    })
+}
+
+/// Stripe's tolerance for a webhook's timestamp.
+pub const STRIPE_TOLERANCE_SECS: u64 = 300;
+
+/// Verifies a `Stripe-Signature: t=..,v1=..[,v1=..]` header as Stripe's libraries do: some
+/// `v1` equals HMAC-SHA256(secret, "{t}.{body}") and `t` is within the tolerance of now.
+pub fn verify_stripe_signature(
+    header: &str,
+    body: &[u8],
+    secret: &str,
+    now_secs: u64,
+) -> Result<(), Rejection> {
+    use hmac::{Hmac, Mac};
+    let mut timestamp = None;
+    let mut candidates = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => timestamp = value.parse::<u64>().ok(),
+            Some(("v1", value)) => candidates.push(value),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(Rejection::MalformedNotify(
+        "Stripe-Signature has no timestamp",
+    ))?;
+    if candidates.is_empty() {
+        return Err(Rejection::MalformedNotify(
+            "Stripe-Signature has no v1 signature",
+        ));
+    }
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let expected = hex_lower(&mac.finalize().into_bytes());
+    if !candidates.iter().any(|c| signatures_equal(&expected, c)) {
+        return Err(Rejection::BadSignature);
+    }
+    if now_secs.abs_diff(timestamp) > STRIPE_TOLERANCE_SECS {
+        return Err(Rejection::StaleSignature);
+    }
+    Ok(())
 }
 
 pub fn hex_lower(bytes: &[u8]) -> String {
@@ -223,6 +376,86 @@ mod tests {
                 "http://gw/submit.php?pid=1&name=a%20b%26c&money=1.00&sign={sign}&sign_type=MD5"
             )
         );
+    }
+
+    #[test]
+    fn shortest_decimals() {
+        for (raw, want) in [
+            ("10", Some("10")),
+            ("10.50", Some("10.5")),
+            ("10.0", Some("10")),
+            ("28.88", Some("28.88")),
+            ("1e3", None),
+            ("1.", None),
+            ("-0.10", Some("-0.1")),
+        ] {
+            assert_eq!(shortest_decimal(raw).as_deref(), want, "{raw}");
+        }
+    }
+
+    fn field(name: &str, text: &str, is_number: bool) -> JsonField {
+        JsonField {
+            name: name.into(),
+            text: text.into(),
+            is_number,
+        }
+    }
+
+    /// Vector computed from the published rule with coreutils' md5sum:
+    /// printf 'amount=28.88&order_id=o1&status=2&trade_id=T1TOKEN' | md5sum
+    #[test]
+    fn epusdt_callbacks_verify_with_numbers_in_shortest_form() {
+        let plain = "amount=28.88&order_id=o1&status=2&trade_id=T1TOKEN";
+        let want = hex_lower(&Md5::digest(plain.as_bytes()));
+        assert_eq!(want, "60906a6544262f2a4caf53a881d00703");
+        let fields = vec![
+            field("trade_id", "T1", false),
+            field("order_id", "o1", false),
+            field("amount", "28.880", true),
+            field("block_transaction_id", "", false),
+            field("status", "2", true),
+            field("signature", &want, false),
+        ];
+        let got = verify_epusdt_callback(&fields, "TOKEN").unwrap();
+        assert_eq!((got.amount_cents, got.paid), (2888, true));
+        assert_eq!(
+            verify_epusdt_callback(&fields, "OTHER"),
+            Err(Rejection::BadSignature)
+        );
+        let mut tampered = fields.clone();
+        tampered[2].text = "0.01".into();
+        assert_eq!(
+            verify_epusdt_callback(&tampered, "TOKEN"),
+            Err(Rejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn stripe_signatures_follow_the_published_scheme() {
+        use hmac::{Hmac, Mac};
+        let body = br#"{"id":"evt_1"}"#;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"whsec").unwrap();
+        mac.update(b"1700000000.");
+        mac.update(body);
+        let good = hex_lower(&mac.finalize().into_bytes());
+        let header = format!("t=1700000000,v1=deadbeef,v1={good}");
+        assert_eq!(
+            verify_stripe_signature(&header, body, "whsec", 1_700_000_100),
+            Ok(())
+        );
+        assert_eq!(
+            verify_stripe_signature(&header, body, "whsec", 1_700_000_301),
+            Err(Rejection::StaleSignature)
+        );
+        assert_eq!(
+            verify_stripe_signature(&header, b"{}", "whsec", 1_700_000_000),
+            Err(Rejection::BadSignature)
+        );
+        assert_eq!(
+            verify_stripe_signature(&header, body, "other", 1_700_000_000),
+            Err(Rejection::BadSignature)
+        );
+        assert!(verify_stripe_signature("v1=aa", body, "whsec", 0).is_err());
     }
 
     #[test]

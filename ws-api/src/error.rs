@@ -84,6 +84,7 @@ impl From<Rejection> for ApiError {
             Rejection::InvalidCurrency => (StatusCode::BAD_REQUEST, "invalid_currency"),
             Rejection::AmountMismatch { .. } => (StatusCode::BAD_REQUEST, "amount_mismatch"),
             Rejection::BadSignature => (StatusCode::BAD_REQUEST, "bad_signature"),
+            Rejection::StaleSignature => (StatusCode::BAD_REQUEST, "stale_signature"),
             Rejection::WrongMerchant => (StatusCode::BAD_REQUEST, "wrong_merchant"),
             Rejection::MalformedNotify(_) => (StatusCode::BAD_REQUEST, "malformed_notify"),
             Rejection::NotPaid => (StatusCode::BAD_REQUEST, "not_paid"),
