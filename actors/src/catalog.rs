@@ -1,6 +1,8 @@
 //! The catalogue actor: serialises product creation and card imports, so that a key's
 //! deduplication and its card id are decided against a state no other import is changing.
 
+use std::time::Instant;
+
 use actix::prelude::*;
 use engine::import::parse_import;
 use engine::{Event, Product, Rejection};
@@ -44,6 +46,20 @@ impl Actor for Catalog {
     }
 }
 
+impl Catalog {
+    /// Records a message's handling time, and its failure when it is an operational one (a
+    /// refusal such as a duplicate SKU is an answer, not an actor failure).
+    fn handled<T>(&self, result: &Result<T, ShopError>, started: Instant) {
+        let health = self.shop.health();
+        health.handled(ActorKind::Catalog, started.elapsed());
+        if let Err(error) = result {
+            if !matches!(error, ShopError::Rejected(_)) {
+                health.failed(ActorKind::Catalog, &error.to_string(), self.shop.now_ms());
+            }
+        }
+    }
+}
+
 impl Supervised for Catalog {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.shop.health().restarted(ActorKind::Catalog);
@@ -65,7 +81,13 @@ impl Handler<CreateProduct> for Catalog {
             shop.open_pool(&sku);
             Ok(())
         };
-        AtomicResponse::new(Box::pin(work.into_actor(self)))
+        let started = Instant::now();
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |result, act, _| {
+                act.handled(&result, started);
+                result
+            },
+        )))
     }
 }
 
@@ -106,6 +128,12 @@ impl Handler<ImportCards> for Catalog {
                 duplicates,
             })
         };
-        AtomicResponse::new(Box::pin(work.into_actor(self)))
+        let started = Instant::now();
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |result, act, _| {
+                act.handled(&result, started);
+                result
+            },
+        )))
     }
 }

@@ -15,14 +15,16 @@
 //! it once durable. A crash loses only unacknowledged work; recovery is a log replay, which
 //! is also why the release build aborts on panic instead of unwinding into odd states.
 
+pub mod alerts;
 pub mod catalog;
+pub mod health;
 pub mod order;
 pub mod pool;
+pub mod trace;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use engine::events::{Event, Fulfilment, Idempotency, NewOrder, Payment, Product};
@@ -36,12 +38,16 @@ use storage::Store;
 use tokio::sync::mpsc;
 
 pub use catalog::ImportOutcome;
+pub use health::{Health, KindHealth, LastError};
 use order::{Directory, Pay, Subscribe};
 pub use order::{OrderUpdate, PayOutcome};
 use pool::SkuPool;
+use trace::{OrderTrace, Stage, Traces};
 
 /// Longest `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+/// Payment channels counted for the alert rules.
+pub const CHANNELS_TRACKED_MAX: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
@@ -147,56 +153,6 @@ impl ActorKind {
     }
 }
 
-/// Live counts and restarts per actor kind.
-#[derive(Default)]
-pub struct Health {
-    live: [AtomicI64; 3],
-    started: [AtomicU64; 3],
-    restarts: [AtomicU64; 3],
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct KindHealth {
-    pub kind: ActorKind,
-    pub live: i64,
-    pub started: u64,
-    pub restarts: u64,
-}
-
-impl Health {
-    fn index(kind: ActorKind) -> usize {
-        kind as usize
-    }
-
-    pub fn started(&self, kind: ActorKind) {
-        self.live[Self::index(kind)].fetch_add(1, Ordering::Relaxed);
-        self.started[Self::index(kind)].fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("panshi_actors_live", "kind" => kind.as_str()).increment(1.0);
-    }
-
-    pub fn stopped(&self, kind: ActorKind) {
-        self.live[Self::index(kind)].fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("panshi_actors_live", "kind" => kind.as_str()).decrement(1.0);
-    }
-
-    pub fn restarted(&self, kind: ActorKind) {
-        self.restarts[Self::index(kind)].fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("panshi_actor_restarts_total", "kind" => kind.as_str()).increment(1);
-    }
-
-    pub fn snapshot(&self) -> Vec<KindHealth> {
-        ActorKind::ALL
-            .iter()
-            .map(|kind| KindHealth {
-                kind: *kind,
-                live: self.live[Self::index(*kind)].load(Ordering::Relaxed),
-                started: self.started[Self::index(*kind)].load(Ordering::Relaxed),
-                restarts: self.restarts[Self::index(*kind)].load(Ordering::Relaxed),
-            })
-            .collect()
-    }
-}
-
 /// A buyer's order request, validated at the edge for shape only.
 pub struct OrderRequest {
     pub sku: Sku,
@@ -225,7 +181,10 @@ struct Inner {
     directory: Directory,
     catalog: OnceLock<Addr<catalog::Catalog>>,
     idempotency_in_flight: Mutex<HashSet<String>>,
-    health: Health,
+    health: Arc<Health>,
+    traces: Traces,
+    /// Orders created and paid per payment channel since start, for the alert rules.
+    channel_totals: Mutex<Vec<alerts::ChannelTotals>>,
 }
 
 /// The handle every edge and actor uses; cheap to clone.
@@ -281,7 +240,9 @@ impl Shop {
             directory: Directory::default(),
             catalog: OnceLock::new(),
             idempotency_in_flight: Mutex::default(),
-            health: Health::default(),
+            health: Arc::default(),
+            traces: Traces::default(),
+            channel_totals: Mutex::default(),
         }));
         let catalog_shop = shop.clone();
         let catalog = Supervisor::start(move |_| catalog::Catalog { shop: catalog_shop });
@@ -331,6 +292,101 @@ impl Shop {
         &self.0.health
     }
 
+    /// A shared handle on the health counters, for actors that outlive a borrow of the shop.
+    pub fn health_handle(&self) -> Arc<Health> {
+        self.0.health.clone()
+    }
+
+    pub fn clock_handle(&self) -> Arc<dyn Clock> {
+        self.0.clock.clone()
+    }
+
+    pub fn traces(&self) -> &Traces {
+        &self.0.traces
+    }
+
+    /// Records an order stage in the trace ring and the structured log.
+    pub(crate) fn trace_stage(
+        &self,
+        order_id: &OrderId,
+        trace_id: &str,
+        stage: Stage,
+        started: (u64, Instant),
+    ) {
+        let (at_ms, at) = started;
+        self.0
+            .traces
+            .record(order_id, trace_id, stage, at_ms, at.elapsed());
+    }
+
+    /// The trace id of an order: from the ring, else from the shop state.
+    pub fn trace_id_of(&self, order_id: &OrderId) -> Option<String> {
+        self.0.traces.trace_id(order_id).or_else(|| {
+            let state = self.store().state();
+            state.order(order_id).map(|r| r.created.trace_id.clone())
+        })
+    }
+
+    /// An order's timeline for operators: from the ring, else the stages its record proves.
+    pub fn order_trace(&self, order_id: &OrderId) -> Result<OrderTrace, ShopError> {
+        if let Some(trace) = self.0.traces.get(order_id) {
+            return Ok(trace);
+        }
+        let record = self
+            .store()
+            .order(order_id)?
+            .ok_or(Rejection::UnknownOrder)?;
+        Ok(trace::derived_trace(&record))
+    }
+
+    /// Counts an order created (`paid == false`) or paid through `channel`.
+    pub(crate) fn count_channel(&self, channel: &str, paid: bool) {
+        let mut totals = self.0.channel_totals.lock();
+        let index = match totals.iter().position(|t| t.channel == channel) {
+            Some(index) => index,
+            // Channels are the few the configuration knows; the bound guards against a bug.
+            None if totals.len() < CHANNELS_TRACKED_MAX => {
+                totals.push(alerts::ChannelTotals {
+                    channel: channel.to_owned(),
+                    created_total: 0,
+                    paid_total: 0,
+                });
+                totals.len() - 1
+            }
+            None => return,
+        };
+        if paid {
+            totals[index].paid_total += 1;
+        } else {
+            totals[index].created_total += 1;
+        }
+    }
+
+    /// Orders created and paid per payment channel since start.
+    pub fn channel_totals(&self) -> Vec<alerts::ChannelTotals> {
+        self.0.channel_totals.lock().clone()
+    }
+
+    /// The manual-review queue size, and when the oldest paid but undelivered order (not in
+    /// review) was paid. Scans every order: called every few seconds, not per request.
+    pub fn delivery_backlog(&self) -> (u64, Option<u64>) {
+        let state = self.store().state();
+        let mut review_count = 0;
+        let mut oldest_paid_at_ms: Option<u64> = None;
+        for record in state.orders() {
+            match record.status {
+                OrderStatus::ManualReview => review_count += 1,
+                OrderStatus::Paid => {
+                    let paid_at_ms = record.paid_at_ms.unwrap_or(record.created.created_at_ms);
+                    oldest_paid_at_ms =
+                        Some(oldest_paid_at_ms.map_or(paid_at_ms, |o| o.min(paid_at_ms)));
+                }
+                _ => {}
+            }
+        }
+        (review_count, oldest_paid_at_ms)
+    }
+
     pub fn directory(&self) -> &Directory {
         &self.0.directory
     }
@@ -356,6 +412,7 @@ impl Shop {
         if product.price_cents == 0 || product.price_cents > AMOUNT_CENTS_MAX {
             return Err(Rejection::InvalidInput("price_cents must be 1 to 1000000000").into());
         }
+        let _queued = self.health().queued(ActorKind::Catalog);
         self.catalog()
             .send(catalog::CreateProduct(product))
             .await
@@ -363,6 +420,7 @@ impl Shop {
     }
 
     pub async fn import_cards(&self, sku: Sku, body: Vec<u8>) -> Result<ImportOutcome, ShopError> {
+        let _queued = self.health().queued(ActorKind::Catalog);
         self.catalog()
             .send(catalog::ImportCards { sku, body })
             .await
@@ -506,6 +564,7 @@ impl Shop {
     /// Creates an order: reserves its keys, commits it, and starts its actor. With an
     /// `Idempotency-Key` seen before, answers the first order instead.
     pub async fn create_order(&self, request: OrderRequest) -> Result<NewOrder, ShopError> {
+        let started = Instant::now();
         if request.quantity == 0 || request.quantity > ORDER_QUANTITY_MAX {
             return Err(Rejection::InvalidInput("quantity must be 1 to 100").into());
         }
@@ -531,9 +590,11 @@ impl Shop {
         let order_id = OrderId::generate(now_ms, self.0.entropy.random_u64());
         let (payment_channel, payment_url) =
             self.payment_link(&request.channel, &order_id, &product.name, amount_cents)?;
+        let reserve_started = (self.now_ms(), Instant::now());
         let cards = self
             .reserve(&request.sku, request.quantity as usize)
             .await?;
+        let reserve_elapsed = reserve_started.1.elapsed();
         let new_order = NewOrder {
             order_id: order_id.clone(),
             token: hex128(self.0.entropy.random_u128()),
@@ -555,6 +616,7 @@ impl Shop {
             }),
         };
         let event = Event::OrderCreated(Box::new(new_order));
+        let commit_started = (self.now_ms(), Instant::now());
         if let Err(error) = self.commit(&event).await {
             if error.is_refused_before_logging() {
                 self.give_back(&request.sku, cards).await;
@@ -578,8 +640,43 @@ impl Shop {
             .directory
             .get_or_start(self, &order_id, || Ok(Some(order)))?;
         metrics::counter!("panshi_orders_created_total").increment(1);
-        tracing::info!(trace_id = %new_order.trace_id, order_id = %order_id, stage = "create", "order created");
+        self.count_channel(&new_order.payment_channel, false);
+        self.trace_created(
+            &new_order,
+            started,
+            reserve_started.0,
+            reserve_elapsed,
+            commit_started,
+        );
         Ok(*new_order)
+    }
+
+    /// Traces a created order's first stages, measured by `create_order`.
+    fn trace_created(
+        &self,
+        order: &NewOrder,
+        started: Instant,
+        reserve_at_ms: u64,
+        reserve_elapsed: Duration,
+        commit_started: (u64, Instant),
+    ) {
+        let (order_id, trace_id) = (&order.order_id, order.trace_id.as_str());
+        let traces = &self.0.traces;
+        traces.record(
+            order_id,
+            trace_id,
+            Stage::Create,
+            order.created_at_ms,
+            started.elapsed(),
+        );
+        traces.record(
+            order_id,
+            trace_id,
+            Stage::Reserve,
+            reserve_at_ms,
+            reserve_elapsed,
+        );
+        self.trace_stage(order_id, trace_id, Stage::Commit, commit_started);
     }
 
     fn load_order(&self, order_id: &OrderId) -> Result<Option<Order>, ShopError> {
@@ -597,7 +694,10 @@ impl Shop {
                 .0
                 .directory
                 .get_or_start(self, order_id, || self.load_order(order_id))?;
-            match addr.send(Pay(payment.clone())).await {
+            let queued = self.health().queued(ActorKind::Order);
+            let sent = addr.send(Pay(payment.clone())).await;
+            drop(queued);
+            match sent {
                 Ok(result) => return result,
                 // The actor stopped between lookup and delivery: it settled; ask again.
                 Err(MailboxError::Closed) => continue,
@@ -655,7 +755,10 @@ impl Shop {
                 .0
                 .directory
                 .get_or_start(self, order_id, || Ok(Some(record.to_order())))?;
-            match addr.send(Subscribe(sender)).await {
+            let queued = self.health().queued(ActorKind::Order);
+            let sent = addr.send(Subscribe(sender)).await;
+            drop(queued);
+            match sent {
                 Ok(()) => return Ok(receiver),
                 Err(MailboxError::Closed) => continue,
                 Err(MailboxError::Timeout) => return Err(ShopError::Unavailable("order actor")),
@@ -666,24 +769,32 @@ impl Shop {
 
     pub(crate) fn expired(&self, order: &Order, released: Vec<CardId>) {
         metrics::counter!("panshi_orders_expired_total").increment(1);
-        tracing::info!(order_id = %order.order_id, stage = "expire", keys = released.len(), "order expired");
+        // The trace record logs the stage with its trace id.
+        if let Some(trace_id) = self.trace_id_of(&order.order_id) {
+            let at = (self.now_ms(), Instant::now());
+            self.trace_stage(&order.order_id, &trace_id, Stage::Expire, at);
+        }
         let shop = self.clone();
         let sku = order.sku.clone();
         actix::spawn(async move { shop.give_back(&sku, released).await });
     }
 
     pub(crate) fn record_payment(&self, order: &Order, fulfilment: &Fulfilment) {
+        if let Some(payment) = &order.payment {
+            metrics::counter!("panshi_orders_paid_total", "channel" => payment_channel_label(&payment.channel)).increment(1);
+            self.count_channel(&payment.channel, true);
+        }
         match fulfilment {
             Fulfilment::Delivered { .. } => {
                 metrics::counter!("panshi_orders_delivered_total").increment(1);
                 let waited_ms = self.now_ms().saturating_sub(order.created_at_ms);
-                metrics::histogram!("panshi_order_pay_to_create_seconds")
+                metrics::histogram!("panshi_order_create_to_delivery_seconds")
                     .record(waited_ms as f64 / 1000.0);
-                tracing::info!(order_id = %order.order_id, stage = "deliver", "order delivered");
             }
             Fulfilment::ManualReview { reason } => {
                 metrics::counter!("panshi_orders_manual_review_total").increment(1);
-                tracing::error!(order_id = %order.order_id, reason = reason.as_str(), alert = true, "paid order needs an operator");
+                let trace_id = self.trace_id_of(&order.order_id).unwrap_or_default();
+                tracing::error!(order_id = %order.order_id, %trace_id, reason = reason.as_str(), alert = true, "paid order needs an operator");
             }
         }
     }
@@ -701,6 +812,17 @@ impl Shop {
 
     pub fn is_ready(&self) -> bool {
         self.store().is_healthy()
+    }
+}
+
+/// A payment channel as a metric label: the known names, else `other`, so that a label's
+/// values stay a small fixed set.
+pub fn payment_channel_label(channel: &str) -> &'static str {
+    match channel {
+        "epay" => "epay",
+        "epusdt" => "epusdt",
+        "stripe" => "stripe",
+        _ => "other",
     }
 }
 

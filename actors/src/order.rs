@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use engine::order::PaymentDecision;
@@ -13,6 +13,7 @@ use engine::{CardId, Event, Fulfilment, Order, OrderId, OrderStatus, Payment, Re
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::trace::Stage;
 use crate::{ActorKind, Shop, ShopError};
 
 /// Messages an order actor may hold before senders wait.
@@ -55,6 +56,17 @@ pub struct Subscribe(pub mpsc::Sender<OrderUpdate>);
 #[rtype(result = "()")]
 struct Expire;
 
+/// When a step began (wall clock, for the trace) and how long it took (monotonic).
+type Timed = (u64, Duration);
+
+/// What a payment's asynchronous part did, for the trace.
+struct PaidSteps {
+    fulfilment: Fulfilment,
+    /// Present when the keys had lapsed and were reserved again.
+    reserved: Option<Timed>,
+    committed: Timed,
+}
+
 pub struct OrderActor {
     shop: Shop,
     order: Order,
@@ -88,6 +100,72 @@ impl OrderActor {
             self.subscribers.clear();
             ctx.stop();
         }
+    }
+
+    /// Applies a durable payment: the actor's copy, metrics, subscribers, trace. Called only
+    /// once the `PaymentApplied` event is durable.
+    fn paid(
+        &mut self,
+        payment: &Payment,
+        steps: PaidSteps,
+        started: (u64, Instant),
+        ctx: &mut Context<Self>,
+    ) -> PayOutcome {
+        let apply_started = (self.shop.now_ms(), Instant::now());
+        self.order.apply_payment(payment, &steps.fulfilment);
+        self.shop.record_payment(&self.order, &steps.fulfilment);
+        let applied = (apply_started.0, apply_started.1.elapsed());
+        let push_started = (self.shop.now_ms(), Instant::now());
+        self.push(OrderUpdate {
+            order_id: self.order.order_id.clone(),
+            status: OrderStatus::Paid,
+            cards: Vec::new(),
+        });
+        let update = self.update();
+        self.push(update);
+        let pushed = (push_started.0, push_started.1.elapsed());
+        let elapsed = started.1.elapsed();
+        if matches!(steps.fulfilment, Fulfilment::Delivered { .. }) {
+            metrics::histogram!("panshi_delivery_seconds").record(elapsed.as_secs_f64());
+        }
+        self.trace_payment(&steps, (started.0, elapsed), applied, pushed);
+        self.shop.health().handled(ActorKind::Order, elapsed);
+        self.settle(ctx);
+        PayOutcome::Applied(self.order.status)
+    }
+
+    fn trace_payment(&self, steps: &PaidSteps, notify: Timed, applied: Timed, pushed: Timed) {
+        let order_id = &self.order.order_id;
+        let Some(trace_id) = self.shop.trace_id_of(order_id) else {
+            return;
+        };
+        let settled = match steps.fulfilment {
+            Fulfilment::Delivered { .. } => Stage::Deliver,
+            Fulfilment::ManualReview { .. } => Stage::ManualReview,
+        };
+        let stages = [
+            Some((Stage::Notify, notify)),
+            steps.reserved.map(|timed| (Stage::Reserve, timed)),
+            Some((Stage::Commit, steps.committed)),
+            Some((settled, applied)),
+            Some((Stage::Push, pushed)),
+        ];
+        for (stage, (at_ms, duration)) in stages.into_iter().flatten() {
+            self.shop
+                .traces()
+                .record(order_id, &trace_id, stage, at_ms, duration);
+        }
+    }
+
+    /// Notes a failed message in the kind's health, and its handling time.
+    fn failed(&self, error: &ShopError, started: Instant) {
+        let message = format!("order {}: {error}", self.order.order_id);
+        self.shop
+            .health()
+            .failed(ActorKind::Order, &message, self.shop.now_ms());
+        self.shop
+            .health()
+            .handled(ActorKind::Order, started.elapsed());
     }
 
     fn schedule_expiry(&self, ctx: &mut Context<Self>) {
@@ -125,12 +203,16 @@ impl Handler<Subscribe> for OrderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
-        if msg.0.try_send(self.update()).is_err() {
-            return;
-        }
-        if !self.order.status.is_terminal() && self.subscribers.len() < SUBSCRIBERS_PER_ORDER_MAX {
+        let started = Instant::now();
+        if msg.0.try_send(self.update()).is_ok()
+            && !self.order.status.is_terminal()
+            && self.subscribers.len() < SUBSCRIBERS_PER_ORDER_MAX
+        {
             self.subscribers.push(msg.0);
         }
+        self.shop
+            .health()
+            .handled(ActorKind::Order, started.elapsed());
     }
 }
 
@@ -138,75 +220,92 @@ impl Handler<Pay> for OrderActor {
     type Result = AtomicResponse<Self, Result<PayOutcome, ShopError>>;
 
     fn handle(&mut self, msg: Pay, _: &mut Self::Context) -> Self::Result {
+        let started = (self.shop.now_ms(), Instant::now());
         let payment = msg.0;
         let decision = match self.order.decide_payment(&payment) {
             Ok(decision) => decision,
             Err(rejection) => {
-                return AtomicResponse::new(Box::pin(fut::ready(Err(rejection.into()))))
+                self.shop
+                    .health()
+                    .handled(ActorKind::Order, started.1.elapsed());
+                return AtomicResponse::new(Box::pin(fut::ready(Err(rejection.into()))));
             }
         };
         let reserve_quantity = match decision {
             PaymentDecision::AlreadyApplied => {
-                return AtomicResponse::new(Box::pin(fut::ready(Ok(PayOutcome::AlreadyApplied))))
+                self.shop
+                    .health()
+                    .handled(ActorKind::Order, started.1.elapsed());
+                return AtomicResponse::new(Box::pin(fut::ready(Ok(PayOutcome::AlreadyApplied))));
             }
             PaymentDecision::DeliverReserved => 0,
             PaymentDecision::ReserveAgain { quantity } => quantity as usize,
         };
-        let shop = self.shop.clone();
-        let order_id = self.order.order_id.clone();
-        let sku = self.order.sku.clone();
-        let recorded = payment.clone();
-        let work = async move {
-            let fulfilment = if reserve_quantity == 0 {
-                Fulfilment::Delivered {
-                    newly_reserved: Vec::new(),
-                }
-            } else {
-                match shop.reserve(&sku, reserve_quantity).await {
-                    Ok(cards) => Fulfilment::Delivered {
-                        newly_reserved: cards,
-                    },
-                    Err(ShopError::Rejected(engine::Rejection::SoldOut)) => {
-                        Fulfilment::ManualReview {
-                            reason: ReviewReason::SoldOutAfterLapse,
-                        }
-                    }
-                    Err(other) => return Err(other),
-                }
-            };
-            let event = Event::PaymentApplied {
-                order_id,
-                payment: recorded,
-                at_ms: shop.now_ms(),
-                fulfilment: fulfilment.clone(),
-            };
-            if let Err(error) = shop.commit(&event).await {
-                if let Fulfilment::Delivered { newly_reserved } = fulfilment {
-                    if error.is_refused_before_logging() {
-                        shop.give_back(&sku, newly_reserved).await;
-                    }
-                }
-                return Err(error);
-            }
-            Ok(fulfilment)
-        };
+        let work = commit_payment(
+            self.shop.clone(),
+            self.order.order_id.clone(),
+            self.order.sku.clone(),
+            payment.clone(),
+            reserve_quantity,
+        );
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
-            move |result, act, ctx| {
-                let fulfilment = result?;
-                act.order.apply_payment(&payment, &fulfilment);
-                act.shop.record_payment(&act.order, &fulfilment);
-                act.push(OrderUpdate {
-                    order_id: act.order.order_id.clone(),
-                    status: OrderStatus::Paid,
-                    cards: Vec::new(),
-                });
-                let update = act.update();
-                act.push(update);
-                act.settle(ctx);
-                Ok(PayOutcome::Applied(act.order.status))
+            move |result, act, ctx| match result {
+                Ok(steps) => Ok(act.paid(&payment, steps, started, ctx)),
+                Err(error) => {
+                    act.failed(&error, started.1);
+                    Err(error)
+                }
             },
         )))
     }
+}
+
+/// The asynchronous part of a payment: reserve again if the keys lapsed, then commit. Keys
+/// reserved here go back if the commit was refused before reaching the log.
+async fn commit_payment(
+    shop: Shop,
+    order_id: OrderId,
+    sku: engine::Sku,
+    payment: Payment,
+    reserve_quantity: usize,
+) -> Result<PaidSteps, ShopError> {
+    let reserve_started = (shop.now_ms(), Instant::now());
+    let fulfilment = if reserve_quantity == 0 {
+        Fulfilment::Delivered {
+            newly_reserved: Vec::new(),
+        }
+    } else {
+        match shop.reserve(&sku, reserve_quantity).await {
+            Ok(cards) => Fulfilment::Delivered {
+                newly_reserved: cards,
+            },
+            Err(ShopError::Rejected(engine::Rejection::SoldOut)) => Fulfilment::ManualReview {
+                reason: ReviewReason::SoldOutAfterLapse,
+            },
+            Err(other) => return Err(other),
+        }
+    };
+    let reserved = (reserve_quantity > 0).then(|| (reserve_started.0, reserve_started.1.elapsed()));
+    let event = Event::PaymentApplied {
+        order_id,
+        payment,
+        at_ms: shop.now_ms(),
+        fulfilment: fulfilment.clone(),
+    };
+    let commit_started = (shop.now_ms(), Instant::now());
+    if let Err(error) = shop.commit(&event).await {
+        if let Fulfilment::Delivered { newly_reserved } = fulfilment {
+            if error.is_refused_before_logging() {
+                shop.give_back(&sku, newly_reserved).await;
+            }
+        }
+        return Err(error);
+    }
+    Ok(PaidSteps {
+        fulfilment,
+        reserved,
+        committed: (commit_started.0, commit_started.1.elapsed()),
+    })
 }
 
 impl Handler<Expire> for OrderActor {
@@ -226,9 +325,11 @@ impl Handler<Expire> for OrderActor {
             at_ms: now_ms,
         };
         let shop = self.shop.clone();
+        let started = Instant::now();
         let work = async move { shop.commit(&event).await };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, act, ctx| {
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(move |result, act, ctx| {
             if let Err(error) = result {
+                act.failed(&error, started);
                 tracing::error!(order_id = %act.order.order_id, %error, "expiry not committed; retrying");
                 ctx.run_later(Duration::from_millis(EXPIRY_RETRY_MS), |_, ctx| ctx.notify(Expire));
                 return;
@@ -238,6 +339,9 @@ impl Handler<Expire> for OrderActor {
             act.shop.expired(&act.order, released);
             let update = act.update();
             act.push(update);
+            act.shop
+                .health()
+                .handled(ActorKind::Order, started.elapsed());
             act.settle(ctx);
         })))
     }

@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use engine::pool::{shard_of, Shard};
 use engine::{CardId, Rejection, Sku};
 
-use crate::{ActorKind, Shop, ShopError};
+use crate::{ActorKind, Clock, Health, Shop, ShopError};
 
 /// Messages a shard may hold before senders wait.
 pub const POOL_MAILBOX_CAPACITY: usize = 1024;
@@ -54,6 +55,12 @@ impl PoolShard {
         self.publish();
     }
 
+    fn handled(&self, started: Instant) {
+        self.shop
+            .health()
+            .handled(ActorKind::PoolShard, started.elapsed());
+    }
+
     fn publish(&self) {
         self.available_hint
             .store(self.shard.available_count(), Ordering::Release);
@@ -84,9 +91,11 @@ impl Handler<Take> for PoolShard {
     type Result = MessageResult<Take>;
 
     fn handle(&mut self, msg: Take, _: &mut Self::Context) -> Self::Result {
+        let started = Instant::now();
         let mut taken = Vec::with_capacity(msg.quantity);
         self.shard.take(msg.quantity, &mut taken);
         self.publish();
+        self.handled(started);
         MessageResult(taken)
     }
 }
@@ -95,8 +104,10 @@ impl Handler<GiveBack> for PoolShard {
     type Result = ();
 
     fn handle(&mut self, msg: GiveBack, _: &mut Self::Context) {
+        let started = Instant::now();
         self.shard.give_back(&msg.0);
         self.publish();
+        self.handled(started);
     }
 }
 
@@ -104,8 +115,10 @@ impl Handler<Add> for PoolShard {
     type Result = ();
 
     fn handle(&mut self, msg: Add, _: &mut Self::Context) {
+        let started = Instant::now();
         self.shard.add(msg.0);
         self.publish();
+        self.handled(started);
     }
 }
 
@@ -113,6 +126,10 @@ impl Handler<Add> for PoolShard {
 pub struct SkuPool {
     shards: Vec<Addr<PoolShard>>,
     hints: Vec<Arc<AtomicUsize>>,
+    /// Counts the messages sent to the shards (mailbox depth) and their failures.
+    health: Arc<Health>,
+    /// The shop's clock, for the time of a failure (not the shop itself: the shop owns this).
+    clock: Arc<dyn Clock>,
 }
 
 impl SkuPool {
@@ -134,7 +151,12 @@ impl SkuPool {
             shards.push(Supervisor::start_in_arbiter(arbiter, move |_| actor));
             hints.push(hint);
         }
-        Self { shards, hints }
+        Self {
+            shards,
+            hints,
+            health: shop.health_handle(),
+            clock: shop.clock_handle(),
+        }
     }
 
     pub fn available_hint(&self) -> usize {
@@ -157,9 +179,13 @@ impl SkuPool {
             if self.hints[index].load(Ordering::Acquire) == 0 {
                 continue;
             }
-            match self.shards[index].send(Take { quantity: want }).await {
+            let queued = self.health.queued(ActorKind::PoolShard);
+            let sent = self.shards[index].send(Take { quantity: want }).await;
+            drop(queued);
+            match sent {
                 Ok(taken) => got.extend(taken),
                 Err(_) => {
+                    self.shard_gone(index);
                     self.give_back(got).await;
                     return Err(ShopError::Unavailable("card pool shard"));
                 }
@@ -170,6 +196,12 @@ impl SkuPool {
             return Err(Rejection::SoldOut.into());
         }
         Ok(got)
+    }
+
+    fn shard_gone(&self, index: usize) {
+        let message = format!("card pool shard {index} did not answer");
+        self.health
+            .failed(ActorKind::PoolShard, &message, self.clock.now_ms());
     }
 
     /// Returns keys to the shards that own them. Waits for room rather than dropping keys.
@@ -195,11 +227,14 @@ impl SkuPool {
             if cards.is_empty() {
                 continue;
             }
+            let queued = self.health.queued(ActorKind::PoolShard);
             let sent = match message(cards) {
                 Routed::GiveBack(m) => self.shards[index].send(m).await,
                 Routed::Add(m) => self.shards[index].send(m).await,
             };
+            drop(queued);
             if sent.is_err() {
+                self.shard_gone(index);
                 tracing::error!(
                     shard = index,
                     "card pool shard gone; its keys reload on restart"

@@ -106,13 +106,29 @@ pub fn sled_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("state")
 }
 
+/// How long `open_sled` waits for a previous user of the data dir to let go of sled's file
+/// lock: sled releases it from a background thread shortly after its last handle drops.
+pub const SLED_LOCK_WAIT_MS: u64 = 5_000;
+
 pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
-    Ok(sled::Config::new()
+    let config = sled::Config::new()
         .path(sled_dir(data_dir))
         .cache_capacity(SLED_CACHE_BYTES)
         .mode(sled::Mode::HighThroughput)
-        .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
-        .open()?)
+        .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
+    let started = Instant::now();
+    loop {
+        match config.open() {
+            // sled reports a held lock as `Other` with this text (sled 0.34.7, config.rs).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && started.elapsed().as_millis() < u128::from(SLED_LOCK_WAIT_MS) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 pub fn applied_lsn(db: &sled::Db) -> Result<u64, Error> {

@@ -9,7 +9,10 @@
 //! every failure, including an oversized or malformed body, gets the contract's error shape.
 
 pub mod error;
+pub mod observe;
+pub mod post;
 pub mod routes;
+pub mod sentry_transport;
 pub mod settings;
 pub mod wire;
 
@@ -35,6 +38,8 @@ pub struct AppState {
     pub websockets_max: usize,
     pub json_body_bytes_max: usize,
     pub demo: bool,
+    /// Alerts, incident note and HTTP totals.
+    pub observatory: Arc<observe::Observatory>,
 }
 
 /// Reads a request body up to `limit` bytes; more is refused with `status` before it is
@@ -80,10 +85,12 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let observatory = state.observatory.clone();
     actix_web::App::new()
         .app_data(state)
         .app_data(web::PayloadConfig::new(routes::admin::IMPORT_REQUEST_BYTES_MAX))
-        .wrap_fn(|request, service| {
+        .wrap_fn(move |request, service| {
+            let observatory = observatory.clone();
             let started = Instant::now();
             let route = request.match_pattern().unwrap_or_else(|| "unmatched".into());
             let method = request.method().as_str().to_owned();
@@ -99,8 +106,10 @@ pub fn app(
                     _ => "5xx",
                 };
                 metrics::counter!("panshi_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => class).increment(1);
+                let elapsed = started.elapsed();
                 metrics::histogram!("panshi_http_request_duration_seconds", "route" => route, "method" => method)
-                    .record(started.elapsed().as_secs_f64());
+                    .record(elapsed.as_secs_f64());
+                observatory.http.record(status, elapsed);
                 result
             })
         })

@@ -13,6 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use engine::Currency;
 use storage::Store;
+use ws_api::observe::Observatory;
+use ws_api::post::{HttpUrl, Poster};
 use ws_api::settings::{self, ServerSettings};
 use ws_api::AppState;
 
@@ -115,17 +117,79 @@ fn audit(data: &std::path::Path) -> ExitCode {
     }
 }
 
-fn init_tracing(settings: &ServerSettings) {
+/// Buckets of the group-commit batch size (records, up to the log's group bound of 8,192);
+/// the default buckets are seconds and would put every batch in the top bucket.
+const LOG_GROUP_RECORDS_BUCKETS: [f64; 8] = [1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0];
+
+/// How long a panic report may take to leave before the process aborts.
+const SENTRY_PANIC_FLUSH_MS: u64 = 2_000;
+
+/// Structured logs to stderr (JSON unless `log.format = "text"`); with Sentry on, error
+/// events also go to Sentry and lesser ones become its breadcrumbs.
+fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
+    use sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer};
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if settings.log.format == "text" {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
+    let text = settings.log.format == "text";
+    let text_layer = text.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json_layer = (!text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text_layer)
+        .with(json_layer)
+        .with(sentry_on.then(|| ErrorLayer::new().with_filter(LevelFilter::ERROR)))
+        .with(sentry_on.then(|| BreadcrumbLayer::new().with_filter(LevelFilter::INFO)))
+        .init();
+}
+
+/// Starts Sentry when a DSN is configured; panics are then reported (and flushed) before
+/// the release build aborts.
+fn init_sentry(settings: &ServerSettings) -> anyhow::Result<Option<sentry::ClientInitGuard>> {
+    let Some(dsn) = settings.sentry.dsn.as_deref().filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let dsn: sentry::types::Dsn = dsn.parse().context("sentry.dsn")?;
+    anyhow::ensure!(
+        dsn.scheme() == sentry::types::Scheme::Http,
+        "sentry.dsn must be http:// (this build sends no TLS)"
+    );
+    let mut options =
+        sentry::ClientOptions::new().transport(ws_api::sentry_transport::HttpTransportFactory);
+    options.dsn = Some(dsn);
+    options.release = sentry::release_name!();
+    options.environment = settings.sentry.environment.clone().map(Into::into);
+    let guard = sentry::init(options);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        if let Some(client) = sentry::Hub::current().client() {
+            client.flush(Some(Duration::from_millis(SENTRY_PANIC_FLUSH_MS)));
+        }
+    }));
+    Ok(Some(guard))
+}
+
+/// The alert rules' state, with the webhook sender when one is configured.
+fn observatory(settings: &ServerSettings) -> anyhow::Result<Arc<Observatory>> {
+    let webhook = match settings
+        .alerts
+        .webhook_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    {
+        Some(url) => Some((
+            HttpUrl::parse(url).map_err(|e| anyhow::anyhow!("alerts.webhook_url: {e}"))?,
+            Poster::start(),
+        )),
+        None => None,
+    };
+    Ok(Arc::new(Observatory::new(settings.alerts.rules(), webhook)))
 }
 
 fn random_token() -> String {
@@ -138,13 +202,20 @@ fn rand_u128() -> u128 {
 }
 
 fn serve(settings: ServerSettings) -> anyhow::Result<()> {
-    init_tracing(&settings);
+    let sentry = init_sentry(&settings)?;
+    init_tracing(&settings, sentry.is_some());
+    let observatory = observatory(&settings)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
             0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
         ])?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("panshi_log_group_records".into()),
+            &LOG_GROUP_RECORDS_BUCKETS,
+        )?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    ws_api::observe::describe_metrics();
     let listener = TcpListener::bind(&settings.listen)
         .with_context(|| format!("binding {}", settings.listen))?;
     let bound = listener.local_addr()?;
@@ -219,7 +290,12 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             websockets_max: settings.http.websockets_max,
             json_body_bytes_max: settings.http.json_body_bytes_max,
             demo: settings.demo,
+            observatory,
         });
+        ws_api::observe::start_evaluator(
+            state.clone(),
+            Duration::from_secs(settings.alerts.evaluation_interval_secs),
+        );
         let server = HttpServer::new(move || ws_api::app(state.clone()))
             .workers(workers)
             .max_connections(settings.http.connections_per_worker_max)
@@ -234,6 +310,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     store.close().context("closing the store")?;
     std::thread::sleep(Duration::from_millis(10));
     tracing::info!("stopped cleanly");
+    drop(sentry);
     Ok(())
 }
 

@@ -20,6 +20,8 @@ pub struct ServerSettings {
     pub epay: EpaySection,
     pub http: HttpSection,
     pub log: LogSection,
+    pub alerts: AlertsSection,
+    pub sentry: SentrySection,
     /// Seed a demo catalogue and mount the built-in demo gateway.
     pub demo: bool,
 }
@@ -61,6 +63,95 @@ pub struct LogSection {
     pub level: String,
 }
 
+/// Alert rules (see `actors::alerts`): thresholds, how often they run, where they are sent.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct AlertsSection {
+    /// Seconds between two evaluations of the rules.
+    pub evaluation_interval_secs: u64,
+    /// An `http://` URL that receives each fired and cleared alert as a JSON POST.
+    pub webhook_url: Option<String>,
+    pub latency_rise_ratio: f64,
+    pub latency_rise_samples: usize,
+    pub error_rate_max: f64,
+    pub error_window_secs: u64,
+    pub error_requests_min: u64,
+    pub payment_success_drop_ratio: f64,
+    pub payment_volume_normal_ratio: f64,
+    pub payment_window_secs: u64,
+    pub payment_orders_min: u64,
+    pub stock_min: u64,
+    pub delivery_overdue_secs: u64,
+}
+
+/// Error reporting: errors and panics go to Sentry only when a DSN is set.
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default)]
+pub struct SentrySection {
+    /// An `http://` Sentry DSN (this build sends no TLS).
+    pub dsn: Option<String>,
+    pub environment: Option<String>,
+}
+
+/// Longest time between two evaluations of the alert rules.
+pub const ALERT_EVALUATION_INTERVAL_SECS_MAX: u64 = 300;
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        let rules = actors::alerts::AlertSettings::default();
+        Self {
+            evaluation_interval_secs: 5,
+            webhook_url: None,
+            latency_rise_ratio: rules.latency_rise_ratio,
+            latency_rise_samples: rules.latency_rise_samples,
+            error_rate_max: rules.error_rate_max,
+            error_window_secs: rules.error_window_ms / 1000,
+            error_requests_min: rules.error_requests_min,
+            payment_success_drop_ratio: rules.payment_success_drop_ratio,
+            payment_volume_normal_ratio: rules.payment_volume_normal_ratio,
+            payment_window_secs: rules.payment_window_ms / 1000,
+            payment_orders_min: rules.payment_orders_min,
+            stock_min: rules.stock_min,
+            delivery_overdue_secs: rules.delivery_overdue_ms / 1000,
+        }
+    }
+}
+
+impl AlertsSection {
+    pub fn rules(&self) -> actors::alerts::AlertSettings {
+        actors::alerts::AlertSettings {
+            latency_rise_ratio: self.latency_rise_ratio,
+            latency_rise_samples: self.latency_rise_samples,
+            error_rate_max: self.error_rate_max,
+            error_window_ms: self.error_window_secs.saturating_mul(1000),
+            error_requests_min: self.error_requests_min,
+            payment_success_drop_ratio: self.payment_success_drop_ratio,
+            payment_volume_normal_ratio: self.payment_volume_normal_ratio,
+            payment_window_ms: self.payment_window_secs.saturating_mul(1000),
+            payment_orders_min: self.payment_orders_min,
+            stock_min: self.stock_min,
+            delivery_overdue_ms: self.delivery_overdue_secs.saturating_mul(1000),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=ALERT_EVALUATION_INTERVAL_SECS_MAX).contains(&self.evaluation_interval_secs),
+            "alerts.evaluation_interval_secs must be 1 to {ALERT_EVALUATION_INTERVAL_SECS_MAX}"
+        );
+        anyhow::ensure!(
+            (2..=actors::alerts::ALERT_HISTORY_SAMPLES_MAX).contains(&self.latency_rise_samples),
+            "alerts.latency_rise_samples must be 2 to {}",
+            actors::alerts::ALERT_HISTORY_SAMPLES_MAX
+        );
+        if let Some(url) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) {
+            crate::post::HttpUrl::parse(url)
+                .map_err(|e| anyhow::anyhow!("alerts.webhook_url: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
@@ -74,6 +165,8 @@ impl Default for ServerSettings {
             epay: EpaySection::default(),
             http: HttpSection::default(),
             log: LogSection::default(),
+            alerts: AlertsSection::default(),
+            sentry: SentrySection::default(),
             demo: false,
         }
     }
@@ -127,6 +220,7 @@ pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> anyhow::Result
         builder = builder.set_override(*key, value.clone())?;
     }
     let settings: ServerSettings = builder.build()?.try_deserialize()?;
+    settings.alerts.validate()?;
     anyhow::ensure!(
         settings.order_ttl_secs >= 1,
         "order_ttl_secs must be at least 1"

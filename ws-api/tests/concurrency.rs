@@ -39,7 +39,10 @@ async fn hundreds_of_buyers_race_for_a_few_keys() {
         assert_eq!(server.pay(order).await.0, 200);
         let (_, view) = server.lookup(order).await;
         for card in view["cards"].as_array().unwrap() {
-            assert!(delivered.insert(card.as_str().unwrap().to_owned()), "key sold twice: {card}");
+            assert!(
+                delivered.insert(card.as_str().unwrap().to_owned()),
+                "key sold twice: {card}"
+            );
         }
     }
     assert_eq!(delivered.len(), KEYS);

@@ -19,9 +19,14 @@ struct Acknowledged {
 }
 
 async fn buyer(server_base: String, http: reqwest::Client, seen: Arc<Mutex<Acknowledged>>) {
-    let probe = ProbeServer { base: server_base, http };
+    let probe = ProbeServer {
+        base: server_base,
+        http,
+    };
     loop {
-        let Ok((code, order)) = probe.order().await else { return };
+        let Ok((code, order)) = probe.order().await else {
+            return;
+        };
         if code != 201 {
             return;
         }
@@ -43,14 +48,24 @@ struct ProbeServer {
 impl ProbeServer {
     async fn order(&self) -> Result<(u16, Value), reqwest::Error> {
         let body = serde_json::json!({"sku": "crash", "quantity": 1, "contact": "c@example.com", "channel": "epay"});
-        let r = self.http.post(format!("{}/api/v1/orders", self.base)).json(&body).send().await?;
+        let r = self
+            .http
+            .post(format!("{}/api/v1/orders", self.base))
+            .json(&body)
+            .send()
+            .await?;
         let code = r.status().as_u16();
         Ok((code, r.json().await.unwrap_or(Value::Null)))
     }
 
     async fn pay(&self, order: &Value) -> Result<(u16, String), reqwest::Error> {
         let params = epay_params(order, PID, KEY, None);
-        let r = self.http.post(format!("{}/api/v1/payments/epay/notify", self.base)).form(&params).send().await?;
+        let r = self
+            .http
+            .post(format!("{}/api/v1/payments/epay/notify", self.base))
+            .form(&params)
+            .send()
+            .await?;
         let code = r.status().as_u16();
         Ok((code, r.text().await?))
     }
@@ -58,7 +73,10 @@ impl ProbeServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_work_survives_kill_9_at_random_moments() {
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     println!("crash test seed {seed} (CRASH_SEED={seed} replays the kill timings)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -68,7 +86,10 @@ async fn acknowledged_work_survives_kill_9_at_random_moments() {
     for round in 0..5 {
         let mut tasks = Vec::new();
         for _ in 0..16 {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
             tasks.push(tokio::spawn(buyer(server.base.clone(), http, seen.clone())));
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..600))).await;
@@ -84,14 +105,26 @@ async fn acknowledged_work_survives_kill_9_at_random_moments() {
         assert!(!paid.is_empty(), "round {round}: the load made progress");
         for order in &created {
             let (code, view) = server.lookup(order).await;
-            assert_eq!(code, 200, "round {round}: acknowledged order {} lost", order["order_id"]);
+            assert_eq!(
+                code, 200,
+                "round {round}: acknowledged order {} lost",
+                order["order_id"]
+            );
             assert!(view["status"] == "awaiting_payment" || view["status"] == "delivered");
         }
         for order in &paid {
             let (_, view) = server.lookup(order).await;
-            assert_eq!(view["status"], "delivered", "round {round}: paid order {} not delivered", order["order_id"]);
+            assert_eq!(
+                view["status"], "delivered",
+                "round {round}: paid order {} not delivered",
+                order["order_id"]
+            );
         }
-        println!("round {round}: {} orders acknowledged, {} paid, all present", created.len(), paid.len());
+        println!(
+            "round {round}: {} orders acknowledged, {} paid, all present",
+            created.len(),
+            paid.len()
+        );
     }
     let (available, reserved, sold) = server.stock("crash").await;
     assert_eq!(available + reserved + sold, 20_000);

@@ -15,7 +15,10 @@ async fn a_whole_purchase_is_watched_live_and_delivered_once() {
     assert_eq!(order["status"], "awaiting_payment");
     assert_eq!(order["amount_cents"], 1250);
     assert_eq!(order["payment"]["channel"], "epay");
-    assert!(order["payment"]["url"].as_str().unwrap().contains("/submit.php?"));
+    assert!(order["payment"]["url"]
+        .as_str()
+        .unwrap()
+        .contains("/submit.php?"));
     assert_eq!(server.stock("gift-1").await, (2, 1, 0));
 
     let mut live = Live::connect(&server, &order).await;
@@ -28,7 +31,10 @@ async fn a_whole_purchase_is_watched_live_and_delivered_once() {
     };
     assert_eq!(delivered["status"], "delivered");
     assert_eq!(delivered["cards"].as_array().unwrap().len(), 1);
-    assert!(matches!(live.next().await, Frame::Closed(Some(1000))), "normal close after delivery");
+    assert!(
+        matches!(live.next().await, Frame::Closed(Some(1000))),
+        "normal close after delivery"
+    );
 
     let (code, view) = server.lookup(&order).await;
     assert_eq!(code, 200);
@@ -56,10 +62,19 @@ async fn orders_of_several_keys_and_lookups_need_the_token() {
     let (code, _) = server.order("bundle", 3).await;
     assert_eq!(code, 409, "only 2 left");
     let (code, view) = server.lookup(&order).await;
-    assert_eq!((code, view["cards"].as_array().unwrap().len()), (200, 0), "no keys before payment");
+    assert_eq!(
+        (code, view["cards"].as_array().unwrap().len()),
+        (200, 0),
+        "no keys before payment"
+    );
     assert_eq!(server.pay(&order).await.0, 200);
     let (_, view) = server.lookup(&order).await;
-    let cards: Vec<&str> = view["cards"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let cards: Vec<&str> = view["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
     assert_eq!(cards.len(), 3);
     let mut unique = cards.clone();
     unique.dedup();
@@ -75,19 +90,37 @@ async fn imports_skip_duplicates_and_refuse_malformed_bodies_whole() {
     let server = Server::start(dir.path());
     server.product("imp", 100, &[]).await;
     let (code, body) = server.import("imp", "A\n  B  \r\n\nA\nC\n").await;
-    assert_eq!((code, body["imported"].as_u64(), body["duplicates"].as_u64()), (200, Some(3), Some(1)));
+    assert_eq!(
+        (code, body["imported"].as_u64(), body["duplicates"].as_u64()),
+        (200, Some(3), Some(1))
+    );
     let (code, body) = server.import("imp", "C\nD\n").await;
-    assert_eq!((body["imported"].as_u64(), body["duplicates"].as_u64()), (Some(1), Some(1)), "{code} {body}");
+    assert_eq!(
+        (body["imported"].as_u64(), body["duplicates"].as_u64()),
+        (Some(1), Some(1)),
+        "{code} {body}"
+    );
     let (code, body) = server.import("imp", b"E\n\xff\xfe\n".to_vec()).await;
-    assert_eq!((code, body["error"].as_str()), (400, Some("bad_import")), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("bad_import")),
+        "{body}"
+    );
     let long = format!("F\n{}\n", "x".repeat(1025));
     let (code, body) = server.import("imp", long).await;
     assert_eq!(code, 400);
-    assert!(body["message"].as_str().unwrap().contains("line 2"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("line 2"),
+        "{body}"
+    );
     let huge = vec![b'k'; 17 * 1024 * 1024];
     let (code, body) = server.import("imp", huge).await;
     assert_eq!(code, 400, "{body}");
-    assert_eq!(server.stock("imp").await, (4, 0, 0), "refused imports added nothing");
+    assert_eq!(
+        server.stock("imp").await,
+        (4, 0, 0),
+        "refused imports added nothing"
+    );
     let (code, _) = server.import("nope", "A\n").await;
     assert_eq!(code, 404);
 }
@@ -98,33 +131,93 @@ async fn bad_input_gets_clear_errors() {
     let server = Server::start(dir.path());
     server.product("p", 100, &keys("P", 2)).await;
     let post = |body: String| {
-        server.http.post(server.url("/api/v1/orders")).header("Content-Type", "application/json").body(body).send()
+        server
+            .http
+            .post(server.url("/api/v1/orders"))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
     };
     let cases = [
-        (r#"{"sku":"nope","quantity":1,"contact":"a@b","channel":"epay"}"#, 404, "unknown_sku"),
-        (r#"{"sku":"p","quantity":0,"contact":"a@b","channel":"epay"}"#, 400, "bad_request"),
-        (r#"{"sku":"p","quantity":-1,"contact":"a@b","channel":"epay"}"#, 400, "bad_json"),
-        (r#"{"sku":"p","quantity":1,"contact":"","channel":"epay"}"#, 400, "bad_request"),
-        (r#"{"sku":"p","quantity":1,"contact":"a@b","channel":"bitcoin"}"#, 400, "unknown_channel"),
-        (r#"{"sku":"p/../x","quantity":1,"contact":"a@b","channel":"epay"}"#, 400, "invalid_sku"),
+        (
+            r#"{"sku":"nope","quantity":1,"contact":"a@b","channel":"epay"}"#,
+            404,
+            "unknown_sku",
+        ),
+        (
+            r#"{"sku":"p","quantity":0,"contact":"a@b","channel":"epay"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"sku":"p","quantity":-1,"contact":"a@b","channel":"epay"}"#,
+            400,
+            "bad_json",
+        ),
+        (
+            r#"{"sku":"p","quantity":1,"contact":"","channel":"epay"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"sku":"p","quantity":1,"contact":"a@b","channel":"bitcoin"}"#,
+            400,
+            "unknown_channel",
+        ),
+        (
+            r#"{"sku":"p/../x","quantity":1,"contact":"a@b","channel":"epay"}"#,
+            400,
+            "invalid_sku",
+        ),
         (r#"{"sku":"p","#, 400, "bad_json"),
     ];
     for (body, code, error) in cases {
         let (got, answer) = answer(post(body.to_owned()).await.unwrap()).await;
-        assert_eq!((got, answer["error"].as_str()), (code, Some(error)), "{body} -> {answer}");
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (code, Some(error)),
+            "{body} -> {answer}"
+        );
         assert!(answer["message"].is_string());
     }
     let (code, _) = answer(post("x".repeat(100_000)).await.unwrap()).await;
     assert_eq!(code, 413);
-    let r = server.http.post(server.url("/api/v1/admin/products")).json(&json!({})).send().await.unwrap();
+    let r = server
+        .http
+        .post(server.url("/api/v1/admin/products"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = server.http.post(server.url("/api/v1/admin/products")).bearer_auth("wrong").json(&json!({})).send().await.unwrap();
+    let r = server
+        .http
+        .post(server.url("/api/v1/admin/products"))
+        .bearer_auth("wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let (code, body) = server.admin_post("/api/v1/admin/products", json!({"sku":"p","name":"again","price_cents":1,"currency":"CNY"})).await;
+    let (code, body) = server
+        .admin_post(
+            "/api/v1/admin/products",
+            json!({"sku":"p","name":"again","price_cents":1,"currency":"CNY"}),
+        )
+        .await;
     assert_eq!((code, body["error"].as_str()), (409, Some("sku_exists")));
-    let (code, _) = server.admin_post("/api/v1/admin/products", json!({"sku":"q","name":"x","price_cents":1.5,"currency":"CNY"})).await;
+    let (code, _) = server
+        .admin_post(
+            "/api/v1/admin/products",
+            json!({"sku":"q","name":"x","price_cents":1.5,"currency":"CNY"}),
+        )
+        .await;
     assert_eq!(code, 400, "no floating-point money");
-    assert_eq!(server.stock("p").await, (2, 0, 0), "nothing reserved by refusals");
+    assert_eq!(
+        server.stock("p").await,
+        (2, 0, 0),
+        "nothing reserved by refusals"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +230,9 @@ async fn an_idempotency_key_returns_the_first_answer() {
             .http
             .post(server.url("/api/v1/orders"))
             .header("Idempotency-Key", key)
-            .json(&json!({"sku": "idem", "quantity": quantity, "contact": "a@b", "channel": "epay"}))
+            .json(
+                &json!({"sku": "idem", "quantity": quantity, "contact": "a@b", "channel": "epay"}),
+            )
             .send()
     };
     let (c1, first) = answer(send("k-1", 1).await.unwrap()).await;
@@ -145,7 +240,10 @@ async fn an_idempotency_key_returns_the_first_answer() {
     assert_eq!((c1, c2), (201, 201));
     assert_eq!(first, second);
     let (c3, other) = answer(send("k-1", 2).await.unwrap()).await;
-    assert_eq!((c3, other["error"].as_str()), (422, Some("idempotency_mismatch")));
+    assert_eq!(
+        (c3, other["error"].as_str()),
+        (422, Some("idempotency_mismatch"))
+    );
     assert_eq!(server.stock("idem").await, (2, 1, 0), "reserved once");
 }
 
@@ -171,9 +269,25 @@ async fn forged_and_mismatched_notifies_change_nothing() {
     assert_eq!(view["status"], "awaiting_payment");
     assert_eq!(server.stock("f").await, (1, 1, 0));
     // "10", "10.0" and "10.00" are the same amount.
-    assert_eq!(server.notify(&epay_params(&order, PID, KEY, Some("10"))).await, (200, "success".into()));
-    let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("panshi_payment_notifies_total"), "rejections are counted");
+    assert_eq!(
+        server
+            .notify(&epay_params(&order, PID, KEY, Some("10")))
+            .await,
+        (200, "success".into())
+    );
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("panshi_payment_notifies_total"),
+        "rejections are counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,20 +305,33 @@ async fn unpaid_orders_expire_and_late_payments_are_never_dropped() {
     // Paid after expiry while stock remains: fulfilled.
     assert_eq!(server.pay(&first).await, (200, "success".into()));
     let (_, view) = server.lookup(&first).await;
-    assert_eq!((view["status"].as_str(), view["cards"].as_array().unwrap().len()), (Some("delivered"), 1));
+    assert_eq!(
+        (
+            view["status"].as_str(),
+            view["cards"].as_array().unwrap().len()
+        ),
+        (Some("delivered"), 1)
+    );
 
     // Paid after expiry with the stock gone: manual review, visible to operators.
     server.import("late", "L-NEW").await;
     let (_, second) = server.order("late", 1).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let (_, third) = server.order("late", 1).await;
-    assert_eq!(third["status"], "awaiting_payment", "the lapsed key was sold on");
+    assert_eq!(
+        third["status"], "awaiting_payment",
+        "the lapsed key was sold on"
+    );
     assert_eq!(server.pay(&second).await, (200, "success".into()));
     let (_, view) = server.lookup(&second).await;
     assert_eq!(view["status"], "manual_review");
     let (_, queue) = server.admin_get("/api/v1/admin/manual-review").await;
     assert_eq!(queue[0]["order_id"], second["order_id"]);
-    assert_eq!(server.pay(&second).await, (200, "success".into()), "a replay is still acknowledged");
+    assert_eq!(
+        server.pay(&second).await,
+        (200, "success".into()),
+        "a replay is still acknowledged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,5 +352,10 @@ async fn acknowledged_state_survives_a_restart_and_audits_clean() {
     server.stop();
     let (clean, report) = server.audit();
     assert!(clean, "{report}");
-    assert!(report.trim_end().ends_with("audit: 2 orders, 4 cards, 0 violations"), "{report}");
+    assert!(
+        report
+            .trim_end()
+            .ends_with("audit: 2 orders, 4 cards, 0 violations"),
+        "{report}"
+    );
 }

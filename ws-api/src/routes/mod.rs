@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod demo;
 pub mod live;
+pub mod observability;
 pub mod ops;
 pub mod orders;
 pub mod pages;
@@ -20,6 +21,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     live::configure(config);
     payments::configure(config);
     ops::configure(config);
+    observability::configure(config);
     pages::configure(config);
     demo::configure(config);
 }

@@ -3,7 +3,9 @@
 
 use actix_web::{web, HttpResponse};
 use engine::money::format_cents;
+use engine::time::format_rfc3339_ms;
 
+use crate::observe::{self, Level};
 use crate::AppState;
 
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -30,7 +32,8 @@ pub fn escape_html(text: &str) -> String {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem;color:#111}\
 table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px solid #ccc;text-align:left}\
-.ok{color:#0a6b2d}.down{color:#a00}";
+.ok{color:#0a6b2d}.down{color:#a00}.degraded{color:#8a5a00}\
+.note{border-left:4px solid #8a5a00;padding:.2rem .8rem;margin:1rem 0;background:#fff8e6;overflow-wrap:anywhere}";
 
 pub fn page(title: &str, body: &str) -> HttpResponse {
     let html = format!(
@@ -78,20 +81,39 @@ async fn admin() -> HttpResponse {
 }
 
 async fn status(state: web::Data<AppState>) -> HttpResponse {
-    let component = |name: &str, up: bool| {
-        let (class, word) = if up {
-            ("ok", "operational")
-        } else {
-            ("down", "down")
+    let components = observe::components(
+        state.shop.is_ready(),
+        state.epay.is_some(),
+        &state.observatory.active(),
+    );
+    let mut rows = String::new();
+    for (name, level) in components {
+        let class = match level {
+            Level::Operational => "ok",
+            Level::Degraded => "degraded",
+            Level::Down => "down",
         };
-        format!("<tr><td>{name}</td><td class=\"{class}\">{word}</td></tr>")
-    };
-    let ready = state.shop.is_ready();
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td class=\"{class}\">{}</td></tr>",
+            escape_html(name),
+            level.as_str()
+        ));
+    }
+    let incident = state
+        .observatory
+        .incident()
+        .map(|incident| {
+            format!(
+                "<div class=\"note\"><strong>Notice</strong> ({})<p>{}</p></div>",
+                escape_html(&format_rfc3339_ms(incident.at_ms)),
+                escape_html(&incident.note)
+            )
+        })
+        .unwrap_or_default();
     let body = format!(
-        "<h1>Status</h1><table>{}{}{}</table>",
-        component("Ordering", ready),
-        component("Payment: Epay", ready && state.epay.is_some()),
-        component("Delivery", ready),
+        "<h1>Status</h1>{incident}<table><thead><tr><th>Component</th><th>State</th></tr>\
+         </thead><tbody>{rows}</tbody></table><p>Updated {}.</p>",
+        escape_html(&format_rfc3339_ms(state.shop.now_ms()))
     );
     page("Panshi status", &body)
 }

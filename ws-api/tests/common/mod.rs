@@ -31,12 +31,18 @@ impl Server {
 
     /// Starts the server on port 0 with `env` added, and waits until it listens.
     pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut server = Server {
             child: None,
             base: String::new(),
             data: data.to_owned(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             env,
         };
         server.spawn();
@@ -86,7 +92,11 @@ impl Server {
     /// SIGTERM, and wait for a graceful stop.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
             let status = child.wait().unwrap();
             assert!(status.success(), "graceful stop exited with {status}");
         }
@@ -103,7 +113,10 @@ impl Server {
             .arg(&self.data)
             .output()
             .unwrap();
-        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -115,12 +128,25 @@ impl Server {
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(self.url(path)).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         answer(r).await
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).bearer_auth(ADMIN).send().await.unwrap();
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
         answer(r).await
     }
 
@@ -152,25 +178,47 @@ impl Server {
 
     pub async fn order(&self, sku: &str, quantity: u32) -> (u16, Value) {
         let body = json!({"sku": sku, "quantity": quantity, "contact": "buyer@example.com", "channel": "epay"});
-        let r = self.http.post(self.url("/api/v1/orders")).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url("/api/v1/orders"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         answer(r).await
     }
 
     pub async fn lookup(&self, order: &Value) -> (u16, Value) {
-        let path = format!("/api/v1/orders/{}?token={}", order["order_id"].as_str().unwrap(), order["token"].as_str().unwrap());
+        let path = format!(
+            "/api/v1/orders/{}?token={}",
+            order["order_id"].as_str().unwrap(),
+            order["token"].as_str().unwrap()
+        );
         let r = self.http.get(self.url(&path)).send().await.unwrap();
         answer(r).await
     }
 
     pub async fn stock(&self, sku: &str) -> (u64, u64, u64) {
-        let (code, s) = self.admin_get(&format!("/api/v1/admin/products/{sku}/stock")).await;
+        let (code, s) = self
+            .admin_get(&format!("/api/v1/admin/products/{sku}/stock"))
+            .await;
         assert_eq!(code, 200, "{s}");
-        (s["available"].as_u64().unwrap(), s["reserved"].as_u64().unwrap(), s["sold"].as_u64().unwrap())
+        (
+            s["available"].as_u64().unwrap(),
+            s["reserved"].as_u64().unwrap(),
+            s["sold"].as_u64().unwrap(),
+        )
     }
 
     /// Sends a signed Epay notify as a gateway would (form POST); returns status and body.
     pub async fn notify(&self, params: &[(String, String)]) -> (u16, String) {
-        let r = self.http.post(self.url("/api/v1/payments/epay/notify")).form(params).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url("/api/v1/payments/epay/notify"))
+            .form(params)
+            .send()
+            .await
+            .unwrap();
         let code = r.status().as_u16();
         (code, r.text().await.unwrap())
     }
@@ -192,7 +240,10 @@ impl Drop for Server {
 pub async fn answer(r: reqwest::Response) -> (u16, Value) {
     let code = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 pub fn money(cents: u64) -> String {
@@ -200,7 +251,12 @@ pub fn money(cents: u64) -> String {
 }
 
 /// Signed notify parameters for an order; `money_override` forges the amount.
-pub fn epay_params(order: &Value, pid: &str, key: &str, money_override: Option<&str>) -> Vec<(String, String)> {
+pub fn epay_params(
+    order: &Value,
+    pid: &str,
+    key: &str,
+    money_override: Option<&str>,
+) -> Vec<(String, String)> {
     let id = order["order_id"].as_str().unwrap();
     let amount = money(order["amount_cents"].as_u64().unwrap());
     let mut params: Vec<(String, String)> = [
@@ -215,7 +271,8 @@ pub fn epay_params(order: &Value, pid: &str, key: &str, money_override: Option<&
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let sign = engine::payment::epay_sign(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), key);
+    let sign =
+        engine::payment::epay_sign(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), key);
     params.push(("sign".into(), sign));
     params.push(("sign_type".into(), "MD5".into()));
     params
@@ -227,7 +284,9 @@ pub fn keys(prefix: &str, count: usize) -> Vec<String> {
 
 /// A live WebSocket on an order, with 4 KiB buffers.
 pub struct Live {
-    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 pub enum Frame {
@@ -243,17 +302,27 @@ impl Live {
             order["order_id"].as_str().unwrap(),
             order["token"].as_str().unwrap()
         ));
-        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(4096);
-        let (stream, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false).await.expect("websocket connects");
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(4096);
+        let (stream, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+            .await
+            .expect("websocket connects");
         Live { stream }
     }
 
     pub async fn next(&mut self) -> Frame {
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.stream.next()).await.expect("a frame within 10 s");
+            let message = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("a frame within 10 s");
             match message {
-                Some(Ok(Message::Text(text))) => return Frame::Update(serde_json::from_str(&text).unwrap()),
-                Some(Ok(Message::Close(frame))) => return Frame::Closed(frame.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Text(text))) => {
+                    return Frame::Update(serde_json::from_str(&text).unwrap())
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Frame::Closed(frame.map(|f| u16::from(f.code)))
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Frame::Closed(None),
             }

@@ -1,0 +1,359 @@
+//! What operators see beyond single requests: running HTTP totals, the alert rules run every
+//! few seconds over samples of the shop, the operator's incident note, and the components of
+//! the public status page, all derived from the same health data.
+//!
+//! Invariants: the rules themselves are pure (`actors::alerts`); this module only samples,
+//! publishes (metrics, log, webhook) and serves them. The incident note is at most
+//! `INCIDENT_NOTE_BYTES_MAX` bytes. No order id or contact ever becomes a metric label.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use actors::alerts::{Alert, AlertSettings, Alerts, Rule, Sample};
+use actors::Shop;
+use engine::time::format_rfc3339_ms;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::post::{HttpUrl, Post, Poster};
+use crate::AppState;
+
+/// Longest incident note an operator may set.
+pub const INCIDENT_NOTE_BYTES_MAX: usize = 2_000;
+
+/// Help text and unit of every metric the shop records, so the scrape passes
+/// `promtool check metrics`. Call once, after the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "panshi_http_requests_total",
+        "HTTP requests by route pattern, method and status class."
+    );
+    describe_histogram!(
+        "panshi_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request duration by route pattern and method."
+    );
+    describe_gauge!(
+        "panshi_websockets_open",
+        "Open live-order WebSocket connections."
+    );
+    describe_histogram!(
+        "panshi_log_commit_seconds",
+        Unit::Seconds,
+        "Wait of the oldest record of a log group commit, until fdatasync."
+    );
+    describe_histogram!(
+        "panshi_log_group_records",
+        Unit::Count,
+        "Records per log group commit (batch size)."
+    );
+    describe_gauge!("panshi_actors_live", "Live actors by kind.");
+    describe_gauge!(
+        "panshi_actor_mailbox_depth",
+        "Messages sent to actors of a kind and not yet answered."
+    );
+    describe_histogram!(
+        "panshi_actor_handling_seconds",
+        Unit::Seconds,
+        "Time an actor took to handle one message, commit included."
+    );
+    describe_counter!(
+        "panshi_actor_restarts_total",
+        "Supervisor restarts by actor kind."
+    );
+    describe_counter!(
+        "panshi_actor_errors_total",
+        "Operational failures reported by actors of a kind."
+    );
+    describe_counter!("panshi_orders_created_total", "Orders created.");
+    describe_counter!(
+        "panshi_orders_paid_total",
+        "Orders paid, by payment channel."
+    );
+    describe_counter!("panshi_orders_delivered_total", "Orders delivered.");
+    describe_counter!("panshi_orders_expired_total", "Orders expired unpaid.");
+    describe_counter!(
+        "panshi_orders_manual_review_total",
+        "Paid orders sent to manual review."
+    );
+    describe_gauge!(
+        "panshi_manual_review_orders",
+        "Orders waiting in the manual-review queue."
+    );
+    describe_counter!("panshi_payment_notifies_total", "Payment notifications by channel, outcome and reason; success rate is outcome=applied over all.");
+    describe_histogram!(
+        "panshi_delivery_seconds",
+        Unit::Seconds,
+        "From a payment reaching its order to its keys being durable and pushed."
+    );
+    describe_histogram!(
+        "panshi_order_create_to_delivery_seconds",
+        Unit::Seconds,
+        "From order creation to delivery."
+    );
+    describe_gauge!("panshi_alerts_active", "Alerts firing now, by rule.");
+    describe_counter!(
+        "panshi_outbound_posts_total",
+        "Outbound webhook POSTs by outcome."
+    );
+}
+
+/// Requests, 5xx answers and total latency since start, fed by the request middleware.
+#[derive(Default)]
+pub struct HttpTotals {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency_us: AtomicU64,
+}
+
+impl HttpTotals {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// A note the operator sets for the public status page.
+#[derive(Debug, Clone)]
+pub struct Incident {
+    pub note: String,
+    pub at_ms: u64,
+}
+
+/// How a component of the shop is doing, as the status page says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Operational,
+    Degraded,
+    Down,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Operational => "operational",
+            Level::Degraded => "degraded",
+            Level::Down => "down",
+        }
+    }
+}
+
+/// Alerts, incident note and HTTP totals, shared by the middleware, the evaluator task and
+/// the operator routes.
+pub struct Observatory {
+    pub http: HttpTotals,
+    alerts: Mutex<Alerts>,
+    incident: Mutex<Option<Incident>>,
+    /// Where fired and cleared alerts are POSTed, when configured.
+    webhook: Option<(HttpUrl, Poster)>,
+}
+
+impl Observatory {
+    pub fn new(rules: AlertSettings, webhook: Option<(HttpUrl, Poster)>) -> Self {
+        Self {
+            http: HttpTotals::default(),
+            alerts: Mutex::new(Alerts::new(rules)),
+            incident: Mutex::new(None),
+            webhook,
+        }
+    }
+
+    /// Reads the shop and the HTTP totals at `shop.now_ms()`.
+    pub fn sample(&self, shop: &Shop) -> Sample {
+        let (manual_review_count, oldest_undelivered_paid_at_ms) = shop.delivery_backlog();
+        Sample {
+            at_ms: shop.now_ms(),
+            requests_total: self.http.requests.load(Ordering::Relaxed),
+            errors_total: self.http.errors.load(Ordering::Relaxed),
+            latency_us_total: self.http.latency_us.load(Ordering::Relaxed),
+            channels: shop.channel_totals(),
+            stock: shop
+                .products()
+                .into_iter()
+                .map(|(product, stock)| (product.sku.as_str().to_owned(), stock.available))
+                .collect(),
+            oldest_undelivered_paid_at_ms,
+            manual_review_count,
+        }
+    }
+
+    /// Samples, runs the rules, and publishes what changed.
+    pub fn evaluate(&self, shop: &Shop) {
+        let sample = self.sample(shop);
+        metrics::gauge!("panshi_manual_review_orders").set(sample.manual_review_count as f64);
+        let (changes, counts) = {
+            let mut alerts = self.alerts.lock();
+            let changes = alerts.evaluate(sample);
+            let counts = Rule::ALL.map(|rule| (rule, alerts.active_count(rule)));
+            (changes, counts)
+        };
+        for (rule, count) in counts {
+            metrics::gauge!("panshi_alerts_active", "rule" => rule.as_str()).set(count as f64);
+        }
+        for alert in changes {
+            self.publish(&alert);
+        }
+    }
+
+    fn publish(&self, alert: &Alert) {
+        let event = if alert.cleared_ms.is_some() {
+            "cleared"
+        } else {
+            "fired"
+        };
+        if alert.cleared_ms.is_some() {
+            tracing::info!(rule = alert.rule.as_str(), subject = %alert.subject, message = %alert.message, "alert cleared");
+        } else {
+            tracing::warn!(rule = alert.rule.as_str(), subject = %alert.subject, message = %alert.message, alert = true, "alert fired");
+        }
+        if let Some((url, poster)) = &self.webhook {
+            let mut body = alert_json(alert);
+            body["event"] = json!(event);
+            poster.post(Post {
+                url: url.clone(),
+                content_type: "application/json",
+                headers: Vec::new(),
+                body: body.to_string().into_bytes(),
+            });
+        }
+    }
+
+    /// Active and recently cleared alerts, as the operator endpoint answers.
+    pub fn alerts_json(&self) -> Value {
+        let alerts = self.alerts.lock();
+        json!({
+            "active": alerts.active().map(alert_json).collect::<Vec<_>>(),
+            "recent": alerts.recent().rev().map(alert_json).collect::<Vec<_>>(),
+            "dropped": alerts.dropped_count,
+        })
+    }
+
+    /// The (rule, subject) pairs active now.
+    pub fn active(&self) -> Vec<(Rule, String)> {
+        self.alerts
+            .lock()
+            .active()
+            .map(|a| (a.rule, a.subject.clone()))
+            .collect()
+    }
+
+    /// Sets the incident note; an empty (or blank) note clears it.
+    pub fn set_incident(&self, note: &str, at_ms: u64) -> Result<(), &'static str> {
+        if note.len() > INCIDENT_NOTE_BYTES_MAX {
+            return Err("note must be at most 2000 bytes");
+        }
+        let note = note.trim();
+        *self.incident.lock() = (!note.is_empty()).then(|| Incident {
+            note: note.to_owned(),
+            at_ms,
+        });
+        Ok(())
+    }
+
+    pub fn incident(&self) -> Option<Incident> {
+        self.incident.lock().clone()
+    }
+}
+
+fn alert_json(alert: &Alert) -> Value {
+    json!({
+        "rule": alert.rule.as_str(),
+        "subject": alert.subject,
+        "message": alert.message,
+        "since": format_rfc3339_ms(alert.since_ms),
+        "cleared_at": alert.cleared_ms.map(format_rfc3339_ms),
+    })
+}
+
+/// The status page's components: ordering, each payment channel, delivery. `ready` is
+/// whether the log takes writes; `active` the alerts firing now.
+pub fn components(
+    ready: bool,
+    epay_configured: bool,
+    active: &[(Rule, String)],
+) -> Vec<(&'static str, Level)> {
+    let firing = |rule: Rule, subject: &str| {
+        active
+            .iter()
+            .any(|(r, s)| *r == rule && (subject.is_empty() || s == subject))
+    };
+    let level = |down: bool, degraded: bool| match (down, degraded) {
+        (true, _) => Level::Down,
+        (false, true) => Level::Degraded,
+        (false, false) => Level::Operational,
+    };
+    vec![
+        (
+            "Ordering",
+            level(
+                !ready,
+                firing(Rule::ErrorRate, "") || firing(Rule::LatencyRising, ""),
+            ),
+        ),
+        (
+            "Payment: Epay (Alipay, WeChat Pay, QQ Pay)",
+            level(
+                !ready || !epay_configured,
+                firing(Rule::PaymentSuccess, "epay"),
+            ),
+        ),
+        ("Delivery", level(!ready, firing(Rule::DeliveryOverdue, ""))),
+    ]
+}
+
+/// Runs the alert rules every `interval` on the current runtime, for as long as it runs.
+pub fn start_evaluator(state: web::Data<AppState>, interval: Duration) {
+    let observatory: Arc<Observatory> = state.observatory.clone();
+    actix_web::rt::spawn(async move {
+        let mut ticks = actix_web::rt::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            observatory.evaluate(&state.shop);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_follow_readiness_and_alerts() {
+        let all_ok = components(true, true, &[]);
+        assert!(all_ok.iter().all(|(_, l)| *l == Level::Operational));
+        let down = components(false, true, &[]);
+        assert!(down.iter().all(|(_, l)| *l == Level::Down));
+        let active = [
+            (Rule::PaymentSuccess, "epay".to_owned()),
+            (Rule::DeliveryOverdue, String::new()),
+        ];
+        let levels: Vec<Level> = components(true, true, &active)
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        assert_eq!(
+            levels,
+            [Level::Operational, Level::Degraded, Level::Degraded]
+        );
+        assert_eq!(components(true, false, &[])[1].1, Level::Down);
+    }
+
+    #[test]
+    fn incident_note_is_bounded_and_blank_clears() {
+        let observatory = Observatory::new(AlertSettings::default(), None);
+        observatory.set_incident("  payments slow  ", 5).unwrap();
+        assert_eq!(observatory.incident().unwrap().note, "payments slow");
+        assert!(observatory
+            .set_incident(&"x".repeat(INCIDENT_NOTE_BYTES_MAX + 1), 6)
+            .is_err());
+        observatory.set_incident(" ", 7).unwrap();
+        assert!(observatory.incident().is_none());
+    }
+}
