@@ -17,6 +17,7 @@
 
 pub mod alerts;
 pub mod catalog;
+pub mod channel;
 pub mod health;
 pub mod order;
 pub mod pool;
@@ -126,6 +127,8 @@ pub struct EpaySettings {
 
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Circuit-breaker thresholds for every payment channel.
+    pub breaker: engine::breaker::BreakerConfig,
     pub order_ttl_ms: u64,
     pub shards_per_sku: usize,
     pub currency: Currency,
@@ -139,16 +142,23 @@ pub enum ActorKind {
     Order,
     PoolShard,
     Catalog,
+    Channel,
 }
 
 impl ActorKind {
-    pub const ALL: [ActorKind; 3] = [ActorKind::Order, ActorKind::PoolShard, ActorKind::Catalog];
+    pub const ALL: [ActorKind; 4] = [
+        ActorKind::Order,
+        ActorKind::PoolShard,
+        ActorKind::Catalog,
+        ActorKind::Channel,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ActorKind::Order => "order",
             ActorKind::PoolShard => "pool_shard",
             ActorKind::Catalog => "catalog",
+            ActorKind::Channel => "payment_channel",
         }
     }
 }
@@ -185,6 +195,8 @@ struct Inner {
     traces: Traces,
     /// Orders created and paid per payment channel since start, for the alert rules.
     channel_totals: Mutex<Vec<alerts::ChannelTotals>>,
+    /// Payment channels that can be queried (reconciliation), by name.
+    channels: channel::Channels,
 }
 
 /// The handle every edge and actor uses; cheap to clone.
@@ -226,6 +238,28 @@ impl Shop {
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
     ) -> Shop {
+        Self::start_with_gateways(store, settings, clock, entropy, Vec::new())
+    }
+
+    /// `start`, with the gateways whose server-to-server APIs the shop may query, each
+    /// behind a supervised channel actor with its circuit breaker.
+    pub fn start_with_gateways(
+        store: Arc<Store>,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        gateways: Vec<(String, Arc<dyn channel::GatewayClient>)>,
+    ) -> Shop {
+        let health: Arc<Health> = Arc::default();
+        let mut channels = channel::Channels::default();
+        for (name, client) in gateways {
+            let (clock, health, actor_name) = (clock.clone(), health.clone(), name.clone());
+            let config = settings.breaker;
+            let addr = Supervisor::start(move |_| {
+                channel::ChannelActor::new(&actor_name, client, config, clock, health)
+            });
+            channels.insert(&name, addr);
+        }
         assert!(
             settings.shards_per_sku >= 1
                 && settings.shards_per_sku <= engine::pool::SHARDS_PER_SKU_MAX
@@ -240,9 +274,10 @@ impl Shop {
             directory: Directory::default(),
             catalog: OnceLock::new(),
             idempotency_in_flight: Mutex::default(),
-            health: Arc::default(),
+            health,
             traces: Traces::default(),
             channel_totals: Mutex::default(),
+            channels,
         }));
         let catalog_shop = shop.clone();
         let catalog = Supervisor::start(move |_| catalog::Catalog { shop: catalog_shop });
@@ -278,6 +313,18 @@ impl Shop {
 
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// The channel actor an order's payment goes through, if that channel can be queried.
+    pub(crate) fn channel_of(&self, order_id: &OrderId) -> Option<Addr<channel::ChannelActor>> {
+        let state = self.store().state();
+        let name = &state.order(order_id)?.created.payment_channel;
+        self.0.channels.get(name).cloned()
+    }
+
+    /// Each queryable channel's breaker state and success rate, for operators.
+    pub async fn channel_health(&self) -> Vec<channel::ChannelHealth> {
+        self.0.channels.health().await
     }
 
     pub fn settings(&self) -> &Settings {

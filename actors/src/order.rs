@@ -13,6 +13,9 @@ use engine::{CardId, Event, Fulfilment, Order, OrderId, OrderStatus, Payment, Re
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::channel::{
+    reconcile_delay_ms, ChannelActor, GatewayError, Query, QueryAnswer, RECONCILE_ATTEMPTS_MAX,
+};
 use crate::trace::Stage;
 use crate::{ActorKind, Shop, ShopError};
 
@@ -72,7 +75,17 @@ pub struct OrderActor {
     order: Order,
     serial: u64,
     subscribers: Vec<mpsc::Sender<OrderUpdate>>,
+    /// The order's payment channel, when it can be queried (reconciliation).
+    channel: Option<Addr<ChannelActor>>,
+    reconcile_attempts: u32,
+    /// The gateway was asked once more before the keys are released.
+    checked_before_expiry: bool,
 }
+
+/// Ask the order's gateway whether it was paid (reconciliation).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reconcile;
 
 impl OrderActor {
     fn update(&self) -> OrderUpdate {
@@ -181,7 +194,10 @@ impl Actor for OrderActor {
         ctx.set_mailbox_capacity(ORDER_MAILBOX_CAPACITY);
         self.shop.health().started(ActorKind::Order);
         match self.order.status {
-            OrderStatus::AwaitingPayment => self.schedule_expiry(ctx),
+            OrderStatus::AwaitingPayment => {
+                self.schedule_expiry(ctx);
+                self.schedule_reconcile(ctx);
+            }
             OrderStatus::ManualReview => {}
             _ => {
                 ctx.run_later(Duration::from_millis(SETTLED_LINGER_MS), |_, ctx| {
@@ -320,6 +336,13 @@ impl Handler<Expire> for OrderActor {
             }
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
+        if !self.checked_before_expiry && self.channel.is_some() {
+            // Ask the gateway once more before the keys go back, so that nobody pays for
+            // a key that was already released; then come back here.
+            self.checked_before_expiry = true;
+            self.query_gateway(ctx, true);
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
         let event = Event::OrderExpired {
             order_id: self.order.order_id.clone(),
             at_ms: now_ms,
@@ -344,6 +367,74 @@ impl Handler<Expire> for OrderActor {
                 .handled(ActorKind::Order, started.elapsed());
             act.settle(ctx);
         })))
+    }
+}
+
+impl OrderActor {
+    fn schedule_reconcile(&self, ctx: &mut Context<Self>) {
+        if self.channel.is_none() || self.reconcile_attempts >= RECONCILE_ATTEMPTS_MAX {
+            return;
+        }
+        // The first query comes RECONCILE_FIRST_MS after creation (sooner never helps: the
+        // buyer is still paying), later ones back off; none is scheduled past the expiry,
+        // which asks once more by itself.
+        let since_created = if self.reconcile_attempts == 0 {
+            self.shop.now_ms().saturating_sub(self.order.created_at_ms)
+        } else {
+            0
+        };
+        let delay_ms = reconcile_delay_ms(self.reconcile_attempts).saturating_sub(since_created);
+        if self.shop.now_ms() + delay_ms >= self.order.expires_at_ms {
+            return;
+        }
+        ctx.run_later(Duration::from_millis(delay_ms), |_, ctx| {
+            ctx.notify(Reconcile)
+        });
+    }
+
+    /// Queries the gateway; a paid answer is applied exactly as a notify would be (same
+    /// transaction id, so a late notify changes nothing). With `then_expire`, the expiry
+    /// runs after the answer, whatever it is.
+    fn query_gateway(&mut self, ctx: &mut Context<Self>, then_expire: bool) {
+        let Some(channel) = self.channel.clone() else {
+            return;
+        };
+        let query = channel.send(Query(self.order.order_id.clone()));
+        let work = async move {
+            query
+                .await
+                .unwrap_or(Err(GatewayError::Failed("channel gone".into())))
+        };
+        ctx.spawn(work.into_actor(self).map(move |answer, act, ctx| {
+            if act.order.status != OrderStatus::AwaitingPayment {
+                return;
+            }
+            match answer {
+                Ok(QueryAnswer::Paid(payment)) => {
+                    metrics::counter!("panshi_reconcile_recoveries_total").increment(1);
+                    tracing::warn!(order_id = %act.order.order_id, stage = "reconcile", "paid at the gateway without a notify; applying");
+                    ctx.notify(Pay(payment));
+                }
+                Ok(QueryAnswer::NotPaid) => {}
+                Err(error) => tracing::debug!(order_id = %act.order.order_id, %error, "reconciliation query failed"),
+            }
+            if then_expire {
+                ctx.notify(Expire);
+            } else {
+                act.reconcile_attempts += 1;
+                act.schedule_reconcile(ctx);
+            }
+        }));
+    }
+}
+
+impl Handler<Reconcile> for OrderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reconcile, ctx: &mut Self::Context) {
+        if self.order.status == OrderStatus::AwaitingPayment {
+            self.query_gateway(ctx, false);
+        }
     }
 }
 
@@ -400,6 +491,9 @@ impl Directory {
             order,
             serial,
             subscribers: Vec::new(),
+            channel: shop.channel_of(order_id),
+            reconcile_attempts: 0,
+            checked_before_expiry: false,
         }
         .start();
         shard.insert(order_id.clone(), (serial, addr.clone()));

@@ -9,6 +9,7 @@
 //! every failure, including an oversized or malformed body, gets the contract's error shape.
 
 pub mod error;
+pub mod gateways;
 pub mod observe;
 pub mod post;
 pub mod routes;

@@ -250,6 +250,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         _ => None,
     };
     let shop_settings = Settings {
+        breaker: settings.breaker.config(),
         order_ttl_ms: settings.order_ttl_secs * 1000,
         shards_per_sku: settings.shards_per_sku,
         currency: Currency::parse(&settings.shop.currency).context("shop.currency")?,
@@ -272,11 +273,12 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         n => n,
     };
     actix_web::rt::System::new().block_on(async {
-        let shop = Shop::start(
+        let shop = Shop::start_with_gateways(
             store.clone(),
             shop_settings,
             Arc::new(SystemClock),
             Arc::new(OsEntropy),
+            gateways(&settings, epay.as_ref()),
         );
         if settings.demo {
             seed_demo(&shop).await?;
@@ -312,6 +314,20 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     tracing::info!("stopped cleanly");
     drop(sentry);
     Ok(())
+}
+
+/// The gateways the shop queries to reconcile orders. The demo gateway has no query API.
+fn gateways(
+    settings: &ServerSettings,
+    epay: Option<&EpaySettings>,
+) -> Vec<(String, Arc<dyn actors::channel::GatewayClient>)> {
+    match epay {
+        Some(epay) if !settings.demo => {
+            let client = ws_api::gateways::EpayClient::new(&epay.gateway_url, &epay.pid, &epay.key);
+            vec![("epay".to_owned(), Arc::new(client))]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// A small demo catalogue, seeded once into an empty shop.

@@ -52,6 +52,18 @@ pub fn describe_metrics() {
     );
     describe_gauge!("panshi_actors_live", "Live actors by kind.");
     describe_gauge!(
+        "panshi_channel_breaker_state",
+        "Payment channel circuit breaker: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "panshi_gateway_queries_total",
+        "Server-to-server order queries to payment gateways, by channel and outcome."
+    );
+    describe_counter!(
+        "panshi_reconcile_recoveries_total",
+        "Orders found paid by querying the gateway before their notify arrived."
+    );
+    describe_gauge!(
         "panshi_actor_mailbox_depth",
         "Messages sent to actors of a kind and not yet answered."
     );

@@ -24,6 +24,46 @@ pub struct ServerSettings {
     pub sentry: SentrySection,
     /// Seed a demo catalogue and mount the built-in demo gateway.
     pub demo: bool,
+    /// Circuit breakers of the payment channels.
+    pub breaker: BreakerSection,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct BreakerSection {
+    pub consecutive_failures_max: u32,
+    pub window_secs: u64,
+    pub window_calls_min: u32,
+    pub error_rate_percent_max: u32,
+    pub cooldown_secs: u64,
+    pub half_open_probes_max: u32,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        let config = engine::breaker::BreakerConfig::default();
+        Self {
+            consecutive_failures_max: config.consecutive_failures_max,
+            window_secs: config.window_ms / 1000,
+            window_calls_min: config.window_calls_min,
+            error_rate_percent_max: config.error_rate_percent_max,
+            cooldown_secs: config.cooldown_ms / 1000,
+            half_open_probes_max: config.half_open_probes_max,
+        }
+    }
+}
+
+impl BreakerSection {
+    pub fn config(&self) -> engine::breaker::BreakerConfig {
+        engine::breaker::BreakerConfig {
+            consecutive_failures_max: self.consecutive_failures_max.max(1),
+            window_ms: self.window_secs * 1000,
+            window_calls_min: self.window_calls_min,
+            error_rate_percent_max: self.error_rate_percent_max,
+            cooldown_ms: self.cooldown_secs * 1000,
+            half_open_probes_max: self.half_open_probes_max.max(1),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -168,6 +208,7 @@ impl Default for ServerSettings {
             alerts: AlertsSection::default(),
             sentry: SentrySection::default(),
             demo: false,
+            breaker: BreakerSection::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::{payload_too_large, read_body, AppState};
 pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/api/v1/ops/actors", web::get().to(actors_health))
+        .route("/api/v1/ops/channels", web::get().to(channels_health))
         .route("/api/v1/ops/alerts", web::get().to(alerts))
         .route("/api/v1/ops/incident", web::post().to(set_incident))
         .route(
@@ -41,6 +42,25 @@ fn kind_json(health: &KindHealth) -> Value {
             "at": format_rfc3339_ms(e.at_ms),
         })),
     })
+}
+
+/// Each payment channel: breaker state, success rate over its window, calls and failures.
+async fn channels_health(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let channels: Vec<Value> = state
+        .shop
+        .channel_health()
+        .await
+        .iter()
+        .map(|c| {
+            json!({"channel": c.name, "breaker": c.breaker, "success_percent": c.success_percent,
+                   "calls": c.calls, "failures": c.failures})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "channels": channels })))
 }
 
 async fn actors_health(

@@ -1,0 +1,234 @@
+//! Payment channel actors. Each channel (epay, ...) is a supervised actor that owns its
+//! circuit breaker and a bound on concurrent server-to-server calls, behind one trait
+//! (`GatewayClient`) that the edge implements for the real protocol.
+//!
+//! Reconciliation uses it: an order awaiting payment is queried at its gateway (first 10 s
+//! after creation, then with backoff until expiry, and once more before its keys are
+//! released), so no paid order waits for a callback that never comes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use engine::breaker::{Breaker, BreakerConfig, BreakerState};
+use engine::{OrderId, Payment};
+use tokio::sync::Semaphore;
+
+use crate::{ActorKind, Clock};
+
+/// Concurrent gateway calls per channel; more are refused at once and retried later.
+pub const CHANNEL_CALLS_CONCURRENT_MAX: usize = 32;
+/// How long one gateway call may take before it counts as failed.
+pub const GATEWAY_CALL_TIMEOUT_MS: u64 = 3_000;
+/// First reconciliation query after an order's creation.
+pub const RECONCILE_FIRST_MS: u64 = 10_000;
+/// Longest wait between two reconciliation queries of one order.
+pub const RECONCILE_BACKOFF_MS_MAX: u64 = 120_000;
+/// Most reconciliation queries per order (the one before expiry is extra).
+pub const RECONCILE_ATTEMPTS_MAX: u32 = 12;
+pub const CHANNEL_MAILBOX_CAPACITY: usize = 1024;
+const _: () = assert!(RECONCILE_FIRST_MS <= RECONCILE_BACKOFF_MS_MAX);
+
+/// The delay before reconciliation attempt `attempt` (0 = the first).
+pub fn reconcile_delay_ms(attempt: u32) -> u64 {
+    RECONCILE_FIRST_MS
+        .saturating_mul(1 << attempt.min(16))
+        .min(RECONCILE_BACKOFF_MS_MAX)
+}
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the gateway says about an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryAnswer {
+    Paid(Payment),
+    NotPaid,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GatewayError {
+    #[error("the gateway failed: {0}")]
+    Failed(String),
+    #[error("the gateway did not answer in time")]
+    Timeout,
+    #[error("the channel's circuit breaker is open")]
+    BreakerOpen,
+    #[error("too many calls in flight on this channel")]
+    Saturated,
+}
+
+/// A payment gateway's server-to-server API, as the edge implements it.
+pub trait GatewayClient: Send + Sync + 'static {
+    fn query(&self, order_id: &OrderId) -> BoxFuture<Result<QueryAnswer, GatewayError>>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<QueryAnswer, GatewayError>")]
+pub struct Query(pub OrderId);
+
+#[derive(Message)]
+#[rtype(result = "ChannelHealth")]
+pub struct Health;
+
+#[derive(Debug, Clone)]
+pub struct ChannelHealth {
+    pub name: String,
+    pub breaker: &'static str,
+    pub success_percent: u64,
+    pub calls: u64,
+    pub failures: u64,
+}
+
+pub struct ChannelActor {
+    name: String,
+    client: Arc<dyn GatewayClient>,
+    breaker: Breaker,
+    clock: Arc<dyn Clock>,
+    permits: Arc<Semaphore>,
+    calls: u64,
+    failures: u64,
+    health: Arc<crate::Health>,
+}
+
+impl ChannelActor {
+    pub fn new(
+        name: &str,
+        client: Arc<dyn GatewayClient>,
+        config: BreakerConfig,
+        clock: Arc<dyn Clock>,
+        health: Arc<crate::Health>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            client,
+            breaker: Breaker::new(config),
+            clock,
+            permits: Arc::new(Semaphore::new(CHANNEL_CALLS_CONCURRENT_MAX)),
+            calls: 0,
+            failures: 0,
+            health,
+        }
+    }
+
+    fn publish(&mut self) {
+        let state = self.breaker.state(self.clock.now_ms());
+        let open = match state {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen { .. } => 1.0,
+            BreakerState::Open { .. } => 2.0,
+        };
+        metrics::gauge!("panshi_channel_breaker_state", "channel" => self.name.clone()).set(open);
+    }
+}
+
+impl Actor for ChannelActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(CHANNEL_MAILBOX_CAPACITY);
+        self.health.started(ActorKind::Channel);
+        self.publish();
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.health.stopped(ActorKind::Channel);
+    }
+}
+
+impl Supervised for ChannelActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.health.restarted(ActorKind::Channel);
+    }
+}
+
+impl Handler<Query> for ChannelActor {
+    type Result = ResponseActFuture<Self, Result<QueryAnswer, GatewayError>>;
+
+    fn handle(&mut self, msg: Query, _: &mut Self::Context) -> Self::Result {
+        if !self.breaker.allow(self.clock.now_ms()) {
+            return Box::pin(fut::ready(Err(GatewayError::BreakerOpen)));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Box::pin(fut::ready(Err(GatewayError::Saturated)));
+        };
+        let call = self.client.query(&msg.0);
+        let work = async move {
+            let answer =
+                tokio::time::timeout(Duration::from_millis(GATEWAY_CALL_TIMEOUT_MS), call).await;
+            drop(permit);
+            answer.unwrap_or(Err(GatewayError::Timeout))
+        };
+        Box::pin(work.into_actor(self).map(|answer, act, _| {
+            let succeeded = answer.is_ok();
+            act.calls += 1;
+            act.failures += u64::from(!succeeded);
+            act.breaker.record(act.clock.now_ms(), succeeded);
+            let outcome = match &answer {
+                Ok(QueryAnswer::Paid(_)) => "paid",
+                Ok(QueryAnswer::NotPaid) => "not_paid",
+                Err(_) => "failed",
+            };
+            metrics::counter!("panshi_gateway_queries_total", "channel" => act.name.clone(), "outcome" => outcome).increment(1);
+            act.publish();
+            answer
+        }))
+    }
+}
+
+impl Handler<Health> for ChannelActor {
+    type Result = MessageResult<Health>;
+
+    fn handle(&mut self, _: Health, _: &mut Self::Context) -> Self::Result {
+        let state = self.breaker.state(self.clock.now_ms());
+        MessageResult(ChannelHealth {
+            name: self.name.clone(),
+            breaker: state.as_str(),
+            success_percent: self.breaker.success_percent(),
+            calls: self.calls,
+            failures: self.failures,
+        })
+    }
+}
+
+/// The configured channels by name.
+#[derive(Default, Clone)]
+pub struct Channels {
+    by_name: HashMap<String, Addr<ChannelActor>>,
+}
+
+impl Channels {
+    pub fn insert(&mut self, name: &str, addr: Addr<ChannelActor>) {
+        self.by_name.insert(name.to_owned(), addr);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Addr<ChannelActor>> {
+        self.by_name.get(name)
+    }
+
+    pub async fn health(&self) -> Vec<ChannelHealth> {
+        let mut all = Vec::new();
+        for addr in self.by_name.values() {
+            if let Ok(health) = addr.send(Health).await {
+                all.push(health);
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciliation_backs_off_to_a_ceiling() {
+        assert_eq!(reconcile_delay_ms(0), 10_000);
+        assert_eq!(reconcile_delay_ms(1), 20_000);
+        assert_eq!(reconcile_delay_ms(3), 80_000);
+        assert_eq!(reconcile_delay_ms(10), RECONCILE_BACKOFF_MS_MAX);
+    }
+}
