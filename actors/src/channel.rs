@@ -60,14 +60,61 @@ pub enum GatewayError {
     Saturated,
 }
 
+/// What a gateway needs to create a payment.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub order_id: OrderId,
+    pub amount_cents: u64,
+    /// ISO 4217, upper case.
+    pub currency: String,
+    pub name: String,
+    pub notify_url: String,
+    pub return_url: String,
+}
+
+/// A payment the gateway created: where the buyer pays, and the gateway's reference for it
+/// (a Stripe checkout session id; empty where the order id is the reference).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedPayment {
+    pub url: String,
+    pub reference: String,
+}
+
 /// A payment gateway's server-to-server API, as the edge implements it.
 pub trait GatewayClient: Send + Sync + 'static {
-    fn query(&self, order_id: &OrderId) -> BoxFuture<Result<QueryAnswer, GatewayError>>;
+    /// Asks whether an order is paid. `reference` is what `create` returned, if anything.
+    fn query(
+        &self,
+        order_id: &OrderId,
+        reference: &str,
+    ) -> BoxFuture<Result<QueryAnswer, GatewayError>>;
+
+    /// Creates a payment server-side. Channels whose payment page is a signed URL built
+    /// locally (Epay) do not need it.
+    fn create(&self, _request: &CreateRequest) -> BoxFuture<Result<CreatedPayment, GatewayError>> {
+        Box::pin(async {
+            Err(GatewayError::Failed(
+                "this channel creates no payments server-side".into(),
+            ))
+        })
+    }
 }
 
 #[derive(Message)]
 #[rtype(result = "Result<QueryAnswer, GatewayError>")]
-pub struct Query(pub OrderId);
+pub struct Query {
+    pub order_id: OrderId,
+    pub reference: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<CreatedPayment, GatewayError>")]
+pub struct Create(pub CreateRequest);
+
+/// Whether new orders may be routed to this channel now (its breaker is not open).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Usable;
 
 #[derive(Message)]
 #[rtype(result = "ChannelHealth")]
@@ -144,37 +191,63 @@ impl Supervised for ChannelActor {
     }
 }
 
-impl Handler<Query> for ChannelActor {
-    type Result = ResponseActFuture<Self, Result<QueryAnswer, GatewayError>>;
-
-    fn handle(&mut self, msg: Query, _: &mut Self::Context) -> Self::Result {
+impl ChannelActor {
+    /// Runs one gateway call behind the breaker, the concurrency bound and the timeout,
+    /// and feeds its outcome back to the breaker.
+    fn call<T: 'static>(
+        &mut self,
+        kind: &'static str,
+        call: impl FnOnce(&dyn GatewayClient) -> BoxFuture<Result<T, GatewayError>>,
+    ) -> ResponseActFuture<Self, Result<T, GatewayError>> {
         if !self.breaker.allow(self.clock.now_ms()) {
             return Box::pin(fut::ready(Err(GatewayError::BreakerOpen)));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return Box::pin(fut::ready(Err(GatewayError::Saturated)));
         };
-        let call = self.client.query(&msg.0);
+        let call = call(&*self.client);
         let work = async move {
             let answer =
                 tokio::time::timeout(Duration::from_millis(GATEWAY_CALL_TIMEOUT_MS), call).await;
             drop(permit);
             answer.unwrap_or(Err(GatewayError::Timeout))
         };
-        Box::pin(work.into_actor(self).map(|answer, act, _| {
+        Box::pin(work.into_actor(self).map(move |answer, act, _| {
             let succeeded = answer.is_ok();
             act.calls += 1;
             act.failures += u64::from(!succeeded);
             act.breaker.record(act.clock.now_ms(), succeeded);
-            let outcome = match &answer {
-                Ok(QueryAnswer::Paid(_)) => "paid",
-                Ok(QueryAnswer::NotPaid) => "not_paid",
-                Err(_) => "failed",
-            };
-            metrics::counter!("panshi_gateway_queries_total", "channel" => act.name.clone(), "outcome" => outcome).increment(1);
+            let outcome = if succeeded { "ok" } else { "failed" };
+            metrics::counter!("panshi_gateway_calls_total", "channel" => act.name.clone(), "call" => kind, "outcome" => outcome).increment(1);
             act.publish();
             answer
         }))
+    }
+}
+
+impl Handler<Query> for ChannelActor {
+    type Result = ResponseActFuture<Self, Result<QueryAnswer, GatewayError>>;
+
+    fn handle(&mut self, msg: Query, _: &mut Self::Context) -> Self::Result {
+        self.call("query", move |client| {
+            client.query(&msg.order_id, &msg.reference)
+        })
+    }
+}
+
+impl Handler<Create> for ChannelActor {
+    type Result = ResponseActFuture<Self, Result<CreatedPayment, GatewayError>>;
+
+    fn handle(&mut self, msg: Create, _: &mut Self::Context) -> Self::Result {
+        self.call("create", move |client| client.create(&msg.0))
+    }
+}
+
+impl Handler<Usable> for ChannelActor {
+    type Result = bool;
+
+    fn handle(&mut self, _: Usable, _: &mut Self::Context) -> bool {
+        self.breaker.is_usable(self.clock.now_ms())
     }
 }
 

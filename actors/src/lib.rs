@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod channel;
 pub mod health;
 pub mod order;
+pub mod payment;
 pub mod pool;
 pub mod trace;
 
@@ -30,9 +31,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use engine::events::{Event, Fulfilment, Idempotency, NewOrder, Payment, Product};
 use engine::ids::hex128;
-use engine::money::{format_cents, AMOUNT_CENTS_MAX};
+use engine::money::AMOUNT_CENTS_MAX;
 use engine::order::{CONTACT_LEN_MAX, ORDER_QUANTITY_MAX};
-use engine::payment::{epay_submit_url, signatures_equal};
+use engine::payment::signatures_equal;
 use engine::{CardId, Currency, Order, OrderId, OrderRecord, OrderStatus, Rejection, Sku, Stock};
 use parking_lot::{Mutex, RwLock};
 use storage::Store;
@@ -127,6 +128,8 @@ pub struct EpaySettings {
 
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Payment method -> ordered channels (primary first).
+    pub payment_methods: std::collections::BTreeMap<String, Vec<String>>,
     /// Circuit-breaker thresholds for every payment channel.
     pub breaker: engine::breaker::BreakerConfig,
     pub order_ttl_ms: u64,
@@ -320,6 +323,19 @@ impl Shop {
         let state = self.store().state();
         let name = &state.order(order_id)?.created.payment_channel;
         self.0.channels.get(name).cloned()
+    }
+
+    pub(crate) fn channel(&self, name: &str) -> Option<Addr<channel::ChannelActor>> {
+        self.0.channels.get(name).cloned()
+    }
+
+    /// The gateway's reference for an order's payment (empty when the order id is it).
+    pub(crate) fn payment_reference(&self, order_id: &OrderId) -> String {
+        let state = self.store().state();
+        state
+            .order(order_id)
+            .map(|r| r.created.payment_ref.clone())
+            .unwrap_or_default()
     }
 
     /// Each queryable channel's breaker state and success rate, for operators.
@@ -530,44 +546,6 @@ impl Shop {
             .ok_or(Rejection::UnknownSku.into())
     }
 
-    /// The gateway and URL where the buyer pays for an order.
-    fn payment_link(
-        &self,
-        channel: &str,
-        order_id: &OrderId,
-        name: &str,
-        amount_cents: u64,
-    ) -> Result<(String, String), Rejection> {
-        let method = match channel {
-            "epay" => "",
-            "alipay" | "wxpay" | "qqpay" => channel,
-            "epusdt" | "usdt" | "stripe" => return Err(Rejection::ChannelUnavailable),
-            _ => return Err(Rejection::UnknownChannel),
-        };
-        let epay = self
-            .settings()
-            .epay
-            .as_ref()
-            .ok_or(Rejection::ChannelUnavailable)?;
-        let base = self.settings().public_url.trim_end_matches('/');
-        let notify_url = format!("{base}/api/v1/payments/epay/notify");
-        let return_url = format!("{base}/");
-        let money = format_cents(amount_cents);
-        let fields = [
-            ("pid", epay.pid.as_str()),
-            ("type", method),
-            ("out_trade_no", order_id.as_str()),
-            ("notify_url", notify_url.as_str()),
-            ("return_url", return_url.as_str()),
-            ("name", name),
-            ("money", money.as_str()),
-        ];
-        Ok((
-            "epay".into(),
-            epay_submit_url(&epay.gateway_url, &epay.key, &fields),
-        ))
-    }
-
     fn begin_idempotent(
         &self,
         request: &OrderRequest,
@@ -635,8 +613,13 @@ impl Shop {
         };
         let now_ms = self.now_ms();
         let order_id = OrderId::generate(now_ms, self.0.entropy.random_u64());
-        let (payment_channel, payment_url) =
-            self.payment_link(&request.channel, &order_id, &product.name, amount_cents)?;
+        let subject = payment::PaymentSubject {
+            order_id: &order_id,
+            name: &product.name,
+            amount_cents,
+            currency: product.currency,
+        };
+        let link = self.payment_link(&request.channel, &subject).await?;
         let reserve_started = (self.now_ms(), Instant::now());
         let cards = self
             .reserve(&request.sku, request.quantity as usize)
@@ -652,8 +635,9 @@ impl Shop {
             currency: product.currency,
             contact: request.contact,
             channel: request.channel,
-            payment_channel,
-            payment_url,
+            payment_channel: link.channel,
+            payment_url: link.url,
+            payment_ref: link.reference,
             created_at_ms: now_ms,
             expires_at_ms: now_ms + self.settings().order_ttl_ms,
             cards: cards.clone(),

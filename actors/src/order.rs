@@ -399,7 +399,11 @@ impl OrderActor {
         let Some(channel) = self.channel.clone() else {
             return;
         };
-        let query = channel.send(Query(self.order.order_id.clone()));
+        let reference = self.shop.payment_reference(&self.order.order_id);
+        let query = channel.send(Query {
+            order_id: self.order.order_id.clone(),
+            reference,
+        });
         let work = async move {
             query
                 .await

@@ -68,6 +68,8 @@ pub struct NewOrder {
     /// The channel chosen and the URL where the buyer pays.
     pub payment_channel: String,
     pub payment_url: String,
+    /// The gateway's reference for the payment (a Stripe checkout session id), or empty.
+    pub payment_ref: String,
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
     pub cards: Vec<CardId>,

@@ -48,6 +48,7 @@ fn new_order(id: &OrderId, quantity: u32, cards: Vec<CardId>, now_ms: u64) -> Ev
         channel: "epay".into(),
         payment_channel: "epay".into(),
         payment_url: "http://pay.invalid/".into(),
+        payment_ref: String::new(),
         created_at_ms: now_ms,
         expires_at_ms: now_ms + 10,
         cards,

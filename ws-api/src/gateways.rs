@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use actors::channel::{
-    BoxFuture, GatewayClient, GatewayError, QueryAnswer, GATEWAY_CALL_TIMEOUT_MS,
+    BoxFuture, CreateRequest, CreatedPayment, GatewayClient, GatewayError, QueryAnswer,
+    GATEWAY_CALL_TIMEOUT_MS,
 };
-use engine::money::parse_decimal_cents;
-use engine::payment::percent_encode;
+use engine::money::{format_cents_shortest, parse_decimal_cents};
+use engine::payment::{epusdt_sign, percent_encode};
 use engine::{OrderId, Payment};
 use serde_json::Value;
 
@@ -24,13 +25,38 @@ pub struct EpayClient {
     key: String,
 }
 
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(GATEWAY_CALL_TIMEOUT_MS))
+        .pool_max_idle_per_host(8)
+        .build()
+        .expect("an HTTP client without TLS builds")
+}
+
+fn failed(error: reqwest::Error) -> GatewayError {
+    if error.is_timeout() {
+        GatewayError::Timeout
+    } else {
+        GatewayError::Failed(error.without_url().to_string())
+    }
+}
+
+/// Sends a request and reads a bounded JSON answer; a non-2xx status is a failure.
+async fn json_answer(request: reqwest::RequestBuilder) -> Result<Value, GatewayError> {
+    let response = request.send().await.map_err(failed)?;
+    if !response.status().is_success() {
+        return Err(GatewayError::Failed(format!("HTTP {}", response.status())));
+    }
+    let body = response.bytes().await.map_err(failed)?;
+    if body.len() > GATEWAY_ANSWER_BYTES_MAX {
+        return Err(GatewayError::Failed("answer too large".into()));
+    }
+    serde_json::from_slice(&body).map_err(|_| GatewayError::Failed("answer is not JSON".into()))
+}
+
 impl EpayClient {
     pub fn new(gateway_url: &str, pid: &str, key: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(GATEWAY_CALL_TIMEOUT_MS))
-            .pool_max_idle_per_host(8)
-            .build()
-            .expect("an HTTP client without TLS builds");
+        let http = http_client();
         Self {
             http,
             gateway_url: gateway_url.trim_end_matches('/').to_owned(),
@@ -88,7 +114,11 @@ pub fn epay_query_answer(answer: &Value) -> Result<QueryAnswer, GatewayError> {
 }
 
 impl GatewayClient for EpayClient {
-    fn query(&self, order_id: &OrderId) -> BoxFuture<Result<QueryAnswer, GatewayError>> {
+    fn query(
+        &self,
+        order_id: &OrderId,
+        _reference: &str,
+    ) -> BoxFuture<Result<QueryAnswer, GatewayError>> {
         let request = self.http.get(self.query_url(order_id));
         Box::pin(async move {
             let response = request.send().await.map_err(|e| {
@@ -115,6 +145,175 @@ impl GatewayClient for EpayClient {
     }
 }
 
+/// epusdt: `POST {gateway_url}/api/v1/order/create-transaction`; the answer's
+/// `data.payment_url` is where the buyer pays. epusdt has no query API that Panshi uses.
+pub struct EpusdtClient {
+    http: reqwest::Client,
+    gateway_url: String,
+    token: String,
+}
+
+impl EpusdtClient {
+    pub fn new(gateway_url: &str, token: &str) -> Self {
+        Self {
+            http: http_client(),
+            gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// The request body: `amount` a JSON number in its shortest decimal form, written as
+    /// text (never through a float), and the signature over the same text.
+    pub fn create_body(&self, request: &CreateRequest) -> String {
+        let amount = format_cents_shortest(request.amount_cents);
+        let fields = [
+            ("amount", amount.as_str()),
+            ("notify_url", request.notify_url.as_str()),
+            ("order_id", request.order_id.as_str()),
+            ("redirect_url", request.return_url.as_str()),
+        ];
+        let signature = epusdt_sign(fields, &self.token);
+        let quoted = |text: &str| Value::String(text.to_owned()).to_string();
+        format!(
+            r#"{{"order_id":{},"amount":{amount},"notify_url":{},"redirect_url":{},"signature":{}}}"#,
+            quoted(request.order_id.as_str()),
+            quoted(&request.notify_url),
+            quoted(&request.return_url),
+            quoted(&signature)
+        )
+    }
+}
+
+impl GatewayClient for EpusdtClient {
+    fn query(
+        &self,
+        _order_id: &OrderId,
+        _reference: &str,
+    ) -> BoxFuture<Result<QueryAnswer, GatewayError>> {
+        Box::pin(async { Ok(QueryAnswer::NotPaid) })
+    }
+
+    fn create(&self, request: &CreateRequest) -> BoxFuture<Result<CreatedPayment, GatewayError>> {
+        let url = format!("{}/api/v1/order/create-transaction", self.gateway_url);
+        let call = self
+            .http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .body(self.create_body(request));
+        Box::pin(async move {
+            let answer = json_answer(call).await?;
+            let data = answer.get("data");
+            let url = data
+                .and_then(|d| text(d.get("payment_url")))
+                .filter(|u| !u.is_empty());
+            let reference = data
+                .and_then(|d| text(d.get("trade_id")))
+                .unwrap_or_default();
+            match url {
+                Some(url) => Ok(CreatedPayment { url, reference }),
+                None => Err(GatewayError::Failed(
+                    "create-transaction answered without a payment_url".into(),
+                )),
+            }
+        })
+    }
+}
+
+/// Stripe Checkout: `POST {api_base}/v1/checkout/sessions` (form, Bearer secret key) to
+/// create, `GET {api_base}/v1/checkout/sessions/{id}` to query. This build links no TLS,
+/// so the API base must be reachable over http (a local TLS-terminating proxy, or a test
+/// double); against `https://api.stripe.com` creation fails and orders fall back.
+pub struct StripeClient {
+    http: reqwest::Client,
+    api_base: String,
+    secret_key: String,
+}
+
+impl StripeClient {
+    pub fn new(api_base: &str, secret_key: &str) -> Self {
+        Self {
+            http: http_client(),
+            api_base: api_base.trim_end_matches('/').to_owned(),
+            secret_key: secret_key.to_owned(),
+        }
+    }
+
+    pub fn create_form(request: &CreateRequest) -> Vec<(&'static str, String)> {
+        vec![
+            ("mode", "payment".into()),
+            ("client_reference_id", request.order_id.as_str().into()),
+            ("success_url", request.return_url.clone()),
+            ("line_items[0][quantity]", "1".into()),
+            (
+                "line_items[0][price_data][currency]",
+                request.currency.to_ascii_lowercase(),
+            ),
+            (
+                "line_items[0][price_data][unit_amount]",
+                request.amount_cents.to_string(),
+            ),
+            (
+                "line_items[0][price_data][product_data][name]",
+                request.name.clone(),
+            ),
+            ("metadata[order_id]", request.order_id.as_str().into()),
+        ]
+    }
+}
+
+/// A Checkout Session as a query answers it: paid when `payment_status` is `paid`.
+pub fn stripe_session_answer(session: &Value) -> Result<QueryAnswer, GatewayError> {
+    if session.get("payment_status").and_then(Value::as_str) != Some("paid") {
+        return Ok(QueryAnswer::NotPaid);
+    }
+    let id = text(session.get("id")).filter(|i| !i.is_empty());
+    let amount = session.get("amount_total").and_then(Value::as_u64);
+    match (id, amount) {
+        (Some(gateway_trade_no), Some(amount_cents)) => Ok(QueryAnswer::Paid(Payment {
+            channel: "stripe".into(),
+            gateway_trade_no,
+            amount_cents,
+        })),
+        _ => Err(GatewayError::Failed(
+            "a paid session without id or amount_total".into(),
+        )),
+    }
+}
+
+impl GatewayClient for StripeClient {
+    fn query(
+        &self,
+        _order_id: &OrderId,
+        reference: &str,
+    ) -> BoxFuture<Result<QueryAnswer, GatewayError>> {
+        if reference.is_empty() {
+            return Box::pin(async { Ok(QueryAnswer::NotPaid) });
+        }
+        let mut url = format!("{}/v1/checkout/sessions/", self.api_base);
+        percent_encode(reference, &mut url);
+        let call = self.http.get(url).bearer_auth(&self.secret_key);
+        Box::pin(async move { stripe_session_answer(&json_answer(call).await?) })
+    }
+
+    fn create(&self, request: &CreateRequest) -> BoxFuture<Result<CreatedPayment, GatewayError>> {
+        let url = format!("{}/v1/checkout/sessions", self.api_base);
+        let call = self
+            .http
+            .post(url)
+            .bearer_auth(&self.secret_key)
+            .form(&Self::create_form(request));
+        Box::pin(async move {
+            let session = json_answer(call).await?;
+            let url = text(session.get("url")).filter(|u| !u.is_empty());
+            let reference = text(session.get("id")).filter(|i| !i.is_empty());
+            match (url, reference) {
+                (Some(url), Some(reference)) => Ok(CreatedPayment { url, reference }),
+                _ => Err(GatewayError::Failed("a session without url or id".into())),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +335,42 @@ mod tests {
         let unknown = json!({"code": -1, "msg": "order not found"});
         assert_eq!(epay_query_answer(&unknown), Ok(QueryAnswer::NotPaid));
         assert!(epay_query_answer(&json!({"code": 1, "status": 1})).is_err());
+    }
+
+    #[test]
+    fn epusdt_requests_carry_the_amount_as_shortest_decimal_text_and_sign_it() {
+        let client = EpusdtClient::new("http://gw", "TOKEN");
+        let request = CreateRequest {
+            order_id: OrderId::parse("o1").unwrap(),
+            amount_cents: 2880,
+            currency: "CNY".into(),
+            name: "x".into(),
+            notify_url: "http://shop/n".into(),
+            return_url: "http://shop/".into(),
+        };
+        let body: Value = serde_json::from_str(&client.create_body(&request)).unwrap();
+        assert_eq!(body["amount"].to_string(), "28.8");
+        let signed =
+            "amount=28.8&notify_url=http://shop/n&order_id=o1&redirect_url=http://shop/TOKEN";
+        let want =
+            engine::payment::hex_lower(&<md5::Md5 as md5::Digest>::digest(signed.as_bytes()));
+        assert_eq!(body["signature"], want.as_str());
+    }
+
+    #[test]
+    fn stripe_sessions_are_read_as_stripe_sends_them() {
+        let paid = json!({"id": "cs_1", "payment_status": "paid", "amount_total": 1250});
+        assert_eq!(
+            stripe_session_answer(&paid),
+            Ok(QueryAnswer::Paid(Payment {
+                channel: "stripe".into(),
+                gateway_trade_no: "cs_1".into(),
+                amount_cents: 1250
+            }))
+        );
+        assert_eq!(
+            stripe_session_answer(&json!({"payment_status": "unpaid"})),
+            Ok(QueryAnswer::NotPaid)
+        );
     }
 }

@@ -41,6 +41,13 @@ pub struct AppState {
     pub demo: bool,
     /// Alerts, incident note and HTTP totals.
     pub observatory: Arc<observe::Observatory>,
+    /// epusdt's API token (the callbacks' signing secret), when epusdt is configured.
+    pub epusdt_token: Option<String>,
+    /// Stripe's webhook signing secret, when Stripe is configured.
+    pub stripe_webhook_secret: Option<String>,
+    /// Stripe event ids seen lately (deduplication; the order's own idempotency is the
+    /// guarantee across restarts).
+    pub stripe_events: parking_lot::Mutex<routes::payments::RecentIds>,
 }
 
 /// Reads a request body up to `limit` bytes; more is refused with `status` before it is

@@ -250,6 +250,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         _ => None,
     };
     let shop_settings = Settings {
+        payment_methods: settings.payment_methods.clone(),
         breaker: settings.breaker.config(),
         order_ttl_ms: settings.order_ttl_secs * 1000,
         shards_per_sku: settings.shards_per_sku,
@@ -293,6 +294,13 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             json_body_bytes_max: settings.http.json_body_bytes_max,
             demo: settings.demo,
             observatory,
+            epusdt_token: settings
+                .epusdt
+                .token
+                .clone()
+                .filter(|_| settings.epusdt.gateway_url.is_some()),
+            stripe_webhook_secret: settings.stripe.webhook_secret.clone(),
+            stripe_events: parking_lot::Mutex::default(),
         });
         ws_api::observe::start_evaluator(
             state.clone(),
@@ -321,13 +329,22 @@ fn gateways(
     settings: &ServerSettings,
     epay: Option<&EpaySettings>,
 ) -> Vec<(String, Arc<dyn actors::channel::GatewayClient>)> {
-    match epay {
-        Some(epay) if !settings.demo => {
-            let client = ws_api::gateways::EpayClient::new(&epay.gateway_url, &epay.pid, &epay.key);
-            vec![("epay".to_owned(), Arc::new(client))]
-        }
-        _ => Vec::new(),
+    let mut gateways: Vec<(String, Arc<dyn actors::channel::GatewayClient>)> = Vec::new();
+    if let (Some(epay), false) = (epay, settings.demo) {
+        let client = ws_api::gateways::EpayClient::new(&epay.gateway_url, &epay.pid, &epay.key);
+        gateways.push(("epay".to_owned(), Arc::new(client)));
     }
+    if let (Some(url), Some(token)) = (&settings.epusdt.gateway_url, &settings.epusdt.token) {
+        gateways.push((
+            "epusdt".to_owned(),
+            Arc::new(ws_api::gateways::EpusdtClient::new(url, token)),
+        ));
+    }
+    if let Some(secret_key) = &settings.stripe.secret_key {
+        let client = ws_api::gateways::StripeClient::new(&settings.stripe.api_base, secret_key);
+        gateways.push(("stripe".to_owned(), Arc::new(client)));
+    }
+    gateways
 }
 
 /// A small demo catalogue, seeded once into an empty shop.

@@ -56,8 +56,8 @@ pub fn describe_metrics() {
         "Payment channel circuit breaker: 0 closed, 1 half-open, 2 open."
     );
     describe_counter!(
-        "panshi_gateway_queries_total",
-        "Server-to-server order queries to payment gateways, by channel and outcome."
+        "panshi_gateway_calls_total",
+        "Server-to-server calls to payment gateways (create, query), by channel and outcome."
     );
     describe_counter!(
         "panshi_reconcile_recoveries_total",

@@ -18,6 +18,11 @@ pub struct ServerSettings {
     pub shards_per_sku: usize,
     pub shop: ShopSection,
     pub epay: EpaySection,
+    pub epusdt: EpusdtSection,
+    pub stripe: StripeSection,
+    /// Payment method -> ordered channels (primary first), for example
+    /// `alipay = ["epay"]`, `usdt = ["epusdt"]`, `card = ["stripe", "epay"]`.
+    pub payment_methods: std::collections::BTreeMap<String, Vec<String>>,
     pub http: HttpSection,
     pub log: LogSection,
     pub alerts: AlertsSection,
@@ -26,6 +31,31 @@ pub struct ServerSettings {
     pub demo: bool,
     /// Circuit breakers of the payment channels.
     pub breaker: BreakerSection,
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default)]
+pub struct EpusdtSection {
+    pub gateway_url: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct StripeSection {
+    pub api_base: String,
+    pub secret_key: Option<String>,
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for StripeSection {
+    fn default() -> Self {
+        Self {
+            api_base: "https://api.stripe.com".into(),
+            secret_key: None,
+            webhook_secret: None,
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -203,6 +233,9 @@ impl Default for ServerSettings {
             shards_per_sku: engine::pool::SHARDS_PER_SKU_DEFAULT,
             shop: ShopSection::default(),
             epay: EpaySection::default(),
+            epusdt: EpusdtSection::default(),
+            stripe: StripeSection::default(),
+            payment_methods: actors::payment::default_methods(),
             http: HttpSection::default(),
             log: LogSection::default(),
             alerts: AlertsSection::default(),

@@ -175,9 +175,16 @@ async fn a_failing_gateway_opens_the_breaker_and_orders_still_expire() {
         (Some("epay"), Some("open")),
         "{health}"
     );
+    // Queries already in flight when the breaker opened may still land; after that, an
+    // open breaker lets no call through.
+    let before = *gateway.queries.lock();
+    assert!(before >= 3, "{before} queries");
+    let (_, late) = server.order("down", 1).await;
+    let status = wait_for_status(&server, &late, "expired", Duration::from_secs(10)).await;
+    assert_eq!(status, "expired");
     assert_eq!(
         *gateway.queries.lock(),
-        3,
+        before,
         "the open breaker stopped further calls"
     );
     assert_eq!(server.stock("down").await, (6, 0, 0));

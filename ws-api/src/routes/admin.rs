@@ -21,7 +21,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::post().to(import_cards),
         )
         .route("/api/v1/admin/products/{sku}/stock", web::get().to(stock))
-        .route("/api/v1/admin/manual-review", web::get().to(manual_review));
+        .route("/api/v1/admin/manual-review", web::get().to(manual_review))
+        .route(
+            "/api/v1/admin/orders/{order_id}/confirm-payment",
+            web::post().to(confirm_payment),
+        );
 }
 
 async fn create_product(
@@ -72,6 +76,57 @@ async fn stock(
     let sku = Sku::parse(&path)?;
     let stock = state.shop.stock(&sku)?;
     Ok(HttpResponse::Ok().json(StockBody::from(stock)))
+}
+
+#[derive(serde::Deserialize)]
+struct ConfirmBody {
+    /// What the operator saw (a bank reference, a receipt number).
+    note: String,
+}
+
+/// An operator confirms a payment received outside the gateways (the manual queue). It is
+/// applied exactly as a gateway's would be: checked against the order, applied once.
+async fn confirm_payment(
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let order_id = engine::OrderId::parse(&path)?;
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    let body: ConfirmBody = parse_json(&body)?;
+    let note = body.note.trim();
+    if note.is_empty() || note.len() > 200 || note.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "note must be 1 to 200 printable bytes",
+        ));
+    }
+    let record = state
+        .shop
+        .store()
+        .order(&order_id)
+        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+        .ok_or_else(|| ApiError::not_found("unknown order"))?;
+    let payment = engine::Payment {
+        channel: actors::payment::MANUAL_CHANNEL.into(),
+        gateway_trade_no: format!("manual:{order_id}"),
+        amount_cents: record.created.amount_cents,
+    };
+    let outcome = state.shop.apply_payment(&order_id, payment).await?;
+    tracing::warn!(
+        audit = true,
+        action = "confirm_payment",
+        operator_peer = ?request.peer_addr(),
+        order_id = %order_id,
+        note,
+        at_ms = state.shop.now_ms(),
+        "operator confirmed a payment by hand"
+    );
+    let (_, view) = (outcome, state.shop.store().order(&order_id).ok().flatten());
+    let status = view.map_or("unknown", |r| r.status.as_str());
+    Ok(HttpResponse::Ok().json(json!({"order_id": order_id.as_str(), "status": status})))
 }
 
 async fn manual_review(

@@ -12,7 +12,22 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/", web::get().to(storefront))
         .route("/admin", web::get().to(admin))
-        .route("/status", web::get().to(status));
+        .route("/status", web::get().to(status))
+        .route("/pay/manual/{order_id}", web::get().to(manual_payment));
+}
+
+/// Where a buyer lands when every payment channel of the method was down: the order is
+/// held and an operator confirms the payment by hand.
+async fn manual_payment(path: web::Path<String>) -> HttpResponse {
+    let body = format!(
+        "<h1>Payment by hand</h1><p>Our payment gateways are busy right now, so your order \
+         <code>{}</code> was put in the manual payment queue and its keys are held for you \
+         until it expires. The shop will contact you at the address you gave with payment \
+         details; once an operator confirms your payment, your keys appear on your order \
+         page at once.</p>",
+        escape_html(&path)
+    );
+    page("Payment by hand", &body)
 }
 
 pub fn escape_html(text: &str) -> String {

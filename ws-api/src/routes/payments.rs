@@ -13,12 +13,277 @@ use crate::{read_body, AppState};
 pub const NOTIFY_BODY_BYTES_MAX: usize = 8 * 1024;
 
 pub fn configure(config: &mut web::ServiceConfig) {
-    config.route(
-        "/api/v1/payments/epay/notify",
-        web::route()
-            .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Post()))
-            .to(epay_notify),
-    );
+    config
+        .route(
+            "/api/v1/payments/epay/notify",
+            web::route()
+                .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Post()))
+                .to(epay_notify),
+        )
+        .route(
+            "/api/v1/payments/epusdt/notify",
+            web::post().to(epusdt_notify),
+        )
+        .route(
+            "/api/v1/payments/stripe/webhook",
+            web::post().to(stripe_webhook),
+        );
+}
+
+/// Stripe event ids remembered for deduplication.
+pub const STRIPE_EVENT_IDS_MAX: usize = 100_000;
+/// Largest JSON callback body.
+pub const CALLBACK_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// A bounded set of recently seen ids: the oldest is forgotten first.
+#[derive(Default)]
+pub struct RecentIds {
+    order: std::collections::VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl RecentIds {
+    /// Whether `id` is new; remembers it.
+    pub fn insert(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        if self.order.len() == STRIPE_EVENT_IDS_MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.order.push_back(id.to_owned());
+        self.seen.insert(id.to_owned());
+        true
+    }
+
+    pub fn forget(&mut self, id: &str) {
+        self.seen.remove(id);
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/plain")
+        .body(body)
+}
+
+fn counted_for(channel: &'static str, outcome: &'static str, reason: &'static str) {
+    metrics::counter!("panshi_payment_notifies_total", "channel" => channel, "outcome" => outcome, "reason" => reason)
+        .increment(1);
+}
+
+/// Every top-level field of a JSON object with its text: a string's decoded value, a
+/// number's raw text (amounts are never read through a float), empty for null.
+fn json_fields(body: &[u8]) -> Option<Vec<engine::payment::JsonField>> {
+    let object: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(body).ok()?;
+    let mut fields = Vec::with_capacity(object.len());
+    for (name, raw) in object {
+        let raw = raw.get();
+        let (text, is_number) = match raw.as_bytes().first()? {
+            b'"' => (serde_json::from_str::<String>(raw).ok()?, false),
+            b'n' => (String::new(), false),
+            b't' | b'f' => (raw.to_owned(), false),
+            b'-' | b'0'..=b'9' => (raw.to_owned(), true),
+            _ => return None,
+        };
+        fields.push(engine::payment::JsonField {
+            name,
+            text,
+            is_number,
+        });
+    }
+    Some(fields)
+}
+
+/// epusdt's callback: JSON, signed with the API token; `ok` when applied or already applied.
+async fn epusdt_notify(payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let Some(token) = &state.epusdt_token else {
+        counted_for("epusdt", "rejected", "not_configured");
+        return plain(StatusCode::BAD_REQUEST, "fail");
+    };
+    let Ok(body) = read_body(payload, CALLBACK_BODY_BYTES_MAX, crate::payload_too_large).await
+    else {
+        counted_for("epusdt", "rejected", "body");
+        return plain(StatusCode::BAD_REQUEST, "fail");
+    };
+    let Some(fields) = json_fields(&body) else {
+        counted_for("epusdt", "rejected", "body");
+        return plain(StatusCode::BAD_REQUEST, "fail");
+    };
+    let callback = match engine::payment::verify_epusdt_callback(&fields, token) {
+        Ok(callback) => callback,
+        Err(rejection) => {
+            tracing::warn!(%rejection, "epusdt callback rejected");
+            counted_for("epusdt", "rejected", "verification");
+            return plain(StatusCode::BAD_REQUEST, "fail");
+        }
+    };
+    if !callback.paid {
+        counted_for("epusdt", "ignored", "not_paid");
+        return plain(StatusCode::OK, "ok");
+    }
+    let payment = Payment {
+        channel: "epusdt".into(),
+        gateway_trade_no: callback.trade_id,
+        amount_cents: callback.amount_cents,
+    };
+    match apply(&state, "epusdt", &callback.order_id, payment).await {
+        Applied::Yes => plain(StatusCode::OK, "ok"),
+        Applied::Refused => plain(StatusCode::BAD_REQUEST, "fail"),
+        Applied::Later => plain(StatusCode::SERVICE_UNAVAILABLE, "fail"),
+    }
+}
+
+enum Applied {
+    Yes,
+    Refused,
+    Later,
+}
+
+async fn apply(
+    state: &AppState,
+    channel: &'static str,
+    order_id: &engine::OrderId,
+    payment: Payment,
+) -> Applied {
+    match state.shop.apply_payment(order_id, payment).await {
+        Ok(outcome) => {
+            let outcome = if outcome == PayOutcome::AlreadyApplied {
+                "replayed"
+            } else {
+                "applied"
+            };
+            counted_for(channel, outcome, "ok");
+            Applied::Yes
+        }
+        Err(ShopError::Rejected(rejection)) => {
+            tracing::warn!(channel, %order_id, %rejection, "payment refused");
+            counted_for(channel, "rejected", "order");
+            Applied::Refused
+        }
+        Err(error) => {
+            tracing::error!(channel, %order_id, %error, "payment not applied; the gateway will retry");
+            counted_for(channel, "error", "unavailable");
+            Applied::Later
+        }
+    }
+}
+
+/// What a verified Stripe event asks for.
+enum StripeEvent {
+    /// Pays nothing (another type, or not paid): acknowledged.
+    Nothing,
+    Pays {
+        order_id: engine::OrderId,
+        session_id: String,
+        amount_cents: u64,
+        currency: String,
+    },
+}
+
+fn stripe_event(event: &serde_json::Value) -> Result<StripeEvent, &'static str> {
+    let object = &event["data"]["object"];
+    if event["type"] != "checkout.session.completed" || object["payment_status"] != "paid" {
+        return Ok(StripeEvent::Nothing);
+    }
+    let order_id = object["client_reference_id"]
+        .as_str()
+        .ok_or("no client_reference_id")?;
+    let order_id =
+        engine::OrderId::parse(order_id).map_err(|_| "client_reference_id is not an order id")?;
+    Ok(StripeEvent::Pays {
+        order_id,
+        session_id: object["id"].as_str().ok_or("no session id")?.to_owned(),
+        amount_cents: object["amount_total"]
+            .as_u64()
+            .ok_or("amount_total is not an integer")?,
+        currency: object["currency"].as_str().ok_or("no currency")?.to_owned(),
+    })
+}
+
+/// Stripe's webhook, verified as Stripe's libraries do; deduplicated by event id.
+async fn stripe_webhook(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(secret) = &state.stripe_webhook_secret else {
+        counted_for("stripe", "rejected", "not_configured");
+        return plain(StatusCode::BAD_REQUEST, "stripe is not configured");
+    };
+    let Ok(body) = read_body(payload, CALLBACK_BODY_BYTES_MAX, crate::payload_too_large).await
+    else {
+        return plain(StatusCode::BAD_REQUEST, "body too large");
+    };
+    let header = request
+        .headers()
+        .get("Stripe-Signature")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let now_secs = state.shop.now_ms() / 1000;
+    if let Err(rejection) =
+        engine::payment::verify_stripe_signature(header, &body, secret, now_secs)
+    {
+        tracing::warn!(%rejection, "stripe webhook rejected");
+        counted_for("stripe", "rejected", "verification");
+        return plain(StatusCode::BAD_REQUEST, "bad signature");
+    }
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return plain(StatusCode::BAD_REQUEST, "not JSON");
+    };
+    let event_id = event["id"].as_str().unwrap_or("").to_owned();
+    if !event_id.is_empty() && !state.stripe_events.lock().insert(&event_id) {
+        counted_for("stripe", "replayed", "event_id");
+        return plain(StatusCode::OK, "already applied");
+    }
+    let answer = stripe_apply(&state, &event).await;
+    if answer.status() != StatusCode::OK {
+        // Not applied: a retry of this event must be looked at again.
+        state.stripe_events.lock().forget(&event_id);
+    }
+    answer
+}
+
+async fn stripe_apply(state: &AppState, event: &serde_json::Value) -> HttpResponse {
+    let (order_id, session_id, amount_cents, currency) = match stripe_event(event) {
+        Ok(StripeEvent::Nothing) => return plain(StatusCode::OK, "nothing to apply"),
+        Ok(StripeEvent::Pays {
+            order_id,
+            session_id,
+            amount_cents,
+            currency,
+        }) => (order_id, session_id, amount_cents, currency),
+        Err(reason) => {
+            counted_for("stripe", "rejected", "event");
+            return HttpResponse::BadRequest()
+                .content_type("text/plain")
+                .body(reason);
+        }
+    };
+    let order_currency = state
+        .shop
+        .store()
+        .order(&order_id)
+        .ok()
+        .flatten()
+        .map(|r| r.created.currency);
+    if order_currency.map(|c| c.as_str().to_ascii_lowercase()) != Some(currency) {
+        counted_for("stripe", "rejected", "currency");
+        return plain(StatusCode::BAD_REQUEST, "currency or order mismatch");
+    }
+    let payment = Payment {
+        channel: "stripe".into(),
+        gateway_trade_no: session_id,
+        amount_cents,
+    };
+    match apply(state, "stripe", &order_id, payment).await {
+        Applied::Yes => plain(StatusCode::OK, "applied"),
+        Applied::Refused => plain(StatusCode::BAD_REQUEST, "refused"),
+        Applied::Later => plain(StatusCode::SERVICE_UNAVAILABLE, "retry"),
+    }
 }
 
 fn fail(status: StatusCode) -> HttpResponse {

@@ -22,6 +22,7 @@ pub struct Server {
     pub data: PathBuf,
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Server {
@@ -31,6 +32,11 @@ impl Server {
 
     /// Starts the server on port 0 with `env` added, and waits until it listens.
     pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_full(data, env, &[])
+    }
+
+    /// Starts the server with `env` added and extra command-line `args` for `serve`.
+    pub fn start_full(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -44,6 +50,7 @@ impl Server {
                 .build()
                 .unwrap(),
             env,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -54,6 +61,7 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&self.data)
+            .args(&self.args)
             .env("PANSHI_ADMIN_TOKEN", ADMIN)
             .env("PANSHI_EPAY__PID", PID)
             .env("PANSHI_EPAY__KEY", KEY)

@@ -1,0 +1,170 @@
+//! Choosing where a buyer pays. A new order names a channel (`epay`, `epusdt`, `stripe`) or
+//! a payment method that the configuration maps to an ordered list of channels (primary,
+//! then backups). The first configured channel whose circuit breaker is not open gets the
+//! order; when every configured channel of the method is open or failing, the order is
+//! still accepted, into the manual payment queue, with instructions for the buyer.
+
+use std::collections::BTreeMap;
+
+use engine::money::format_cents;
+use engine::payment::epay_submit_url;
+use engine::{Currency, OrderId, Rejection};
+
+use crate::channel::{Create, CreateRequest, Usable};
+use crate::Shop;
+
+/// The channel of orders that no gateway could take: an operator confirms them by hand.
+pub const MANUAL_CHANNEL: &str = "manual";
+/// Channels Panshi speaks.
+pub const CHANNELS: [&str; 3] = ["epay", "epusdt", "stripe"];
+
+/// The default method -> channels map; the configuration may replace it.
+pub fn default_methods() -> BTreeMap<String, Vec<String>> {
+    let mut methods = BTreeMap::new();
+    for (method, channels) in [
+        ("alipay", &["epay"][..]),
+        ("wxpay", &["epay"]),
+        ("qqpay", &["epay"]),
+        ("usdt", &["epusdt"]),
+        ("card", &["stripe"]),
+    ] {
+        methods.insert(
+            method.to_owned(),
+            channels.iter().map(|c| c.to_string()).collect(),
+        );
+    }
+    methods
+}
+
+/// Where the buyer pays.
+#[derive(Debug, Clone)]
+pub struct PaymentLink {
+    pub channel: String,
+    pub url: String,
+    pub reference: String,
+}
+
+/// What the buyer needs to name a payment: the order and its product.
+pub struct PaymentSubject<'a> {
+    pub order_id: &'a OrderId,
+    pub name: &'a str,
+    pub amount_cents: u64,
+    pub currency: Currency,
+}
+
+impl Shop {
+    /// The ordered channels for what the buyer asked for, each with the Epay `type` to use.
+    fn candidates(&self, requested: &str) -> Result<Vec<(String, String)>, Rejection> {
+        if CHANNELS.contains(&requested) {
+            return Ok(vec![(requested.to_owned(), String::new())]);
+        }
+        let channels = self
+            .settings()
+            .payment_methods
+            .get(requested)
+            .ok_or(Rejection::UnknownChannel)?;
+        Ok(channels
+            .iter()
+            .map(|c| (c.clone(), requested.to_owned()))
+            .collect())
+    }
+
+    async fn usable(&self, channel: &str) -> bool {
+        match self.channel(channel) {
+            Some(addr) => addr.send(Usable).await.unwrap_or(false),
+            None => true,
+        }
+    }
+
+    /// Picks the channel and creates the payment there; falls back along the method's list,
+    /// then to the manual queue.
+    pub(crate) async fn payment_link(
+        &self,
+        requested: &str,
+        subject: &PaymentSubject<'_>,
+    ) -> Result<PaymentLink, Rejection> {
+        let mut configured = false;
+        for (channel, method) in self.candidates(requested)? {
+            let link = match channel.as_str() {
+                "epay" if self.settings().epay.is_some() => {
+                    configured = true;
+                    if !self.usable("epay").await {
+                        continue;
+                    }
+                    self.epay_link(&method, subject)
+                }
+                other => match self.channel(other) {
+                    Some(addr) => {
+                        configured = true;
+                        match addr.send(Create(self.create_request(other, subject))).await {
+                            Ok(Ok(created)) => Some(PaymentLink {
+                                channel: other.to_owned(),
+                                url: created.url,
+                                reference: created.reference,
+                            }),
+                            Ok(Err(error)) => {
+                                tracing::warn!(channel = other, order_id = %subject.order_id, %error, "payment creation failed; trying the next channel");
+                                None
+                            }
+                            Err(_) => None,
+                        }
+                    }
+                    None => None,
+                },
+            };
+            if let Some(link) = link {
+                return Ok(link);
+            }
+        }
+        if !configured {
+            return Err(Rejection::ChannelUnavailable);
+        }
+        metrics::counter!("panshi_orders_manual_queue_total").increment(1);
+        tracing::warn!(order_id = %subject.order_id, requested, alert = true, "every channel is down; order goes to the manual payment queue");
+        let base = self.settings().public_url.trim_end_matches('/');
+        Ok(PaymentLink {
+            channel: MANUAL_CHANNEL.to_owned(),
+            url: format!("{base}/pay/manual/{}", subject.order_id),
+            reference: String::new(),
+        })
+    }
+
+    fn create_request(&self, channel: &str, subject: &PaymentSubject<'_>) -> CreateRequest {
+        let base = self.settings().public_url.trim_end_matches('/');
+        let notify_path = if channel == "stripe" {
+            "stripe/webhook"
+        } else {
+            "epusdt/notify"
+        };
+        CreateRequest {
+            order_id: subject.order_id.clone(),
+            amount_cents: subject.amount_cents,
+            currency: subject.currency.as_str().to_owned(),
+            name: subject.name.to_owned(),
+            notify_url: format!("{base}/api/v1/payments/{notify_path}"),
+            return_url: format!("{base}/"),
+        }
+    }
+
+    fn epay_link(&self, method: &str, subject: &PaymentSubject<'_>) -> Option<PaymentLink> {
+        let epay = self.settings().epay.as_ref()?;
+        let base = self.settings().public_url.trim_end_matches('/');
+        let notify_url = format!("{base}/api/v1/payments/epay/notify");
+        let return_url = format!("{base}/");
+        let money = format_cents(subject.amount_cents);
+        let fields = [
+            ("pid", epay.pid.as_str()),
+            ("type", method),
+            ("out_trade_no", subject.order_id.as_str()),
+            ("notify_url", notify_url.as_str()),
+            ("return_url", return_url.as_str()),
+            ("name", subject.name),
+            ("money", money.as_str()),
+        ];
+        Some(PaymentLink {
+            channel: "epay".to_owned(),
+            url: epay_submit_url(&epay.gateway_url, &epay.key, &fields),
+            reference: String::new(),
+        })
+    }
+}

@@ -1,0 +1,380 @@
+//! The other channels and the tiers: epusdt and Stripe created and paid for real over
+//! HTTP against local stand-ins, their callbacks verified (forged, stale and mismatched ones
+//! refused), a failing primary falling back to the backup, and every channel down sending
+//! the order to the manual queue, where an operator confirms it.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
+
+/// A stand-in HTTP server: `handler(request line, body)` answers each request.
+async fn stand_in(handler: Handler) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 65536];
+                let mut read = 0;
+                loop {
+                    let n = socket.read(&mut buffer[read..]).await.unwrap_or(0);
+                    read += n;
+                    let text = String::from_utf8_lossy(&buffer[..read]);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if read >= end + 4 + length || n == 0 {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let text = String::from_utf8_lossy(&buffer[..read]).into_owned();
+                let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                let line = head.lines().next().unwrap_or("").to_owned();
+                let (status, answer) = handler(&line, body);
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+const EPUSDT_TOKEN: &str = "epusdt-test-token";
+const STRIPE_WEBHOOK_SECRET: &str = "whsec_test";
+
+fn epusdt_callback(order: &Value, amount: &str, token: &str) -> String {
+    let id = order["order_id"].as_str().unwrap();
+    // The gateway signs numbers in their shortest decimal form, whatever text it sends.
+    let shortest = engine::payment::shortest_decimal(amount).unwrap();
+    let fields = [
+        ("actual_amount", "1.39"),
+        ("amount", shortest.as_str()),
+        ("block_transaction_id", "0xabc"),
+        ("order_id", id),
+        ("status", "2"),
+        ("token", "TXYZ"),
+        ("trade_id", "E1"),
+    ];
+    let signature = engine::payment::epusdt_sign(fields, token);
+    format!(
+        r#"{{"trade_id":"E1","order_id":"{id}","amount":{amount},"actual_amount":1.39,"token":"TXYZ","block_transaction_id":"0xabc","signature":"{signature}","status":2}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epusdt_orders_are_created_at_the_gateway_and_paid_by_a_signed_callback() {
+    let created = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = created.clone();
+    let gateway = stand_in(Arc::new(move |line: &str, body: &str| {
+        assert!(line.starts_with("POST /api/v1/order/create-transaction"), "{line}");
+        seen.lock().push(body.to_owned());
+        (200, r#"{"status_code":200,"data":{"trade_id":"E1","payment_url":"http://usdt.invalid/pay/E1"}}"#.into())
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("PANSHI_EPUSDT__GATEWAY_URL", gateway.as_str()),
+            ("PANSHI_EPUSDT__TOKEN", EPUSDT_TOKEN),
+        ],
+    );
+    server.product("usdt-1", 2880, &keys("U", 2)).await;
+    let body =
+        json!({"sku": "usdt-1", "quantity": 1, "contact": "c@example.com", "channel": "usdt"});
+    let (code, order) = answer(
+        server
+            .http
+            .post(server.url("/api/v1/orders"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{order}");
+    assert_eq!(order["payment"]["channel"], "epusdt");
+    assert_eq!(order["payment"]["url"], "http://usdt.invalid/pay/E1");
+    let sent: Value = serde_json::from_str(&created.lock()[0]).unwrap();
+    assert_eq!(
+        sent["amount"].to_string(),
+        "28.8",
+        "a JSON number in shortest form"
+    );
+
+    let post = |text: String| {
+        server
+            .http
+            .post(server.url("/api/v1/payments/epusdt/notify"))
+            .header("Content-Type", "application/json")
+            .body(text)
+            .send()
+    };
+    let forged = post(epusdt_callback(&order, "28.8", "wrong-token"))
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
+    let short = post(epusdt_callback(&order, "28.79", EPUSDT_TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(short.status().as_u16(), 400, "amount mismatch");
+    assert_eq!(server.lookup(&order).await.1["status"], "awaiting_payment");
+    // "28.80" and "28.8" are the same amount; the signature covers the shortest form.
+    let paid = post(epusdt_callback(&order, "28.80", EPUSDT_TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(
+        (paid.status().as_u16(), paid.text().await.unwrap()),
+        (200, "ok".to_owned())
+    );
+    let again = post(epusdt_callback(&order, "28.8", EPUSDT_TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status().as_u16(), again.text().await.unwrap()),
+        (200, "ok".to_owned())
+    );
+    assert_eq!(server.lookup(&order).await.1["status"], "delivered");
+    assert_eq!(server.stock("usdt-1").await, (1, 0, 1));
+}
+
+fn stripe_signature(body: &str, t: u64, secret: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!(
+        "t={t},v1={}",
+        engine::payment::hex_lower(&mac.finalize().into_bytes())
+    )
+}
+
+fn stripe_event(event_id: &str, order: &Value, amount: u64, currency: &str) -> String {
+    json!({
+        "id": event_id,
+        "type": "checkout.session.completed",
+        "data": {"object": {
+            "id": "cs_test_1", "payment_status": "paid", "client_reference_id": order["order_id"],
+            "amount_total": amount, "currency": currency,
+        }},
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_checkout_and_its_webhook_as_stripe_sends_it() {
+    let api = stand_in(Arc::new(|line: &str, body: &str| {
+        assert!(line.starts_with("POST /v1/checkout/sessions"), "{line}");
+        assert!(
+            body.contains("mode=payment") && body.contains("client_reference_id="),
+            "{body}"
+        );
+        assert!(
+            body.contains("unit_amount%5D=1500") || body.contains("unit_amount]=1500"),
+            "{body}"
+        );
+        (
+            200,
+            r#"{"id":"cs_test_1","url":"http://checkout.invalid/cs_test_1"}"#.into(),
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("PANSHI_STRIPE__API_BASE", api.as_str()),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET),
+        ],
+    );
+    server.product("card-1", 1500, &keys("S", 2)).await;
+    let body =
+        json!({"sku": "card-1", "quantity": 1, "contact": "c@example.com", "channel": "stripe"});
+    let (code, order) = answer(
+        server
+            .http
+            .post(server.url("/api/v1/orders"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (code, order["payment"]["url"].as_str()),
+        (201, Some("http://checkout.invalid/cs_test_1")),
+        "{order}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let send = |text: String, signature: String| {
+        server
+            .http
+            .post(server.url("/api/v1/payments/stripe/webhook"))
+            .header("Stripe-Signature", signature)
+            .body(text)
+            .send()
+    };
+    let event = stripe_event("evt_1", &order, 1500, "cny");
+    let stale = send(
+        event.clone(),
+        stripe_signature(&event, now - 301, STRIPE_WEBHOOK_SECRET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.status().as_u16(), 400, "a timestamp older than 300 s");
+    let forged = send(event.clone(), stripe_signature(&event, now, "whsec_other"))
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
+    let wrong_amount = stripe_event("evt_2", &order, 1499, "cny");
+    let r = send(
+        wrong_amount.clone(),
+        stripe_signature(&wrong_amount, now, STRIPE_WEBHOOK_SECRET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let wrong_currency = stripe_event("evt_3", &order, 1500, "usd");
+    let r = send(
+        wrong_currency.clone(),
+        stripe_signature(&wrong_currency, now, STRIPE_WEBHOOK_SECRET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(server.lookup(&order).await.1["status"], "awaiting_payment");
+    let other_type =
+        json!({"id": "evt_4", "type": "payment_intent.created", "data": {"object": {}}})
+            .to_string();
+    let r = send(
+        other_type.clone(),
+        stripe_signature(&other_type, now, STRIPE_WEBHOOK_SECRET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "an event that pays nothing");
+    let r = send(
+        event.clone(),
+        stripe_signature(&event, now, STRIPE_WEBHOOK_SECRET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(server.lookup(&order).await.1["status"], "delivered");
+    let replay = send(
+        event.clone(),
+        stripe_signature(&event, now, STRIPE_WEBHOOK_SECRET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.status().as_u16(), 200);
+    let second = stripe_event("evt_5", &order, 1500, "cny");
+    let r = send(
+        second.clone(),
+        stripe_signature(&second, now, STRIPE_WEBHOOK_SECRET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "a second event for a paid order changes nothing"
+    );
+    assert_eq!(server.stock("card-1").await, (1, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_primary_falls_back_then_everything_down_goes_to_the_manual_queue() {
+    let api = stand_in(Arc::new(|_: &str, _: &str| (500, "{}".into()))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("panshi.toml");
+    std::fs::write(
+        &config,
+        "[payment_methods]\ncard = [\"stripe\", \"epay\"]\nusdt = [\"epusdt\"]\n",
+    )
+    .unwrap();
+    let server = Server::start_full(
+        &dir.path().join("data"),
+        &[
+            ("PANSHI_STRIPE__API_BASE", api.as_str()),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET),
+            ("PANSHI_EPUSDT__GATEWAY_URL", api.as_str()),
+            ("PANSHI_EPUSDT__TOKEN", EPUSDT_TOKEN),
+        ],
+        &["--config", config.to_str().unwrap()],
+    );
+    server.product("tier", 700, &keys("T", 3)).await;
+    let order_with = |channel: &'static str| {
+        let body =
+            json!({"sku": "tier", "quantity": 1, "contact": "c@example.com", "channel": channel});
+        server
+            .http
+            .post(server.url("/api/v1/orders"))
+            .json(&body)
+            .send()
+    };
+    // Stripe answers 500: the card method falls back to its backup, Epay.
+    let (code, backup) = answer(order_with("card").await.unwrap()).await;
+    assert_eq!(
+        (code, backup["payment"]["channel"].as_str()),
+        (201, Some("epay")),
+        "{backup}"
+    );
+    // epusdt is the only channel of usdt and it is down: the manual queue takes the order.
+    let (code, manual) = answer(order_with("usdt").await.unwrap()).await;
+    assert_eq!(
+        (code, manual["payment"]["channel"].as_str()),
+        (201, Some("manual")),
+        "{manual}"
+    );
+    let page = server
+        .http
+        .get(manual["payment"]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let path = format!(
+        "/api/v1/admin/orders/{}/confirm-payment",
+        manual["order_id"].as_str().unwrap()
+    );
+    let (code, confirmed) = server
+        .admin_post(&path, json!({"note": "bank transfer 0042"}))
+        .await;
+    assert_eq!(
+        (code, confirmed["status"].as_str()),
+        (200, Some("delivered")),
+        "{confirmed}"
+    );
+    let (code, _) = server.admin_post(&path, json!({"note": "again"})).await;
+    assert_eq!(code, 200, "confirming twice changes nothing");
+    assert_eq!(server.stock("tier").await, (1, 1, 1));
+}
