@@ -714,6 +714,33 @@ impl Shop {
         Ok(self.store().order(order_id)?.map(|r| r.to_order()))
     }
 
+    /// Refunds an order in manual review (the money goes back at the gateway, by the
+    /// operator); through the order's actor, so it serialises with payments.
+    pub async fn refund(&self, order_id: &OrderId) -> Result<OrderStatus, ShopError> {
+        for _ in 0..3 {
+            let addr = self
+                .0
+                .directory
+                .get_or_start(self, order_id, || self.load_order(order_id))?;
+            match addr.send(order::Refund).await {
+                Ok(result) => return result,
+                Err(MailboxError::Closed) => continue,
+                Err(MailboxError::Timeout) => return Err(ShopError::Unavailable("order actor")),
+            }
+        }
+        Err(ShopError::Unavailable("order actor"))
+    }
+
+    /// Appends an entry to the operators' audit trail (durably, through the log).
+    pub async fn record_operator_action(
+        &self,
+        action: engine::OperatorAction,
+    ) -> Result<(), ShopError> {
+        self.commit(&Event::OperatorAction(action))
+            .await
+            .map(|_| ())
+    }
+
     /// Applies a verified payment to its order, through the order's actor.
     pub async fn apply_payment(
         &self,

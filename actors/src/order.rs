@@ -82,6 +82,11 @@ pub struct OrderActor {
     checked_before_expiry: bool,
 }
 
+/// An operator refunds a paid order that could not be fulfilled.
+#[derive(Message)]
+#[rtype(result = "Result<OrderStatus, ShopError>")]
+pub struct Refund;
+
 /// Ask the order's gateway whether it was paid (reconciliation).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -429,6 +434,30 @@ impl OrderActor {
                 act.schedule_reconcile(ctx);
             }
         }));
+    }
+}
+
+impl Handler<Refund> for OrderActor {
+    type Result = AtomicResponse<Self, Result<OrderStatus, ShopError>>;
+
+    fn handle(&mut self, _: Refund, _: &mut Self::Context) -> Self::Result {
+        if let Err(rejection) = self.order.decide_refund() {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(rejection.into()))));
+        }
+        let event = Event::OrderRefunded {
+            order_id: self.order.order_id.clone(),
+            at_ms: self.shop.now_ms(),
+        };
+        let shop = self.shop.clone();
+        let work = async move { shop.commit(&event).await };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, act, ctx| {
+            result?;
+            act.order.apply_refund();
+            let update = act.update();
+            act.push(update);
+            act.settle(ctx);
+            Ok(act.order.status)
+        })))
     }
 }
 

@@ -27,6 +27,26 @@ pub enum Event {
         order_id: OrderId,
         at_ms: u64,
     },
+    /// An operator refunded a paid order that could not be fulfilled (manual review).
+    OrderRefunded {
+        order_id: OrderId,
+        at_ms: u64,
+    },
+    /// The audit trail: who did what, when, to what. Changes no shop state.
+    OperatorAction(OperatorAction),
+}
+
+/// One entry of the operators' append-only audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct OperatorAction {
+    /// Who acted (the operator credential's holder and where from).
+    pub by: String,
+    /// `confirm_payment`, `refund`, ...
+    pub action: String,
+    /// What it was done to (an order id, a SKU).
+    pub subject: String,
+    pub note: String,
+    pub at_ms: u64,
 }
 
 impl Event {
@@ -34,10 +54,12 @@ impl Event {
     pub fn order_id(&self) -> Option<&OrderId> {
         match self {
             Event::OrderCreated(order) => Some(&order.order_id),
-            Event::PaymentApplied { order_id, .. } | Event::OrderExpired { order_id, .. } => {
-                Some(order_id)
+            Event::PaymentApplied { order_id, .. }
+            | Event::OrderExpired { order_id, .. }
+            | Event::OrderRefunded { order_id, .. } => Some(order_id),
+            Event::ProductCreated(_) | Event::CardsImported { .. } | Event::OperatorAction(_) => {
+                None
             }
-            Event::ProductCreated(_) | Event::CardsImported { .. } => None,
         }
     }
 }

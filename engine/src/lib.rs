@@ -25,7 +25,9 @@ pub mod state;
 pub mod time;
 
 pub use error::Rejection;
-pub use events::{Event, Fulfilment, Idempotency, NewOrder, Payment, Product, ReviewReason};
+pub use events::{
+    Event, Fulfilment, Idempotency, NewOrder, OperatorAction, Payment, Product, ReviewReason,
+};
 pub use ids::{CardId, OrderId, Sku};
 pub use money::Currency;
 pub use order::{Order, OrderStatus};

@@ -193,6 +193,16 @@ impl Order {
         }
     }
 
+    /// Whether an operator may refund this order now.
+    pub fn decide_refund(&self) -> Result<(), Rejection> {
+        transition(self.status, OrderEventKind::Refund).map(|_| ())
+    }
+
+    /// Applies a committed refund.
+    pub fn apply_refund(&mut self) {
+        self.status = transition(self.status, OrderEventKind::Refund).expect("committed refund");
+    }
+
     /// Applies a committed expiry; returns the keys to release to the pool.
     pub fn apply_expiry(&mut self) -> Vec<CardId> {
         self.status = transition(self.status, OrderEventKind::Expire).expect("committed expiry");

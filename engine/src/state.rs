@@ -106,6 +106,8 @@ pub struct Touched {
     /// Cards whose sold-or-not state changed. A reservation is not a card change: the
     /// order holds it.
     pub cards: Vec<CardId>,
+    /// The audit-trail entry this event added (its number, from 1).
+    pub audit: Option<u64>,
 }
 
 #[derive(Default)]
@@ -116,6 +118,8 @@ pub struct ShopState {
     orders: Vec<OrderRecord>,
     order_index: HashMap<OrderId, u32>,
     idempotency: HashMap<String, u32>,
+    /// Entries in the operators' audit trail.
+    audit_count: u64,
 }
 
 impl ShopState {
@@ -197,6 +201,14 @@ impl ShopState {
                 fulfilment,
             } => self.apply_payment(order_id, payment, *at_ms, fulfilment),
             Event::OrderExpired { order_id, at_ms } => self.apply_expiry(order_id, *at_ms),
+            Event::OrderRefunded { order_id, at_ms } => self.apply_refund(order_id, *at_ms),
+            Event::OperatorAction(_) => {
+                self.audit_count += 1;
+                Ok(Touched {
+                    audit: Some(self.audit_count),
+                    ..Touched::default()
+                })
+            }
         }
     }
 
@@ -344,7 +356,7 @@ impl ShopState {
             sku: Some(order.sku.clone()),
             order: Some(id.clone()),
             order_created: true,
-            cards: Vec::new(),
+            ..Touched::default()
         })
     }
 
@@ -450,6 +462,30 @@ impl ShopState {
             order: Some(order_id.clone()),
             ..Touched::default()
         })
+    }
+
+    fn apply_refund(&mut self, order_id: &OrderId, at_ms: u64) -> Result<Touched, Violation> {
+        let index = self.order_index(order_id)?;
+        let record = &self.orders[index as usize];
+        let to = transition(record.status, OrderEventKind::Refund)
+            .map_err(|e| Violation(format!("order {order_id}: {e}")))?;
+        ensure!(
+            record.cards.is_empty(),
+            "refunded order {order_id} holds keys"
+        );
+        let sku = record.created.sku.clone();
+        let record = &mut self.orders[index as usize];
+        record.status = to;
+        record.settled_at_ms = Some(at_ms);
+        Ok(Touched {
+            sku: Some(sku),
+            order: Some(order_id.clone()),
+            ..Touched::default()
+        })
+    }
+
+    pub fn audit_count(&self) -> u64 {
+        self.audit_count
     }
 
     /// Re-derives every invariant from scratch; returns each broken one.

@@ -36,7 +36,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
     let recovery = log::recover(&store::log_dir(data_dir), false, |lsn, payload| {
         match rows::decode_event(payload) {
             Ok(event) => match state.apply(&event) {
-                Ok(touched) if lsn.0 > mirrored => unmirrored.add(touched),
+                Ok(touched) if lsn.0 > mirrored => unmirrored.add(touched, &event),
                 Ok(_) => {}
                 Err(v) => report.violations.push(format!("lsn {}: {v}", lsn.0)),
             },
@@ -118,6 +118,13 @@ fn compare_sled(
                 .violations
                 .push(format!("sled disagrees with the log on card {id}"));
         }
+    }
+    let audit_rows = db.open_tree(TreeName::Audit.as_string())?.len() as u64;
+    if audit_rows + unmirrored.audits.len() as u64 != state.audit_count() {
+        report.violations.push(format!(
+            "sled holds {audit_rows} audit entries, the log {}",
+            state.audit_count()
+        ));
     }
     let mut sled_orders = 0u64;
     for name in db.tree_names() {

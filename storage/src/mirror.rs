@@ -92,6 +92,7 @@ pub(crate) struct MirrorBatch {
     cards: HashMap<CardId, CardRow>,
     stocks: HashMap<Sku, Stock>,
     products: Vec<Product>,
+    audits: Vec<(u64, engine::OperatorAction)>,
     changes_count: usize,
     last_lsn: u64,
     started: Option<Instant>,
@@ -115,6 +116,7 @@ impl MirrorBatch {
                 self.stocks.insert(sku, stock);
             }
             Change::Product(product) => self.products.push(product),
+            Change::Audit { number, action } => self.audits.push((number, action)),
         }
     }
 
@@ -207,6 +209,9 @@ pub(crate) fn run_mirror(
         }
         for (card, row) in &batch.cards {
             rows.push(rows::card_row(*card, row));
+        }
+        for (number, action) in &batch.audits {
+            rows.push(rows::audit_row(*number, action));
         }
         for (sku, stock) in batch.stocks {
             rows.push(rows::product_row(&products[&sku], stock));

@@ -78,6 +78,8 @@ pub enum TreeName {
     Cards,
     OrderMonth,
     Idempotency,
+    /// The operators' audit trail, by entry number.
+    Audit,
     Orders(String),
 }
 
@@ -89,6 +91,7 @@ impl TreeName {
             TreeName::Cards => "cards".into(),
             TreeName::OrderMonth => "order_month".into(),
             TreeName::Idempotency => "idempotency".into(),
+            TreeName::Audit => "audit".into(),
             TreeName::Orders(month) => format!("orders/{month}"),
         }
     }
@@ -152,6 +155,10 @@ pub fn product_row(product: &Product, stock: Stock) -> Row {
 
 /// One change to mirror, captured (cheaply, unencoded) while the state lock is held.
 pub enum Change {
+    Audit {
+        number: u64,
+        action: engine::OperatorAction,
+    },
     Order {
         record: Arc<OrderRecord>,
         created: bool,
@@ -171,6 +178,12 @@ pub enum Change {
 pub fn changes(state: &ShopState, event: &Event, touched: Touched, out: &mut Vec<Change>) {
     if let Event::ProductCreated(product) = event {
         out.push(Change::Product(product.clone()));
+    }
+    if let (Event::OperatorAction(action), Some(number)) = (event, touched.audit) {
+        out.push(Change::Audit {
+            number,
+            action: action.clone(),
+        });
     }
     if let Some(order_id) = &touched.order {
         let record = state.order(order_id).expect("touched order exists");
@@ -205,5 +218,13 @@ pub fn card_row(card: CardId, row: &CardRow) -> Row {
         tree: TreeName::Cards,
         key: card_key(card).to_vec(),
         value: encode(row),
+    }
+}
+
+pub fn audit_row(number: u64, action: &engine::OperatorAction) -> Row {
+    Row {
+        tree: TreeName::Audit,
+        key: number.to_be_bytes().to_vec(),
+        value: encode(action),
     }
 }

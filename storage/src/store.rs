@@ -69,10 +69,14 @@ pub(crate) struct TouchedSet {
     pub(crate) skus: BTreeSet<Sku>,
     pub(crate) orders: BTreeSet<OrderId>,
     pub(crate) cards: BTreeSet<CardId>,
+    pub(crate) audits: Vec<(u64, engine::OperatorAction)>,
 }
 
 impl TouchedSet {
-    pub(crate) fn add(&mut self, touched: Touched) {
+    pub(crate) fn add(&mut self, touched: Touched, event: &Event) {
+        if let (Event::OperatorAction(action), Some(number)) = (event, touched.audit) {
+            self.audits.push((number, action.clone()));
+        }
         self.skus.extend(touched.sku);
         self.orders.extend(touched.order);
         self.cards.extend(touched.cards);
@@ -93,6 +97,9 @@ impl TouchedSet {
         }
         for card in &self.cards {
             rows.push(rows::card_row(*card, &rows::card_record(state, *card)));
+        }
+        for (number, action) in &self.audits {
+            rows.push(rows::audit_row(*number, action));
         }
         rows
     }
@@ -184,7 +191,7 @@ fn replay(
             .apply(&event)
             .map_err(|v| Error::Corrupt(format!("lsn {}: {v}", lsn.0)))?;
         if lsn.0 > mirrored_through {
-            touched.add(changed);
+            touched.add(changed, &event);
         }
         Ok(())
     })?;
@@ -331,6 +338,17 @@ impl Store {
             .faults
             .fail_next_sync
             .store(true, Ordering::Release);
+    }
+
+    /// The newest `count` entries of the operators' audit trail, newest first (from sled:
+    /// entries of the last few milliseconds may not be there yet).
+    pub fn audit_trail(&self, count: usize) -> Result<Vec<engine::OperatorAction>, Error> {
+        let tree = self.db.open_tree(TreeName::Audit.as_string())?;
+        tree.iter()
+            .rev()
+            .take(count)
+            .map(|entry| rows::decode(&entry?.1))
+            .collect()
     }
 
     /// Orders durable but not yet in sled.

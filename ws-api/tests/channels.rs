@@ -378,3 +378,65 @@ async fn a_failing_primary_falls_back_then_everything_down_goes_to_the_manual_qu
     assert_eq!(code, 200, "confirming twice changes nothing");
     assert_eq!(server.stock("tier").await, (1, 1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_refund_what_cannot_be_fulfilled_and_every_action_is_on_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(dir.path(), &[("PANSHI_ORDER_TTL_SECS", "1")]);
+    server.product("one", 300, &keys("ONE", 1)).await;
+    let (_, lapsed) = server.order("one", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (code, winner) = server.order("one", 1).await;
+    assert_eq!(code, 201, "{winner}");
+    assert_eq!(server.pay(&lapsed).await, (200, "success".into()));
+    assert_eq!(server.lookup(&lapsed).await.1["status"], "manual_review");
+    let refund = |order: &Value| {
+        format!(
+            "/api/v1/admin/orders/{}/refund",
+            order["order_id"].as_str().unwrap()
+        )
+    };
+    let (code, body) = server
+        .admin_post(&refund(&winner), json!({"note": "not paid"}))
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("invalid_state")),
+        "only a paid order in review is refunded"
+    );
+    let (code, body) = server
+        .admin_post(&refund(&lapsed), json!({"note": ""}))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = server
+        .admin_post(
+            &refund(&lapsed),
+            json!({"note": "refunded at the gateway, ticket 7"}),
+        )
+        .await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("refunded")),
+        "{body}"
+    );
+    assert_eq!(server.lookup(&lapsed).await.1["status"], "refunded");
+    let (code, _) = server
+        .admin_post(&refund(&lapsed), json!({"note": "again"}))
+        .await;
+    assert_eq!(code, 409);
+    assert_eq!(
+        server.pay(&lapsed).await,
+        (200, "success".into()),
+        "a replay after refund changes nothing"
+    );
+    assert_eq!(server.lookup(&lapsed).await.1["status"], "refunded");
+    server.restart();
+    let (code, trail) = server.admin_get("/api/v1/admin/audit").await;
+    assert_eq!(code, 200);
+    assert_eq!(trail[0]["action"], "refund", "{trail}");
+    assert_eq!(trail[0]["subject"], lapsed["order_id"]);
+    assert!(trail[0]["by"].as_str().unwrap().starts_with("operator@"));
+    server.stop();
+    let (clean, report) = server.audit();
+    assert!(clean, "{report}");
+}

@@ -25,7 +25,12 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route(
             "/api/v1/admin/orders/{order_id}/confirm-payment",
             web::post().to(confirm_payment),
-        );
+        )
+        .route(
+            "/api/v1/admin/orders/{order_id}/refund",
+            web::post().to(refund),
+        )
+        .route("/api/v1/admin/audit", web::get().to(audit_trail));
 }
 
 async fn create_product(
@@ -114,19 +119,94 @@ async fn confirm_payment(
         gateway_trade_no: format!("manual:{order_id}"),
         amount_cents: record.created.amount_cents,
     };
-    let outcome = state.shop.apply_payment(&order_id, payment).await?;
-    tracing::warn!(
-        audit = true,
-        action = "confirm_payment",
-        operator_peer = ?request.peer_addr(),
-        order_id = %order_id,
-        note,
-        at_ms = state.shop.now_ms(),
-        "operator confirmed a payment by hand"
-    );
-    let (_, view) = (outcome, state.shop.store().order(&order_id).ok().flatten());
-    let status = view.map_or("unknown", |r| r.status.as_str());
+    state.shop.apply_payment(&order_id, payment).await?;
+    record_action(&state, &request, "confirm_payment", order_id.as_str(), note).await?;
+    let status = state
+        .shop
+        .store()
+        .order(&order_id)
+        .ok()
+        .flatten()
+        .map_or("unknown", |r| r.status.as_str());
     Ok(HttpResponse::Ok().json(json!({"order_id": order_id.as_str(), "status": status})))
+}
+
+/// Most audit entries one request lists.
+pub const AUDIT_ENTRIES_MAX: usize = 500;
+
+/// Appends an operator action to the durable audit trail.
+async fn record_action(
+    state: &AppState,
+    request: &HttpRequest,
+    action: &str,
+    subject: &str,
+    note: &str,
+) -> Result<(), ApiError> {
+    let by = format!(
+        "operator@{}",
+        request
+            .peer_addr()
+            .map_or("unknown".into(), |a| a.ip().to_string())
+    );
+    let entry = engine::OperatorAction {
+        by,
+        action: action.to_owned(),
+        subject: subject.to_owned(),
+        note: note.to_owned(),
+        at_ms: state.shop.now_ms(),
+    };
+    tracing::warn!(audit = true, action, subject, note, by = %entry.by, "operator action");
+    state.shop.record_operator_action(entry).await?;
+    Ok(())
+}
+
+fn valid_note(note: &str) -> Result<&str, ApiError> {
+    let note = note.trim();
+    if note.is_empty() || note.len() > 200 || note.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "note must be 1 to 200 printable bytes",
+        ));
+    }
+    Ok(note)
+}
+
+/// An operator refunds an order in manual review (after returning the money at the gateway).
+async fn refund(
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let order_id =
+        engine::OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    let body: ConfirmBody = parse_json(&body)?;
+    let note = valid_note(&body.note)?;
+    let status = state.shop.refund(&order_id).await?;
+    record_action(&state, &request, "refund", order_id.as_str(), note).await?;
+    Ok(HttpResponse::Ok().json(json!({"order_id": order_id.as_str(), "status": status.as_str()})))
+}
+
+async fn audit_trail(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let entries = state
+        .shop
+        .store()
+        .audit_trail(AUDIT_ENTRIES_MAX)
+        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?;
+    let entries: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            json!({"by": e.by, "action": e.action, "subject": e.subject, "note": e.note,
+                        "at": engine::time::format_rfc3339_ms(e.at_ms)})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(entries))
 }
 
 async fn manual_review(
