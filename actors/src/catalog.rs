@@ -10,6 +10,8 @@ use engine::{Event, Product, Rejection};
 use crate::{ActorKind, Shop, ShopError};
 
 pub const CATALOG_MAILBOX_CAPACITY: usize = 64;
+/// Keys per committed import event.
+pub const IMPORT_CHUNK_KEYS: usize = 2_000;
 
 #[derive(Message)]
 #[rtype(result = "Result<(), ShopError>")]
@@ -113,15 +115,22 @@ impl Handler<ImportCards> for Catalog {
                 (keys, state.next_card_id(), duplicates)
             };
             let imported = keys.len() as u64;
-            if imported > 0 {
+            // Commit in chunks: one huge event would hold the state lock and the sled
+            // mirror long enough to stall every checkout (measured: 3.8 s for 200k keys).
+            // The body was validated whole above, so a chunked import still refuses a
+            // malformed body whole; a crash between chunks leaves the chunks before it, and
+            // the operator's retry skips them as duplicates.
+            let mut next = first_card_id.0;
+            for chunk in keys.chunks(IMPORT_CHUNK_KEYS) {
                 let event = Event::CardsImported {
                     sku: msg.sku.clone(),
-                    first_card_id,
-                    keys,
+                    first_card_id: engine::CardId(next),
+                    keys: chunk.to_vec(),
                 };
                 shop.commit(&event).await?;
-                let ids = (first_card_id.0..first_card_id.0 + imported).map(engine::CardId);
+                let ids = (next..next + chunk.len() as u64).map(engine::CardId);
                 shop.add_cards(&msg.sku, ids.collect()).await;
+                next += chunk.len() as u64;
             }
             Ok(ImportOutcome {
                 imported,

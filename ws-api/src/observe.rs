@@ -186,9 +186,11 @@ impl Observatory {
             errors_total: self.http.errors.load(Ordering::Relaxed),
             latency_us_total: self.http.latency_us.load(Ordering::Relaxed),
             channels: shop.channel_totals(),
+            // A product never stocked is not "running low": it is being set up.
             stock: shop
                 .products()
                 .into_iter()
+                .filter(|(_, stock)| stock.imported > 0)
                 .map(|(product, stock)| (product.sku.as_str().to_owned(), stock.available))
                 .collect(),
             oldest_undelivered_paid_at_ms,

@@ -122,6 +122,8 @@ pub struct HttpSection {
     /// Open WebSocket connections, across workers.
     pub websockets_max: usize,
     pub shutdown_timeout_secs: u64,
+    /// How long an idle keep-alive connection stays open.
+    pub keep_alive_secs: u64,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -262,6 +264,7 @@ impl Default for HttpSection {
             json_body_bytes_max: 64 * 1024,
             websockets_max: 50_000,
             shutdown_timeout_secs: 10,
+            keep_alive_secs: 75,
         }
     }
 }
