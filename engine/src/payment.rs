@@ -101,6 +101,11 @@ pub fn verify_epusdt_callback(
     if fields.len() > EPAY_PARAMS_COUNT_MAX {
         return Err(Rejection::MalformedNotify("too many fields"));
     }
+    let mut names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(Rejection::MalformedNotify("a field appears twice"));
+    }
     let mut canonical = Vec::with_capacity(fields.len());
     for field in fields {
         let value = if field.is_number {

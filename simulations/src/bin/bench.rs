@@ -1,1 +1,273 @@
-fn main() {}
+//! `panshi-bench`: the in-process hot path, durably. Each order is created (keys reserved,
+//! committed, fdatasync'd, mirrored), paid and delivered (committed the same way), with
+//! `concurrency` orders in flight. `--layer actors` goes through the actors exactly as the
+//! HTTP edge does; `--layer store` commits the same events straight to storage, to show
+//! what the actors cost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::{OrderRequest, Settings, Shop, SystemClock};
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use engine::{Currency, Event, Fulfilment, NewOrder, OrderId, Payment, Product, Sku};
+use hdrhistogram::Histogram;
+use storage::Store;
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum Layer {
+    Actors,
+    Store,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value_t = 200_000)]
+    orders: u64,
+    #[arg(long, default_value_t = 512)]
+    concurrency: u64,
+    #[arg(long, value_enum, default_value_t = Layer::Actors)]
+    layer: Layer,
+    /// Data dir (a fresh temporary one by default).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+}
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SKU: &str = "bench";
+const PRICE_CENTS: u64 = 1000;
+const IMPORT_BATCH_KEYS: u64 = 100_000;
+
+struct SeededEntropy(std::sync::atomic::AtomicU64);
+
+impl actors::Entropy for SeededEntropy {
+    fn random_u64(&self) -> u64 {
+        // splitmix64: distinct ids, no syscalls on the hot path.
+        let mut z = self
+            .0
+            .fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn random_u128(&self) -> u128 {
+        (u128::from(self.random_u64()) << 64) | u128::from(self.random_u64())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let data = args.data.clone().unwrap_or_else(|| dir.path().to_owned());
+    println!("panshi-bench {args:?}");
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let store = Arc::new(Store::open(&data).context("opening the store")?);
+    let (elapsed, latencies) = match args.layer {
+        Layer::Actors => actix::System::new().block_on(run_actors(store.clone(), &args))?,
+        Layer::Store => run_store(store.clone(), &args)?,
+    };
+    store.close()?;
+    report(&args, elapsed, &latencies);
+    // The actors still hold the store (and sled's lock), so check the state in-process.
+    let violations = store.state().check();
+    println!(
+        "check: {} orders, {} violations",
+        store.state().orders().len(),
+        violations.len()
+    );
+    anyhow::ensure!(
+        violations.is_empty(),
+        "invariants broken: {:?}",
+        &violations[..violations.len().min(5)]
+    );
+    Ok(())
+}
+
+fn report(args: &Args, elapsed: Duration, latencies: &Histogram<u64>) {
+    let rate = args.orders as f64 / elapsed.as_secs_f64();
+    println!(
+        "{:?}: {} orders (create + pay + deliver, durable) in {:.2} s = {:.0} orders/s",
+        args.layer,
+        args.orders,
+        elapsed.as_secs_f64(),
+        rate
+    );
+    println!(
+        "order latency (create to delivered): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        latencies.value_at_quantile(0.5) as f64 / 1000.0,
+        latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        latencies.value_at_quantile(0.999) as f64 / 1000.0,
+        latencies.max() as f64 / 1000.0
+    );
+}
+
+fn product() -> Product {
+    Product {
+        sku: Sku::parse(SKU).unwrap(),
+        name: "Bench".into(),
+        price_cents: PRICE_CENTS,
+        currency: Currency::parse("CNY").unwrap(),
+        created_at_ms: 1,
+    }
+}
+
+fn key_batch(from: u64, count: u64) -> Vec<u8> {
+    (from..from + count)
+        .map(|i| format!("BENCH-KEY-{i:012}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+async fn run_actors(store: Arc<Store>, args: &Args) -> anyhow::Result<(Duration, Histogram<u64>)> {
+    let settings = Settings {
+        payment_methods: actors::payment::default_methods(),
+        breaker: engine::breaker::BreakerConfig::default(),
+        order_ttl_ms: 15 * 60 * 1000,
+        shards_per_sku: engine::pool::SHARDS_PER_SKU_DEFAULT,
+        currency: Currency::parse("CNY")?,
+        public_url: "http://127.0.0.1:8080".into(),
+        epay: Some(actors::EpaySettings {
+            pid: "1".into(),
+            key: "k".into(),
+            gateway_url: "http://gw".into(),
+        }),
+    };
+    let entropy = Arc::new(SeededEntropy(std::sync::atomic::AtomicU64::new(42)));
+    let shop = Shop::start(store, settings, Arc::new(SystemClock), entropy);
+    shop.create_product(product()).await?;
+    let mut imported = 0;
+    while imported < args.orders {
+        let count = IMPORT_BATCH_KEYS.min(args.orders - imported);
+        shop.import_cards(Sku::parse(SKU)?, key_batch(imported, count))
+            .await?;
+        imported += count;
+    }
+    let started = Instant::now();
+    let per_task = args.orders / args.concurrency;
+    let mut tasks = Vec::new();
+    for task in 0..args.concurrency {
+        let shop = shop.clone();
+        let count = per_task + u64::from(task < args.orders % args.concurrency);
+        tasks.push(actix::spawn(async move { buy(shop, count).await }));
+    }
+    let mut latencies = new_histogram();
+    for task in tasks {
+        latencies.add(task.await??)?;
+    }
+    Ok((started.elapsed(), latencies))
+}
+
+async fn buy(shop: Shop, count: u64) -> anyhow::Result<Histogram<u64>> {
+    let mut latencies = new_histogram();
+    for n in 0..count {
+        let began = Instant::now();
+        let request = OrderRequest {
+            sku: Sku::parse(SKU)?,
+            quantity: 1,
+            contact: "bench@example.com".into(),
+            channel: "epay".into(),
+            idempotency_key: None,
+            fingerprint: n,
+        };
+        let order = shop.create_order(request).await?;
+        let payment = Payment {
+            channel: "epay".into(),
+            gateway_trade_no: format!("T{}", order.order_id),
+            amount_cents: order.amount_cents,
+        };
+        shop.apply_payment(&order.order_id, payment).await?;
+        latencies.record(began.elapsed().as_micros() as u64)?;
+    }
+    Ok(latencies)
+}
+
+/// The same events, committed straight to storage from `concurrency` threads.
+fn run_store(store: Arc<Store>, args: &Args) -> anyhow::Result<(Duration, Histogram<u64>)> {
+    store
+        .commit(&Event::ProductCreated(product()))?
+        .wait_blocking()?;
+    let mut imported = 0;
+    while imported < args.orders {
+        let count = IMPORT_BATCH_KEYS.min(args.orders - imported);
+        let keys = (imported..imported + count)
+            .map(|i| format!("BENCH-KEY-{i:012}"))
+            .collect();
+        let first_card_id = engine::CardId(imported + 1);
+        store
+            .commit(&Event::CardsImported {
+                sku: Sku::parse(SKU)?,
+                first_card_id,
+                keys,
+            })?
+            .wait_blocking()?;
+        imported += count;
+    }
+    let started = Instant::now();
+    let threads = args.concurrency.min(64);
+    let per_thread = args.orders / threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || commit_orders(&store, t * per_thread, per_thread))
+        })
+        .collect();
+    let mut latencies = new_histogram();
+    for handle in handles {
+        latencies.add(handle.join().expect("bench thread")?)?;
+    }
+    Ok((started.elapsed(), latencies))
+}
+
+fn commit_orders(store: &Store, first: u64, count: u64) -> anyhow::Result<Histogram<u64>> {
+    let mut latencies = new_histogram();
+    for n in first..first + count {
+        let began = Instant::now();
+        let order_id = OrderId::generate(1, n);
+        let created = NewOrder {
+            order_id: order_id.clone(),
+            token: "0".repeat(32),
+            trace_id: "0".repeat(32),
+            sku: Sku::parse(SKU)?,
+            quantity: 1,
+            amount_cents: PRICE_CENTS,
+            currency: Currency::parse("CNY")?,
+            contact: "bench@example.com".into(),
+            channel: "epay".into(),
+            payment_channel: "epay".into(),
+            payment_url: "http://gw/submit.php".into(),
+            payment_ref: String::new(),
+            created_at_ms: 1,
+            expires_at_ms: 900_001,
+            cards: vec![engine::CardId(n + 1)],
+            idempotency: None,
+        };
+        store
+            .commit(&Event::OrderCreated(Box::new(created)))?
+            .wait_blocking()?;
+        let payment = Payment {
+            channel: "epay".into(),
+            gateway_trade_no: format!("T{n}"),
+            amount_cents: PRICE_CENTS,
+        };
+        let paid = Event::PaymentApplied {
+            order_id,
+            payment,
+            at_ms: 2,
+            fulfilment: Fulfilment::Delivered {
+                newly_reserved: vec![],
+            },
+        };
+        store.commit(&paid)?.wait_blocking()?;
+        latencies.record(began.elapsed().as_micros() as u64)?;
+    }
+    Ok(latencies)
+}

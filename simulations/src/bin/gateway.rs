@@ -1,0 +1,73 @@
+//! `panshi-gateway`: a payment gateway simulator (Epay and epusdt) with fault injection.
+//! Everything lives in `panshi_simulations::gateway`; this file parses the command line,
+//! prints the seed and the address, and serves until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use panshi_simulations::gateway::{self, Config};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "panshi-gateway",
+    about = "Simulates Epay and epusdt gateways over HTTP"
+)]
+struct Cli {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Epay merchant id.
+    #[arg(long)]
+    pid: String,
+    /// Epay merchant key.
+    #[arg(long)]
+    key: String,
+    /// epusdt API token.
+    #[arg(long)]
+    epusdt_token: String,
+    /// Seed for every random choice; from the clock when absent (and printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// actix worker threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=gateway::WORKERS_MAX as u64))]
+    workers: u64,
+    /// First wait between notify attempts, in milliseconds; it doubles per attempt.
+    #[arg(long, default_value_t = 1_000)]
+    notify_backoff_ms: u64,
+    /// Base URL for payment links, when buyers reach the simulator by another address.
+    #[arg(long)]
+    public_url: Option<String>,
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let seed = cli.seed.unwrap_or_else(clock_seed);
+    // The seed goes first, to stderr, so stdout's first line stays the address.
+    eprintln!("gateway: seed {seed}");
+    let config = Config {
+        listen: cli.listen,
+        seed,
+        workers: cli.workers as usize,
+        notify_backoff_first_ms: cli.notify_backoff_ms,
+        public_url: cli.public_url,
+        handle_signals: true,
+        ..Config::new(&cli.pid, &cli.key, &cli.epusdt_token)
+    };
+    let gateway = gateway::start(config)
+        .await
+        .with_context(|| format!("listening on {}", cli.listen))?;
+    println!("gateway: listening on http://{}", gateway.addr());
+    std::io::stdout().flush().context("writing to stdout")?;
+    gateway.wait().await.context("serving")?;
+    eprintln!("gateway: stopped");
+    Ok(())
+}

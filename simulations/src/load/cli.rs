@@ -1,0 +1,201 @@
+//! Command-line arguments of `panshi-load`: which server to drive, how, and which scenario.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Operator token the harness passes to a server it spawns, and uses by default.
+pub const ADMIN_TOKEN_DEFAULT: &str = "load-admin-token";
+/// Epay merchant id the harness passes to a server it spawns, and signs notifies with.
+pub const EPAY_PID_DEFAULT: &str = "1001";
+/// Epay merchant key the harness passes to a server it spawns, and signs notifies with.
+pub const EPAY_KEY_DEFAULT: &str = "load-merchant-key";
+
+/// Highest purchase rate any scenario may ask for.
+pub const RATE_PER_SEC_MAX: f64 = 100_000.0;
+/// Longest run of one rate-driven scenario step.
+pub const DURATION_SECS_MAX: u64 = 3_600;
+/// Most keep-alive connections of the paced scenarios.
+pub const CONNECTIONS_MAX: usize = 4_096;
+/// Most generator runtime threads.
+pub const THREADS_MAX: usize = 16;
+/// Most buyers of a flash sale.
+pub const FLASH_BUYERS_MAX: usize = 100_000;
+/// Most keys of a flash sale.
+pub const FLASH_KEYS_MAX: usize = 1_000_000;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "panshi-load",
+    about = "Drives a Panshi server over real HTTP and WebSocket, reports latency and CPU, \
+             and checks that nothing was oversold or lost"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Start this `panshi` binary on a free 127.0.0.1 port with a temporary data dir.
+    #[arg(long, global = true)]
+    pub spawn: Option<PathBuf>,
+    /// Base URL of a running server (127.0.0.1 only); unused with --spawn.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    pub base: String,
+    /// Operator bearer token.
+    #[arg(long, global = true, default_value = ADMIN_TOKEN_DEFAULT)]
+    pub admin_token: String,
+    /// Epay merchant id (`pid`) of the server.
+    #[arg(long, global = true, default_value = EPAY_PID_DEFAULT)]
+    pub epay_pid: String,
+    /// Epay merchant key of the server.
+    #[arg(long, global = true, default_value = EPAY_KEY_DEFAULT)]
+    pub epay_key: String,
+    /// Keep the spawned server's data dir instead of deleting it.
+    #[arg(long, global = true)]
+    pub keep_data: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Keep-alive connections (one worker each) of the paced scenarios.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub connections: usize,
+    /// Generator runtime threads (1 keeps the generator on one core).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Also look every order up (GET /api/v1/orders/{id}?token=) after paying it.
+    #[arg(long, global = true)]
+    pub lookup: bool,
+    /// Price of the products the harness creates.
+    #[arg(long, global = true, default_value_t = 1_000)]
+    pub price_cents: u64,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// A fixed rate of full purchases (create, pay, optionally look up).
+    Steady {
+        /// Purchases started per second.
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Raises the rate step by step until throughput stops rising; reports the knee.
+    Ramp {
+        /// Rate of the first step.
+        #[arg(long, default_value_t = 1_000.0)]
+        start: f64,
+        /// Rate added per step.
+        #[arg(long, default_value_t = 1_000.0)]
+        step: f64,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 5)]
+        step_duration: u64,
+        /// Highest rate tried.
+        #[arg(long, default_value_t = 30_000.0)]
+        max_rate: f64,
+    },
+    /// K keys, M buyers at once: each orders one, watches it live, pays; exactly K win.
+    Flash {
+        #[arg(long, default_value_t = 1_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 20_000)]
+        buyers: usize,
+    },
+    /// Twice a baseline rate, three times a historical peak, then a kill -9 and restart
+    /// mid-run (with --spawn).
+    Phases {
+        /// Baseline purchases per second; phase 1 runs at twice this.
+        #[arg(long, default_value_t = 500.0)]
+        baseline: f64,
+        /// Historical peak purchases per second; phase 2 runs at three times this.
+        #[arg(long, default_value_t = 1_000.0)]
+        peak: f64,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10)]
+        phase_duration: u64,
+    },
+}
+
+impl Cli {
+    /// Refuses values outside the named bounds, so every loop stays bounded.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let load = &self.load;
+        anyhow::ensure!(
+            (1..=CONNECTIONS_MAX).contains(&load.connections),
+            "--connections must be 1 to {CONNECTIONS_MAX}"
+        );
+        anyhow::ensure!(
+            (1..=THREADS_MAX).contains(&load.threads),
+            "--threads must be 1 to {THREADS_MAX}"
+        );
+        anyhow::ensure!(load.price_cents >= 1, "--price-cents must be positive");
+        match &self.scenario {
+            Scenario::Steady { rate, duration } => {
+                check_rate(*rate)?;
+                check_duration(*duration)
+            }
+            Scenario::Ramp {
+                start,
+                step,
+                step_duration,
+                max_rate,
+            } => {
+                check_rate(*start)?;
+                check_rate(*step)?;
+                check_rate(*max_rate)?;
+                check_duration(*step_duration)
+            }
+            Scenario::Flash { keys, buyers } => {
+                anyhow::ensure!(
+                    (1..=FLASH_KEYS_MAX).contains(keys),
+                    "--keys must be 1 to {FLASH_KEYS_MAX}"
+                );
+                anyhow::ensure!(
+                    (1..=FLASH_BUYERS_MAX).contains(buyers),
+                    "--buyers must be 1 to {FLASH_BUYERS_MAX}"
+                );
+                Ok(())
+            }
+            Scenario::Phases {
+                baseline,
+                peak,
+                phase_duration,
+            } => {
+                check_rate(baseline * 2.0)?;
+                check_rate(peak * 3.0)?;
+                check_duration(*phase_duration)
+            }
+        }
+    }
+}
+
+fn check_rate(rate: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rate.is_finite() && rate > 0.0 && rate <= RATE_PER_SEC_MAX,
+        "rates must be above 0 and at most {RATE_PER_SEC_MAX}/s (got {rate})"
+    );
+    Ok(())
+}
+
+fn check_duration(secs: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=DURATION_SECS_MAX).contains(&secs),
+        "durations must be 1 to {DURATION_SECS_MAX} s"
+    );
+    Ok(())
+}
+
+/// Seconds as a `Duration`, for the bounded values above.
+pub fn secs(value: u64) -> Duration {
+    Duration::from_secs(value)
+}

@@ -1,0 +1,402 @@
+//! A flash sale: K keys, M buyers at once. Every buyer opens its connection first; then
+//! all go together, each ordering one key. A winner (201) watches its order over the live
+//! WebSocket, is paid by the gateway, and waits for the `delivered` frame; a loser gets
+//! 409 `sold_out`. With M >= K exactly K must win.
+//!
+//! Buyers hold at most `connections_max` connections at once: the process's open-files
+//! limit (shared with the server, which holds the other end) minus a reserve and one
+//! socket per possible winner. Buyers beyond it wait for a loser's slot.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::api::{Order, Shop};
+use super::cpu::{listen_overflows, overflows_since, CpuMark, CpuShare, ServerPid};
+use super::http::{loopback_source, Connection};
+use super::progress::Progress;
+use super::purchase::{self, Created, Ledger};
+use super::stats::{lock, Endpoint, ErrorKind, SharedStats, Stats};
+use super::ws::Live;
+
+/// Open files kept free for the runtime, the log, the operator's connections.
+pub const FD_RESERVE: usize = 512;
+/// Connects in progress at once before the sale. Not a bound that keeps the server's
+/// listen queue from overflowing: connections wait there after the client counts them as
+/// connected, so only the server's accept rate and backlog decide that.
+pub const CONNECT_PARALLEL: usize = 256;
+/// Connect attempts per buyer.
+pub const CONNECT_ATTEMPTS_MAX: u32 = 3;
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Longest wait for buyers to connect before the sale opens. The server closes a
+/// connection that sends no request within 5 s (actix's client request timeout), so the
+/// sale opens before the first connections go stale; buyers not connected by then connect
+/// in the opening rush, as a real crowd would.
+pub const PRECONNECT_WAIT_MAX: Duration = Duration::from_secs(4);
+/// Per-request timeout: thousands of orders arrive at the same instant.
+pub const FLASH_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the sale may run after it opens.
+pub const SALE_TIME_MAX: Duration = Duration::from_secs(300);
+const PRECONNECT_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Copy, Debug)]
+pub struct FlashPlan {
+    pub keys: usize,
+    pub buyers: usize,
+}
+
+pub struct FlashOutcome {
+    pub plan: FlashPlan,
+    pub stats: Stats,
+    pub ledger: Ledger,
+    pub won: u64,
+    pub sold_out: u64,
+    pub failed: u64,
+    pub unpaid: u64,
+    pub connections_max: usize,
+    /// Buyers connected when the sale opened, and how long that took.
+    pub preconnected: usize,
+    pub preconnect: Duration,
+    /// From the opening to the last buyer's end.
+    pub wall: Duration,
+    /// From the opening to the last 201.
+    pub last_win_after: Duration,
+    /// From the opening to the last `delivered` frame.
+    pub last_delivery_after: Duration,
+    pub cpu: CpuShare,
+    /// Listen-queue overflows on the machine from the opening to the end.
+    pub listen_overflows: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BuyerEnd {
+    Won,
+    SoldOut,
+    Failed,
+    /// Won an order but the payment got no `success`.
+    Unpaid,
+}
+
+struct Shared {
+    shop: Arc<Shop>,
+    stats: SharedStats,
+    create_request: Vec<u8>,
+    connections: Semaphore,
+    connecting: Semaphore,
+    /// Buyers done connecting (or given up), before the sale opens.
+    ready: AtomicUsize,
+    go: watch::Receiver<bool>,
+    opened_at: OnceLock<Instant>,
+    last_win_us: AtomicU64,
+    last_delivery_us: AtomicU64,
+}
+
+impl Shared {
+    fn mark(&self, slot: &AtomicU64) {
+        if let Some(opened) = self.opened_at.get() {
+            slot.fetch_max(opened.elapsed().as_micros() as u64, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Open files this process may hold (the soft limit), from `/proc/self/limits`.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+pub fn connection_budget(plan: &FlashPlan) -> anyhow::Result<usize> {
+    let limit = open_files_limit().context("reading the open-files limit")?;
+    let winners = plan.keys.min(plan.buyers);
+    let budget = limit.saturating_sub(FD_RESERVE + winners);
+    anyhow::ensure!(
+        budget > 0,
+        "open-files limit {limit} leaves no room for buyers"
+    );
+    Ok(budget.min(plan.buyers))
+}
+
+pub async fn run_flash(
+    shop: &Arc<Shop>,
+    sku: &str,
+    plan: FlashPlan,
+    server: &ServerPid,
+) -> anyhow::Result<FlashOutcome> {
+    let connections_max = connection_budget(&plan)?;
+    let (go_sender, go) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        shop: shop.clone(),
+        stats: Stats::shared(),
+        create_request: shop.create_order_request(sku, 1),
+        connections: Semaphore::new(connections_max),
+        connecting: Semaphore::new(CONNECT_PARALLEL),
+        ready: AtomicUsize::new(0),
+        go,
+        opened_at: OnceLock::new(),
+        last_win_us: AtomicU64::new(0),
+        last_delivery_us: AtomicU64::new(0),
+    });
+    let preconnect_started = Instant::now();
+    let overflows_at_start = listen_overflows();
+    let handles: Vec<JoinHandle<(BuyerEnd, Ledger)>> = (0..plan.buyers)
+        .map(|index| tokio::spawn(buyer(shared.clone(), index)))
+        .collect();
+    wait_preconnected(&shared, connections_max).await;
+    let preconnect = preconnect_started.elapsed();
+    let preconnected = shared.ready.load(Ordering::Acquire);
+    eprintln!(
+        "flash: {preconnected} of {} buyers connected in {:.2} s; the sale opens",
+        plan.buyers,
+        preconnect.as_secs_f64()
+    );
+    let overflows_while_connecting = overflows_since(overflows_at_start);
+    let cpu_mark = CpuMark::now(server);
+    let overflows_before = listen_overflows();
+    let opened = Instant::now();
+    let _ = shared.opened_at.set(opened);
+    let progress = Progress::start(
+        "flash".into(),
+        shared.stats.clone(),
+        server.clone(),
+        opened + SALE_TIME_MAX,
+    );
+    go_sender.send_replace(true);
+    let ends = join_buyers(handles, opened + SALE_TIME_MAX).await;
+    let wall = opened.elapsed();
+    let cpu = cpu_mark.share_since(server);
+    progress.finish();
+    let mut outcome = outcome(plan, &shared, ends, connections_max, preconnect, wall, cpu);
+    outcome.preconnected = preconnected;
+    outcome.listen_overflows = format!(
+        "{overflows_while_connecting} while buyers connected, {} during the sale",
+        overflows_since(overflows_before)
+    );
+    Ok(outcome)
+}
+
+async fn wait_preconnected(shared: &Shared, expected: usize) {
+    let deadline = Instant::now() + PRECONNECT_WAIT_MAX;
+    while shared.ready.load(Ordering::Acquire) < expected && Instant::now() < deadline {
+        tokio::time::sleep(PRECONNECT_POLL).await;
+    }
+}
+
+async fn join_buyers(
+    handles: Vec<JoinHandle<(BuyerEnd, Ledger)>>,
+    deadline: Instant,
+) -> Vec<(BuyerEnd, Ledger)> {
+    let mut ends = Vec::with_capacity(handles.len());
+    for mut handle in handles {
+        match tokio::time::timeout_at(deadline.into(), &mut handle).await {
+            Ok(Ok(end)) => ends.push(end),
+            Ok(Err(_)) => ends.push((BuyerEnd::Failed, Ledger::default())),
+            Err(_) => {
+                handle.abort();
+                ends.push((BuyerEnd::Failed, Ledger::default()));
+            }
+        }
+    }
+    ends
+}
+
+fn outcome(
+    plan: FlashPlan,
+    shared: &Shared,
+    ends: Vec<(BuyerEnd, Ledger)>,
+    connections_max: usize,
+    preconnect: Duration,
+    wall: Duration,
+    cpu: CpuShare,
+) -> FlashOutcome {
+    let mut ledger = Ledger::default();
+    let mut counts = [0u64; 4];
+    for (end, buyer_ledger) in ends {
+        counts[end as usize] += 1;
+        ledger.merge(buyer_ledger);
+    }
+    FlashOutcome {
+        plan,
+        stats: std::mem::take(&mut *lock(&shared.stats)),
+        ledger,
+        won: counts[BuyerEnd::Won as usize],
+        sold_out: counts[BuyerEnd::SoldOut as usize],
+        failed: counts[BuyerEnd::Failed as usize],
+        unpaid: counts[BuyerEnd::Unpaid as usize],
+        connections_max,
+        preconnected: 0,
+        preconnect,
+        wall,
+        last_win_after: Duration::from_micros(shared.last_win_us.load(Ordering::Acquire)),
+        last_delivery_after: Duration::from_micros(shared.last_delivery_us.load(Ordering::Acquire)),
+        cpu,
+        listen_overflows: String::new(),
+    }
+}
+
+async fn connect(shared: &Shared, connection: &mut Connection) -> Result<(), ErrorKind> {
+    let _permit = shared
+        .connecting
+        .acquire()
+        .await
+        .map_err(|_| ErrorKind::Connect)?;
+    for attempt in 1..=CONNECT_ATTEMPTS_MAX {
+        if attempt > 1 {
+            tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+        }
+        let started = Instant::now();
+        match connection.connect().await {
+            Ok(()) => {
+                lock(&shared.stats).record(Endpoint::Connect, started.elapsed());
+                return Ok(());
+            }
+            Err(error) => lock(&shared.stats).error(Endpoint::Connect, error.kind()),
+        }
+    }
+    Err(ErrorKind::Connect)
+}
+
+async fn buyer(shared: Arc<Shared>, index: usize) -> (BuyerEnd, Ledger) {
+    let mut ledger = Ledger::default();
+    let Ok(_permit) = shared.connections.acquire().await else {
+        return (BuyerEnd::Failed, ledger);
+    };
+    let source = loopback_source(index);
+    let mut connection =
+        Connection::with_timeout(shared.shop.addr, FLASH_REQUEST_TIMEOUT).from_source(source);
+    let connected = connect(&shared, &mut connection).await;
+    shared.ready.fetch_add(1, Ordering::AcqRel);
+    if connected.is_err() {
+        return (BuyerEnd::Failed, ledger);
+    }
+    let mut go = shared.go.clone();
+    if go.wait_for(|open| *open).await.is_err() {
+        return (BuyerEnd::Failed, ledger);
+    }
+    let started = Instant::now();
+    let order = match purchase::create(&mut connection, &shared.create_request, &shared.stats, true)
+        .await
+    {
+        Created::Order(order) => order,
+        Created::SoldOut => {
+            note_stale(&shared, &connection);
+            return (BuyerEnd::SoldOut, ledger);
+        }
+        Created::Failed(_) => return (BuyerEnd::Failed, ledger),
+    };
+    shared.mark(&shared.last_win_us);
+    let end = watch_and_pay(&shared, &mut connection, source, order, &mut ledger).await;
+    note_stale(&shared, &connection);
+    if end == BuyerEnd::Won {
+        lock(&shared.stats).record(Endpoint::Purchase, started.elapsed());
+    }
+    (end, ledger)
+}
+
+fn note_stale(shared: &Shared, connection: &Connection) {
+    if connection.stale_replaced > 0 {
+        lock(&shared.stats).note("closed by the server before use", connection.stale_replaced);
+    }
+}
+
+/// Opens the order's live socket, has the gateway pay, and waits for `delivered`.
+async fn watch_and_pay(
+    shared: &Shared,
+    connection: &mut Connection,
+    source: IpAddr,
+    order: Order,
+    ledger: &mut Ledger,
+) -> BuyerEnd {
+    let mut live = open_live(shared, source, &order).await;
+    let notified = Instant::now();
+    let (paid, pushed) = tokio::join!(
+        purchase::pay_and_file(connection, &shared.shop, order, &shared.stats, ledger),
+        async {
+            match live.as_mut() {
+                Some(live) => Some(
+                    live.wait_for("delivered")
+                        .await
+                        .map(|()| notified.elapsed()),
+                ),
+                None => None,
+            }
+        }
+    );
+    match pushed {
+        Some(Ok(latency)) => {
+            lock(&shared.stats).record(Endpoint::WsPush, latency);
+            shared.mark(&shared.last_delivery_us);
+        }
+        Some(Err(kind)) => lock(&shared.stats).error(Endpoint::WsPush, kind),
+        None => {}
+    }
+    if let Some(live) = live {
+        live.close().await;
+    }
+    if paid {
+        BuyerEnd::Won
+    } else {
+        BuyerEnd::Unpaid
+    }
+}
+
+/// Connects the live socket and reads its first frame, which must be the current state.
+async fn open_live(shared: &Shared, source: IpAddr, order: &Order) -> Option<Live> {
+    let started = Instant::now();
+    let mut live = match Live::connect(shared.shop.addr, source, &shared.shop.live_url(order)).await
+    {
+        Ok(live) => live,
+        Err(kind) => {
+            lock(&shared.stats).error(Endpoint::WsConnect, kind);
+            return None;
+        }
+    };
+    match live.next_status().await {
+        Ok(status) if status == "awaiting_payment" => {
+            lock(&shared.stats).record(Endpoint::WsConnect, started.elapsed());
+            Some(live)
+        }
+        Ok(_) => {
+            lock(&shared.stats).error(Endpoint::WsConnect, ErrorKind::UnexpectedBody);
+            Some(live)
+        }
+        Err(kind) => {
+            lock(&shared.stats).error(Endpoint::WsConnect, kind);
+            None
+        }
+    }
+}
+
+impl FlashOutcome {
+    pub fn print(&self) {
+        println!(
+            "\n== flash: {} keys, {} buyers, at most {} connections at once ==",
+            self.plan.keys, self.plan.buyers, self.connections_max
+        );
+        println!(
+            "{} buyers connected in {:.2} s before the opening; sale wall {:.2} s; last win at {:.3} s, last delivery at {:.3} s",
+            self.preconnected,
+            self.preconnect.as_secs_f64(),
+            self.wall.as_secs_f64(),
+            self.last_win_after.as_secs_f64(),
+            self.last_delivery_after.as_secs_f64(),
+        );
+        println!(
+            "won {}, sold out {}, errors {}, won but unpaid {}",
+            self.won, self.sold_out, self.failed, self.unpaid
+        );
+        print!("{}", self.stats.table(self.wall));
+        println!("cpu share of the machine: {}", self.cpu);
+        println!(
+            "listen queue overflows (dropped SYNs): {}",
+            self.listen_overflows
+        );
+    }
+}

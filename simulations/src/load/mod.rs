@@ -1,0 +1,206 @@
+//! `panshi-load`: drives a running Panshi server over real HTTP and WebSocket, measures it,
+//! and checks afterwards that nothing was oversold or lost.
+//!
+//! Scenarios (`scenarios`): `steady` (a fixed purchase rate), `ramp` (rising rates until
+//! throughput stops rising), `flash` (K keys, M buyers at once, live sockets) and `phases`
+//! (2x baseline, 3x historical peak, then `kill -9` and restart of a spawned server).
+//! Each prints a report with the exact command line, per-endpoint throughput and
+//! percentiles (hdrhistogram), errors by kind, and the CPU share of the generator and the
+//! server; a progress line goes to stderr every second.
+//!
+//! Invariants: only 127.0.0.1 is ever targeted; every loop is bounded in count and time by
+//! a named constant; the run fails (non-zero exit) when any end-of-run check fails
+//! (`check`), including `panshi audit` on a server the harness spawned.
+//!
+//! Design decision: HTTP goes through a small raw HTTP/1.1 keep-alive client (`http`)
+//! instead of reqwest, because the generator shares a 2-core machine with the server and
+//! reqwest costs about five times the CPU per purchase; whatever the generator burns is
+//! taken from the server it measures.
+
+pub mod api;
+pub mod check;
+pub mod cli;
+pub mod cpu;
+pub mod flash;
+pub mod http;
+pub mod progress;
+pub mod purchase;
+pub mod rate;
+pub mod scenarios;
+pub mod server;
+pub mod settle;
+pub mod stats;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use api::{Credentials, Shop};
+use check::Checks;
+use cli::{secs, Cli, Scenario};
+use cpu::{cores, load_average, ServerPid};
+use flash::FlashPlan;
+use scenarios::{Context, PhasesPlan, RampPlan, ScenarioOutcome};
+use server::{loopback_address, SpawnedServer};
+
+/// Runs the chosen scenario and the checks; `Ok(false)` when a check failed.
+pub async fn run(cli: Cli, command_line: String) -> anyhow::Result<bool> {
+    println!("command: {command_line}");
+    println!(
+        "machine: {} cores, load average {} at start",
+        cores(),
+        load_average()
+    );
+    let credentials = Credentials {
+        admin_token: cli.target.admin_token.clone(),
+        epay_pid: cli.target.epay_pid.clone(),
+        epay_key: cli.target.epay_key.clone(),
+    };
+    let server_pid = ServerPid::default();
+    let mut server = match &cli.target.spawn {
+        Some(binary) => {
+            Some(SpawnedServer::start(binary, credentials.clone(), server_pid.clone()).await?)
+        }
+        None => None,
+    };
+    let addr = match &server {
+        Some(server) => server.addr,
+        None => loopback_address(&cli.target.base)?,
+    };
+    describe_server(server.as_ref(), addr);
+    let shop = Arc::new(Shop::new(addr, credentials));
+    shop.wait_ready().await?;
+    let ctx = Context {
+        shop,
+        server_pid,
+        load: cli.load.clone(),
+        run_id: run_id(),
+        probe: Default::default(),
+    };
+    let outcome = run_scenario(&ctx, &cli.scenario, server.as_mut()).await?;
+    let mut checks = Checks::default();
+    check_outcome(&ctx, outcome, &mut checks).await?;
+    if let Some(server) = server.as_mut() {
+        check::finish_server(server, &mut checks).await;
+        report_server_log(server);
+        if cli.target.keep_data {
+            println!("data kept in {}", server.keep().display());
+        }
+    }
+    println!("machine: load average {} at end", load_average());
+    checks.print();
+    Ok(checks.passed())
+}
+
+fn describe_server(server: Option<&SpawnedServer>, addr: std::net::SocketAddr) {
+    match server {
+        Some(server) => println!(
+            "server: spawned pid {} on {addr}, data {}, log {}",
+            server.current_pid().unwrap_or(0),
+            server.data_dir.display(),
+            server.log_path.display()
+        ),
+        None => println!("server: {addr}, not spawned (no server CPU, no kill, no audit)"),
+    }
+}
+
+fn run_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{ms:x}")
+}
+
+async fn run_scenario(
+    ctx: &Context,
+    scenario: &Scenario,
+    server: Option<&mut SpawnedServer>,
+) -> anyhow::Result<ScenarioOutcome> {
+    match *scenario {
+        Scenario::Steady { rate, duration } => scenarios::steady(ctx, rate, secs(duration)).await,
+        Scenario::Ramp {
+            start,
+            step,
+            step_duration,
+            max_rate,
+        } => {
+            let plan = RampPlan {
+                start,
+                step,
+                step_duration: secs(step_duration),
+                max_rate,
+            };
+            scenarios::ramp(ctx, plan).await
+        }
+        Scenario::Flash { keys, buyers } => scenarios::flash(ctx, FlashPlan { keys, buyers }).await,
+        Scenario::Phases {
+            baseline,
+            peak,
+            phase_duration,
+        } => {
+            let plan = PhasesPlan {
+                baseline,
+                peak,
+                phase_duration: secs(phase_duration),
+            };
+            scenarios::phases(ctx, plan, server).await
+        }
+    }
+}
+
+/// The books of the scenario and of the probe purchases made while settling.
+async fn check_outcome(
+    ctx: &Context,
+    mut outcome: ScenarioOutcome,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    check::reconcile(&ctx.shop, &mut outcome.ledger, checks).await;
+    let paid = outcome.ledger.paid.len();
+    checks.add(
+        paid > 0,
+        format!("{paid} orders paid: the run measured something"),
+    );
+    if let Some(expected) = outcome.exact_paid {
+        let paid = outcome.ledger.paid_quantity();
+        checks.add(
+            paid == expected,
+            format!("exactly {expected} keys won and paid: {paid}"),
+        );
+    }
+    let mut probe = std::mem::take(&mut *ctx.probe.lock().await);
+    check::reconcile(&ctx.shop, &mut probe.ledger, checks).await;
+    outcome.products.extend(probe.product);
+    outcome.ledger.merge(probe.ledger);
+    check::check_stock(&ctx.shop, &outcome.products, &outcome.ledger, checks).await?;
+    check::check_delivered(&ctx.shop, &outcome.ledger.paid, checks).await;
+    Ok(())
+}
+
+fn report_server_log(server: &SpawnedServer) {
+    let (lines, tail) = server.log_tail();
+    println!(
+        "\nserver log: {lines} lines (level warn) in {}",
+        server.log_path.display()
+    );
+    for line in tail {
+        println!("log> {line}");
+    }
+}
+
+/// The command line as typed, quoted where a shell would need it.
+pub fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@".contains(&b));
+            if plain {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

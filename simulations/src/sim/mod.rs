@@ -1,0 +1,755 @@
+//! The deterministic simulator. One `u64` seed drives everything: the fault settings, the
+//! buyers (bursty, flash-sale shaped), the gateway (dropped, duplicated, delayed, reordered
+//! and forged notifies), the clock, and crashes with the unsynced log tail lost or torn.
+//!
+//! It drives the real engine (decisions, `ShopState` validation) and the real storage (log,
+//! fdatasync, recovery, sled mirror, audit). The order flow follows the actors' sequence:
+//! decide with the engine, commit, and change memory only after the commit is acknowledged.
+//! Every step waits for its own commit, so results do not depend on thread timing and a
+//! failing seed replays exactly.
+
+mod gateway;
+mod rng;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use engine::order::PaymentDecision;
+use engine::pool::{shard_of, Shard};
+use engine::{
+    CardId, Currency, Event, Fulfilment, NewOrder, Order, OrderId, OrderStatus, Payment, Product,
+    ReviewReason, Sku,
+};
+use gateway::{Gateway, Notify};
+pub use rng::Rng;
+use storage::Store;
+
+/// Simulated time a buyer has to pay.
+pub const ORDER_TTL_MS: u64 = 60_000;
+/// Shards per SKU in the simulated pools.
+pub const SHARDS: usize = 4;
+/// Simulated minutes the liveness phase may take, after faults stop.
+pub const LIVENESS_MS_MAX: u64 = 6 * 60 * 60 * 1000;
+const PRODUCTS: [(&str, u64); 2] = [("sim-a", 100), ("sim-b", 250)];
+pub const MERCHANT_PID: &str = "1001";
+pub const MERCHANT_KEY: &str = "sim-merchant-key";
+
+/// The faults of one seed, printed before it runs.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    pub notify_drop_percent: u64,
+    pub notify_duplicate_percent: u64,
+    pub notify_delay_ms_max: u64,
+    pub notify_forge_percent: u64,
+    pub crash_per_mille: u64,
+    pub torn_tail_percent: u64,
+    pub sync_failure_per_mille: u64,
+}
+
+impl Faults {
+    pub fn from_rng(rng: &mut Rng) -> Self {
+        Self {
+            notify_drop_percent: rng.below(40),
+            notify_duplicate_percent: rng.below(40),
+            notify_delay_ms_max: rng.below(120_000),
+            notify_forge_percent: rng.below(15),
+            crash_per_mille: rng.below(25),
+            torn_tail_percent: rng.below(100),
+            sync_failure_per_mille: rng.below(8),
+        }
+    }
+
+    fn none() -> Self {
+        Self {
+            notify_drop_percent: 0,
+            notify_duplicate_percent: 0,
+            notify_delay_ms_max: 1_000,
+            notify_forge_percent: 0,
+            crash_per_mille: 0,
+            torn_tail_percent: 0,
+            sync_failure_per_mille: 0,
+        }
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰",
+            self.notify_drop_percent,
+            self.notify_duplicate_percent,
+            self.notify_delay_ms_max,
+            self.notify_forge_percent,
+            self.crash_per_mille,
+            self.torn_tail_percent,
+            self.sync_failure_per_mille
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    pub steps: u64,
+    /// Compile in a broken rule (keys released without a committed expiry) to prove the
+    /// checks can fail.
+    pub canary: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub orders: u64,
+    pub crashes: u64,
+    pub notifies: u64,
+    pub violations: Vec<String>,
+}
+
+/// What the simulation was told was durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Acked {
+    Created,
+    Delivered,
+    Review,
+    Expired,
+}
+
+impl Acked {
+    fn status(self) -> OrderStatus {
+        match self {
+            Acked::Created => OrderStatus::AwaitingPayment,
+            Acked::Delivered => OrderStatus::Delivered,
+            Acked::Review => OrderStatus::ManualReview,
+            Acked::Expired => OrderStatus::Expired,
+        }
+    }
+}
+
+/// A commit that did not come back acknowledged: the process "crashed" around it.
+struct Crashed;
+
+struct World {
+    rng: Rng,
+    now_ms: u64,
+    faults: Faults,
+    canary: bool,
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    pools: BTreeMap<Sku, Vec<Shard>>,
+    live: BTreeMap<OrderId, Order>,
+    acked: BTreeMap<OrderId, Acked>,
+    gateway: Gateway,
+    outcome: Outcome,
+    keys_imported: u64,
+}
+
+pub fn run(options: &Options) -> Outcome {
+    let mut rng = Rng::new(options.seed);
+    let faults = Faults::from_rng(&mut rng);
+    println!(
+        "seed {}: {faults}{}",
+        options.seed,
+        if options.canary { " [canary]" } else { "" }
+    );
+    let dir = tempfile::tempdir().expect("temporary dir");
+    let store = Store::open(dir.path()).expect("fresh store");
+    let mut world = World {
+        rng,
+        now_ms: 1_790_000_000_000,
+        faults,
+        canary: options.canary,
+        dir,
+        store: Some(store),
+        pools: BTreeMap::new(),
+        live: BTreeMap::new(),
+        acked: BTreeMap::new(),
+        gateway: Gateway::default(),
+        outcome: Outcome::default(),
+        keys_imported: 0,
+    };
+    world.setup();
+    for step in 0..options.steps {
+        world.step();
+        world.check(step);
+        if world.outcome.violations.len() > 20 {
+            break;
+        }
+    }
+    world.faults = Faults::none();
+    world.settle();
+    world.finish();
+    world.outcome
+}
+
+impl World {
+    fn store(&self) -> &Store {
+        self.store.as_ref().expect("store open")
+    }
+
+    fn violation(&mut self, text: String) {
+        self.outcome.violations.push(text);
+    }
+
+    /// Commits and waits. A refused event is a violation; an unacknowledged one a crash.
+    fn commit(&mut self, event: &Event) -> Result<(), Crashed> {
+        if self.rng.per_mille(self.faults.sync_failure_per_mille) {
+            self.store().inject_sync_failure();
+        }
+        match self
+            .store()
+            .commit(event)
+            .and_then(|durable| durable.wait_blocking())
+        {
+            Ok(_) => Ok(()),
+            Err(storage::Error::Violation(v)) => {
+                self.violation(format!("engine refused {}: {v}", describe(event)));
+                Err(Crashed)
+            }
+            Err(_) => {
+                self.crash(None);
+                Err(Crashed)
+            }
+        }
+    }
+
+    fn setup(&mut self) {
+        for (sku, price_cents) in PRODUCTS {
+            let product = Product {
+                sku: Sku::parse(sku).unwrap(),
+                name: format!("simulated {sku}"),
+                price_cents,
+                currency: Currency::parse("CNY").unwrap(),
+                created_at_ms: self.now_ms,
+            };
+            while self
+                .commit(&Event::ProductCreated(product.clone()))
+                .is_err()
+            {
+                if self.store().state().product(&product.sku).is_some() {
+                    break;
+                }
+            }
+            self.pools.insert(
+                product.sku.clone(),
+                (0..SHARDS).map(|_| Shard::default()).collect(),
+            );
+            self.import(&product.sku, 40);
+        }
+    }
+
+    fn import(&mut self, sku: &Sku, count: u64) {
+        let first_card_id = self.store().state().next_card_id();
+        let keys = (0..count)
+            .map(|i| format!("{sku}-KEY-{:06}", self.keys_imported + i))
+            .collect();
+        let event = Event::CardsImported {
+            sku: sku.clone(),
+            first_card_id,
+            keys,
+        };
+        if self.commit(&event).is_ok() {
+            self.keys_imported += count;
+            let shards = self.pools.get_mut(sku).expect("pool");
+            for id in first_card_id.0..first_card_id.0 + count {
+                shards[shard_of(CardId(id), SHARDS)].add([CardId(id)]);
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        if self.rng.per_mille(self.faults.crash_per_mille) {
+            let in_flight = self.rng.percent(50);
+            self.crash(in_flight.then_some(()));
+            return;
+        }
+        match self.rng.below(100) {
+            0..=34 => {
+                // Flash-sale shaped: mostly small bursts, sometimes a rush.
+                let burst = if self.rng.percent(10) {
+                    10 + self.rng.below(30)
+                } else {
+                    1 + self.rng.below(4)
+                };
+                for _ in 0..burst {
+                    self.buy();
+                }
+            }
+            35..=59 => self.pay_something(),
+            60..=94 => {
+                let advance = self.rng.below(30_000);
+                self.advance(advance);
+            }
+            _ => {
+                let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
+                let count = 1 + self.rng.below(15);
+                self.import(&sku, count);
+            }
+        }
+    }
+
+    fn reserve(&mut self, sku: &Sku, quantity: usize) -> Option<Vec<CardId>> {
+        let home = self.rng.below(SHARDS as u64) as usize;
+        let shards = self.pools.get_mut(sku)?;
+        let mut got = Vec::new();
+        for step in 0..SHARDS {
+            shards[(home + step) % SHARDS].take(quantity - got.len(), &mut got);
+        }
+        if got.len() < quantity {
+            give_back(shards, &got);
+            return None;
+        }
+        Some(got)
+    }
+
+    fn new_order(&mut self, sku: &Sku, quantity: u32, cards: Vec<CardId>) -> NewOrder {
+        let price = self
+            .store()
+            .state()
+            .product(sku)
+            .expect("sku")
+            .product
+            .price_cents;
+        NewOrder {
+            order_id: OrderId::generate(self.now_ms, self.rng.next()),
+            token: engine::ids::hex128(u128::from(self.rng.next())),
+            trace_id: engine::ids::hex128(u128::from(self.rng.next())),
+            sku: sku.clone(),
+            quantity,
+            amount_cents: price * u64::from(quantity),
+            currency: Currency::parse("CNY").unwrap(),
+            contact: "sim@example.com".into(),
+            channel: "epay".into(),
+            payment_channel: "epay".into(),
+            payment_url: "http://gateway.invalid/submit.php".into(),
+            payment_ref: String::new(),
+            created_at_ms: self.now_ms,
+            expires_at_ms: self.now_ms + ORDER_TTL_MS,
+            cards,
+            idempotency: None,
+        }
+    }
+
+    fn buy(&mut self) {
+        let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
+        let quantity = 1 + self.rng.below(3) as u32;
+        let Some(cards) = self.reserve(&sku, quantity as usize) else {
+            return;
+        };
+        let created = self.new_order(&sku, quantity, cards.clone());
+        let id = created.order_id.clone();
+        match self.commit(&Event::OrderCreated(Box::new(created.clone()))) {
+            Ok(()) => {
+                self.acked.insert(id.clone(), Acked::Created);
+                self.live.insert(id, order_of(&created));
+                self.outcome.orders += 1;
+            }
+            Err(Crashed) => {
+                // Pools were rebuilt from the recovered log; nothing to give back.
+            }
+        }
+    }
+
+    /// A buyer pays at the gateway: a live order mostly, sometimes one that lapsed.
+    fn pay_something(&mut self) {
+        let candidates: Vec<OrderId> = if self.rng.percent(85) && !self.live.is_empty() {
+            self.live.keys().cloned().collect()
+        } else {
+            self.acked
+                .iter()
+                .filter(|(_, a)| **a == Acked::Expired)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        if candidates.is_empty() {
+            return;
+        }
+        let id = candidates[self.rng.below(candidates.len() as u64) as usize].clone();
+        if self.gateway.is_paid(&id) {
+            return;
+        }
+        let amount = self
+            .store()
+            .state()
+            .order(&id)
+            .map(|r| r.created.amount_cents);
+        let Some(amount_cents) = amount else { return };
+        let faults = self.faults.clone();
+        self.gateway
+            .pay(&mut self.rng, &faults, self.now_ms, &id, amount_cents);
+    }
+
+    fn advance(&mut self, by_ms: u64) {
+        let until = self.now_ms + by_ms;
+        loop {
+            let next_notify = self.gateway.next_due().unwrap_or(u64::MAX);
+            let next_expiry = self
+                .live
+                .values()
+                .map(|o| o.expires_at_ms)
+                .min()
+                .unwrap_or(u64::MAX);
+            let next = next_notify.min(next_expiry);
+            if next > until {
+                break;
+            }
+            self.now_ms = self.now_ms.max(next);
+            if next_expiry <= next_notify {
+                self.expire_due();
+            } else if let Some(notify) = self.gateway.pop_due(self.now_ms) {
+                self.deliver_notify(notify);
+            }
+        }
+        self.now_ms = until;
+    }
+
+    fn expire_due(&mut self) {
+        let due: Vec<OrderId> = self
+            .live
+            .iter()
+            .filter(|(_, o)| o.expires_at_ms <= self.now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(order) = self.live.get(&id).cloned() else {
+                continue;
+            };
+            if order.decide_expiry(self.now_ms).is_err() {
+                continue;
+            }
+            if self.canary {
+                // The broken rule: keys go back without a committed expiry.
+                self.live.remove(&id);
+                give_back(self.pools.get_mut(&order.sku).expect("pool"), &order.cards);
+                continue;
+            }
+            let event = Event::OrderExpired {
+                order_id: id.clone(),
+                at_ms: self.now_ms,
+            };
+            if self.commit(&event).is_err() {
+                return;
+            }
+            let mut order = self.live.remove(&id).expect("live");
+            let released = order.apply_expiry();
+            give_back(self.pools.get_mut(&order.sku).expect("pool"), &released);
+            self.acked.insert(id, Acked::Expired);
+        }
+    }
+
+    /// The gateway's notify reaches the shop: verify as the edge does, then apply as the
+    /// order actor does. The gateway retries until it hears `success`.
+    fn deliver_notify(&mut self, notify: Notify) {
+        self.outcome.notifies += 1;
+        if !notify.forged && self.rng.percent(self.faults.notify_drop_percent) {
+            self.gateway.retry(notify, self.now_ms);
+            return;
+        }
+        let params = gateway::signed_params(&notify);
+        let verified = engine::payment::verify_epay_notify(&params, MERCHANT_PID, MERCHANT_KEY);
+        let verified = match (verified, notify.forged) {
+            (Err(_), true) => return,
+            (Ok(_), true) => {
+                self.violation(format!("a forged notify for {} verified", notify.order_id));
+                return;
+            }
+            (Err(e), false) => {
+                self.violation(format!(
+                    "a genuine notify for {} failed: {e}",
+                    notify.order_id
+                ));
+                return;
+            }
+            (Ok(v), false) => v,
+        };
+        let payment = Payment {
+            channel: "epay".into(),
+            gateway_trade_no: verified.trade_no,
+            amount_cents: verified.amount_cents,
+        };
+        if self.apply_payment(&verified.order_id, &payment).is_ok() {
+            self.gateway.acknowledged(&notify);
+        } else {
+            self.gateway.retry(notify, self.now_ms);
+        }
+    }
+
+    fn apply_payment(&mut self, id: &OrderId, payment: &Payment) -> Result<(), Crashed> {
+        let order = match self.live.get(id) {
+            Some(order) => order.clone(),
+            None => match self.store().order(id) {
+                Ok(Some(record)) => record.to_order(),
+                _ => {
+                    self.violation(format!("a paid order {id} is unknown"));
+                    return Err(Crashed);
+                }
+            },
+        };
+        let fulfilment = match order.decide_payment(payment) {
+            Ok(PaymentDecision::AlreadyApplied) => return Ok(()),
+            Ok(PaymentDecision::DeliverReserved) => Fulfilment::Delivered {
+                newly_reserved: vec![],
+            },
+            Ok(PaymentDecision::ReserveAgain { quantity }) => {
+                match self.reserve(&order.sku, quantity as usize) {
+                    Some(cards) => Fulfilment::Delivered {
+                        newly_reserved: cards,
+                    },
+                    None => Fulfilment::ManualReview {
+                        reason: ReviewReason::SoldOutAfterLapse,
+                    },
+                }
+            }
+            Err(rejection) => {
+                self.violation(format!(
+                    "a genuine payment for {id} was refused: {rejection}"
+                ));
+                return Err(Crashed);
+            }
+        };
+        let event = Event::PaymentApplied {
+            order_id: id.clone(),
+            payment: payment.clone(),
+            at_ms: self.now_ms,
+            fulfilment: fulfilment.clone(),
+        };
+        self.commit(&event)?;
+        self.live.remove(id);
+        let acked = match fulfilment {
+            Fulfilment::Delivered { .. } => Acked::Delivered,
+            Fulfilment::ManualReview { .. } => Acked::Review,
+        };
+        self.acked.insert(id.clone(), acked);
+        Ok(())
+    }
+
+    /// kill -9: the store goes away; with `in_flight`, one more order was being committed
+    /// and its frame may be lost whole, torn, or survive. Then restart from the log.
+    fn crash(&mut self, in_flight: Option<()>) {
+        self.outcome.crashes += 1;
+        let mut unacked = None;
+        if in_flight.is_some() {
+            let sku = Sku::parse(PRODUCTS[0].0).unwrap();
+            if let Some(cards) = self.reserve(&sku, 1) {
+                let created = self.new_order(&sku, 1, cards);
+                if let Ok(durable) = self
+                    .store()
+                    .commit(&Event::OrderCreated(Box::new(created.clone())))
+                {
+                    drop(durable);
+                    unacked = Some(created.order_id);
+                }
+            }
+        }
+        if let Some(store) = self.store.take() {
+            let _ = store.close();
+        }
+        if unacked.is_some() && self.rng.percent(self.faults.torn_tail_percent) {
+            self.damage_tail();
+        }
+        self.restart();
+    }
+
+    /// Cuts the newest record whole or tears it mid-frame, or appends garbage.
+    fn damage_tail(&mut self) {
+        let log = storage::store::log_dir(self.dir.path());
+        let Ok(Some((path, ends))) = storage::log::tail_frames(&log) else {
+            return;
+        };
+        let Some(&(_, last_end)) = ends.last() else {
+            return;
+        };
+        let previous_end = ends.len().checked_sub(2).map_or(0, |i| ends[i].1);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .append(true)
+            .open(&path)
+            .expect("segment");
+        match self.rng.below(3) {
+            0 => file.set_len(previous_end).expect("cut"),
+            1 => file
+                .set_len(previous_end + self.rng.below(last_end - previous_end).max(1))
+                .expect("tear"),
+            _ => {
+                use std::io::Write;
+                let garbage: Vec<u8> = (0..1 + self.rng.below(64))
+                    .map(|_| self.rng.next() as u8)
+                    .collect();
+                (&file).write_all(&garbage).expect("garbage");
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        let store = match Store::open(self.dir.path()) {
+            Ok(store) => store,
+            Err(error) => {
+                self.violation(format!("restart failed: {error}"));
+                panic!("the simulated shop cannot restart: {error}");
+            }
+        };
+        self.pools.clear();
+        self.live.clear();
+        {
+            let state = store.state();
+            for product in state.products() {
+                let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
+                for card in state.available_cards(&product.product.sku) {
+                    shards[shard_of(card, SHARDS)].add([card]);
+                }
+                self.pools.insert(product.product.sku.clone(), shards);
+            }
+            for record in state.orders() {
+                if record.status == OrderStatus::AwaitingPayment {
+                    self.live
+                        .insert(record.created.order_id.clone(), record.to_order());
+                }
+            }
+        }
+        self.keys_imported = store.state().cards_count();
+        self.store = Some(store);
+        self.adopt_unacknowledged();
+    }
+
+    /// Work whose acknowledgement was lost may or may not have survived: take the log's word.
+    fn adopt_unacknowledged(&mut self) {
+        let state = self.store().state();
+        let mut adopted = Vec::new();
+        for record in state.orders() {
+            let id = &record.created.order_id;
+            let known = self.acked.get(id).copied();
+            let now = match record.status {
+                OrderStatus::AwaitingPayment => Acked::Created,
+                OrderStatus::Delivered => Acked::Delivered,
+                OrderStatus::ManualReview => Acked::Review,
+                OrderStatus::Expired => Acked::Expired,
+                _ => continue,
+            };
+            if known != Some(now) && !known.is_some_and(|k| moved_back(k, now)) {
+                adopted.push((id.clone(), now));
+            }
+        }
+        drop(state);
+        for (id, status) in adopted {
+            if !self.acked.contains_key(&id) {
+                self.outcome.orders += 1;
+            }
+            self.acked.insert(id, status);
+        }
+    }
+
+    /// After each step: the invariants, and everything acknowledged is there as acknowledged.
+    fn check(&mut self, step: u64) {
+        let problems: Vec<String> = self
+            .store()
+            .state()
+            .check()
+            .into_iter()
+            .map(|v| v.0)
+            .collect();
+        for problem in problems {
+            self.violation(format!("step {step}: {problem}"));
+        }
+        let mut lost = Vec::new();
+        {
+            let state = self.store().state();
+            for (id, acked) in &self.acked {
+                match state.order(id) {
+                    Some(record) if record.status == acked.status() => {}
+                    Some(record) => lost.push(format!(
+                        "step {step}: order {id} is {:?}, acknowledged {:?}",
+                        record.status, acked
+                    )),
+                    None => lost.push(format!("step {step}: acknowledged order {id} lost")),
+                }
+            }
+        }
+        for problem in lost {
+            self.violation(problem);
+        }
+    }
+
+    /// Faults off: let time run until the gateway has nothing left to send (bounded).
+    fn settle(&mut self) {
+        let deadline = self.now_ms + LIVENESS_MS_MAX;
+        while self.gateway.has_pending() && self.now_ms < deadline {
+            self.advance(60_000);
+        }
+        self.advance(ORDER_TTL_MS);
+        for id in self.gateway.paid_orders() {
+            let status = self.store().state().order(&id).map(|r| r.status);
+            if !matches!(
+                status,
+                Some(OrderStatus::Delivered | OrderStatus::ManualReview)
+            ) {
+                self.violation(format!(
+                    "liveness: order {id} was paid but is {status:?} after the faults stopped"
+                ));
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        let last = self.outcome.violations.len();
+        self.check(u64::MAX);
+        if self.outcome.violations.len() > last {
+            return;
+        }
+        if let Some(store) = self.store.take() {
+            let _ = store.close();
+        }
+        match storage::audit::audit(self.dir.path()) {
+            Ok(report) => {
+                for violation in report.violations {
+                    self.violation(format!("audit: {violation}"));
+                }
+            }
+            Err(error) => self.violation(format!("audit failed: {error}")),
+        }
+    }
+}
+
+/// A lost acknowledgement can only have moved an order forward, never back.
+fn moved_back(known: Acked, now: Acked) -> bool {
+    matches!(
+        (known, now),
+        (
+            Acked::Delivered | Acked::Review | Acked::Expired,
+            Acked::Created
+        )
+    )
+}
+
+fn give_back(shards: &mut [Shard], cards: &[CardId]) {
+    for card in cards {
+        shards[shard_of(*card, SHARDS)].give_back(&[*card]);
+    }
+}
+
+fn order_of(created: &NewOrder) -> Order {
+    Order {
+        order_id: created.order_id.clone(),
+        sku: created.sku.clone(),
+        quantity: created.quantity,
+        amount_cents: created.amount_cents,
+        currency: created.currency,
+        status: OrderStatus::AwaitingPayment,
+        created_at_ms: created.created_at_ms,
+        expires_at_ms: created.expires_at_ms,
+        cards: created.cards.clone(),
+        payment: None,
+    }
+}
+
+fn describe(event: &Event) -> String {
+    match event {
+        Event::ProductCreated(p) => format!("product {}", p.sku),
+        Event::CardsImported { sku, keys, .. } => {
+            format!("import of {} keys into {sku}", keys.len())
+        }
+        Event::OrderCreated(o) => format!("order {}", o.order_id),
+        Event::PaymentApplied { order_id, .. } => format!("payment of {order_id}"),
+        Event::OrderExpired { order_id, .. } => format!("expiry of {order_id}"),
+        Event::OrderRefunded { order_id, .. } => format!("refund of {order_id}"),
+        Event::OperatorAction(action) => format!("operator action {}", action.action),
+    }
+}
