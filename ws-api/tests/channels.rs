@@ -440,3 +440,72 @@ async fn operators_refund_what_cannot_be_fulfilled_and_every_action_is_on_the_au
     let (clean, report) = server.audit();
     assert!(clean, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_return_to_the_primary_when_it_heals() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let failing = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicU64::new(0));
+    let (fail, count) = (failing.clone(), calls.clone());
+    let api = stand_in(Arc::new(move |_: &str, _: &str| {
+        count.fetch_add(1, Ordering::SeqCst);
+        if fail.load(Ordering::SeqCst) {
+            (500, "{}".into())
+        } else {
+            (
+                200,
+                r#"{"id":"cs_healed","url":"http://checkout.invalid/cs_healed"}"#.into(),
+            )
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("panshi.toml");
+    std::fs::write(&config, "[payment_methods]\ncard = [\"stripe\", \"epay\"]\n[breaker]\nconsecutive_failures_max = 1\ncooldown_secs = 1\n").unwrap();
+    let server = Server::start_full(
+        &dir.path().join("data"),
+        &[
+            ("PANSHI_STRIPE__API_BASE", api.as_str()),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+        ],
+        &["--config", config.to_str().unwrap()],
+    );
+    server.product("heal", 100, &keys("H", 5)).await;
+    let card_order = || {
+        let body =
+            json!({"sku": "heal", "quantity": 1, "contact": "c@example.com", "channel": "card"});
+        server
+            .http
+            .post(server.url("/api/v1/orders"))
+            .json(&body)
+            .send()
+    };
+    let (_, first) = answer(card_order().await.unwrap()).await;
+    assert_eq!(
+        first["payment"]["channel"], "epay",
+        "the primary failed: the backup took it"
+    );
+    let (_, second) = answer(card_order().await.unwrap()).await;
+    assert_eq!(second["payment"]["channel"], "epay");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the open breaker spared the failing primary"
+    );
+    let stripe_breaker = |health: &Value| {
+        let channels = health["channels"].as_array().unwrap();
+        let stripe = channels.iter().find(|c| c["channel"] == "stripe").unwrap();
+        stripe["breaker"].as_str().unwrap().to_owned()
+    };
+    let (_, health) = server.admin_get("/api/v1/ops/channels").await;
+    assert_eq!(stripe_breaker(&health), "open", "{health}");
+    failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (_, third) = answer(card_order().await.unwrap()).await;
+    assert_eq!(
+        third["payment"]["channel"], "stripe",
+        "a half-open probe went to the healed primary"
+    );
+    let (_, health) = server.admin_get("/api/v1/ops/channels").await;
+    assert_eq!(stripe_breaker(&health), "closed", "{health}");
+}

@@ -30,7 +30,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/api/v1/admin/orders/{order_id}/refund",
             web::post().to(refund),
         )
-        .route("/api/v1/admin/audit", web::get().to(audit_trail));
+        .route("/api/v1/admin/audit", web::get().to(audit_trail))
+        .route(
+            "/api/v1/admin/manual-payments",
+            web::get().to(manual_payments),
+        );
 }
 
 async fn create_product(
@@ -207,6 +211,27 @@ async fn audit_trail(
         })
         .collect();
     Ok(HttpResponse::Ok().json(entries))
+}
+
+/// Orders in the manual payment queue (every channel was down when they were made) that
+/// still await an operator's confirmation.
+async fn manual_payments(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let orders: Vec<_> = state
+        .shop
+        .store()
+        .state()
+        .orders()
+        .iter()
+        .filter(|r| r.status == engine::OrderStatus::AwaitingPayment)
+        .filter(|r| r.created.payment_channel == actors::payment::MANUAL_CHANNEL)
+        .take(AUDIT_ENTRIES_MAX)
+        .map(|record| crate::wire::order_view(record, &[]))
+        .collect();
+    Ok(HttpResponse::Ok().json(orders))
 }
 
 async fn manual_review(
