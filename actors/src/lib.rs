@@ -22,6 +22,7 @@ pub mod health;
 pub mod order;
 pub mod payment;
 pub mod pool;
+pub mod reseller;
 pub mod trace;
 
 use std::collections::{HashMap, HashSet};
@@ -128,6 +129,8 @@ pub struct EpaySettings {
 
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Per-buyer risk limits for new orders.
+    pub risk: engine::risk::RiskLimits,
     /// Payment method -> ordered channels (primary first).
     pub payment_methods: std::collections::BTreeMap<String, Vec<String>>,
     /// Circuit-breaker thresholds for every payment channel.
@@ -175,6 +178,8 @@ pub struct OrderRequest {
     pub idempotency_key: Option<String>,
     /// A hash of the request body, to tell a retry from a different request with the same key.
     pub fingerprint: u64,
+    /// The client's IP, for the risk rules (`None` where unknown).
+    pub client_ip: Option<String>,
 }
 
 /// An order as its buyer may see it.
@@ -200,11 +205,35 @@ struct Inner {
     channel_totals: Mutex<Vec<alerts::ChannelTotals>>,
     /// Payment channels that can be queried (reconciliation), by name.
     channels: channel::Channels,
+    /// Per-reseller locks and stream hubs (`reseller.rs`).
+    resellers: reseller::Resellers,
+    /// Per-buyer limits on unpaid reservations and order rates.
+    risk: Mutex<engine::risk::RiskBook>,
 }
 
 /// The handle every edge and actor uses; cheap to clone.
 #[derive(Clone)]
 pub struct Shop(Arc<Inner>);
+
+/// Lifts a risk hold when an order is not created, however creation ends.
+struct RiskHold<'a> {
+    shop: &'a Shop,
+    order_id: Option<OrderId>,
+}
+
+impl RiskHold<'_> {
+    fn keep(&mut self) {
+        self.order_id = None;
+    }
+}
+
+impl Drop for RiskHold<'_> {
+    fn drop(&mut self) {
+        if let Some(order_id) = self.order_id.take() {
+            self.shop.risk_released(&order_id);
+        }
+    }
+}
 
 /// Removes an idempotency key from the in-flight set when the request ends, however it ends.
 struct InFlight<'a> {
@@ -254,6 +283,7 @@ impl Shop {
         gateways: Vec<(String, Arc<dyn channel::GatewayClient>)>,
     ) -> Shop {
         let health: Arc<Health> = Arc::default();
+        let settings_risk = settings.risk.clone();
         let mut channels = channel::Channels::default();
         for (name, client) in gateways {
             let (clock, health, actor_name) = (clock.clone(), health.clone(), name.clone());
@@ -280,7 +310,9 @@ impl Shop {
             health,
             traces: Traces::default(),
             channel_totals: Mutex::default(),
+            risk: Mutex::new(engine::risk::RiskBook::new(settings_risk)),
             channels,
+            resellers: reseller::Resellers::default(),
         }));
         let catalog_shop = shop.clone();
         let catalog = Supervisor::start(move |_| catalog::Catalog { shop: catalog_shop });
@@ -288,6 +320,27 @@ impl Shop {
         let (skus, live): (Vec<Sku>, Vec<Order>) = {
             let state = shop.store().state();
             let skus = state.products().map(|p| p.product.sku.clone()).collect();
+            // Unpaid reservations count against their buyers again (by contact: the IP of
+            // an order from before the restart is not kept).
+            let mut risk = shop.0.risk.lock();
+            for r in state
+                .orders()
+                .iter()
+                .filter(|r| r.status == OrderStatus::AwaitingPayment)
+            {
+                let buyer = engine::risk::Buyer {
+                    contact: r.created.contact.clone(),
+                    ip: None,
+                };
+                risk.reserved(
+                    &r.created.order_id,
+                    &buyer,
+                    &r.created.sku,
+                    r.created.quantity,
+                    r.created.created_at_ms,
+                );
+            }
+            drop(risk);
             let live = state
                 .orders()
                 .iter()
@@ -613,18 +666,30 @@ impl Shop {
         };
         let now_ms = self.now_ms();
         let order_id = OrderId::generate(now_ms, self.0.entropy.random_u64());
+        let buyer = engine::risk::Buyer {
+            contact: request.contact.clone(),
+            ip: request.client_ip.clone(),
+        };
+        let mut hold = self.hold_risk(&order_id, &buyer, &request.sku, request.quantity, now_ms)?;
+        // Keys first: a gateway payment is created only for an order that has its keys.
+        let reserve_started = (self.now_ms(), Instant::now());
+        let cards = self
+            .reserve(&request.sku, request.quantity as usize)
+            .await?;
+        let reserve_elapsed = reserve_started.1.elapsed();
         let subject = payment::PaymentSubject {
             order_id: &order_id,
             name: &product.name,
             amount_cents,
             currency: product.currency,
         };
-        let link = self.payment_link(&request.channel, &subject).await?;
-        let reserve_started = (self.now_ms(), Instant::now());
-        let cards = self
-            .reserve(&request.sku, request.quantity as usize)
-            .await?;
-        let reserve_elapsed = reserve_started.1.elapsed();
+        let link = match self.payment_link(&request.channel, &subject).await {
+            Ok(link) => link,
+            Err(rejection) => {
+                self.give_back(&request.sku, cards).await;
+                return Err(rejection.into());
+            }
+        };
         let new_order = NewOrder {
             order_id: order_id.clone(),
             token: hex128(self.0.entropy.random_u128()),
@@ -667,6 +732,7 @@ impl Shop {
             review_reason: None,
         }
         .to_order();
+        hold.keep();
         self.0
             .directory
             .get_or_start(self, &order_id, || Ok(Some(order)))?;
@@ -708,6 +774,33 @@ impl Shop {
             reserve_elapsed,
         );
         self.trace_stage(order_id, trace_id, Stage::Commit, commit_started);
+    }
+
+    /// Checks the risk rules and holds the order's units against the buyer's limits; the
+    /// hold lifts by itself unless the order is created (`RiskHold::keep`).
+    fn hold_risk(
+        &self,
+        order_id: &OrderId,
+        buyer: &engine::risk::Buyer,
+        sku: &Sku,
+        quantity: u32,
+        now_ms: u64,
+    ) -> Result<RiskHold<'_>, ShopError> {
+        let mut book = self.0.risk.lock();
+        if let Err(rule) = book.check(buyer, sku, quantity, now_ms) {
+            metrics::counter!("panshi_risk_refusals_total", "rule" => rule.code()).increment(1);
+            return Err(Rejection::Risk(rule).into());
+        }
+        book.reserved(order_id, buyer, sku, quantity, now_ms);
+        Ok(RiskHold {
+            shop: self,
+            order_id: Some(order_id.clone()),
+        })
+    }
+
+    /// The order was paid or lapsed: its units stop counting against its buyer.
+    pub(crate) fn risk_released(&self, order_id: &OrderId) {
+        self.0.risk.lock().released(order_id);
     }
 
     fn load_order(&self, order_id: &OrderId) -> Result<Option<Order>, ShopError> {

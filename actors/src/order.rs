@@ -131,6 +131,7 @@ impl OrderActor {
     ) -> PayOutcome {
         let apply_started = (self.shop.now_ms(), Instant::now());
         self.order.apply_payment(payment, &steps.fulfilment);
+        self.shop.risk_released(&self.order.order_id);
         self.shop.record_payment(&self.order, &steps.fulfilment);
         let applied = (apply_started.0, apply_started.1.elapsed());
         let push_started = (self.shop.now_ms(), Instant::now());
@@ -364,6 +365,7 @@ impl Handler<Expire> for OrderActor {
             }
             // Only now, with the expiry durable, may another order get these keys.
             let released = act.order.apply_expiry();
+            act.shop.risk_released(&act.order.order_id);
             act.shop.expired(&act.order, released);
             let update = act.update();
             act.push(update);

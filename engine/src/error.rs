@@ -17,6 +17,8 @@ pub enum Rejection {
     UnknownChannel,
     #[error("the payment channel is not configured")]
     ChannelUnavailable,
+    #[error("refused by the shop's risk rules: {}", .0.code())]
+    Risk(crate::risk::RiskRule),
     #[error("unknown sku")]
     UnknownSku,
     #[error("a product with this sku exists")]
@@ -46,4 +48,8 @@ pub enum Rejection {
     NotPaid,
     #[error("the order was already paid through another transaction")]
     PaidByOtherTransaction,
+    #[error("the balance is too low")]
+    InsufficientBalance,
+    #[error("unknown reseller")]
+    UnknownReseller,
 }

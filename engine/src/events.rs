@@ -4,7 +4,7 @@
 
 use bincode::{Decode, Encode};
 
-use crate::ids::{CardId, OrderId, Sku};
+use crate::ids::{CardId, OrderId, ResellerId, Sku};
 use crate::money::Currency;
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -34,6 +34,64 @@ pub enum Event {
     },
     /// The audit trail: who did what, when, to what. Changes no shop state.
     OperatorAction(OperatorAction),
+    /// A reseller account opened (its ledger account at 0).
+    ResellerCreated(Box<NewReseller>),
+    /// A reseller's key stops working, for good.
+    ResellerRevoked {
+        reseller_id: ResellerId,
+        at_ms: u64,
+    },
+    /// An operator moved a reseller's prepaid balance.
+    BalanceChanged {
+        reseller_id: ResellerId,
+        change: BalanceChange,
+        note: String,
+        at_ms: u64,
+    },
+    /// A wholesale purchase: keys straight from Available to Sold, the charge debited, and
+    /// one event on the reseller's stream, all in this one fact.
+    ResellerOrderPlaced(Box<ResellerOrder>),
+}
+
+/// A new reseller. The API key itself is never stored: only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct NewReseller {
+    pub reseller_id: ResellerId,
+    pub name: String,
+    pub api_key_sha256: [u8; 32],
+    /// Signs webhook deliveries; shown once, kept because signing needs it.
+    pub webhook_secret: String,
+    pub webhook_url: Option<String>,
+    /// Wholesale discount in basis points (see `ledger::wholesale_charge_cents`).
+    pub discount_bp: u32,
+    pub created_at_ms: u64,
+}
+
+/// A signed balance change: positive tops up, negative corrects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum BalanceChange {
+    TopUp { amount_cents: u64 },
+    Correction { amount_cents: u64 },
+}
+
+/// A reseller's bulk purchase, delivered at once.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ResellerOrder {
+    pub order_id: OrderId,
+    pub reseller_id: ResellerId,
+    /// Secret of the order's record (buyer-style lookups), 128 random bits in hex.
+    pub token: String,
+    pub trace_id: String,
+    pub sku: Sku,
+    /// Taken from the pool; sold by this event. Their count is the quantity.
+    pub cards: Vec<CardId>,
+    /// What the ledger charges: the discounted price of the keys.
+    pub amount_cents: u64,
+    /// Scoped to the reseller.
+    pub idempotency: Option<Idempotency>,
+    /// This order's event on the reseller's stream: the previous seq + 1.
+    pub stream_seq: u64,
+    pub created_at_ms: u64,
 }
 
 /// One entry of the operators' append-only audit trail.
@@ -57,9 +115,13 @@ impl Event {
             Event::PaymentApplied { order_id, .. }
             | Event::OrderExpired { order_id, .. }
             | Event::OrderRefunded { order_id, .. } => Some(order_id),
-            Event::ProductCreated(_) | Event::CardsImported { .. } | Event::OperatorAction(_) => {
-                None
-            }
+            Event::ResellerOrderPlaced(order) => Some(&order.order_id),
+            Event::ProductCreated(_)
+            | Event::CardsImported { .. }
+            | Event::OperatorAction(_)
+            | Event::ResellerCreated(_)
+            | Event::ResellerRevoked { .. }
+            | Event::BalanceChanged { .. } => None,
         }
     }
 }

@@ -82,6 +82,34 @@ macro_rules! display_as_str {
 }
 display_as_str!(OrderId, Sku);
 
+/// A reseller's identity: dense, assigned at creation from 1 upwards, never reused. On the
+/// wire it reads `rs-<n>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode, Debug)]
+pub struct ResellerId(pub u64);
+
+/// The wire prefix of a reseller id.
+pub const RESELLER_ID_PREFIX: &str = "rs-";
+
+impl ResellerId {
+    /// Parses `rs-<n>` with `n` a positive decimal without leading zeros.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix(RESELLER_ID_PREFIX)?;
+        if digits.is_empty() || digits.len() > 19 || digits.starts_with('0') {
+            return None;
+        }
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(Self)
+    }
+}
+
+impl fmt::Display for ResellerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{RESELLER_ID_PREFIX}{}", self.0)
+    }
+}
+
 /// Formats 128 random bits as 32 lowercase hex digits (tokens and trace ids).
 pub fn hex128(random: u128) -> String {
     format!("{random:032x}")

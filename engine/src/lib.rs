@@ -17,18 +17,21 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod import;
+pub mod ledger;
 pub mod money;
 pub mod order;
 pub mod payment;
 pub mod pool;
+pub mod risk;
 pub mod state;
 pub mod time;
 
 pub use error::Rejection;
 pub use events::{
-    Event, Fulfilment, Idempotency, NewOrder, OperatorAction, Payment, Product, ReviewReason,
+    BalanceChange, Event, Fulfilment, Idempotency, NewOrder, NewReseller, OperatorAction, Payment,
+    Product, ResellerOrder, ReviewReason,
 };
-pub use ids::{CardId, OrderId, Sku};
+pub use ids::{CardId, OrderId, ResellerId, Sku};
 pub use money::Currency;
 pub use order::{Order, OrderStatus};
 pub use state::{OrderRecord, ShopState, Stock, Violation};

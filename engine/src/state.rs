@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bincode::{Decode, Encode};
 
 use crate::events::{Event, Fulfilment, NewOrder, Payment, Product, ReviewReason};
-use crate::ids::{CardId, OrderId, Sku};
+use crate::ids::{CardId, OrderId, ResellerId, Sku};
 use crate::order::{transition, Order, OrderEventKind, OrderStatus};
 
 /// An event that must never have been committed, or a broken invariant.
@@ -23,6 +23,12 @@ macro_rules! ensure {
         }
     };
 }
+
+mod resellers;
+pub use resellers::{
+    api_key_sha256, ResellerState, StreamEntry, StreamItem, RESELLER_CHANNEL,
+    RESELLER_NAME_LEN_MAX, RESELLER_ORDER_QUANTITY_MAX,
+};
 
 /// Per-SKU key counts. Conservation: imported = available + reserved + sold.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Encode, Decode)]
@@ -108,6 +114,12 @@ pub struct Touched {
     pub cards: Vec<CardId>,
     /// The audit-trail entry this event added (its number, from 1).
     pub audit: Option<u64>,
+    /// The reseller whose account (status, balance) changed.
+    pub reseller: Option<ResellerId>,
+    /// The ledger entry this event posted (its number, from 1).
+    pub ledger_entry: Option<u64>,
+    /// The reseller stream event this event added: (reseller, seq).
+    pub stream: Option<(ResellerId, u64)>,
 }
 
 #[derive(Default)]
@@ -120,6 +132,8 @@ pub struct ShopState {
     idempotency: HashMap<String, u32>,
     /// Entries in the operators' audit trail.
     audit_count: u64,
+    /// Reseller accounts, their ledger and streams (`resellers.rs`).
+    resellers: resellers::Resellers,
 }
 
 impl ShopState {
@@ -209,6 +223,16 @@ impl ShopState {
                     ..Touched::default()
                 })
             }
+            Event::ResellerCreated(reseller) => self.apply_reseller_created(reseller),
+            Event::ResellerRevoked { reseller_id, at_ms } => {
+                self.apply_reseller_revoked(*reseller_id, *at_ms)
+            }
+            Event::BalanceChanged {
+                reseller_id,
+                change,
+                ..
+            } => self.apply_balance_changed(*reseller_id, *change),
+            Event::ResellerOrderPlaced(order) => self.apply_reseller_order(order),
         }
     }
 
@@ -525,6 +549,7 @@ impl ShopState {
             let index = index as u32;
             self.check_order(index, record, &mut owner, &mut violations);
         }
+        self.check_resellers(&mut violations);
         violations
     }
 

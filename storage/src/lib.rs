@@ -16,6 +16,7 @@
 pub mod audit;
 pub mod log;
 pub mod mirror;
+pub mod resellers;
 pub mod rows;
 pub mod store;
 

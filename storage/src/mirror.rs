@@ -95,6 +95,9 @@ pub(crate) struct MirrorBatch {
     stocks: HashMap<Sku, Stock>,
     products: Vec<Product>,
     audits: Vec<(u64, engine::OperatorAction)>,
+    /// Reseller, ledger and stream rows, already in row form (few, and never coalesced
+    /// away: a later row for the same key is written after the earlier one).
+    reseller_rows: Vec<Row>,
     changes_count: usize,
     last_lsn: u64,
     started: Option<Instant>,
@@ -119,6 +122,18 @@ impl MirrorBatch {
             }
             Change::Product(product) => self.products.push(product),
             Change::Audit { number, action } => self.audits.push((number, action)),
+            Change::Reseller { id, row } => {
+                self.reseller_rows
+                    .push(crate::resellers::reseller_row(id, &row));
+            }
+            Change::LedgerEntry(entry) => {
+                self.reseller_rows
+                    .push(crate::resellers::ledger_row(&entry));
+            }
+            Change::Stream { id, seq, row } => {
+                self.reseller_rows
+                    .push(crate::resellers::stream_row(id, seq, &row));
+            }
         }
     }
 
@@ -218,6 +233,7 @@ pub(crate) fn run_mirror(
         for (sku, stock) in batch.stocks {
             rows.push(rows::product_row(&products[&sku], stock));
         }
+        rows.extend(batch.reseller_rows);
         if let Err(error) = write_rows(&db, &mut trees, rows, Lsn(batch.last_lsn)) {
             poisoned.store(true, Ordering::Release);
             tracing::error!(%error, "sled mirror write failed; store poisoned (the log holds everything)");

@@ -80,6 +80,12 @@ pub enum TreeName {
     Idempotency,
     /// The operators' audit trail, by entry number.
     Audit,
+    /// Reseller accounts, by reseller id.
+    Resellers,
+    /// The resellers' ledger, by entry number.
+    Ledger,
+    /// Reseller stream events, by (reseller id, seq).
+    ResellerStream,
     Orders(String),
 }
 
@@ -92,6 +98,9 @@ impl TreeName {
             TreeName::OrderMonth => "order_month".into(),
             TreeName::Idempotency => "idempotency".into(),
             TreeName::Audit => "audit".into(),
+            TreeName::Resellers => "resellers".into(),
+            TreeName::Ledger => "ledger".into(),
+            TreeName::ResellerStream => "reseller_stream".into(),
             TreeName::Orders(month) => format!("orders/{month}"),
         }
     }
@@ -172,10 +181,21 @@ pub enum Change {
         stock: Stock,
     },
     Product(Product),
+    Reseller {
+        id: engine::ResellerId,
+        row: crate::resellers::ResellerRow,
+    },
+    LedgerEntry(engine::ledger::Entry),
+    Stream {
+        id: engine::ResellerId,
+        seq: u64,
+        row: crate::resellers::StreamRow,
+    },
 }
 
 /// The changes an applied event made, as the state now has them.
 pub fn changes(state: &ShopState, event: &Event, touched: Touched, out: &mut Vec<Change>) {
+    let touched_resellers = TouchedResellers::from(&touched);
     if let Event::ProductCreated(product) = event {
         out.push(Change::Product(product.clone()));
     }
@@ -201,6 +221,40 @@ pub fn changes(state: &ShopState, event: &Event, touched: Touched, out: &mut Vec
     if let Some(sku) = touched.sku {
         let stock = state.product(&sku).expect("touched sku exists").stock;
         out.push(Change::Stock { sku, stock });
+    }
+    reseller_changes(state, &touched_resellers, out);
+}
+
+/// The reseller rows an applied event changed.
+fn reseller_changes(state: &ShopState, touched: &TouchedResellers, out: &mut Vec<Change>) {
+    use crate::resellers::{ledger_record, reseller_record, stream_record};
+    if let Some(id) = touched.reseller {
+        let row = reseller_record(state, id);
+        out.push(Change::Reseller { id, row });
+    }
+    if let Some(number) = touched.ledger_entry {
+        out.push(Change::LedgerEntry(ledger_record(state, number)));
+    }
+    if let Some((id, seq)) = touched.stream {
+        let row = stream_record(state, id, seq);
+        out.push(Change::Stream { id, seq, row });
+    }
+}
+
+/// The reseller part of a `Touched`, taken before the rest is consumed.
+pub struct TouchedResellers {
+    pub reseller: Option<engine::ResellerId>,
+    pub ledger_entry: Option<u64>,
+    pub stream: Option<(engine::ResellerId, u64)>,
+}
+
+impl From<&Touched> for TouchedResellers {
+    fn from(touched: &Touched) -> Self {
+        Self {
+            reseller: touched.reseller,
+            ledger_entry: touched.ledger_entry,
+            stream: touched.stream,
+        }
     }
 }
 

@@ -70,6 +70,9 @@ pub(crate) struct TouchedSet {
     pub(crate) orders: BTreeSet<OrderId>,
     pub(crate) cards: BTreeSet<CardId>,
     pub(crate) audits: Vec<(u64, engine::OperatorAction)>,
+    pub(crate) resellers: BTreeSet<engine::ResellerId>,
+    pub(crate) ledger_entries: BTreeSet<u64>,
+    pub(crate) streams: BTreeSet<(engine::ResellerId, u64)>,
 }
 
 impl TouchedSet {
@@ -77,6 +80,9 @@ impl TouchedSet {
         if let (Event::OperatorAction(action), Some(number)) = (event, touched.audit) {
             self.audits.push((number, action.clone()));
         }
+        self.resellers.extend(touched.reseller);
+        self.ledger_entries.extend(touched.ledger_entry);
+        self.streams.extend(touched.stream);
         self.skus.extend(touched.sku);
         self.orders.extend(touched.order);
         self.cards.extend(touched.cards);
@@ -101,7 +107,25 @@ impl TouchedSet {
         for (number, action) in &self.audits {
             rows.push(rows::audit_row(*number, action));
         }
+        self.reseller_rows(state, &mut rows);
         rows
+    }
+
+    fn reseller_rows(&self, state: &ShopState, rows: &mut Vec<Row>) {
+        use crate::resellers as r;
+        for id in &self.resellers {
+            rows.push(r::reseller_row(*id, &r::reseller_record(state, *id)));
+        }
+        for number in &self.ledger_entries {
+            rows.push(r::ledger_row(&r::ledger_record(state, *number)));
+        }
+        for (id, seq) in &self.streams {
+            rows.push(r::stream_row(
+                *id,
+                *seq,
+                &r::stream_record(state, *id, *seq),
+            ));
+        }
     }
 }
 

@@ -91,8 +91,24 @@ impl From<Rejection> for ApiError {
             Rejection::PaidByOtherTransaction => (StatusCode::CONFLICT, "already_paid"),
             Rejection::InvalidTransition { .. } => (StatusCode::CONFLICT, "invalid_state"),
             Rejection::InvalidInput(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Rejection::InsufficientBalance => (StatusCode::CONFLICT, "insufficient_balance"),
+            Rejection::UnknownReseller => (StatusCode::NOT_FOUND, "not_found"),
+            Rejection::Risk(rule) => return risk_refusal(rule, message),
         };
         Self::new(status, code, message)
+    }
+}
+
+fn risk_refusal(rule: engine::risk::RiskRule, message: String) -> ApiError {
+    use engine::risk::RiskRule;
+    let (status, retry_after_secs) = match rule {
+        RiskRule::BlockedContact | RiskRule::BlockedIp => (StatusCode::FORBIDDEN, None),
+        RiskRule::TooManyReserved => (StatusCode::CONFLICT, None),
+        RiskRule::PurchaseLimit | RiskRule::Velocity => (StatusCode::TOO_MANY_REQUESTS, Some(60)),
+    };
+    ApiError {
+        retry_after_secs,
+        ..ApiError::new(status, rule.code(), message)
     }
 }
 

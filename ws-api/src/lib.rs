@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod gateways;
+pub mod limits;
 pub mod observe;
 pub mod post;
 pub mod routes;
@@ -48,6 +49,8 @@ pub struct AppState {
     /// Stripe event ids seen lately (deduplication; the order's own idempotency is the
     /// guarantee across restarts).
     pub stripe_events: parking_lot::Mutex<routes::payments::RecentIds>,
+    /// Buyer-side rate limits (never applied to payment callbacks).
+    pub limits: limits::EdgeLimits,
 }
 
 /// Reads a request body up to `limit` bytes; more is refused with `status` before it is

@@ -249,6 +249,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         _ => None,
     };
     let shop_settings = Settings {
+        risk: settings.risk.limits(),
         payment_methods: settings.payment_methods.clone(),
         breaker: settings.breaker.config(),
         order_ttl_ms: settings.order_ttl_secs * 1000,
@@ -257,6 +258,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         public_url,
         epay: epay.clone(),
     };
+    ws_api::routes::resellers::init(&settings.resellers);
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("creating {}", settings.data.display()))?;
     let store = Arc::new(
@@ -300,6 +302,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
                 .filter(|_| settings.epusdt.gateway_url.is_some()),
             stripe_webhook_secret: settings.stripe.webhook_secret.clone(),
             stripe_events: parking_lot::Mutex::default(),
+            limits: ws_api::limits::EdgeLimits::new(&settings.limits),
         });
         ws_api::observe::start_evaluator(
             state.clone(),

@@ -329,6 +329,7 @@ pub fn start_evaluator(state: web::Data<AppState>, interval: Duration) {
         let mut ticks = actix_web::rt::time::interval(interval);
         loop {
             ticks.tick().await;
+            state.limits.prune();
             observatory.evaluate(&state.shop);
         }
     });

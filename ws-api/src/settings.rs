@@ -31,6 +31,53 @@ pub struct ServerSettings {
     pub demo: bool,
     /// Circuit breakers of the payment channels.
     pub breaker: BreakerSection,
+    /// Reseller API: rate limit per key, webhook address policy.
+    pub resellers: crate::routes::resellers::ResellerSettings,
+    /// Buyer-side rate limits per client IP.
+    pub limits: crate::limits::LimitsSettings,
+    /// Per-buyer risk rules for new orders.
+    pub risk: RiskSection,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct RiskSection {
+    pub reserved_units_per_contact_max: u32,
+    pub reserved_units_per_ip_max: u32,
+    pub orders_per_contact_per_window_max: u32,
+    pub purchase_window_secs: u64,
+    pub orders_per_ip_per_minute_max: u32,
+    pub blocked_contacts: Vec<String>,
+    pub blocked_ips: Vec<String>,
+}
+
+impl Default for RiskSection {
+    fn default() -> Self {
+        let limits = engine::risk::RiskLimits::default();
+        Self {
+            reserved_units_per_contact_max: limits.reserved_units_per_contact_max,
+            reserved_units_per_ip_max: limits.reserved_units_per_ip_max,
+            orders_per_contact_per_window_max: limits.orders_per_contact_per_window_max,
+            purchase_window_secs: limits.purchase_window_ms / 1000,
+            orders_per_ip_per_minute_max: limits.orders_per_ip_per_minute_max,
+            blocked_contacts: Vec::new(),
+            blocked_ips: Vec::new(),
+        }
+    }
+}
+
+impl RiskSection {
+    pub fn limits(&self) -> engine::risk::RiskLimits {
+        engine::risk::RiskLimits {
+            reserved_units_per_contact_max: self.reserved_units_per_contact_max,
+            reserved_units_per_ip_max: self.reserved_units_per_ip_max,
+            orders_per_contact_per_window_max: self.orders_per_contact_per_window_max,
+            purchase_window_ms: self.purchase_window_secs * 1000,
+            orders_per_ip_per_minute_max: self.orders_per_ip_per_minute_max,
+            blocked_contacts: self.blocked_contacts.iter().cloned().collect(),
+            blocked_ips: self.blocked_ips.iter().cloned().collect(),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -244,6 +291,9 @@ impl Default for ServerSettings {
             sentry: SentrySection::default(),
             demo: false,
             breaker: BreakerSection::default(),
+            resellers: Default::default(),
+            limits: crate::limits::LimitsSettings::default(),
+            risk: RiskSection::default(),
         }
     }
 }

@@ -129,6 +129,11 @@ fn new_histogram() -> Histogram<u64> {
 
 async fn run_actors(store: Arc<Store>, args: &Args) -> anyhow::Result<(Duration, Histogram<u64>)> {
     let settings = Settings {
+        risk: engine::risk::RiskLimits {
+            reserved_units_per_contact_max: 0,
+            orders_per_contact_per_window_max: 0,
+            ..engine::risk::RiskLimits::default()
+        },
         payment_methods: actors::payment::default_methods(),
         breaker: engine::breaker::BreakerConfig::default(),
         order_ttl_ms: 15 * 60 * 1000,
@@ -177,6 +182,7 @@ async fn buy(shop: Shop, count: u64) -> anyhow::Result<Histogram<u64>> {
             channel: "epay".into(),
             idempotency_key: None,
             fingerprint: n,
+            client_ip: None,
         };
         let order = shop.create_order(request).await?;
         let payment = Payment {

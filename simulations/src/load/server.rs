@@ -94,6 +94,18 @@ impl SpawnedServer {
             .env("PANSHI_EPAY__KEY", &self.credentials.epay_key)
             .env("PANSHI_EPAY__GATEWAY_URL", "http://127.0.0.1:9/epay")
             .env("PANSHI_LOG__LEVEL", "warn")
+            // All load comes from one host: per-client limits and risk rules would measure
+            // themselves, not the shop. They are raised here and only here.
+            .env("PANSHI_LIMITS__CREATE__PER_SECOND", "1000000")
+            .env("PANSHI_LIMITS__CREATE__BURST", "1000000")
+            .env("PANSHI_LIMITS__LOOKUP__PER_SECOND", "1000000")
+            .env("PANSHI_LIMITS__LOOKUP__BURST", "1000000")
+            .env("PANSHI_LIMITS__WEBSOCKET__PER_SECOND", "1000000")
+            .env("PANSHI_LIMITS__WEBSOCKET__BURST", "1000000")
+            .env("PANSHI_RISK__RESERVED_UNITS_PER_CONTACT_MAX", "0")
+            .env("PANSHI_RISK__RESERVED_UNITS_PER_IP_MAX", "0")
+            .env("PANSHI_RISK__ORDERS_PER_CONTACT_PER_WINDOW_MAX", "0")
+            .env("PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -751,5 +751,9 @@ fn describe(event: &Event) -> String {
         Event::OrderExpired { order_id, .. } => format!("expiry of {order_id}"),
         Event::OrderRefunded { order_id, .. } => format!("refund of {order_id}"),
         Event::OperatorAction(action) => format!("operator action {}", action.action),
+        Event::ResellerCreated(r) => format!("reseller {}", r.reseller_id),
+        Event::ResellerRevoked { reseller_id, .. } => format!("revoke of {reseller_id}"),
+        Event::BalanceChanged { reseller_id, .. } => format!("balance of {reseller_id}"),
+        Event::ResellerOrderPlaced(o) => format!("reseller order {}", o.order_id),
     }
 }

@@ -24,7 +24,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
 }
 
 /// Counts an open socket; the count drops when the guard does.
-struct OpenSocket(Arc<AtomicUsize>);
+pub(crate) struct OpenSocket(Arc<AtomicUsize>);
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {
@@ -33,7 +33,7 @@ impl Drop for OpenSocket {
     }
 }
 
-fn open_socket(state: &AppState) -> Result<OpenSocket, ApiError> {
+pub(crate) fn open_socket(state: &AppState) -> Result<OpenSocket, ApiError> {
     let open = state.websockets_open.fetch_add(1, Ordering::AcqRel);
     let guard = OpenSocket(state.websockets_open.clone());
     metrics::gauge!("panshi_websockets_open").increment(1.0);
@@ -54,6 +54,8 @@ async fn live(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
+    let client = request.peer_addr().map(|a| a.ip());
+    state.limits.check(crate::limits::Lane::Websocket, client)?;
     let guard = open_socket(&state)?;
     let mut feed = state
         .shop

@@ -8,6 +8,7 @@ pub mod ops;
 pub mod orders;
 pub mod pages;
 pub mod payments;
+pub mod resellers;
 
 use actix_web::{web, HttpRequest};
 use engine::payment::signatures_equal;
@@ -20,6 +21,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     orders::configure(config);
     live::configure(config);
     payments::configure(config);
+    resellers::configure(config);
     ops::configure(config);
     observability::configure(config);
     pages::configure(config);

@@ -53,6 +53,8 @@ async fn create_order(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let client = request.peer_addr().map(|a| a.ip());
+    state.limits.check(crate::limits::Lane::Create, client)?;
     let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
     let body: OrderBody = parse_json(&body)?;
     let idempotency_key = match request.headers().get("Idempotency-Key") {
@@ -73,6 +75,7 @@ async fn create_order(
         contact: body.contact,
         channel: body.channel,
         idempotency_key,
+        client_ip: client.map(|ip| ip.to_string()),
     };
     let order = state.shop.create_order(order_request).await?;
     Ok(HttpResponse::Created().json(created_order(&order)))
@@ -85,10 +88,13 @@ pub struct TokenQuery {
 }
 
 async fn lookup(
+    request: HttpRequest,
     path: web::Path<String>,
     query: web::Query<TokenQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let client = request.peer_addr().map(|a| a.ip());
+    state.limits.check(crate::limits::Lane::Lookup, client)?;
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
     let view = state.shop.lookup(&order_id, &query.token)?;
     Ok(HttpResponse::Ok().json(order_view(&view.record, &view.keys)))

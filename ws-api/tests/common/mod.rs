@@ -67,6 +67,18 @@ impl Server {
             .env("PANSHI_EPAY__KEY", KEY)
             .env("PANSHI_EPAY__GATEWAY_URL", "http://127.0.0.1:9/epay")
             .env("PANSHI_LOG__LEVEL", "warn")
+            // Every test client is 127.0.0.1: per-client limits and risk rules are off by
+            // default here; tests/traffic.rs turns them back on.
+            .env("PANSHI_LIMITS__CREATE__PER_SECOND", "1000000")
+            .env("PANSHI_LIMITS__CREATE__BURST", "1000000")
+            .env("PANSHI_LIMITS__LOOKUP__PER_SECOND", "1000000")
+            .env("PANSHI_LIMITS__LOOKUP__BURST", "1000000")
+            .env("PANSHI_LIMITS__WEBSOCKET__PER_SECOND", "1000000")
+            .env("PANSHI_LIMITS__WEBSOCKET__BURST", "1000000")
+            .env("PANSHI_RISK__RESERVED_UNITS_PER_CONTACT_MAX", "0")
+            .env("PANSHI_RISK__RESERVED_UNITS_PER_IP_MAX", "0")
+            .env("PANSHI_RISK__ORDERS_PER_CONTACT_PER_WINDOW_MAX", "0")
+            .env("PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {

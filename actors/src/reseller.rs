@@ -1,0 +1,535 @@
+//! Resellers: accounts, prepaid balances, bulk purchases and the per-reseller stream.
+//!
+//! Invariants: a purchase is all or nothing (stock checked first, then the balance; keys
+//! reserved from the pool shards, one event committed, keys given back on any refusal);
+//! one reseller's purchases and balance changes are serialised by a per-reseller lock, so
+//! two concurrent purchases can never overdraw (and `ShopState::apply` refuses an overdraft
+//! anyway); the stream hands out every event once, in seq order, with no gap.
+//!
+//! Key decision: the stream's seq is part of the committed event, so replay after a restart
+//! numbers events exactly as the live feed did. A subscriber is registered (under the
+//! reseller's lock, so no purchase is between commit and publish) before its replay bound
+//! is read; live events at or below what replay sent are dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use engine::events::{BalanceChange, Event, Idempotency, NewReseller, ResellerOrder};
+use engine::ids::hex128;
+use engine::ledger::DISCOUNT_BP_MAX;
+use engine::ledger::{wholesale_charge_cents, EntryKind, LedgerRefusal, ADJUSTMENT_CENTS_MAX};
+use engine::state::{api_key_sha256, RESELLER_NAME_LEN_MAX, RESELLER_ORDER_QUANTITY_MAX};
+use engine::{OrderId, OrderStatus, Rejection, ResellerId, Sku};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::{OrderView, Shop, ShopError, IDEMPOTENCY_KEY_LEN_MAX};
+
+/// Stream events a subscriber may have waiting; a reader that falls further behind is
+/// disconnected (it resumes from its cursor).
+pub const STREAM_SUBSCRIBER_BUFFER_EVENTS: usize = 256;
+/// Live stream subscribers per reseller.
+pub const STREAM_SUBSCRIBERS_PER_RESELLER_MAX: usize = 16;
+/// Stream events read from the state per replay step.
+pub const STREAM_REPLAY_PAGE_EVENTS: usize = 64;
+/// Longest note on a balance change.
+pub const BALANCE_NOTE_LEN_MAX: usize = 500;
+/// Longest webhook URL.
+pub const WEBHOOK_URL_LEN_MAX: usize = 2_048;
+const _: () = assert!(STREAM_REPLAY_PAGE_EVENTS <= STREAM_SUBSCRIBER_BUFFER_EVENTS);
+
+/// Prefixes of the secrets handed out once, so that a leaked one is recognisable.
+const API_KEY_PREFIX: &str = "psk_";
+const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
+
+/// A created reseller with its secrets, shown this once.
+pub struct CreatedReseller {
+    pub reseller_id: ResellerId,
+    pub api_key: String,
+    pub webhook_secret: String,
+}
+
+pub struct ResellerRequest {
+    pub name: String,
+    pub webhook_url: Option<String>,
+    pub discount_bp: u32,
+}
+
+/// A bulk purchase, validated at the edge for shape only.
+pub struct PurchaseRequest {
+    pub sku: Sku,
+    pub quantity: u32,
+    pub idempotency_key: Option<String>,
+    /// A hash of the request body, to tell a retry from another request with the same key.
+    pub fingerprint: u64,
+}
+
+/// The answer to a purchase (and to its idempotent retries).
+pub struct Receipt {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub cards: Vec<String>,
+    pub amount_cents: u64,
+    pub balance_cents: u64,
+}
+
+/// One event of a reseller's stream.
+#[derive(Clone, Debug)]
+pub struct StreamEvent {
+    pub seq: u64,
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub sku: Sku,
+    pub amount_cents: u64,
+    pub cards: Vec<String>,
+}
+
+pub struct Account {
+    pub reseller_id: ResellerId,
+    pub name: String,
+    pub balance_cents: u64,
+}
+
+/// A reseller's live subscribers and the last seq known durable.
+struct Hub {
+    durable_seq: u64,
+    subscribers: Vec<mpsc::Sender<StreamEvent>>,
+}
+
+/// The resellers' runtime state: the per-reseller locks and stream hubs.
+#[derive(Default)]
+pub struct Resellers {
+    locks: Mutex<HashMap<ResellerId, Arc<tokio::sync::Mutex<()>>>>,
+    hubs: Mutex<HashMap<ResellerId, Hub>>,
+    /// Serialises reseller creation (ids are dense).
+    creating: tokio::sync::Mutex<()>,
+}
+
+fn validate_key(key: &str) -> Result<(), Rejection> {
+    if key.is_empty()
+        || key.len() > IDEMPOTENCY_KEY_LEN_MAX
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Rejection::InvalidInput(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_reseller(request: &ResellerRequest) -> Result<(), Rejection> {
+    let name = &request.name;
+    if name.trim().is_empty() || name.len() > RESELLER_NAME_LEN_MAX {
+        return Err(Rejection::InvalidInput("name must be 1 to 200 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Rejection::InvalidInput("name holds control characters"));
+    }
+    if request.discount_bp > DISCOUNT_BP_MAX {
+        return Err(Rejection::InvalidInput("discount_bp must be 0 to 10000"));
+    }
+    if request
+        .webhook_url
+        .as_ref()
+        .is_some_and(|url| url.len() > WEBHOOK_URL_LEN_MAX)
+    {
+        return Err(Rejection::InvalidInput("webhook_url is too long"));
+    }
+    Ok(())
+}
+
+fn ledger_rejection(refusal: LedgerRefusal) -> ShopError {
+    match refusal {
+        LedgerRefusal::UnknownAccount => Rejection::UnknownReseller.into(),
+        LedgerRefusal::InsufficientBalance => Rejection::InsufficientBalance.into(),
+        LedgerRefusal::BalanceTooLarge => {
+            Rejection::InvalidInput("the balance would exceed its maximum").into()
+        }
+        LedgerRefusal::BadAmount => Rejection::InvalidInput("amount_cents is out of range").into(),
+    }
+}
+
+impl Shop {
+    fn resellers(&self) -> &Resellers {
+        &self.0.resellers
+    }
+
+    fn reseller_lock(&self, id: ResellerId) -> Arc<tokio::sync::Mutex<()>> {
+        self.resellers().locks.lock().entry(id).or_default().clone()
+    }
+
+    fn random_secret(&self, prefix: &str) -> String {
+        let entropy = &self.0.entropy;
+        let (high, low) = (entropy.random_u128(), entropy.random_u128());
+        format!("{prefix}{}{}", hex128(high), hex128(low))
+    }
+
+    /// Opens a reseller account (balance 0). The API key and webhook secret are returned
+    /// this once; only the key's SHA-256 is kept.
+    pub async fn create_reseller(
+        &self,
+        request: ResellerRequest,
+    ) -> Result<CreatedReseller, ShopError> {
+        validate_reseller(&request)?;
+        let api_key = self.random_secret(API_KEY_PREFIX);
+        let webhook_secret = self.random_secret(WEBHOOK_SECRET_PREFIX);
+        let _creating = self.resellers().creating.lock().await;
+        let reseller_id = self.store().state().next_reseller_id();
+        let event = Event::ResellerCreated(Box::new(NewReseller {
+            reseller_id,
+            name: request.name,
+            api_key_sha256: api_key_sha256(&api_key),
+            webhook_secret: webhook_secret.clone(),
+            webhook_url: request.webhook_url,
+            discount_bp: request.discount_bp,
+            created_at_ms: self.now_ms(),
+        }));
+        self.commit(&event).await?;
+        Ok(CreatedReseller {
+            reseller_id,
+            api_key,
+            webhook_secret,
+        })
+    }
+
+    /// Revokes a reseller's key for good. Revoking twice answers the same.
+    pub async fn revoke_reseller(&self, id: ResellerId) -> Result<(), ShopError> {
+        let lock = self.reseller_lock(id);
+        let _serial = lock.lock().await;
+        let revoked = {
+            let state = self.store().state();
+            let account = state.reseller(id).ok_or(Rejection::UnknownReseller)?;
+            account.revoked_at_ms.is_some()
+        };
+        if revoked {
+            return Ok(());
+        }
+        let at_ms = self.now_ms();
+        let event = Event::ResellerRevoked {
+            reseller_id: id,
+            at_ms,
+        };
+        self.commit(&event).await.map(|_| ())
+    }
+
+    /// Tops up (`amount_cents > 0`) or corrects (`< 0`) a balance; answers the new balance.
+    pub async fn adjust_balance(
+        &self,
+        id: ResellerId,
+        amount_cents: i64,
+        note: String,
+    ) -> Result<u64, ShopError> {
+        let magnitude = amount_cents.unsigned_abs();
+        if magnitude == 0 || magnitude > ADJUSTMENT_CENTS_MAX {
+            return Err(
+                Rejection::InvalidInput("amount_cents must be non-zero and in range").into(),
+            );
+        }
+        if note.len() > BALANCE_NOTE_LEN_MAX || note.chars().any(char::is_control) {
+            return Err(
+                Rejection::InvalidInput("note is too long or holds control characters").into(),
+            );
+        }
+        let (change, kind) = if amount_cents > 0 {
+            let change = BalanceChange::TopUp {
+                amount_cents: magnitude,
+            };
+            (change, EntryKind::TopUp)
+        } else {
+            let change = BalanceChange::Correction {
+                amount_cents: magnitude,
+            };
+            (change, EntryKind::Correction)
+        };
+        let lock = self.reseller_lock(id);
+        let _serial = lock.lock().await;
+        let entry = self
+            .store()
+            .state()
+            .ledger()
+            .plan(id, kind, magnitude)
+            .map_err(ledger_rejection)?;
+        let at_ms = self.now_ms();
+        let event = Event::BalanceChanged {
+            reseller_id: id,
+            change,
+            note,
+            at_ms,
+        };
+        self.commit(&event).await?;
+        Ok(entry.balance_after_cents)
+    }
+
+    /// The reseller an API key belongs to, unless unknown or revoked.
+    pub fn reseller_by_key(&self, api_key: &str) -> Option<ResellerId> {
+        let state = self.store().state();
+        let account = state.reseller_by_key_hash(&api_key_sha256(api_key))?;
+        account
+            .revoked_at_ms
+            .is_none()
+            .then_some(account.reseller.reseller_id)
+    }
+
+    pub fn reseller_account(&self, id: ResellerId) -> Result<Account, ShopError> {
+        let state = self.store().state();
+        let account = state.reseller(id).ok_or(Rejection::UnknownReseller)?;
+        Ok(Account {
+            reseller_id: id,
+            name: account.reseller.name.clone(),
+            balance_cents: state.ledger().balance_cents(id).unwrap_or(0),
+        })
+    }
+
+    /// A reseller's own order, as the buyer's lookup shows it; another's is unknown.
+    pub fn reseller_order(
+        &self,
+        id: ResellerId,
+        order_id: &OrderId,
+    ) -> Result<OrderView, ShopError> {
+        let owner = self.store().state().reseller_of_order(order_id);
+        if owner != Some(id) {
+            return Err(Rejection::UnknownOrder.into());
+        }
+        let record = self
+            .store()
+            .order(order_id)?
+            .ok_or(Rejection::UnknownOrder)?;
+        let keys = self.card_keys(&record.cards);
+        Ok(OrderView { record, keys })
+    }
+
+    /// The receipt of an order already placed (an idempotent retry's answer).
+    fn receipt_of(&self, order_id: &OrderId) -> Result<Receipt, ShopError> {
+        let state = self.store().state();
+        let record = state.order(order_id).ok_or(Rejection::UnknownOrder)?;
+        let charge = state
+            .reseller_charge(order_id)
+            .ok_or(Rejection::UnknownOrder)?;
+        Ok(Receipt {
+            order_id: order_id.clone(),
+            status: record.status,
+            cards: crate::order::keys_of(&state, &record.cards),
+            amount_cents: charge.amount_cents,
+            balance_cents: charge.balance_after_cents,
+        })
+    }
+
+    /// A bulk purchase, all or nothing: 409 sold out is checked first, then the balance;
+    /// a retry with the same idempotency key answers the first receipt.
+    pub async fn reseller_purchase(
+        &self,
+        id: ResellerId,
+        request: PurchaseRequest,
+    ) -> Result<Receipt, ShopError> {
+        if request.quantity == 0 || request.quantity > RESELLER_ORDER_QUANTITY_MAX {
+            return Err(Rejection::InvalidInput("quantity must be 1 to 1000").into());
+        }
+        if let Some(key) = &request.idempotency_key {
+            validate_key(key)?;
+        }
+        let lock = self.reseller_lock(id);
+        let _serial = lock.lock().await;
+        let planned = match self.plan_purchase(id, &request)? {
+            Ok(planned) => planned,
+            Err(first) => return self.receipt_of(&first),
+        };
+        let cards = self
+            .reserve(&request.sku, request.quantity as usize)
+            .await?;
+        let entropy = &self.0.entropy;
+        let now_ms = self.now_ms();
+        let order = ResellerOrder {
+            order_id: OrderId::generate(now_ms, entropy.random_u64()),
+            reseller_id: id,
+            token: hex128(entropy.random_u128()),
+            trace_id: hex128(entropy.random_u128()),
+            sku: request.sku.clone(),
+            cards: cards.clone(),
+            amount_cents: planned.amount_cents,
+            idempotency: request.idempotency_key.map(|key| Idempotency {
+                key,
+                fingerprint: request.fingerprint,
+            }),
+            stream_seq: planned.stream_seq,
+            created_at_ms: now_ms,
+        };
+        let order_id = order.order_id.clone();
+        if let Err(error) = self
+            .commit(&Event::ResellerOrderPlaced(Box::new(order)))
+            .await
+        {
+            if error.is_refused_before_logging() {
+                self.give_back(&request.sku, cards).await;
+            }
+            return Err(error);
+        }
+        metrics::counter!("panshi_reseller_orders_total").increment(1);
+        let receipt = self.receipt_of(&order_id)?;
+        self.publish(id, &receipt, &request.sku);
+        Ok(receipt)
+    }
+
+    /// Checks a purchase against the state: `Err(first order)` for an idempotent retry.
+    fn plan_purchase(
+        &self,
+        id: ResellerId,
+        request: &PurchaseRequest,
+    ) -> Result<Result<Planned, OrderId>, ShopError> {
+        let state = self.store().state();
+        let account = state.reseller(id).ok_or(Rejection::UnknownReseller)?;
+        if account.revoked_at_ms.is_some() {
+            return Err(Rejection::UnknownReseller.into());
+        }
+        if let Some(key) = &request.idempotency_key {
+            if let Some((first, fingerprint)) = state.reseller_order_by_idempotency_key(id, key) {
+                if fingerprint != request.fingerprint {
+                    return Err(ShopError::IdempotencyMismatch);
+                }
+                return Ok(Err(first.created.order_id.clone()));
+            }
+        }
+        let product = state.product(&request.sku).ok_or(Rejection::UnknownSku)?;
+        if product.product.currency != self.settings().currency {
+            return Err(
+                Rejection::InvalidInput("the product is not in the shop's currency").into(),
+            );
+        }
+        if product.stock.available < u64::from(request.quantity) {
+            return Err(Rejection::SoldOut.into());
+        }
+        let price = product.product.price_cents;
+        let amount_cents =
+            wholesale_charge_cents(price, request.quantity, account.reseller.discount_bp)
+                .ok_or(Rejection::InvalidInput("order amount is too large"))?;
+        let balance_cents = state.ledger().balance_cents(id).unwrap_or(0);
+        if amount_cents > balance_cents {
+            return Err(Rejection::InsufficientBalance.into());
+        }
+        Ok(Ok(Planned {
+            amount_cents,
+            stream_seq: state.stream_seq(id) + 1,
+        }))
+    }
+
+    /// Hands a durable stream event to the live subscribers (called under the reseller's
+    /// lock, so events go out in seq order). A full or closed subscriber is dropped.
+    fn publish(&self, id: ResellerId, receipt: &Receipt, sku: &Sku) {
+        let seq = self.store().state().stream_seq(id);
+        let event = StreamEvent {
+            seq,
+            order_id: receipt.order_id.clone(),
+            status: receipt.status,
+            sku: sku.clone(),
+            amount_cents: receipt.amount_cents,
+            cards: receipt.cards.clone(),
+        };
+        let mut hubs = self.resellers().hubs.lock();
+        let Some(hub) = hubs.get_mut(&id) else {
+            return;
+        };
+        hub.durable_seq = seq;
+        hub.subscribers
+            .retain(|subscriber| subscriber.try_send(event.clone()).is_ok());
+    }
+
+    /// A reseller's stream from `cursor`: every event after it, then live.
+    pub async fn reseller_stream(&self, id: ResellerId, cursor: u64) -> Result<Feed, ShopError> {
+        let lock = self.reseller_lock(id);
+        let _serial = lock.lock().await;
+        let (sender, live) = mpsc::channel(STREAM_SUBSCRIBER_BUFFER_EVENTS);
+        let mut hubs = self.resellers().hubs.lock();
+        // Under the lock no purchase is between commit and publish: the state's seq is durable.
+        let hub = hubs.entry(id).or_insert_with(|| Hub {
+            durable_seq: self.store().state().stream_seq(id),
+            subscribers: Vec::new(),
+        });
+        hub.subscribers.retain(|s| !s.is_closed());
+        if hub.subscribers.len() >= STREAM_SUBSCRIBERS_PER_RESELLER_MAX {
+            return Err(ShopError::Unavailable("stream subscriptions"));
+        }
+        hub.subscribers.push(sender);
+        Ok(Feed {
+            shop: self.clone(),
+            reseller: id,
+            sent_seq: cursor,
+            replay_through: hub.durable_seq,
+            replayed: VecDeque::new(),
+            live,
+        })
+    }
+}
+
+struct Planned {
+    amount_cents: u64,
+    stream_seq: u64,
+}
+
+/// What a stream reader gets next.
+pub enum FeedItem {
+    Event(StreamEvent),
+    /// The reader fell behind and was disconnected; it resumes from its cursor.
+    FellBehind,
+}
+
+/// A subscriber's view of the stream: replay up to the bound read at subscription, then
+/// the live events, each seq exactly once.
+pub struct Feed {
+    shop: Shop,
+    reseller: ResellerId,
+    /// The last seq handed out (the cursor).
+    sent_seq: u64,
+    replay_through: u64,
+    replayed: VecDeque<StreamEvent>,
+    live: mpsc::Receiver<StreamEvent>,
+}
+
+impl Feed {
+    pub fn cursor(&self) -> u64 {
+        self.sent_seq
+    }
+
+    pub async fn next(&mut self) -> FeedItem {
+        if self.replayed.is_empty() && self.sent_seq < self.replay_through {
+            self.replay_page();
+        }
+        if let Some(event) = self.replayed.pop_front() {
+            self.sent_seq = event.seq;
+            return FeedItem::Event(event);
+        }
+        loop {
+            let Some(event) = self.live.recv().await else {
+                return FeedItem::FellBehind;
+            };
+            if event.seq <= self.sent_seq {
+                continue;
+            }
+            if event.seq != self.sent_seq + 1 {
+                // Never expected: resuming from the cursor is always correct.
+                return FeedItem::FellBehind;
+            }
+            self.sent_seq = event.seq;
+            return FeedItem::Event(event);
+        }
+    }
+
+    fn replay_page(&mut self) {
+        let state = self.shop.store().state();
+        let page = state.reseller_stream(
+            self.reseller,
+            self.sent_seq,
+            self.replay_through,
+            STREAM_REPLAY_PAGE_EVENTS,
+        );
+        for item in page {
+            let record = item.record;
+            self.replayed.push_back(StreamEvent {
+                seq: item.seq,
+                order_id: record.created.order_id.clone(),
+                status: item.status,
+                sku: record.created.sku.clone(),
+                amount_cents: record.created.amount_cents,
+                cards: crate::order::keys_of(&state, &record.cards),
+            });
+        }
+    }
+}

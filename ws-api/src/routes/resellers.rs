@@ -1,0 +1,425 @@
+//! Reseller endpoints (CONTRACT.md, "Resellers"): operators open accounts, revoke keys and
+//! move balances; resellers read their account, buy in bulk, look up their orders and
+//! follow their stream over a WebSocket.
+//!
+//! Invariants: every reseller request carries `Authorization: Bearer <api key>` (the stream
+//! too, on the upgrade); an unknown or revoked key, and the operator token, get 401; each
+//! key is rate-limited (governor, keyed by reseller) before any work; bad input gets 400 and
+//! changes nothing.
+//!
+//! Key decision: the rate limiter lives here, set once from the settings (`init`), so the
+//! reseller lane never shares a budget with buyers' per-IP limits.
+
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message};
+use actors::reseller::{FeedItem, PurchaseRequest, Receipt, ResellerRequest, StreamEvent};
+use actors::ShopError;
+use engine::{OrderId, Rejection, ResellerId, Sku};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::routes::live::{CLIENT_FRAME_BYTES_MAX, PING_INTERVAL_SECS};
+use crate::routes::{bearer, require_operator};
+use crate::wire::{order_view, parse_json};
+use crate::{payload_too_large, read_body, AppState};
+
+/// Default sustained reseller requests per second, per key.
+pub const RATE_PER_SECOND_DEFAULT: u32 = 20;
+/// Default burst per key: the contract asks for at least 50.
+pub const RATE_BURST_DEFAULT: u32 = 100;
+/// The contract's floor for the burst.
+pub const RATE_BURST_MIN: u32 = 50;
+const _: () = assert!(RATE_BURST_DEFAULT >= RATE_BURST_MIN);
+
+/// `[resellers]` settings.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct ResellerSettings {
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    /// Whether a webhook URL may point at loopback or private addresses.
+    pub webhook_private_addresses_allowed: bool,
+}
+
+impl Default for ResellerSettings {
+    fn default() -> Self {
+        Self {
+            rate_per_second: RATE_PER_SECOND_DEFAULT,
+            rate_burst: RATE_BURST_DEFAULT,
+            webhook_private_addresses_allowed: true,
+        }
+    }
+}
+
+struct Edge {
+    limiter: DefaultKeyedRateLimiter<ResellerId>,
+    webhook_private_addresses_allowed: bool,
+}
+
+static EDGE: OnceLock<Edge> = OnceLock::new();
+
+/// Sets the reseller settings; the first call wins (defaults apply if never called).
+pub fn init(settings: &ResellerSettings) {
+    let _ = EDGE.set(edge(settings));
+}
+
+fn edge(settings: &ResellerSettings) -> Edge {
+    let per_second = NonZeroU32::new(settings.rate_per_second.max(1)).expect("non-zero");
+    let burst = NonZeroU32::new(settings.rate_burst.max(RATE_BURST_MIN)).expect("non-zero");
+    Edge {
+        limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+        webhook_private_addresses_allowed: settings.webhook_private_addresses_allowed,
+    }
+}
+
+fn current_edge() -> &'static Edge {
+    EDGE.get_or_init(|| edge(&ResellerSettings::default()))
+}
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .route("/api/v1/admin/resellers", web::post().to(create))
+        .route(
+            "/api/v1/admin/resellers/{id}/revoke",
+            web::post().to(revoke),
+        )
+        .route(
+            "/api/v1/admin/resellers/{id}/balance",
+            web::post().to(balance),
+        )
+        .route("/api/v1/reseller/me", web::get().to(me))
+        .route("/api/v1/reseller/orders", web::post().to(purchase))
+        .route("/api/v1/reseller/orders/{order_id}", web::get().to(order))
+        .route("/api/v1/reseller/stream", web::get().to(stream));
+}
+
+/// The reseller a request's key belongs to, within its rate limit.
+fn authenticate(request: &HttpRequest, state: &AppState) -> Result<ResellerId, ApiError> {
+    let key = bearer(request).ok_or_else(ApiError::unauthorized)?;
+    let id = state
+        .shop
+        .reseller_by_key(key)
+        .ok_or_else(ApiError::unauthorized)?;
+    if let Err(not_until) = current_edge().limiter.check_key(&id) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        return Err(ApiError {
+            retry_after_secs: Some(wait.as_secs().max(1) as u32),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests for this API key",
+            )
+        });
+    }
+    Ok(id)
+}
+
+/// Maps a shop error on a reseller route: a key revoked mid-request is 401, a purchase the
+/// balance cannot pay is 402.
+fn reseller_error(error: ShopError) -> ApiError {
+    match error {
+        ShopError::Rejected(Rejection::UnknownReseller) => ApiError::unauthorized(),
+        ShopError::Rejected(Rejection::InsufficientBalance) => ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_balance",
+            "the balance does not cover this purchase",
+        ),
+        other => other.into(),
+    }
+}
+
+fn reseller_id(path: &str) -> Result<ResellerId, ApiError> {
+    ResellerId::parse(path).ok_or_else(|| ApiError::not_found("unknown reseller"))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    webhook_url: Option<String>,
+    #[serde(default)]
+    discount_bp: u32,
+}
+
+async fn create(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    let body: CreateBody = parse_json(&body)?;
+    if let Some(url) = &body.webhook_url {
+        check_webhook_url(url, current_edge().webhook_private_addresses_allowed)?;
+    }
+    let created = state
+        .shop
+        .create_reseller(ResellerRequest {
+            name: body.name.trim().to_owned(),
+            webhook_url: body.webhook_url,
+            discount_bp: body.discount_bp,
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(json!({
+        "reseller_id": created.reseller_id.to_string(),
+        "api_key": created.api_key,
+        "webhook_secret": created.webhook_secret,
+    })))
+}
+
+/// An `http://` or `https://` URL with a host; loopback and private hosts only when allowed.
+fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
+    let bad = |message: &str| ApiError::bad_request("bad_request", message.to_owned());
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("webhook_url must be an http or https URL"))?;
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("webhook_url holds spaces or control characters"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad("webhook_url needs a host and no credentials"));
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if !private_allowed && is_private_host(host) {
+        return Err(bad(
+            "webhook_url may not point at a loopback or private address",
+        ));
+    }
+    Ok(())
+}
+
+fn is_private_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Err(_) => false,
+    }
+}
+
+async fn revoke(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let id = reseller_id(&path)?;
+    state.shop.revoke_reseller(id).await?;
+    Ok(HttpResponse::Ok().json(json!({"reseller_id": id.to_string(), "revoked": true})))
+}
+
+#[derive(Deserialize)]
+struct BalanceBody {
+    amount_cents: i64,
+    #[serde(default)]
+    note: String,
+}
+
+async fn balance(
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let id = reseller_id(&path)?;
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    let body: BalanceBody = parse_json(&body)?;
+    let balance_cents = state
+        .shop
+        .adjust_balance(id, body.amount_cents, body.note)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"balance_cents": balance_cents})))
+}
+
+async fn me(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = authenticate(&request, &state)?;
+    let account = state.shop.reseller_account(id).map_err(reseller_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "reseller_id": account.reseller_id.to_string(),
+        "name": account.name,
+        "balance_cents": account.balance_cents,
+    })))
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+struct PurchaseBody {
+    sku: String,
+    #[serde(default = "one")]
+    quantity: u32,
+}
+
+/// FNV-1a of the canonical request: stable across restarts (std's hasher is keyed).
+fn fingerprint(sku: &Sku, quantity: u32) -> u64 {
+    let text = format!("{}\n{quantity}", sku.as_str());
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn receipt_json(receipt: &Receipt) -> serde_json::Value {
+    json!({
+        "order_id": receipt.order_id.as_str(),
+        "status": receipt.status.as_str(),
+        "cards": receipt.cards,
+        "amount_cents": receipt.amount_cents,
+        "balance_cents": receipt.balance_cents,
+    })
+}
+
+async fn purchase(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = authenticate(&request, &state)?;
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    let body: PurchaseBody = parse_json(&body)?;
+    let sku = Sku::parse(&body.sku)?;
+    let idempotency_key = match request.headers().get("Idempotency-Key") {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::bad_request("bad_request", "Idempotency-Key must be visible ASCII")
+        })?),
+        None => None,
+    };
+    let purchase = PurchaseRequest {
+        fingerprint: fingerprint(&sku, body.quantity),
+        sku,
+        quantity: body.quantity,
+        idempotency_key: idempotency_key.map(str::to_owned),
+    };
+    let receipt = state
+        .shop
+        .reseller_purchase(id, purchase)
+        .await
+        .map_err(reseller_error)?;
+    Ok(HttpResponse::Created().json(receipt_json(&receipt)))
+}
+
+async fn order(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = authenticate(&request, &state)?;
+    let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
+    let view = state
+        .shop
+        .reseller_order(id, &order_id)
+        .map_err(reseller_error)?;
+    Ok(HttpResponse::Ok().json(order_view(&view.record, &view.keys)))
+}
+
+/// `cursor=N`, 0 when absent; anything else is 400.
+fn cursor_of(request: &HttpRequest) -> Result<u64, ApiError> {
+    #[derive(Deserialize)]
+    struct Query {
+        cursor: Option<String>,
+    }
+    let query: Query = serde_urlencoded::from_str(request.query_string())
+        .map_err(|_| ApiError::bad_request("bad_request", "bad query string"))?;
+    match query.cursor {
+        None => Ok(0),
+        Some(text) => text
+            .parse()
+            .map_err(|_| ApiError::bad_request("bad_request", "cursor must be a whole number")),
+    }
+}
+
+pub fn stream_frame(event: &StreamEvent) -> String {
+    json!({
+        "seq": event.seq,
+        "order_id": event.order_id.as_str(),
+        "status": event.status.as_str(),
+        "cards": event.cards,
+        "sku": event.sku.as_str(),
+        "amount_cents": event.amount_cents,
+    })
+    .to_string()
+}
+
+async fn stream(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let id = authenticate(&request, &state)?;
+    let cursor = cursor_of(&request)?;
+    let guard = crate::routes::live::open_socket(&state)?;
+    let feed = state
+        .shop
+        .reseller_stream(id, cursor)
+        .await
+        .map_err(reseller_error)?;
+    let (response, session, messages) = actix_ws::handle(&request, body)?;
+    let messages = messages.max_frame_size(CLIENT_FRAME_BYTES_MAX);
+    actix_web::rt::spawn(async move {
+        let _guard = guard;
+        pump(feed, session, messages).await;
+    });
+    Ok(response)
+}
+
+/// Sends the feed to the socket until either side ends; a reader that fell behind is
+/// closed with code 1013 ("try again") and the cursor to resume from.
+async fn pump(
+    mut feed: actors::reseller::Feed,
+    mut session: actix_ws::Session,
+    mut messages: actix_ws::MessageStream,
+) {
+    let mut ping = actix_web::rt::time::interval(Duration::from_secs(PING_INTERVAL_SECS));
+    ping.tick().await;
+    let close = loop {
+        tokio::select! {
+            item = feed.next() => match item {
+                FeedItem::Event(event) => {
+                    if session.text(stream_frame(&event)).await.is_err() {
+                        return;
+                    }
+                }
+                FeedItem::FellBehind => break Some(CloseReason {
+                    code: CloseCode::Again,
+                    description: Some(format!("fell behind; reconnect with cursor={}", feed.cursor())),
+                }),
+            },
+            message = messages.recv() => match message {
+                Some(Ok(Message::Ping(bytes))) => {
+                    if session.pong(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => break Some(CloseReason::from(CloseCode::Protocol)),
+            },
+            _ = ping.tick() => {
+                if session.ping(b"").await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = session.close(close).await;
+}
