@@ -9,8 +9,10 @@ use engine::{CardId, Event, OrderId, Product, Sku};
 
 use crate::Error;
 
-/// Format of log payloads and sled rows written by this build.
-pub const FORMAT_VERSION: u8 = 1;
+/// Format of log payloads and sled rows written by this build. 2: orders carry the
+/// gateway's payment reference; refunds, operator actions and reseller events exist.
+/// Format 1 (the first day's builds) is not read: no data of it was ever kept.
+pub const FORMAT_VERSION: u8 = 2;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
