@@ -18,6 +18,7 @@
 pub mod alerts;
 pub mod catalog;
 pub mod channel;
+pub mod flash;
 pub mod health;
 pub mod order;
 pub mod payment;
@@ -129,6 +130,8 @@ pub struct EpaySettings {
 
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Flash-sale waiting rooms: admission rate, VIP share and VIP contacts.
+    pub flash: flash::FlashSettings,
     /// Per-buyer risk limits for new orders.
     pub risk: engine::risk::RiskLimits,
     /// Payment method -> ordered channels (primary first).
@@ -209,6 +212,8 @@ struct Inner {
     resellers: reseller::Resellers,
     /// Per-buyer limits on unpaid reservations and order rates.
     risk: Mutex<engine::risk::RiskBook>,
+    /// Flash sales' waiting rooms and tickets.
+    flash: flash::FlashSales,
 }
 
 /// The handle every edge and actor uses; cheap to clone.
@@ -311,6 +316,7 @@ impl Shop {
             traces: Traces::default(),
             channel_totals: Mutex::default(),
             risk: Mutex::new(engine::risk::RiskBook::new(settings_risk)),
+            flash: flash::FlashSales::default(),
             channels,
             resellers: reseller::Resellers::default(),
         }));
@@ -357,6 +363,7 @@ impl Shop {
         for sku in &skus {
             shop.open_pool(sku);
         }
+        shop.start_admissions();
         for order in live {
             let id = order.order_id.clone();
             let _ = shop
@@ -369,6 +376,14 @@ impl Shop {
 
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    pub(crate) fn flash(&self) -> &flash::FlashSales {
+        &self.0.flash
+    }
+
+    pub(crate) fn random_u128(&self) -> u128 {
+        self.0.entropy.random_u128()
     }
 
     /// The channel actor an order's payment goes through, if that channel can be queried.

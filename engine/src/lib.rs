@@ -25,6 +25,7 @@ pub mod pool;
 pub mod risk;
 pub mod state;
 pub mod time;
+pub mod waiting_room;
 
 pub use error::Rejection;
 pub use events::{

@@ -249,6 +249,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         _ => None,
     };
     let shop_settings = Settings {
+        flash: settings.flash.settings(),
         risk: settings.risk.limits(),
         payment_methods: settings.payment_methods.clone(),
         breaker: settings.breaker.config(),

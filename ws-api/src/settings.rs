@@ -37,6 +37,39 @@ pub struct ServerSettings {
     pub limits: crate::limits::LimitsSettings,
     /// Per-buyer risk rules for new orders.
     pub risk: RiskSection,
+    /// Flash-sale waiting rooms.
+    pub flash: FlashSection,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct FlashSection {
+    /// Tickets admitted per second from each waiting room.
+    pub admit_per_second: u32,
+    /// Share of admissions reserved for the VIP lane, in percent.
+    pub vip_share_percent: u32,
+    pub vip_contacts: Vec<String>,
+}
+
+impl Default for FlashSection {
+    fn default() -> Self {
+        let flash = actors::flash::FlashSettings::default();
+        Self {
+            admit_per_second: flash.admit_per_second,
+            vip_share_percent: flash.vip_share_percent,
+            vip_contacts: flash.vip_contacts,
+        }
+    }
+}
+
+impl FlashSection {
+    pub fn settings(&self) -> actors::flash::FlashSettings {
+        actors::flash::FlashSettings {
+            admit_per_second: self.admit_per_second.max(1),
+            vip_share_percent: self.vip_share_percent.min(100),
+            vip_contacts: self.vip_contacts.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -294,6 +327,7 @@ impl Default for ServerSettings {
             resellers: Default::default(),
             limits: crate::limits::LimitsSettings::default(),
             risk: RiskSection::default(),
+            flash: FlashSection::default(),
         }
     }
 }

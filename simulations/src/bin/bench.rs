@@ -129,6 +129,7 @@ fn new_histogram() -> Histogram<u64> {
 
 async fn run_actors(store: Arc<Store>, args: &Args) -> anyhow::Result<(Duration, Histogram<u64>)> {
     let settings = Settings {
+        flash: actors::flash::FlashSettings::default(),
         risk: engine::risk::RiskLimits {
             reserved_units_per_contact_max: 0,
             orders_per_contact_per_window_max: 0,

@@ -8,6 +8,7 @@ pub mod ops;
 pub mod orders;
 pub mod pages;
 pub mod payments;
+pub mod queue;
 pub mod resellers;
 
 use actix_web::{web, HttpRequest};
@@ -21,6 +22,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     orders::configure(config);
     live::configure(config);
     payments::configure(config);
+    queue::configure(config);
     resellers::configure(config);
     ops::configure(config);
     observability::configure(config);

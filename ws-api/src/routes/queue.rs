@@ -1,0 +1,111 @@
+//! The flash-sale waiting room on the wire: operators switch a product's sale on and off;
+//! a queued buyer gets 202 with a ticket (from `POST /api/v1/orders`) and watches it at
+//! `GET /api/v1/queue/{ticket}/live?token=T`: position and estimated wait, then the
+//! outcome (`admitted` with the order, `sold_out`, or `failed`), then a normal close.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason};
+use actors::flash::TicketUpdate;
+use engine::waiting_room::TicketId;
+use engine::Sku;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::routes::orders::TokenQuery;
+use crate::routes::require_operator;
+use crate::wire::{created_order, parse_json};
+use crate::{payload_too_large, read_body, AppState};
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .route(
+            "/api/v1/admin/products/{sku}/flash-sale",
+            web::post().to(set_flash_sale),
+        )
+        .route("/api/v1/queue/{ticket}/live", web::get().to(watch));
+}
+
+#[derive(Deserialize)]
+struct FlashBody {
+    enabled: bool,
+}
+
+async fn set_flash_sale(
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let sku = Sku::parse(&path)?;
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    let body: FlashBody = parse_json(&body)?;
+    state.shop.set_flash_sale(&sku, body.enabled)?;
+    Ok(HttpResponse::Ok().json(json!({"sku": sku.as_str(), "flash_sale": body.enabled})))
+}
+
+/// The answer to a buyer who was queued instead of served.
+pub fn queued(queued: &actors::flash::Queued) -> HttpResponse {
+    HttpResponse::Accepted().json(json!({
+        "status": "queued",
+        "ticket": queued.ticket.0.to_string(),
+        "token": queued.token,
+        "position": queued.position,
+        "estimated_wait_secs": queued.estimated_wait_secs,
+    }))
+}
+
+fn frame(ticket: TicketId, update: &TicketUpdate) -> String {
+    let id = ticket.0.to_string();
+    match update {
+        TicketUpdate::Queued { position, estimated_wait_secs } => {
+            json!({"ticket": id, "status": "queued", "position": position, "estimated_wait_secs": estimated_wait_secs})
+        }
+        TicketUpdate::Admitted(order) => json!({"ticket": id, "status": "admitted", "order": created_order(order)}),
+        TicketUpdate::SoldOut => json!({"ticket": id, "status": "sold_out"}),
+        TicketUpdate::Failed(reason) => json!({"ticket": id, "status": "failed", "message": reason}),
+    }
+    .to_string()
+}
+
+async fn watch(
+    request: HttpRequest,
+    body: web::Payload,
+    path: web::Path<String>,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let ticket = path
+        .parse::<u64>()
+        .map(TicketId)
+        .map_err(|_| ApiError::not_found("unknown ticket"))?;
+    let client = request.peer_addr().map(|a| a.ip());
+    state.limits.check(crate::limits::Lane::Websocket, client)?;
+    let guard = crate::routes::live::open_socket(&state)?;
+    let mut feed = state
+        .shop
+        .watch_ticket(ticket, &query.token)
+        .map_err(ApiError::from)?;
+    let (response, mut session, _stream) = actix_ws::handle(&request, body)?;
+    actix_web::rt::spawn(async move {
+        let _guard = guard;
+        while let Some(update) = feed.recv().await {
+            if session.text(frame(ticket, &update)).await.is_err() {
+                return;
+            }
+            if update.is_final() {
+                let _ = session
+                    .close(Some(CloseReason::from(CloseCode::Normal)))
+                    .await;
+                return;
+            }
+        }
+        let reason = CloseReason {
+            code: CloseCode::Again,
+            description: Some("fell behind; reconnect".into()),
+        };
+        let _ = session.close(Some(reason)).await;
+    });
+    Ok(response)
+}
