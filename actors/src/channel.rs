@@ -64,6 +64,8 @@ pub enum GatewayError {
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
     pub order_id: OrderId,
+    /// The payment method within the channel (Epay's `type`), or empty.
+    pub method: String,
     pub amount_cents: u64,
     /// ISO 4217, upper case.
     pub currency: String,

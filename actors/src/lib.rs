@@ -126,6 +126,9 @@ pub struct EpaySettings {
     pub pid: String,
     pub key: String,
     pub gateway_url: String,
+    /// Create payments server-side through `mapi.php` (behind the channel's breaker)
+    /// instead of building the signed `submit.php` URL locally.
+    pub create_via_mapi: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -91,23 +91,20 @@ impl Shop {
                     if !self.usable("epay").await {
                         continue;
                     }
-                    self.epay_link(&method, subject)
+                    let via_mapi = self
+                        .settings()
+                        .epay
+                        .as_ref()
+                        .is_some_and(|e| e.create_via_mapi);
+                    match (via_mapi, self.channel("epay")) {
+                        (true, Some(addr)) => self.create_at(&addr, "epay", &method, subject).await,
+                        _ => self.epay_link(&method, subject),
+                    }
                 }
                 other => match self.channel(other) {
                     Some(addr) => {
                         configured = true;
-                        match addr.send(Create(self.create_request(other, subject))).await {
-                            Ok(Ok(created)) => Some(PaymentLink {
-                                channel: other.to_owned(),
-                                url: created.url,
-                                reference: created.reference,
-                            }),
-                            Ok(Err(error)) => {
-                                tracing::warn!(channel = other, order_id = %subject.order_id, %error, "payment creation failed; trying the next channel");
-                                None
-                            }
-                            Err(_) => None,
-                        }
+                        self.create_at(&addr, other, &method, subject).await
                     }
                     None => None,
                 },
@@ -129,14 +126,45 @@ impl Shop {
         })
     }
 
-    fn create_request(&self, channel: &str, subject: &PaymentSubject<'_>) -> CreateRequest {
+    /// Creates the payment at a gateway, behind its channel's breaker; `None` on failure.
+    async fn create_at(
+        &self,
+        addr: &actix::Addr<crate::channel::ChannelActor>,
+        channel: &str,
+        method: &str,
+        subject: &PaymentSubject<'_>,
+    ) -> Option<PaymentLink> {
+        match addr
+            .send(Create(self.create_request(channel, method, subject)))
+            .await
+        {
+            Ok(Ok(created)) => Some(PaymentLink {
+                channel: channel.to_owned(),
+                url: created.url,
+                reference: created.reference,
+            }),
+            Ok(Err(error)) => {
+                tracing::warn!(channel, order_id = %subject.order_id, %error, "payment creation failed; trying the next channel");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn create_request(
+        &self,
+        channel: &str,
+        method: &str,
+        subject: &PaymentSubject<'_>,
+    ) -> CreateRequest {
         let base = self.settings().public_url.trim_end_matches('/');
-        let notify_path = if channel == "stripe" {
-            "stripe/webhook"
-        } else {
-            "epusdt/notify"
+        let notify_path = match channel {
+            "stripe" => "stripe/webhook",
+            "epay" => "epay/notify",
+            _ => "epusdt/notify",
         };
         CreateRequest {
+            method: method.to_owned(),
             order_id: subject.order_id.clone(),
             amount_cents: subject.amount_cents,
             currency: subject.currency.as_str().to_owned(),

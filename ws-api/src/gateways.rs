@@ -113,7 +113,55 @@ pub fn epay_query_answer(answer: &Value) -> Result<QueryAnswer, GatewayError> {
     }
 }
 
+impl EpayClient {
+    /// The signed `mapi.php` form for a payment; empty fields are left out.
+    pub fn mapi_form(&self, request: &CreateRequest) -> Vec<(String, String)> {
+        let money = engine::money::format_cents(request.amount_cents);
+        let fields = [
+            ("pid", self.pid.as_str()),
+            ("type", request.method.as_str()),
+            ("out_trade_no", request.order_id.as_str()),
+            ("notify_url", request.notify_url.as_str()),
+            ("return_url", request.return_url.as_str()),
+            ("name", request.name.as_str()),
+            ("money", money.as_str()),
+        ];
+        let mut form: Vec<(String, String)> = fields
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        form.push(("sign".into(), engine::payment::epay_sign(fields, &self.key)));
+        form.push(("sign_type".into(), "MD5".into()));
+        form
+    }
+}
+
 impl GatewayClient for EpayClient {
+    /// `mapi.php`: the gateway creates the payment; `code` 1 and a `payurl` (or a QR-code
+    /// URL) mean created.
+    fn create(&self, request: &CreateRequest) -> BoxFuture<Result<CreatedPayment, GatewayError>> {
+        let call = self
+            .http
+            .post(format!("{}/mapi.php", self.gateway_url))
+            .form(&self.mapi_form(request));
+        Box::pin(async move {
+            let answer = json_answer(call).await?;
+            if !is_one(answer.get("code")) {
+                let message = text(answer.get("msg")).unwrap_or_else(|| "mapi.php refused".into());
+                return Err(GatewayError::Failed(message));
+            }
+            let url = ["payurl", "qrcode", "urlscheme"]
+                .iter()
+                .find_map(|k| text(answer.get(*k)).filter(|u| !u.is_empty()))
+                .ok_or_else(|| {
+                    GatewayError::Failed("mapi.php answered without a payment URL".into())
+                })?;
+            let reference = text(answer.get("trade_no")).unwrap_or_default();
+            Ok(CreatedPayment { url, reference })
+        })
+    }
+
     fn query(
         &self,
         order_id: &OrderId,
@@ -341,6 +389,7 @@ mod tests {
     fn epusdt_requests_carry_the_amount_as_shortest_decimal_text_and_sign_it() {
         let client = EpusdtClient::new("http://gw", "TOKEN");
         let request = CreateRequest {
+            method: String::new(),
             order_id: OrderId::parse("o1").unwrap(),
             amount_cents: 2880,
             currency: "CNY".into(),

@@ -240,11 +240,13 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             pid: pid.clone(),
             key: key.clone(),
             gateway_url: url.clone(),
+            create_via_mapi: settings.epay.create_via_mapi,
         }),
         _ if settings.demo => Some(EpaySettings {
             pid: "1000".into(),
             key: "demo-merchant-key".into(),
             gateway_url: format!("{public_url}/demo/gateway"),
+            create_via_mapi: false,
         }),
         _ => None,
     };

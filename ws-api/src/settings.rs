@@ -188,6 +188,8 @@ pub struct EpaySection {
     pub pid: Option<String>,
     pub key: Option<String>,
     pub gateway_url: Option<String>,
+    /// Create payments through the gateway's `mapi.php` instead of a signed `submit.php` URL.
+    pub create_via_mapi: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]

@@ -88,3 +88,56 @@ async fn with_half_the_notifies_dropped_every_paid_order_is_delivered() {
     assert!(clean, "{report}");
     gateway.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_created_through_mapi_are_paid_and_delivered() {
+    let gateway = gateway::start(Config {
+        seed: 9,
+        notify_backoff_first_ms: 200,
+        ..Config::new(PID, KEY, "unused")
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("PANSHI_EPAY__GATEWAY_URL", gateway.base_url()),
+            ("PANSHI_EPAY__CREATE_VIA_MAPI", "true"),
+        ],
+    );
+    server.product("mapi", 880, &keys("M", 2)).await;
+    let (code, order) = server.order("mapi", 1).await;
+    assert_eq!(code, 201, "{order}");
+    let url = order["payment"]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(gateway.base_url()),
+        "the gateway's own payment page: {url}"
+    );
+    let created = gateway.orders();
+    assert!(
+        created
+            .iter()
+            .any(|o| format!("{o:?}").contains(order["order_id"].as_str().unwrap())),
+        "created server-side"
+    );
+    let pay = format!(
+        "{}/control/pay?out_trade_no={}",
+        gateway.base_url(),
+        order["order_id"].as_str().unwrap()
+    );
+    assert!(server
+        .http
+        .post(pay)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.lookup(&order).await.1["status"] != "delivered" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.lookup(&order).await.1["status"], "delivered");
+    gateway.stop().await.unwrap();
+}

@@ -145,6 +145,7 @@ async fn run_actors(store: Arc<Store>, args: &Args) -> anyhow::Result<(Duration,
             pid: "1".into(),
             key: "k".into(),
             gateway_url: "http://gw".into(),
+            create_via_mapi: false,
         }),
     };
     let entropy = Arc::new(SeededEntropy(std::sync::atomic::AtomicU64::new(42)));
