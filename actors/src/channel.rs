@@ -93,6 +93,12 @@ pub trait GatewayClient: Send + Sync + 'static {
 
     /// Creates a payment server-side. Channels whose payment page is a signed URL built
     /// locally (Epay) do not need it.
+    /// Closes an unpaid payment where the protocol allows (Stripe: expire the checkout
+    /// session), so that nobody pays for keys about to be released. Best effort.
+    fn close(&self, _order_id: &OrderId, _reference: &str) -> BoxFuture<Result<(), GatewayError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn create(&self, _request: &CreateRequest) -> BoxFuture<Result<CreatedPayment, GatewayError>> {
         Box::pin(async {
             Err(GatewayError::Failed(
@@ -112,6 +118,13 @@ pub struct Query {
 #[derive(Message)]
 #[rtype(result = "Result<CreatedPayment, GatewayError>")]
 pub struct Create(pub CreateRequest);
+
+#[derive(Message)]
+#[rtype(result = "Result<(), GatewayError>")]
+pub struct Close {
+    pub order_id: OrderId,
+    pub reference: String,
+}
 
 /// Whether new orders may be routed to this channel now (its breaker is not open).
 #[derive(Message)]
@@ -242,6 +255,16 @@ impl Handler<Create> for ChannelActor {
 
     fn handle(&mut self, msg: Create, _: &mut Self::Context) -> Self::Result {
         self.call("create", move |client| client.create(&msg.0))
+    }
+}
+
+impl Handler<Close> for ChannelActor {
+    type Result = ResponseActFuture<Self, Result<(), GatewayError>>;
+
+    fn handle(&mut self, msg: Close, _: &mut Self::Context) -> Self::Result {
+        self.call("close", move |client| {
+            client.close(&msg.order_id, &msg.reference)
+        })
     }
 }
 

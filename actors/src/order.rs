@@ -426,6 +426,15 @@ impl OrderActor {
                     tracing::warn!(order_id = %act.order.order_id, stage = "reconcile", "paid at the gateway without a notify; applying");
                     ctx.notify(Pay(payment));
                 }
+                Ok(QueryAnswer::NotPaid) if then_expire => {
+                    // Close the payment where the gateway allows, then release. A payment
+                    // that still lands follows the late-payment rule.
+                    let reference = act.shop.payment_reference(&act.order.order_id);
+                    let close = crate::channel::Close { order_id: act.order.order_id.clone(), reference };
+                    if let Some(channel) = &act.channel {
+                        let _ = channel.try_send(close);
+                    }
+                }
                 Ok(QueryAnswer::NotPaid) => {}
                 Err(error) => tracing::debug!(order_id = %act.order.order_id, %error, "reconciliation query failed"),
             }

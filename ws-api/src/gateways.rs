@@ -329,6 +329,18 @@ pub fn stripe_session_answer(session: &Value) -> Result<QueryAnswer, GatewayErro
 }
 
 impl GatewayClient for StripeClient {
+    /// `POST /v1/checkout/sessions/{id}/expire`: the buyer can no longer pay this session.
+    fn close(&self, _order_id: &OrderId, reference: &str) -> BoxFuture<Result<(), GatewayError>> {
+        if reference.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        let mut url = format!("{}/v1/checkout/sessions/", self.api_base);
+        percent_encode(reference, &mut url);
+        url.push_str("/expire");
+        let call = self.http.post(url).bearer_auth(&self.secret_key);
+        Box::pin(async move { json_answer(call).await.map(|_| ()) })
+    }
+
     fn query(
         &self,
         _order_id: &OrderId,

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod gateways;
 pub mod limits;
+pub mod pages;
 pub mod observe;
 pub mod post;
 pub mod routes;

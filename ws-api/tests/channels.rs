@@ -509,3 +509,63 @@ async fn orders_return_to_the_primary_when_it_heals() {
     let (_, health) = server.admin_get("/api/v1/ops/channels").await;
     assert_eq!(stripe_breaker(&health), "closed", "{health}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaid_stripe_session_is_closed_before_its_keys_are_released() {
+    let requests = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = requests.clone();
+    let api = stand_in(Arc::new(move |line: &str, _: &str| {
+        seen.lock().push(line.to_owned());
+        if line.starts_with("GET /v1/checkout/sessions/cs_close") {
+            (200, r#"{"id":"cs_close","payment_status":"unpaid"}"#.into())
+        } else {
+            (
+                200,
+                r#"{"id":"cs_close","url":"http://checkout.invalid/cs_close"}"#.into(),
+            )
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("PANSHI_STRIPE__API_BASE", api.as_str()),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_ORDER_TTL_SECS", "1"),
+        ],
+    );
+    server.product("close", 100, &keys("C", 1)).await;
+    let body =
+        json!({"sku": "close", "quantity": 1, "contact": "c@example.com", "channel": "stripe"});
+    let (code, order) = answer(
+        server
+            .http
+            .post(server.url("/api/v1/orders"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{order}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.lookup(&order).await.1["status"] != "expired"
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.lookup(&order).await.1["status"], "expired");
+    let lines = requests.lock().clone();
+    let query = lines
+        .iter()
+        .position(|l| l.starts_with("GET /v1/checkout/sessions/cs_close"));
+    let close = lines
+        .iter()
+        .position(|l| l.starts_with("POST /v1/checkout/sessions/cs_close/expire"));
+    assert!(
+        query.is_some() && close.is_some() && query < close,
+        "queried, then closed: {lines:?}"
+    );
+    assert_eq!(server.stock("close").await, (1, 0, 0));
+}

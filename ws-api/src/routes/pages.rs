@@ -1,33 +1,44 @@
-//! The HTML pages: storefront, operator sign-in, public status. Server-rendered, every value
-//! escaped, no external assets.
+//! The HTML routes: the storefront and the operator pages (in `crate::pages`), the public
+//! status page, and the manual-payment page. Every value is escaped; no external assets.
 
-use actix_web::{web, HttpResponse};
-use engine::money::format_cents;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
 use engine::time::format_rfc3339_ms;
+use maud::{html, PreEscaped, DOCTYPE};
 
 use crate::observe::{self, Level};
+use crate::pages::i18n::Lang;
+use crate::pages::{assets, document, respond, Frame};
 use crate::AppState;
 
 pub fn configure(config: &mut web::ServiceConfig) {
+    crate::pages::configure(config);
     config
-        .route("/", web::get().to(storefront))
-        .route("/admin", web::get().to(admin))
         .route("/status", web::get().to(status))
         .route("/pay/manual/{order_id}", web::get().to(manual_payment));
 }
 
 /// Where a buyer lands when every payment channel of the method was down: the order is
 /// held and an operator confirms the payment by hand.
-async fn manual_payment(path: web::Path<String>) -> HttpResponse {
-    let body = format!(
-        "<h1>Payment by hand</h1><p>Our payment gateways are busy right now, so your order \
-         <code>{}</code> was put in the manual payment queue and its keys are held for you \
-         until it expires. The shop will contact you at the address you gave with payment \
-         details; once an operator confirms your payment, your keys appear on your order \
-         page at once.</p>",
-        escape_html(&path)
-    );
-    page("Payment by hand", &body)
+async fn manual_payment(request: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    let lang = Lang::of(&request);
+    let title = lang.pick("Payment by hand", "人工付款");
+    let main = html! {
+        h1 { (title) }
+        p { (lang.pick("Our payment gateways are busy right now, so your order ",
+                       "支付通道暂时繁忙，您的订单 "))
+            code { (path.as_str()) }
+            (lang.pick(" was put in the manual payment queue and its keys are held for you until \
+                        it expires. The shop will contact you at the address you gave with payment \
+                        details; once an operator confirms your payment, your keys appear on your \
+                        order page at once.",
+                       " 已进入人工收款队列，卡密会为您保留到订单过期。店家会通过您留下的联系方式\
+                        告知付款方式；客服确认收款后，卡密会立即显示在订单页面。")) }
+    };
+    respond(
+        StatusCode::OK,
+        document(&Frame::new(&request, lang, title), main),
+    )
 }
 
 pub fn escape_html(text: &str) -> String {
@@ -45,90 +56,60 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem;color:#111}\
-table{border-collapse:collapse;width:100%}td,th{padding:.4rem;border-bottom:1px solid #ccc;text-align:left}\
-.ok{color:#0a6b2d}.down{color:#a00}.degraded{color:#8a5a00}\
-.note{border-left:4px solid #8a5a00;padding:.2rem .8rem;margin:1rem 0;background:#fff8e6;overflow-wrap:anywhere}";
-
+/// A page around `body`, HTML its caller has already escaped (the demo gateway's).
 pub fn page(title: &str, body: &str) -> HttpResponse {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>",
-        escape_html(title)
-    );
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((
-            "Content-Security-Policy",
-            "default-src 'self'; style-src 'unsafe-inline'",
-        ))
-        .insert_header(("X-Content-Type-Options", "nosniff"))
-        .body(html)
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href=(assets::css_url());
+                link rel="icon" type="image/svg+xml" href=(assets::icon_url());
+            }
+            body { main #main { (PreEscaped(body)) } }
+        }
+    };
+    respond(StatusCode::OK, markup)
 }
 
-async fn storefront(state: web::Data<AppState>) -> HttpResponse {
-    let mut rows = String::new();
-    for (product, stock) in state.shop.products() {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code></td><td>{} {}</td><td>{}</td></tr>",
-            escape_html(&product.name),
-            escape_html(product.sku.as_str()),
-            format_cents(product.price_cents),
-            product.currency.as_str(),
-            stock.available
-        ));
+fn level_label(lang: Lang, level: Level) -> &'static str {
+    match level {
+        Level::Operational => lang.pick("Operational", "正常"),
+        Level::Degraded => lang.pick("Degraded", "性能下降"),
+        Level::Down => lang.pick("Down", "中断"),
     }
-    let body = format!(
-        "<h1>磐石 Panshi shop</h1><table><thead><tr><th>Product</th><th>SKU</th><th>Price</th>\
-         <th>In stock</th></tr></thead><tbody>{rows}</tbody></table>\
-         <p>Buy through <code>POST /api/v1/orders</code>; see the README's walk-through.</p>"
-    );
-    page("Panshi shop", &body)
 }
 
-async fn admin() -> HttpResponse {
-    page(
-        "Panshi operators",
-        "<h1>Operators</h1><p>No session. Operator pages need a sign-in with the operator \
-         token; until then use the operator API with <code>Authorization: Bearer</code>.</p>",
-    )
-}
-
-async fn status(state: web::Data<AppState>) -> HttpResponse {
+async fn status(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let lang = Lang::of(&request);
     let components = observe::components(
         state.shop.is_ready(),
         state.epay.is_some(),
         &state.observatory.active(),
     );
-    let mut rows = String::new();
-    for (name, level) in components {
-        let class = match level {
-            Level::Operational => "ok",
-            Level::Degraded => "degraded",
-            Level::Down => "down",
-        };
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td class=\"{class}\">{}</td></tr>",
-            escape_html(name),
-            level.as_str()
-        ));
-    }
-    let incident = state
-        .observatory
-        .incident()
-        .map(|incident| {
-            format!(
-                "<div class=\"note\"><strong>Notice</strong> ({})<p>{}</p></div>",
-                escape_html(&format_rfc3339_ms(incident.at_ms)),
-                escape_html(&incident.note)
-            )
-        })
-        .unwrap_or_default();
-    let body = format!(
-        "<h1>Status</h1>{incident}<table><thead><tr><th>Component</th><th>State</th></tr>\
-         </thead><tbody>{rows}</tbody></table><p>Updated {}.</p>",
-        escape_html(&format_rfc3339_ms(state.shop.now_ms()))
-    );
-    page("Panshi status", &body)
+    let incident = state.observatory.incident();
+    let title = lang.pick("Status", "服务状态");
+    let main = html! {
+        h1 { (title) }
+        @if let Some(incident) = &incident {
+            div.note role="note" {
+                strong { (lang.pick("Notice", "公告")) } " (" (format_rfc3339_ms(incident.at_ms)) ")"
+                p #incident { (incident.note) }
+            }
+        }
+        div.scroll { table {
+            thead { tr { th scope="col" { (lang.pick("Component", "组件")) }
+                         th scope="col" { (lang.pick("State", "状态")) } } }
+            tbody { @for (name, level) in &components { tr {
+                td { (name) } td class=(level.as_str()) { (level_label(lang, *level)) }
+            } } }
+        } }
+        p { (lang.pick("Updated ", "更新于 ")) (format_rfc3339_ms(state.shop.now_ms())) }
+    };
+    respond(
+        StatusCode::OK,
+        document(&Frame::new(&request, lang, title), main),
+    )
 }

@@ -1,0 +1,300 @@
+// Browser tests of Panshi's pages: Debian's headless Chromium driven by playwright-core.
+//
+//   node run.mjs PATH/TO/panshi
+//
+// Each test starts its own `panshi serve --demo` on port 0 with a fresh data dir, drives the
+// pages as a person would, and saves a screenshot under target/browser-screenshots/. Exits
+// non-zero when any test fails; the last line reads "N passed, N failed".
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SCREENSHOTS = path.resolve(HERE, "../../target/browser-screenshots");
+const ADMIN_TOKEN = "demo-admin";
+const SERVER_START_MS = 60_000;
+const STEP_TIMEOUT_MS = 15_000;
+const CHROMIUM_ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+
+const binary = path.resolve(process.cwd(), process.argv[2] || "../../target/release/panshi");
+
+/**
+ * Starts `panshi serve --demo` (port 0 and a fresh data dir unless given); resolves once it
+ * prints its address. `crash()` kills it with SIGKILL and keeps the data dir.
+ */
+function startServer(extraEnv = {}, { listen = "127.0.0.1:0", data } = {}) {
+  data = data || mkdtempSync(path.join(tmpdir(), "panshi-browser-"));
+  const child = spawn(binary, ["serve", "--demo", "--listen", listen, "--data", data], {
+    env: { ...process.env, PANSHI_LOG__LEVEL: "warn", ...extraEnv },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  const stop = () => {
+    child.kill("SIGKILL");
+    try { rmSync(data, { recursive: true, force: true, maxRetries: 5 }); } catch { /* ignored */ }
+  };
+  const crash = async () => { child.kill("SIGKILL"); await exited; };
+  // However this script ends, the server goes with it.
+  process.on("exit", () => child.kill("SIGKILL"));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { stop(); reject(new Error("server did not start")); }, SERVER_START_MS);
+    exited.then((code) => reject(new Error(`server exited early (${code})`)));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      const match = line.match(/^panshi: listening on (http:\/\/\S+)$/);
+      if (match) {
+        clearTimeout(timer);
+        resolve({ base: match[1], data, stop, crash });
+      }
+    });
+  });
+}
+
+async function api(base, method, urlPath, body, token) {
+  const headers = { "Content-Type": typeof body === "string" ? "text/plain" : "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(base + urlPath, {
+    method, headers, body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let json;
+  try { json = JSON.parse(text); } catch { json = text; }
+  return { status: response.status, json };
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+/**
+ * A fresh Chromium with its own fresh profile (playwright takes the profile directory as an
+ * argument, not as `--user-data-dir`), recording console errors, CSP reports and dialogs.
+ */
+async function newPage(options = {}) {
+  const userDataDir = mkdtempSync(path.join(tmpdir(), "panshi-chromium-"));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: "/usr/bin/chromium",
+    args: CHROMIUM_ARGS,
+    ...options,
+  });
+  context.on("close", () => {
+    // Chromium may still be writing its profile as it exits; a leftover is only a temp dir.
+    try { rmSync(userDataDir, { recursive: true, force: true, maxRetries: 5 }); } catch { /* ignored */ }
+  });
+  context.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const page = context.pages()[0] || (await context.newPage());
+  const problems = [];
+  const watch = (p) => {
+    p.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+    p.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+    p.on("dialog", (d) => { problems.push(`dialog: ${d.message()}`); d.dismiss(); });
+  };
+  watch(page);
+  context.on("page", watch);
+  return { context, page, problems };
+}
+
+async function screenshot(page, name) {
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage: true });
+}
+
+async function signIn(page, base) {
+  await page.goto(`${base}/admin`);
+  await page.getByLabel("Operator token").fill(ADMIN_TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+}
+
+// (1) A buyer buys through the demo gateway and sees the key appear live.
+async function buyerSeesKeyLive() {
+  const server = await startServer();
+  const { context, page, problems } = await newPage({
+    viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true,
+  });
+  try {
+    await page.goto(`${server.base}/`);
+    await page.getByRole("link", { name: "VPN 30-day pass" }).click();
+    await page.getByLabel("Contact (e-mail or phone)").fill("buyer@example.com");
+    await page.getByLabel("Quantity").fill("1");
+    await page.getByLabel("Alipay").check();
+    await page.getByRole("button", { name: "Buy and pay" }).click();
+    await page.getByRole("heading", { name: "Your order" }).waitFor();
+    check((await page.locator("#status").textContent()) === "Waiting for payment", "status before payment");
+    // Marks this document: if the keys came by a reload instead of the socket, it is gone.
+    await page.evaluate(() => { window.panshiMarker = 1; });
+    const [gateway] = await Promise.all([
+      context.waitForEvent("page"),
+      page.getByRole("link", { name: "Pay now" }).click(),
+    ]);
+    await gateway.getByRole("button", { name: "Pay" }).click();
+    await gateway.waitForLoadState();
+    check((await gateway.content()).includes("success"), "the demo gateway paid");
+    await gateway.close();
+    await page.locator("#keys code.key").first().waitFor();
+    const key = await page.locator("#keys code.key").first().textContent();
+    check(/^VPN-DEMO-\d{4}-[0-9A-F]{8}$/.test(key), `a demo key appeared: ${key}`);
+    check((await page.locator("#status").textContent()) === "Delivered", "status delivered");
+    check(await page.evaluate(() => window.panshiMarker === 1), "the key arrived without a reload");
+    check(await page.locator("#pay").isHidden(), "the pay link is gone once paid");
+    await page.getByRole("button", { name: "Copy" }).first().click();
+    await page.getByRole("button", { name: "Copied" }).first().waitFor();
+    await screenshot(page, "1a-buyer-key-delivered-phone");
+    // The language switch keeps the buyer on the same order, now in Chinese.
+    await page.getByRole("link", { name: "中文" }).click();
+    await page.getByRole("heading", { name: "您的订单" }).waitFor();
+    check((await page.locator("#status").textContent()) === "已发货", "status in Chinese");
+    check((await page.locator("#keys code.key").first().textContent()) === key, "same key after the switch");
+    await screenshot(page, "1b-buyer-order-chinese-phone");
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
+// (2) An operator signs in, imports keys and confirms a manual-payment order.
+async function operatorImportsAndConfirms() {
+  // epusdt points at a closed port, so a USDT order falls to the manual payment queue.
+  const server = await startServer({
+    PANSHI_EPUSDT__GATEWAY_URL: "http://127.0.0.1:9",
+    PANSHI_EPUSDT__TOKEN: "browser-test-token",
+  });
+  const { context, page, problems } = await newPage({ viewport: { width: 1100, height: 900 } });
+  try {
+    await signIn(page, server.base);
+    const cookies = await context.cookies();
+    const session = cookies.find((c) => c.name === "panshi_session");
+    check(session && session.httpOnly && session.sameSite === "Strict", "HttpOnly SameSite=Strict session cookie");
+    await screenshot(page, "2-operator-dashboard");
+    await page.getByRole("link", { name: "Products" }).click();
+    await page.getByLabel("Product", { exact: true }).selectOption("vpn-30d");
+    await page.getByLabel("Keys, one per line").fill("BROWSER-KEY-1\nBROWSER-KEY-2\n\nBROWSER-KEY-1\n");
+    await page.getByRole("button", { name: "Import" }).click();
+    await page.getByRole("heading", { name: "Import result" }).waitFor();
+    check((await page.locator("#imported").textContent()) === "2", "two keys imported");
+    check((await page.locator("#duplicates").textContent()) === "1", "one duplicate");
+    check((await page.locator("#rejected").textContent()) === "0", "none rejected");
+    await screenshot(page, "2a-operator-import-result");
+
+    const order = await api(server.base, "POST", "/api/v1/orders",
+      { sku: "vpn-30d", quantity: 1, contact: "late@example.com", channel: "usdt" });
+    check(order.status === 201 && order.json.payment.channel === "manual", `manual order: ${JSON.stringify(order.json)}`);
+    const orderId = order.json.order_id;
+    await page.getByRole("link", { name: "Queues" }).click();
+    const row = page.locator("tr", { hasText: orderId });
+    await row.getByRole("textbox").fill("bank transfer ref 12345");
+    await screenshot(page, "2b-operator-manual-payment-queue");
+    await row.getByRole("button", { name: "Confirm payment" }).click();
+    await page.locator("#result-status").waitFor();
+    check((await page.locator("#result-status").textContent()) === "delivered", "confirmed order delivered");
+    await screenshot(page, "2c-operator-confirmed");
+    const lookup = await api(server.base, "GET", `/api/v1/orders/${orderId}?token=${order.json.token}`);
+    check(lookup.json.status === "delivered" && lookup.json.cards.length === 1, "the buyer sees the key");
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByLabel("Operator token").waitFor();
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+    check((await page.goto(`${server.base}/admin/queues`)).status() === 401, "signed out: refused");
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
+// (3) A product named like markup renders as inert text, for buyers and operators.
+async function markupNameIsInert() {
+  const server = await startServer();
+  const name = "<img src=x onerror=alert(1)>";
+  const { context, page, problems } = await newPage({ viewport: { width: 1000, height: 800 } });
+  try {
+    const created = await api(server.base, "POST", "/api/v1/admin/products",
+      { sku: "xss-1", name, price_cents: 100, currency: "CNY" }, ADMIN_TOKEN);
+    check(created.status === 201, `product created: ${JSON.stringify(created.json)}`);
+    await api(server.base, "POST", "/api/v1/admin/products/xss-1/cards", "XSS-KEY-1\n", ADMIN_TOKEN);
+    for (const urlPath of ["/", "/product/xss-1"]) {
+      await page.goto(server.base + urlPath);
+      check(await page.getByText(name, { exact: true }).first().isVisible(), `${urlPath}: name shown as text`);
+      check((await page.locator("img").count()) === 0, `${urlPath}: no img element`);
+    }
+    await screenshot(page, "3a-markup-name-product-page");
+    await page.goto(`${server.base}/`);
+    await screenshot(page, "3b-markup-name-catalogue");
+    await signIn(page, server.base);
+    await page.goto(`${server.base}/admin/products`);
+    check(await page.getByRole("cell", { name, exact: true }).isVisible(), "admin: name shown as text");
+    check((await page.locator("img").count()) === 0, "admin: no img element");
+    await screenshot(page, "3c-markup-name-admin");
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
+// (4) The socket drops (the server is killed); the page says so, reconnects to the restarted
+// server and shows the current state: the order paid meanwhile, with its key.
+async function orderPageReconnects() {
+  let server = await startServer();
+  const { context, page, problems } = await newPage({ viewport: { width: 800, height: 700 } });
+  try {
+    await page.goto(`${server.base}/product/steam-10`);
+    await page.getByLabel("Contact (e-mail or phone)").fill("again@example.com");
+    await page.getByRole("button", { name: "Buy and pay" }).click();
+    await page.getByRole("heading", { name: "Your order" }).waitFor();
+    const payUrl = await page.getByRole("link", { name: "Pay now" }).getAttribute("href");
+    await server.crash();
+    await page.locator("#conn").waitFor({ state: "visible" });
+    await screenshot(page, "4a-order-reconnecting");
+    const listen = new URL(server.base).host;
+    server = await startServer({}, { listen, data: server.data });
+    const paid = await fetch(payUrl, { method: "POST" });
+    check(paid.ok, `paid at the demo gateway after the restart: ${paid.status}`);
+    await page.locator("#keys code.key").first().waitFor({ timeout: 30_000 });
+    check(/^STEAM-DEMO-/.test(await page.locator("#keys code.key").first().textContent()), "the key");
+    check(await page.locator("#conn").isHidden(), "the reconnecting notice is gone");
+    await screenshot(page, "4b-order-reconnected-delivered");
+    // While the server was down the browser logged failed socket attempts; nothing else.
+    const others = problems.filter((p) => !p.includes("WebSocket"));
+    check(others.length === 0, `no other console errors: ${others.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
+const TESTS = [
+  ["buyer buys through the demo gateway and sees the key live", buyerSeesKeyLive],
+  ["operator signs in, imports keys and confirms a manual payment", operatorImportsAndConfirms],
+  ["a product named like markup renders as inert text", markupNameIsInert],
+  ["the order page reconnects after the socket drops", orderPageReconnects],
+];
+
+async function main() {
+  let passed = 0;
+  let failed = 0;
+  for (const [name, test] of TESTS) {
+    const started = Date.now();
+    try {
+      await test();
+      passed += 1;
+      console.log(`ok - ${name} (${Date.now() - started} ms)`);
+    } catch (error) {
+      failed += 1;
+      console.log(`not ok - ${name}: ${error.stack || error}`);
+    }
+  }
+  console.log(`browser: ${passed} passed, ${failed} failed`);
+  process.exit(failed === 0 ? 0 : 1);
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});

@@ -1,0 +1,535 @@
+//! The storefront: the catalogue with live stock, a product page with the buy form, the
+//! order page that follows the order live, and the lookup by order id and token.
+//!
+//! Buying posts a form here; the order is made exactly as `POST /api/v1/orders` makes it
+//! (with an idempotency key from the form, so a double submit makes one order), and the
+//! buyer lands on the order page, which links to the channel's payment URL and shows the
+//! keys the moment they are committed.
+
+use std::hash::{Hash, Hasher};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actors::OrderRequest;
+use engine::money::format_cents;
+use engine::order::{CONTACT_LEN_MAX, ORDER_QUANTITY_MAX};
+use engine::{OrderId, OrderRecord, OrderStatus, Product, Sku, Stock};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::pages::i18n::{status_label, Lang};
+use crate::pages::session::random_hex128;
+use crate::pages::{document, message_page, respond, see_other, url_encode, Frame};
+use crate::{payload_too_large, read_body, AppState};
+
+/// Largest buy form body; the fields are short.
+pub const BUY_FORM_BYTES_MAX: usize = 4 * 1024;
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .route("/", web::get().to(catalogue))
+        .route("/product/{sku}", web::get().to(product_page))
+        .route("/buy", web::post().to(buy))
+        .route("/order/{order_id}", web::get().to(order_page))
+        .route("/lookup", web::get().to(lookup));
+}
+
+fn price(product: &Product) -> String {
+    format!(
+        "{} {}",
+        format_cents(product.price_cents),
+        product.currency.as_str()
+    )
+}
+
+fn stock_text(lang: Lang, available: u64) -> Markup {
+    html! {
+        span.stock.out[available == 0] data-stock=(available) {
+            @if available == 0 { (lang.pick("Sold out", "已售罄")) }
+            @else { (lang.pick("In stock: ", "库存：")) (available) }
+        }
+    }
+}
+
+/// Products sorted by name, so the catalogue reads the same on every visit.
+fn sorted_products(state: &AppState) -> Vec<(Product, Stock)> {
+    let mut products = state.shop.products();
+    products.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.0.sku.cmp(&b.0.sku)));
+    products
+}
+
+async fn catalogue(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let lang = Lang::of(&request);
+    let products = sorted_products(&state);
+    let main = html! {
+        h1 { (lang.pick("Catalogue", "商品列表")) }
+        p.lead { (lang.pick("Pay, and your keys appear on your order page at once.",
+                            "付款后，卡密立即显示在订单页面。")) }
+        @if products.is_empty() {
+            p { (lang.pick("Nothing for sale yet.", "暂无商品。")) }
+        }
+        ul.products #catalogue data-sold-out=(lang.pick("Sold out", "已售罄"))
+            data-in-stock=(lang.pick("In stock: ", "库存：")) {
+            @for (product, stock) in &products {
+                li.product data-sku=(product.sku.as_str()) {
+                    a href=(format!("/product/{}", product.sku.as_str())) {
+                        span.name { (product.name) }
+                    }
+                    span.price { (price(product)) }
+                    (stock_text(lang, stock.available))
+                }
+            }
+        }
+    };
+    let title = lang.pick("Catalogue", "商品列表");
+    respond(
+        StatusCode::OK,
+        document(&Frame::new(&request, lang, title), main),
+    )
+}
+
+/// The payment methods whose channels are configured, with their names for buyers.
+async fn payment_methods(state: &AppState) -> Vec<String> {
+    let live: Vec<String> = state
+        .shop
+        .channel_health()
+        .await
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let configured = |channel: &str| match channel {
+        "epay" => state.epay.is_some(),
+        other => live.iter().any(|name| name == other),
+    };
+    state
+        .shop
+        .settings()
+        .payment_methods
+        .iter()
+        .filter(|(_, channels)| channels.iter().any(|c| configured(c)))
+        .map(|(method, _)| method.clone())
+        .collect()
+}
+
+fn method_label(lang: Lang, method: &str) -> String {
+    let label = match method {
+        "alipay" => lang.pick("Alipay", "支付宝"),
+        "wxpay" => lang.pick("WeChat Pay", "微信支付"),
+        "qqpay" => lang.pick("QQ Pay", "QQ 钱包"),
+        "usdt" => "USDT (TRC20)",
+        "card" => lang.pick("Bank card", "银行卡"),
+        other => return other.to_owned(),
+    };
+    label.to_owned()
+}
+
+/// What the buy form sends back, also used to fill it again after a refusal.
+#[derive(Deserialize, Default, Hash)]
+struct BuyForm {
+    #[serde(default)]
+    sku: String,
+    #[serde(default)]
+    quantity: String,
+    #[serde(default)]
+    contact: String,
+    #[serde(default)]
+    method: String,
+    /// A random key per rendering of the form: a double submit makes one order.
+    #[serde(default)]
+    key: String,
+}
+
+struct ProductView {
+    product: Product,
+    available: u64,
+    methods: Vec<String>,
+}
+
+async fn product_view(state: &AppState, sku: &str) -> Option<ProductView> {
+    let sku = Sku::parse(sku).ok()?;
+    let stock = state.shop.stock(&sku).ok()?;
+    let product = stored_product(state, &sku)?;
+    Some(ProductView {
+        product,
+        available: stock.available,
+        methods: payment_methods(state).await,
+    })
+}
+
+async fn product_page(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(view) = product_view(&state, &path).await else {
+        return not_found(&request);
+    };
+    let form = BuyForm {
+        quantity: "1".into(),
+        ..BuyForm::default()
+    };
+    render_product(&request, &view, &form, None, StatusCode::OK)
+}
+
+fn render_product(
+    request: &HttpRequest,
+    view: &ProductView,
+    form: &BuyForm,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
+    let lang = Lang::of(request);
+    let product = &view.product;
+    let main = html! {
+        p.crumbs { a href="/" { "← " (lang.pick("Catalogue", "商品列表")) } }
+        h1 { (product.name) }
+        p.price-line { span.price { (price(product)) } " " (stock_text(lang, view.available)) }
+        @if let Some(error) = &error {
+            p.error role="alert" { (error) }
+        }
+        (buy_form(lang, view, form))
+    };
+    respond(
+        status,
+        document(&Frame::new(request, lang, &product.name), main),
+    )
+}
+
+fn buy_form(lang: Lang, view: &ProductView, form: &BuyForm) -> Markup {
+    let quantity_max = view.available.clamp(1, u64::from(ORDER_QUANTITY_MAX));
+    let sold_out = view.available == 0 || view.methods.is_empty();
+    let chosen = if view.methods.contains(&form.method) {
+        form.method.as_str()
+    } else {
+        view.methods.first().map_or("", String::as_str)
+    };
+    html! {
+        form.buy method="post" action="/buy" {
+            input type="hidden" name="sku" value=(view.product.sku.as_str());
+            input type="hidden" name="key" value=(random_hex128());
+            label for="contact" { (lang.pick("Contact (e-mail or phone)", "联系方式（邮箱或手机）")) }
+            input #contact type="text" name="contact" required maxlength=(CONTACT_LEN_MAX)
+                autocomplete="email" value=(form.contact) aria-describedby="contact-help";
+            p.help #contact-help { (lang.pick("To find your order again if you lose its link.",
+                                              "丢失订单链接时用于找回订单。")) }
+            label for="quantity" { (lang.pick("Quantity", "数量")) }
+            input #quantity type="number" name="quantity" required min="1"
+                max=(quantity_max) inputmode="numeric" value=(form.quantity);
+            fieldset {
+                legend { (lang.pick("Payment method", "支付方式")) }
+                @for method in &view.methods {
+                    label.choice {
+                        input type="radio" name="method" value=(method) checked[method == chosen];
+                        " " (method_label(lang, method))
+                    }
+                }
+            }
+            button type="submit" disabled[sold_out] {
+                @if sold_out { (lang.pick("Sold out", "已售罄")) }
+                @else { (lang.pick("Buy and pay", "购买并付款")) }
+            }
+        }
+    }
+}
+
+/// A product as stored, by SKU.
+fn stored_product(state: &AppState, sku: &Sku) -> Option<Product> {
+    state
+        .shop
+        .store()
+        .state()
+        .product(sku)
+        .map(|p| p.product.clone())
+}
+
+fn not_found(request: &HttpRequest) -> HttpResponse {
+    let lang = Lang::of(request);
+    message_page(
+        request,
+        StatusCode::NOT_FOUND,
+        lang.pick("Not found", "未找到"),
+        lang.pick(
+            "There is nothing here, or the link is incomplete.",
+            "这里什么都没有，或者链接不完整。",
+        ),
+    )
+}
+
+/// A refusal of the shop, in the buyer's words.
+fn refusal_text(lang: Lang, error: &ApiError) -> String {
+    let text = match error.code {
+        "sold_out" => lang.pick("Not enough keys left for that quantity.", "库存不足。"),
+        "unknown_sku" => lang.pick("This product is no longer sold.", "该商品已下架。"),
+        "unknown_channel" | "channel_unavailable" => lang.pick(
+            "That payment method is not available; choose another.",
+            "该支付方式暂不可用，请选择其他方式。",
+        ),
+        "busy" | "unavailable" | "storage_unavailable" | "request_in_progress" | "rate_limited" => {
+            lang.pick(
+                "The shop is busy; please try again in a moment.",
+                "系统繁忙，请稍后再试。",
+            )
+        }
+        _ => {
+            return format!(
+                "{} ({})",
+                lang.pick("Please check the form.", "请检查填写的内容。"),
+                error.message
+            )
+        }
+    };
+    text.to_owned()
+}
+
+/// A stable fingerprint of the form, to tell a resubmission from a changed one.
+fn fingerprint(form: &BuyForm) -> u64 {
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
+    form.hash(&mut hasher);
+    hasher.finish()
+}
+
+async fn buy(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, BUY_FORM_BYTES_MAX, payload_too_large).await?;
+    let form: BuyForm = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let Some(view) = product_view(&state, &form.sku).await else {
+        return Ok(not_found(&request));
+    };
+    let lang = Lang::of(&request);
+    let client = request.peer_addr().map(|a| a.ip());
+    // The buy form makes orders like the API does, so the same per-client limit applies.
+    if let Err(error) = state.limits.check(crate::limits::Lane::Create, client) {
+        let text = refusal_text(lang, &error);
+        return Ok(render_product(
+            &request,
+            &view,
+            &form,
+            Some(text),
+            error.status,
+        ));
+    }
+    let quantity = match form.quantity.trim().parse::<u32>() {
+        Ok(q) if (1..=ORDER_QUANTITY_MAX).contains(&q) => q,
+        _ => {
+            let error = lang.pick(
+                "Quantity must be a whole number from 1 to 100.",
+                "数量须为 1 到 100 的整数。",
+            );
+            return Ok(render_product(
+                &request,
+                &view,
+                &form,
+                Some(error.into()),
+                StatusCode::BAD_REQUEST,
+            ));
+        }
+    };
+    let order_request = OrderRequest {
+        sku: view.product.sku.clone(),
+        quantity,
+        contact: form.contact.trim().to_owned(),
+        channel: form.method.clone(),
+        idempotency_key: (!form.key.is_empty()).then(|| format!("page:{}", form.key)),
+        fingerprint: fingerprint(&form),
+        client_ip: client.map(|ip| ip.to_string()),
+    };
+    match state.shop.create_order(order_request).await {
+        Ok(order) => Ok(see_other(&order_path(
+            order.order_id.as_str(),
+            &order.token,
+        ))),
+        Err(error) => {
+            let error = ApiError::from(error);
+            let text = refusal_text(lang, &error);
+            Ok(render_product(
+                &request,
+                &view,
+                &form,
+                Some(text),
+                error.status,
+            ))
+        }
+    }
+}
+
+/// The order page's address: the token is the buyer's proof, so it rides in the link.
+pub fn order_path(order_id: &str, token: &str) -> String {
+    format!(
+        "/order/{}?token={}",
+        url_encode(order_id),
+        url_encode(token)
+    )
+}
+
+#[derive(Deserialize)]
+struct OrderQuery {
+    #[serde(default)]
+    token: String,
+}
+
+async fn order_page(
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<OrderQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Ok(order_id) = OrderId::parse(&path) else {
+        return not_found(&request);
+    };
+    let Ok(view) = state.shop.lookup(&order_id, &query.token) else {
+        return not_found(&request);
+    };
+    let name = stored_product(&state, &view.record.created.sku)
+        .map_or_else(|| view.record.created.sku.as_str().to_owned(), |p| p.name);
+    let lang = Lang::of(&request);
+    let main = order_main(lang, &view.record, &name, &view.keys);
+    let title = lang.pick("Your order", "您的订单");
+    respond(
+        StatusCode::OK,
+        document(&Frame::new(&request, lang, title), main),
+    )
+}
+
+/// Every status's label, for the script to show what the socket says.
+fn status_labels(lang: Lang) -> String {
+    let labels: serde_json::Map<String, serde_json::Value> = OrderStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), status_label(lang, *s).into()))
+        .collect();
+    serde_json::Value::Object(labels).to_string()
+}
+
+fn order_main(lang: Lang, record: &OrderRecord, name: &str, keys: &[String]) -> Markup {
+    let created = &record.created;
+    let status = record.status;
+    html! {
+        h1 { (lang.pick("Your order", "您的订单")) }
+        p.help { (lang.pick("Keep this page's link: it is the only way back to your keys.",
+                            "请保存本页链接：这是找回卡密的凭证。")) }
+        dl.facts {
+            dt { (lang.pick("Order", "订单号")) } dd { code { (created.order_id.as_str()) } }
+            dt { (lang.pick("Product", "商品")) } dd { (name) " × " (created.quantity) }
+            dt { (lang.pick("Amount", "金额")) }
+            dd { (format_cents(created.amount_cents)) " " (created.currency.as_str()) }
+        }
+        section #order data-order=(created.order_id.as_str()) data-token=(created.token)
+            data-status=(status.as_str()) data-labels=(status_labels(lang))
+            data-copy=(lang.pick("Copy", "复制")) data-copied=(lang.pick("Copied", "已复制"))
+            aria-labelledby="status-heading" {
+            h2 #status-heading { (lang.pick("Status", "状态")) }
+            p.status #status role="status" aria-live="polite" { (status_label(lang, status)) }
+            p.conn #conn hidden { (lang.pick("Connection lost; reconnecting…", "连接中断，正在重新连接…")) }
+            (steps(lang, status))
+            @if status == OrderStatus::AwaitingPayment && is_web_url(&created.payment_url) {
+                p #pay {
+                    a.button href=(created.payment_url) target="_blank" rel="noopener noreferrer" {
+                        (lang.pick("Pay now", "立即付款"))
+                    }
+                    " " span.help { (lang.pick("Opens the payment page; this page updates by itself.",
+                                               "将打开付款页面；本页会自动更新。")) }
+                }
+            }
+            h2 { (lang.pick("Your keys", "您的卡密")) }
+            ul.keys #keys aria-live="polite" {
+                @for key in keys { (key_item(lang, key)) }
+            }
+            @if keys.is_empty() {
+                p.help #keys-empty { (lang.pick("Keys appear here as soon as the payment is confirmed.",
+                                                "付款确认后，卡密会立即显示在这里。")) }
+            }
+        }
+    }
+}
+
+/// Whether a gateway's payment URL is a web address: escaping keeps it inside the attribute,
+/// this keeps a `javascript:` URL from a misbehaving gateway out of the link.
+fn is_web_url(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://")
+}
+
+fn steps(lang: Lang, status: OrderStatus) -> Markup {
+    let reached = match status {
+        OrderStatus::AwaitingPayment => 0,
+        OrderStatus::Paid | OrderStatus::ManualReview => 1,
+        OrderStatus::Delivered => 2,
+        _ => 0,
+    };
+    let names = [
+        (
+            "awaiting_payment",
+            lang.pick("Waiting for payment", "等待付款"),
+        ),
+        ("paid", lang.pick("Paid", "已付款")),
+        ("delivered", lang.pick("Delivered", "已发货")),
+    ];
+    html! {
+        ol.steps #steps {
+            @for (index, (key, label)) in names.iter().enumerate() {
+                li data-step=(key) .done[index <= reached]
+                    aria-current=[(index == reached).then_some("step")] { (label) }
+            }
+        }
+    }
+}
+
+/// One key with its copy button; the script builds the same markup for keys that arrive live.
+fn key_item(lang: Lang, key: &str) -> Markup {
+    html! {
+        li {
+            code.key { (key) }
+            button.copy type="button" data-copy-text=(key) { (lang.pick("Copy", "复制")) }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LookupQuery {
+    #[serde(default)]
+    order_id: String,
+    #[serde(default)]
+    token: String,
+}
+
+/// `GET /lookup`: the form, or, with both fields, the way to the order page.
+async fn lookup(request: HttpRequest, query: web::Query<LookupQuery>) -> HttpResponse {
+    let lang = Lang::of(&request);
+    let (order_id, token) = (query.order_id.trim(), query.token.trim());
+    if !order_id.is_empty() && !token.is_empty() {
+        return see_other(&order_path(order_id, token));
+    }
+    let main = html! {
+        h1 { (lang.pick("Find my order", "查询订单")) }
+        p { (lang.pick("Enter the order number and the access code from your order link \
+                        (the part after token=).",
+                       "请输入订单号和订单链接中的访问码（token= 后面的部分）。")) }
+        form.lookup method="get" action="/lookup" {
+            label for="order_id" { (lang.pick("Order number", "订单号")) }
+            input #order_id type="text" name="order_id" required maxlength="32"
+                autocomplete="off" value=(order_id);
+            label for="token" { (lang.pick("Access code", "访问码")) }
+            input #token type="text" name="token" required maxlength="64"
+                autocomplete="off" value=(token);
+            button type="submit" { (lang.pick("Show my order", "查看订单")) }
+        }
+    };
+    let title = lang.pick("Find my order", "查询订单");
+    respond(
+        StatusCode::OK,
+        document(&Frame::new(&request, lang, title), main),
+    )
+}
