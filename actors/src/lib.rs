@@ -25,6 +25,7 @@ pub mod payment;
 pub mod pool;
 pub mod reseller;
 pub mod trace;
+pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};

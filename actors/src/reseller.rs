@@ -103,6 +103,8 @@ pub struct Resellers {
     hubs: Mutex<HashMap<ResellerId, Hub>>,
     /// Serialises reseller creation (ids are dense).
     creating: tokio::sync::Mutex<()>,
+    /// Per reseller, wakes its webhook worker when a stream event becomes durable.
+    pub(crate) webhook_wakers: Mutex<HashMap<ResellerId, Arc<tokio::sync::Notify>>>,
 }
 
 fn validate_key(key: &str) -> Result<(), Rejection> {
@@ -150,11 +152,11 @@ fn ledger_rejection(refusal: LedgerRefusal) -> ShopError {
 }
 
 impl Shop {
-    fn resellers(&self) -> &Resellers {
+    pub(crate) fn resellers(&self) -> &Resellers {
         &self.0.resellers
     }
 
-    fn reseller_lock(&self, id: ResellerId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn reseller_lock(&self, id: ResellerId) -> Arc<tokio::sync::Mutex<()>> {
         self.resellers().locks.lock().entry(id).or_default().clone()
     }
 
@@ -415,6 +417,7 @@ impl Shop {
     /// lock, so events go out in seq order). A full or closed subscriber is dropped.
     fn publish(&self, id: ResellerId, receipt: &Receipt, sku: &Sku) {
         let seq = self.store().state().stream_seq(id);
+        self.webhook_waker(id).notify_one();
         let event = StreamEvent {
             seq,
             order_id: receipt.order_id.clone(),

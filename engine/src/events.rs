@@ -51,6 +51,27 @@ pub enum Event {
     /// A wholesale purchase: keys straight from Available to Sold, the charge debited, and
     /// one event on the reseller's stream, all in this one fact.
     ResellerOrderPlaced(Box<ResellerOrder>),
+    /// A reseller's webhook receiver acknowledged (2xx) stream event `seq`: the delivery
+    /// cursor moves to it. Always the cursor + 1, so deliveries are settled in seq order.
+    WebhookDelivered {
+        reseller_id: ResellerId,
+        seq: u64,
+        at_ms: u64,
+    },
+    /// Stream event `seq` exhausted its retries: it is parked for operators and the delivery
+    /// cursor moves past it (the cursor + 1, like a delivery).
+    WebhookParked {
+        reseller_id: ResellerId,
+        seq: u64,
+        attempts: u32,
+        at_ms: u64,
+    },
+    /// An operator's replay of a parked event was acknowledged: it leaves the parked list.
+    WebhookReplayed {
+        reseller_id: ResellerId,
+        seq: u64,
+        at_ms: u64,
+    },
 }
 
 /// A new reseller. The API key itself is never stored: only its SHA-256.
@@ -121,7 +142,10 @@ impl Event {
             | Event::OperatorAction(_)
             | Event::ResellerCreated(_)
             | Event::ResellerRevoked { .. }
-            | Event::BalanceChanged { .. } => None,
+            | Event::BalanceChanged { .. }
+            | Event::WebhookDelivered { .. }
+            | Event::WebhookParked { .. }
+            | Event::WebhookReplayed { .. } => None,
         }
     }
 }

@@ -233,6 +233,15 @@ impl ShopState {
                 ..
             } => self.apply_balance_changed(*reseller_id, *change),
             Event::ResellerOrderPlaced(order) => self.apply_reseller_order(order),
+            Event::WebhookDelivered {
+                reseller_id, seq, ..
+            } => self.apply_webhook_settled(*reseller_id, *seq, false),
+            Event::WebhookParked {
+                reseller_id, seq, ..
+            } => self.apply_webhook_settled(*reseller_id, *seq, true),
+            Event::WebhookReplayed {
+                reseller_id, seq, ..
+            } => self.apply_webhook_replayed(*reseller_id, *seq),
         }
     }
 

@@ -201,3 +201,73 @@ fn a_revoked_reseller_cannot_buy_and_a_replay_is_refused() {
     );
     assert!(state.check().is_empty());
 }
+
+fn webhook(seq: u64, outcome: &str) -> Event {
+    let reseller_id = ResellerId(1);
+    match outcome {
+        "delivered" => Event::WebhookDelivered {
+            reseller_id,
+            seq,
+            at_ms: 9,
+        },
+        "parked" => Event::WebhookParked {
+            reseller_id,
+            seq,
+            attempts: 10,
+            at_ms: 9,
+        },
+        _ => Event::WebhookReplayed {
+            reseller_id,
+            seq,
+            at_ms: 9,
+        },
+    }
+}
+
+#[test]
+fn webhook_deliveries_settle_in_seq_order_and_replays_need_a_parked_event() {
+    let mut state = shop();
+    state.apply(&balance_event(10_000, true)).unwrap();
+    assert!(
+        state.apply(&webhook(1, "delivered")).is_err(),
+        "past the stream"
+    );
+    let price = wholesale_charge_cents(PRICE_CENTS, 1, DISCOUNT_BP).unwrap();
+    for seq in 1..=3u64 {
+        state
+            .apply(&buy_event(seq as usize, &[seq], price, seq))
+            .unwrap();
+    }
+    assert!(
+        state.apply(&webhook(2, "delivered")).is_err(),
+        "skips seq 1"
+    );
+    state.apply(&webhook(1, "delivered")).unwrap();
+    assert!(
+        state.apply(&webhook(1, "delivered")).is_err(),
+        "settled twice"
+    );
+    state.apply(&webhook(2, "parked")).unwrap();
+    assert!(
+        state.apply(&webhook(1, "replayed")).is_err(),
+        "1 was never parked"
+    );
+    state.apply(&webhook(3, "delivered")).unwrap();
+    let account = state.reseller(ResellerId(1)).unwrap();
+    assert_eq!(account.webhook_cursor, 3);
+    assert_eq!(
+        account.webhook_parked.iter().copied().collect::<Vec<_>>(),
+        vec![2]
+    );
+    state.apply(&webhook(2, "replayed")).unwrap();
+    assert!(
+        state.apply(&webhook(2, "replayed")).is_err(),
+        "replayed twice"
+    );
+    assert!(state
+        .reseller(ResellerId(1))
+        .unwrap()
+        .webhook_parked
+        .is_empty());
+    assert!(state.check().is_empty());
+}

@@ -11,12 +11,15 @@
 pub mod error;
 pub mod gateways;
 pub mod limits;
-pub mod pages;
 pub mod observe;
+pub mod openapi;
+pub mod pages;
 pub mod post;
 pub mod routes;
 pub mod sentry_transport;
 pub mod settings;
+pub mod watch;
+pub mod webhooks;
 pub mod wire;
 
 use std::sync::atomic::AtomicUsize;

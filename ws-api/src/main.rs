@@ -56,6 +56,28 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Tools for resellers.
+    Reseller {
+        #[command(subcommand)]
+        command: ResellerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ResellerCommand {
+    /// Follow the reseller's stream: one JSON line per event on stdout, resuming from the
+    /// cursor file across restarts and reconnecting when the socket closes.
+    Watch {
+        /// The server's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        base: String,
+        /// The reseller's API key (or PANSHI_RESELLER_KEY, which keeps it out of `ps`).
+        #[arg(long, env = "PANSHI_RESELLER_KEY")]
+        key: String,
+        /// Where the last seq is kept (atomically replaced after each event).
+        #[arg(long)]
+        cursor_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +107,34 @@ fn main() -> ExitCode {
             }
         }
         Command::Audit { data } => audit(&data),
+        Command::Reseller {
+            command:
+                ResellerCommand::Watch {
+                    base,
+                    key,
+                    cursor_file,
+                },
+        } => watch(ws_api::watch::WatchOptions {
+            base,
+            api_key: key,
+            cursor_file,
+        }),
+    }
+}
+
+fn watch(options: ws_api::watch::WatchOptions) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(ws_api::watch::run(options)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("panshi watch: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -288,6 +338,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         if settings.demo {
             seed_demo(&shop).await?;
         }
+        ws_api::webhooks::start(&shop, &settings.resellers);
         let state = web::Data::new(AppState {
             shop,
             admin_token,

@@ -9,7 +9,7 @@
 //! conservation and "no key in two orders" treat it like any other), with the reseller's
 //! own facts (owner, charge, stream seq, idempotency) kept beside it here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use subtle::ConstantTimeEq;
 
@@ -50,6 +50,11 @@ pub struct ResellerState {
     idempotency: HashMap<String, (u32, u64)>,
     /// The stream; entry `i` has seq `i + 1`.
     pub stream: Vec<StreamEntry>,
+    /// The last stream seq whose webhook delivery settled (delivered or parked); 0 at first.
+    /// Only moves forward, one seq at a time, and never past the stream.
+    pub webhook_cursor: u64,
+    /// Stream seqs whose webhook exhausted its retries and awaits an operator's replay.
+    pub webhook_parked: BTreeSet<u64>,
 }
 
 #[derive(Default)]
@@ -177,6 +182,8 @@ impl ShopState {
                 orders: Vec::new(),
                 idempotency: HashMap::new(),
                 stream: Vec::new(),
+                webhook_cursor: 0,
+                webhook_parked: BTreeSet::new(),
             },
         );
         Ok(Touched {
@@ -317,6 +324,53 @@ impl ShopState {
         })
     }
 
+    /// A webhook delivery settled: the cursor moves to `seq` (its successor), and a parked
+    /// event joins the parked list. Touches no row: the webhook state lives in the log only.
+    pub(super) fn apply_webhook_settled(
+        &mut self,
+        id: ResellerId,
+        seq: u64,
+        parked: bool,
+    ) -> Result<Touched, Violation> {
+        let state = self
+            .resellers
+            .accounts
+            .get_mut(&id)
+            .ok_or_else(|| Violation(format!("webhook of unknown reseller {id}")))?;
+        ensure!(
+            seq == state.webhook_cursor + 1,
+            "webhook {id}-{seq} settled out of order (cursor {})",
+            state.webhook_cursor
+        );
+        ensure!(
+            seq <= state.stream.len() as u64,
+            "webhook {id}-{seq} is past the stream"
+        );
+        state.webhook_cursor = seq;
+        if parked {
+            state.webhook_parked.insert(seq);
+        }
+        Ok(Touched::default())
+    }
+
+    /// An operator's replay of a parked webhook was acknowledged.
+    pub(super) fn apply_webhook_replayed(
+        &mut self,
+        id: ResellerId,
+        seq: u64,
+    ) -> Result<Touched, Violation> {
+        let state = self
+            .resellers
+            .accounts
+            .get_mut(&id)
+            .ok_or_else(|| Violation(format!("webhook of unknown reseller {id}")))?;
+        ensure!(
+            state.webhook_parked.remove(&seq),
+            "webhook {id}-{seq} replayed but not parked"
+        );
+        Ok(Touched::default())
+    }
+
     /// Re-derives the resellers' invariants: the ledger, one charge per reseller order,
     /// streams without gaps.
     pub(super) fn check_resellers(&self, violations: &mut Vec<Violation>) {
@@ -358,6 +412,19 @@ impl ShopState {
             let amount = self.reseller_charge(id).map(|e| e.amount_cents);
             if amount != Some(record.created.amount_cents) {
                 violations.push(Violation(format!("{reseller}: order {id} charge differs")));
+            }
+        }
+        if state.webhook_cursor > state.stream.len() as u64 {
+            violations.push(Violation(format!(
+                "{reseller}: webhook cursor {} past the stream",
+                state.webhook_cursor
+            )));
+        }
+        if let Some(last) = state.webhook_parked.last() {
+            if *last > state.webhook_cursor {
+                violations.push(Violation(format!(
+                    "{reseller}: parked webhook {last} past the cursor"
+                )));
             }
         }
         for (position, entry) in state.stream.iter().enumerate() {

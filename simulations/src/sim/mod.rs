@@ -755,5 +755,14 @@ fn describe(event: &Event) -> String {
         Event::ResellerRevoked { reseller_id, .. } => format!("revoke of {reseller_id}"),
         Event::BalanceChanged { reseller_id, .. } => format!("balance of {reseller_id}"),
         Event::ResellerOrderPlaced(o) => format!("reseller order {}", o.order_id),
+        Event::WebhookDelivered {
+            reseller_id, seq, ..
+        } => format!("webhook {reseller_id}-{seq} delivered"),
+        Event::WebhookParked {
+            reseller_id, seq, ..
+        } => format!("webhook {reseller_id}-{seq} parked"),
+        Event::WebhookReplayed {
+            reseller_id, seq, ..
+        } => format!("webhook {reseller_id}-{seq} replayed"),
     }
 }

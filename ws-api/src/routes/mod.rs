@@ -10,6 +10,7 @@ pub mod pages;
 pub mod payments;
 pub mod queue;
 pub mod resellers;
+pub mod webhooks;
 
 use actix_web::{web, HttpRequest};
 use engine::payment::signatures_equal;
@@ -24,6 +25,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
     payments::configure(config);
     queue::configure(config);
     resellers::configure(config);
+    webhooks::configure(config);
+    crate::openapi::configure(config);
     ops::configure(config);
     observability::configure(config);
     pages::configure(config);

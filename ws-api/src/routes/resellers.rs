@@ -46,6 +46,8 @@ pub struct ResellerSettings {
     pub rate_burst: u32,
     /// Whether a webhook URL may point at loopback or private addresses.
     pub webhook_private_addresses_allowed: bool,
+    /// The first webhook retry's delay; each further one doubles it (tests shorten it).
+    pub webhook_retry_first_ms: u64,
 }
 
 impl Default for ResellerSettings {
@@ -54,6 +56,7 @@ impl Default for ResellerSettings {
             rate_per_second: RATE_PER_SECOND_DEFAULT,
             rate_burst: RATE_BURST_DEFAULT,
             webhook_private_addresses_allowed: true,
+            webhook_retry_first_ms: crate::webhooks::RETRY_FIRST_MS_DEFAULT,
         }
     }
 }
@@ -169,6 +172,7 @@ async fn create(
             discount_bp: body.discount_bp,
         })
         .await?;
+    crate::webhooks::watch(&state.shop, created.reseller_id);
     Ok(HttpResponse::Created().json(json!({
         "reseller_id": created.reseller_id.to_string(),
         "api_key": created.api_key,
