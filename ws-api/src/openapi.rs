@@ -1,5 +1,5 @@
 //! The resellers' API as an OpenAPI 3.1 document, served at
-//! `GET /api/v1/reseller/openapi.json` (no key needed: it describes, it reveals nothing).
+//! `GET /api/v1/openapi.json` (no key needed: it describes, it reveals nothing).
 //!
 //! Invariant: the document describes the routes of CONTRACT.md's "Resellers" section; the
 //! test below checks every reseller path is present.
@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// Where the document is served.
-pub const OPENAPI_PATH: &str = "/api/v1/reseller/openapi.json";
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config.route(OPENAPI_PATH, web::get().to(document));

@@ -10,7 +10,7 @@ async fn the_openapi_document_is_served() {
     let mut server = Server::start(dir.path());
     let r = server
         .http
-        .get(server.url("/api/v1/reseller/openapi.json"))
+        .get(server.url("/api/v1/openapi.json"))
         .send()
         .await
         .unwrap();
