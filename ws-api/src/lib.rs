@@ -75,6 +75,15 @@ pub async fn read_body(
     Ok(body)
 }
 
+/// Reads and parses a JSON request body, bounded by the configured limit.
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<T, ApiError> {
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    wire::parse_json(&body)
+}
+
 pub fn payload_too_large(limit: usize) -> ApiError {
     ApiError::new(
         actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::routes::require_operator;
-use crate::wire::{parse_json, ProductBody, StockBody};
-use crate::{payload_too_large, read_body, AppState};
+use crate::wire::{ProductBody, StockBody};
+use crate::{read_body, AppState};
 
 /// Bytes an import request may carry; a larger body is refused with 400 before it is read.
 pub const IMPORT_REQUEST_BYTES_MAX: usize = IMPORT_BODY_BYTES_MAX;
@@ -43,8 +43,9 @@ async fn create_product(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
-    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
-    let product = parse_json::<ProductBody>(&body)?.into_product(state.shop.now_ms())?;
+    let product = crate::json_body::<ProductBody>(payload, &state)
+        .await?
+        .into_product(state.shop.now_ms())?;
     let answer = json!({
         "sku": product.sku.as_str(),
         "name": product.name,
@@ -103,8 +104,7 @@ async fn confirm_payment(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let order_id = engine::OrderId::parse(&path)?;
-    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
-    let body: ConfirmBody = parse_json(&body)?;
+    let body: ConfirmBody = crate::json_body(payload, &state).await?;
     let note = body.note.trim();
     if note.is_empty() || note.len() > 200 || note.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
@@ -137,6 +137,8 @@ async fn confirm_payment(
 
 /// Most audit entries one request lists.
 pub const AUDIT_ENTRIES_MAX: usize = 500;
+/// Most orders one queue listing shows.
+pub const QUEUE_ENTRIES_MAX: usize = 1_000;
 
 /// Appends an operator action to the durable audit trail.
 async fn record_action(
@@ -185,8 +187,7 @@ async fn refund(
     require_operator(&request, &state)?;
     let order_id =
         engine::OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
-    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
-    let body: ConfirmBody = parse_json(&body)?;
+    let body: ConfirmBody = crate::json_body(payload, &state).await?;
     let note = valid_note(&body.note)?;
     let status = state.shop.refund(&order_id).await?;
     record_action(&state, &request, "refund", order_id.as_str(), note).await?;
@@ -228,7 +229,7 @@ async fn manual_payments(
         .iter()
         .filter(|r| r.status == engine::OrderStatus::AwaitingPayment)
         .filter(|r| r.created.payment_channel == actors::payment::MANUAL_CHANNEL)
-        .take(AUDIT_ENTRIES_MAX)
+        .take(QUEUE_ENTRIES_MAX)
         .map(|record| crate::wire::order_view(record, &[]))
         .collect();
     Ok(HttpResponse::Ok().json(orders))

@@ -14,8 +14,8 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::routes::orders::TokenQuery;
 use crate::routes::require_operator;
-use crate::wire::{created_order, parse_json};
-use crate::{payload_too_large, read_body, AppState};
+use crate::wire::created_order;
+use crate::AppState;
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
@@ -39,8 +39,7 @@ async fn set_flash_sale(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let sku = Sku::parse(&path)?;
-    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
-    let body: FlashBody = parse_json(&body)?;
+    let body: FlashBody = crate::json_body(payload, &state).await?;
     state.shop.set_flash_sale(&sku, body.enabled)?;
     Ok(HttpResponse::Ok().json(json!({"sku": sku.as_str(), "flash_sale": body.enabled})))
 }
