@@ -65,15 +65,7 @@ async fn with_half_the_notifies_dropped_every_paid_order_is_delivered() {
     );
     let (available, reserved, sold) = server.stock("sim").await;
     assert_eq!((available, reserved, sold), (6, 0, ORDERS as u64));
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     let recovered = metrics
         .lines()
         .find(|l| l.starts_with("panshi_reconcile_recoveries_total"))

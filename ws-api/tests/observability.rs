@@ -118,15 +118,7 @@ async fn check_alerts_and_incident(server: &Server) {
         .admin_post("/api/v1/ops/incident", json!({ "note": "" }))
         .await;
     assert_eq!(code, 200);
-    let html = server
-        .http
-        .get(server.url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = server.get_text("/status").await;
     assert!(!html.contains("slow"), "cleared note still shown: {html}");
     let refused = server
         .http
@@ -140,15 +132,7 @@ async fn check_alerts_and_incident(server: &Server) {
 }
 
 async fn check_metrics_content(server: &Server, order: &Value) -> String {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     for name in [
         "panshi_orders_created_total",
         "panshi_orders_paid_total",

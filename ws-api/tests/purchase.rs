@@ -275,15 +275,7 @@ async fn forged_and_mismatched_notifies_change_nothing() {
             .await,
         (200, "success".into())
     );
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains("panshi_payment_notifies_total"),
         "rejections are counted"

@@ -114,15 +114,7 @@ async fn risk_rules_refuse_with_their_own_codes() {
         (403, Some("blocked_contact")),
         "{body}"
     );
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains("panshi_risk_refusals_total{rule=\"too_many_reserved\"}"),
         "refusals are counted"

@@ -74,6 +74,18 @@ pub struct StreamItem<'a> {
 }
 
 impl ShopState {
+    /// A reseller's account for an event about it; an unknown reseller is a violation.
+    fn account_mut(
+        &mut self,
+        id: ResellerId,
+        event: &str,
+    ) -> Result<&mut ResellerState, Violation> {
+        self.resellers
+            .accounts
+            .get_mut(&id)
+            .ok_or_else(|| Violation(format!("{event} {id}")))
+    }
+
     pub fn ledger(&self) -> &Ledger {
         &self.resellers.ledger
     }
@@ -197,11 +209,7 @@ impl ShopState {
         id: ResellerId,
         at_ms: u64,
     ) -> Result<Touched, Violation> {
-        let state = self
-            .resellers
-            .accounts
-            .get_mut(&id)
-            .ok_or_else(|| Violation(format!("revoke of unknown reseller {id}")))?;
+        let state = self.account_mut(id, "revoke of unknown reseller")?;
         ensure!(state.revoked_at_ms.is_none(), "reseller {id} revoked twice");
         state.revoked_at_ms = Some(at_ms);
         Ok(Touched {
@@ -332,11 +340,7 @@ impl ShopState {
         seq: u64,
         parked: bool,
     ) -> Result<Touched, Violation> {
-        let state = self
-            .resellers
-            .accounts
-            .get_mut(&id)
-            .ok_or_else(|| Violation(format!("webhook of unknown reseller {id}")))?;
+        let state = self.account_mut(id, "webhook of unknown reseller")?;
         ensure!(
             seq == state.webhook_cursor + 1,
             "webhook {id}-{seq} settled out of order (cursor {})",
@@ -359,11 +363,7 @@ impl ShopState {
         id: ResellerId,
         seq: u64,
     ) -> Result<Touched, Violation> {
-        let state = self
-            .resellers
-            .accounts
-            .get_mut(&id)
-            .ok_or_else(|| Violation(format!("webhook of unknown reseller {id}")))?;
+        let state = self.account_mut(id, "webhook of unknown reseller")?;
         ensure!(
             state.webhook_parked.remove(&seq),
             "webhook {id}-{seq} replayed but not parked"

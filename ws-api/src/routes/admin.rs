@@ -214,6 +214,15 @@ async fn audit_trail(
     Ok(HttpResponse::Ok().json(entries))
 }
 
+/// A queue of orders as JSON, at most `QUEUE_ENTRIES_MAX` of them (keys never shown).
+fn queue_json<'a>(orders: impl Iterator<Item = &'a engine::OrderRecord>) -> HttpResponse {
+    let orders: Vec<_> = orders
+        .take(QUEUE_ENTRIES_MAX)
+        .map(|record| crate::wire::order_view(record, &[]))
+        .collect();
+    HttpResponse::Ok().json(orders)
+}
+
 /// Orders in the manual payment queue (every channel was down when they were made) that
 /// still await an operator's confirmation.
 async fn manual_payments(
@@ -221,18 +230,13 @@ async fn manual_payments(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
-    let orders: Vec<_> = state
-        .shop
-        .store()
-        .state()
+    let shop_state = state.shop.store().state();
+    let orders = shop_state
         .orders()
         .iter()
         .filter(|r| r.status == engine::OrderStatus::AwaitingPayment)
-        .filter(|r| r.created.payment_channel == actors::payment::MANUAL_CHANNEL)
-        .take(QUEUE_ENTRIES_MAX)
-        .map(|record| crate::wire::order_view(record, &[]))
-        .collect();
-    Ok(HttpResponse::Ok().json(orders))
+        .filter(|r| r.created.payment_channel == actors::payment::MANUAL_CHANNEL);
+    Ok(queue_json(orders))
 }
 
 async fn manual_review(
@@ -240,11 +244,5 @@ async fn manual_review(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
-    let orders: Vec<_> = state
-        .shop
-        .manual_review_orders()
-        .iter()
-        .map(|record| crate::wire::order_view(record, &[]))
-        .collect();
-    Ok(HttpResponse::Ok().json(orders))
+    Ok(queue_json(state.shop.manual_review_orders().iter()))
 }

@@ -147,6 +147,18 @@ impl Server {
         format!("{}{}", self.base.replacen("http://", "ws://", 1), path)
     }
 
+    /// The body of `GET path` as text (metrics, pages).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
