@@ -12,6 +12,7 @@
 //! is read; live events at or below what replay sent are dropped.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use engine::events::{BalanceChange, Event, Idempotency, NewReseller, ResellerOrder};
@@ -28,6 +29,12 @@ use crate::{OrderView, Shop, ShopError, IDEMPOTENCY_KEY_LEN_MAX};
 /// Stream events a subscriber may have waiting; a reader that falls further behind is
 /// disconnected (it resumes from its cursor).
 pub const STREAM_SUBSCRIBER_BUFFER_EVENTS: usize = 256;
+/// Bytes of card keys (plus a fixed overhead per event) a subscriber may have waiting: a
+/// bulk order can carry 1,000 keys of up to 1 KiB, so the event count alone does not bound
+/// memory. A reader over either bound is disconnected.
+pub const STREAM_SUBSCRIBER_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// What an event costs a subscriber's buffer beyond its keys.
+const STREAM_EVENT_OVERHEAD_BYTES: usize = 128;
 /// Live stream subscribers per reseller.
 pub const STREAM_SUBSCRIBERS_PER_RESELLER_MAX: usize = 16;
 /// Stream events read from the state per replay step.
@@ -84,6 +91,28 @@ pub struct StreamEvent {
     pub cards: Vec<String>,
 }
 
+impl StreamEvent {
+    /// What holding this event costs a subscriber's buffer.
+    fn buffered_bytes(&self) -> usize {
+        STREAM_EVENT_OVERHEAD_BYTES + self.cards.iter().map(String::len).sum::<usize>()
+    }
+}
+
+/// One live reader's queue: events are shared between readers, and the bytes it holds
+/// are counted so that a stalled reader is cut off at `STREAM_SUBSCRIBER_BUFFER_BYTES`.
+struct Subscriber {
+    sender: mpsc::Sender<Arc<StreamEvent>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl Subscriber {
+    /// Queues `event`; false when the reader is gone or over either bound.
+    fn offer(&self, event: &Arc<StreamEvent>, bytes: usize) -> bool {
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        queued <= STREAM_SUBSCRIBER_BUFFER_BYTES && self.sender.try_send(event.clone()).is_ok()
+    }
+}
+
 pub struct Account {
     pub reseller_id: ResellerId,
     pub name: String,
@@ -93,7 +122,7 @@ pub struct Account {
 /// A reseller's live subscribers and the last seq known durable.
 struct Hub {
     durable_seq: u64,
-    subscribers: Vec<mpsc::Sender<StreamEvent>>,
+    subscribers: Vec<Subscriber>,
 }
 
 /// The resellers' runtime state: the per-reseller locks and stream hubs.
@@ -418,21 +447,22 @@ impl Shop {
     fn publish(&self, id: ResellerId, receipt: &Receipt, sku: &Sku) {
         let seq = self.store().state().stream_seq(id);
         self.webhook_waker(id).notify_one();
-        let event = StreamEvent {
+        let event = Arc::new(StreamEvent {
             seq,
             order_id: receipt.order_id.clone(),
             status: receipt.status,
             sku: sku.clone(),
             amount_cents: receipt.amount_cents,
             cards: receipt.cards.clone(),
-        };
+        });
+        let bytes = event.buffered_bytes();
         let mut hubs = self.resellers().hubs.lock();
         let Some(hub) = hubs.get_mut(&id) else {
             return;
         };
         hub.durable_seq = seq;
         hub.subscribers
-            .retain(|subscriber| subscriber.try_send(event.clone()).is_ok());
+            .retain(|subscriber| subscriber.offer(&event, bytes));
     }
 
     /// A reseller's stream from `cursor`: every event after it, then live.
@@ -446,11 +476,15 @@ impl Shop {
             durable_seq: self.store().state().stream_seq(id),
             subscribers: Vec::new(),
         });
-        hub.subscribers.retain(|s| !s.is_closed());
+        hub.subscribers.retain(|s| !s.sender.is_closed());
         if hub.subscribers.len() >= STREAM_SUBSCRIBERS_PER_RESELLER_MAX {
             return Err(ShopError::Unavailable("stream subscriptions"));
         }
-        hub.subscribers.push(sender);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        hub.subscribers.push(Subscriber {
+            sender,
+            queued_bytes: queued_bytes.clone(),
+        });
         Ok(Feed {
             shop: self.clone(),
             reseller: id,
@@ -458,6 +492,7 @@ impl Shop {
             replay_through: hub.durable_seq,
             replayed: VecDeque::new(),
             live,
+            queued_bytes,
         })
     }
 }
@@ -469,7 +504,7 @@ struct Planned {
 
 /// What a stream reader gets next.
 pub enum FeedItem {
-    Event(StreamEvent),
+    Event(Arc<StreamEvent>),
     /// The reader fell behind and was disconnected; it resumes from its cursor.
     FellBehind,
 }
@@ -482,8 +517,10 @@ pub struct Feed {
     /// The last seq handed out (the cursor).
     sent_seq: u64,
     replay_through: u64,
-    replayed: VecDeque<StreamEvent>,
-    live: mpsc::Receiver<StreamEvent>,
+    replayed: VecDeque<Arc<StreamEvent>>,
+    live: mpsc::Receiver<Arc<StreamEvent>>,
+    /// Bytes waiting in `live`, shared with the publishing side.
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Feed {
@@ -503,6 +540,8 @@ impl Feed {
             let Some(event) = self.live.recv().await else {
                 return FeedItem::FellBehind;
             };
+            self.queued_bytes
+                .fetch_sub(event.buffered_bytes(), Ordering::AcqRel);
             if event.seq <= self.sent_seq {
                 continue;
             }
@@ -525,14 +564,14 @@ impl Feed {
         );
         for item in page {
             let record = item.record;
-            self.replayed.push_back(StreamEvent {
+            self.replayed.push_back(Arc::new(StreamEvent {
                 seq: item.seq,
                 order_id: record.created.order_id.clone(),
                 status: item.status,
                 sku: record.created.sku.clone(),
                 amount_cents: record.created.amount_cents,
                 cards: crate::order::keys_of(&state, &record.cards),
-            });
+            }));
         }
     }
 }

@@ -5,8 +5,10 @@ latency with many resellers connected.
 Starts `panshi serve` on a free port with a fresh data dir (per-key rate limits raised:
 this measures the shop, not the limiter), then:
 1. one reseller buys BATCHES x 100 keys from WORKERS threads: keys/s and request p50/p99;
-2. RESELLERS resellers each hold their stream WebSocket open; a sample of them buys one
-   key each and the time from the purchase's 201 to the stream frame is measured.
+2. RESELLERS resellers (env, default 1,000) each hold their stream WebSocket open; each buys
+   one key (8 purchases in flight) and both the time to the 201 and the time to the stream
+   frame are measured from the moment the request is sent. The frame is pushed right after
+   the commit, so request -> frame bounds commit -> push from above.
 Needs Python 3.9+ and `websockets`.
 
     python3 simulations/scripts/reseller_bulk.py target/release/panshi
@@ -15,7 +17,8 @@ import asyncio, concurrent.futures, json, os, socket, subprocess, sys, tempfile,
 
 BIN = sys.argv[1]
 BATCHES, WORKERS, QUANTITY = 200, 4, 100
-RESELLERS, PUSH_SAMPLE = 1000, 200
+RESELLERS = int(os.environ.get('RESELLERS', '1000'))
+PUSH_SAMPLE, PUSH_CONCURRENCY = RESELLERS, 8
 ADMIN = 'bench-admin'
 
 
@@ -40,7 +43,7 @@ def quantile(values, q):
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def stream_push(base, port):
+async def stream_push(base, port, server_pid):
     import websockets
     keys = []
     for n in range(RESELLERS):
@@ -54,17 +57,28 @@ async def stream_push(base, port):
             f'ws://127.0.0.1:{port}/api/v1/reseller/stream?cursor=0',
             additional_headers={'Authorization': f'Bearer {k}'}, max_size=65536) for k in batch])
     await asyncio.sleep(0.5)
-    latencies = []
-    for key, ws in list(zip(keys, sockets))[:PUSH_SAMPLE]:
-        status, _ = await asyncio.to_thread(call, 'POST', base + '/api/v1/reseller/orders', {'sku': 'bulk', 'quantity': 1}, key)
-        answered = time.perf_counter()
-        assert status == 201
-        await ws.recv()
-        latencies.append((time.perf_counter() - answered) * 1000)
-    for ws in sockets:
-        await ws.close()
-    print(f'stream push with {len(sockets)} resellers connected, {len(latencies)} purchases: '
-          f'p50 {quantile(latencies, 0.5):.2f} ms, p99 {quantile(latencies, 0.99):.2f} ms (201 answered -> frame received)')
+    rss_kib = int(next(line for line in open(f'/proc/{server_pid}/status') if line.startswith('VmRSS')).split()[1])
+    to_answer, to_frame = [], []
+    gate = asyncio.Semaphore(PUSH_CONCURRENCY)
+
+    async def one(key, ws):
+        async with gate:
+            sent = time.perf_counter()
+            frame = asyncio.ensure_future(ws.recv())
+            status, _ = await asyncio.to_thread(call, 'POST', base + '/api/v1/reseller/orders', {'sku': 'bulk', 'quantity': 1}, key)
+            to_answer.append((time.perf_counter() - sent) * 1000)
+            assert status == 201
+            event = json.loads(await asyncio.wait_for(frame, 10))
+            to_frame.append((time.perf_counter() - sent) * 1000)
+            assert event['seq'] == 1 and event['status'] == 'delivered', event
+
+    await asyncio.gather(*[one(key, ws) for key, ws in list(zip(keys, sockets))[:PUSH_SAMPLE]])
+    # Close concurrently: each close handshake waits for the server to drop the TCP connection.
+    await asyncio.gather(*[ws.close() for ws in sockets])
+    print(f'stream push with {len(sockets)} resellers connected (server RSS {rss_kib / 1024:.0f} MiB), '
+          f'{len(to_frame)} purchases, {PUSH_CONCURRENCY} at a time: request -> 201 p50 {quantile(to_answer, 0.5):.2f} ms '
+          f'p99 {quantile(to_answer, 0.99):.2f} ms; request -> stream frame p50 {quantile(to_frame, 0.5):.2f} ms '
+          f'p99 {quantile(to_frame, 0.99):.2f} ms')
 
 
 def main():
@@ -104,7 +118,7 @@ def main():
         print(f'bulk: {BATCHES} purchases x {QUANTITY} keys from {WORKERS} workers in {elapsed:.2f} s = '
               f'{BATCHES * QUANTITY / elapsed:.0f} keys/s; request p50 {quantile(latencies, 0.5):.2f} ms, '
               f'p99 {quantile(latencies, 0.99):.2f} ms')
-        asyncio.run(stream_push(base, port))
+        asyncio.run(stream_push(base, port, server.pid))
     finally:
         server.terminate()
         server.wait(20)

@@ -330,6 +330,7 @@ pub fn start_evaluator(state: web::Data<AppState>, interval: Duration) {
         loop {
             ticks.tick().await;
             state.limits.prune();
+            crate::routes::resellers::prune_limits();
             observatory.evaluate(&state.shop);
         }
     });

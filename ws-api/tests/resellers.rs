@@ -434,3 +434,80 @@ async fn subscribing_during_purchases_skips_and_repeats_nothing() {
         reader.await.unwrap();
     }
 }
+
+/// A stream socket whose kernel receive buffer is small, so that a reader that stops
+/// reading pushes back on the server within a few hundred KiB.
+async fn stalled_stream(
+    server: &Server,
+    key: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let url = server.ws_url("/api/v1/reseller/stream?cursor=0");
+    let mut request = url.into_client_request().unwrap();
+    let bearer = format!("Bearer {key}").parse().unwrap();
+    request.headers_mut().insert("Authorization", bearer);
+    let addr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+        .await
+        .expect("stream connects");
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_too_far_behind_is_cut_off_and_resumes_from_its_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    // Each purchase is one event of 500 keys of 200 bytes (about 100 KB), so the server's
+    // per-reader byte bound is reached after a few dozen unread events.
+    const PURCHASES: u64 = 150;
+    const QUANTITY: u32 = 500;
+    let padding = "x".repeat(190);
+    let all: Vec<String> = (0..PURCHASES as usize * QUANTITY as usize)
+        .map(|i| format!("{i:08}-{padding}"))
+        .collect();
+    server.product("big", 1, &all[..all.len() / 2]).await;
+    let (code, body) = server.import("big", all[all.len() / 2..].join("\n")).await;
+    assert_eq!(code, 200, "{body}");
+    let (_, key) = reseller(&server, "Sleeper", 1_000_000).await;
+    let mut slow = stalled_stream(&server, &key).await;
+    for _ in 0..PURCHASES {
+        let (code, body) = buy(&server, &key, "big", QUANTITY, None).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    // The reader wakes up: it gets an unbroken prefix, then a close naming its cursor.
+    let mut seen = 0u64;
+    let reason = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), slow.next())
+            .await
+            .expect("a frame within 10 s");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["seq"].as_u64(), Some(seen + 1));
+                assert_eq!(frame["cards"].as_array().unwrap().len(), QUANTITY as usize);
+                seen += 1;
+            }
+            Some(Ok(Message::Close(Some(frame)))) => break frame,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("stream ended without a close reason after {seen}: {other:?}"),
+        }
+    };
+    eprintln!("cut off after {seen} of {PURCHASES} events");
+    assert!(seen < PURCHASES, "a stalled reader was never cut off");
+    assert_eq!(u16::from(reason.code), 1013, "{reason:?}");
+    assert!(
+        reason.reason.contains(&format!("cursor={seen}")),
+        "{reason:?}"
+    );
+    // Resuming from the cursor replays exactly the rest.
+    let mut resumed = stream(&server, &key, seen).await;
+    let rest = frames(&mut resumed, (PURCHASES - seen) as usize).await;
+    let want: Vec<u64> = (seen + 1..=PURCHASES).collect();
+    assert_eq!(seqs(&rest), want);
+    quiet(&mut resumed).await;
+}

@@ -82,6 +82,14 @@ fn edge(settings: &ResellerSettings) -> Edge {
     }
 }
 
+/// Forgets resellers whose buckets are full again (keys are authenticated reseller ids,
+/// so the map never outgrows the accounts; pruning keeps it to the active ones).
+pub fn prune_limits() {
+    let limiter = &current_edge().limiter;
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+}
+
 fn current_edge() -> &'static Edge {
     EDGE.get_or_init(|| edge(&ResellerSettings::default()))
 }
