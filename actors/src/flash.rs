@@ -1,14 +1,23 @@
-//! Flash sales: when an operator marks a product as on flash sale, new buyers get a ticket
-//! in the product's waiting room (engine `waiting_room`) instead of an order. A ticker
-//! admits tickets first-in first-out at the configured rate (VIP lane first for its share);
-//! an admitted ticket becomes an order exactly as a direct request would, or a definitive
-//! sold-out once the stock is gone (nobody waits for keys that no longer exist). Buyers
-//! watch their ticket live: position and estimated wait, then the outcome.
+//! Waiting rooms: new buyers of a product get a ticket in its waiting room (engine
+//! `waiting_room`) instead of an order when an operator has marked the product as on flash
+//! sale, or automatically while the order pipeline is saturated (engine `overload`: too many
+//! creations in flight, or too slow). A ticker admits tickets first-in first-out (VIP lane
+//! first for its share) into the room the pipeline has left, and a flash-sale room at most
+//! at its configured rate; an admitted ticket becomes an order exactly as a direct request
+//! would, or a definitive sold-out once the stock is gone (nobody waits for keys that no
+//! longer exist). Buyers watch their ticket live: position and estimated wait, then the
+//! outcome.
+//!
+//! Invariants: while a product has a room, every new buyer of it queues (nobody overtakes
+//! the queue); an automatic room closes only once it is empty and the pipeline is calm;
+//! tickets are bounded per room and in all (`TICKETS_MAX`), a full room answers 503.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use engine::events::NewOrder;
+use engine::overload::{Overload, OverloadSettings, Transition, Window};
 use engine::waiting_room::{Lane, RoomFull, TicketId, WaitingRoom};
 use engine::{Rejection, Sku};
 use parking_lot::Mutex;
@@ -24,6 +33,8 @@ pub const POSITION_PUSH_TICKS: u64 = 10;
 pub const SETTLED_TICKETS_MAX: usize = 100_000;
 /// Frames a ticket's watcher may lag before it is dropped (it reconnects).
 pub const TICKET_WATCH_FRAMES: usize = 8;
+/// Tickets held at once, waiting and settled, across all rooms.
+pub const TICKETS_MAX: usize = 300_000;
 
 #[derive(Clone, Debug)]
 pub struct FlashSettings {
@@ -31,6 +42,8 @@ pub struct FlashSettings {
     pub vip_share_percent: u32,
     /// Contacts (lower case) that queue in the VIP lane.
     pub vip_contacts: Vec<String>,
+    /// When the order pipeline counts as saturated (automatic waiting rooms).
+    pub overload: OverloadSettings,
 }
 
 impl Default for FlashSettings {
@@ -39,6 +52,7 @@ impl Default for FlashSettings {
             admit_per_second: 500,
             vip_share_percent: 20,
             vip_contacts: Vec::new(),
+            overload: OverloadSettings::default(),
         }
     }
 }
@@ -70,11 +84,81 @@ struct Ticket {
     outcome: Option<TicketUpdate>,
 }
 
-#[derive(Default)]
+struct Room {
+    queue: WaitingRoom,
+    /// Opened by overload rather than by an operator; closes itself once empty and calm.
+    automatic: bool,
+}
+
+/// The order pipeline's load: creations in flight, and what finished in the current
+/// measurement window.
+///
+/// Lock order across this module: `tickets`, then `rooms`, then `overload`.
+struct Pipeline {
+    in_flight: AtomicU64,
+    /// Mirrors `overload.is_saturated()` for the lock-free fast path.
+    saturated: AtomicBool,
+    window_completed: AtomicU64,
+    window_latency_us: AtomicU64,
+    overload: Mutex<Overload>,
+}
+
 pub struct FlashSales {
-    rooms: Mutex<HashMap<Sku, WaitingRoom>>,
+    rooms: Mutex<HashMap<Sku, Room>>,
+    /// `rooms.len()`, for the lock-free fast path.
+    rooms_open: AtomicUsize,
     tickets: Mutex<HashMap<TicketId, Ticket>>,
     settled: Mutex<std::collections::VecDeque<TicketId>>,
+    /// Ticket numbers, unique across rooms.
+    next_ticket: AtomicU64,
+    pipeline: Pipeline,
+}
+
+impl FlashSales {
+    pub fn new(overload: OverloadSettings) -> Self {
+        Self {
+            rooms: Mutex::default(),
+            rooms_open: AtomicUsize::new(0),
+            tickets: Mutex::default(),
+            settled: Mutex::default(),
+            next_ticket: AtomicU64::new(1),
+            pipeline: Pipeline {
+                in_flight: AtomicU64::new(0),
+                saturated: AtomicBool::new(false),
+                window_completed: AtomicU64::new(0),
+                window_latency_us: AtomicU64::new(0),
+                overload: Mutex::new(Overload::new(overload)),
+            },
+        }
+    }
+}
+
+/// An order creation in flight; counted out, with its latency, when dropped.
+pub struct InFlight<'a> {
+    pipeline: &'a Pipeline,
+    started: Instant,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let pipeline = self.pipeline;
+        pipeline.in_flight.fetch_sub(1, Ordering::AcqRel);
+        pipeline.window_completed.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        pipeline
+            .window_latency_us
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// The pipeline as operators see it.
+pub struct PipelineView {
+    pub saturated: bool,
+    pub in_flight: u64,
+    pub sustained_per_second: u64,
+    pub settings: OverloadSettings,
+    /// (sku, automatic, tickets waiting) per open room.
+    pub rooms: Vec<(Sku, bool, usize)>,
 }
 
 /// What a queued buyer is told at once.
@@ -85,22 +169,38 @@ pub struct Queued {
     pub estimated_wait_secs: u64,
 }
 
-fn wait_secs(position: u64, admit_per_second: u32) -> u64 {
-    position.div_ceil(u64::from(admit_per_second.max(1)))
+fn wait_secs(position: u64, per_second: u64) -> u64 {
+    position.div_ceil(per_second.max(1))
+}
+
+fn record(transition: Option<Transition>, in_flight: u64) {
+    match transition {
+        Some(Transition::Entered) => {
+            metrics::counter!("panshi_overload_episodes_total").increment(1);
+            metrics::gauge!("panshi_overload_saturated").set(1.0);
+            tracing::warn!(in_flight, "order pipeline saturated: new buyers queue");
+        }
+        Some(Transition::Left) => {
+            metrics::gauge!("panshi_overload_saturated").set(0.0);
+            tracing::info!(in_flight, "order pipeline calm again");
+        }
+        None => {}
+    }
 }
 
 impl Shop {
     pub fn set_flash_sale(&self, sku: &Sku, enabled: bool) -> Result<(), ShopError> {
         self.stock(sku)?;
-        let mut rooms = self.flash().rooms.lock();
+        let flash = self.flash();
+        let mut rooms = flash.rooms.lock();
         if enabled {
-            rooms
-                .entry(sku.clone())
-                .or_insert_with(|| WaitingRoom::new(self.settings().flash.vip_share_percent));
-        } else if let Some(mut room) = rooms.remove(sku) {
+            self.open_room(&mut rooms, sku).automatic = false;
+        } else if rooms.get(sku).is_some_and(|room| !room.automatic) {
             // Ending a sale admits nobody by surprise: the waiting are told to buy again.
+            let mut room = rooms.remove(sku).expect("present");
+            flash.rooms_open.store(rooms.len(), Ordering::Release);
             drop(rooms);
-            for ticket in room.drain() {
+            for ticket in room.queue.drain() {
                 self.settle_ticket(
                     ticket,
                     TicketUpdate::Failed("the flash sale ended; order again".into()),
@@ -111,11 +211,97 @@ impl Shop {
     }
 
     pub fn is_flash_sale(&self, sku: &Sku) -> bool {
-        self.flash().rooms.lock().contains_key(sku)
+        self.flash()
+            .rooms
+            .lock()
+            .get(sku)
+            .is_some_and(|room| !room.automatic)
     }
 
-    /// Puts a buyer in the product's waiting room.
-    pub fn join_queue(&self, request: OrderRequest) -> Result<Queued, ShopError> {
+    fn open_room<'r>(&self, rooms: &'r mut HashMap<Sku, Room>, sku: &Sku) -> &'r mut Room {
+        let vip_share_percent = self.settings().flash.vip_share_percent;
+        rooms.entry(sku.clone()).or_insert_with(|| Room {
+            queue: WaitingRoom::new(vip_share_percent),
+            automatic: true,
+        });
+        // Counted after the insert; read without the lock only as a hint.
+        let open = rooms.len();
+        self.flash().rooms_open.store(open, Ordering::Release);
+        rooms.get_mut(sku).expect("just inserted")
+    }
+
+    /// Counts an order creation in flight until the guard drops.
+    pub(crate) fn pipeline_enter(&self) -> InFlight<'_> {
+        let pipeline = &self.flash().pipeline;
+        pipeline.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            pipeline,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn pipeline(&self) -> PipelineView {
+        let flash = self.flash();
+        // Lock order: rooms before overload; never both here.
+        let mut rooms: Vec<_> = flash
+            .rooms
+            .lock()
+            .iter()
+            .map(|(sku, room)| (sku.clone(), room.automatic, room.queue.waiting_count()))
+            .collect();
+        rooms.sort_by(|a, b| a.0.cmp(&b.0));
+        let overload = flash.pipeline.overload.lock();
+        PipelineView {
+            saturated: overload.is_saturated(),
+            in_flight: flash.pipeline.in_flight.load(Ordering::Acquire),
+            sustained_per_second: overload.sustained_per_second(),
+            settings: overload.settings(),
+            rooms,
+        }
+    }
+
+    /// A new buyer's way in: a ticket when the product has a waiting room (flash sale or
+    /// overload) or the pipeline is saturated now, else the request back to be served.
+    pub fn queue_if_needed(
+        &self,
+        request: OrderRequest,
+    ) -> Result<Result<Queued, OrderRequest>, ShopError> {
+        let flash = self.flash();
+        let pipeline = &flash.pipeline;
+        let in_flight = pipeline.in_flight.load(Ordering::Acquire);
+        let high = u64::from(self.settings().flash.overload.inflight_high);
+        if flash.rooms_open.load(Ordering::Acquire) == 0
+            && !pipeline.saturated.load(Ordering::Acquire)
+            && in_flight < high
+        {
+            return Ok(Err(request));
+        }
+        let has_room = flash.rooms.lock().contains_key(&request.sku);
+        if !has_room {
+            let (queue, transition) = pipeline
+                .overload
+                .lock()
+                .on_request(self.now_ms(), in_flight);
+            if transition.is_some() {
+                pipeline.saturated.store(true, Ordering::Release);
+            }
+            record(transition, in_flight);
+            if !queue {
+                return Ok(Err(request));
+            }
+        }
+        // A retry of an order already made gets that order, not a place in the queue.
+        if let Some(key) = &request.idempotency_key {
+            if self.store().state().order_by_idempotency_key(key).is_some() {
+                return Ok(Err(request));
+            }
+        }
+        self.check_request(&request)?;
+        self.join_queue(request).map(Ok)
+    }
+
+    /// Puts a buyer in the product's waiting room, opening an automatic one if none is.
+    fn join_queue(&self, request: OrderRequest) -> Result<Queued, ShopError> {
         let contact = request.contact.trim().to_lowercase();
         let lane = if self
             .settings()
@@ -128,12 +314,18 @@ impl Shop {
         } else {
             Lane::Public
         };
-        let (ticket, position) = {
+        if self.flash().tickets.lock().len() >= TICKETS_MAX {
+            return Err(ShopError::Busy);
+        }
+        let (ticket, position, per_second) = {
             let mut rooms = self.flash().rooms.lock();
-            let room = rooms
-                .get_mut(&request.sku)
-                .ok_or(Rejection::InvalidInput("no flash sale for this sku"))?;
-            room.join(lane).map_err(|RoomFull| ShopError::Busy)?
+            let room = self.open_room(&mut rooms, &request.sku);
+            let ticket = TicketId(self.flash().next_ticket.fetch_add(1, Ordering::Relaxed));
+            let position = room
+                .queue
+                .join(lane, ticket)
+                .map_err(|RoomFull| ShopError::Busy)?;
+            (ticket, position, self.admission_rate(room.automatic))
         };
         let token = engine::ids::hex128(self.random_u128());
         let entry = Ticket {
@@ -147,7 +339,7 @@ impl Shop {
         };
         self.flash().tickets.lock().insert(ticket, entry);
         metrics::counter!("panshi_queue_tickets_total", "lane" => if lane == Lane::Vip { "vip" } else { "public" }).increment(1);
-        let estimated_wait_secs = wait_secs(position, self.settings().flash.admit_per_second);
+        let estimated_wait_secs = wait_secs(position, per_second);
         Ok(Queued {
             ticket,
             token,
@@ -171,18 +363,20 @@ impl Shop {
         let now = match &entry.outcome {
             Some(outcome) => outcome.clone(),
             None => {
-                let position = self
-                    .flash()
-                    .rooms
-                    .lock()
-                    .get(&entry.sku)
-                    .map_or(0, |r| r.position(entry.lane, entry.number));
+                let (position, per_second) =
+                    self.flash()
+                        .rooms
+                        .lock()
+                        .get(&entry.sku)
+                        .map_or((0, 1), |room| {
+                            (
+                                room.queue.position(entry.lane, entry.number),
+                                self.admission_rate(room.automatic),
+                            )
+                        });
                 TicketUpdate::Queued {
                     position,
-                    estimated_wait_secs: wait_secs(
-                        position,
-                        self.settings().flash.admit_per_second,
-                    ),
+                    estimated_wait_secs: wait_secs(position, per_second),
                 }
             }
         };
@@ -211,24 +405,74 @@ impl Shop {
         }
     }
 
-    /// Starts the ticker that admits from every waiting room. Call inside an actix system.
+    /// Starts the ticker that measures the pipeline and admits from every waiting room.
+    /// Call inside an actix system.
     pub fn start_admissions(&self) {
         let shop = self.clone();
         actix::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(ADMIT_TICK_MS));
             let mut tick = 0u64;
+            let mut last = Instant::now();
             loop {
                 ticks.tick().await;
                 tick += 1;
-                shop.admit_tick(tick % POSITION_PUSH_TICKS == 0);
+                let length_ms = u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last = Instant::now();
+                shop.measure_window(length_ms);
+                shop.admit_tick(tick, tick.is_multiple_of(POSITION_PUSH_TICKS));
             }
         });
     }
 
-    fn admit_tick(&self, push_positions: bool) {
+    /// Closes the measurement window: feeds it to the overload detector.
+    fn measure_window(&self, length_ms: u64) {
+        let pipeline = &self.flash().pipeline;
+        let window = Window {
+            completed: pipeline.window_completed.swap(0, Ordering::Relaxed),
+            latency_sum_us: pipeline.window_latency_us.swap(0, Ordering::Relaxed),
+            length_ms,
+        };
+        let in_flight = pipeline.in_flight.load(Ordering::Acquire);
+        let mut overload = pipeline.overload.lock();
+        let transition = overload.on_window(self.now_ms(), in_flight, window);
+        pipeline
+            .saturated
+            .store(overload.is_saturated(), Ordering::Release);
+        drop(overload);
+        record(transition, in_flight);
+        metrics::gauge!("panshi_pipeline_in_flight").set(in_flight as f64);
+    }
+
+    /// Tickets admitted per second from a room: what the pipeline sustains for an
+    /// automatic room, at most the configured rate for a flash sale.
+    fn admission_rate(&self, automatic: bool) -> u64 {
+        let sustained = self.flash().pipeline.overload.lock().sustained_per_second();
+        let configured = u64::from(self.settings().flash.admit_per_second);
+        if automatic {
+            sustained.max(1)
+        } else if sustained == 0 {
+            configured
+        } else {
+            configured.min(sustained.max(1))
+        }
+    }
+
+    fn admit_tick(&self, tick: u64, push_positions: bool) {
         let per_tick = (u64::from(self.settings().flash.admit_per_second) * ADMIT_TICK_MS)
             .div_ceil(1000) as usize;
-        let skus: Vec<Sku> = self.flash().rooms.lock().keys().cloned().collect();
+        let pipeline = &self.flash().pipeline;
+        let mut budget = {
+            let in_flight = pipeline.in_flight.load(Ordering::Acquire);
+            pipeline.overload.lock().admit_budget(in_flight) as usize
+        };
+        let mut skus: Vec<Sku> = self.flash().rooms.lock().keys().cloned().collect();
+        skus.sort();
+        // Rooms take turns at going first, so one product cannot starve the others.
+        if !skus.is_empty() {
+            let start = (tick as usize) % skus.len();
+            skus.rotate_left(start);
+        }
+        let calm = !pipeline.saturated.load(Ordering::Acquire);
         for sku in skus {
             let gone = self
                 .stock(&sku)
@@ -238,16 +482,29 @@ impl Shop {
                 let Some(room) = rooms.get_mut(&sku) else {
                     continue;
                 };
-                if gone {
-                    room.drain()
+                let admitted = if gone {
+                    room.queue.drain()
                 } else {
-                    room.admit(per_tick)
+                    let quota = if room.automatic {
+                        budget
+                    } else {
+                        budget.min(per_tick)
+                    };
+                    room.queue.admit(quota)
+                };
+                if room.automatic && calm && room.queue.waiting_count() == 0 {
+                    rooms.remove(&sku);
+                    self.flash()
+                        .rooms_open
+                        .store(rooms.len(), Ordering::Release);
                 }
+                admitted
             };
             for ticket in admitted {
                 if gone {
                     self.settle_ticket(ticket, TicketUpdate::SoldOut);
                 } else {
+                    budget = budget.saturating_sub(1);
                     self.admit_ticket(ticket);
                 }
             }
@@ -277,7 +534,7 @@ impl Shop {
     }
 
     fn push_positions(&self) {
-        let rate = self.settings().flash.admit_per_second;
+        let rates = [self.admission_rate(false), self.admission_rate(true)];
         let rooms = self.flash().rooms.lock();
         let mut tickets = self.flash().tickets.lock();
         for entry in tickets
@@ -287,10 +544,10 @@ impl Shop {
             let Some(room) = rooms.get(&entry.sku) else {
                 continue;
             };
-            let position = room.position(entry.lane, entry.number);
+            let position = room.queue.position(entry.lane, entry.number);
             let update = TicketUpdate::Queued {
                 position,
-                estimated_wait_secs: wait_secs(position, rate),
+                estimated_wait_secs: wait_secs(position, rates[usize::from(room.automatic)]),
             };
             entry
                 .watchers

@@ -293,6 +293,7 @@ impl Shop {
     ) -> Shop {
         let health: Arc<Health> = Arc::default();
         let settings_risk = settings.risk.clone();
+        let overload = settings.flash.overload;
         let mut channels = channel::Channels::default();
         for (name, client) in gateways {
             let (clock, health, actor_name) = (clock.clone(), health.clone(), name.clone());
@@ -320,7 +321,7 @@ impl Shop {
             traces: Traces::default(),
             channel_totals: Mutex::default(),
             risk: Mutex::new(engine::risk::RiskBook::new(settings_risk)),
-            flash: flash::FlashSales::default(),
+            flash: flash::FlashSales::new(overload),
             channels,
             resellers: reseller::Resellers::default(),
         }));
@@ -658,22 +659,27 @@ impl Shop {
         }))
     }
 
-    /// Creates an order: reserves its keys, commits it, and starts its actor. With an
-    /// `Idempotency-Key` seen before, answers the first order instead.
-    pub async fn create_order(&self, request: OrderRequest) -> Result<NewOrder, ShopError> {
-        let started = Instant::now();
+    /// The checks of a new order's shape that need no lock: quantity, contact, a known SKU.
+    /// Returns the product.
+    pub(crate) fn check_request(&self, request: &OrderRequest) -> Result<Product, ShopError> {
         if request.quantity == 0 || request.quantity > ORDER_QUANTITY_MAX {
             return Err(Rejection::InvalidInput("quantity must be 1 to 100").into());
         }
         validate_contact(&request.contact)?;
-        let product = {
-            let state = self.store().state();
-            state
-                .product(&request.sku)
-                .ok_or(Rejection::UnknownSku)?
-                .product
-                .clone()
-        };
+        let state = self.store().state();
+        Ok(state
+            .product(&request.sku)
+            .ok_or(Rejection::UnknownSku)?
+            .product
+            .clone())
+    }
+
+    /// Creates an order: reserves its keys, commits it, and starts its actor. With an
+    /// `Idempotency-Key` seen before, answers the first order instead.
+    pub async fn create_order(&self, request: OrderRequest) -> Result<NewOrder, ShopError> {
+        let started = Instant::now();
+        let _in_flight = self.pipeline_enter();
+        let product = self.check_request(&request)?;
         let amount_cents = product
             .price_cents
             .checked_mul(u64::from(request.quantity))

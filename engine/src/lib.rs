@@ -20,6 +20,7 @@ pub mod import;
 pub mod ledger;
 pub mod money;
 pub mod order;
+pub mod overload;
 pub mod payment;
 pub mod pool;
 pub mod risk;

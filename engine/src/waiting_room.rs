@@ -34,7 +34,6 @@ struct Queue {
 pub struct WaitingRoom {
     public: Queue,
     vip: Queue,
-    next_ticket: u64,
     /// Share of each tick's admissions reserved for the VIP lane, in percent.
     vip_share_percent: u32,
 }
@@ -45,7 +44,6 @@ impl WaitingRoom {
         Self {
             public: Queue::default(),
             vip: Queue::default(),
-            next_ticket: 1,
             vip_share_percent,
         }
     }
@@ -61,18 +59,17 @@ impl WaitingRoom {
         self.public.waiting.len() + self.vip.waiting.len()
     }
 
-    /// Takes a ticket; returns it and its position (1 = next in its lane).
-    pub fn join(&mut self, lane: Lane) -> Result<(TicketId, u64), RoomFull> {
+    /// Queues `ticket` (numbered by the caller, unique across rooms); returns its position
+    /// (1 = next in its lane).
+    pub fn join(&mut self, lane: Lane, ticket: TicketId) -> Result<u64, RoomFull> {
         if self.waiting_count() >= TICKETS_WAITING_MAX {
             return Err(RoomFull);
         }
-        let ticket = TicketId(self.next_ticket);
-        self.next_ticket += 1;
         let queue = self.queue(lane);
         queue.joined += 1;
         let number = queue.joined;
         queue.waiting.push_back((ticket, number));
-        Ok((ticket, number - queue.admitted))
+        Ok(number - queue.admitted)
     }
 
     /// A waiting ticket's position in its lane, given the number `join` gave it.
@@ -122,10 +119,19 @@ impl WaitingRoom {
 mod tests {
     use super::*;
 
+    /// Joins with the next ticket number; returns the ticket and its position.
+    fn join(room: &mut WaitingRoom, lane: Lane) -> Result<(TicketId, u64), RoomFull> {
+        let ticket =
+            TicketId(room.waiting_count() as u64 + room.public.admitted + room.vip.admitted + 1);
+        room.join(lane, ticket).map(|position| (ticket, position))
+    }
+
     #[test]
     fn the_queue_admits_in_order_and_positions_advance() {
         let mut room = WaitingRoom::new(0);
-        let tickets: Vec<_> = (0..5).map(|_| room.join(Lane::Public).unwrap()).collect();
+        let tickets: Vec<_> = (0..5)
+            .map(|_| join(&mut room, Lane::Public).unwrap())
+            .collect();
         assert_eq!(
             tickets.iter().map(|t| t.1).collect::<Vec<_>>(),
             [1, 2, 3, 4, 5]
@@ -140,9 +146,11 @@ mod tests {
     fn the_vip_lane_keeps_its_share_while_the_public_queue_is_long() {
         let mut room = WaitingRoom::new(20);
         for _ in 0..1000 {
-            room.join(Lane::Public).unwrap();
+            join(&mut room, Lane::Public).unwrap();
         }
-        let vips: Vec<_> = (0..10).map(|_| room.join(Lane::Vip).unwrap().0).collect();
+        let vips: Vec<_> = (0..10)
+            .map(|_| join(&mut room, Lane::Vip).unwrap().0)
+            .collect();
         let first = room.admit(10);
         assert_eq!(&first[..2], &vips[..2], "2 of every 10 admissions are VIP");
         let mut admitted_vips = 2;
@@ -159,14 +167,16 @@ mod tests {
     #[test]
     fn an_unused_share_goes_to_the_other_lane_and_the_room_is_bounded() {
         let mut room = WaitingRoom::new(50);
-        let vip = room.join(Lane::Vip).unwrap().0;
-        let public: Vec<_> = (0..3).map(|_| room.join(Lane::Public).unwrap().0).collect();
+        let vip = join(&mut room, Lane::Vip).unwrap().0;
+        let public: Vec<_> = (0..3)
+            .map(|_| join(&mut room, Lane::Public).unwrap().0)
+            .collect();
         assert_eq!(room.admit(4), [vip, public[0], public[1], public[2]]);
         let mut room = WaitingRoom::new(0);
         for _ in 0..TICKETS_WAITING_MAX {
-            room.join(Lane::Public).unwrap();
+            join(&mut room, Lane::Public).unwrap();
         }
-        assert_eq!(room.join(Lane::Vip), Err(RoomFull));
+        assert_eq!(join(&mut room, Lane::Vip), Err(RoomFull));
         assert_eq!(room.drain().len(), TICKETS_WAITING_MAX);
     }
 }

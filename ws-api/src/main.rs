@@ -301,7 +301,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         _ => None,
     };
     let shop_settings = Settings {
-        flash: settings.flash.settings(),
+        flash: settings.flash.settings(&settings.overload),
         risk: settings.risk.limits(),
         payment_methods: settings.payment_methods.clone(),
         breaker: settings.breaker.config(),

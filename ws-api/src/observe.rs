@@ -52,6 +52,42 @@ pub fn describe_metrics() {
     );
     describe_gauge!("panshi_actors_live", "Live actors by kind.");
     describe_gauge!(
+        "panshi_pipeline_in_flight",
+        "Order creations in flight (sampled every 100 ms)."
+    );
+    describe_gauge!(
+        "panshi_overload_saturated",
+        "1 while the order pipeline is saturated and new buyers queue automatically."
+    );
+    describe_counter!(
+        "panshi_queue_tickets_total",
+        "Buyers given a waiting-room ticket instead of an order, by lane."
+    );
+    describe_counter!(
+        "panshi_rate_limited_total",
+        "Requests refused 429 by the per-client rate limits, by lane."
+    );
+    describe_counter!(
+        "panshi_risk_refusals_total",
+        "New orders refused by a risk rule, by rule."
+    );
+    describe_counter!(
+        "panshi_orders_manual_queue_total",
+        "Orders sent to the manual payment queue because every channel was down."
+    );
+    describe_counter!(
+        "panshi_reseller_orders_total",
+        "Reseller bulk purchases committed."
+    );
+    describe_counter!(
+        "panshi_webhook_failures_total",
+        "Reseller webhook delivery attempts that failed."
+    );
+    describe_counter!(
+        "panshi_overload_episodes_total",
+        "Times the order pipeline became saturated."
+    );
+    describe_gauge!(
         "panshi_channel_breaker_state",
         "Payment channel circuit breaker: 0 closed, 1 half-open, 2 open."
     );

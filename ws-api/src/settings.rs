@@ -39,6 +39,45 @@ pub struct ServerSettings {
     pub risk: RiskSection,
     /// Flash-sale waiting rooms.
     pub flash: FlashSection,
+    /// When the order pipeline counts as saturated and new buyers queue automatically.
+    pub overload: OverloadSection,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct OverloadSection {
+    /// Order creations in flight at which new buyers start to queue.
+    pub inflight_high: u32,
+    /// Creations in flight the queue admits up to while saturated.
+    pub inflight_low: u32,
+    /// Mean creation latency over a 100 ms window at which new buyers start to queue.
+    pub latency_high_ms: u32,
+    /// Calm time before queueing stops.
+    pub calm_ms: u64,
+}
+
+impl Default for OverloadSection {
+    fn default() -> Self {
+        let o = engine::overload::OverloadSettings::default();
+        Self {
+            inflight_high: o.inflight_high,
+            inflight_low: o.inflight_low,
+            latency_high_ms: o.latency_high_ms,
+            calm_ms: o.calm_ms,
+        }
+    }
+}
+
+impl OverloadSection {
+    pub fn settings(&self) -> engine::overload::OverloadSettings {
+        engine::overload::OverloadSettings {
+            inflight_high: self.inflight_high,
+            inflight_low: self.inflight_low,
+            latency_high_ms: self.latency_high_ms,
+            calm_ms: self.calm_ms,
+        }
+        .normalised()
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -63,11 +102,12 @@ impl Default for FlashSection {
 }
 
 impl FlashSection {
-    pub fn settings(&self) -> actors::flash::FlashSettings {
+    pub fn settings(&self, overload: &OverloadSection) -> actors::flash::FlashSettings {
         actors::flash::FlashSettings {
             admit_per_second: self.admit_per_second.max(1),
             vip_share_percent: self.vip_share_percent.min(100),
             vip_contacts: self.vip_contacts.clone(),
+            overload: overload.settings(),
         }
     }
 }
@@ -330,6 +370,7 @@ impl Default for ServerSettings {
             limits: crate::limits::LimitsSettings::default(),
             risk: RiskSection::default(),
             flash: FlashSection::default(),
+            overload: OverloadSection::default(),
         }
     }
 }

@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use common::{keys, Server, ADMIN};
+use common::{keys, promtool_check, Server, ADMIN};
 use serde_json::{json, Value};
 
 /// Every stage a paid, delivered order goes through.
@@ -153,41 +150,4 @@ async fn check_metrics_content(server: &Server, order: &Value) -> String {
         "a contact leaked into /metrics"
     );
     text
-}
-
-/// Runs `promtool check metrics` on the scrape. Without promtool the check fails under CI
-/// (CI installs it) and is skipped, with a note, elsewhere.
-fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "promtool is not installed, and CI is set: install Debian's `prometheus` package \
-                 (.ci/run does) so /metrics is checked"
-            );
-            eprintln!("note: promtool not installed; skipping `promtool check metrics`");
-            return;
-        }
-        Err(error) => panic!("running promtool: {error}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- scrape ---\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

@@ -4,47 +4,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 async fn join(server: &Server, contact: &str) -> Value {
-    let body = json!({"sku": "rush", "quantity": 1, "contact": contact, "channel": "epay"});
-    let r = server
-        .http
-        .post(server.url("/api/v1/orders"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let (code, ticket) = answer(r).await;
+    let (code, ticket) = server.order_as("rush", 1, contact).await;
     assert_eq!(code, 202, "{ticket}");
     assert_eq!(ticket["status"], "queued");
     ticket
-}
-
-/// Every frame of a ticket's live feed until the server closes it.
-async fn watch(server: &Server, ticket: &Value) -> Vec<Value> {
-    let url = server.ws_url(&format!(
-        "/api/v1/queue/{}/live?token={}",
-        ticket["ticket"].as_str().unwrap(),
-        ticket["token"].as_str().unwrap()
-    ));
-    let (mut stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut frames = Vec::new();
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_secs(20), stream.next()).await
-    {
-        match message {
-            Message::Text(text) => frames.push(serde_json::from_str(&text).unwrap()),
-            Message::Close(_) => break,
-            _ => {}
-        }
-    }
-    frames
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +47,7 @@ async fn buyers_queue_advance_live_and_are_admitted_in_order_or_told_sold_out() 
     let watchers: Vec<_> = tickets
         .iter()
         .chain([&vip])
-        .map(|t| watch(&server, t))
+        .map(|t| watch_ticket(&server, t))
         .collect();
     let outcomes = futures_util::future::join_all(watchers).await;
     let last = |frames: &Vec<Value>| frames.last().cloned().unwrap();

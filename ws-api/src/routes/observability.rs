@@ -18,6 +18,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/api/v1/ops/actors", web::get().to(actors_health))
         .route("/api/v1/ops/channels", web::get().to(channels_health))
+        .route("/api/v1/ops/pipeline", web::get().to(pipeline))
         .route("/api/v1/ops/alerts", web::get().to(alerts))
         .route("/api/v1/ops/incident", web::post().to(set_incident))
         .route(
@@ -61,6 +62,33 @@ async fn channels_health(
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "channels": channels })))
+}
+
+/// The order pipeline's load and the open waiting rooms (flash sales and overload).
+async fn pipeline(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let view = state.shop.pipeline();
+    let rooms: Vec<Value> = view
+        .rooms
+        .iter()
+        .map(|(sku, automatic, waiting)| {
+            json!({"sku": sku.as_str(), "opened_by": if *automatic { "overload" } else { "operator" },
+                   "waiting": waiting})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "saturated": view.saturated,
+        "in_flight": view.in_flight,
+        "sustained_per_second": view.sustained_per_second,
+        "inflight_high": view.settings.inflight_high,
+        "inflight_low": view.settings.inflight_low,
+        "latency_high_ms": view.settings.latency_high_ms,
+        "calm_ms": view.settings.calm_ms,
+        "rooms": rooms,
+    })))
 }
 
 async fn actors_health(

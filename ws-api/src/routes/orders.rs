@@ -77,10 +77,10 @@ async fn create_order(
         idempotency_key,
         client_ip: client.map(|ip| ip.to_string()),
     };
-    if state.shop.is_flash_sale(&order_request.sku) {
-        let queued = state.shop.join_queue(order_request)?;
-        return Ok(crate::routes::queue::queued(&queued));
-    }
+    let order_request = match state.shop.queue_if_needed(order_request)? {
+        Ok(queued) => return Ok(crate::routes::queue::queued(&queued)),
+        Err(direct) => direct,
+    };
     let order = state.shop.create_order(order_request).await?;
     Ok(HttpResponse::Created().json(created_order(&order)))
 }

@@ -2,7 +2,7 @@
 //! clients for it: reqwest for HTTP, tokio-tungstenite for WebSockets.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -209,7 +209,12 @@ impl Server {
     }
 
     pub async fn order(&self, sku: &str, quantity: u32) -> (u16, Value) {
-        let body = json!({"sku": sku, "quantity": quantity, "contact": "buyer@example.com", "channel": "epay"});
+        self.order_as(sku, quantity, "buyer@example.com").await
+    }
+
+    /// `POST /api/v1/orders` for `contact`, paying by Epay.
+    pub async fn order_as(&self, sku: &str, quantity: u32, contact: &str) -> (u16, Value) {
+        let body = json!({"sku": sku, "quantity": quantity, "contact": contact, "channel": "epay"});
         let r = self
             .http
             .post(self.url("/api/v1/orders"))
@@ -367,4 +372,62 @@ impl Live {
             Frame::Closed(code) => panic!("socket closed ({code:?}) while a frame was expected"),
         }
     }
+}
+
+/// Runs `promtool check metrics` on the scrape. Without promtool the check fails under CI
+/// (CI installs it) and is skipped, with a note, elsewhere.
+pub fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is not installed, and CI is set: install Debian's `prometheus` package \
+                 (.ci/run does) so /metrics is checked"
+            );
+            eprintln!("note: promtool not installed; skipping `promtool check metrics`");
+            return;
+        }
+        Err(error) => panic!("running promtool: {error}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- scrape ---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every frame of a ticket's live feed until the server closes it.
+pub async fn watch_ticket(server: &Server, ticket: &Value) -> Vec<Value> {
+    let url = server.ws_url(&format!(
+        "/api/v1/queue/{}/live?token={}",
+        ticket["ticket"].as_str().unwrap(),
+        ticket["token"].as_str().unwrap()
+    ));
+    let (mut stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut frames = Vec::new();
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(20), stream.next()).await
+    {
+        match message {
+            Message::Text(text) => frames.push(serde_json::from_str(&text).unwrap()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    frames
 }
