@@ -88,6 +88,42 @@ pub fn parse_created(body: &[u8], quantity: u64) -> Option<Order> {
     })
 }
 
+/// A waiting-room ticket, from a 202 answer to an order.
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    pub ticket: String,
+    pub token: String,
+    pub position: u64,
+}
+
+#[derive(Deserialize)]
+struct Queued<'a> {
+    status: &'a str,
+    ticket: &'a str,
+    token: &'a str,
+    position: u64,
+}
+
+pub fn parse_queued(body: &[u8]) -> Option<Ticket> {
+    let queued: Queued<'_> = serde_json::from_slice(body).ok()?;
+    (queued.status == "queued").then(|| Ticket {
+        ticket: queued.ticket.to_owned(),
+        token: queued.token.to_owned(),
+        position: queued.position,
+    })
+}
+
+/// The order in an `admitted` ticket frame.
+pub fn parse_admitted(frame: &serde_json::Value) -> Option<Order> {
+    let order = frame.get("order")?;
+    Some(Order {
+        order_id: order.get("order_id")?.as_str()?.to_owned(),
+        token: order.get("token")?.as_str()?.to_owned(),
+        amount_cents: order.get("amount_cents")?.as_u64()?,
+        quantity: order.get("quantity")?.as_u64()?,
+    })
+}
+
 pub fn parse_lookup(body: &[u8]) -> Option<Lookup> {
     serde_json::from_slice(body).ok()
 }
@@ -159,6 +195,13 @@ impl Shop {
         )
     }
 
+    pub fn ticket_url(&self, ticket: &Ticket) -> String {
+        format!(
+            "ws://{}/api/v1/queue/{}/live?token={}",
+            self.host, ticket.ticket, ticket.token
+        )
+    }
+
     fn readyz_request(&self) -> Vec<u8> {
         request("GET", "/readyz", &self.host, &[], b"")
     }
@@ -193,19 +236,37 @@ impl Shop {
             "application/json",
             body.as_bytes(),
         );
+        self.operator_call(&request, 201, &format!("creating product {sku}"))
+            .await
+    }
+
+    /// Sends one operator request on a fresh connection; anything but `expected` fails.
+    async fn operator_call(&self, request: &[u8], expected: u16, what: &str) -> anyhow::Result<()> {
         let mut connection = self.operator_connection();
         let answer = connection
-            .send(&request, Retry::Never)
+            .send(request, Retry::Never)
             .await
-            .context("creating a product")?;
-        if answer.status != 201 {
+            .with_context(|| what.to_owned())?;
+        if answer.status != expected {
             bail!(
-                "creating product {sku}: HTTP {} {}",
+                "{what}: HTTP {} {}",
                 answer.status,
                 String::from_utf8_lossy(answer.body)
             );
         }
         Ok(())
+    }
+
+    /// Puts `sku` on flash sale: new buyers get waiting-room tickets.
+    pub async fn start_flash_sale(&self, sku: &str) -> anyhow::Result<()> {
+        let request = self.operator_request(
+            "POST",
+            &format!("/api/v1/admin/products/{sku}/flash-sale"),
+            "application/json",
+            br#"{"enabled":true}"#,
+        );
+        self.operator_call(&request, 200, &format!("starting a flash sale on {sku}"))
+            .await
     }
 
     /// Imports keys `first..first + count` of `sku` (`<sku>-<index>`); returns how many

@@ -110,6 +110,10 @@ pub enum Scenario {
         keys: usize,
         #[arg(long, default_value_t = 20_000)]
         buyers: usize,
+        /// Waiting room: off (buyers served at once), flash (the operator's flash-sale
+        /// switch), auto (the server's overload detection at its default thresholds).
+        #[arg(long, value_enum, default_value_t = super::flash::RoomMode::Off)]
+        waiting_room: super::flash::RoomMode,
     },
     /// Twice a baseline rate, three times a historical peak, then a kill -9 and restart
     /// mid-run (with --spawn).
@@ -155,7 +159,7 @@ impl Cli {
                 check_rate(*max_rate)?;
                 check_duration(*step_duration)
             }
-            Scenario::Flash { keys, buyers } => {
+            Scenario::Flash { keys, buyers, .. } => {
                 anyhow::ensure!(
                     (1..=FLASH_KEYS_MAX).contains(keys),
                     "--keys must be 1 to {FLASH_KEYS_MAX}"

@@ -3,9 +3,15 @@
 //! WebSocket, is paid by the gateway, and waits for the `delivered` frame; a loser gets
 //! 409 `sold_out`. With M >= K exactly K must win.
 //!
+//! With a waiting room (the operator's flash-sale switch, or the server's automatic one)
+//! a buyer may get 202 and a ticket instead: it watches the ticket over its WebSocket
+//! (positions pushed as the queue advances) until `admitted` with an order, which it then
+//! pays as a winner does, or `sold_out`.
+//!
 //! Buyers hold at most `connections_max` connections at once: the process's open-files
 //! limit (shared with the server, which holds the other end) minus a reserve and one
-//! socket per possible winner. Buyers beyond it wait for a loser's slot.
+//! socket per possible winner, halved with a waiting room (a queued buyer holds its HTTP
+//! connection and its ticket's socket). Buyers beyond it wait for a finished buyer's slot.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,8 +22,8 @@ use anyhow::Context as _;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::api::{Order, Shop};
-use super::cpu::{listen_overflows, overflows_since, CpuMark, CpuShare, ServerPid};
+use super::api::{parse_admitted, Order, Shop, Ticket};
+use super::cpu::{listen_overflows, overflows_since, peak_rss_kib, CpuMark, CpuShare, ServerPid};
 use super::http::{loopback_source, Connection};
 use super::progress::Progress;
 use super::purchase::{self, Created, Ledger};
@@ -43,11 +49,25 @@ pub const FLASH_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest the sale may run after it opens.
 pub const SALE_TIME_MAX: Duration = Duration::from_secs(300);
 const PRECONNECT_POLL: Duration = Duration::from_millis(10);
+/// Most frames read from one ticket's socket (positions come once a second).
+pub const TICKET_FRAMES_MAX: usize = 1_000;
+
+/// Which waiting room the sale runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoomMode {
+    /// None: the server's automatic room is switched off, every buyer is served at once.
+    Off,
+    /// The operator puts the product on flash sale: every buyer queues.
+    Flash,
+    /// The server's own overload detection decides (its default thresholds).
+    Auto,
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct FlashPlan {
     pub keys: usize,
     pub buyers: usize,
+    pub room: RoomMode,
 }
 
 pub struct FlashOutcome {
@@ -71,6 +91,25 @@ pub struct FlashOutcome {
     pub cpu: CpuShare,
     /// Listen-queue overflows on the machine from the opening to the end.
     pub listen_overflows: String,
+    pub tickets: TicketCounts,
+    /// Peak resident memory of the server and of the generator at the end, KiB.
+    pub server_peak_rss_kib: Option<u64>,
+    pub generator_peak_rss_kib: Option<u64>,
+}
+
+/// What the queued buyers saw.
+#[derive(Default, Debug)]
+pub struct TicketCounts {
+    pub tickets: u64,
+    pub admitted: u64,
+    pub sold_out: u64,
+    pub failed: u64,
+    /// `queued` frames received (the first one, then every position push).
+    pub position_frames: u64,
+    /// Tickets that saw their position fall while they watched.
+    pub moved_while_watched: u64,
+    /// Position frames that went up (must be 0: a queue only advances).
+    pub rose: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -94,9 +133,39 @@ struct Shared {
     opened_at: OnceLock<Instant>,
     last_win_us: AtomicU64,
     last_delivery_us: AtomicU64,
+    tickets: [AtomicU64; 7],
+}
+
+/// Indexes of `Shared::tickets`, in `TicketCounts` order.
+#[derive(Clone, Copy)]
+enum TicketCount {
+    Tickets,
+    Admitted,
+    SoldOut,
+    Failed,
+    PositionFrames,
+    Moved,
+    Rose,
 }
 
 impl Shared {
+    fn count(&self, which: TicketCount, n: u64) {
+        self.tickets[which as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn ticket_counts(&self) -> TicketCounts {
+        let get = |which: TicketCount| self.tickets[which as usize].load(Ordering::Acquire);
+        TicketCounts {
+            tickets: get(TicketCount::Tickets),
+            admitted: get(TicketCount::Admitted),
+            sold_out: get(TicketCount::SoldOut),
+            failed: get(TicketCount::Failed),
+            position_frames: get(TicketCount::PositionFrames),
+            moved_while_watched: get(TicketCount::Moved),
+            rose: get(TicketCount::Rose),
+        }
+    }
+
     fn mark(&self, slot: &AtomicU64) {
         if let Some(opened) = self.opened_at.get() {
             slot.fetch_max(opened.elapsed().as_micros() as u64, Ordering::AcqRel);
@@ -116,7 +185,8 @@ fn open_files_limit() -> Option<usize> {
 pub fn connection_budget(plan: &FlashPlan) -> anyhow::Result<usize> {
     let limit = open_files_limit().context("reading the open-files limit")?;
     let winners = plan.keys.min(plan.buyers);
-    let budget = limit.saturating_sub(FD_RESERVE + winners);
+    let sockets_per_buyer = if plan.room == RoomMode::Off { 1 } else { 2 };
+    let budget = limit.saturating_sub(FD_RESERVE + winners) / sockets_per_buyer;
     anyhow::ensure!(
         budget > 0,
         "open-files limit {limit} leaves no room for buyers"
@@ -143,6 +213,7 @@ pub async fn run_flash(
         opened_at: OnceLock::new(),
         last_win_us: AtomicU64::new(0),
         last_delivery_us: AtomicU64::new(0),
+        tickets: Default::default(),
     });
     let preconnect_started = Instant::now();
     let overflows_at_start = listen_overflows();
@@ -175,6 +246,7 @@ pub async fn run_flash(
     progress.finish();
     let mut outcome = outcome(plan, &shared, ends, connections_max, preconnect, wall, cpu);
     outcome.preconnected = preconnected;
+    outcome.server_peak_rss_kib = server.get().and_then(|pid| peak_rss_kib(Some(pid)));
     outcome.listen_overflows = format!(
         "{overflows_while_connecting} while buyers connected, {} during the sale",
         overflows_since(overflows_before)
@@ -238,6 +310,9 @@ fn outcome(
         last_delivery_after: Duration::from_micros(shared.last_delivery_us.load(Ordering::Acquire)),
         cpu,
         listen_overflows: String::new(),
+        tickets: shared.ticket_counts(),
+        server_peak_rss_kib: None,
+        generator_peak_rss_kib: peak_rss_kib(None),
     }
 }
 
@@ -285,6 +360,11 @@ async fn buyer(shared: Arc<Shared>, index: usize) -> (BuyerEnd, Ledger) {
         .await
     {
         Created::Order(order) => order,
+        Created::Queued(ticket) => match wait_ticket(&shared, source, &ticket).await {
+            TicketEnd::Admitted(order) => order,
+            TicketEnd::SoldOut => return (BuyerEnd::SoldOut, ledger),
+            TicketEnd::Failed => return (BuyerEnd::Failed, ledger),
+        },
         Created::SoldOut => {
             note_stale(&shared, &connection);
             return (BuyerEnd::SoldOut, ledger);
@@ -298,6 +378,87 @@ async fn buyer(shared: Arc<Shared>, index: usize) -> (BuyerEnd, Ledger) {
         lock(&shared.stats).record(Endpoint::Purchase, started.elapsed());
     }
     (end, ledger)
+}
+
+enum TicketEnd {
+    Admitted(Order),
+    SoldOut,
+    Failed,
+}
+
+/// Watches a waiting-room ticket until its outcome: positions, then admitted or sold out.
+async fn wait_ticket(shared: &Shared, source: IpAddr, ticket: &Ticket) -> TicketEnd {
+    shared.count(TicketCount::Tickets, 1);
+    let started = Instant::now();
+    let mut live =
+        match Live::connect(shared.shop.addr, source, &shared.shop.ticket_url(ticket)).await {
+            Ok(live) => live,
+            Err(kind) => {
+                lock(&shared.stats).error(Endpoint::WsConnect, kind);
+                shared.count(TicketCount::Failed, 1);
+                return TicketEnd::Failed;
+            }
+        };
+    let mut last_position = ticket.position;
+    let mut moved = false;
+    let mut end = TicketEnd::Failed;
+    let mut error = Some(ErrorKind::Protocol);
+    for _ in 0..TICKET_FRAMES_MAX {
+        let frame = match live.next_json().await {
+            Ok(frame) => frame,
+            Err(kind) => {
+                error = Some(kind);
+                break;
+            }
+        };
+        match frame["status"].as_str() {
+            Some("queued") => {
+                shared.count(TicketCount::PositionFrames, 1);
+                let position = frame["position"].as_u64().unwrap_or(u64::MAX);
+                if position > last_position {
+                    shared.count(TicketCount::Rose, 1);
+                }
+                moved |= position < last_position;
+                last_position = position;
+                continue;
+            }
+            Some("admitted") => {
+                error = None;
+                end = match parse_admitted(&frame) {
+                    Some(order) => TicketEnd::Admitted(order),
+                    None => {
+                        error = Some(ErrorKind::UnexpectedBody);
+                        TicketEnd::Failed
+                    }
+                };
+            }
+            Some("sold_out") => {
+                error = None;
+                end = TicketEnd::SoldOut;
+            }
+            _ => error = Some(ErrorKind::UnexpectedBody),
+        }
+        break;
+    }
+    live.close().await;
+    if moved {
+        shared.count(TicketCount::Moved, 1);
+    }
+    match (&end, error) {
+        (_, Some(kind)) => {
+            lock(&shared.stats).error(Endpoint::QueueWait, kind);
+            shared.count(TicketCount::Failed, 1);
+        }
+        (TicketEnd::Admitted(_), None) => {
+            lock(&shared.stats).record(Endpoint::QueueWait, started.elapsed());
+            shared.count(TicketCount::Admitted, 1);
+        }
+        (_, None) => {
+            lock(&shared.stats).record(Endpoint::QueueWait, started.elapsed());
+            shared.count(TicketCount::SoldOut, 1);
+        }
+    }
+    end
 }
 
 fn note_stale(shared: &Shared, connection: &Connection) {
@@ -377,8 +538,8 @@ async fn open_live(shared: &Shared, source: IpAddr, order: &Order) -> Option<Liv
 impl FlashOutcome {
     pub fn print(&self) {
         println!(
-            "\n== flash: {} keys, {} buyers, at most {} connections at once ==",
-            self.plan.keys, self.plan.buyers, self.connections_max
+            "\n== flash: {} keys, {} buyers, waiting room {:?}, at most {} buyers connected at once ==",
+            self.plan.keys, self.plan.buyers, self.plan.room, self.connections_max
         );
         println!(
             "{} buyers connected in {:.2} s before the opening; sale wall {:.2} s; last win at {:.3} s, last delivery at {:.3} s",
@@ -397,6 +558,28 @@ impl FlashOutcome {
         println!(
             "listen queue overflows (dropped SYNs): {}",
             self.listen_overflows
+        );
+        let t = &self.tickets;
+        println!(
+            "waiting room: {} tickets; admitted {}, sold out {}, failed {}; {} position frames, \
+             {} tickets saw their position fall while watching, {} positions rose",
+            t.tickets,
+            t.admitted,
+            t.sold_out,
+            t.failed,
+            t.position_frames,
+            t.moved_while_watched,
+            t.rose
+        );
+        let mib = |kib: Option<u64>| {
+            kib.map_or("unknown".to_owned(), |k| {
+                format!("{:.0} MiB", k as f64 / 1024.0)
+            })
+        };
+        println!(
+            "peak resident memory: server {}, generator {}",
+            mib(self.server_peak_rss_kib),
+            mib(self.generator_peak_rss_kib)
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::api::{parse_created, parse_lookup, Lookup, Order, Shop};
+use super::api::{parse_created, parse_lookup, parse_queued, Lookup, Order, Shop, Ticket};
 use super::http::{Connection, Retry};
 use super::stats::{lock, Endpoint, ErrorKind, SharedStats};
 
@@ -39,6 +39,8 @@ impl Ledger {
 
 pub enum Created {
     Order(Order),
+    /// A waiting-room ticket (202), in a flash sale.
+    Queued(Ticket),
     SoldOut,
     Failed(ErrorKind),
 }
@@ -49,8 +51,8 @@ pub enum Payment {
     InDoubt,
 }
 
-/// Creates an order. A 409 is a sold-out answer: expected in a flash sale (recorded with
-/// its latency), an error otherwise.
+/// Creates an order. A 409 is a sold-out answer and a 202 a waiting-room ticket: expected
+/// in a flash sale (recorded with their latency), errors otherwise.
 pub async fn create(
     connection: &mut Connection,
     request: &[u8],
@@ -66,6 +68,12 @@ pub async fn create(
             None => Created::Failed(ErrorKind::UnexpectedBody),
         },
         Ok(answer) if answer.status == 409 && sold_out_expected => Created::SoldOut,
+        Ok(answer) if answer.status == 202 && sold_out_expected => {
+            match parse_queued(answer.body) {
+                Some(ticket) => Created::Queued(ticket),
+                None => Created::Failed(ErrorKind::UnexpectedBody),
+            }
+        }
         Ok(answer) => Created::Failed(ErrorKind::Status(answer.status)),
         Err(error) => Created::Failed(error.kind()),
     };
@@ -75,6 +83,10 @@ pub async fn create(
         Created::SoldOut => {
             stats.record(Endpoint::Create, latency);
             stats.note("sold out answers", 1);
+        }
+        Created::Queued(_) => {
+            stats.record(Endpoint::Create, latency);
+            stats.note("queued answers (202 with a ticket)", 1);
         }
         Created::Failed(kind) => stats.error(Endpoint::Create, *kind),
     }

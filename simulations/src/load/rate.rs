@@ -259,6 +259,8 @@ async fn buy(
             Created::Order(order) => order,
             Created::SoldOut => return Ok(()),
             Created::Failed(kind) => return Err(kind),
+            // Only a flash sale takes tickets; a paced run has the automatic room off.
+            Created::Queued(_) => return Err(ErrorKind::Status(202)),
         };
     let lookup_order = shared.lookup.then(|| order.clone());
     if !purchase::pay_and_file(connection, &shared.shop, order, &shared.stats, ledger).await {

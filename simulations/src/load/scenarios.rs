@@ -268,6 +268,9 @@ fn print_ramp_summary(rows: &[RampRow], stop: &str) {
 pub async fn flash(ctx: &Context, plan: FlashPlan) -> anyhow::Result<ScenarioOutcome> {
     let product = ctx.stocked_product("flash", plan.keys as u64).await?;
     ctx.settle().await?;
+    if plan.room == super::flash::RoomMode::Flash {
+        ctx.shop.start_flash_sale(&product.sku).await?;
+    }
     let outcome = run_flash(&ctx.shop, &product.sku, plan, &ctx.server_pid).await?;
     outcome.print();
     Ok(ScenarioOutcome {

@@ -39,6 +39,8 @@ pub struct SpawnedServer {
     /// Fixed by the first start; restarts listen on it again.
     pub addr: SocketAddr,
     pub pid: ServerPid,
+    /// Settings added after the fixed ones, on every start.
+    env: Vec<(String, String)>,
 }
 
 impl SpawnedServer {
@@ -46,6 +48,7 @@ impl SpawnedServer {
         binary: &Path,
         credentials: Credentials,
         pid: ServerPid,
+        env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
         let temp = tempfile::Builder::new()
             .prefix("panshi-load-")
@@ -62,6 +65,7 @@ impl SpawnedServer {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             pid,
+            env,
         };
         server.addr = server.launch().await?;
         Ok(server)
@@ -106,6 +110,7 @@ impl SpawnedServer {
             .env("PANSHI_RISK__RESERVED_UNITS_PER_IP_MAX", "0")
             .env("PANSHI_RISK__ORDERS_PER_CONTACT_PER_WINDOW_MAX", "0")
             .env("PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX", "0")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -58,7 +58,7 @@ pub async fn wait_quiet(shop: &Shop, sku: &str, ledger: &mut Ledger) -> (bool, u
             Created::Order(order) => {
                 purchase::pay_and_file(&mut connection, shop, order, &stats, ledger).await
             }
-            Created::SoldOut | Created::Failed(_) => false,
+            Created::SoldOut | Created::Queued(_) | Created::Failed(_) => false,
         };
         if paid && began.elapsed() <= QUIET_PURCHASE_MAX {
             if began - *quiet_since.get_or_insert(began) >= QUIET_WINDOW {

@@ -29,10 +29,12 @@ pub enum Endpoint {
     WsPush,
     /// A whole purchase: create written to the last answer read.
     Purchase,
+    /// From a waiting-room ticket (202) to its outcome frame (admitted, sold out, failed).
+    QueueWait,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 8] = [
         Endpoint::Connect,
         Endpoint::Create,
         Endpoint::Notify,
@@ -40,6 +42,7 @@ impl Endpoint {
         Endpoint::WsConnect,
         Endpoint::WsPush,
         Endpoint::Purchase,
+        Endpoint::QueueWait,
     ];
 
     fn index(self) -> usize {
@@ -55,6 +58,7 @@ impl Endpoint {
             Endpoint::WsConnect => "ws connect",
             Endpoint::WsPush => "ws push",
             Endpoint::Purchase => "purchase",
+            Endpoint::QueueWait => "queue wait",
         }
     }
 }

@@ -70,24 +70,34 @@ impl Live {
         }
     }
 
-    /// The status of the next text frame; `Closed` when the server closed first.
-    pub async fn next_status(&mut self) -> Result<String, ErrorKind> {
+    /// The next text frame; `Closed` when the server closed first.
+    async fn next_text(&mut self) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes, ErrorKind> {
         for _ in 0..FRAMES_PER_ORDER_MAX {
             let message = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
                 .await
                 .map_err(|_| ErrorKind::Timeout)?;
             match message {
-                Some(Ok(Message::Text(text))) => {
-                    let frame: Frame<'_> =
-                        serde_json::from_str(&text).map_err(|_| ErrorKind::UnexpectedBody)?;
-                    return Ok(frame.status.to_owned());
-                }
+                Some(Ok(Message::Text(text))) => return Ok(text),
                 Some(Ok(Message::Close(_))) | None => return Err(ErrorKind::Closed),
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => return Err(error_kind(&error)),
             }
         }
         Err(ErrorKind::Protocol)
+    }
+
+    /// The status of the next text frame; `Closed` when the server closed first.
+    pub async fn next_status(&mut self) -> Result<String, ErrorKind> {
+        let text = self.next_text().await?;
+        let frame: Frame<'_> =
+            serde_json::from_str(&text).map_err(|_| ErrorKind::UnexpectedBody)?;
+        Ok(frame.status.to_owned())
+    }
+
+    /// The next text frame as JSON (a waiting-room ticket's frames).
+    pub async fn next_json(&mut self) -> Result<serde_json::Value, ErrorKind> {
+        let text = self.next_text().await?;
+        serde_json::from_str(&text).map_err(|_| ErrorKind::UnexpectedBody)
     }
 
     /// Reads frames until `status` arrives; any terminal status before it is an error.
