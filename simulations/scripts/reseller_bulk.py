@@ -85,7 +85,8 @@ def main():
     port, data = free_port(), tempfile.mkdtemp(prefix='panshi-reseller-bench-')
     base = f'http://127.0.0.1:{port}'
     env = dict(os.environ, PANSHI_ADMIN_TOKEN=ADMIN, PANSHI_LOG__LEVEL='warn',
-               PANSHI_RESELLERS__RATE_PER_SECOND='1000000', PANSHI_RESELLERS__RATE_BURST='1000000')
+               PANSHI_RESELLERS__RATE_PER_SECOND='1000000', PANSHI_RESELLERS__RATE_BURST='1000000',
+               PANSHI_RESELLERS__STREAM_RATE_PER_SECOND='1000000', PANSHI_RESELLERS__STREAM_RATE_BURST='1000000')
     server = subprocess.Popen([BIN, 'serve', '--listen', f'127.0.0.1:{port}', '--data', data], env=env,
                               stdout=subprocess.DEVNULL)
     try:

@@ -161,6 +161,8 @@ fn start(dir: &tempfile::TempDir, retry_first_ms: &str) -> Server {
         &[
             ("PANSHI_RESELLERS__RATE_PER_SECOND", "100000"),
             ("PANSHI_RESELLERS__RATE_BURST", "100000"),
+            ("PANSHI_RESELLERS__LOOKUP_RATE_PER_SECOND", "100000"),
+            ("PANSHI_RESELLERS__LOOKUP_RATE_BURST", "100000"),
             ("PANSHI_RESELLERS__WEBHOOK_RETRY_FIRST_MS", retry_first_ms),
         ],
     )

@@ -17,6 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 const UNLIMITED: &[(&str, &str)] = &[
     ("PANSHI_RESELLERS__RATE_PER_SECOND", "100000"),
     ("PANSHI_RESELLERS__RATE_BURST", "100000"),
+    ("PANSHI_RESELLERS__LOOKUP_RATE_PER_SECOND", "100000"),
+    ("PANSHI_RESELLERS__LOOKUP_RATE_BURST", "100000"),
+    ("PANSHI_RESELLERS__STREAM_RATE_PER_SECOND", "100000"),
+    ("PANSHI_RESELLERS__STREAM_RATE_BURST", "100000"),
 ];
 
 fn start(dir: &tempfile::TempDir) -> Server {
@@ -291,11 +295,13 @@ async fn a_revoked_key_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_key_is_rate_limited() {
+async fn each_key_is_rate_limited_per_lane() {
     let dir = tempfile::tempdir().unwrap();
     let env = [
-        ("PANSHI_RESELLERS__RATE_PER_SECOND", "1"),
-        ("PANSHI_RESELLERS__RATE_BURST", "50"),
+        ("PANSHI_RESELLERS__LOOKUP_RATE_PER_SECOND", "1"),
+        ("PANSHI_RESELLERS__LOOKUP_RATE_BURST", "50"),
+        ("PANSHI_RESELLERS__STREAM_RATE_PER_SECOND", "1"),
+        ("PANSHI_RESELLERS__STREAM_RATE_BURST", "1"),
     ];
     let server = Server::start_with(dir.path(), &env);
     let (_, key) = reseller(&server, "Fast", 0).await;
@@ -311,20 +317,48 @@ async fn each_key_is_rate_limited() {
         200,
         "another key's budget"
     );
+    // The same key's purchases have their own bucket: refused for the balance, not 429.
+    let (code, body) = buy(&server, &key, "none", 1, None).await;
+    assert!(code != 429 && (400..500).contains(&code), "{code} {body}");
+    // Stream connects too; a burst below the contract's floor of 50 is raised to it.
+    for _ in 0..50 {
+        drop(stream(&server, &key, 0).await);
+    }
+    let refused = stream_request(&server, &key, 0).await;
+    assert_eq!(refused, Some(429), "the 51st stream connect");
 }
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn stream(server: &Server, key: &str, cursor: u64) -> Socket {
+    let (socket, _) = tokio_tungstenite::connect_async(stream_upgrade(server, key, cursor))
+        .await
+        .expect("stream connects");
+    socket
+}
+
+fn stream_upgrade(
+    server: &Server,
+    key: &str,
+    cursor: u64,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let url = server.ws_url(&format!("/api/v1/reseller/stream?cursor={cursor}"));
     let mut request = url.into_client_request().unwrap();
     let bearer = format!("Bearer {key}").parse().unwrap();
     request.headers_mut().insert("Authorization", bearer);
-    let (socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("stream connects");
-    socket
+    request
+}
+
+/// The HTTP status a stream upgrade was refused with, if it was.
+async fn stream_request(server: &Server, key: &str, cursor: u64) -> Option<u16> {
+    match tokio_tungstenite::connect_async(stream_upgrade(server, key, cursor)).await {
+        Ok(_) => None,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Some(response.status().as_u16())
+        }
+        Err(error) => panic!("stream upgrade: {error}"),
+    }
 }
 
 /// The next `count` frames of a stream.

@@ -37,13 +37,31 @@ pub const RATE_BURST_DEFAULT: u32 = 100;
 /// The contract's floor for the burst.
 pub const RATE_BURST_MIN: u32 = 50;
 const _: () = assert!(RATE_BURST_DEFAULT >= RATE_BURST_MIN);
+/// Default sustained stream connects per second, per key (a watcher reconnects rarely).
+pub const STREAM_RATE_PER_SECOND_DEFAULT: u32 = 1;
+
+/// What a reseller request does, for its per-key bucket: a flood of lookups cannot eat
+/// the budget of purchases, nor reconnects that of either.
+#[derive(Clone, Copy, Debug)]
+enum KeyLane {
+    Purchase,
+    Lookup,
+    Stream,
+}
 
 /// `[resellers]` settings.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(default)]
 pub struct ResellerSettings {
+    /// Per key: bulk purchases.
     pub rate_per_second: u32,
     pub rate_burst: u32,
+    /// Per key: account and order lookups.
+    pub lookup_rate_per_second: u32,
+    pub lookup_rate_burst: u32,
+    /// Per key: stream connects.
+    pub stream_rate_per_second: u32,
+    pub stream_rate_burst: u32,
     /// Whether a webhook URL may point at loopback or private addresses.
     pub webhook_private_addresses_allowed: bool,
     /// The first webhook retry's delay; each further one doubles it (tests shorten it).
@@ -55,6 +73,10 @@ impl Default for ResellerSettings {
         Self {
             rate_per_second: RATE_PER_SECOND_DEFAULT,
             rate_burst: RATE_BURST_DEFAULT,
+            lookup_rate_per_second: RATE_PER_SECOND_DEFAULT,
+            lookup_rate_burst: RATE_BURST_DEFAULT,
+            stream_rate_per_second: STREAM_RATE_PER_SECOND_DEFAULT,
+            stream_rate_burst: RATE_BURST_MIN,
             webhook_private_addresses_allowed: true,
             webhook_retry_first_ms: crate::webhooks::RETRY_FIRST_MS_DEFAULT,
         }
@@ -62,8 +84,24 @@ impl Default for ResellerSettings {
 }
 
 struct Edge {
-    limiter: DefaultKeyedRateLimiter<ResellerId>,
+    purchase: DefaultKeyedRateLimiter<ResellerId>,
+    lookup: DefaultKeyedRateLimiter<ResellerId>,
+    stream: DefaultKeyedRateLimiter<ResellerId>,
     webhook_private_addresses_allowed: bool,
+}
+
+impl Edge {
+    fn lanes(&self) -> [&DefaultKeyedRateLimiter<ResellerId>; 3] {
+        [&self.purchase, &self.lookup, &self.stream]
+    }
+
+    fn lane(&self, lane: KeyLane) -> &DefaultKeyedRateLimiter<ResellerId> {
+        match lane {
+            KeyLane::Purchase => &self.purchase,
+            KeyLane::Lookup => &self.lookup,
+            KeyLane::Stream => &self.stream,
+        }
+    }
 }
 
 static EDGE: OnceLock<Edge> = OnceLock::new();
@@ -73,21 +111,29 @@ pub fn init(settings: &ResellerSettings) {
     let _ = EDGE.set(edge(settings));
 }
 
+/// A per-key bucket; the burst never goes below the contract's floor.
+fn keyed(per_second: u32, burst: u32) -> DefaultKeyedRateLimiter<ResellerId> {
+    let per_second = NonZeroU32::new(per_second.max(1)).expect("non-zero");
+    let burst = NonZeroU32::new(burst.max(RATE_BURST_MIN)).expect("non-zero");
+    RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
+}
+
 fn edge(settings: &ResellerSettings) -> Edge {
-    let per_second = NonZeroU32::new(settings.rate_per_second.max(1)).expect("non-zero");
-    let burst = NonZeroU32::new(settings.rate_burst.max(RATE_BURST_MIN)).expect("non-zero");
     Edge {
-        limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+        purchase: keyed(settings.rate_per_second, settings.rate_burst),
+        lookup: keyed(settings.lookup_rate_per_second, settings.lookup_rate_burst),
+        stream: keyed(settings.stream_rate_per_second, settings.stream_rate_burst),
         webhook_private_addresses_allowed: settings.webhook_private_addresses_allowed,
     }
 }
 
 /// Forgets resellers whose buckets are full again (keys are authenticated reseller ids,
-/// so the map never outgrows the accounts; pruning keeps it to the active ones).
+/// so the maps never outgrow the accounts; pruning keeps them to the active ones).
 pub fn prune_limits() {
-    let limiter = &current_edge().limiter;
-    limiter.retain_recent();
-    limiter.shrink_to_fit();
+    for limiter in current_edge().lanes() {
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
 }
 
 fn current_edge() -> &'static Edge {
@@ -111,14 +157,18 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/api/v1/reseller/stream", web::get().to(stream));
 }
 
-/// The reseller a request's key belongs to, within its rate limit.
-fn authenticate(request: &HttpRequest, state: &AppState) -> Result<ResellerId, ApiError> {
+/// The reseller a request's key belongs to, within its rate limit for `lane`.
+fn authenticate(
+    request: &HttpRequest,
+    state: &AppState,
+    lane: KeyLane,
+) -> Result<ResellerId, ApiError> {
     let key = bearer(request).ok_or_else(ApiError::unauthorized)?;
     let id = state
         .shop
         .reseller_by_key(key)
         .ok_or_else(ApiError::unauthorized)?;
-    if let Err(not_until) = current_edge().limiter.check_key(&id) {
+    if let Err(not_until) = current_edge().lane(lane).check_key(&id) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
@@ -263,7 +313,7 @@ async fn balance(
 }
 
 async fn me(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let id = authenticate(&request, &state)?;
+    let id = authenticate(&request, &state, KeyLane::Lookup)?;
     let account = state.shop.reseller_account(id).map_err(reseller_error)?;
     Ok(HttpResponse::Ok().json(json!({
         "reseller_id": account.reseller_id.to_string(),
@@ -306,7 +356,7 @@ async fn purchase(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = authenticate(&request, &state)?;
+    let id = authenticate(&request, &state, KeyLane::Purchase)?;
     let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
     let body: PurchaseBody = parse_json(&body)?;
     let sku = Sku::parse(&body.sku)?;
@@ -335,7 +385,7 @@ async fn order(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = authenticate(&request, &state)?;
+    let id = authenticate(&request, &state, KeyLane::Lookup)?;
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
     let view = state
         .shop
@@ -377,7 +427,7 @@ async fn stream(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let id = authenticate(&request, &state)?;
+    let id = authenticate(&request, &state, KeyLane::Stream)?;
     let cursor = cursor_of(&request)?;
     let guard = crate::routes::live::open_socket(&state)?;
     let feed = state
