@@ -268,9 +268,8 @@ impl GatewayClient for EpusdtClient {
 }
 
 /// Stripe Checkout: `POST {api_base}/v1/checkout/sessions` (form, Bearer secret key) to
-/// create, `GET {api_base}/v1/checkout/sessions/{id}` to query. This build links no TLS,
-/// so the API base must be reachable over http (a local TLS-terminating proxy, or a test
-/// double); against `https://api.stripe.com` creation fails and orders fall back.
+/// create, `GET {api_base}/v1/checkout/sessions/{id}` to query, over TLS for an https
+/// base (rustls with the Mozilla roots built in; tests point it at an http double).
 pub struct StripeClient {
     http: reqwest::Client,
     api_base: String,
