@@ -214,7 +214,19 @@ impl Server {
 
     /// `POST /api/v1/orders` for `contact`, paying by Epay.
     pub async fn order_as(&self, sku: &str, quantity: u32, contact: &str) -> (u16, Value) {
-        let body = json!({"sku": sku, "quantity": quantity, "contact": contact, "channel": "epay"});
+        self.order_via(sku, quantity, contact, "epay").await
+    }
+
+    /// `POST /api/v1/orders` for `contact`, paying through `channel`.
+    pub async fn order_via(
+        &self,
+        sku: &str,
+        quantity: u32,
+        contact: &str,
+        channel: &str,
+    ) -> (u16, Value) {
+        let body =
+            json!({"sku": sku, "quantity": quantity, "contact": contact, "channel": channel});
         let r = self
             .http
             .post(self.url("/api/v1/orders"))
