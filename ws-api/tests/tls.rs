@@ -55,16 +55,7 @@ async fn https_gateways_and_webhooks_are_called_over_tls() {
         ],
     );
     server.product("tls", 100, &keys("TLS", 3)).await;
-    let body =
-        json!({"sku": "tls", "quantity": 1, "contact": "t@example.com", "channel": "stripe"});
-    let r = server
-        .http
-        .post(server.url("/api/v1/orders"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let (code, order) = answer(r).await;
+    let (code, order) = server.order_via("tls", 1, "t@example.com", "stripe").await;
     client_hello(&mut hellos, "Stripe session create").await;
     assert_eq!(code, 201, "{order}");
     assert_eq!(order["payment"]["channel"], "manual", "{order}");
