@@ -9,7 +9,8 @@
 //! outcome.
 //!
 //! Invariants: while a product has a room, every new buyer of it queues (nobody overtakes
-//! the queue); an automatic room closes only once it is empty and the pipeline is calm;
+//! the queue), once the request's shape and the risk rules have let it through (a refusal
+//! comes at once, with its own code, not after the wait); an automatic room closes only once it is empty and the pipeline is calm;
 //! tickets are bounded per room and in all (`TICKETS_MAX`), a full room answers 503.
 
 use std::collections::HashMap;
@@ -297,6 +298,7 @@ impl Shop {
             }
         }
         self.check_request(&request)?;
+        self.screen_risk(&request)?;
         self.join_queue(request).map(Ok)
     }
 

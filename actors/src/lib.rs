@@ -258,6 +258,20 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Checks the risk rules for one buyer, counting a refusal under its rule.
+fn risk_check(
+    book: &mut engine::risk::RiskBook,
+    buyer: &engine::risk::Buyer,
+    sku: &Sku,
+    quantity: u32,
+    now_ms: u64,
+) -> Result<(), ShopError> {
+    book.check(buyer, sku, quantity, now_ms).map_err(|rule| {
+        metrics::counter!("panshi_risk_refusals_total", "rule" => rule.code()).increment(1);
+        Rejection::Risk(rule).into()
+    })
+}
+
 fn validate_contact(contact: &str) -> Result<(), Rejection> {
     if contact.trim().is_empty() {
         return Err(Rejection::InvalidInput("contact is required"));
@@ -812,15 +826,29 @@ impl Shop {
         now_ms: u64,
     ) -> Result<RiskHold<'_>, ShopError> {
         let mut book = self.0.risk.lock();
-        if let Err(rule) = book.check(buyer, sku, quantity, now_ms) {
-            metrics::counter!("panshi_risk_refusals_total", "rule" => rule.code()).increment(1);
-            return Err(Rejection::Risk(rule).into());
-        }
+        risk_check(&mut book, buyer, sku, quantity, now_ms)?;
         book.reserved(order_id, buyer, sku, quantity, now_ms);
         Ok(RiskHold {
             shop: self,
             order_id: Some(order_id.clone()),
         })
+    }
+
+    /// The risk rules as they stand, without holding anything: a buyer about to be queued
+    /// is refused now, with the rule's own code, rather than after the wait.
+    pub(crate) fn screen_risk(&self, request: &OrderRequest) -> Result<(), ShopError> {
+        let buyer = engine::risk::Buyer {
+            contact: request.contact.clone(),
+            ip: request.client_ip.clone(),
+        };
+        let now_ms = self.now_ms();
+        risk_check(
+            &mut self.0.risk.lock(),
+            &buyer,
+            &request.sku,
+            request.quantity,
+            now_ms,
+        )
     }
 
     /// The order was paid or lapsed: its units stop counting against its buyer.

@@ -20,7 +20,8 @@ async fn buyers_queue_advance_live_and_are_admitted_in_order_or_told_sold_out() 
     let config = dir.path().join("panshi.toml");
     std::fs::write(
         &config,
-        "[flash]\nadmit_per_second = 4\nvip_share_percent = 50\nvip_contacts = [\"vip@x.com\"]\n",
+        "[flash]\nadmit_per_second = 4\nvip_share_percent = 50\nvip_contacts = [\"vip@x.com\"]\n\
+         [risk]\nblocked_contacts = [\"banned@x.com\"]\n",
     )
     .unwrap();
     let server = Server::start_full(
@@ -42,6 +43,13 @@ async fn buyers_queue_advance_live_and_are_admitted_in_order_or_told_sold_out() 
         assert_eq!(ticket["position"], n + 1, "{ticket}");
         tickets.push(ticket);
     }
+    // A blocked buyer is refused at the door with the rule's code, not queued to fail later.
+    let (code, refused) = server.order_as("rush", 1, "banned@x.com").await;
+    assert_eq!(
+        (code, refused["error"].as_str()),
+        (403, Some("blocked_contact")),
+        "{refused}"
+    );
     let vip = join(&server, "VIP@x.com").await;
     assert_eq!(vip["position"], 1, "the VIP lane has its own queue");
     let watchers: Vec<_> = tickets
