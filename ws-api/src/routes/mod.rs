@@ -18,11 +18,13 @@ use engine::payment::signatures_equal;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// Routes are tried in registration order, and every dynamic pattern passed costs a regex
+/// match: the buyer's hot path (orders, payment callbacks, live sockets) goes first.
 pub fn configure(config: &mut web::ServiceConfig) {
-    admin::configure(config);
     orders::configure(config);
-    live::configure(config);
     payments::configure(config);
+    live::configure(config);
+    admin::configure(config);
     queue::configure(config);
     resellers::configure(config);
     webhooks::configure(config);
