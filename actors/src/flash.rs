@@ -100,6 +100,7 @@ struct Pipeline {
     /// Mirrors `overload.is_saturated()` for the lock-free fast path.
     saturated: AtomicBool,
     window_completed: AtomicU64,
+    window_latency_samples: AtomicU64,
     window_latency_us: AtomicU64,
     overload: Mutex<Overload>,
 }
@@ -127,6 +128,7 @@ impl FlashSales {
                 in_flight: AtomicU64::new(0),
                 saturated: AtomicBool::new(false),
                 window_completed: AtomicU64::new(0),
+                window_latency_samples: AtomicU64::new(0),
                 window_latency_us: AtomicU64::new(0),
                 overload: Mutex::new(Overload::new(overload)),
             },
@@ -134,10 +136,24 @@ impl FlashSales {
     }
 }
 
-/// An order creation in flight; counted out, with its latency, when dropped.
+/// An order creation in flight; counted out when dropped.
 pub struct InFlight<'a> {
     pipeline: &'a Pipeline,
-    started: Instant,
+}
+
+impl InFlight<'_> {
+    /// Records the time this creation spent in the pipeline proper (reserving its keys and
+    /// committing), the latency the overload detector watches.
+    pub(crate) fn measured(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let pipeline = self.pipeline;
+        pipeline
+            .window_latency_samples
+            .fetch_add(1, Ordering::Relaxed);
+        pipeline
+            .window_latency_us
+            .fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 impl Drop for InFlight<'_> {
@@ -145,10 +161,6 @@ impl Drop for InFlight<'_> {
         let pipeline = self.pipeline;
         pipeline.in_flight.fetch_sub(1, Ordering::AcqRel);
         pipeline.window_completed.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        pipeline
-            .window_latency_us
-            .fetch_add(micros, Ordering::Relaxed);
     }
 }
 
@@ -235,10 +247,7 @@ impl Shop {
     pub(crate) fn pipeline_enter(&self) -> InFlight<'_> {
         let pipeline = &self.flash().pipeline;
         pipeline.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight {
-            pipeline,
-            started: Instant::now(),
-        }
+        InFlight { pipeline }
     }
 
     pub fn pipeline(&self) -> PipelineView {
@@ -279,13 +288,14 @@ impl Shop {
         }
         let has_room = flash.rooms.lock().contains_key(&request.sku);
         if !has_room {
-            let (queue, transition) = pipeline
-                .overload
-                .lock()
-                .on_request(self.now_ms(), in_flight);
-            if transition.is_some() {
-                pipeline.saturated.store(true, Ordering::Release);
-            }
+            let (queue, transition) = {
+                let mut overload = pipeline.overload.lock();
+                let decision = overload.on_request(self.now_ms(), in_flight);
+                pipeline
+                    .saturated
+                    .store(overload.is_saturated(), Ordering::Release);
+                decision
+            };
             record(transition, in_flight);
             if !queue {
                 return Ok(Err(request));
@@ -316,30 +326,35 @@ impl Shop {
         } else {
             Lane::Public
         };
-        if self.flash().tickets.lock().len() >= TICKETS_MAX {
+        let token = engine::ids::hex128(self.random_u128());
+        // The ticket's entry exists before the ticker can see it in the room: `tickets` is
+        // held across the join (lock order: tickets, then rooms).
+        let mut tickets = self.flash().tickets.lock();
+        if tickets.len() >= TICKETS_MAX {
             return Err(ShopError::Busy);
         }
-        let (ticket, position, per_second) = {
+        let (ticket, place, per_second) = {
             let mut rooms = self.flash().rooms.lock();
             let room = self.open_room(&mut rooms, &request.sku);
             let ticket = TicketId(self.flash().next_ticket.fetch_add(1, Ordering::Relaxed));
-            let position = room
+            let place = room
                 .queue
                 .join(lane, ticket)
                 .map_err(|RoomFull| ShopError::Busy)?;
-            (ticket, position, self.admission_rate(room.automatic))
+            (ticket, place, self.admission_rate(room.automatic))
         };
-        let token = engine::ids::hex128(self.random_u128());
         let entry = Ticket {
             sku: request.sku.clone(),
             lane,
-            number: position,
+            number: place.number,
             token: token.clone(),
             request: Some(request),
             watchers: Vec::new(),
             outcome: None,
         };
-        self.flash().tickets.lock().insert(ticket, entry);
+        tickets.insert(ticket, entry);
+        drop(tickets);
+        let position = place.position;
         metrics::counter!("panshi_queue_tickets_total", "lane" => if lane == Lane::Vip { "vip" } else { "public" }).increment(1);
         let estimated_wait_secs = wait_secs(position, per_second);
         Ok(Queued {
@@ -362,31 +377,45 @@ impl Shop {
         if !engine::payment::signatures_equal(&entry.token, token) {
             return Err(Rejection::UnknownOrder.into());
         }
-        let now = match &entry.outcome {
-            Some(outcome) => outcome.clone(),
-            None => {
-                let (position, per_second) =
-                    self.flash()
-                        .rooms
-                        .lock()
-                        .get(&entry.sku)
-                        .map_or((0, 1), |room| {
-                            (
-                                room.queue.position(entry.lane, entry.number),
-                                self.admission_rate(room.automatic),
-                            )
-                        });
-                TicketUpdate::Queued {
-                    position,
-                    estimated_wait_secs: wait_secs(position, per_second),
-                }
-            }
-        };
+        let now = self.ticket_state(entry);
         let _ = sender.try_send(now.clone());
         if !now.is_final() {
             entry.watchers.push(sender);
         }
         Ok(receiver)
+    }
+
+    /// A ticket's state now, without watching it (a page that renders it once).
+    pub fn ticket_now(&self, ticket: TicketId, token: &str) -> Result<TicketUpdate, ShopError> {
+        let tickets = self.flash().tickets.lock();
+        let entry = tickets.get(&ticket).ok_or(Rejection::UnknownOrder)?;
+        if !engine::payment::signatures_equal(&entry.token, token) {
+            return Err(Rejection::UnknownOrder.into());
+        }
+        Ok(self.ticket_state(entry))
+    }
+
+    /// The outcome, or the position and estimated wait (called under `tickets`; takes
+    /// `rooms`, then `overload`, in the module's lock order).
+    fn ticket_state(&self, entry: &Ticket) -> TicketUpdate {
+        if let Some(outcome) = &entry.outcome {
+            return outcome.clone();
+        }
+        let (position, per_second) =
+            self.flash()
+                .rooms
+                .lock()
+                .get(&entry.sku)
+                .map_or((0, 1), |room| {
+                    (
+                        room.queue.position(entry.lane, entry.number),
+                        self.admission_rate(room.automatic),
+                    )
+                });
+        TicketUpdate::Queued {
+            position,
+            estimated_wait_secs: wait_secs(position, per_second),
+        }
     }
 
     fn settle_ticket(&self, ticket: TicketId, outcome: TicketUpdate) {
@@ -415,13 +444,19 @@ impl Shop {
             let mut ticks = tokio::time::interval(Duration::from_millis(ADMIT_TICK_MS));
             let mut tick = 0u64;
             let mut last = Instant::now();
+            // Thousandths of a flash-sale admission carried between ticks, so that a rate
+            // below 10/s is kept exactly rather than rounded up to one per tick.
+            let mut credit_milli = 0u64;
             loop {
                 ticks.tick().await;
                 tick += 1;
                 let length_ms = u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX);
                 last = Instant::now();
                 shop.measure_window(length_ms);
-                shop.admit_tick(tick, tick.is_multiple_of(POSITION_PUSH_TICKS));
+                credit_milli += u64::from(shop.settings().flash.admit_per_second) * ADMIT_TICK_MS;
+                let per_tick = usize::try_from(credit_milli / 1_000).unwrap_or(usize::MAX);
+                credit_milli %= 1_000;
+                shop.admit_tick(tick, per_tick, tick.is_multiple_of(POSITION_PUSH_TICKS));
             }
         });
     }
@@ -431,6 +466,7 @@ impl Shop {
         let pipeline = &self.flash().pipeline;
         let window = Window {
             completed: pipeline.window_completed.swap(0, Ordering::Relaxed),
+            latency_samples: pipeline.window_latency_samples.swap(0, Ordering::Relaxed),
             latency_sum_us: pipeline.window_latency_us.swap(0, Ordering::Relaxed),
             length_ms,
         };
@@ -445,23 +481,21 @@ impl Shop {
         metrics::gauge!("panshi_pipeline_in_flight").set(in_flight as f64);
     }
 
-    /// Tickets admitted per second from a room: what the pipeline sustains for an
-    /// automatic room, at most the configured rate for a flash sale.
+    /// Tickets admitted per second from a room, for the estimated wait: what the pipeline
+    /// sustains for an automatic room, the configured rate for a flash sale (before a sale
+    /// the measured rate reflects demand, not capacity).
     fn admission_rate(&self, automatic: bool) -> u64 {
-        let sustained = self.flash().pipeline.overload.lock().sustained_per_second();
-        let configured = u64::from(self.settings().flash.admit_per_second);
         if automatic {
+            let sustained = self.flash().pipeline.overload.lock().sustained_per_second();
             sustained.max(1)
-        } else if sustained == 0 {
-            configured
         } else {
-            configured.min(sustained.max(1))
+            u64::from(self.settings().flash.admit_per_second)
         }
     }
 
-    fn admit_tick(&self, tick: u64, push_positions: bool) {
-        let per_tick = (u64::from(self.settings().flash.admit_per_second) * ADMIT_TICK_MS)
-            .div_ceil(1000) as usize;
+    /// Admits from every room: a flash-sale room at most `per_tick`, all of them within
+    /// the room the pipeline has left.
+    fn admit_tick(&self, tick: u64, per_tick: usize, push_positions: bool) {
         let pipeline = &self.flash().pipeline;
         let mut budget = {
             let in_flight = pipeline.in_flight.load(Ordering::Acquire);
@@ -494,7 +528,10 @@ impl Shop {
                     };
                     room.queue.admit(quota)
                 };
-                if room.automatic && calm && room.queue.waiting_count() == 0 {
+                // Closed only on a tick that admitted nobody from it: the last admitted are
+                // still to start their creations, and a newcomer must not overtake them.
+                if room.automatic && calm && admitted.is_empty() && room.queue.waiting_count() == 0
+                {
                     rooms.remove(&sku);
                     self.flash()
                         .rooms_open
@@ -537,8 +574,9 @@ impl Shop {
 
     fn push_positions(&self) {
         let rates = [self.admission_rate(false), self.admission_rate(true)];
-        let rooms = self.flash().rooms.lock();
+        // Lock order: tickets, then rooms.
         let mut tickets = self.flash().tickets.lock();
+        let rooms = self.flash().rooms.lock();
         for entry in tickets
             .values_mut()
             .filter(|t| t.outcome.is_none() && !t.watchers.is_empty())

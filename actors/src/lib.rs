@@ -692,8 +692,8 @@ impl Shop {
     /// `Idempotency-Key` seen before, answers the first order instead.
     pub async fn create_order(&self, request: OrderRequest) -> Result<NewOrder, ShopError> {
         let started = Instant::now();
-        let _in_flight = self.pipeline_enter();
         let product = self.check_request(&request)?;
+        let in_flight = self.pipeline_enter();
         let amount_cents = product
             .price_cents
             .checked_mul(u64::from(request.quantity))
@@ -758,6 +758,7 @@ impl Shop {
             }
             return Err(error);
         }
+        in_flight.measured(reserve_elapsed + commit_started.1.elapsed());
         let Event::OrderCreated(new_order) = event else {
             unreachable!()
         };

@@ -1,14 +1,20 @@
 //! Overload detection for the order pipeline: when too many order creations are in flight,
-//! or the ones finishing took too long, the pipeline is saturated and new buyers are put in
+//! or the ones finishing spent too long in the pipeline proper (reserving keys and
+//! committing; not the payment gateway's call), the pipeline is saturated and new buyers are put in
 //! a waiting room instead of piling more work onto it. Pure: the caller counts creations in
 //! flight, measures their latency per window, and passes the clock in.
 //!
 //! Invariants: entering is immediate (a request that finds `inflight_high` creations in
-//! flight is queued at once, so a spike cannot slam through between two ticks); leaving is
-//! slow (in flight at or below `inflight_low` and latency under half the threshold for
-//! `calm_ms` in a row), so the state does not flap. While saturated, queued buyers are
+//! flight is queued at once, so a spike cannot slam through between two ticks); latency
+//! counts only over a window of at least `LATENCY_SAMPLES_MIN` creations, so one slow
+//! order cannot switch the shop to queueing; leaving is slow (in flight at or below
+//! `inflight_low` and latency under half the threshold for `calm_ms` in a row), so the
+//! state does not flap. While saturated, queued buyers are
 //! admitted only into the room left below `inflight_low`: admission runs at the rate the
 //! pipeline actually completes work, not at a guessed rate.
+
+/// Creations a window must have measured before its mean latency counts.
+pub const LATENCY_SAMPLES_MIN: u64 = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OverloadSettings {
@@ -34,13 +40,14 @@ impl Default for OverloadSettings {
 }
 
 impl OverloadSettings {
-    /// Settings that make sense: low below high, both at least 1.
+    /// Settings that make sense: low below high, both at least 1; a latency threshold of
+    /// at least 2 ms (leaving needs half of it).
     pub fn normalised(self) -> Self {
         let inflight_high = self.inflight_high.max(1);
         Self {
             inflight_high,
             inflight_low: self.inflight_low.clamp(1, inflight_high),
-            latency_high_ms: self.latency_high_ms.max(1),
+            latency_high_ms: self.latency_high_ms.max(2),
             calm_ms: self.calm_ms,
         }
     }
@@ -49,8 +56,10 @@ impl OverloadSettings {
 /// What finished in one measurement window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Window {
-    /// Creations that finished.
+    /// Creations that finished (with an order or a refusal).
     pub completed: u64,
+    /// Creations whose time in the pipeline proper was measured.
+    pub latency_samples: u64,
     /// Their summed latency, in microseconds.
     pub latency_sum_us: u64,
     /// The window's length.
@@ -58,8 +67,12 @@ pub struct Window {
 }
 
 impl Window {
+    /// The mean latency, when enough creations were measured to mean something.
     fn mean_latency_ms(&self) -> u64 {
-        (self.latency_sum_us / self.completed.max(1)) / 1_000
+        if self.latency_samples < LATENCY_SAMPLES_MIN {
+            return 0;
+        }
+        (self.latency_sum_us / self.latency_samples) / 1_000
     }
 }
 
@@ -182,6 +195,7 @@ mod tests {
     fn window(completed: u64, mean_ms: u64) -> Window {
         Window {
             completed,
+            latency_samples: completed,
             latency_sum_us: completed * mean_ms * 1_000,
             length_ms: 100,
         }
@@ -201,6 +215,11 @@ mod tests {
         let mut o = Overload::new(settings());
         assert_eq!(o.on_window(100, 5, window(0, 0)), None);
         assert_eq!(o.on_window(200, 5, window(10, 199)), None);
+        // One slow creation is not a saturated pipeline.
+        assert_eq!(
+            o.on_window(250, 5, window(LATENCY_SAMPLES_MIN - 1, 5_000)),
+            None
+        );
         assert_eq!(
             o.on_window(300, 5, window(10, 200)),
             Some(Transition::Entered)
@@ -261,7 +280,7 @@ mod tests {
         let s = o.settings();
         assert_eq!(
             (s.inflight_high, s.inflight_low, s.latency_high_ms),
-            (1, 1, 1)
+            (1, 1, 2)
         );
     }
 }

@@ -23,6 +23,14 @@ pub struct TicketId(pub u64);
 #[derive(Debug, PartialEq, Eq)]
 pub struct RoomFull;
 
+/// Where a ticket joined: its number in its lane (what `position` takes) and its position
+/// then (1 = next).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub number: u64,
+    pub position: u64,
+}
+
 #[derive(Default, Debug)]
 struct Queue {
     waiting: VecDeque<(TicketId, u64)>,
@@ -59,9 +67,8 @@ impl WaitingRoom {
         self.public.waiting.len() + self.vip.waiting.len()
     }
 
-    /// Queues `ticket` (numbered by the caller, unique across rooms); returns its position
-    /// (1 = next in its lane).
-    pub fn join(&mut self, lane: Lane, ticket: TicketId) -> Result<u64, RoomFull> {
+    /// Queues `ticket` (numbered by the caller, unique across rooms).
+    pub fn join(&mut self, lane: Lane, ticket: TicketId) -> Result<Place, RoomFull> {
         if self.waiting_count() >= TICKETS_WAITING_MAX {
             return Err(RoomFull);
         }
@@ -69,7 +76,10 @@ impl WaitingRoom {
         queue.joined += 1;
         let number = queue.joined;
         queue.waiting.push_back((ticket, number));
-        Ok(number - queue.admitted)
+        Ok(Place {
+            number,
+            position: number - queue.admitted,
+        })
     }
 
     /// A waiting ticket's position in its lane, given the number `join` gave it.
@@ -95,6 +105,7 @@ impl WaitingRoom {
     /// Admits up to `count` tickets: the VIP share first, then the public lane, and any
     /// share one lane cannot use goes to the other.
     pub fn admit(&mut self, count: usize) -> Vec<TicketId> {
+        let count = count.min(self.waiting_count());
         let vip_quota = (count * self.vip_share_percent as usize).div_ceil(100);
         let mut admitted = Vec::with_capacity(count);
         self.take(Lane::Vip, vip_quota, &mut admitted);
@@ -123,7 +134,8 @@ mod tests {
     fn join(room: &mut WaitingRoom, lane: Lane) -> Result<(TicketId, u64), RoomFull> {
         let ticket =
             TicketId(room.waiting_count() as u64 + room.public.admitted + room.vip.admitted + 1);
-        room.join(lane, ticket).map(|position| (ticket, position))
+        room.join(lane, ticket)
+            .map(|place| (ticket, place.position))
     }
 
     #[test]
@@ -178,5 +190,26 @@ mod tests {
         }
         assert_eq!(join(&mut room, Lane::Vip), Err(RoomFull));
         assert_eq!(room.drain().len(), TICKETS_WAITING_MAX);
+    }
+
+    #[test]
+    fn a_late_joiner_keeps_its_number_and_a_huge_count_admits_only_the_waiting() {
+        let mut room = WaitingRoom::new(0);
+        for _ in 0..40 {
+            join(&mut room, Lane::Public).unwrap();
+        }
+        assert_eq!(room.admit(11).len(), 11);
+        let place = room.join(Lane::Public, TicketId(1_000)).unwrap();
+        assert_eq!(
+            place,
+            Place {
+                number: 41,
+                position: 30
+            }
+        );
+        assert_eq!(room.position(Lane::Public, place.number), 30);
+        room.admit(10);
+        assert_eq!(room.position(Lane::Public, place.number), 20);
+        assert_eq!(room.admit(usize::MAX).len(), 20);
     }
 }
