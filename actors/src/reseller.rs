@@ -562,16 +562,23 @@ impl Feed {
             self.replay_through,
             STREAM_REPLAY_PAGE_EVENTS,
         );
+        // A page is bounded in bytes as the live queue is: the rest is read next time.
+        let mut bytes = 0;
         for item in page {
+            if bytes >= STREAM_SUBSCRIBER_BUFFER_BYTES {
+                break;
+            }
             let record = item.record;
-            self.replayed.push_back(Arc::new(StreamEvent {
+            let event = StreamEvent {
                 seq: item.seq,
                 order_id: record.created.order_id.clone(),
                 status: item.status,
                 sku: record.created.sku.clone(),
                 amount_cents: record.created.amount_cents,
                 cards: crate::order::keys_of(&state, &record.cards),
-            }));
+            };
+            bytes += event.buffered_bytes();
+            self.replayed.push_back(Arc::new(event));
         }
     }
 }
