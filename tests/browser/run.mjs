@@ -269,11 +269,52 @@ async function orderPageReconnects() {
   }
 }
 
+// (5) In a flash sale the buyer waits in line on a page that counts down live, then lands
+// on the order page by itself when admitted.
+async function flashSaleBuyerWaitsInLine() {
+  // Ten admissions a second; per-client limits off, as the buyers ahead share an IP.
+  const server = await startServer({
+    PANSHI_FLASH__ADMIT_PER_SECOND: "10",
+    PANSHI_LIMITS__CREATE__PER_SECOND: "1000",
+    PANSHI_LIMITS__CREATE__BURST: "1000",
+    PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX: "0",
+    PANSHI_RISK__RESERVED_UNITS_PER_IP_MAX: "0",
+  });
+  const { context, page, problems } = await newPage({ viewport: { width: 800, height: 700 } });
+  try {
+    const on = await api(server.base, "POST", "/api/v1/admin/products/vpn-30d/flash-sale", { enabled: true }, ADMIN_TOKEN);
+    check(on.status === 200, `flash sale on: ${JSON.stringify(on.json)}`);
+    // 18 buyers ahead (the demo stock is 20 keys): about 1.8 s in line.
+    for (let n = 0; n < 18; n++) {
+      const ahead = await api(server.base, "POST", "/api/v1/orders",
+        { sku: "vpn-30d", quantity: 1, contact: `ahead${n}@example.com`, channel: "alipay" });
+      check(ahead.status === 202, `buyer ${n} queued: ${JSON.stringify(ahead.json)}`);
+    }
+    await page.goto(`${server.base}/product/vpn-30d`);
+    await page.getByLabel("Contact (e-mail or phone)").fill("patient@example.com");
+    await page.getByRole("button", { name: "Buy and pay" }).click();
+    await page.getByRole("heading", { name: "You are in line" }).waitFor();
+    const first = Number(await page.locator("#position").textContent());
+    check(first >= 1 && first <= 19, `a place in line: ${first}`);
+    await screenshot(page, "5a-flash-sale-in-line");
+    await page.waitForFunction(
+      (start) => Number(document.getElementById("position").textContent) < start, first);
+    await page.getByRole("heading", { name: "Your order" }).waitFor();
+    check((await page.locator("#status").textContent()) === "Waiting for payment", "admitted into an order");
+    await screenshot(page, "5b-flash-sale-admitted");
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
 const TESTS = [
   ["buyer buys through the demo gateway and sees the key live", buyerSeesKeyLive],
   ["operator signs in, imports keys and confirms a manual payment", operatorImportsAndConfirms],
   ["a product named like markup renders as inert text", markupNameIsInert],
   ["the order page reconnects after the socket drops", orderPageReconnects],
+  ["a flash-sale buyer waits in line live and lands on the order", flashSaleBuyerWaitsInLine],
 ];
 
 async function main() {

@@ -1,5 +1,7 @@
 // Panshi pages: the live parts. Plain JavaScript, no build step, no other origin.
 // - order page: follows the order over its WebSocket, shows keys as they arrive, reconnects;
+// - queue page: follows a waiting-room ticket, then goes to the order (or reloads to show
+//   the outcome);
 // - catalogue: refreshes the stock counts;
 // - copy buttons.
 "use strict";
@@ -108,6 +110,45 @@
     if (!TERMINAL[order.getAttribute("data-status")]) connect();
   }
 
+  function followQueue(queue) {
+    var delay = RECONNECT_DELAY_MS_MIN;
+    var conn = document.getElementById("conn");
+    var waitLabel = queue.getAttribute("data-wait-label");
+    var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host +
+      "/api/v1/queue/" + encodeURIComponent(queue.getAttribute("data-ticket")) +
+      "/live?token=" + encodeURIComponent(queue.getAttribute("data-token"));
+    function connect() {
+      var finished = false;
+      var socket = new WebSocket(url);
+      socket.onopen = function () { conn.hidden = true; delay = RECONNECT_DELAY_MS_MIN; };
+      socket.onmessage = function (event) {
+        var update;
+        try { update = JSON.parse(event.data); } catch (e) { return; }
+        if (update.status === "queued") {
+          document.getElementById("position").textContent = update.position;
+          document.getElementById("wait").textContent =
+            waitLabel.replace("{}", update.estimated_wait_secs);
+          return;
+        }
+        finished = true;
+        if (update.status === "admitted" && update.order) {
+          location.assign("/order/" + encodeURIComponent(update.order.order_id) +
+            "?token=" + encodeURIComponent(update.order.token));
+        } else {
+          // Sold out or failed: the page itself says so.
+          location.reload();
+        }
+      };
+      socket.onclose = function () {
+        if (finished) return;
+        conn.hidden = false;
+        setTimeout(connect, delay);
+        delay = Math.min(delay * 2, RECONNECT_DELAY_MS_MAX);
+      };
+    }
+    connect();
+  }
+
   function refreshStock(list) {
     var soldOut = list.getAttribute("data-sold-out");
     var inStock = list.getAttribute("data-in-stock");
@@ -128,6 +169,8 @@
   document.addEventListener("DOMContentLoaded", function () {
     var order = document.getElementById("order");
     if (order) followOrder(order);
+    var queue = document.getElementById("queue");
+    if (queue) followQueue(queue);
     var catalogue = document.getElementById("catalogue");
     if (catalogue) setInterval(function () { refreshStock(catalogue); }, STOCK_REFRESH_MS);
   });

@@ -4,12 +4,15 @@
 //! Buying posts a form here; the order is made exactly as `POST /api/v1/orders` makes it
 //! (with an idempotency key from the form, so a double submit makes one order), and the
 //! buyer lands on the order page, which links to the channel's payment URL and shows the
-//! keys the moment they are committed.
+//! keys the moment they are committed. When the product has a waiting room (a flash sale,
+//! or a saturated pipeline) the buyer lands on the ticket's page instead, which shows the
+//! position live and moves on to the order page once admitted.
 
 use std::hash::{Hash, Hasher};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use actors::flash::TicketUpdate;
 use actors::OrderRequest;
 use engine::money::format_cents;
 use engine::order::{CONTACT_LEN_MAX, ORDER_QUANTITY_MAX};
@@ -32,6 +35,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/product/{sku}", web::get().to(product_page))
         .route("/buy", web::post().to(buy))
         .route("/order/{order_id}", web::get().to(order_page))
+        .route("/queue/{ticket}", web::get().to(queue_page))
         .route("/lookup", web::get().to(lookup));
 }
 
@@ -348,6 +352,23 @@ async fn buy(
         fingerprint: fingerprint(&form),
         client_ip: client.map(|ip| ip.to_string()),
     };
+    let order_request = match state.shop.queue_if_needed(order_request) {
+        Ok(Ok(queued)) => {
+            return Ok(see_other(&queue_path(queued.ticket.0, &queued.token)));
+        }
+        Ok(Err(direct)) => direct,
+        Err(error) => {
+            let error = ApiError::from(error);
+            let text = refusal_text(lang, &error);
+            return Ok(render_product(
+                &request,
+                &view,
+                &form,
+                Some(text),
+                error.status,
+            ));
+        }
+    };
     match state.shop.create_order(order_request).await {
         Ok(order) => Ok(see_other(&order_path(
             order.order_id.as_str(),
@@ -373,6 +394,80 @@ pub fn order_path(order_id: &str, token: &str) -> String {
         "/order/{}?token={}",
         url_encode(order_id),
         url_encode(token)
+    )
+}
+
+/// A waiting-room ticket's page address; the token rides in the link as an order's does.
+pub fn queue_path(ticket: u64, token: &str) -> String {
+    format!("/queue/{ticket}?token={}", url_encode(token))
+}
+
+/// A ticket's page: its position now (then live, by the script), the order page once
+/// admitted, or the sold-out or failed outcome.
+async fn queue_page(
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<OrderQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let lang = Lang::of(&request);
+    let Ok(ticket) = path.parse::<u64>() else {
+        return not_found(&request);
+    };
+    let now = state
+        .shop
+        .ticket_now(engine::waiting_room::TicketId(ticket), &query.token);
+    let (position, wait_secs) = match now {
+        Err(_) => return not_found(&request),
+        Ok(TicketUpdate::Admitted(order)) => {
+            return see_other(&order_path(order.order_id.as_str(), &order.token));
+        }
+        Ok(TicketUpdate::SoldOut) => {
+            return message_page(
+                &request,
+                StatusCode::CONFLICT,
+                lang.pick("Sold out", "已售罄"),
+                lang.pick(
+                    "The keys ran out before your turn came. Nothing was charged.",
+                    "轮到您之前库存已售完，未产生任何费用。",
+                ),
+            );
+        }
+        Ok(TicketUpdate::Failed(reason)) => {
+            return message_page(
+                &request,
+                StatusCode::CONFLICT,
+                lang.pick(
+                    "Your turn came, but the order failed",
+                    "轮到您了，但下单失败",
+                ),
+                &reason,
+            );
+        }
+        Ok(TicketUpdate::Queued {
+            position,
+            estimated_wait_secs,
+        }) => (position, estimated_wait_secs),
+    };
+    let title = lang.pick("You are in line", "您正在排队");
+    let main = html! {
+        h1 { (title) }
+        section #queue data-ticket=(ticket) data-token=(query.token)
+            data-wait-label=(lang.pick("about {} s", "约 {} 秒")) {
+            p { (lang.pick("Position in line:", "当前排位：")) " " strong #position { (position) } }
+            p { (lang.pick("Estimated wait:", "预计等待：")) " " span #wait {
+                (lang.pick("about {} s", "约 {} 秒").replace("{}", &wait_secs.to_string()))
+            } }
+            p { (lang.pick(
+                "Keep this page open: it moves on to your order as soon as it is your turn.",
+                "请保持本页打开：轮到您时会自动进入订单页面。",
+            )) }
+            p #conn hidden { (lang.pick("Reconnecting…", "正在重新连接…")) }
+        }
+    };
+    respond(
+        StatusCode::OK,
+        document(&Frame::new(&request, lang, title), main),
     )
 }
 
