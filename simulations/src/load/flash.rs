@@ -436,6 +436,11 @@ async fn wait_ticket(shared: &Shared, source: IpAddr, ticket: &Ticket) -> Ticket
                 error = None;
                 end = TicketEnd::SoldOut;
             }
+            Some("failed") => {
+                // The server's own answer (for example the sale ended): not a protocol error.
+                error = None;
+                lock(&shared.stats).note("tickets failed by the server", 1);
+            }
             _ => error = Some(ErrorKind::UnexpectedBody),
         }
         break;
@@ -453,10 +458,11 @@ async fn wait_ticket(shared: &Shared, source: IpAddr, ticket: &Ticket) -> Ticket
             lock(&shared.stats).record(Endpoint::QueueWait, started.elapsed());
             shared.count(TicketCount::Admitted, 1);
         }
-        (_, None) => {
+        (TicketEnd::SoldOut, None) => {
             lock(&shared.stats).record(Endpoint::QueueWait, started.elapsed());
             shared.count(TicketCount::SoldOut, 1);
         }
+        (TicketEnd::Failed, None) => shared.count(TicketCount::Failed, 1),
     }
     end
 }
