@@ -309,6 +309,11 @@ impl Shop {
         }
         self.check_request(&request)?;
         self.screen_risk(&request)?;
+        // Nobody queues for keys that are gone for good (none left, none held unpaid).
+        let stock = self.stock(&request.sku)?;
+        if stock.available == 0 && stock.reserved == 0 {
+            return Err(Rejection::SoldOut.into());
+        }
         self.join_queue(request).map(Ok)
     }
 
