@@ -83,6 +83,17 @@ struct Ticket {
     request: Option<OrderRequest>,
     watchers: Vec<mpsc::Sender<TicketUpdate>>,
     outcome: Option<TicketUpdate>,
+    /// The request's idempotency key and fingerprint, while the ticket is unsettled.
+    idempotency: Option<(String, u64)>,
+}
+
+/// Every ticket, and the idempotency keys of the unsettled ones.
+#[derive(Default)]
+struct Tickets {
+    by_id: HashMap<TicketId, Ticket>,
+    /// A retry with the key of a ticket still queued (or being created) gets that ticket,
+    /// not a second place in the queue.
+    pending_keys: HashMap<String, TicketId>,
 }
 
 struct Room {
@@ -109,7 +120,7 @@ pub struct FlashSales {
     rooms: Mutex<HashMap<Sku, Room>>,
     /// `rooms.len()`, for the lock-free fast path.
     rooms_open: AtomicUsize,
-    tickets: Mutex<HashMap<TicketId, Ticket>>,
+    tickets: Mutex<Tickets>,
     settled: Mutex<std::collections::VecDeque<TicketId>>,
     /// Ticket numbers, unique across rooms.
     next_ticket: AtomicU64,
@@ -303,6 +314,7 @@ impl Shop {
         }
         // A retry of an order already made gets that order, not a place in the queue.
         if let Some(key) = &request.idempotency_key {
+            crate::check_idempotency_key(key)?;
             if self.store().state().order_by_idempotency_key(key).is_some() {
                 return Ok(Err(request));
             }
@@ -335,7 +347,12 @@ impl Shop {
         // The ticket's entry exists before the ticker can see it in the room: `tickets` is
         // held across the join (lock order: tickets, then rooms).
         let mut tickets = self.flash().tickets.lock();
-        if tickets.len() >= TICKETS_MAX {
+        if let Some(key) = &request.idempotency_key {
+            if let Some(first) = tickets.pending_keys.get(key) {
+                return self.requeued(&tickets.by_id[first], *first, request.fingerprint);
+            }
+        }
+        if tickets.by_id.len() >= TICKETS_MAX {
             return Err(ShopError::Busy);
         }
         let (ticket, place, per_second) = {
@@ -348,7 +365,15 @@ impl Shop {
                 .map_err(|RoomFull| ShopError::Busy)?;
             (ticket, place, self.admission_rate(room.automatic))
         };
+        let idempotency = request
+            .idempotency_key
+            .clone()
+            .map(|key| (key, request.fingerprint));
+        if let Some((key, _)) = &idempotency {
+            tickets.pending_keys.insert(key.clone(), ticket);
+        }
         let entry = Ticket {
+            idempotency,
             sku: request.sku.clone(),
             lane,
             number: place.number,
@@ -357,7 +382,7 @@ impl Shop {
             watchers: Vec::new(),
             outcome: None,
         };
-        tickets.insert(ticket, entry);
+        tickets.by_id.insert(ticket, entry);
         drop(tickets);
         let position = place.position;
         metrics::counter!("panshi_queue_tickets_total", "lane" => if lane == Lane::Vip { "vip" } else { "public" }).increment(1);
@@ -365,6 +390,33 @@ impl Shop {
         Ok(Queued {
             ticket,
             token,
+            position,
+            estimated_wait_secs,
+        })
+    }
+
+    /// The answer to a retry of a queued request: its ticket as it stands, or a mismatch
+    /// when the key came with another request.
+    fn requeued(
+        &self,
+        entry: &Ticket,
+        ticket: TicketId,
+        fingerprint: u64,
+    ) -> Result<Queued, ShopError> {
+        if entry.idempotency.as_ref().map(|(_, f)| *f) != Some(fingerprint) {
+            return Err(ShopError::IdempotencyMismatch);
+        }
+        let (position, estimated_wait_secs) = match self.ticket_state(entry) {
+            TicketUpdate::Queued {
+                position,
+                estimated_wait_secs,
+            } => (position, estimated_wait_secs),
+            // Unreachable while the key is pending (it goes when the ticket settles).
+            _ => (0, 0),
+        };
+        Ok(Queued {
+            ticket,
+            token: entry.token.clone(),
             position,
             estimated_wait_secs,
         })
@@ -378,7 +430,10 @@ impl Shop {
     ) -> Result<mpsc::Receiver<TicketUpdate>, ShopError> {
         let (sender, receiver) = mpsc::channel(TICKET_WATCH_FRAMES);
         let mut tickets = self.flash().tickets.lock();
-        let entry = tickets.get_mut(&ticket).ok_or(Rejection::UnknownOrder)?;
+        let entry = tickets
+            .by_id
+            .get_mut(&ticket)
+            .ok_or(Rejection::UnknownOrder)?;
         if !engine::payment::signatures_equal(&entry.token, token) {
             return Err(Rejection::UnknownOrder.into());
         }
@@ -393,7 +448,7 @@ impl Shop {
     /// A ticket's state now, without watching it (a page that renders it once).
     pub fn ticket_now(&self, ticket: TicketId, token: &str) -> Result<TicketUpdate, ShopError> {
         let tickets = self.flash().tickets.lock();
-        let entry = tickets.get(&ticket).ok_or(Rejection::UnknownOrder)?;
+        let entry = tickets.by_id.get(&ticket).ok_or(Rejection::UnknownOrder)?;
         if !engine::payment::signatures_equal(&entry.token, token) {
             return Err(Rejection::UnknownOrder.into());
         }
@@ -425,18 +480,26 @@ impl Shop {
 
     fn settle_ticket(&self, ticket: TicketId, outcome: TicketUpdate) {
         let mut tickets = self.flash().tickets.lock();
-        if let Some(entry) = tickets.get_mut(&ticket) {
+        let Tickets {
+            by_id,
+            pending_keys,
+        } = &mut *tickets;
+        if let Some(entry) = by_id.get_mut(&ticket) {
             for watcher in entry.watchers.drain(..) {
                 let _ = watcher.try_send(outcome.clone());
             }
             entry.request = None;
             entry.outcome = Some(outcome);
+            // From now on a retry finds the order itself (or starts afresh after a refusal).
+            if let Some((key, _)) = entry.idempotency.take() {
+                pending_keys.remove(&key);
+            }
         }
         let mut settled = self.flash().settled.lock();
         settled.push_back(ticket);
         while settled.len() > SETTLED_TICKETS_MAX {
             if let Some(old) = settled.pop_front() {
-                tickets.remove(&old);
+                by_id.remove(&old);
             }
         }
     }
@@ -563,6 +626,7 @@ impl Shop {
             .flash()
             .tickets
             .lock()
+            .by_id
             .get_mut(&ticket)
             .and_then(|t| t.request.take());
         let Some(request) = request else { return };
@@ -571,6 +635,11 @@ impl Shop {
             let outcome = match shop.create_order(request).await {
                 Ok(order) => TicketUpdate::Admitted(Box::new(order)),
                 Err(ShopError::Rejected(Rejection::SoldOut)) => TicketUpdate::SoldOut,
+                // The buyer reads this: no storage detail, which goes to the log.
+                Err(ShopError::Storage(error)) => {
+                    tracing::error!(%error, "an admitted ticket's order could not be stored");
+                    TicketUpdate::Failed("the order could not be stored; please buy again".into())
+                }
                 Err(error) => TicketUpdate::Failed(error.to_string()),
             };
             shop.settle_ticket(ticket, outcome);
@@ -583,6 +652,7 @@ impl Shop {
         let mut tickets = self.flash().tickets.lock();
         let rooms = self.flash().rooms.lock();
         for entry in tickets
+            .by_id
             .values_mut()
             .filter(|t| t.outcome.is_none() && !t.watchers.is_empty())
         {

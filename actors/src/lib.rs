@@ -272,6 +272,19 @@ fn risk_check(
     })
 }
 
+/// An `Idempotency-Key` header's shape: 1 to 255 visible ASCII characters.
+pub(crate) fn check_idempotency_key(key: &str) -> Result<(), Rejection> {
+    if key.is_empty()
+        || key.len() > IDEMPOTENCY_KEY_LEN_MAX
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Rejection::InvalidInput(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
 fn validate_contact(contact: &str) -> Result<(), Rejection> {
     if contact.trim().is_empty() {
         return Err(Rejection::InvalidInput("contact is required"));
@@ -643,15 +656,7 @@ impl Shop {
                 key: None,
             }));
         };
-        if key.is_empty()
-            || key.len() > IDEMPOTENCY_KEY_LEN_MAX
-            || !key.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(Rejection::InvalidInput(
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            )
-            .into());
-        }
+        check_idempotency_key(key)?;
         let mut in_flight = self.0.idempotency_in_flight.lock();
         if in_flight.contains(key) {
             return Err(ShopError::InProgress);

@@ -24,7 +24,7 @@ use engine::{OrderId, OrderStatus, Rejection, ResellerId, Sku};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::{OrderView, Shop, ShopError, IDEMPOTENCY_KEY_LEN_MAX};
+use crate::{OrderView, Shop, ShopError};
 
 /// Stream events a subscriber may have waiting; a reader that falls further behind is
 /// disconnected (it resumes from its cursor).
@@ -134,18 +134,6 @@ pub struct Resellers {
     creating: tokio::sync::Mutex<()>,
     /// Per reseller, wakes its webhook worker when a stream event becomes durable.
     pub(crate) webhook_wakers: Mutex<HashMap<ResellerId, Arc<tokio::sync::Notify>>>,
-}
-
-fn validate_key(key: &str) -> Result<(), Rejection> {
-    if key.is_empty()
-        || key.len() > IDEMPOTENCY_KEY_LEN_MAX
-        || !key.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(Rejection::InvalidInput(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters",
-        ));
-    }
-    Ok(())
 }
 
 fn validate_reseller(request: &ResellerRequest) -> Result<(), Rejection> {
@@ -356,7 +344,7 @@ impl Shop {
             return Err(Rejection::InvalidInput("quantity must be 1 to 1000").into());
         }
         if let Some(key) = &request.idempotency_key {
-            validate_key(key)?;
+            crate::check_idempotency_key(key)?;
         }
         let lock = self.reseller_lock(id);
         let _serial = lock.lock().await;

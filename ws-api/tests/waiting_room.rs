@@ -8,35 +8,48 @@ use common::*;
 use serde_json::{json, Value};
 
 async fn join(server: &Server, contact: &str) -> Value {
-    let (code, ticket) = server.order_as("rush", 1, contact).await;
+    join_sku(server, "rush", contact).await
+}
+
+async fn join_sku(server: &Server, sku: &str, contact: &str) -> Value {
+    let (code, ticket) = server.order_as(sku, 1, contact).await;
     assert_eq!(code, 202, "{ticket}");
     assert_eq!(ticket["status"], "queued");
     ticket
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buyers_queue_advance_live_and_are_admitted_in_order_or_told_sold_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("panshi.toml");
-    std::fs::write(
-        &config,
-        "[flash]\nadmit_per_second = 4\nvip_share_percent = 50\nvip_contacts = [\"vip@x.com\"]\n\
-         [risk]\nblocked_contacts = [\"banned@x.com\"]\n",
-    )
-    .unwrap();
+/// A server configured by `config` (TOML) with `sku` (3 keys) on flash sale.
+async fn flash_sale(dir: &std::path::Path, config: &str, sku: &str) -> Server {
+    let path = dir.join("panshi.toml");
+    std::fs::write(&path, config).unwrap();
     let server = Server::start_full(
-        &dir.path().join("data"),
+        &dir.join("data"),
         &[],
-        &["--config", config.to_str().unwrap()],
+        &["--config", path.to_str().unwrap()],
     );
-    server.product("rush", 100, &keys("RUSH", 3)).await;
+    server
+        .product(sku, 100, &keys(&sku.to_uppercase(), 3))
+        .await;
     let (code, _) = server
         .admin_post(
-            "/api/v1/admin/products/rush/flash-sale",
+            &format!("/api/v1/admin/products/{sku}/flash-sale"),
             json!({"enabled": true}),
         )
         .await;
     assert_eq!(code, 200);
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_queue_advance_live_and_are_admitted_in_order_or_told_sold_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = flash_sale(
+        dir.path(),
+        "[flash]\nadmit_per_second = 4\nvip_share_percent = 50\nvip_contacts = [\"vip@x.com\"]\n\
+         [risk]\nblocked_contacts = [\"banned@x.com\"]\n",
+        "rush",
+    )
+    .await;
     let mut tickets = Vec::new();
     for n in 0..8 {
         let ticket = join(&server, &format!("b{n}@x.com")).await;
@@ -95,4 +108,48 @@ async fn buyers_queue_advance_live_and_are_admitted_in_order_or_told_sold_out() 
         "positions were pushed live as the queue advanced: {outcomes:?}"
     );
     assert_eq!(server.stock("rush").await, (0, 0, 3));
+}
+
+/// A buyer who submits twice while queued (a double click, a client retry) holds one
+/// place: the same ticket back, a mismatch for another request under the key, and after
+/// admission the retry answers the one order made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_queued_gets_the_same_ticket_and_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = flash_sale(dir.path(), "[flash]\nadmit_per_second = 1\n", "drip").await;
+    // Someone ahead, so that the retries below find the ticket still waiting.
+    let ahead = join_sku(&server, "drip", "first@x.com").await;
+    let send = |quantity: u32| {
+        server
+            .http
+            .post(server.url("/api/v1/orders"))
+            .header("Idempotency-Key", "double-click")
+            .json(&json!({"sku": "drip", "quantity": quantity, "contact": "twice@x.com", "channel": "epay"}))
+            .send()
+    };
+    let (c1, first) = answer(send(1).await.unwrap()).await;
+    let (c2, again) = answer(send(1).await.unwrap()).await;
+    assert_eq!((c1, c2), (202, 202), "{first} {again}");
+    assert_eq!(first["ticket"], again["ticket"], "one place in the queue");
+    assert_eq!(first["token"], again["token"]);
+    assert_eq!(again["position"], 2, "{again}");
+    let (c3, other) = answer(send(2).await.unwrap()).await;
+    assert_eq!(
+        (c3, other["error"].as_str()),
+        (422, Some("idempotency_mismatch")),
+        "{other}"
+    );
+    let frames = watch_ticket(&server, &first).await;
+    let outcome = frames.last().unwrap();
+    assert_eq!(outcome["status"], "admitted", "{frames:?}");
+    let (c4, retried) = answer(send(1).await.unwrap()).await;
+    assert_eq!(c4, 201, "{retried}");
+    assert_eq!(retried["order_id"], outcome["order"]["order_id"]);
+    let ahead_frames = watch_ticket(&server, &ahead).await;
+    assert_eq!(ahead_frames.last().unwrap()["status"], "admitted");
+    assert_eq!(
+        server.stock("drip").await,
+        (1, 2, 0),
+        "two orders, not three"
+    );
 }
