@@ -6,10 +6,11 @@
 //!
 //! Invariants: entering is immediate (a request that finds `inflight_high` creations in
 //! flight is queued at once, so a spike cannot slam through between two ticks); latency
-//! counts only over a window of at least `LATENCY_SAMPLES_MIN` creations, so one slow
+//! enters only over a window of at least `LATENCY_SAMPLES_MIN` creations, so one slow
 //! order cannot switch the shop to queueing; leaving is slow (in flight at or below
 //! `inflight_low` and latency under half the threshold for `calm_ms` in a row), so the
-//! state does not flap. While saturated, queued buyers are
+//! state does not flap. A window that measured nothing is calm only if nothing is in
+//! flight: creations that are stuck (or failing before they are measured) never look calm. While saturated, queued buyers are
 //! admitted only into the room left below `inflight_low`: admission runs at the rate the
 //! pipeline actually completes work, not at a guessed rate.
 
@@ -67,12 +68,11 @@ pub struct Window {
 }
 
 impl Window {
-    /// The mean latency, when enough creations were measured to mean something.
-    fn mean_latency_ms(&self) -> u64 {
-        if self.latency_samples < LATENCY_SAMPLES_MIN {
-            return 0;
-        }
-        (self.latency_sum_us / self.latency_samples) / 1_000
+    /// The mean latency of the creations measured, if any was.
+    fn mean_latency_ms(&self) -> Option<u64> {
+        self.latency_sum_us
+            .checked_div(self.latency_samples)
+            .map(|us| us / 1_000)
     }
 }
 
@@ -142,13 +142,16 @@ impl Overload {
         let latency_ms = window.mean_latency_ms();
         let high = u64::from(self.settings.latency_high_ms);
         if !self.saturated {
-            if in_flight >= u64::from(self.settings.inflight_high) || latency_ms >= high {
+            let slow = window.latency_samples >= LATENCY_SAMPLES_MIN
+                && latency_ms.is_some_and(|ms| ms >= high);
+            if in_flight >= u64::from(self.settings.inflight_high) || slow {
                 self.enter(now_ms);
                 return Some(Transition::Entered);
             }
             return None;
         }
-        let calm = in_flight <= u64::from(self.settings.inflight_low) && latency_ms < high / 2;
+        let calm = in_flight <= u64::from(self.settings.inflight_low)
+            && latency_ms.map_or(in_flight == 0, |ms| ms < high / 2);
         if !calm {
             self.calm_since_ms = None;
             return None;
@@ -248,6 +251,24 @@ mod tests {
         );
         assert!(!o.is_saturated());
         assert_eq!(o.on_request(3_101, 50), (false, None));
+    }
+
+    #[test]
+    fn few_or_no_measurements_while_saturated() {
+        let mut o = Overload::new(settings());
+        o.on_request(0, 100);
+        // Creations in flight and none finishing: stuck, not calm, however long.
+        assert_eq!(o.on_window(100, 5, window(0, 0)), None);
+        assert_eq!(o.on_window(5_000, 5, window(0, 0)), None);
+        assert!(o.is_saturated());
+        // A few slow ones (too few to enter on) still are not calm.
+        assert_eq!(o.on_window(5_100, 5, window(2, 150)), None);
+        assert_eq!(o.on_window(7_000, 5, window(2, 150)), None);
+        assert!(o.is_saturated());
+        // A few fast ones are, and so is an idle pipeline.
+        assert_eq!(o.on_window(7_100, 5, window(2, 10)), None);
+        assert_eq!(o.on_window(7_600, 0, window(0, 0)), None);
+        assert_eq!(o.on_window(8_100, 1, window(3, 10)), Some(Transition::Left));
     }
 
     #[test]
