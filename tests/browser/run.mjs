@@ -269,27 +269,35 @@ async function orderPageReconnects() {
   }
 }
 
-// (5) In a flash sale the buyer waits in line on a page that counts down live, then lands
-// on the order page by itself when admitted.
-async function flashSaleBuyerWaitsInLine() {
-  // Ten admissions a second; per-client limits off, as the buyers ahead share an IP.
+/**
+ * A demo server with vpn-30d on flash sale, admitting `perSecond` a second, and `ahead`
+ * buyers already in line. Per-client limits are off, as those buyers share an IP.
+ */
+async function flashSaleWithBuyersAhead(perSecond, ahead) {
   const server = await startServer({
-    PANSHI_FLASH__ADMIT_PER_SECOND: "10",
+    PANSHI_FLASH__ADMIT_PER_SECOND: String(perSecond),
     PANSHI_LIMITS__CREATE__PER_SECOND: "1000",
     PANSHI_LIMITS__CREATE__BURST: "1000",
     PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX: "0",
     PANSHI_RISK__RESERVED_UNITS_PER_IP_MAX: "0",
   });
+  const on = await api(server.base, "POST", "/api/v1/admin/products/vpn-30d/flash-sale", { enabled: true }, ADMIN_TOKEN);
+  check(on.status === 200, `flash sale on: ${JSON.stringify(on.json)}`);
+  for (let n = 0; n < ahead; n++) {
+    const queued = await api(server.base, "POST", "/api/v1/orders",
+      { sku: "vpn-30d", quantity: 1, contact: `ahead${n}@example.com`, channel: "alipay" });
+    check(queued.status === 202, `buyer ${n} queued: ${JSON.stringify(queued.json)}`);
+  }
+  return server;
+}
+
+// (5) In a flash sale the buyer waits in line on a page that counts down live, then lands
+// on the order page by itself when admitted.
+async function flashSaleBuyerWaitsInLine() {
+  // 18 buyers ahead (the demo stock is 20 keys), ten admissions a second: about 1.8 s in line.
+  const server = await flashSaleWithBuyersAhead(10, 18);
   const { context, page, problems } = await newPage({ viewport: { width: 800, height: 700 } });
   try {
-    const on = await api(server.base, "POST", "/api/v1/admin/products/vpn-30d/flash-sale", { enabled: true }, ADMIN_TOKEN);
-    check(on.status === 200, `flash sale on: ${JSON.stringify(on.json)}`);
-    // 18 buyers ahead (the demo stock is 20 keys): about 1.8 s in line.
-    for (let n = 0; n < 18; n++) {
-      const ahead = await api(server.base, "POST", "/api/v1/orders",
-        { sku: "vpn-30d", quantity: 1, contact: `ahead${n}@example.com`, channel: "alipay" });
-      check(ahead.status === 202, `buyer ${n} queued: ${JSON.stringify(ahead.json)}`);
-    }
     await page.goto(`${server.base}/product/vpn-30d`);
     await page.getByLabel("Contact (e-mail or phone)").fill("patient@example.com");
     await page.getByRole("button", { name: "Buy and pay" }).click();
@@ -309,12 +317,37 @@ async function flashSaleBuyerWaitsInLine() {
   }
 }
 
+// (6) The server restarts while a buyer waits in line: waiting rooms are in memory, so the
+// page must not reconnect forever but say the place is gone and that nothing was charged.
+async function queuePageAfterRestart() {
+  let server = await flashSaleWithBuyersAhead(1, 15);
+  const { context, page, problems } = await newPage({ viewport: { width: 800, height: 700 } });
+  try {
+    await page.goto(`${server.base}/product/vpn-30d`);
+    await page.getByLabel("Contact (e-mail or phone)").fill("restart@example.com");
+    await page.getByRole("button", { name: "Buy and pay" }).click();
+    await page.getByRole("heading", { name: "You are in line" }).waitFor();
+    await server.crash();
+    await page.locator("#conn").waitFor({ state: "visible" });
+    const listen = new URL(server.base).host;
+    server = await startServer({}, { listen, data: server.data });
+    await page.getByRole("heading", { name: "Your place in line is gone" }).waitFor({ timeout: 30_000 });
+    await screenshot(page, "6-queue-after-restart");
+    const others = problems.filter((p) => !p.includes("WebSocket") && !p.includes("404"));
+    check(others.length === 0, `no other console errors: ${others.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
 const TESTS = [
   ["buyer buys through the demo gateway and sees the key live", buyerSeesKeyLive],
   ["operator signs in, imports keys and confirms a manual payment", operatorImportsAndConfirms],
   ["a product named like markup renders as inert text", markupNameIsInert],
   ["the order page reconnects after the socket drops", orderPageReconnects],
   ["a flash-sale buyer waits in line live and lands on the order", flashSaleBuyerWaitsInLine],
+  ["a buyer in line is told the place is gone after a restart", queuePageAfterRestart],
 ];
 
 async function main() {

@@ -9,6 +9,9 @@
 (function () {
   var RECONNECT_DELAY_MS_MIN = 1000;
   var RECONNECT_DELAY_MS_MAX = 15000;
+  // Failed connections in a row after which the queue page asks the server whether its
+  // ticket still exists (a restart forgets waiting rooms).
+  var QUEUE_FAILURES_PROBE = 3;
   var STOCK_REFRESH_MS = 15000;
   var TERMINAL = { delivered: 1, expired: 1, refunded: 1, cancelled: 1 };
   var STEP_REACHED = { awaiting_payment: 0, paid: 1, manual_review: 1, delivered: 2 };
@@ -112,6 +115,7 @@
 
   function followQueue(queue) {
     var delay = RECONNECT_DELAY_MS_MIN;
+    var failures = 0;
     var conn = document.getElementById("conn");
     var waitLabel = queue.getAttribute("data-wait-label");
     var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host +
@@ -124,6 +128,7 @@
       socket.onmessage = function (event) {
         var update;
         try { update = JSON.parse(event.data); } catch (e) { return; }
+        failures = 0;
         if (update.status === "queued") {
           document.getElementById("position").textContent = update.position;
           document.getElementById("wait").textContent =
@@ -142,8 +147,17 @@
       socket.onclose = function () {
         if (finished) return;
         conn.hidden = false;
-        setTimeout(connect, delay);
-        delay = Math.min(delay * 2, RECONNECT_DELAY_MS_MAX);
+        failures += 1;
+        var retry = function () {
+          setTimeout(connect, delay);
+          delay = Math.min(delay * 2, RECONNECT_DELAY_MS_MAX);
+        };
+        if (failures < QUEUE_FAILURES_PROBE) { retry(); return; }
+        // The server answers, but not for this ticket: let the page say what became of it
+        // (gone after a restart, sold out, an order) instead of reconnecting forever.
+        fetch(location.href, { credentials: "same-origin", redirect: "manual" })
+          .then(function (r) { if (r.status === 200) retry(); else location.reload(); })
+          .catch(retry);
       };
     }
     connect();

@@ -418,7 +418,18 @@ async fn queue_page(
         .shop
         .ticket_now(engine::waiting_room::TicketId(ticket), &query.token);
     let (position, wait_secs) = match now {
-        Err(_) => return not_found(&request),
+        // Waiting rooms live in memory: a restart (or a long-settled ticket) forgets it.
+        Err(_) => {
+            return message_page(
+                &request,
+                StatusCode::NOT_FOUND,
+                lang.pick("Your place in line is gone", "您的排队位置已失效"),
+                lang.pick(
+                    "The shop restarted or the ticket has expired. Nothing was charged; please buy again.",
+                    "商店已重启或排队凭证已过期。未产生任何费用，请重新购买。",
+                ),
+            );
+        }
         Ok(TicketUpdate::Admitted(order)) => {
             return see_other(&order_path(order.order_id.as_str(), &order.token));
         }
