@@ -154,7 +154,7 @@ fn every_ticket_settles_while_buyers_join_and_watch_from_several_threads() {
         for thread in threads {
             thread.join().unwrap();
         }
-        let joined = joined.lock();
+        let joined = std::mem::take(&mut *joined.lock());
         assert!(joined.len() > 1_000, "only {} joins", joined.len());
         let settled = |q: &Queued| {
             matches!(
