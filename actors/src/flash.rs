@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use engine::events::NewOrder;
 use engine::overload::{Overload, OverloadSettings, Transition, Window};
-use engine::waiting_room::{Lane, RoomFull, TicketId, WaitingRoom};
+use engine::waiting_room::{Lane, Pace, RoomFull, TicketId, WaitingRoom};
 use engine::{Rejection, Sku};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -512,18 +512,14 @@ impl Shop {
             let mut ticks = tokio::time::interval(Duration::from_millis(ADMIT_TICK_MS));
             let mut tick = 0u64;
             let mut last = Instant::now();
-            // Thousandths of a flash-sale admission carried between ticks, so that a rate
-            // below 10/s is kept exactly rather than rounded up to one per tick.
-            let mut credit_milli = 0u64;
+            let mut pace = Pace::default();
             loop {
                 ticks.tick().await;
                 tick += 1;
                 let length_ms = u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX);
                 last = Instant::now();
                 shop.measure_window(length_ms);
-                credit_milli += u64::from(shop.settings().flash.admit_per_second) * ADMIT_TICK_MS;
-                let per_tick = usize::try_from(credit_milli / 1_000).unwrap_or(usize::MAX);
-                credit_milli %= 1_000;
+                let per_tick = pace.tick(shop.settings().flash.admit_per_second, ADMIT_TICK_MS);
                 shop.admit_tick(tick, per_tick, tick.is_multiple_of(POSITION_PUSH_TICKS));
             }
         });

@@ -126,9 +126,48 @@ impl WaitingRoom {
     }
 }
 
+/// Admissions per tick at a rate per second. Fractions are carried between ticks, so a
+/// rate below one per tick is kept exactly rather than rounded up; an unused admission is
+/// not carried (an empty room does not save up a burst).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pace {
+    /// Thousandths of an admission.
+    credit_milli: u64,
+}
+
+impl Pace {
+    /// The admissions of one tick of `tick_ms` at `per_second`.
+    pub fn tick(&mut self, per_second: u32, tick_ms: u64) -> usize {
+        self.credit_milli = self
+            .credit_milli
+            .saturating_add(u64::from(per_second).saturating_mul(tick_ms));
+        let whole = self.credit_milli / 1_000;
+        self.credit_milli %= 1_000;
+        usize::try_from(whole).unwrap_or(usize::MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pace_keeps_rates_below_one_per_tick_exactly() {
+        let ticks = |per_second, count| {
+            let mut pace = Pace::default();
+            (0..count)
+                .map(|_| pace.tick(per_second, 100))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ticks(5, 10), [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+        assert_eq!(ticks(1, 20).iter().sum::<usize>(), 2);
+        assert_eq!(ticks(15, 10).iter().sum::<usize>(), 15);
+        assert!(ticks(15, 10).iter().all(|&n| n == 1 || n == 2));
+        assert_eq!(ticks(500, 3), [50, 50, 50]);
+        assert_eq!(ticks(0, 5), [0; 5]);
+        // Absurd settings saturate rather than overflow.
+        assert!(Pace::default().tick(u32::MAX, u64::MAX) > 0);
+    }
 
     /// Joins with the next ticket number; returns the ticket and its position.
     fn join(room: &mut WaitingRoom, lane: Lane) -> Result<(TicketId, u64), RoomFull> {
