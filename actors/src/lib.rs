@@ -717,10 +717,10 @@ impl Shop {
         let mut hold = self.hold_risk(&order_id, &buyer, &request.sku, request.quantity, now_ms)?;
         // Keys first: a gateway payment is created only for an order that has its keys.
         let reserve_started = (self.now_ms(), Instant::now());
-        let cards = self
-            .reserve(&request.sku, request.quantity as usize)
-            .await?;
+        // A refusal here (sold out) was work the pipeline did: it is measured too.
+        let reserved = self.reserve(&request.sku, request.quantity as usize).await;
         let reserve_elapsed = reserve_started.1.elapsed();
+        let cards = reserved.inspect_err(|_| in_flight.measured(reserve_elapsed))?;
         let subject = payment::PaymentSubject {
             order_id: &order_id,
             name: &product.name,
@@ -757,13 +757,15 @@ impl Shop {
         };
         let event = Event::OrderCreated(Box::new(new_order));
         let commit_started = (self.now_ms(), Instant::now());
-        if let Err(error) = self.commit(&event).await {
+        let committed = self.commit(&event).await;
+        // Failed commits count: a pipeline that fails slowly is not calm.
+        in_flight.measured(reserve_elapsed + commit_started.1.elapsed());
+        if let Err(error) = committed {
             if error.is_refused_before_logging() {
                 self.give_back(&request.sku, cards).await;
             }
             return Err(error);
         }
-        in_flight.measured(reserve_elapsed + commit_started.1.elapsed());
         let Event::OrderCreated(new_order) = event else {
             unreachable!()
         };

@@ -9,8 +9,10 @@
 //! enters only over a window of at least `LATENCY_SAMPLES_MIN` creations, so one slow
 //! order cannot switch the shop to queueing; leaving is slow (in flight at or below
 //! `inflight_low` and latency under half the threshold for `calm_ms` in a row), so the
-//! state does not flap. A window that measured nothing is calm only if nothing is in
-//! flight: creations that are stuck (or failing before they are measured) never look calm. While saturated, queued buyers are
+//! state does not flap. A window that measured nothing says nothing about latency: with
+//! nothing in flight it is calm (idle), with creations in flight it neither starts nor
+//! breaks a calm period. So creations that are stuck never make the pipeline look calm,
+//! while a quiet shop whose few creations wait on a slow gateway still leaves. While saturated, queued buyers are
 //! admitted only into the room left below `inflight_low`: admission runs at the rate the
 //! pipeline actually completes work, not at a guessed rate.
 
@@ -150,13 +152,24 @@ impl Overload {
             }
             return None;
         }
-        let calm = in_flight <= u64::from(self.settings.inflight_low)
-            && latency_ms.map_or(in_flight == 0, |ms| ms < high / 2);
-        if !calm {
-            self.calm_since_ms = None;
-            return None;
-        }
-        let since = *self.calm_since_ms.get_or_insert(now_ms);
+        let calm = match latency_ms {
+            _ if in_flight > u64::from(self.settings.inflight_low) => Some(false),
+            Some(ms) => Some(ms < high / 2),
+            None if in_flight == 0 => Some(true),
+            // Work in flight and none measured: no evidence either way.
+            None => None,
+        };
+        let since = match calm {
+            Some(false) => {
+                self.calm_since_ms = None;
+                return None;
+            }
+            Some(true) => *self.calm_since_ms.get_or_insert(now_ms),
+            None => match self.calm_since_ms {
+                Some(since) => since,
+                None => return None,
+            },
+        };
         if now_ms.saturating_sub(since) >= self.settings.calm_ms {
             self.saturated = false;
             self.calm_since_ms = None;
@@ -257,18 +270,22 @@ mod tests {
     fn few_or_no_measurements_while_saturated() {
         let mut o = Overload::new(settings());
         o.on_request(0, 100);
-        // Creations in flight and none finishing: stuck, not calm, however long.
+        // Creations in flight and none measured: stuck, not calm, however long.
         assert_eq!(o.on_window(100, 5, window(0, 0)), None);
         assert_eq!(o.on_window(5_000, 5, window(0, 0)), None);
         assert!(o.is_saturated());
-        // A few slow ones (too few to enter on) still are not calm.
+        // A few slow ones (too few to enter on) are not calm.
         assert_eq!(o.on_window(5_100, 5, window(2, 150)), None);
         assert_eq!(o.on_window(7_000, 5, window(2, 150)), None);
         assert!(o.is_saturated());
-        // A few fast ones are, and so is an idle pipeline.
+        // A few fast ones are, and so is an idle pipeline; windows that measured nothing
+        // while a creation waits on its gateway do not break the calm period.
         assert_eq!(o.on_window(7_100, 5, window(2, 10)), None);
+        assert_eq!(o.on_window(7_300, 2, window(0, 0)), None);
         assert_eq!(o.on_window(7_600, 0, window(0, 0)), None);
-        assert_eq!(o.on_window(8_100, 1, window(3, 10)), Some(Transition::Left));
+        assert_eq!(o.on_window(7_900, 1, window(0, 0)), None);
+        assert!(o.is_saturated());
+        assert_eq!(o.on_window(8_100, 1, window(0, 0)), Some(Transition::Left));
     }
 
     #[test]
