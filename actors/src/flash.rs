@@ -80,6 +80,7 @@ struct Ticket {
     lane: Lane,
     number: u64,
     token: String,
+    /// The request while the ticket waits; taken when it is admitted.
     request: Option<OrderRequest>,
     watchers: Vec<mpsc::Sender<TicketUpdate>>,
     outcome: Option<TicketUpdate>,
@@ -461,6 +462,14 @@ impl Shop {
         if let Some(outcome) = &entry.outcome {
             return outcome.clone();
         }
+        // Admitted, its order being created: at the front, whatever room is open now (its
+        // number belongs to the room it joined, which may have closed since).
+        if entry.request.is_none() {
+            return TicketUpdate::Queued {
+                position: 0,
+                estimated_wait_secs: 0,
+            };
+        }
         let (position, per_second) =
             self.flash()
                 .rooms
@@ -650,7 +659,7 @@ impl Shop {
         for entry in tickets
             .by_id
             .values_mut()
-            .filter(|t| t.outcome.is_none() && !t.watchers.is_empty())
+            .filter(|t| t.request.is_some() && !t.watchers.is_empty())
         {
             let Some(room) = rooms.get(&entry.sku) else {
                 continue;
