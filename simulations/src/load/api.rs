@@ -306,21 +306,30 @@ impl Shop {
     }
 
     pub async fn stock(&self, sku: &str) -> anyhow::Result<Stock> {
-        let path = format!("/api/v1/admin/products/{sku}/stock");
-        let request = self.operator_request("GET", &path, "application/json", b"");
+        self.operator_get(&format!("/api/v1/admin/products/{sku}/stock"))
+            .await
+    }
+
+    /// The order pipeline as operators see it: saturated or not, the rooms open.
+    pub async fn pipeline(&self) -> anyhow::Result<serde_json::Value> {
+        self.operator_get("/api/v1/ops/pipeline").await
+    }
+
+    async fn operator_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let request = self.operator_request("GET", path, "application/json", b"");
         let mut connection = self.operator_connection();
         let answer = connection
             .send(&request, Retry::OnStaleConnection)
             .await
-            .context("reading stock")?;
+            .with_context(|| format!("GET {path}"))?;
         if answer.status != 200 {
             bail!(
-                "stock of {sku}: HTTP {} {}",
+                "GET {path}: HTTP {} {}",
                 answer.status,
                 String::from_utf8_lossy(answer.body)
             );
         }
-        serde_json::from_slice(answer.body).context("stock answer")
+        serde_json::from_slice(answer.body).with_context(|| format!("GET {path}: the answer"))
     }
 
     /// Polls `/readyz` until it answers 200; returns how long that took.

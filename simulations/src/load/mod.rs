@@ -189,6 +189,9 @@ async fn check_outcome(
     mut outcome: ScenarioOutcome,
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
+    for (ok, text) in std::mem::take(&mut outcome.checks) {
+        checks.add(ok, text);
+    }
     check::reconcile(&ctx.shop, &mut outcome.ledger, checks).await;
     let paid = outcome.ledger.paid.len();
     checks.add(

@@ -22,6 +22,9 @@ const KEYS_HEADROOM: f64 = 0.05;
 const KEYS_SLACK: u64 = 1_000;
 /// Most ramp steps.
 pub const RAMP_STEPS_MAX: usize = 40;
+/// How long the pipeline may take to be calm again after a sale that saturated it (the
+/// detector's calm period is 1 s by default).
+const CALM_WAIT_MAX: Duration = Duration::from_secs(15);
 /// A step must beat the best throughput so far by this fraction to count as rising.
 pub const RAMP_GAIN_MIN: f64 = 0.03;
 /// Steps in a row without such a rise that end the ramp.
@@ -46,6 +49,8 @@ pub struct ScenarioOutcome {
     pub ledger: Ledger,
     /// Orders that must end paid, exactly (a flash sale's keys).
     pub exact_paid: Option<u64>,
+    /// Further checks the scenario made, passed or not.
+    pub checks: Vec<(bool, String)>,
 }
 
 impl Context {
@@ -136,6 +141,7 @@ pub async fn steady(
         products: vec![product],
         ledger: outcome.ledger,
         exact_paid: None,
+        checks: Vec::new(),
     })
 }
 
@@ -218,6 +224,7 @@ pub async fn ramp(ctx: &Context, plan: RampPlan) -> anyhow::Result<ScenarioOutco
         products: vec![product],
         ledger,
         exact_paid: None,
+        checks: Vec::new(),
     })
 }
 
@@ -273,11 +280,41 @@ pub async fn flash(ctx: &Context, plan: FlashPlan) -> anyhow::Result<ScenarioOut
     }
     let outcome = run_flash(&ctx.shop, &product.sku, plan, &ctx.server_pid).await?;
     outcome.print();
+    let mut checks = Vec::new();
+    if plan.room == super::flash::RoomMode::Auto {
+        checks.push(calm_again(&ctx.shop).await?);
+    }
     Ok(ScenarioOutcome {
         products: vec![product],
         ledger: outcome.ledger,
         exact_paid: Some(plan.keys.min(plan.buyers) as u64),
+        checks,
     })
+}
+
+/// After a sale that saturated the pipeline: it must leave the saturated state and close
+/// its automatic rooms by itself once the crowd is gone (the detector's calm period).
+async fn calm_again(shop: &Shop) -> anyhow::Result<(bool, String)> {
+    let started = Instant::now();
+    while started.elapsed() < CALM_WAIT_MAX {
+        let view = shop.pipeline().await?;
+        let rooms_open = view["rooms"].as_array().map_or(0, Vec::len);
+        if view["saturated"] == false && rooms_open == 0 {
+            let after = started.elapsed().as_secs_f64();
+            return Ok((
+                true,
+                format!("the pipeline was calm with no room open {after:.1} s after the sale"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = shop.pipeline().await?;
+    Ok((
+        false,
+        format!(
+            "the pipeline was still saturated or queueing {CALM_WAIT_MAX:?} after the sale: {view}"
+        ),
+    ))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -328,6 +365,7 @@ pub async fn phases(
         products: vec![product],
         ledger,
         exact_paid: None,
+        checks: Vec::new(),
     })
 }
 
