@@ -165,10 +165,7 @@ impl Overload {
                 return None;
             }
             Some(true) => *self.calm_since_ms.get_or_insert(now_ms),
-            None => match self.calm_since_ms {
-                Some(since) => since,
-                None => return None,
-            },
+            None => self.calm_since_ms?,
         };
         if now_ms.saturating_sub(since) >= self.settings.calm_ms {
             self.saturated = false;
