@@ -52,4 +52,6 @@ pub enum Rejection {
     InsufficientBalance,
     #[error("unknown reseller")]
     UnknownReseller,
+    #[error("the reseller is revoked; its account no longer changes")]
+    ResellerRevoked,
 }

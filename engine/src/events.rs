@@ -72,6 +72,24 @@ pub enum Event {
         seq: u64,
         at_ms: u64,
     },
+    /// An operator changed a live reseller's credentials or terms. (Appended last: the log
+    /// encodes a variant by its index.)
+    ResellerUpdated {
+        reseller_id: ResellerId,
+        change: ResellerChange,
+        at_ms: u64,
+    },
+}
+
+/// What a `ResellerUpdated` changes.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ResellerChange {
+    /// A new API key: the old one stops working at once. Only the new key's SHA-256.
+    ApiKeyRotated { api_key_sha256: [u8; 32] },
+    /// A new webhook secret, sealed like the first; it signs every delivery from now on.
+    WebhookSecretRotated { webhook_secret: String },
+    /// The wholesale discount of purchases from now on, in basis points.
+    DiscountSet { discount_bp: u32 },
 }
 
 /// A new reseller. The API key itself is never stored: only its SHA-256.
@@ -80,7 +98,9 @@ pub struct NewReseller {
     pub reseller_id: ResellerId,
     pub name: String,
     pub api_key_sha256: [u8; 32],
-    /// Signs webhook deliveries; shown once, kept because signing needs it.
+    /// Signs webhook deliveries; shown once, kept because signing needs it, and kept
+    /// sealed (actors `seal`: authenticated encryption under the operator's sealing key).
+    /// The engine never reads it.
     pub webhook_secret: String,
     pub webhook_url: Option<String>,
     /// Wholesale discount in basis points (see `ledger::wholesale_charge_cents`).
@@ -145,7 +165,8 @@ impl Event {
             | Event::BalanceChanged { .. }
             | Event::WebhookDelivered { .. }
             | Event::WebhookParked { .. }
-            | Event::WebhookReplayed { .. } => None,
+            | Event::WebhookReplayed { .. }
+            | Event::ResellerUpdated { .. } => None,
         }
     }
 }

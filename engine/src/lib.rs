@@ -31,7 +31,7 @@ pub mod waiting_room;
 pub use error::Rejection;
 pub use events::{
     BalanceChange, Event, Fulfilment, Idempotency, NewOrder, NewReseller, OperatorAction, Payment,
-    Product, ResellerOrder, ReviewReason,
+    Product, ResellerChange, ResellerOrder, ReviewReason,
 };
 pub use ids::{CardId, OrderId, ResellerId, Sku};
 pub use money::Currency;

@@ -242,6 +242,11 @@ impl ShopState {
             Event::WebhookReplayed {
                 reseller_id, seq, ..
             } => self.apply_webhook_replayed(*reseller_id, *seq),
+            Event::ResellerUpdated {
+                reseller_id,
+                change,
+                ..
+            } => self.apply_reseller_updated(*reseller_id, change),
         }
     }
 

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use engine::ledger::wholesale_charge_cents;
 use engine::state::ShopState;
 use engine::{
-    BalanceChange, CardId, Currency, Event, NewReseller, OrderId, Product, ResellerId,
-    ResellerOrder, Sku,
+    BalanceChange, CardId, Currency, Event, NewReseller, OrderId, Product, ResellerChange,
+    ResellerId, ResellerOrder, Sku,
 };
 use proptest::prelude::*;
 
@@ -200,6 +200,79 @@ fn a_revoked_reseller_cannot_buy_and_a_replay_is_refused() {
         Some(ResellerId(1))
     );
     assert!(state.check().is_empty());
+}
+
+fn update(change: ResellerChange) -> Event {
+    Event::ResellerUpdated {
+        reseller_id: ResellerId(1),
+        change,
+        at_ms: 7,
+    }
+}
+
+#[test]
+fn a_rotated_key_replaces_the_old_one_and_a_new_discount_prices_what_follows() {
+    let mut state = shop();
+    state.apply(&balance_event(10_000, true)).unwrap();
+    state
+        .apply(&update(ResellerChange::ApiKeyRotated {
+            api_key_sha256: [8; 32],
+        }))
+        .unwrap();
+    assert!(
+        state.reseller_by_key_hash(&[7; 32]).is_none(),
+        "the old key"
+    );
+    let account = state.reseller_by_key_hash(&[8; 32]).expect("the new key");
+    assert_eq!(account.reseller.reseller_id, ResellerId(1));
+    assert!(
+        state
+            .apply(&update(ResellerChange::ApiKeyRotated {
+                api_key_sha256: [8; 32]
+            }))
+            .is_err(),
+        "a key in use"
+    );
+    assert!(state
+        .apply(&update(ResellerChange::DiscountSet {
+            discount_bp: 10_001
+        }))
+        .is_err());
+    state
+        .apply(&update(ResellerChange::DiscountSet { discount_bp: 5_000 }))
+        .unwrap();
+    let old_price = wholesale_charge_cents(PRICE_CENTS, 1, DISCOUNT_BP).unwrap();
+    assert!(
+        state.apply(&buy_event(1, &[1], old_price, 1)).is_err(),
+        "charged the old discount"
+    );
+    let new_price = wholesale_charge_cents(PRICE_CENTS, 1, 5_000).unwrap();
+    state.apply(&buy_event(1, &[1], new_price, 1)).unwrap();
+    state
+        .apply(&update(ResellerChange::WebhookSecretRotated {
+            webhook_secret: "sealed".into(),
+        }))
+        .unwrap();
+    assert_eq!(
+        state
+            .reseller(ResellerId(1))
+            .unwrap()
+            .reseller
+            .webhook_secret,
+        "sealed"
+    );
+    assert!(state.check().is_empty(), "{:?}", state.check());
+    state
+        .apply(&Event::ResellerRevoked {
+            reseller_id: ResellerId(1),
+            at_ms: 8,
+        })
+        .unwrap();
+    let rotate = update(ResellerChange::ApiKeyRotated {
+        api_key_sha256: [9; 32],
+    });
+    assert!(state.apply(&rotate).is_err(), "revoked for good");
+    assert!(state.reseller_by_key_hash(&[9; 32]).is_none());
 }
 
 fn webhook(seq: u64, outcome: &str) -> Event {

@@ -93,6 +93,7 @@ impl From<Rejection> for ApiError {
             Rejection::InvalidInput(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Rejection::InsufficientBalance => (StatusCode::CONFLICT, "insufficient_balance"),
             Rejection::UnknownReseller => (StatusCode::NOT_FOUND, "not_found"),
+            Rejection::ResellerRevoked => (StatusCode::CONFLICT, "reseller_revoked"),
             Rejection::Risk(rule) => return risk_refusal(rule, message),
         };
         Self::new(status, code, message)

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use subtle::ConstantTimeEq;
 
 use super::{Holder, OrderRecord, ShopState, Touched, Violation};
-use crate::events::{BalanceChange, Idempotency, NewOrder, NewReseller, Payment, ResellerOrder};
+use crate::events::{
+    BalanceChange, Idempotency, NewOrder, NewReseller, Payment, ResellerChange, ResellerOrder,
+};
 use crate::ids::{OrderId, ResellerId};
 use crate::ledger::{wholesale_charge_cents, Entry, EntryKind, Ledger, DISCOUNT_BP_MAX};
 use crate::order::OrderStatus;
@@ -218,6 +220,42 @@ impl ShopState {
         })
     }
 
+    /// A live reseller's new key, webhook secret or discount. A revoked account stays as it
+    /// was revoked: nothing about it changes but its balance.
+    pub(super) fn apply_reseller_updated(
+        &mut self,
+        id: ResellerId,
+        change: &ResellerChange,
+    ) -> Result<Touched, Violation> {
+        let key_in_use = |hash: &[u8; 32]| self.resellers.by_key.contains_key(hash);
+        if let ResellerChange::ApiKeyRotated { api_key_sha256 } = change {
+            ensure!(
+                !key_in_use(api_key_sha256),
+                "reseller {id} reuses an API key"
+            );
+        }
+        let state = self.account_mut(id, "update of unknown reseller")?;
+        ensure!(state.revoked_at_ms.is_none(), "update of revoked {id}");
+        match change {
+            ResellerChange::ApiKeyRotated { api_key_sha256 } => {
+                let old = std::mem::replace(&mut state.reseller.api_key_sha256, *api_key_sha256);
+                self.resellers.by_key.remove(&old);
+                self.resellers.by_key.insert(*api_key_sha256, id);
+            }
+            ResellerChange::WebhookSecretRotated { webhook_secret } => {
+                state.reseller.webhook_secret.clone_from(webhook_secret);
+            }
+            ResellerChange::DiscountSet { discount_bp } => {
+                ensure!(*discount_bp <= DISCOUNT_BP_MAX, "reseller {id} discount");
+                state.reseller.discount_bp = *discount_bp;
+            }
+        }
+        Ok(Touched {
+            reseller: Some(id),
+            ..Touched::default()
+        })
+    }
+
     /// Balance changes apply to revoked resellers too: paying out what is left is one.
     pub(super) fn apply_balance_changed(
         &mut self,
@@ -375,6 +413,13 @@ impl ShopState {
     /// streams without gaps.
     pub(super) fn check_resellers(&self, violations: &mut Vec<Violation>) {
         violations.extend(self.resellers.ledger.check().into_iter().map(Violation));
+        if self.resellers.by_key.len() != self.resellers.accounts.len() {
+            violations.push(Violation(format!(
+                "{} API keys indexed for {} resellers",
+                self.resellers.by_key.len(),
+                self.resellers.accounts.len()
+            )));
+        }
         let mut charged: HashMap<&OrderId, u32> = HashMap::new();
         for entry in self.resellers.ledger.entries() {
             if let EntryKind::Charge(order_id) = &entry.kind {
@@ -401,6 +446,11 @@ impl ShopState {
         violations: &mut Vec<Violation>,
     ) {
         let reseller = state.reseller.reseller_id;
+        if self.resellers.by_key.get(&state.reseller.api_key_sha256) != Some(&reseller) {
+            violations.push(Violation(format!(
+                "{reseller}: its API key is not the one indexed"
+            )));
+        }
         for index in &state.orders {
             let record = &self.orders[*index as usize];
             let id = &record.created.order_id;

@@ -764,5 +764,6 @@ fn describe(event: &Event) -> String {
         Event::WebhookReplayed {
             reseller_id, seq, ..
         } => format!("webhook {reseller_id}-{seq} replayed"),
+        Event::ResellerUpdated { reseller_id, .. } => format!("update of {reseller_id}"),
     }
 }
