@@ -24,6 +24,7 @@ pub mod order;
 pub mod payment;
 pub mod pool;
 pub mod reseller;
+pub mod seal;
 pub mod trace;
 pub mod webhook;
 
@@ -148,6 +149,8 @@ pub struct Settings {
     /// Base URL gateways and buyers reach this shop at (notify and return URLs).
     pub public_url: String,
     pub epay: Option<EpaySettings>,
+    /// Seals the resellers' webhook secrets at rest.
+    pub sealing_key: seal::SealingKey,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -214,6 +217,8 @@ struct Inner {
     channels: channel::Channels,
     /// Per-reseller locks and stream hubs (`reseller.rs`).
     resellers: reseller::Resellers,
+    /// Seals the resellers' webhook secrets at rest.
+    sealer: seal::Sealer,
     /// Per-buyer limits on unpaid reservations and order rates.
     risk: Mutex<engine::risk::RiskBook>,
     /// Flash sales' waiting rooms and tickets.
@@ -334,8 +339,10 @@ impl Shop {
             settings.shards_per_sku >= 1
                 && settings.shards_per_sku <= engine::pool::SHARDS_PER_SKU_MAX
         );
+        let sealer = seal::Sealer::new(&settings.sealing_key);
         let shop = Shop(Arc::new(Inner {
             store,
+            sealer,
             settings,
             clock,
             entropy,

@@ -15,7 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use engine::events::{BalanceChange, Event, Idempotency, NewReseller, ResellerOrder};
+use engine::events::{
+    BalanceChange, Event, Idempotency, NewReseller, ResellerChange, ResellerOrder,
+};
 use engine::ids::hex128;
 use engine::ledger::DISCOUNT_BP_MAX;
 use engine::ledger::{wholesale_charge_cents, EntryKind, LedgerRefusal, ADJUSTMENT_CENTS_MAX};
@@ -183,8 +185,102 @@ impl Shop {
         format!("{prefix}{}{}", hex128(high), hex128(low))
     }
 
+    /// A webhook secret as the log keeps it: sealed for its reseller.
+    fn seal_webhook_secret(&self, secret: &str, id: ResellerId) -> String {
+        let random = self.0.entropy.random_u128().to_le_bytes();
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&random[..12]);
+        self.0.sealer.seal(secret, &id.to_string(), nonce)
+    }
+
+    /// A reseller's webhook secret, opened for signing.
+    pub(crate) fn webhook_secret(
+        &self,
+        account: &engine::state::ResellerState,
+    ) -> Result<String, crate::seal::SealError> {
+        let id = account.reseller.reseller_id;
+        self.0
+            .sealer
+            .open(&account.reseller.webhook_secret, &id.to_string())
+    }
+
+    /// Every reseller's webhook secret opens with the configured sealing key. Checked at
+    /// start, so that a changed or missing key stops the server rather than every webhook.
+    pub fn check_sealed_secrets(&self) -> Result<(), String> {
+        let state = self.store().state();
+        for account in state.resellers() {
+            if let Err(error) = self.webhook_secret(account) {
+                return Err(format!(
+                    "the webhook secret of reseller {}: {error}",
+                    account.reseller.reseller_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits a change to a live reseller, serialised with its purchases (a purchase
+    /// priced before a discount change must not commit after it).
+    async fn update_reseller(
+        &self,
+        id: ResellerId,
+        change: ResellerChange,
+    ) -> Result<(), ShopError> {
+        let lock = self.reseller_lock(id);
+        let _serial = lock.lock().await;
+        {
+            let state = self.store().state();
+            let account = state.reseller(id).ok_or(Rejection::UnknownReseller)?;
+            if account.revoked_at_ms.is_some() {
+                return Err(Rejection::ResellerRevoked.into());
+            }
+        }
+        let new_key = matches!(change, ResellerChange::ApiKeyRotated { .. });
+        let event = Event::ResellerUpdated {
+            reseller_id: id,
+            change,
+            at_ms: self.now_ms(),
+        };
+        self.commit(&event).await?;
+        if new_key {
+            self.end_streams(id);
+        }
+        Ok(())
+    }
+
+    /// A new API key for a live reseller, returned this once; the old key gets 401 from
+    /// the moment this returns, and the streams opened with it are closed.
+    pub async fn rotate_api_key(&self, id: ResellerId) -> Result<String, ShopError> {
+        let api_key = self.random_secret(API_KEY_PREFIX);
+        let change = ResellerChange::ApiKeyRotated {
+            api_key_sha256: api_key_sha256(&api_key),
+        };
+        self.update_reseller(id, change).await?;
+        Ok(api_key)
+    }
+
+    /// A new webhook secret for a live reseller, returned this once; every delivery from
+    /// now on (retries of a pending one too) is signed with it.
+    pub async fn rotate_webhook_secret(&self, id: ResellerId) -> Result<String, ShopError> {
+        let secret = self.random_secret(WEBHOOK_SECRET_PREFIX);
+        let change = ResellerChange::WebhookSecretRotated {
+            webhook_secret: self.seal_webhook_secret(&secret, id),
+        };
+        self.update_reseller(id, change).await?;
+        Ok(secret)
+    }
+
+    /// The wholesale discount of a live reseller's purchases from now on.
+    pub async fn set_discount(&self, id: ResellerId, discount_bp: u32) -> Result<(), ShopError> {
+        if discount_bp > DISCOUNT_BP_MAX {
+            return Err(Rejection::InvalidInput("discount_bp must be 0 to 10000").into());
+        }
+        self.update_reseller(id, ResellerChange::DiscountSet { discount_bp })
+            .await
+    }
+
     /// Opens a reseller account (balance 0). The API key and webhook secret are returned
-    /// this once; only the key's SHA-256 is kept.
+    /// this once; only the key's SHA-256 is kept, and the secret sealed.
     pub async fn create_reseller(
         &self,
         request: ResellerRequest,
@@ -198,7 +294,7 @@ impl Shop {
             reseller_id,
             name: request.name,
             api_key_sha256: api_key_sha256(&api_key),
-            webhook_secret: webhook_secret.clone(),
+            webhook_secret: self.seal_webhook_secret(&webhook_secret, reseller_id),
             webhook_url: request.webhook_url,
             discount_bp: request.discount_bp,
             created_at_ms: self.now_ms(),
@@ -228,7 +324,9 @@ impl Shop {
             reseller_id: id,
             at_ms,
         };
-        self.commit(&event).await.map(|_| ())
+        self.commit(&event).await?;
+        self.end_streams(id);
+        Ok(())
     }
 
     /// Tops up (`amount_cents > 0`) or corrects (`< 0`) a balance; answers the new balance.
@@ -430,6 +528,22 @@ impl Shop {
         }))
     }
 
+    /// The hash of a live reseller's API key (`None` once revoked).
+    fn reseller_key_in_force(&self, id: ResellerId) -> Option<[u8; 32]> {
+        let state = self.store().state();
+        let account = state.reseller(id)?;
+        account
+            .revoked_at_ms
+            .is_none()
+            .then_some(account.reseller.api_key_sha256)
+    }
+
+    /// Ends every open stream of a reseller whose key was withdrawn (called under the
+    /// reseller's lock, after the commit): a leaked key must not keep reading new keys.
+    fn end_streams(&self, id: ResellerId) {
+        self.resellers().hubs.lock().remove(&id);
+    }
+
     /// Hands a durable stream event to the live subscribers (called under the reseller's
     /// lock, so events go out in seq order). A full or closed subscriber is dropped.
     fn publish(&self, id: ResellerId, receipt: &Receipt, sku: &Sku) {
@@ -473,9 +587,13 @@ impl Shop {
             sender,
             queued_bytes: queued_bytes.clone(),
         });
+        let opened_with = self
+            .reseller_key_in_force(id)
+            .ok_or(Rejection::UnknownReseller)?;
         Ok(Feed {
             shop: self.clone(),
             reseller: id,
+            opened_with,
             sent_seq: cursor,
             replay_through: hub.durable_seq,
             replayed: VecDeque::new(),
@@ -495,6 +613,8 @@ pub enum FeedItem {
     Event(Arc<StreamEvent>),
     /// The reader fell behind and was disconnected; it resumes from its cursor.
     FellBehind,
+    /// The key the stream was opened with was rotated or revoked: the stream ends.
+    KeyWithdrawn,
 }
 
 /// A subscriber's view of the stream: replay up to the bound read at subscription, then
@@ -502,6 +622,8 @@ pub enum FeedItem {
 pub struct Feed {
     shop: Shop,
     reseller: ResellerId,
+    /// The API key (hash) in force when the stream opened.
+    opened_with: [u8; 32],
     /// The last seq handed out (the cursor).
     sent_seq: u64,
     replay_through: u64,
@@ -526,7 +648,11 @@ impl Feed {
         }
         loop {
             let Some(event) = self.live.recv().await else {
-                return FeedItem::FellBehind;
+                return if self.shop.reseller_key_in_force(self.reseller) == Some(self.opened_with) {
+                    FeedItem::FellBehind
+                } else {
+                    FeedItem::KeyWithdrawn
+                };
             };
             self.queued_bytes
                 .fetch_sub(event.buffered_bytes(), Ordering::AcqRel);

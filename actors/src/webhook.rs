@@ -49,10 +49,13 @@ impl Shop {
     pub fn webhook_target(&self, id: ResellerId) -> Option<WebhookTarget> {
         let state = self.store().state();
         let account = state.reseller(id)?;
-        Some(WebhookTarget {
-            url: account.reseller.webhook_url.clone()?,
-            secret: account.reseller.webhook_secret.clone(),
-        })
+        let url = account.reseller.webhook_url.clone()?;
+        // Checked at start; a failure here would be a bug, not a configuration.
+        let secret = self
+            .webhook_secret(account)
+            .inspect_err(|error| tracing::error!(reseller = %id, %error, "webhook secret"))
+            .ok()?;
+        Some(WebhookTarget { url, secret })
     }
 
     /// Notified whenever one of the reseller's stream events becomes durable. A permit is

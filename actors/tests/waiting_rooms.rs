@@ -40,6 +40,7 @@ fn settings(admit_per_second: u32) -> Settings {
             gateway_url: "http://127.0.0.1:9".into(),
             create_via_mapi: false,
         }),
+        sealing_key: actors::seal::SealingKey([0; 32]),
     }
 }
 

@@ -14,6 +14,7 @@
 //! after a crash is idempotent.
 
 pub mod audit;
+pub mod keyfile;
 pub mod log;
 pub mod mirror;
 pub mod resellers;

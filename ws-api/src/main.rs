@@ -251,6 +251,32 @@ fn rand_u128() -> u128 {
     OsEntropy.random_u128()
 }
 
+/// The sealing key's file in the data dir, when none is configured.
+const SEALING_KEY_FILE: &str = "sealing.key";
+
+/// The configured sealing key, else the data dir's (generated on first start).
+fn sealing_key(settings: &ServerSettings) -> anyhow::Result<actors::seal::SealingKey> {
+    use actors::seal::SealingKey;
+    if let Some(text) = &settings.resellers.sealing_key {
+        return SealingKey::parse(text)
+            .context("resellers.sealing_key must be 64 hex digits (32 bytes)");
+    }
+    let path = settings.data.join(SEALING_KEY_FILE);
+    let fresh = SealingKey(
+        [rand_u128().to_le_bytes(), rand_u128().to_le_bytes()]
+            .concat()
+            .try_into()
+            .expect("32 bytes"),
+    );
+    let text = storage::keyfile::load_or_create(&path, &fresh.to_hex())
+        .with_context(|| format!("reading or creating {}", path.display()))?;
+    tracing::info!(
+        path = %path.display(),
+        "no resellers.sealing_key configured: webhook secrets are sealed with the data dir's key file"
+    );
+    SealingKey::parse(&text).with_context(|| format!("{} must hold 64 hex digits", path.display()))
+}
+
 fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     let sentry = init_sentry(&settings)?;
     init_tracing(&settings, sentry.is_some());
@@ -300,7 +326,11 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    std::fs::create_dir_all(&settings.data)
+        .with_context(|| format!("creating {}", settings.data.display()))?;
+    let sealing_key = sealing_key(&settings)?;
     let shop_settings = Settings {
+        sealing_key,
         flash: settings.flash.settings(&settings.overload),
         risk: settings.risk.limits(),
         payment_methods: settings.payment_methods.clone(),
@@ -312,8 +342,6 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         epay: epay.clone(),
     };
     ws_api::routes::resellers::init(&settings.resellers);
-    std::fs::create_dir_all(&settings.data)
-        .with_context(|| format!("creating {}", settings.data.display()))?;
     let store = Arc::new(
         Store::open_with(&settings.data, Arc::new(CommitMetrics))
             .context("opening the data dir")?,
@@ -335,6 +363,12 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             Arc::new(OsEntropy),
             gateways(&settings, epay.as_ref()),
         );
+        shop.check_sealed_secrets().map_err(|error| {
+            anyhow::anyhow!(
+                "{error}; set resellers.sealing_key (or restore the data dir's {SEALING_KEY_FILE}) \
+                 to the key it was sealed with"
+            )
+        })?;
         if settings.demo {
             seed_demo(&shop).await?;
         }

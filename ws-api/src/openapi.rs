@@ -42,10 +42,13 @@ async fn document() -> HttpResponse {
             signed webhooks. Amounts are integer minor units of the shop's currency. \
             See docs/RESELLERS.md."
     ),
-    paths(me, purchase, order, stream, create, revoke, balance, dead, replay),
+    paths(
+        me, purchase, order, stream, create, revoke, balance, rotate_key,
+        rotate_webhook_secret, discount, dead, replay
+    ),
     components(schemas(
         Account, PurchaseBody, Receipt, StreamEvent, WebhookEvent, CreateBody, Created,
-        BalanceBody, Balance, Error
+        BalanceBody, Balance, RotatedKey, RotatedSecret, DiscountBody, Error
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -146,6 +149,26 @@ pub struct Balance {
     pub balance_cents: u64,
 }
 
+/// The new API key, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct RotatedKey {
+    pub reseller_id: String,
+    pub api_key: String,
+}
+
+/// The new webhook secret, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct RotatedSecret {
+    pub reseller_id: String,
+    pub webhook_secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DiscountBody {
+    /// Wholesale discount in basis points, 0 to 10000, for purchases from now on.
+    pub discount_bp: u32,
+}
+
 /// Every refusal's body.
 #[derive(Serialize, ToSchema)]
 pub struct Error {
@@ -208,6 +231,32 @@ fn revoke() {}
 #[allow(dead_code)]
 fn balance() {}
 
+#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/rotate-key", tag = "operator",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the old key gets 401 and its open streams close \
+            (code 1008)", body = RotatedKey),
+        (status = 404, body = Error),
+        (status = 409, description = "reseller_revoked", body = Error)))]
+#[allow(dead_code)]
+fn rotate_key() {}
+
+#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/rotate-webhook-secret",
+    tag = "operator", params(("id" = String, Path)),
+    responses((status = 200, description = "signs every delivery from now on, retries too",
+            body = RotatedSecret),
+        (status = 404, body = Error),
+        (status = 409, description = "reseller_revoked", body = Error)))]
+#[allow(dead_code)]
+fn rotate_webhook_secret() {}
+
+#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/discount", tag = "operator",
+    params(("id" = String, Path)), request_body = DiscountBody,
+    responses((status = 200, body = DiscountBody), (status = 400, body = Error),
+        (status = 404, body = Error),
+        (status = 409, description = "reseller_revoked", body = Error)))]
+#[allow(dead_code)]
+fn discount() {}
+
 #[utoipa::path(get, path = "/api/v1/admin/resellers/{id}/webhooks/dead", tag = "operator",
     params(("id" = String, Path)),
     responses((status = 200, description = "{\"reseller_id\", \"parked\": [WebhookEvent]}"),
@@ -240,6 +289,9 @@ mod tests {
             "/api/v1/admin/resellers",
             "/api/v1/admin/resellers/{id}/revoke",
             "/api/v1/admin/resellers/{id}/balance",
+            "/api/v1/admin/resellers/{id}/rotate-key",
+            "/api/v1/admin/resellers/{id}/rotate-webhook-secret",
+            "/api/v1/admin/resellers/{id}/discount",
             "/api/v1/admin/resellers/{id}/webhooks/dead",
             "/api/v1/admin/resellers/{id}/webhooks/dead/{seq}/replay",
         ] {

@@ -140,15 +140,15 @@ pub fn watch(shop: &Shop, id: ResellerId) {
 async fn run(shop: Shop, id: ResellerId) {
     let waker = shop.webhook_waker(id);
     loop {
-        let Some(target) = shop.webhook_target(id) else {
+        if shop.webhook_target(id).is_none() {
             return;
-        };
+        }
         let Some(event) = shop.webhook_next(id).await else {
             let idle = Duration::from_millis(IDLE_RECHECK_MS);
             let _ = tokio::time::timeout(idle, waker.notified()).await;
             continue;
         };
-        let settlement = deliver(&target, id, &event).await;
+        let settlement = deliver(&shop, id, &event).await;
         if let Err(error) = shop.webhook_settle(id, event.seq, settlement).await {
             tracing::error!(reseller = %id, seq = event.seq, %error, "webhook settlement not committed");
             tokio::time::sleep(Duration::from_millis(SETTLE_RETRY_MS)).await;
@@ -157,11 +157,16 @@ async fn run(shop: Shop, id: ResellerId) {
 }
 
 /// Tries until a 2xx or `ATTEMPTS_MAX` tries, waiting the jittered backoff between them.
-async fn deliver(target: &WebhookTarget, id: ResellerId, event: &StreamEvent) -> Settlement {
+/// The target is read at each try, so a rotated secret signs the retries too.
+async fn deliver(shop: &Shop, id: ResellerId, event: &StreamEvent) -> Settlement {
     let config = dispatcher();
     let body = body(id, event);
     for attempt in 1..=ATTEMPTS_MAX {
-        match attempt_once(target, &body).await {
+        let outcome = match shop.webhook_target(id) {
+            Some(target) => attempt_once(&target, &body).await,
+            None => Err("the reseller has no webhook target".to_owned()),
+        };
+        match outcome {
             Ok(()) => return Settlement::Delivered,
             Err(error) => {
                 metrics::counter!("panshi_webhook_failures_total").increment(1);

@@ -391,3 +391,55 @@ async fn a_hanging_receiver_never_slows_purchases() {
     server.stop();
     assert!(server.audit().0, "{}", server.audit().1);
 }
+
+/// After the operator rotates the webhook secret, deliveries are signed with the new one,
+/// including the retries of an event that was failing when the secret changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_what_follows() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = Receiver::default();
+    receiver.listen(listener).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(&dir, "300");
+    server.product("rotsig", 100, &keys("rotsig", 10)).await;
+    let (id, key, old_secret) = reseller(&server, &url).await;
+    buy(&server, &key, "rotsig").await;
+    check_deliveries(&old_secret, &id, &receiver.wait_acknowledged(1).await, 1);
+    // The receiver fails the next tries; the secret changes while event 2 is retried.
+    *receiver.failures_left.lock() = 2;
+    buy(&server, &key, "rotsig").await;
+    let start = Instant::now();
+    while receiver.received.lock().len() < 2 {
+        assert!(start.elapsed() < WAIT_MAX, "event 2 was never tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rotate = format!("/api/v1/admin/resellers/{id}/rotate-webhook-secret");
+    let (code, rotated) = server.admin_post(&rotate, json!({})).await;
+    assert_eq!(code, 200, "{rotated}");
+    let new_secret = rotated["webhook_secret"].as_str().unwrap().to_owned();
+    let acknowledged = receiver.wait_acknowledged(2).await;
+    let last = acknowledged.last().unwrap();
+    assert!(verify(&new_secret, &last.signature, &last.body), "{last:?}");
+    assert!(!verify(&old_secret, &last.signature, &last.body));
+    server.restart();
+    buy(&server, &key, "rotsig").await;
+    // After a restart the new secret (sealed in the log) still signs.
+    let acknowledged = receiver.wait_acknowledged(3).await;
+    let seqs: Vec<u64> = acknowledged
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(&d.body).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert!(verify(
+        &new_secret,
+        &acknowledged[2].signature,
+        &acknowledged[2].body
+    ));
+    server.stop();
+    assert!(server.audit().0, "{}", server.audit().1);
+}

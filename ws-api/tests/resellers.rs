@@ -545,3 +545,151 @@ async fn a_reader_too_far_behind_is_cut_off_and_resumes_from_its_cursor() {
     assert_eq!(seqs(&rest), want);
     quiet(&mut resumed).await;
 }
+
+/// The operator rotates a reseller's key (the old one stops at once, its open stream is
+/// closed) and changes its discount (purchases from then on pay the new price); a revoked
+/// account changes no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_and_discounts_change_for_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    server.product("rot", 1_000, &keys("rot", 10)).await;
+    let (id, old_key) = reseller(&server, "Rotor", 10_000).await;
+    assert_eq!(buy(&server, &old_key, "rot", 1, None).await.0, 201);
+    assert_eq!(balance_of(&server, &old_key).await, 9_000, "full price");
+    let discount = format!("/api/v1/admin/resellers/{id}/discount");
+    let (code, body) = server
+        .admin_post(&discount, json!({"discount_bp": 2_500}))
+        .await;
+    assert_eq!((code, &body["discount_bp"]), (200, &json!(2_500)), "{body}");
+    let (code, body) = server
+        .admin_post(&discount, json!({"discount_bp": 10_001}))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, bought) = buy(&server, &old_key, "rot", 2, None).await;
+    assert_eq!(
+        (code, &bought["amount_cents"]),
+        (201, &json!(1_500)),
+        "{bought}"
+    );
+
+    let mut open = stream(&server, &old_key, 0).await;
+    assert_eq!(seqs(&frames(&mut open, 2).await), [1, 2]);
+    let rotate = format!("/api/v1/admin/resellers/{id}/rotate-key");
+    let (code, rotated) = server.admin_post(&rotate, json!({})).await;
+    assert_eq!(code, 200, "{rotated}");
+    let new_key = rotated["api_key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, old_key);
+    assert_eq!(get(&server, &old_key, "/api/v1/reseller/me").await.0, 401);
+    assert_eq!(buy(&server, &old_key, "rot", 1, None).await.0, 401);
+    assert_eq!(stream_request(&server, &old_key, 0).await, Some(401));
+    // The stream opened with the old key is closed with a reason, before any new event.
+    let closed = tokio::time::timeout(Duration::from_secs(10), open.next())
+        .await
+        .expect("closed within 10 s");
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+            assert!(frame.reason.contains("rotated"), "{frame:?}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert_eq!(balance_of(&server, &new_key).await, 7_500);
+    let (code, _) = buy(&server, &new_key, "rot", 1, None).await;
+    assert_eq!(code, 201);
+    let mut resumed = stream(&server, &new_key, 2).await;
+    assert_eq!(seqs(&frames(&mut resumed, 1).await), [3]);
+
+    let revoke = format!("/api/v1/admin/resellers/{id}/revoke");
+    assert_eq!(server.admin_post(&revoke, json!({})).await.0, 200);
+    for path in [
+        &rotate,
+        &format!("/api/v1/admin/resellers/{id}/rotate-webhook-secret"),
+    ] {
+        let (code, body) = server.admin_post(path, json!({})).await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (409, Some("reseller_revoked")),
+            "{path}: {body}"
+        );
+    }
+    let (code, _) = server
+        .admin_post("/api/v1/admin/resellers/rs-99/rotate-key", json!({}))
+        .await;
+    assert_eq!(code, 404);
+    drop((open, resumed));
+    let mut server = server;
+    server.stop();
+    let (clean, report) = server.audit();
+    assert!(clean, "{report}");
+}
+
+/// Every file of the data dir, read as bytes.
+fn data_dir_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(data_dir_bytes(&path));
+        } else {
+            all.extend(std::fs::read(&path).unwrap_or_default());
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// Webhook secrets reach neither the log nor sled in the clear (the API key is kept as a
+/// hash only), and a server given another sealing key refuses to start rather than sign
+/// webhooks it cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_at_rest_and_the_key_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start_with(&data, UNLIMITED);
+    let (code, created) = server
+        .admin_post("/api/v1/admin/resellers", json!({"name": "Sealed"}))
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["reseller_id"].as_str().unwrap().to_owned();
+    let rotate = format!("/api/v1/admin/resellers/{id}/rotate-webhook-secret");
+    let (code, rotated) = server.admin_post(&rotate, json!({})).await;
+    assert_eq!(code, 200, "{rotated}");
+    let secrets = [
+        created["api_key"].as_str().unwrap(),
+        created["webhook_secret"].as_str().unwrap(),
+        rotated["webhook_secret"].as_str().unwrap(),
+    ];
+    assert!(secrets[2].starts_with("whsec_") && secrets[2] != secrets[1]);
+    server.stop();
+    let bytes = data_dir_bytes(&data);
+    assert!(contains(&bytes, "sealed1:"), "the sealed form is there");
+    for secret in secrets {
+        assert!(!contains(&bytes, secret), "{secret} is stored in the clear");
+    }
+    let key_file = std::fs::read_to_string(data.join("sealing.key")).unwrap();
+    assert_eq!(key_file.trim().len(), 64);
+
+    // Restarts with its own key file; refuses another key, naming the cause.
+    server.restart();
+    assert_eq!(get(&server, secrets[0], "/api/v1/reseller/me").await.0, 200);
+    server.stop();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_panshi"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("PANSHI_RESELLERS__SEALING_KEY", "ab".repeat(32))
+        .env("PANSHI_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started with the wrong key");
+    assert!(
+        stderr.contains("sealing key") && stderr.contains(&id),
+        "{stderr}"
+    );
+}

@@ -129,6 +129,7 @@ fn new_histogram() -> Histogram<u64> {
 
 async fn run_actors(store: Arc<Store>, args: &Args) -> anyhow::Result<(Duration, Histogram<u64>)> {
     let settings = Settings {
+        sealing_key: actors::seal::SealingKey([0; 32]),
         flash: actors::flash::FlashSettings::default(),
         risk: engine::risk::RiskLimits {
             reserved_units_per_contact_max: 0,

@@ -66,6 +66,10 @@ pub struct ResellerSettings {
     pub webhook_private_addresses_allowed: bool,
     /// The first webhook retry's delay; each further one doubles it (tests shorten it).
     pub webhook_retry_first_ms: u64,
+    /// 64 hex digits: the key that seals webhook secrets at rest. Set it from a secret
+    /// store (`PANSHI_RESELLERS__SEALING_KEY`); when unset, a key is generated once into
+    /// `sealing.key` in the data dir.
+    pub sealing_key: Option<String>,
 }
 
 impl Default for ResellerSettings {
@@ -79,6 +83,7 @@ impl Default for ResellerSettings {
             stream_rate_burst: RATE_BURST_MIN,
             webhook_private_addresses_allowed: true,
             webhook_retry_first_ms: crate::webhooks::RETRY_FIRST_MS_DEFAULT,
+            sealing_key: None,
         }
     }
 }
@@ -150,6 +155,14 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route(
             "/api/v1/admin/resellers/{id}/balance",
             web::post().to(balance),
+        )
+        .route(
+            "/api/v1/admin/resellers/{id}/{rotation:rotate-key|rotate-webhook-secret}",
+            web::post().to(rotate),
+        )
+        .route(
+            "/api/v1/admin/resellers/{id}/discount",
+            web::post().to(discount),
         )
         .route("/api/v1/reseller/me", web::get().to(me))
         .route("/api/v1/reseller/orders", web::post().to(purchase))
@@ -286,6 +299,48 @@ async fn revoke(
     let id = reseller_id(&path)?;
     state.shop.revoke_reseller(id).await?;
     Ok(HttpResponse::Ok().json(json!({"reseller_id": id.to_string(), "revoked": true})))
+}
+
+/// A new API key (the old one gets 401 and its open streams close) or webhook secret (it
+/// signs every delivery from now on), shown this once.
+async fn rotate(
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let (id, rotation) = path.into_inner();
+    let id = reseller_id(&id)?;
+    let (field, secret) = if rotation == "rotate-key" {
+        ("api_key", state.shop.rotate_api_key(id).await?)
+    } else {
+        (
+            "webhook_secret",
+            state.shop.rotate_webhook_secret(id).await?,
+        )
+    };
+    Ok(HttpResponse::Ok().json(json!({"reseller_id": id.to_string(), field: secret})))
+}
+
+#[derive(Deserialize)]
+struct DiscountBody {
+    discount_bp: u32,
+}
+
+/// The wholesale discount of the reseller's purchases from now on.
+async fn discount(
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let id = reseller_id(&path)?;
+    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
+    let body: DiscountBody = parse_json(&body)?;
+    state.shop.set_discount(id, body.discount_bp).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({"reseller_id": id.to_string(), "discount_bp": body.discount_bp})))
 }
 
 #[derive(Deserialize)]
@@ -464,6 +519,10 @@ async fn pump(
                 FeedItem::FellBehind => break Some(CloseReason {
                     code: CloseCode::Again,
                     description: Some(format!("fell behind; reconnect with cursor={}", feed.cursor())),
+                }),
+                FeedItem::KeyWithdrawn => break Some(CloseReason {
+                    code: CloseCode::Policy,
+                    description: Some("the API key was rotated or revoked".into()),
                 }),
             },
             message = messages.recv() => match message {

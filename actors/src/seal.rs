@@ -1,0 +1,145 @@
+//! Sealing: secrets the shop must keep but must not store in the clear. A reseller's
+//! webhook secret signs every delivery, so unlike the API key it cannot be kept as a hash;
+//! it is kept sealed (ChaCha20-Poly1305, from ring) under the operator's 256-bit sealing
+//! key, with the reseller's id as associated data, so that a sealed secret neither reads
+//! without the key nor opens under another account.
+//!
+//! Form: `sealed1:` then hex(nonce ‖ ciphertext ‖ tag). The nonce is 96 random bits per
+//! seal, passed in (the caller owns randomness). A value without the prefix is a secret
+//! written before sealing existed and reads as itself.
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+
+/// The prefix of a sealed value; the digit is the format's version.
+pub const SEALED_PREFIX: &str = "sealed1:";
+/// Bytes of a sealing key.
+pub const SEALING_KEY_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SealError {
+    #[error("the sealed value is malformed")]
+    Malformed,
+    #[error("the sealed value does not open with this sealing key (was the key changed?)")]
+    WrongKey,
+}
+
+pub struct Sealer {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+impl Sealer {
+    pub fn new(key: &SealingKey) -> Self {
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key.0).expect("a 256-bit key");
+        Self {
+            key: LessSafeKey::new(unbound),
+        }
+    }
+
+    /// Seals `secret` for `owner` (the associated data) with a fresh `nonce`.
+    pub fn seal(&self, secret: &str, owner: &str, nonce: [u8; NONCE_LEN]) -> String {
+        let mut sealed = secret.as_bytes().to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(owner.as_bytes()),
+                &mut sealed,
+            )
+            .expect("a secret far below ChaCha20-Poly1305's length limit");
+        let mut out = String::with_capacity(SEALED_PREFIX.len() + 2 * (NONCE_LEN + sealed.len()));
+        out.push_str(SEALED_PREFIX);
+        out.push_str(&hex::encode(nonce));
+        out.push_str(&hex::encode(sealed));
+        out
+    }
+
+    /// The secret `seal` sealed for `owner`; a value from before sealing reads as itself.
+    pub fn open(&self, value: &str, owner: &str) -> Result<String, SealError> {
+        let Some(sealed) = value.strip_prefix(SEALED_PREFIX) else {
+            return Ok(value.to_owned());
+        };
+        let bytes = hex::decode(sealed).map_err(|_| SealError::Malformed)?;
+        if bytes.len() < NONCE_LEN {
+            return Err(SealError::Malformed);
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Malformed)?;
+        let mut buffer = ciphertext.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(owner.as_bytes()), &mut buffer)
+            .map_err(|_| SealError::WrongKey)?;
+        String::from_utf8(plain.to_vec()).map_err(|_| SealError::Malformed)
+    }
+}
+
+/// The operator's sealing key; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealingKey(pub [u8; SEALING_KEY_LEN]);
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey(..)")
+    }
+}
+
+impl SealingKey {
+    /// A key from its 64 hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = hex::decode(text.trim()).ok()?;
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// The key as 64 hex digits (to write a new key file).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONCE: [u8; NONCE_LEN] = [3; NONCE_LEN];
+
+    #[test]
+    fn a_sealed_secret_opens_only_with_its_key_and_owner() {
+        let sealer = Sealer::new(&SealingKey([1; SEALING_KEY_LEN]));
+        let sealed = sealer.seal("whsec_abc", "rs-1", NONCE);
+        assert!(sealed.starts_with(SEALED_PREFIX));
+        assert!(!sealed.contains("whsec_abc"));
+        assert_eq!(sealer.open(&sealed, "rs-1").unwrap(), "whsec_abc");
+        assert_eq!(sealer.open(&sealed, "rs-2"), Err(SealError::WrongKey));
+        let other = Sealer::new(&SealingKey([2; SEALING_KEY_LEN]));
+        assert_eq!(other.open(&sealed, "rs-1"), Err(SealError::WrongKey));
+        // Any flipped digit is caught by the tag.
+        let mut tampered = sealed.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'0' { b'1' } else { b'0' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(sealer.open(&tampered, "rs-1"), Err(SealError::WrongKey));
+        assert_eq!(sealer.open("sealed1:zz", "rs-1"), Err(SealError::Malformed));
+        assert_eq!(sealer.open("sealed1:00", "rs-1"), Err(SealError::Malformed));
+    }
+
+    #[test]
+    fn a_secret_from_before_sealing_reads_as_itself() {
+        let sealer = Sealer::new(&SealingKey([1; SEALING_KEY_LEN]));
+        assert_eq!(sealer.open("whsec_plain", "rs-1").unwrap(), "whsec_plain");
+    }
+
+    #[test]
+    fn keys_parse_from_64_hex_digits_only_and_never_print() {
+        let key = SealingKey::parse(&"ab".repeat(32)).unwrap();
+        assert_eq!(key, SealingKey([0xab; 32]));
+        assert_eq!(key.to_hex(), "ab".repeat(32));
+        assert_eq!(format!("{key:?}"), "SealingKey(..)");
+        assert_eq!(SealingKey::parse(&"ab".repeat(31)), None);
+        assert_eq!(SealingKey::parse(&"zz".repeat(32)), None);
+    }
+}
