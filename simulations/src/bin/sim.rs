@@ -43,8 +43,9 @@ fn main() -> ExitCode {
             println!("  violation: {violation}");
         }
         println!(
-            "  seed {seed}: {} orders, {} notifies, {} crashes, {} violations{}",
+            "  seed {seed}: {} orders, {} reseller orders, {} notifies, {} crashes, {} violations{}",
             outcome.orders,
+            outcome.reseller_orders,
             outcome.notifies,
             outcome.crashes,
             outcome.violations.len(),

@@ -9,6 +9,7 @@
 //! failing seed replays exactly.
 
 mod gateway;
+mod resellers;
 mod rng;
 
 use std::collections::BTreeMap;
@@ -100,6 +101,8 @@ pub struct Options {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub orders: u64,
+    /// Reseller bulk purchases acknowledged.
+    pub reseller_orders: u64,
     pub crashes: u64,
     pub notifies: u64,
     pub violations: Vec<String>,
@@ -141,6 +144,7 @@ struct World {
     gateway: Gateway,
     outcome: Outcome,
     keys_imported: u64,
+    resellers: resellers::Model,
 }
 
 pub fn run(options: &Options) -> Outcome {
@@ -166,6 +170,7 @@ pub fn run(options: &Options) -> Outcome {
         gateway: Gateway::default(),
         outcome: Outcome::default(),
         keys_imported: 0,
+        resellers: resellers::Model::default(),
     };
     world.setup();
     for step in 0..options.steps {
@@ -235,6 +240,7 @@ impl World {
             );
             self.import(&product.sku, 40);
         }
+        self.setup_resellers();
     }
 
     fn import(&mut self, sku: &Sku, count: u64) {
@@ -275,10 +281,11 @@ impl World {
                 }
             }
             35..=59 => self.pay_something(),
-            60..=94 => {
+            60..=84 => {
                 let advance = self.rng.below(30_000);
                 self.advance(advance);
             }
+            85..=94 => self.reseller_step(),
             _ => {
                 let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
                 let count = 1 + self.rng.below(15);
@@ -527,7 +534,10 @@ impl World {
     fn crash(&mut self, in_flight: Option<()>) {
         self.outcome.crashes += 1;
         let mut unacked = None;
-        if in_flight.is_some() {
+        let mut reseller_in_flight = None;
+        if in_flight.is_some() && self.rng.percent(30) {
+            reseller_in_flight = self.top_up_in_flight();
+        } else if in_flight.is_some() {
             let sku = Sku::parse(PRODUCTS[0].0).unwrap();
             if let Some(cards) = self.reserve(&sku, 1) {
                 let created = self.new_order(&sku, 1, cards);
@@ -543,10 +553,12 @@ impl World {
         if let Some(store) = self.store.take() {
             let _ = store.close();
         }
-        if unacked.is_some() && self.rng.percent(self.faults.torn_tail_percent) {
+        let in_flight_now = unacked.is_some() || reseller_in_flight.is_some();
+        if in_flight_now && self.rng.percent(self.faults.torn_tail_percent) {
             self.damage_tail();
         }
         self.restart();
+        self.adopt_in_flight(reseller_in_flight);
     }
 
     /// Cuts the newest record whole or tears it mid-frame, or appends garbage.
@@ -666,6 +678,7 @@ impl World {
         for problem in lost {
             self.violation(problem);
         }
+        self.check_resellers(step);
     }
 
     /// Faults off: let time run until the gateway has nothing left to send (bounded).

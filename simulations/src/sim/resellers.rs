@@ -1,0 +1,312 @@
+//! Resellers in the simulator: accounts opened, balances topped up and corrected, bulk
+//! purchases straight from the pools, webhook deliveries settled or parked, keys rotated and
+//! discounts changed, a rare revocation, all under the same crashes and torn tails as the
+//! buyers' orders.
+//!
+//! The model is what the simulated operators and resellers were told was durable: per
+//! account its balance, stream seq, webhook cursor, key hash, discount and revocation.
+//! After every step the recovered state must equal it; after a crash around one commit the
+//! state must be exactly the account before that event or exactly after it, never anything
+//! else (a half-applied purchase, a lost top-up, a gap in the stream).
+
+use std::collections::BTreeMap;
+
+use engine::events::{BalanceChange, NewReseller, ResellerChange, ResellerOrder};
+use engine::ledger::wholesale_charge_cents;
+use engine::{Event, OrderId, ResellerId, Sku};
+
+use super::{give_back, Crashed, World, PRODUCTS};
+
+/// Accounts the simulator opens.
+const RESELLERS: u64 = 2;
+/// The largest bulk purchase it tries.
+const QUANTITY_MAX: u64 = 5;
+
+/// One account as acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Account {
+    balance_cents: u64,
+    stream_seq: u64,
+    webhook_cursor: u64,
+    parked: u64,
+    /// The API key hash's first 8 bytes (enough to tell keys apart, short to print).
+    key: u64,
+    discount_bp: u32,
+    revoked: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Model {
+    accounts: BTreeMap<ResellerId, Account>,
+}
+
+fn key_id(hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+impl World {
+    fn random_key(&mut self) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        for chunk in key.chunks_mut(8) {
+            chunk.copy_from_slice(&self.rng.next().to_le_bytes());
+        }
+        key
+    }
+
+    /// The account as the recovered state has it.
+    fn observed(&self, id: ResellerId) -> Option<Account> {
+        let state = self.store().state();
+        let account = state.reseller(id)?;
+        Some(Account {
+            balance_cents: state.ledger().balance_cents(id)?,
+            stream_seq: state.stream_seq(id),
+            webhook_cursor: account.webhook_cursor,
+            parked: account.webhook_parked.len() as u64,
+            key: key_id(&account.reseller.api_key_sha256),
+            discount_bp: account.reseller.discount_bp,
+            revoked: account.revoked_at_ms.is_some(),
+        })
+    }
+
+    pub(super) fn setup_resellers(&mut self) {
+        for n in 1..=RESELLERS {
+            let id = ResellerId(n);
+            while self.observed(id).is_none() {
+                let new = NewReseller {
+                    reseller_id: id,
+                    name: format!("simulated reseller {n}"),
+                    api_key_sha256: self.random_key(),
+                    webhook_secret: "sealed1:00".into(),
+                    webhook_url: Some("http://hooks.invalid/".into()),
+                    discount_bp: self.rng.below(3_000) as u32,
+                    created_at_ms: self.now_ms,
+                };
+                let _ = self.commit(&Event::ResellerCreated(Box::new(new)));
+            }
+            let opened = self.observed(id).expect("opened");
+            self.resellers.accounts.insert(id, opened);
+        }
+    }
+
+    /// Commits one event about `id` that should turn the account into `after`. On a crash
+    /// around it, the recovered account must be the one before or `after`, and is adopted.
+    fn commit_reseller(&mut self, id: ResellerId, event: &Event, after: Account) -> bool {
+        let before = self.resellers.accounts[&id].clone();
+        match self.commit(event) {
+            Ok(()) => {
+                self.resellers.accounts.insert(id, after);
+                true
+            }
+            Err(Crashed) => self.adopt_reseller(id, &before, after),
+        }
+    }
+
+    /// After a crash around one event about `id`: the recovered account must be the one
+    /// before it or `after`, and becomes the acknowledged one. True if the event survived.
+    fn adopt_reseller(&mut self, id: ResellerId, before: &Account, after: Account) -> bool {
+        let now = self.observed(id);
+        if now.as_ref() != Some(before) && now.as_ref() != Some(&after) {
+            self.violation(format!(
+                "reseller {id} after a crash around one event: {now:?}, \
+                 neither {before:?} nor {after:?}"
+            ));
+        }
+        let Some(now) = now else { return false };
+        let applied = now == after;
+        self.resellers.accounts.insert(id, now);
+        applied
+    }
+
+    /// A top-up committed but not yet acknowledged when the process dies: its frame may
+    /// survive, be cut or be torn. Returns what to adopt after the restart.
+    pub(super) fn top_up_in_flight(&mut self) -> Option<(ResellerId, Account, Account)> {
+        let id = ResellerId(1);
+        let before = self.resellers.accounts.get(&id)?.clone();
+        let amount_cents = 1 + self.rng.below(1_000);
+        let event = Event::BalanceChanged {
+            reseller_id: id,
+            change: BalanceChange::TopUp { amount_cents },
+            note: "in flight at the crash".into(),
+            at_ms: self.now_ms,
+        };
+        let durable = self.store().commit(&event).ok()?;
+        drop(durable);
+        let after = Account {
+            balance_cents: before.balance_cents + amount_cents,
+            ..before.clone()
+        };
+        Some((id, before, after))
+    }
+
+    pub(super) fn adopt_in_flight(&mut self, in_flight: Option<(ResellerId, Account, Account)>) {
+        if let Some((id, before, after)) = in_flight {
+            self.adopt_reseller(id, &before, after);
+        }
+    }
+
+    pub(super) fn reseller_step(&mut self) {
+        let id = ResellerId(1 + self.rng.below(RESELLERS));
+        let account = self.resellers.accounts[&id].clone();
+        let at_ms = self.now_ms;
+        match self.rng.below(100) {
+            0..=24 => {
+                let amount_cents = 100 + self.rng.below(3_000);
+                let event = Event::BalanceChanged {
+                    reseller_id: id,
+                    change: BalanceChange::TopUp { amount_cents },
+                    note: "simulated top-up".into(),
+                    at_ms,
+                };
+                let after = Account {
+                    balance_cents: account.balance_cents + amount_cents,
+                    ..account
+                };
+                self.commit_reseller(id, &event, after);
+            }
+            25..=34 if account.balance_cents > 0 => {
+                let amount_cents = 1 + self.rng.below(account.balance_cents);
+                let event = Event::BalanceChanged {
+                    reseller_id: id,
+                    change: BalanceChange::Correction { amount_cents },
+                    note: "simulated correction".into(),
+                    at_ms,
+                };
+                let after = Account {
+                    balance_cents: account.balance_cents - amount_cents,
+                    ..account
+                };
+                self.commit_reseller(id, &event, after);
+            }
+            35..=74 if !account.revoked => self.bulk_purchase(id, account),
+            75..=89 if account.webhook_cursor < account.stream_seq => {
+                let seq = account.webhook_cursor + 1;
+                let parked = self.rng.percent(20);
+                let event = if parked {
+                    Event::WebhookParked {
+                        reseller_id: id,
+                        seq,
+                        attempts: 10,
+                        at_ms,
+                    }
+                } else {
+                    Event::WebhookDelivered {
+                        reseller_id: id,
+                        seq,
+                        at_ms,
+                    }
+                };
+                let after = Account {
+                    webhook_cursor: seq,
+                    parked: account.parked + u64::from(parked),
+                    ..account
+                };
+                self.commit_reseller(id, &event, after);
+            }
+            90..=98 if !account.revoked => {
+                let (change, after) = if self.rng.percent(50) {
+                    let key = self.random_key();
+                    let after = Account {
+                        key: key_id(&key),
+                        ..account.clone()
+                    };
+                    (
+                        ResellerChange::ApiKeyRotated {
+                            api_key_sha256: key,
+                        },
+                        after,
+                    )
+                } else {
+                    let discount_bp = self.rng.below(5_000) as u32;
+                    let after = Account {
+                        discount_bp,
+                        ..account.clone()
+                    };
+                    (ResellerChange::DiscountSet { discount_bp }, after)
+                };
+                let event = Event::ResellerUpdated {
+                    reseller_id: id,
+                    change,
+                    at_ms,
+                };
+                self.commit_reseller(id, &event, after);
+            }
+            99 if !account.revoked && self.rng.percent(10) => {
+                let event = Event::ResellerRevoked {
+                    reseller_id: id,
+                    at_ms,
+                };
+                let after = Account {
+                    revoked: true,
+                    ..account
+                };
+                self.commit_reseller(id, &event, after);
+            }
+            _ => {}
+        }
+    }
+
+    /// Keys straight from the pools to the reseller, charged at its discount, only when the
+    /// balance covers them (as the actors plan it).
+    fn bulk_purchase(&mut self, id: ResellerId, account: Account) {
+        let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
+        let quantity = 1 + self.rng.below(QUANTITY_MAX) as u32;
+        let price = self
+            .store()
+            .state()
+            .product(&sku)
+            .expect("sku")
+            .product
+            .price_cents;
+        let amount_cents =
+            wholesale_charge_cents(price, quantity, account.discount_bp).expect("small amounts");
+        if amount_cents > account.balance_cents {
+            return;
+        }
+        let Some(cards) = self.reserve(&sku, quantity as usize) else {
+            return;
+        };
+        let order = ResellerOrder {
+            order_id: OrderId::generate(self.now_ms, self.rng.next()),
+            reseller_id: id,
+            token: engine::ids::hex128(u128::from(self.rng.next())),
+            trace_id: engine::ids::hex128(u128::from(self.rng.next())),
+            sku: sku.clone(),
+            cards: cards.clone(),
+            amount_cents,
+            idempotency: None,
+            stream_seq: account.stream_seq + 1,
+            created_at_ms: self.now_ms,
+        };
+        let after = Account {
+            balance_cents: account.balance_cents - amount_cents,
+            stream_seq: account.stream_seq + 1,
+            ..account
+        };
+        let event = Event::ResellerOrderPlaced(Box::new(order));
+        let crashes = self.outcome.crashes;
+        if self.commit_reseller(id, &event, after) {
+            self.outcome.reseller_orders += 1;
+        } else if self.outcome.crashes == crashes {
+            // Refused (already a violation): the cards go back. After a crash the restart
+            // rebuilt the pools from the log instead.
+            let shards = self.pools.get_mut(&sku).expect("pool");
+            give_back(shards, &cards);
+        }
+    }
+
+    /// Every account as acknowledged.
+    pub(super) fn check_resellers(&mut self, step: u64) {
+        let mut lost = Vec::new();
+        for (id, acked) in &self.resellers.accounts {
+            let now = self.observed(*id);
+            if now.as_ref() != Some(acked) {
+                lost.push(format!(
+                    "step {step}: reseller {id} is {now:?}, acknowledged {acked:?}"
+                ));
+            }
+        }
+        for problem in lost {
+            self.violation(problem);
+        }
+    }
+}
