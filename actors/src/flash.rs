@@ -36,6 +36,11 @@ pub const SETTLED_TICKETS_MAX: usize = 100_000;
 pub const TICKET_WATCH_FRAMES: usize = 8;
 /// Tickets held at once, waiting and settled, across all rooms.
 pub const TICKETS_MAX: usize = 300_000;
+/// How often, and how many times, an admitted ticket looks again for the order of a first
+/// request with its idempotency key that is still in progress (gateway calls time out
+/// after 3 s, so 10 s covers one).
+const IN_PROGRESS_POLL_MS: u64 = 50;
+const IN_PROGRESS_WAITS_MAX: u32 = 200;
 
 #[derive(Clone, Debug)]
 pub struct FlashSettings {
@@ -637,7 +642,7 @@ impl Shop {
         let Some(request) = request else { return };
         let shop = self.clone();
         actix::spawn(async move {
-            let outcome = match shop.create_order(request).await {
+            let outcome = match shop.create_admitted(request).await {
                 Ok(order) => TicketUpdate::Admitted(Box::new(order)),
                 Err(ShopError::Rejected(Rejection::SoldOut)) => TicketUpdate::SoldOut,
                 // The buyer reads this: no storage detail, which goes to the log.
@@ -649,6 +654,24 @@ impl Shop {
             };
             shop.settle_ticket(ticket, outcome);
         });
+    }
+
+    /// `create_order` for an admitted ticket. When the first request with the same
+    /// idempotency key is still being served directly (it came before the room opened), the
+    /// ticket waits for it and gets its order rather than failing with "in progress".
+    async fn create_admitted(&self, mut request: OrderRequest) -> Result<NewOrder, ShopError> {
+        let mut waits = 0;
+        loop {
+            let retry = request.idempotency_key.is_some().then(|| request.clone());
+            match self.create_order(request).await {
+                Err(ShopError::InProgress) if waits < IN_PROGRESS_WAITS_MAX => {
+                    request = retry.expect("only a keyed request is in progress");
+                    waits += 1;
+                    tokio::time::sleep(Duration::from_millis(IN_PROGRESS_POLL_MS)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn push_positions(&self) {

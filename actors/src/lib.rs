@@ -180,6 +180,7 @@ impl ActorKind {
 }
 
 /// A buyer's order request, validated at the edge for shape only.
+#[derive(Clone)]
 pub struct OrderRequest {
     pub sku: Sku,
     pub quantity: u32,

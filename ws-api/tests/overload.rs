@@ -162,3 +162,77 @@ async fn a_saturated_pipeline_queues_new_buyers_and_admits_them_in_order() {
     );
     promtool_check(&metrics);
 }
+
+/// A buyer whose first request is still being served directly (its gateway call hangs)
+/// when a flash sale opens, and who retries with the same `Idempotency-Key`: the retry is
+/// queued, and when admitted it waits for the first request and gets that same order,
+/// rather than failing with "in progress".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_queued_behind_its_own_first_request_gets_that_order() {
+    let (gateway, release) = hanging_gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(Server::start_with(
+        dir.path(),
+        &[
+            ("PANSHI_EPAY__GATEWAY_URL", gateway.as_str()),
+            ("PANSHI_EPAY__CREATE_VIA_MAPI", "true"),
+        ],
+    ));
+    server.product("twice", 100, &keys("TWICE", 5)).await;
+    let send = {
+        let server = server.clone();
+        move || {
+            let server = server.clone();
+            async move {
+                let r = server
+                    .http
+                    .post(server.url("/api/v1/orders"))
+                    .header("Idempotency-Key", "same-buyer")
+                    .json(&json!({"sku": "twice", "quantity": 1, "contact": "a@x.com", "channel": "epay"}))
+                    .send()
+                    .await
+                    .unwrap();
+                answer(r).await
+            }
+        }
+    };
+    let first = tokio::spawn(send());
+    until(&server, "the first request in flight", |v| {
+        v["in_flight"] == 1
+    })
+    .await;
+    let (code, _) = server
+        .admin_post(
+            "/api/v1/admin/products/twice/flash-sale",
+            json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, ticket) = send().await;
+    assert_eq!(
+        (code, ticket["status"].as_str()),
+        (202, Some("queued")),
+        "{ticket}"
+    );
+    let watcher = {
+        let (server, ticket) = (server.clone(), ticket.clone());
+        tokio::spawn(async move { watch_ticket(&server, &ticket).await })
+    };
+    // Admitted while the first request still hangs; then the gateway answers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    release.send(true).unwrap();
+    let (code, order) = first.await.unwrap();
+    assert_eq!(code, 201, "{order}");
+    let frames = watcher.await.unwrap();
+    let last = frames.last().expect("frames");
+    assert_eq!(last["status"], "admitted", "{frames:?}");
+    assert_eq!(
+        last["order"]["order_id"], order["order_id"],
+        "the same order"
+    );
+    assert_eq!(
+        server.stock("twice").await,
+        (4, 1, 0),
+        "one key reserved, once"
+    );
+}
