@@ -204,6 +204,37 @@ impl Shop {
             .open(&account.reseller.webhook_secret, &id.to_string())
     }
 
+    /// Seals the webhook secrets an older version stored in the clear: each is committed
+    /// again, sealed (revoked accounts too). Returns how many; the log's older records
+    /// still hold those secrets until they are purged.
+    pub async fn seal_legacy_secrets(&self) -> Result<usize, ShopError> {
+        let legacy: Vec<(ResellerId, String)> = {
+            let state = self.store().state();
+            state
+                .resellers()
+                .filter(|a| {
+                    !a.reseller
+                        .webhook_secret
+                        .starts_with(crate::seal::SEALED_PREFIX)
+                })
+                .map(|a| (a.reseller.reseller_id, a.reseller.webhook_secret.clone()))
+                .collect()
+        };
+        for (id, secret) in &legacy {
+            let lock = self.reseller_lock(*id);
+            let _serial = lock.lock().await;
+            let event = Event::ResellerUpdated {
+                reseller_id: *id,
+                change: ResellerChange::WebhookSecretRotated {
+                    webhook_secret: self.seal_webhook_secret(secret, *id),
+                },
+                at_ms: self.now_ms(),
+            };
+            self.commit(&event).await?;
+        }
+        Ok(legacy.len())
+    }
+
     /// Every reseller's webhook secret opens with the configured sealing key. Checked at
     /// start, so that a changed or missing key stops the server rather than every webhook.
     pub fn check_sealed_secrets(&self) -> Result<(), String> {
@@ -377,14 +408,27 @@ impl Shop {
         Ok(entry.balance_after_cents)
     }
 
-    /// The reseller an API key belongs to, unless unknown or revoked.
-    pub fn reseller_by_key(&self, api_key: &str) -> Option<ResellerId> {
+    /// The reseller an API key belongs to, unless unknown or revoked. Purchases and
+    /// streams check the key again under the reseller's lock (`still_in_force`), so one
+    /// authenticated just before a rotation cannot act after it.
+    pub fn reseller_by_key(&self, api_key: &str) -> Option<ResellerKey> {
+        let key_sha256 = api_key_sha256(api_key);
         let state = self.store().state();
-        let account = state.reseller_by_key_hash(&api_key_sha256(api_key))?;
-        account
-            .revoked_at_ms
-            .is_none()
-            .then_some(account.reseller.reseller_id)
+        let account = state.reseller_by_key_hash(&key_sha256)?;
+        account.revoked_at_ms.is_none().then_some(ResellerKey {
+            id: account.reseller.reseller_id,
+            key_sha256,
+        })
+    }
+
+    /// Refuses a key rotated out or revoked since it was authenticated (call under the
+    /// reseller's lock).
+    fn still_in_force(&self, who: ResellerKey) -> Result<(), ShopError> {
+        if self.reseller_key_in_force(who.id) == Some(who.key_sha256) {
+            Ok(())
+        } else {
+            Err(Rejection::UnknownReseller.into())
+        }
     }
 
     pub fn reseller_account(&self, id: ResellerId) -> Result<Account, ShopError> {
@@ -435,9 +479,10 @@ impl Shop {
     /// a retry with the same idempotency key answers the first receipt.
     pub async fn reseller_purchase(
         &self,
-        id: ResellerId,
+        who: ResellerKey,
         request: PurchaseRequest,
     ) -> Result<Receipt, ShopError> {
+        let id = who.id;
         if request.quantity == 0 || request.quantity > RESELLER_ORDER_QUANTITY_MAX {
             return Err(Rejection::InvalidInput("quantity must be 1 to 1000").into());
         }
@@ -446,6 +491,7 @@ impl Shop {
         }
         let lock = self.reseller_lock(id);
         let _serial = lock.lock().await;
+        self.still_in_force(who)?;
         let planned = match self.plan_purchase(id, &request)? {
             Ok(planned) => planned,
             Err(first) => return self.receipt_of(&first),
@@ -568,9 +614,13 @@ impl Shop {
     }
 
     /// A reseller's stream from `cursor`: every event after it, then live.
-    pub async fn reseller_stream(&self, id: ResellerId, cursor: u64) -> Result<Feed, ShopError> {
+    pub async fn reseller_stream(&self, who: ResellerKey, cursor: u64) -> Result<Feed, ShopError> {
+        let id = who.id;
         let lock = self.reseller_lock(id);
         let _serial = lock.lock().await;
+        // Under the lock: a rotation committed after authentication refuses the stream
+        // here, and one committed later closes it (`end_streams`).
+        self.still_in_force(who)?;
         let (sender, live) = mpsc::channel(STREAM_SUBSCRIBER_BUFFER_EVENTS);
         let mut hubs = self.resellers().hubs.lock();
         // Under the lock no purchase is between commit and publish: the state's seq is durable.
@@ -587,13 +637,10 @@ impl Shop {
             sender,
             queued_bytes: queued_bytes.clone(),
         });
-        let opened_with = self
-            .reseller_key_in_force(id)
-            .ok_or(Rejection::UnknownReseller)?;
         Ok(Feed {
             shop: self.clone(),
             reseller: id,
-            opened_with,
+            opened_with: who.key_sha256,
             sent_seq: cursor,
             replay_through: hub.durable_seq,
             replayed: VecDeque::new(),
@@ -606,6 +653,14 @@ impl Shop {
 struct Planned {
     amount_cents: u64,
     stream_seq: u64,
+}
+
+/// A reseller as authenticated by its API key: the key is checked again under the
+/// reseller's lock before it buys or subscribes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResellerKey {
+    pub id: ResellerId,
+    key_sha256: [u8; 32],
 }
 
 /// What a stream reader gets next.
@@ -638,7 +693,18 @@ impl Feed {
         self.sent_seq
     }
 
+    /// Whether the key the stream was opened with still holds.
+    fn key_holds(&self) -> bool {
+        self.shop.reseller_key_in_force(self.reseller) == Some(self.opened_with)
+    }
+
     pub async fn next(&mut self) -> FeedItem {
+        // Replay reads the state directly: it must stop the moment the key is withdrawn,
+        // not after it has served the whole history.
+        let replaying = !self.replayed.is_empty() || self.sent_seq < self.replay_through;
+        if replaying && !self.key_holds() {
+            return FeedItem::KeyWithdrawn;
+        }
         if self.replayed.is_empty() && self.sent_seq < self.replay_through {
             self.replay_page();
         }
@@ -648,7 +714,7 @@ impl Feed {
         }
         loop {
             let Some(event) = self.live.recv().await else {
-                return if self.shop.reseller_key_in_force(self.reseller) == Some(self.opened_with) {
+                return if self.key_holds() {
                     FeedItem::FellBehind
                 } else {
                     FeedItem::KeyWithdrawn

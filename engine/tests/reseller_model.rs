@@ -273,6 +273,14 @@ fn a_rotated_key_replaces_the_old_one_and_a_new_discount_prices_what_follows() {
     });
     assert!(state.apply(&rotate).is_err(), "revoked for good");
     assert!(state.reseller_by_key_hash(&[9; 32]).is_none());
+    let discount = update(ResellerChange::DiscountSet { discount_bp: 1 });
+    assert!(state.apply(&discount).is_err(), "revoked for good");
+    // Sealing a secret an older version stored in the clear is allowed.
+    let reseal = update(ResellerChange::WebhookSecretRotated {
+        webhook_secret: "sealed again".into(),
+    });
+    state.apply(&reseal).unwrap();
+    assert!(state.check().is_empty());
 }
 
 fn webhook(seq: u64, outcome: &str) -> Event {

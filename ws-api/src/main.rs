@@ -254,27 +254,53 @@ fn rand_u128() -> u128 {
 /// The sealing key's file in the data dir, when none is configured.
 const SEALING_KEY_FILE: &str = "sealing.key";
 
-/// The configured sealing key, else the data dir's (generated on first start).
-fn sealing_key(settings: &ServerSettings) -> anyhow::Result<actors::seal::SealingKey> {
-    use actors::seal::SealingKey;
+/// The configured sealing key, else the data dir's key file. A new key file is written
+/// only while nothing sealed exists: sealed secrets without their key are an operator's
+/// mistake to report, not a reason to seal new ones under another key.
+fn sealing_key(
+    settings: &ServerSettings,
+    store: &Store,
+) -> anyhow::Result<actors::seal::SealingKey> {
+    use actors::seal::{SealingKey, SEALED_PREFIX};
     if let Some(text) = &settings.resellers.sealing_key {
-        return SealingKey::parse(text)
+        return SealingKey::parse(&text.0)
             .context("resellers.sealing_key must be 64 hex digits (32 bytes)");
     }
     let path = settings.data.join(SEALING_KEY_FILE);
+    let text =
+        storage::keyfile::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    if let Some(text) = text {
+        tracing::info!(
+            path = %path.display(),
+            "no resellers.sealing_key configured: webhook secrets are sealed with the data dir's key file"
+        );
+        return SealingKey::parse(&text)
+            .with_context(|| format!("{} must hold 64 hex digits", path.display()));
+    }
+    let sealed = store
+        .state()
+        .resellers()
+        .any(|account| account.reseller.webhook_secret.starts_with(SEALED_PREFIX));
+    if sealed {
+        anyhow::bail!(
+            "the data dir holds sealed webhook secrets but neither resellers.sealing_key nor \
+             {SEALING_KEY_FILE} is there; set the key they were sealed with"
+        );
+    }
     let fresh = SealingKey(
         [rand_u128().to_le_bytes(), rand_u128().to_le_bytes()]
             .concat()
             .try_into()
             .expect("32 bytes"),
     );
-    let text = storage::keyfile::load_or_create(&path, &fresh.to_hex())
-        .with_context(|| format!("reading or creating {}", path.display()))?;
-    tracing::info!(
+    storage::keyfile::create(&path, &fresh.to_hex())
+        .with_context(|| format!("creating {}", path.display()))?;
+    tracing::warn!(
         path = %path.display(),
-        "no resellers.sealing_key configured: webhook secrets are sealed with the data dir's key file"
+        "no resellers.sealing_key configured: a sealing key was generated into the data dir; \
+         set one from a secret store so that copies of the data dir do not carry it"
     );
-    SealingKey::parse(&text).with_context(|| format!("{} must hold 64 hex digits", path.display()))
+    Ok(fresh)
 }
 
 fn serve(settings: ServerSettings) -> anyhow::Result<()> {
@@ -299,7 +325,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
     let admin_token = match (&settings.admin_token, settings.demo) {
-        (Some(token), _) if !token.is_empty() => token.clone(),
+        (Some(token), _) if !token.0.is_empty() => token.0.clone(),
         (_, true) => "demo-admin".to_owned(),
         _ => {
             let token = random_token();
@@ -314,7 +340,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     ) {
         (Some(pid), Some(key), Some(url)) => Some(EpaySettings {
             pid: pid.clone(),
-            key: key.clone(),
+            key: key.0.clone(),
             gateway_url: url.clone(),
             create_via_mapi: settings.epay.create_via_mapi,
         }),
@@ -328,7 +354,16 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("creating {}", settings.data.display()))?;
-    let sealing_key = sealing_key(&settings)?;
+    let store = Arc::new(
+        Store::open_with(&settings.data, Arc::new(CommitMetrics))
+            .context("opening the data dir")?,
+    );
+    tracing::info!(
+        last_lsn = store.recovery().last_lsn,
+        truncated_bytes = store.recovery().truncated_bytes,
+        "log recovered"
+    );
+    let sealing_key = sealing_key(&settings, &store)?;
     let shop_settings = Settings {
         sealing_key,
         flash: settings.flash.settings(&settings.overload),
@@ -342,15 +377,6 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         epay: epay.clone(),
     };
     ws_api::routes::resellers::init(&settings.resellers);
-    let store = Arc::new(
-        Store::open_with(&settings.data, Arc::new(CommitMetrics))
-            .context("opening the data dir")?,
-    );
-    tracing::info!(
-        last_lsn = store.recovery().last_lsn,
-        truncated_bytes = store.recovery().truncated_bytes,
-        "log recovered"
-    );
     let workers = match settings.http.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -363,6 +389,14 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             Arc::new(OsEntropy),
             gateways(&settings, epay.as_ref()),
         );
+        let resealed = shop.seal_legacy_secrets().await?;
+        if resealed > 0 {
+            tracing::warn!(
+                resealed,
+                "webhook secrets stored in the clear by an older version are sealed now; \
+                 the log's older records hold them until purged"
+            );
+        }
         shop.check_sealed_secrets().map_err(|error| {
             anyhow::anyhow!(
                 "{error}; set resellers.sealing_key (or restore the data dir's {SEALING_KEY_FILE}) \
@@ -386,9 +420,10 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             epusdt_token: settings
                 .epusdt
                 .token
-                .clone()
+                .as_ref()
+                .map(|token| token.0.clone())
                 .filter(|_| settings.epusdt.gateway_url.is_some()),
-            stripe_webhook_secret: settings.stripe.webhook_secret.clone(),
+            stripe_webhook_secret: settings.stripe.webhook_secret.as_ref().map(|s| s.0.clone()),
             stripe_events: parking_lot::Mutex::default(),
             limits: ws_api::limits::EdgeLimits::new(&settings.limits),
         });
@@ -453,11 +488,11 @@ fn gateways(
     if let (Some(url), Some(token)) = (&settings.epusdt.gateway_url, &settings.epusdt.token) {
         gateways.push((
             "epusdt".to_owned(),
-            Arc::new(ws_api::gateways::EpusdtClient::new(url, token)),
+            Arc::new(ws_api::gateways::EpusdtClient::new(url, &token.0)),
         ));
     }
     if let Some(secret_key) = &settings.stripe.secret_key {
-        let client = ws_api::gateways::StripeClient::new(&settings.stripe.api_base, secret_key);
+        let client = ws_api::gateways::StripeClient::new(&settings.stripe.api_base, &secret_key.0);
         gateways.push(("stripe".to_owned(), Arc::new(client)));
     }
     gateways

@@ -5,11 +5,22 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// A secret from the configuration (a key, a token): `Debug` never prints it.
+#[derive(Deserialize, Clone, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 #[derive(Deserialize, Debug, Clone)]
 #[serde(default)]
 pub struct ServerSettings {
     /// Operator bearer token. When unset, a random one is generated and printed at start.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     pub listen: String,
     pub data: PathBuf,
     /// Base URL gateways and buyers reach this shop at; defaults to `http://{listen}`.
@@ -157,15 +168,15 @@ impl RiskSection {
 #[serde(default)]
 pub struct EpusdtSection {
     pub gateway_url: Option<String>,
-    pub token: Option<String>,
+    pub token: Option<Secret>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(default)]
 pub struct StripeSection {
     pub api_base: String,
-    pub secret_key: Option<String>,
-    pub webhook_secret: Option<String>,
+    pub secret_key: Option<Secret>,
+    pub webhook_secret: Option<Secret>,
 }
 
 impl Default for StripeSection {
@@ -226,7 +237,7 @@ pub struct ShopSection {
 #[serde(default)]
 pub struct EpaySection {
     pub pid: Option<String>,
-    pub key: Option<String>,
+    pub key: Option<Secret>,
     pub gateway_url: Option<String>,
     /// Create payments through the gateway's `mapi.php` instead of a signed `submit.php` URL.
     pub create_via_mapi: bool,

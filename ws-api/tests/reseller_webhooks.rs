@@ -401,7 +401,7 @@ async fn a_rotated_secret_signs_what_follows() {
     let receiver = Receiver::default();
     receiver.listen(listener).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(&dir, "300");
+    let mut server = start(&dir, "1000");
     server.product("rotsig", 100, &keys("rotsig", 10)).await;
     let (id, key, old_secret) = reseller(&server, &url).await;
     buy(&server, &key, "rotsig").await;
@@ -441,5 +441,65 @@ async fn a_rotated_secret_signs_what_follows() {
         &acknowledged[2].body
     ));
     server.stop();
+    assert!(server.audit().0, "{}", server.audit().1);
+}
+
+/// A data dir written before sealing existed holds a webhook secret in the clear. The
+/// server seals it at start, and deliveries are still signed with that same secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_stored_in_the_clear_is_sealed_at_start_and_still_signs() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = Receiver::default();
+    receiver.listen(listener).await;
+    let dir = tempfile::tempdir().unwrap();
+    let legacy_secret = "whsec_written_by_an_older_version_0123456789";
+    let api_key = "psk_legacy_key_0123456789abcdef0123456789abcdef";
+    // As an older version wrote it (on a plain thread: the store's waits block).
+    let data = dir.path().to_owned();
+    let hook = url.clone();
+    std::thread::spawn(move || {
+        let store = storage::Store::open(&data).unwrap();
+        let reseller = engine::NewReseller {
+            reseller_id: engine::ResellerId(1),
+            name: "Legacy".into(),
+            api_key_sha256: engine::state::api_key_sha256(api_key),
+            webhook_secret: legacy_secret.into(),
+            webhook_url: Some(hook),
+            discount_bp: 0,
+            created_at_ms: 1,
+        };
+        let event = engine::Event::ResellerCreated(Box::new(reseller));
+        store.commit(&event).unwrap().wait_blocking().unwrap();
+        store.close().unwrap();
+    })
+    .join()
+    .unwrap();
+    let mut server = start(&dir, "100");
+    server.product("legacy", 100, &keys("legacy", 5)).await;
+    let (code, answer) = server
+        .admin_post(
+            "/api/v1/admin/resellers/rs-1/balance",
+            json!({"amount_cents": 1_000, "note": "test"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    buy(&server, api_key, "legacy").await;
+    let acknowledged = receiver.wait_acknowledged(1).await;
+    check_deliveries(legacy_secret, "rs-1", &acknowledged, 1);
+    server.stop();
+    // The state rebuilt from the log holds the sealed form now. (The bytes written before
+    // stay in the log's and sled's older records until those are purged.)
+    let data = dir.path().to_owned();
+    let stored = std::thread::spawn(move || {
+        let store = storage::Store::open(&data).unwrap();
+        let state = store.state();
+        let account = state.reseller(engine::ResellerId(1)).unwrap();
+        account.reseller.webhook_secret.clone()
+    })
+    .join()
+    .unwrap();
+    assert!(stored.starts_with("sealed1:"), "{stored}");
+    assert!(!stored.contains(legacy_secret));
     assert!(server.audit().0, "{}", server.audit().1);
 }

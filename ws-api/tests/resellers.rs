@@ -469,6 +469,20 @@ async fn subscribing_during_purchases_skips_and_repeats_nothing() {
     }
 }
 
+/// Keys per purchase of the `big` product: one event of about 100 KB.
+const QUANTITY: u32 = 500;
+
+/// The `big` product at 1 cent a key, with keys of 200 bytes for `purchases` purchases.
+async fn big_product(server: &Server, purchases: u64) {
+    let padding = "x".repeat(190);
+    let all: Vec<String> = (0..purchases as usize * QUANTITY as usize)
+        .map(|i| format!("{i:08}-{padding}"))
+        .collect();
+    server.product("big", 1, &all[..all.len() / 2]).await;
+    let (code, body) = server.import("big", all[all.len() / 2..].join("\n")).await;
+    assert_eq!(code, 200, "{body}");
+}
+
 /// A stream socket whose kernel receive buffer is small, so that a reader that stops
 /// reading pushes back on the server within a few hundred KiB.
 async fn stalled_stream(
@@ -492,31 +506,14 @@ async fn stalled_stream(
     socket
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_too_far_behind_is_cut_off_and_resumes_from_its_cursor() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir);
-    // Each purchase is one event of 500 keys of 200 bytes (about 100 KB), so the server's
-    // per-reader byte bound is reached after a few dozen unread events.
-    const PURCHASES: u64 = 150;
-    const QUANTITY: u32 = 500;
-    let padding = "x".repeat(190);
-    let all: Vec<String> = (0..PURCHASES as usize * QUANTITY as usize)
-        .map(|i| format!("{i:08}-{padding}"))
-        .collect();
-    server.product("big", 1, &all[..all.len() / 2]).await;
-    let (code, body) = server.import("big", all[all.len() / 2..].join("\n")).await;
-    assert_eq!(code, 200, "{body}");
-    let (_, key) = reseller(&server, "Sleeper", 1_000_000).await;
-    let mut slow = stalled_stream(&server, &key).await;
-    for _ in 0..PURCHASES {
-        let (code, body) = buy(&server, &key, "big", QUANTITY, None).await;
-        assert_eq!(code, 201, "{body}");
-    }
-    // The reader wakes up: it gets an unbroken prefix, then a close naming its cursor.
+/// Reads a stalled stream to its close: the events seen (each of the `big` product, in seq
+/// order from 1) and the close frame.
+async fn read_until_close(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> (u64, tokio_tungstenite::tungstenite::protocol::CloseFrame) {
     let mut seen = 0u64;
-    let reason = loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), slow.next())
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
             .expect("a frame within 10 s");
         match message {
@@ -526,11 +523,29 @@ async fn a_reader_too_far_behind_is_cut_off_and_resumes_from_its_cursor() {
                 assert_eq!(frame["cards"].as_array().unwrap().len(), QUANTITY as usize);
                 seen += 1;
             }
-            Some(Ok(Message::Close(Some(frame)))) => break frame,
+            Some(Ok(Message::Close(Some(frame)))) => return (seen, frame),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             other => panic!("stream ended without a close reason after {seen}: {other:?}"),
         }
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_too_far_behind_is_cut_off_and_resumes_from_its_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    // Each purchase is one event of 500 keys of 200 bytes (about 100 KB), so the server's
+    // per-reader byte bound is reached after a few dozen unread events.
+    const PURCHASES: u64 = 150;
+    big_product(&server, PURCHASES).await;
+    let (_, key) = reseller(&server, "Sleeper", 1_000_000).await;
+    let mut slow = stalled_stream(&server, &key).await;
+    for _ in 0..PURCHASES {
+        let (code, body) = buy(&server, &key, "big", QUANTITY, None).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    // The reader wakes up: it gets an unbroken prefix, then a close naming its cursor.
+    let (seen, reason) = read_until_close(&mut slow).await;
     eprintln!("cut off after {seen} of {PURCHASES} events");
     assert!(seen < PURCHASES, "a stalled reader was never cut off");
     assert_eq!(u16::from(reason.code), 1013, "{reason:?}");
@@ -573,6 +588,7 @@ async fn keys_rotate_and_discounts_change_for_what_follows() {
         "{bought}"
     );
 
+    // A stream open with the old key, caught up and waiting for live events.
     let mut open = stream(&server, &old_key, 0).await;
     assert_eq!(seqs(&frames(&mut open, 2).await), [1, 2]);
     let rotate = format!("/api/v1/admin/resellers/{id}/rotate-key");
@@ -583,7 +599,7 @@ async fn keys_rotate_and_discounts_change_for_what_follows() {
     assert_eq!(get(&server, &old_key, "/api/v1/reseller/me").await.0, 401);
     assert_eq!(buy(&server, &old_key, "rot", 1, None).await.0, 401);
     assert_eq!(stream_request(&server, &old_key, 0).await, Some(401));
-    // The stream opened with the old key is closed with a reason, before any new event.
+    // The stream opened with the old key is closed with a reason.
     let closed = tokio::time::timeout(Duration::from_secs(10), open.next())
         .await
         .expect("closed within 10 s");
@@ -624,26 +640,6 @@ async fn keys_rotate_and_discounts_change_for_what_follows() {
     assert!(clean, "{report}");
 }
 
-/// Every file of the data dir, read as bytes.
-fn data_dir_bytes(dir: &std::path::Path) -> Vec<u8> {
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            all.extend(data_dir_bytes(&path));
-        } else {
-            all.extend(std::fs::read(&path).unwrap_or_default());
-        }
-    }
-    all
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
-}
-
 /// Webhook secrets reach neither the log nor sled in the clear (the API key is kept as a
 /// hash only), and a server given another sealing key refuses to start rather than sign
 /// webhooks it cannot.
@@ -661,13 +657,13 @@ async fn secrets_are_sealed_at_rest_and_the_key_must_match() {
     let (code, rotated) = server.admin_post(&rotate, json!({})).await;
     assert_eq!(code, 200, "{rotated}");
     let secrets = [
-        created["api_key"].as_str().unwrap(),
         created["webhook_secret"].as_str().unwrap(),
         rotated["webhook_secret"].as_str().unwrap(),
     ];
-    assert!(secrets[2].starts_with("whsec_") && secrets[2] != secrets[1]);
+    assert!(secrets[1].starts_with("whsec_") && secrets[1] != secrets[0]);
+    let api_key = created["api_key"].as_str().unwrap().to_owned();
     server.stop();
-    let bytes = data_dir_bytes(&data);
+    let bytes = files_bytes(&data);
     assert!(contains(&bytes, "sealed1:"), "the sealed form is there");
     for secret in secrets {
         assert!(!contains(&bytes, secret), "{secret} is stored in the clear");
@@ -677,7 +673,7 @@ async fn secrets_are_sealed_at_rest_and_the_key_must_match() {
 
     // Restarts with its own key file; refuses another key, naming the cause.
     server.restart();
-    assert_eq!(get(&server, secrets[0], "/api/v1/reseller/me").await.0, 200);
+    assert_eq!(get(&server, &api_key, "/api/v1/reseller/me").await.0, 200);
     server.stop();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_panshi"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -691,5 +687,49 @@ async fn secrets_are_sealed_at_rest_and_the_key_must_match() {
     assert!(
         stderr.contains("sealing key") && stderr.contains(&id),
         "{stderr}"
+    );
+    // The key file lost: no new key is made up for secrets sealed with the old one.
+    std::fs::remove_file(data.join("sealing.key")).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_panshi"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("PANSHI_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started without its key");
+    assert!(stderr.contains("sealing.key"), "{stderr}");
+    assert!(!data.join("sealing.key").exists(), "a new key was made up");
+    // Given back, the shop starts as before.
+    std::fs::write(data.join("sealing.key"), &key_file).unwrap();
+    server.restart();
+    assert_eq!(get(&server, &api_key, "/api/v1/reseller/me").await.0, 200);
+}
+
+/// A reader replaying a long history with a key that is rotated meanwhile stops getting
+/// card keys at once: the replay checks the key, it does not serve the rest of the history
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_stops_when_its_key_is_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    // About 24 MB of history, far more than the socket and server buffers hold.
+    const PURCHASES: u64 = 240;
+    big_product(&server, PURCHASES).await;
+    let (id, key) = reseller(&server, "Replayer", 1_000_000).await;
+    for _ in 0..PURCHASES {
+        let (code, body) = buy(&server, &key, "big", QUANTITY, None).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let mut slow = stalled_stream(&server, &key).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rotate = format!("/api/v1/admin/resellers/{id}/rotate-key");
+    assert_eq!(server.admin_post(&rotate, json!({})).await.0, 200);
+    let (seen, reason) = read_until_close(&mut slow).await;
+    eprintln!("replay stopped after {seen} of {PURCHASES} events");
+    assert_eq!(u16::from(reason.code), 1008, "{reason:?}");
+    assert!(
+        seen < PURCHASES,
+        "the whole history was replayed after the rotation"
     );
 }

@@ -220,8 +220,9 @@ impl ShopState {
         })
     }
 
-    /// A live reseller's new key, webhook secret or discount. A revoked account stays as it
-    /// was revoked: nothing about it changes but its balance.
+    /// A live reseller's new key, webhook secret or discount. A revoked account keeps its
+    /// key and discount; only its webhook secret may be written again (sealing a secret
+    /// stored in the clear by an older version) and its balance moved.
     pub(super) fn apply_reseller_updated(
         &mut self,
         id: ResellerId,
@@ -235,7 +236,11 @@ impl ShopState {
             );
         }
         let state = self.account_mut(id, "update of unknown reseller")?;
-        ensure!(state.revoked_at_ms.is_none(), "update of revoked {id}");
+        let resealing = matches!(change, ResellerChange::WebhookSecretRotated { .. });
+        ensure!(
+            state.revoked_at_ms.is_none() || resealing,
+            "update of revoked {id}"
+        );
         match change {
             ResellerChange::ApiKeyRotated { api_key_sha256 } => {
                 let old = std::mem::replace(&mut state.reseller.api_key_sha256, *api_key_sha256);

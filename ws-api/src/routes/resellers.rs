@@ -17,7 +17,9 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
-use actors::reseller::{FeedItem, PurchaseRequest, Receipt, ResellerRequest, StreamEvent};
+use actors::reseller::{
+    FeedItem, PurchaseRequest, Receipt, ResellerKey, ResellerRequest, StreamEvent,
+};
 use actors::ShopError;
 use engine::{OrderId, Rejection, ResellerId, Sku};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -69,7 +71,7 @@ pub struct ResellerSettings {
     /// 64 hex digits: the key that seals webhook secrets at rest. Set it from a secret
     /// store (`PANSHI_RESELLERS__SEALING_KEY`); when unset, a key is generated once into
     /// `sealing.key` in the data dir.
-    pub sealing_key: Option<String>,
+    pub sealing_key: Option<crate::settings::Secret>,
 }
 
 impl Default for ResellerSettings {
@@ -175,12 +177,13 @@ fn authenticate(
     request: &HttpRequest,
     state: &AppState,
     lane: KeyLane,
-) -> Result<ResellerId, ApiError> {
+) -> Result<ResellerKey, ApiError> {
     let key = bearer(request).ok_or_else(ApiError::unauthorized)?;
-    let id = state
+    let who = state
         .shop
         .reseller_by_key(key)
         .ok_or_else(ApiError::unauthorized)?;
+    let id = who.id;
     if let Err(not_until) = current_edge().lane(lane).check_key(&id) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
@@ -194,7 +197,7 @@ fn authenticate(
             )
         });
     }
-    Ok(id)
+    Ok(who)
 }
 
 /// Maps a shop error on a reseller route: a key revoked mid-request is 401, a purchase the
@@ -368,7 +371,7 @@ async fn balance(
 }
 
 async fn me(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let id = authenticate(&request, &state, KeyLane::Lookup)?;
+    let id = authenticate(&request, &state, KeyLane::Lookup)?.id;
     let account = state.shop.reseller_account(id).map_err(reseller_error)?;
     Ok(HttpResponse::Ok().json(json!({
         "reseller_id": account.reseller_id.to_string(),
@@ -411,7 +414,7 @@ async fn purchase(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = authenticate(&request, &state, KeyLane::Purchase)?;
+    let who = authenticate(&request, &state, KeyLane::Purchase)?;
     let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
     let body: PurchaseBody = parse_json(&body)?;
     let sku = Sku::parse(&body.sku)?;
@@ -429,7 +432,7 @@ async fn purchase(
     };
     let receipt = state
         .shop
-        .reseller_purchase(id, purchase)
+        .reseller_purchase(who, purchase)
         .await
         .map_err(reseller_error)?;
     Ok(HttpResponse::Created().json(receipt_json(&receipt)))
@@ -440,7 +443,7 @@ async fn order(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = authenticate(&request, &state, KeyLane::Lookup)?;
+    let id = authenticate(&request, &state, KeyLane::Lookup)?.id;
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
     let view = state
         .shop
@@ -482,12 +485,12 @@ async fn stream(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let id = authenticate(&request, &state, KeyLane::Stream)?;
+    let who = authenticate(&request, &state, KeyLane::Stream)?;
     let cursor = cursor_of(&request)?;
     let guard = crate::routes::live::open_socket(&state)?;
     let feed = state
         .shop
-        .reseller_stream(id, cursor)
+        .reseller_stream(who, cursor)
         .await
         .map_err(reseller_error)?;
     let (response, session, messages) = actix_ws::handle(&request, body)?;
