@@ -4,13 +4,15 @@
 //! buyers' orders.
 //!
 //! The model is what the simulated operators and resellers were told was durable: per
-//! account its balance, stream seq, webhook cursor, key hash, discount and revocation.
+//! account its balance, stream seq, webhook cursor, key hash, discount, revocation, and its
+//! webhook secret, which is sealed as the actors seal it and must open after any crash.
 //! After every step the recovered state must equal it; after a crash around one commit the
 //! state must be exactly the account before that event or exactly after it, never anything
 //! else (a half-applied purchase, a lost top-up, a gap in the stream).
 
 use std::collections::BTreeMap;
 
+use actors::seal::{Sealer, SealingKey};
 use engine::events::{BalanceChange, NewReseller, ResellerChange, ResellerOrder};
 use engine::ledger::wholesale_charge_cents;
 use engine::{Event, OrderId, ResellerId, Sku};
@@ -21,6 +23,8 @@ use super::{give_back, Crashed, World, PRODUCTS};
 const RESELLERS: u64 = 2;
 /// The largest bulk purchase it tries.
 const QUANTITY_MAX: u64 = 5;
+/// The simulated operator's sealing key.
+const SEALING_KEY: SealingKey = SealingKey([7; 32]);
 
 /// One account as acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +35,8 @@ pub(super) struct Account {
     parked: u64,
     /// The API key hash's first 8 bytes (enough to tell keys apart, short to print).
     key: u64,
+    /// The webhook secret, opened (what it must still open to after any crash).
+    webhook_secret: String,
     discount_bp: u32,
     revoked: bool,
 }
@@ -63,20 +69,34 @@ impl World {
             webhook_cursor: account.webhook_cursor,
             parked: account.webhook_parked.len() as u64,
             key: key_id(&account.reseller.api_key_sha256),
+            webhook_secret: Sealer::new(&SEALING_KEY)
+                .open(&account.reseller.webhook_secret, &id.to_string())
+                .unwrap_or_else(|error| format!("does not open: {error}")),
             discount_bp: account.reseller.discount_bp,
             revoked: account.revoked_at_ms.is_some(),
         })
+    }
+
+    /// A fresh webhook secret, and its sealed form for `id`, as the actors make them.
+    fn sealed_secret(&mut self, id: ResellerId) -> (String, String) {
+        let secret = format!("whsec_{:016x}", self.rng.next());
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&self.rng.next().to_le_bytes());
+        nonce[8..].copy_from_slice(&self.rng.next().to_le_bytes()[..4]);
+        let sealed = Sealer::new(&SEALING_KEY).seal(&secret, &id.to_string(), nonce);
+        (secret, sealed)
     }
 
     pub(super) fn setup_resellers(&mut self) {
         for n in 1..=RESELLERS {
             let id = ResellerId(n);
             while self.observed(id).is_none() {
+                let (_, sealed) = self.sealed_secret(id);
                 let new = NewReseller {
                     reseller_id: id,
                     name: format!("simulated reseller {n}"),
                     api_key_sha256: self.random_key(),
-                    webhook_secret: "sealed1:00".into(),
+                    webhook_secret: sealed,
                     webhook_url: Some("http://hooks.invalid/".into()),
                     discount_bp: self.rng.below(3_000) as u32,
                     created_at_ms: self.now_ms,
@@ -203,7 +223,18 @@ impl World {
                 self.commit_reseller(id, &event, after);
             }
             90..=98 if !account.revoked => {
-                let (change, after) = if self.rng.percent(50) {
+                let choice = self.rng.below(3);
+                let (change, after) = if choice == 2 {
+                    let (secret, sealed) = self.sealed_secret(id);
+                    let after = Account {
+                        webhook_secret: secret,
+                        ..account.clone()
+                    };
+                    let change = ResellerChange::WebhookSecretRotated {
+                        webhook_secret: sealed,
+                    };
+                    (change, after)
+                } else if choice == 1 {
                     let key = self.random_key();
                     let after = Account {
                         key: key_id(&key),
