@@ -46,6 +46,16 @@ impl Shop {
             .collect()
     }
 
+    /// Whether the reseller has a webhook URL (no secret is opened to tell).
+    pub fn has_webhook(&self, id: ResellerId) -> bool {
+        let state = self.store().state();
+        state
+            .reseller(id)
+            .is_some_and(|account| account.reseller.webhook_url.is_some())
+    }
+
+    /// Where and how to deliver: the URL and the opened secret, read afresh for each try
+    /// so that a rotated secret signs the next one.
     pub fn webhook_target(&self, id: ResellerId) -> Option<WebhookTarget> {
         let state = self.store().state();
         let account = state.reseller(id)?;

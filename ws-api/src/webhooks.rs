@@ -122,7 +122,7 @@ pub fn start(shop: &Shop, settings: &ResellerSettings) {
 
 /// Starts the reseller's worker unless it runs or the reseller has no webhook.
 pub fn watch(shop: &Shop, id: ResellerId) {
-    if shop.webhook_target(id).is_none() {
+    if !shop.has_webhook(id) {
         return;
     }
     let mut running = dispatcher().running.lock();
@@ -140,7 +140,7 @@ pub fn watch(shop: &Shop, id: ResellerId) {
 async fn run(shop: Shop, id: ResellerId) {
     let waker = shop.webhook_waker(id);
     loop {
-        if shop.webhook_target(id).is_none() {
+        if !shop.has_webhook(id) {
             return;
         }
         let Some(event) = shop.webhook_next(id).await else {
