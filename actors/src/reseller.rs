@@ -212,11 +212,7 @@ impl Shop {
             let state = self.store().state();
             state
                 .resellers()
-                .filter(|a| {
-                    !a.reseller
-                        .webhook_secret
-                        .starts_with(crate::seal::SEALED_PREFIX)
-                })
+                .filter(|a| !crate::seal::is_sealed(&a.reseller.webhook_secret))
                 .map(|a| (a.reseller.reseller_id, a.reseller.webhook_secret.clone()))
                 .collect()
         };

@@ -12,6 +12,12 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 
 /// The prefix of a sealed value; the digit is the format's version.
 pub const SEALED_PREFIX: &str = "sealed1:";
+/// Whether `value` is in the sealed form (else it is a secret an older version stored in
+/// the clear).
+pub fn is_sealed(value: &str) -> bool {
+    value.starts_with(SEALED_PREFIX)
+}
+
 /// Bytes of a sealing key.
 pub const SEALING_KEY_LEN: usize = 32;
 

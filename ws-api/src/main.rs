@@ -261,7 +261,7 @@ fn sealing_key(
     settings: &ServerSettings,
     store: &Store,
 ) -> anyhow::Result<actors::seal::SealingKey> {
-    use actors::seal::{SealingKey, SEALED_PREFIX};
+    use actors::seal::{is_sealed, SealingKey};
     if let Some(text) = &settings.resellers.sealing_key {
         return SealingKey::parse(&text.0)
             .context("resellers.sealing_key must be 64 hex digits (32 bytes)");
@@ -280,7 +280,7 @@ fn sealing_key(
     let sealed = store
         .state()
         .resellers()
-        .any(|account| account.reseller.webhook_secret.starts_with(SEALED_PREFIX));
+        .any(|account| is_sealed(&account.reseller.webhook_secret));
     if sealed {
         anyhow::bail!(
             "the data dir holds sealed webhook secrets but neither resellers.sealing_key nor \
