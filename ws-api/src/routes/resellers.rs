@@ -29,8 +29,8 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::routes::live::{CLIENT_FRAME_BYTES_MAX, PING_INTERVAL_SECS};
 use crate::routes::{bearer, require_operator};
-use crate::wire::{order_view, parse_json};
-use crate::{payload_too_large, read_body, AppState};
+use crate::wire::order_view;
+use crate::{json_body, AppState};
 
 /// Default sustained reseller requests per second, per key.
 pub const RATE_PER_SECOND_DEFAULT: u32 = 20;
@@ -233,8 +233,7 @@ async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
-    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
-    let body: CreateBody = parse_json(&body)?;
+    let body: CreateBody = json_body(payload, &state).await?;
     if let Some(url) = &body.webhook_url {
         check_webhook_url(url, current_edge().webhook_private_addresses_allowed)?;
     }
@@ -339,8 +338,7 @@ async fn discount(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let id = reseller_id(&path)?;
-    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
-    let body: DiscountBody = parse_json(&body)?;
+    let body: DiscountBody = json_body(payload, &state).await?;
     state.shop.set_discount(id, body.discount_bp).await?;
     Ok(HttpResponse::Ok()
         .json(json!({"reseller_id": id.to_string(), "discount_bp": body.discount_bp})))
@@ -361,8 +359,7 @@ async fn balance(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let id = reseller_id(&path)?;
-    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
-    let body: BalanceBody = parse_json(&body)?;
+    let body: BalanceBody = json_body(payload, &state).await?;
     let balance_cents = state
         .shop
         .adjust_balance(id, body.amount_cents, body.note)
@@ -415,8 +412,7 @@ async fn purchase(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&request, &state, KeyLane::Purchase)?;
-    let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
-    let body: PurchaseBody = parse_json(&body)?;
+    let body: PurchaseBody = json_body(payload, &state).await?;
     let sku = Sku::parse(&body.sku)?;
     let idempotency_key = match request.headers().get("Idempotency-Key") {
         Some(value) => Some(value.to_str().map_err(|_| {
