@@ -143,19 +143,36 @@ impl World {
         let id = ResellerId(1);
         let before = self.resellers.accounts.get(&id)?.clone();
         let amount_cents = 1 + self.rng.below(1_000);
-        let event = Event::BalanceChanged {
-            reseller_id: id,
-            change: BalanceChange::TopUp { amount_cents },
-            note: "in flight at the crash".into(),
-            at_ms: self.now_ms,
-        };
+        let change = BalanceChange::TopUp { amount_cents };
+        let (event, after) = self.balance_event(id, &before, change, "in flight at the crash");
         let durable = self.store().commit(&event).ok()?;
         drop(durable);
-        let after = Account {
-            balance_cents: before.balance_cents + amount_cents,
-            ..before.clone()
-        };
         Some((id, before, after))
+    }
+
+    /// An operator's balance change of `account`, and the account it leaves.
+    fn balance_event(
+        &self,
+        id: ResellerId,
+        account: &Account,
+        change: BalanceChange,
+        note: &str,
+    ) -> (Event, Account) {
+        let balance_cents = match change {
+            BalanceChange::TopUp { amount_cents } => account.balance_cents + amount_cents,
+            BalanceChange::Correction { amount_cents } => account.balance_cents - amount_cents,
+        };
+        let event = Event::BalanceChanged {
+            reseller_id: id,
+            change,
+            note: note.into(),
+            at_ms: self.now_ms,
+        };
+        let after = Account {
+            balance_cents,
+            ..account.clone()
+        };
+        (event, after)
     }
 
     pub(super) fn adopt_in_flight(&mut self, in_flight: Option<(ResellerId, Account, Account)>) {
@@ -171,30 +188,15 @@ impl World {
         match self.rng.below(100) {
             0..=24 => {
                 let amount_cents = 100 + self.rng.below(3_000);
-                let event = Event::BalanceChanged {
-                    reseller_id: id,
-                    change: BalanceChange::TopUp { amount_cents },
-                    note: "simulated top-up".into(),
-                    at_ms,
-                };
-                let after = Account {
-                    balance_cents: account.balance_cents + amount_cents,
-                    ..account
-                };
+                let change = BalanceChange::TopUp { amount_cents };
+                let (event, after) = self.balance_event(id, &account, change, "simulated top-up");
                 self.commit_reseller(id, &event, after);
             }
             25..=34 if account.balance_cents > 0 => {
                 let amount_cents = 1 + self.rng.below(account.balance_cents);
-                let event = Event::BalanceChanged {
-                    reseller_id: id,
-                    change: BalanceChange::Correction { amount_cents },
-                    note: "simulated correction".into(),
-                    at_ms,
-                };
-                let after = Account {
-                    balance_cents: account.balance_cents - amount_cents,
-                    ..account
-                };
+                let change = BalanceChange::Correction { amount_cents };
+                let (event, after) =
+                    self.balance_event(id, &account, change, "simulated correction");
                 self.commit_reseller(id, &event, after);
             }
             35..=74 if !account.revoked => self.bulk_purchase(id, account),
