@@ -36,6 +36,21 @@ async fn hanging_gateway() -> (String, watch::Sender<bool>) {
     (url, release)
 }
 
+/// A server whose Epay payments are created through the hanging gateway (server-side,
+/// so an order creation waits on it), with `env` besides; and the gateway's release.
+async fn behind_hanging_gateway(
+    dir: &tempfile::TempDir,
+    env: &[(&str, &str)],
+) -> (Arc<Server>, watch::Sender<bool>) {
+    let (gateway, release) = hanging_gateway().await;
+    let mut all = vec![
+        ("PANSHI_EPAY__GATEWAY_URL", gateway.as_str()),
+        ("PANSHI_EPAY__CREATE_VIA_MAPI", "true"),
+    ];
+    all.extend_from_slice(env);
+    (Arc::new(Server::start_with(dir.path(), &all)), release)
+}
+
 async fn pipeline(server: &Server) -> Value {
     let (code, body) = server.admin_get("/api/v1/ops/pipeline").await;
     assert_eq!(code, 200, "{body}");
@@ -56,19 +71,17 @@ async fn until(server: &Server, what: &str, ready: impl Fn(&Value) -> bool) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_pipeline_queues_new_buyers_and_admits_them_in_order() {
-    let (gateway, release) = hanging_gateway().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(Server::start_with(
-        dir.path(),
+    let (server, release) = behind_hanging_gateway(
+        &dir,
         &[
-            ("PANSHI_EPAY__GATEWAY_URL", gateway.as_str()),
-            ("PANSHI_EPAY__CREATE_VIA_MAPI", "true"),
             ("PANSHI_OVERLOAD__INFLIGHT_HIGH", "3"),
             ("PANSHI_OVERLOAD__INFLIGHT_LOW", "1"),
             ("PANSHI_OVERLOAD__LATENCY_HIGH_MS", "600000"),
             ("PANSHI_OVERLOAD__CALM_MS", "200"),
         ],
-    ));
+    )
+    .await;
     server.product("hot", 100, &keys("HOT", 10)).await;
     server.product("cold", 100, &keys("COLD", 10)).await;
     let calm = pipeline(&server).await;
@@ -169,34 +182,17 @@ async fn a_saturated_pipeline_queues_new_buyers_and_admits_them_in_order() {
 /// rather than failing with "in progress".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_queued_behind_its_own_first_request_gets_that_order() {
-    let (gateway, release) = hanging_gateway().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(Server::start_with(
-        dir.path(),
-        &[
-            ("PANSHI_EPAY__GATEWAY_URL", gateway.as_str()),
-            ("PANSHI_EPAY__CREATE_VIA_MAPI", "true"),
-        ],
-    ));
+    let (server, release) = behind_hanging_gateway(&dir, &[]).await;
     server.product("twice", 100, &keys("TWICE", 5)).await;
-    let send = {
+    let first = {
         let server = server.clone();
-        move || {
-            let server = server.clone();
-            async move {
-                let r = server
-                    .http
-                    .post(server.url("/api/v1/orders"))
-                    .header("Idempotency-Key", "same-buyer")
-                    .json(&json!({"sku": "twice", "quantity": 1, "contact": "a@x.com", "channel": "epay"}))
-                    .send()
-                    .await
-                    .unwrap();
-                answer(r).await
-            }
-        }
+        tokio::spawn(async move {
+            server
+                .order_keyed("twice", 1, "a@x.com", "same-buyer")
+                .await
+        })
     };
-    let first = tokio::spawn(send());
     until(&server, "the first request in flight", |v| {
         v["in_flight"] == 1
     })
@@ -208,7 +204,9 @@ async fn a_retry_queued_behind_its_own_first_request_gets_that_order() {
         )
         .await;
     assert_eq!(code, 200);
-    let (code, ticket) = send().await;
+    let (code, ticket) = server
+        .order_keyed("twice", 1, "a@x.com", "same-buyer")
+        .await;
     assert_eq!(
         (code, ticket["status"].as_str()),
         (202, Some("queued")),

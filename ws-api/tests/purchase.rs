@@ -225,21 +225,12 @@ async fn an_idempotency_key_returns_the_first_answer() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     server.product("idem", 100, &keys("I", 3)).await;
-    let send = |key: &'static str, quantity: u32| {
-        server
-            .http
-            .post(server.url("/api/v1/orders"))
-            .header("Idempotency-Key", key)
-            .json(
-                &json!({"sku": "idem", "quantity": quantity, "contact": "a@b", "channel": "epay"}),
-            )
-            .send()
-    };
-    let (c1, first) = answer(send("k-1", 1).await.unwrap()).await;
-    let (c2, second) = answer(send("k-1", 1).await.unwrap()).await;
+    let send = |quantity: u32| server.order_keyed("idem", quantity, "a@b", "k-1");
+    let (c1, first) = send(1).await;
+    let (c2, second) = send(1).await;
     assert_eq!((c1, c2), (201, 201));
     assert_eq!(first, second);
-    let (c3, other) = answer(send("k-1", 2).await.unwrap()).await;
+    let (c3, other) = send(2).await;
     assert_eq!(
         (c3, other["error"].as_str()),
         (422, Some("idempotency_mismatch"))

@@ -675,29 +675,29 @@ async fn secrets_are_sealed_at_rest_and_the_key_must_match() {
     server.restart();
     assert_eq!(get(&server, &api_key, "/api/v1/reseller/me").await.0, 200);
     server.stop();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_panshi"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .env("PANSHI_RESELLERS__SEALING_KEY", "ab".repeat(32))
-        .env("PANSHI_ADMIN_TOKEN", ADMIN)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "started with the wrong key");
+    // A start expected to be refused: (whether it ran on, what it printed).
+    let refused_start = |env: &[(&str, &str)]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_panshi"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .env("PANSHI_ADMIN_TOKEN", ADMIN)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stderr)
+    };
+    let wrong_key = "ab".repeat(32);
+    let (started, stderr) = refused_start(&[("PANSHI_RESELLERS__SEALING_KEY", &wrong_key)]);
+    assert!(!started, "started with the wrong key");
     assert!(
         stderr.contains("sealing key") && stderr.contains(&id),
         "{stderr}"
     );
     // The key file lost: no new key is made up for secrets sealed with the old one.
     std::fs::remove_file(data.join("sealing.key")).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_panshi"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .env("PANSHI_ADMIN_TOKEN", ADMIN)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "started without its key");
+    let (started, stderr) = refused_start(&[]);
+    assert!(!started, "started without its key");
     assert!(stderr.contains("sealing.key"), "{stderr}");
     assert!(!data.join("sealing.key").exists(), "a new key was made up");
     // Given back, the shop starts as before.

@@ -119,21 +119,14 @@ async fn a_retry_while_queued_gets_the_same_ticket_and_one_order() {
     let server = flash_sale(dir.path(), "[flash]\nadmit_per_second = 1\n", "drip").await;
     // Someone ahead, so that the retries below find the ticket still waiting.
     let ahead = join_sku(&server, "drip", "first@x.com").await;
-    let send = |quantity: u32| {
-        server
-            .http
-            .post(server.url("/api/v1/orders"))
-            .header("Idempotency-Key", "double-click")
-            .json(&json!({"sku": "drip", "quantity": quantity, "contact": "twice@x.com", "channel": "epay"}))
-            .send()
-    };
-    let (c1, first) = answer(send(1).await.unwrap()).await;
-    let (c2, again) = answer(send(1).await.unwrap()).await;
+    let send = |quantity: u32| server.order_keyed("drip", quantity, "twice@x.com", "double-click");
+    let (c1, first) = send(1).await;
+    let (c2, again) = send(1).await;
     assert_eq!((c1, c2), (202, 202), "{first} {again}");
     assert_eq!(first["ticket"], again["ticket"], "one place in the queue");
     assert_eq!(first["token"], again["token"]);
     assert_eq!(again["position"], 2, "{again}");
-    let (c3, other) = answer(send(2).await.unwrap()).await;
+    let (c3, other) = send(2).await;
     assert_eq!(
         (c3, other["error"].as_str()),
         (422, Some("idempotency_mismatch")),
@@ -142,7 +135,7 @@ async fn a_retry_while_queued_gets_the_same_ticket_and_one_order() {
     let frames = watch_ticket(&server, &first).await;
     let outcome = frames.last().unwrap();
     assert_eq!(outcome["status"], "admitted", "{frames:?}");
-    let (c4, retried) = answer(send(1).await.unwrap()).await;
+    let (c4, retried) = send(1).await;
     assert_eq!(c4, 201, "{retried}");
     assert_eq!(retried["order_id"], outcome["order"]["order_id"]);
     let ahead_frames = watch_ticket(&server, &ahead).await;

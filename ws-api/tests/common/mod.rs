@@ -237,6 +237,26 @@ impl Server {
         answer(r).await
     }
 
+    /// `POST /api/v1/orders` for `contact`, paying by Epay, with an `Idempotency-Key`.
+    pub async fn order_keyed(
+        &self,
+        sku: &str,
+        quantity: u32,
+        contact: &str,
+        key: &str,
+    ) -> (u16, Value) {
+        let body = json!({"sku": sku, "quantity": quantity, "contact": contact, "channel": "epay"});
+        let r = self
+            .http
+            .post(self.url("/api/v1/orders"))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        answer(r).await
+    }
+
     pub async fn lookup(&self, order: &Value) -> (u16, Value) {
         let path = format!(
             "/api/v1/orders/{}?token={}",
