@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod channel;
 pub mod flash;
 pub mod health;
+pub mod mail;
 pub mod order;
 pub mod payment;
 pub mod pool;
@@ -224,6 +225,8 @@ struct Inner {
     risk: Mutex<engine::risk::RiskBook>,
     /// Flash sales' waiting rooms and tickets.
     flash: flash::FlashSales,
+    /// Notified when a delivery queued a mail (`mail.rs`).
+    mail_waker: Arc<tokio::sync::Notify>,
 }
 
 /// The handle every edge and actor uses; cheap to clone.
@@ -357,6 +360,7 @@ impl Shop {
             channel_totals: Mutex::default(),
             risk: Mutex::new(engine::risk::RiskBook::new(settings_risk)),
             flash: flash::FlashSales::new(overload),
+            mail_waker: Arc::default(),
             channels,
             resellers: reseller::Resellers::default(),
         }));

@@ -323,6 +323,9 @@ async fn commit_payment(
         }
         return Err(error);
     }
+    if matches!(fulfilment, Fulfilment::Delivered { .. }) {
+        shop.mail_waker().notify_one();
+    }
     Ok(PaidSteps {
         fulfilment,
         reserved,

@@ -79,6 +79,25 @@ pub enum Event {
         change: ResellerChange,
         at_ms: u64,
     },
+    /// The mail outbox opens (the first start with a mail server): from now on every order
+    /// delivered to an e-mail contact gets a delivery mail. Orders delivered before are not
+    /// mailed, so configuring a mail server never writes to a shop's past buyers.
+    MailOutboxOpened {
+        at_ms: u64,
+    },
+    /// The mail server accepted the delivery mail of an order.
+    MailSent {
+        order_id: OrderId,
+        at_ms: u64,
+    },
+    /// Try number `attempt` (the previous + 1) to send an order's delivery mail failed; the
+    /// `MAIL_ATTEMPTS_MAX`th gives the mail up, for operators to see.
+    MailFailed {
+        order_id: OrderId,
+        attempt: u32,
+        error: String,
+        at_ms: u64,
+    },
 }
 
 /// What a `ResellerUpdated` changes.
@@ -166,7 +185,10 @@ impl Event {
             | Event::WebhookDelivered { .. }
             | Event::WebhookParked { .. }
             | Event::WebhookReplayed { .. }
-            | Event::ResellerUpdated { .. } => None,
+            | Event::ResellerUpdated { .. }
+            | Event::MailOutboxOpened { .. }
+            | Event::MailSent { .. }
+            | Event::MailFailed { .. } => None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod events;
 pub mod ids;
 pub mod import;
 pub mod ledger;
+pub mod mail;
 pub mod money;
 pub mod order;
 pub mod overload;

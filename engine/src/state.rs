@@ -24,7 +24,9 @@ macro_rules! ensure {
     };
 }
 
+mod mail;
 mod resellers;
+pub use mail::{MailTries, Outbox};
 pub use resellers::{
     api_key_sha256, ResellerState, StreamEntry, StreamItem, RESELLER_CHANNEL,
     RESELLER_NAME_LEN_MAX, RESELLER_ORDER_QUANTITY_MAX,
@@ -134,6 +136,8 @@ pub struct ShopState {
     audit_count: u64,
     /// Reseller accounts, their ledger and streams (`resellers.rs`).
     resellers: resellers::Resellers,
+    /// Delivery mails waiting, sent and given up (`mail.rs`).
+    outbox: mail::Outbox,
 }
 
 impl ShopState {
@@ -247,6 +251,14 @@ impl ShopState {
                 change,
                 ..
             } => self.apply_reseller_updated(*reseller_id, change),
+            Event::MailOutboxOpened { at_ms } => self.apply_outbox_opened(*at_ms),
+            Event::MailSent { order_id, .. } => self.apply_mail_sent(order_id),
+            Event::MailFailed {
+                order_id,
+                attempt,
+                error,
+                at_ms,
+            } => self.apply_mail_failed(order_id, *attempt, error, *at_ms),
         }
     }
 
@@ -465,6 +477,7 @@ impl ShopState {
             stock.sold += cards.len() as u64;
             self.orders[index as usize].cards = cards.clone();
             touched.cards = cards;
+            self.enqueue_delivery_mail(index);
         }
         let record = &mut self.orders[index as usize];
         record.status = status;
@@ -564,6 +577,7 @@ impl ShopState {
             self.check_order(index, record, &mut owner, &mut violations);
         }
         self.check_resellers(&mut violations);
+        self.check_outbox(&mut violations);
         violations
     }
 

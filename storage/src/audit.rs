@@ -23,10 +23,10 @@ pub struct AuditReport {
 
 pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
     if !data_dir.is_dir() {
-        return Err(Error::Corrupt(format!(
-            "{} is not a data dir",
-            data_dir.display()
-        )));
+        return Err(Error::NoDataDir(data_dir.to_owned()));
+    }
+    if !store::log_dir(data_dir).is_dir() {
+        return Err(Error::NotADataDir(data_dir.to_owned()));
     }
     let db = store::open_sled(data_dir)?;
     let mirrored = store::applied_lsn(&db)?;

@@ -32,6 +32,12 @@ pub enum Error {
     Sled(#[from] sled::Error),
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    #[error("no such data dir: {0}")]
+    NoDataDir(std::path::PathBuf),
+    #[error("{0} is not a Panshi data dir (it holds no log)")]
+    NotADataDir(std::path::PathBuf),
+    #[error("a running server holds the data dir {0}; stop it first, or work on a copy")]
+    InUse(std::path::PathBuf),
     #[error("the log failed earlier and refuses writes")]
     LogFailed,
     #[error("the log queue is full")]

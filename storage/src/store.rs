@@ -157,6 +157,9 @@ pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                return Err(Error::InUse(data_dir.to_owned()));
+            }
             other => return Ok(other?),
         }
     }

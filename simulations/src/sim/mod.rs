@@ -778,5 +778,10 @@ fn describe(event: &Event) -> String {
             reseller_id, seq, ..
         } => format!("webhook {reseller_id}-{seq} replayed"),
         Event::ResellerUpdated { reseller_id, .. } => format!("update of {reseller_id}"),
+        Event::MailOutboxOpened { .. } => "the mail outbox's opening".to_owned(),
+        Event::MailSent { order_id, .. } => format!("mail of {order_id} sent"),
+        Event::MailFailed {
+            order_id, attempt, ..
+        } => format!("mail of {order_id} failed try {attempt}"),
     }
 }

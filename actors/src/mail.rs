@@ -1,0 +1,154 @@
+//! The durable side of the buyers' delivery mail: which mails are due, what goes in them,
+//! and the facts that settle a try (sent, failed). The SMTP sender lives in ws-api.
+//!
+//! Invariants: a mail is read for sending only once its delivery is durable (the outbox is
+//! `ShopState`, which holds only committed events); every try ends in a committed
+//! `MailSent` or `MailFailed`, numbered after the tries before it, so the backoff and the
+//! give-up count continue across restarts. Sending is at least once: a crash between the
+//! server's acceptance and the `MailSent` commit sends the mail again, with the same
+//! `Message-ID`, so the buyer's mail program can tell the copy.
+//!
+//! Key decision: the outbox is derived from the log, not a queue of its own: a delivery
+//! queues its mail as it is applied, so the purchase path commits nothing more for it and a
+//! failing mail server can never hold a purchase.
+
+use std::sync::Arc;
+
+use engine::events::Event;
+use engine::mail::{bounded_error, next_try_at_ms};
+use engine::OrderId;
+use tokio::sync::Notify;
+
+use crate::{Shop, ShopError};
+
+/// Everything one delivery mail holds, read from the state at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryMail {
+    pub order_id: OrderId,
+    /// The order's access token, for the order page's link.
+    pub token: String,
+    pub to: String,
+    pub product_name: String,
+    pub keys: Vec<String>,
+    /// Failed tries so far; this try is `attempts + 1`.
+    pub attempts: u32,
+}
+
+/// How one try ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailOutcome {
+    Sent,
+    Failed { error: String },
+}
+
+/// The outbox as operators see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxView {
+    pub open: bool,
+    pub queued: u64,
+    pub sent: u64,
+    pub waiting: u64,
+    /// Given-up mails: (order id, tries, last error).
+    pub given_up: Vec<(OrderId, u32, String)>,
+}
+
+/// Given-up mails listed for operators at most.
+pub const GIVEN_UP_LISTED_MAX: usize = 100;
+
+impl Shop {
+    /// Notified when a delivery may have queued a mail. A permit is kept when nobody waits,
+    /// so the sender never misses one.
+    pub fn mail_waker(&self) -> Arc<Notify> {
+        self.0.mail_waker.clone()
+    }
+
+    /// Opens the outbox unless it is open: deliveries from now on queue their mails.
+    pub async fn open_mail_outbox(&self) -> Result<(), ShopError> {
+        if self.store().state().outbox().opened_at_ms.is_some() {
+            return Ok(());
+        }
+        let event = Event::MailOutboxOpened {
+            at_ms: self.now_ms(),
+        };
+        self.commit(&event).await.map(|_| ())
+    }
+
+    /// Mails due at `now_ms`, at most `count_max`, oldest order first; and when the next
+    /// one not yet due will be (`None` when nothing else waits).
+    pub fn mails_due(
+        &self,
+        now_ms: u64,
+        retry_first_ms: u64,
+        count_max: usize,
+    ) -> (Vec<DeliveryMail>, Option<u64>) {
+        let state = self.store().state();
+        let mut due = Vec::new();
+        let mut next_at_ms: Option<u64> = None;
+        for (order_id, tries) in state.mails_waiting() {
+            let at_ms = next_try_at_ms(retry_first_ms, tries.attempts, tries.last_failed_at_ms);
+            if at_ms > now_ms {
+                next_at_ms = Some(next_at_ms.map_or(at_ms, |next| next.min(at_ms)));
+                continue;
+            }
+            if due.len() == count_max {
+                next_at_ms = Some(now_ms);
+                continue;
+            }
+            let Some(record) = state.order(order_id) else {
+                continue;
+            };
+            due.push(DeliveryMail {
+                order_id: order_id.clone(),
+                token: record.created.token.clone(),
+                to: record.created.contact.clone(),
+                product_name: state
+                    .product(&record.created.sku)
+                    .map_or_else(String::new, |p| p.product.name.clone()),
+                keys: crate::order::keys_of(&state, &record.cards),
+                attempts: tries.attempts,
+            });
+        }
+        (due, next_at_ms)
+    }
+
+    /// Commits how a try of an order's mail ended.
+    pub async fn mail_settle(
+        &self,
+        mail: &DeliveryMail,
+        outcome: MailOutcome,
+    ) -> Result<(), ShopError> {
+        let at_ms = self.now_ms();
+        let event = match outcome {
+            MailOutcome::Sent => Event::MailSent {
+                order_id: mail.order_id.clone(),
+                at_ms,
+            },
+            MailOutcome::Failed { error } => Event::MailFailed {
+                order_id: mail.order_id.clone(),
+                attempt: mail.attempts + 1,
+                error: bounded_error(&error),
+                at_ms,
+            },
+        };
+        self.commit(&event).await.map(|_| ())
+    }
+
+    /// The outbox's counts and its given-up mails (the most recent `GIVEN_UP_LISTED_MAX`).
+    pub fn outbox_view(&self) -> OutboxView {
+        let state = self.store().state();
+        let outbox = state.outbox();
+        let mut given_up: Vec<(OrderId, u32, String)> = state
+            .mails_given_up()
+            .map(|(id, tries)| (id.clone(), tries.attempts, tries.last_error.clone()))
+            .collect();
+        let skip = given_up.len().saturating_sub(GIVEN_UP_LISTED_MAX);
+        given_up.drain(..skip);
+        OutboxView {
+            open: outbox.opened_at_ms.is_some(),
+            queued: outbox.queued_count,
+            sent: outbox.sent_count,
+            waiting: outbox.waiting_count() as u64,
+            given_up,
+        }
+    }
+}
