@@ -11,6 +11,8 @@
 pub mod error;
 pub mod gateways;
 pub mod limits;
+pub mod mail;
+pub mod notify;
 pub mod observe;
 pub mod openapi;
 pub mod pages;

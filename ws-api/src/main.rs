@@ -13,8 +13,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use engine::Currency;
 use storage::Store;
+use ws_api::mail::{Mailer, OperatorMail};
+use ws_api::notify::Notifier;
 use ws_api::observe::Observatory;
-use ws_api::post::{HttpUrl, Poster};
 use ws_api::settings::{self, ServerSettings};
 use ws_api::AppState;
 
@@ -34,32 +35,78 @@ struct Cli {
     command: Command,
 }
 
+/// Shown under `panshi serve --help`.
+const SERVE_AFTER_HELP: &str = "\
+Settings come from, each overriding the one before: the defaults, the --config file, the
+environment, these flags. Every setting can be set in the environment with the prefix
+PANSHI_ and __ between levels, for example:
+  PANSHI_ADMIN_TOKEN          the operator token (else a random one is printed at start)
+  PANSHI_PUBLIC_URL           the address gateways and buyers reach the shop at
+  PANSHI_EPAY__PID, PANSHI_EPAY__KEY, PANSHI_EPAY__GATEWAY_URL    the Epay gateway
+  PANSHI_SMTP__HOST, PANSHI_SMTP__FROM    e-mail to buyers
+  PANSHI_LOG__FORMAT          auto (text on a terminal, else JSON), json or text
+panshi.example.toml lists every setting with its default; `panshi config check FILE`
+validates a file. SIGTERM or Ctrl-C stops gracefully: requests in flight finish first.";
+
+/// Shown under `panshi audit --help`.
+const AUDIT_ABOUT: &str = "\
+Check a stopped data dir against every invariant
+
+Replays the log through the engine without changing anything, re-derives every invariant
+(no key sold twice, stock conserved, every paid order delivered or in manual review, reseller
+ledgers, the mail outbox) and compares the sled mirror with the log. Run it on a data dir no
+server is using: stop the server first, or audit a copy.
+
+Exit status: 0 when clean, 1 when a violation was found, 2 when the data dir could not be
+audited (missing, not a data dir, or held by a running server). The last line reads
+`audit: <N> orders, <M> cards, <V> violations`.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
+    #[command(after_help = SERVE_AFTER_HELP)]
     Serve {
-        /// Address to listen on (port 0 picks a free port; the bound address is printed).
-        #[arg(long)]
+        /// Address to listen on; port 0 picks a free port (the bound address is printed).
+        /// [default: 127.0.0.1:8080] [setting: listen, env: PANSHI_LISTEN]
+        #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
-        /// Data directory (created when missing).
-        #[arg(long)]
+        /// Data directory, created when missing.
+        /// [default: ./panshi-data] [setting: data, env: PANSHI_DATA]
+        #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
-        /// TOML settings file.
-        #[arg(long)]
+        /// TOML settings file (see panshi.example.toml). [default: none]
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Seed a demo catalogue and mount the demo payment gateway.
+        /// [setting: demo, env: PANSHI_DEMO]
         #[arg(long)]
         demo: bool,
     },
-    /// Check a data dir that no server is using against every invariant.
+    #[command(about = "Check a stopped data dir against every invariant", long_about = AUDIT_ABOUT)]
     Audit {
-        #[arg(long)]
+        /// The data dir to check.
+        #[arg(long, value_name = "DIR")]
         data: PathBuf,
+    },
+    /// Check configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Tools for resellers.
     Reseller {
         #[command(subcommand)]
         command: ResellerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a TOML settings file: exit 0 when every key is known and every value valid,
+    /// else name each unknown key or bad value and exit 1. Warnings are printed either way.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -80,6 +127,9 @@ enum ResellerCommand {
     },
 }
 
+/// Exit status of a configuration that does not load.
+const EXIT_CONFIGURATION: u8 = 2;
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve {
@@ -98,7 +148,14 @@ fn main() -> ExitCode {
             if demo {
                 overrides.push(("demo", "true".to_owned()));
             }
-            match settings::load(config.as_deref(), &overrides).and_then(serve) {
+            let settings = match settings::load(config.as_deref(), &overrides) {
+                Ok(settings) => settings,
+                Err(problems) => {
+                    report_problems(&problems);
+                    return ExitCode::from(EXIT_CONFIGURATION);
+                }
+            };
+            match serve(settings) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("panshi: {error:#}");
@@ -107,6 +164,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Audit { data } => audit(&data),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config_check(&file),
         Command::Reseller {
             command:
                 ResellerCommand::Watch {
@@ -119,6 +179,33 @@ fn main() -> ExitCode {
             api_key: key,
             cursor_file,
         }),
+    }
+}
+
+fn report_problems(problems: &settings::Problems) {
+    eprintln!(
+        "panshi: the configuration has {} problem(s):",
+        problems.0.len()
+    );
+    for problem in &problems.0 {
+        eprintln!("  - {problem}");
+    }
+}
+
+/// `panshi config check FILE`.
+fn config_check(file: &std::path::Path) -> ExitCode {
+    match settings::check_file(file) {
+        Ok(settings) => {
+            for warning in settings.warnings() {
+                println!("warning: {warning}");
+            }
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            report_problems(&problems);
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -159,13 +246,25 @@ fn audit(data: &std::path::Path) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        // Not audited at all: say why, apart from what a replay found.
+        Err(
+            error @ (storage::Error::NoDataDir(_)
+            | storage::Error::NotADataDir(_)
+            | storage::Error::InUse(_)),
+        ) => {
+            eprintln!("panshi audit: {error}");
+            ExitCode::from(EXIT_NOT_AUDITED)
+        }
         Err(error) => {
-            println!("violation: {error}");
+            println!("violation: the data dir cannot be read: {error}");
             println!("audit: 0 orders, 0 cards, 1 violations");
             ExitCode::FAILURE
         }
     }
 }
+
+/// Exit status of `audit` when it could not look at the data dir.
+const EXIT_NOT_AUDITED: u8 = 2;
 
 /// Buckets of the group-commit batch size (records, up to the log's group bound of 8,192);
 /// the default buckets are seconds and would put every batch in the top bucket.
@@ -174,15 +273,26 @@ const LOG_GROUP_RECORDS_BUCKETS: [f64; 8] = [1.0, 4.0, 16.0, 64.0, 256.0, 1024.0
 /// How long a panic report may take to leave before the process aborts.
 const SENTRY_PANIC_FLUSH_MS: u64 = 2_000;
 
-/// Structured logs to stderr (JSON unless `log.format = "text"`); with Sentry on, error
-/// events also go to Sentry and lesser ones become its breadcrumbs.
+/// Logs to stderr: human-readable text on a terminal, JSON lines otherwise (or as
+/// `log.format` says); with Sentry on, error events also go to Sentry and lesser ones become
+/// its breadcrumbs. actix-server's own start and stop lines are left out unless the filter
+/// names it: the shop says what it does in its own words.
 fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
     use sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer};
+    use std::io::IsTerminal;
     use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
+    let mut directives = settings.log.level.clone();
+    if !directives.contains("actix_server") {
+        directives.push_str(",actix_server=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let text = settings.log.format == "text";
+    let text = match settings.log.format.as_str() {
+        "text" => true,
+        "json" => false,
+        _ => std::io::stderr().is_terminal(),
+    };
     let text_layer = text.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
     let json_layer = (!text).then(|| {
         tracing_subscriber::fmt::layer()
@@ -205,10 +315,6 @@ fn init_sentry(settings: &ServerSettings) -> anyhow::Result<Option<sentry::Clien
         return Ok(None);
     };
     let dsn: sentry::types::Dsn = dsn.parse().context("sentry.dsn")?;
-    anyhow::ensure!(
-        dsn.scheme() == sentry::types::Scheme::Http,
-        "sentry.dsn must be http:// (this build sends no TLS)"
-    );
     let mut options =
         sentry::ClientOptions::new().transport(ws_api::sentry_transport::HttpTransportFactory);
     options.dsn = Some(dsn);
@@ -225,21 +331,27 @@ fn init_sentry(settings: &ServerSettings) -> anyhow::Result<Option<sentry::Clien
     Ok(Some(guard))
 }
 
-/// The alert rules' state, with the webhook sender when one is configured.
-fn observatory(settings: &ServerSettings) -> anyhow::Result<Arc<Observatory>> {
-    let webhook = match settings
+/// The alert rules' state, with the channels alerts are sent to. Must run inside the
+/// actix system when operator e-mail is configured (its sender is spawned there).
+fn observatory(
+    settings: &ServerSettings,
+    mailer: Option<&Mailer>,
+) -> anyhow::Result<Arc<Observatory>> {
+    let to: Vec<lettre::message::Mailbox> = settings
         .alerts
-        .webhook_url
-        .as_deref()
-        .filter(|u| !u.is_empty())
-    {
-        Some(url) => Some((
-            HttpUrl::parse(url).map_err(|e| anyhow::anyhow!("alerts.webhook_url: {e}"))?,
-            Poster::start(),
-        )),
-        None => None,
+        .email_addresses()
+        .into_iter()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let email = match mailer {
+        Some(mailer) if !to.is_empty() => Some(OperatorMail::start(mailer.clone(), to)),
+        _ => None,
     };
-    Ok(Arc::new(Observatory::new(settings.alerts.rules(), webhook)))
+    let notifier = Notifier::new(&settings.alerts, email)?;
+    Ok(Arc::new(Observatory::new(
+        settings.alerts.rules(),
+        notifier,
+    )))
 }
 
 fn random_token() -> String {
@@ -270,10 +382,12 @@ fn sealing_key(
     let text =
         storage::keyfile::read(&path).with_context(|| format!("reading {}", path.display()))?;
     if let Some(text) = text {
-        tracing::info!(
-            path = %path.display(),
-            "no resellers.sealing_key configured: webhook secrets are sealed with the data dir's key file"
-        );
+        if !settings.demo {
+            tracing::info!(
+                path = %path.display(),
+                "no resellers.sealing_key configured: webhook secrets are sealed with the data dir's key file"
+            );
+        }
         return SealingKey::parse(&text)
             .with_context(|| format!("{} must hold 64 hex digits", path.display()));
     }
@@ -295,18 +409,27 @@ fn sealing_key(
     );
     storage::keyfile::create(&path, &fresh.to_hex())
         .with_context(|| format!("creating {}", path.display()))?;
-    tracing::warn!(
-        path = %path.display(),
-        "no resellers.sealing_key configured: a sealing key was generated into the data dir; \
-         set one from a secret store so that copies of the data dir do not carry it"
-    );
+    // A demo has no resellers to protect: the advice is for shops that will have some.
+    if !settings.demo {
+        tracing::warn!(
+            target: SETUP_LOG_TARGET,
+            path = %path.display(),
+            "no resellers.sealing_key configured: a sealing key was generated into the data dir; \
+             set one from a secret store so that copies of the data dir do not carry it"
+        );
+    }
     Ok(fresh)
 }
+
+/// The log target of advice about the set-up (tests silence it).
+const SETUP_LOG_TARGET: &str = "panshi::setup";
 
 fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     let sentry = init_sentry(&settings)?;
     init_tracing(&settings, sentry.is_some());
-    let observatory = observatory(&settings)?;
+    for warning in settings.warnings() {
+        tracing::warn!(target: SETUP_LOG_TARGET, "{warning}");
+    }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
             0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -377,6 +500,10 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         epay: epay.clone(),
     };
     ws_api::routes::resellers::init(&settings.resellers);
+    let mailer = match settings.smtp.enabled() {
+        true => Some(Mailer::new(&settings.smtp, &shop_settings.public_url).context("[smtp]")?),
+        false => None,
+    };
     let workers = match settings.http.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -407,6 +534,10 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             seed_demo(&shop).await?;
         }
         ws_api::webhooks::start(&shop, &settings.resellers);
+        if let Some(mailer) = &mailer {
+            ws_api::mail::start(&shop, mailer.clone()).await?;
+        }
+        let observatory = observatory(&settings, mailer.as_ref())?;
         let state = web::Data::new(AppState {
             shop,
             admin_token,
@@ -432,6 +563,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             Duration::from_secs(settings.alerts.evaluation_interval_secs),
         );
         let server = HttpServer::new(move || ws_api::app(state.clone()))
+            .shutdown_signal(stop_signal(settings.http.shutdown_timeout_secs))
             .workers(workers)
             .max_connections(settings.http.connections_per_worker_max)
             .shutdown_timeout(settings.http.shutdown_timeout_secs)
@@ -449,6 +581,29 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     tracing::info!("stopped cleanly");
     drop(sentry);
     Ok(())
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM, after saying what happens next. Both
+/// stop gracefully: the listener closes, requests in flight finish (for at most the shutdown
+/// timeout), then the log is closed cleanly. (actix's own handler treats SIGINT as a forced
+/// stop, which would cut requests in flight.)
+async fn stop_signal(shutdown_timeout_secs: u64) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot listen for SIGINT and SIGTERM; stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = interrupt.recv() => "Ctrl-C (SIGINT)",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!(
+        "{name} received: stopping gracefully; requests in flight may finish for up to \
+         {shutdown_timeout_secs} s"
+    );
 }
 
 /// Connections the kernel queues before `accept`; std's default of 128 drops SYNs in a

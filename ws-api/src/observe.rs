@@ -3,7 +3,7 @@
 //! the public status page, all derived from the same health data.
 //!
 //! Invariants: the rules themselves are pure (`actors::alerts`); this module only samples,
-//! publishes (metrics, log, webhook) and serves them. The incident note is at most
+//! publishes (metrics, log, and the operator channels of `notify.rs`) and serves them. The incident note is at most
 //! `INCIDENT_NOTE_BYTES_MAX` bytes. No order id or contact ever becomes a metric label.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,11 +13,10 @@ use std::time::Duration;
 use actix_web::web;
 use actors::alerts::{Alert, AlertSettings, Alerts, Rule, Sample};
 use actors::Shop;
-use engine::time::format_rfc3339_ms;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::post::{HttpUrl, Post, Poster};
+use crate::notify::{alert_json, Notifier};
 use crate::AppState;
 
 /// Longest incident note an operator may set.
@@ -199,17 +198,17 @@ pub struct Observatory {
     pub http: HttpTotals,
     alerts: Mutex<Alerts>,
     incident: Mutex<Option<Incident>>,
-    /// Where fired and cleared alerts are POSTed, when configured.
-    webhook: Option<(HttpUrl, Poster)>,
+    /// Where fired and cleared alerts are sent besides the log.
+    notifier: Notifier,
 }
 
 impl Observatory {
-    pub fn new(rules: AlertSettings, webhook: Option<(HttpUrl, Poster)>) -> Self {
+    pub fn new(rules: AlertSettings, notifier: Notifier) -> Self {
         Self {
             http: HttpTotals::default(),
             alerts: Mutex::new(Alerts::new(rules)),
             incident: Mutex::new(None),
-            webhook,
+            notifier,
         }
     }
 
@@ -253,26 +252,12 @@ impl Observatory {
     }
 
     fn publish(&self, alert: &Alert) {
-        let event = if alert.cleared_ms.is_some() {
-            "cleared"
-        } else {
-            "fired"
-        };
         if alert.cleared_ms.is_some() {
             tracing::info!(rule = alert.rule.as_str(), subject = %alert.subject, message = %alert.message, "alert cleared");
         } else {
             tracing::warn!(rule = alert.rule.as_str(), subject = %alert.subject, message = %alert.message, alert = true, "alert fired");
         }
-        if let Some((url, poster)) = &self.webhook {
-            let mut body = alert_json(alert);
-            body["event"] = json!(event);
-            poster.post(Post {
-                url: url.clone(),
-                content_type: "application/json",
-                headers: Vec::new(),
-                body: body.to_string().into_bytes(),
-            });
-        }
+        self.notifier.alert(alert);
     }
 
     /// Active and recently cleared alerts, as the operator endpoint answers.
@@ -310,16 +295,6 @@ impl Observatory {
     pub fn incident(&self) -> Option<Incident> {
         self.incident.lock().clone()
     }
-}
-
-fn alert_json(alert: &Alert) -> Value {
-    json!({
-        "rule": alert.rule.as_str(),
-        "subject": alert.subject,
-        "message": alert.message,
-        "since": format_rfc3339_ms(alert.since_ms),
-        "cleared_at": alert.cleared_ms.map(format_rfc3339_ms),
-    })
 }
 
 /// The status page's components: ordering, each payment channel, delivery. `ready` is
@@ -399,7 +374,7 @@ mod tests {
 
     #[test]
     fn incident_note_is_bounded_and_blank_clears() {
-        let observatory = Observatory::new(AlertSettings::default(), None);
+        let observatory = Observatory::new(AlertSettings::default(), Notifier::default());
         observatory.set_incident("  payments slow  ", 5).unwrap();
         assert_eq!(observatory.incident().unwrap().note, "payments slow");
         assert!(observatory

@@ -1,128 +1,117 @@
-//! A minimal HTTP/1.1 POST client for `http://` URLs, and one background thread that sends
-//! queued posts (alert webhooks, Sentry envelopes) so no request path ever waits on them.
+//! Outbound notification POSTs (alert webhooks, Telegram messages, Sentry envelopes) over
+//! reqwest with rustls, so `https://` receivers work; one background thread sends what is
+//! queued so no request path ever waits on them.
 //!
-//! Invariants: at most `POST_QUEUE_CAPACITY` posts wait (more are dropped and counted); every
-//! connect, write and read has a timeout (`POST_TIMEOUT_MS`); only plain `http://` URLs are
-//! accepted: this server carries no TLS stack.
+//! Invariants: at most `POST_QUEUE_CAPACITY` posts wait (more are dropped and counted);
+//! every try has a timeout (`POST_TIMEOUT_MS`); a post gets at most `POST_ATTEMPTS_MAX`
+//! tries, retried only on a network error, a 429 or a 5xx; a URL may carry a secret (a
+//! Telegram bot token), so only its host is ever logged.
 //!
-//! Design decision: hand-written rather than a client crate because the server needs only a
-//! fire-and-forget POST with a status line back, and every HTTP client crate in reach brings
-//! TLS or a second runtime.
+//! Key decision: the sender thread runs its own current-thread runtime, so the Sentry
+//! transport, which is called from any thread (panics included), and the alert publisher
+//! share one client without either needing the server's runtime.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::Duration;
+
+use tokio::sync::mpsc::{channel, error::TrySendError, Receiver, Sender};
 
 /// Posts that may wait for the sender thread.
 pub const POST_QUEUE_CAPACITY: usize = 256;
-/// Timeout for each of connect, write and read.
+/// Timeout of one try (connect, send, answer).
 pub const POST_TIMEOUT_MS: u64 = 5_000;
-/// Bytes of the answer read (enough for the status line).
-const ANSWER_BYTES_MAX: usize = 1_024;
+/// Tries per post.
+pub const POST_ATTEMPTS_MAX: u32 = 3;
+/// Delay before the first retry; the second waits twice as long.
+pub const POST_RETRY_FIRST_MS: u64 = 1_000;
 
-/// A parsed `http://host[:port]/path` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    pub host: String,
-    pub port: u16,
-    /// Path and query, starting with `/`.
-    pub target: String,
-}
-
-impl HttpUrl {
-    pub fn parse(url: &str) -> Result<HttpUrl, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or("only http:// URLs are supported (this build has no TLS)")?;
-        let (authority, target) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], &rest[slash..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') || target.contains(['\r', '\n', ' ']) {
-            return Err("a host is required; no credentials, spaces or line breaks".into());
-        }
-        let (host, port) = split_host_port(authority)?;
-        Ok(HttpUrl {
-            host: host.into(),
-            port,
-            target: target.into(),
-        })
+/// Parses an `https://` or `http://` URL with a host and no credentials.
+pub fn web_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(format!("`{url}` must start with https:// or http://"));
     }
-}
-
-/// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (host, rest) = v6.split_once(']').ok_or("unclosed [")?;
-            (host, rest.strip_prefix(':'))
-        }
-        None => match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    let port = port.map_or(Ok(80), |p| p.parse().map_err(|_| "bad port".to_owned()))?;
-    Ok((host, port))
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("a URL may not carry credentials".into());
+    }
+    Ok(parsed)
 }
 
 /// One request for the sender thread.
+#[derive(Clone, Debug)]
 pub struct Post {
-    pub url: HttpUrl,
+    pub url: reqwest::Url,
     pub content_type: &'static str,
-    /// Extra headers, each `Name: value` without line breaks.
-    pub headers: Vec<String>,
+    /// Extra headers: (name, value).
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
 }
 
-/// Sends a POST and returns the answer's status code.
-pub fn send(post: &Post) -> std::io::Result<u16> {
-    let timeout = Duration::from_millis(POST_TIMEOUT_MS);
-    let address = (post.url.host.as_str(), post.url.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other("host has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_read_timeout(Some(timeout))?;
-    let mut head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: panshi\r\n",
-        post.url.target,
-        post.url.host,
-        post.url.port,
-        post.content_type,
-        post.body.len()
-    );
-    for header in &post.headers {
-        head.push_str(header);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(&post.body)?;
-    let mut answer = vec![0; ANSWER_BYTES_MAX];
-    let read = stream.read(&mut answer)?;
-    parse_status(&answer[..read]).ok_or_else(|| std::io::Error::other("no HTTP status line"))
+/// The client every outbound post uses: rustls, with a timeout on each try.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(POST_TIMEOUT_MS))
+        .connect_timeout(Duration::from_millis(POST_TIMEOUT_MS))
+        .user_agent("panshi")
+        .build()
+        .expect("a rustls client with compiled-in roots always builds")
 }
 
-fn parse_status(answer: &[u8]) -> Option<u16> {
-    let line = std::str::from_utf8(answer).ok()?.lines().next()?;
-    let mut parts = line.split(' ');
-    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
-    parts.next()?.parse().ok()
+/// One try: the answer's status, or why there is none.
+pub async fn send(client: &reqwest::Client, post: &Post) -> Result<u16, String> {
+    let mut request = client
+        .post(post.url.clone())
+        .header("Content-Type", post.content_type)
+        .body(post.body.clone());
+    for (name, value) in &post.headers {
+        request = request.header(*name, value);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    Ok(response.status().as_u16())
+}
+
+/// Tries until a 2xx, a refusal that a retry would not change, or `POST_ATTEMPTS_MAX`
+/// tries. Returns the outcome's name for the metric.
+pub async fn deliver(client: &reqwest::Client, post: &Post) -> &'static str {
+    let host = post.url.host_str().unwrap_or("").to_owned();
+    for attempt in 1..=POST_ATTEMPTS_MAX {
+        let retry = match send(client, post).await {
+            Ok(status) if (200..300).contains(&status) => return "sent",
+            Ok(status) => {
+                tracing::warn!(status, %host, attempt, "outbound POST refused");
+                status == 429 || status >= 500
+            }
+            Err(error) => {
+                tracing::warn!(%error, %host, attempt, "outbound POST failed");
+                true
+            }
+        };
+        if !retry {
+            return "refused";
+        }
+        if attempt < POST_ATTEMPTS_MAX {
+            let delay = POST_RETRY_FIRST_MS << (attempt - 1);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
+    "failed"
 }
 
 /// The queue of the sender thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Poster {
-    queue: SyncSender<Post>,
+    queue: Sender<Post>,
 }
 
 impl Poster {
     /// Starts the sender thread.
     pub fn start() -> Poster {
-        let (queue, receiver) = sync_channel(POST_QUEUE_CAPACITY);
+        let (queue, receiver) = channel(POST_QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("panshi-post".into())
             .spawn(move || run(receiver))
@@ -138,26 +127,24 @@ impl Poster {
                 metrics::counter!("panshi_outbound_posts_total", "outcome" => "dropped")
                     .increment(1);
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Closed(_)) => {}
         }
     }
 }
 
-fn run(receiver: Receiver<Post>) {
-    for post in receiver {
-        let outcome = match send(&post) {
-            Ok(status) if (200..300).contains(&status) => "sent",
-            Ok(status) => {
-                tracing::warn!(status, host = %post.url.host, "outbound POST refused");
-                "refused"
-            }
-            Err(error) => {
-                tracing::warn!(%error, host = %post.url.host, "outbound POST failed");
-                "failed"
-            }
-        };
-        metrics::counter!("panshi_outbound_posts_total", "outcome" => outcome).increment(1);
-    }
+/// The sender thread: one post at a time, each with its retries.
+fn run(mut receiver: Receiver<Post>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async move {
+        let client = client();
+        while let Some(post) = receiver.recv().await {
+            let outcome = deliver(&client, &post).await;
+            metrics::counter!("panshi_outbound_posts_total", "outcome" => outcome).increment(1);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -165,45 +152,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_http_urls_only() {
-        let url = HttpUrl::parse("http://127.0.0.1:9000/hooks/alert?x=1").unwrap();
-        assert_eq!(url.host, "127.0.0.1");
-        assert_eq!(url.port, 9000);
-        assert_eq!(url.target, "/hooks/alert?x=1");
-        assert_eq!(HttpUrl::parse("http://example.test").unwrap().port, 80);
-        assert!(HttpUrl::parse("https://example.test/").is_err());
-        assert!(HttpUrl::parse("http://user:pw@example.test/").is_err());
-        assert!(HttpUrl::parse("http:///x").is_err());
-    }
-
-    #[test]
-    fn posts_and_reads_the_status() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut request = Vec::new();
-            let mut chunk = [0; 1024];
-            while !request.ends_with(b"{}") {
-                let read = stream.read(&mut chunk).unwrap();
-                assert!(read > 0, "client closed early");
-                request.extend_from_slice(&chunk[..read]);
-            }
-            stream
-                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                .unwrap();
-            String::from_utf8_lossy(&request).into_owned()
-        });
-        let post = Post {
-            url: HttpUrl::parse(&format!("http://127.0.0.1:{port}/hook")).unwrap(),
-            content_type: "application/json",
-            headers: vec!["X-Test: 1".into()],
-            body: b"{}".to_vec(),
-        };
-        assert_eq!(send(&post).unwrap(), 204);
-        let request = server.join().unwrap();
-        assert!(request.starts_with("POST /hook HTTP/1.1\r\n"));
-        assert!(request.contains("X-Test: 1\r\n"));
-        assert!(request.ends_with("\r\n\r\n{}"));
+    fn web_urls_are_http_or_https_with_a_host_and_no_credentials() {
+        assert_eq!(
+            web_url("https://hooks.example.com/alert?x=1")
+                .unwrap()
+                .host_str(),
+            Some("hooks.example.com")
+        );
+        assert!(web_url("http://127.0.0.1:9000/hook").is_ok());
+        for bad in [
+            "ftp://example.test/",
+            "https://user:pw@example.test/",
+            "not a url",
+            "https:///x",
+        ] {
+            assert!(web_url(bad).is_err(), "{bad}");
+        }
     }
 }

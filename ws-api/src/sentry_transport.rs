@@ -1,5 +1,6 @@
-//! A Sentry transport over plain HTTP: envelopes are queued and POSTed by one background
-//! thread with `post::send`, so the `sentry` crate is used without its reqwest/TLS transport.
+//! A Sentry transport: envelopes are queued and POSTed by one background thread with
+//! `post::send` (reqwest with rustls, so `https://` DSNs work), so the `sentry` crate is used
+//! without its own transport and the TLS stack it would bring.
 //!
 //! Invariants: at most `SENTRY_QUEUE_CAPACITY` envelopes wait (more are dropped); nothing is
 //! sent unless a DSN is configured (without one `sentry::init` installs no client at all);
@@ -13,19 +14,19 @@ use std::time::{Duration, Instant};
 
 use sentry::{Envelope, Transport, TransportFactory, TransportOptions};
 
-use crate::post::{send, HttpUrl, Post};
+use crate::post::{client, send, web_url, Post};
 
 /// Envelopes that may wait for the sender thread.
 pub const SENTRY_QUEUE_CAPACITY: usize = 64;
 /// How often `flush` looks at the queue.
 const FLUSH_POLL_MS: u64 = 10;
 
-/// Creates the HTTP transport for the DSN in the client options.
+/// Creates the transport for the DSN in the client options.
 pub struct HttpTransportFactory;
 
 impl TransportFactory for HttpTransportFactory {
     fn create_transport_with_options(&self, options: TransportOptions) -> Arc<dyn Transport> {
-        let url = HttpUrl::parse(options.dsn.envelope_api_url().as_str());
+        let url = web_url(options.dsn.envelope_api_url().as_str());
         let auth = options.dsn.to_auth(Some(&options.user_agent)).to_string();
         match url {
             Ok(url) => Arc::new(HttpTransport::start(url, auth)),
@@ -44,7 +45,7 @@ struct HttpTransport {
 }
 
 impl HttpTransport {
-    fn start(url: HttpUrl, auth: String) -> Self {
+    fn start(url: reqwest::Url, auth: String) -> Self {
         let (queue, receiver) = sync_channel(SENTRY_QUEUE_CAPACITY);
         let pending = Arc::new(AtomicUsize::new(0));
         let worker_pending = pending.clone();
@@ -66,17 +67,22 @@ impl HttpTransport {
     }
 }
 
-fn run(receiver: Receiver<Envelope>, url: HttpUrl, auth: String, pending: Arc<AtomicUsize>) {
+fn run(receiver: Receiver<Envelope>, url: reqwest::Url, auth: String, pending: Arc<AtomicUsize>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let client = client();
     for envelope in receiver {
         let mut body = Vec::new();
         if envelope.to_writer(&mut body).is_ok() {
             let post = Post {
                 url: url.clone(),
                 content_type: "application/x-sentry-envelope",
-                headers: vec![format!("X-Sentry-Auth: {auth}")],
+                headers: vec![("X-Sentry-Auth", auth.clone())],
                 body,
             };
-            if let Err(error) = send(&post) {
+            if let Err(error) = runtime.block_on(send(&client, &post)) {
                 // Not through tracing: an error event here would be sent to Sentry again.
                 eprintln!("panshi: sentry report not sent: {error}");
             }

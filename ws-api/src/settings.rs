@@ -1,14 +1,31 @@
 //! Server settings: defaults < config file (TOML) < environment (`PANSHI_`, `__` between
 //! levels) < command-line flags.
+//!
+//! Invariants: a key that names no setting, in the file or as a `PANSHI_` variable, is an
+//! error naming it (never silently ignored); `serve` and `config check` validate through the
+//! one function `build`, so a file `config check` passes is a file `serve` accepts.
+//!
+//! Key decision: every settings struct derives `Serialize`, and the defaults serialized are
+//! the list of known keys (`known_keys`). Unknown keys are found by walking what was given
+//! against that tree, which names every unknown key at once and tells the file's from the
+//! environment's; a struct without `Serialize` does not compile into `ServerSettings`, so no
+//! section can escape the check. `panshi.example.toml` is tested against the same tree.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A secret from the configuration (a key, a token): `Debug` never prints it.
 #[derive(Deserialize, Clone, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+/// Serialized only to list the known settings (`known_keys`): never the secret itself.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("")
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -16,7 +33,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct ServerSettings {
     /// Operator bearer token. When unset, a random one is generated and printed at start.
@@ -38,6 +55,8 @@ pub struct ServerSettings {
     pub log: LogSection,
     pub alerts: AlertsSection,
     pub sentry: SentrySection,
+    /// Outgoing e-mail: buyers' keys on delivery, operator alerts.
+    pub smtp: SmtpSection,
     /// Seed a demo catalogue and mount the built-in demo gateway.
     pub demo: bool,
     /// Circuit breakers of the payment channels.
@@ -54,7 +73,7 @@ pub struct ServerSettings {
     pub overload: OverloadSection,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct OverloadSection {
     /// Order creations in flight at which new buyers start to queue.
@@ -91,7 +110,7 @@ impl OverloadSection {
     }
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct FlashSection {
     /// Tickets admitted per second from each waiting room.
@@ -123,7 +142,7 @@ impl FlashSection {
     }
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct RiskSection {
     pub reserved_units_per_contact_max: u32,
@@ -164,14 +183,14 @@ impl RiskSection {
     }
 }
 
-#[derive(Deserialize, Debug, Clone, Default)]
+#[derive(Deserialize, Serialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct EpusdtSection {
     pub gateway_url: Option<String>,
     pub token: Option<Secret>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct StripeSection {
     pub api_base: String,
@@ -189,7 +208,7 @@ impl Default for StripeSection {
     }
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct BreakerSection {
     pub consecutive_failures_max: u32,
@@ -227,13 +246,13 @@ impl BreakerSection {
     }
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct ShopSection {
     pub currency: String,
 }
 
-#[derive(Deserialize, Debug, Clone, Default)]
+#[derive(Deserialize, Serialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct EpaySection {
     pub pid: Option<String>,
@@ -243,7 +262,7 @@ pub struct EpaySection {
     pub create_via_mapi: bool,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct HttpSection {
     /// Worker threads; 0 means one per core.
@@ -259,23 +278,28 @@ pub struct HttpSection {
     pub keep_alive_secs: u64,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct LogSection {
-    /// `json` (default) or `text`.
+    /// `auto` (default: human-readable text on a terminal, JSON otherwise), `json` or `text`.
     pub format: String,
     /// A tracing filter, for example `info` or `panshi=debug`.
     pub level: String,
 }
 
 /// Alert rules (see `actors::alerts`): thresholds, how often they run, where they are sent.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct AlertsSection {
     /// Seconds between two evaluations of the rules.
     pub evaluation_interval_secs: u64,
-    /// An `http://` URL that receives each fired and cleared alert as a JSON POST.
+    /// An `https://` (or `http://`) URL that receives each fired and cleared alert as a
+    /// JSON POST.
     pub webhook_url: Option<String>,
+    /// Operator e-mail addresses (comma-separated) that get each alert, sent through `[smtp]`.
+    pub email_to: Option<String>,
+    /// A Telegram bot that posts each alert to a chat.
+    pub telegram: TelegramSection,
     pub latency_rise_ratio: f64,
     pub latency_rise_samples: usize,
     pub error_rate_max: f64,
@@ -289,11 +313,105 @@ pub struct AlertsSection {
     pub delivery_overdue_secs: u64,
 }
 
+/// `[alerts.telegram]`: alerts as messages from a Telegram bot (`sendMessage`).
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct TelegramSection {
+    /// The bot's token from @BotFather; no message is sent while it is unset.
+    pub bot_token: Option<Secret>,
+    /// The chat (a user, group or channel id) the bot posts to.
+    pub chat_id: Option<String>,
+    /// The Bot API's base URL (tests point it at a stand-in).
+    pub api_base: String,
+}
+
+impl Default for TelegramSection {
+    fn default() -> Self {
+        Self {
+            bot_token: None,
+            chat_id: None,
+            api_base: "https://api.telegram.org".into(),
+        }
+    }
+}
+
+/// How the SMTP connection is protected.
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which must succeed (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: only for a relay on the same host or network.
+    None,
+}
+
+/// `[smtp]`: the mail server that sends buyers their keys and operators their alerts.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct SmtpSection {
+    /// The mail server's host name; no e-mail is sent while it is unset.
+    pub host: Option<String>,
+    pub port: u16,
+    /// The sender, `shop@example.com` or `Shop <shop@example.com>`.
+    pub from: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: SmtpTls,
+    /// The first retry's delay after a failed try; each further one doubles it.
+    pub retry_first_ms: u64,
+    /// Timeout of one try (connect, dialogue, answer).
+    pub timeout_ms: u64,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 587,
+            from: None,
+            username: None,
+            password: None,
+            tls: SmtpTls::Starttls,
+            retry_first_ms: engine::mail::MAIL_RETRY_FIRST_MS_DEFAULT,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+impl SmtpSection {
+    /// Whether e-mail is on (a host is set).
+    pub fn enabled(&self) -> bool {
+        self.host.as_deref().is_some_and(|h| !h.is_empty())
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if !self.enabled() {
+            return;
+        }
+        match self.from.as_deref() {
+            None | Some("") => problems.push("smtp.from is required when smtp.host is set".into()),
+            Some(from) if from.parse::<lettre::message::Mailbox>().is_err() => {
+                problems.push(format!("smtp.from: `{from}` is not an e-mail address"))
+            }
+            Some(_) => {}
+        }
+        if self.username.is_some() != self.password.is_some() {
+            problems.push("smtp.username and smtp.password go together".into());
+        }
+        if self.retry_first_ms == 0 || self.timeout_ms == 0 {
+            problems.push("smtp.retry_first_ms and smtp.timeout_ms must be above 0".into());
+        }
+    }
+}
+
 /// Error reporting: errors and panics go to Sentry only when a DSN is set.
-#[derive(Deserialize, Debug, Clone, Default)]
+#[derive(Deserialize, Serialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct SentrySection {
-    /// An `http://` Sentry DSN (this build sends no TLS).
+    /// A Sentry DSN (`https://` or `http://`).
     pub dsn: Option<String>,
     pub environment: Option<String>,
 }
@@ -307,6 +425,8 @@ impl Default for AlertsSection {
         Self {
             evaluation_interval_secs: 5,
             webhook_url: None,
+            email_to: None,
+            telegram: TelegramSection::default(),
             latency_rise_ratio: rules.latency_rise_ratio,
             latency_rise_samples: rules.latency_rise_samples,
             error_rate_max: rules.error_rate_max,
@@ -339,21 +459,48 @@ impl AlertsSection {
         }
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            (1..=ALERT_EVALUATION_INTERVAL_SECS_MAX).contains(&self.evaluation_interval_secs),
-            "alerts.evaluation_interval_secs must be 1 to {ALERT_EVALUATION_INTERVAL_SECS_MAX}"
-        );
-        anyhow::ensure!(
-            (2..=actors::alerts::ALERT_HISTORY_SAMPLES_MAX).contains(&self.latency_rise_samples),
-            "alerts.latency_rise_samples must be 2 to {}",
-            actors::alerts::ALERT_HISTORY_SAMPLES_MAX
-        );
-        if let Some(url) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) {
-            crate::post::HttpUrl::parse(url)
-                .map_err(|e| anyhow::anyhow!("alerts.webhook_url: {e}"))?;
+    fn problems(&self, problems: &mut Vec<String>) {
+        if !(1..=ALERT_EVALUATION_INTERVAL_SECS_MAX).contains(&self.evaluation_interval_secs) {
+            problems.push(format!(
+                "alerts.evaluation_interval_secs must be 1 to {ALERT_EVALUATION_INTERVAL_SECS_MAX}"
+            ));
         }
-        Ok(())
+        if !(2..=actors::alerts::ALERT_HISTORY_SAMPLES_MAX).contains(&self.latency_rise_samples) {
+            problems.push(format!(
+                "alerts.latency_rise_samples must be 2 to {}",
+                actors::alerts::ALERT_HISTORY_SAMPLES_MAX
+            ));
+        }
+        if let Some(url) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) {
+            if let Err(error) = crate::post::web_url(url) {
+                problems.push(format!("alerts.webhook_url: {error}"));
+            }
+        }
+        if let Err(error) = crate::post::web_url(&self.telegram.api_base) {
+            problems.push(format!("alerts.telegram.api_base: {error}"));
+        }
+        if self.telegram.bot_token.is_some() != self.telegram.chat_id.is_some() {
+            problems
+                .push("alerts.telegram.bot_token and alerts.telegram.chat_id go together".into());
+        }
+        for address in self.email_addresses() {
+            if address.parse::<lettre::message::Mailbox>().is_err() {
+                problems.push(format!(
+                    "alerts.email_to: `{address}` is not an e-mail address"
+                ));
+            }
+        }
+    }
+
+    /// The operators' addresses from `email_to`.
+    pub fn email_addresses(&self) -> Vec<&str> {
+        self.email_to
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect()
     }
 }
 
@@ -375,6 +522,7 @@ impl Default for ServerSettings {
             log: LogSection::default(),
             alerts: AlertsSection::default(),
             sentry: SentrySection::default(),
+            smtp: SmtpSection::default(),
             demo: false,
             breaker: BreakerSection::default(),
             resellers: Default::default(),
@@ -410,14 +558,87 @@ impl Default for HttpSection {
 impl Default for LogSection {
     fn default() -> Self {
         Self {
-            format: "json".into(),
+            format: "auto".into(),
             level: "info".into(),
         }
     }
 }
 
-/// Loads settings from the optional file, the environment, then `overrides` (flags).
-pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> anyhow::Result<ServerSettings> {
+/// Variables with the `PANSHI_` prefix that are not settings (read by other commands).
+const NON_SETTING_VARIABLES: [&str; 1] = ["PANSHI_RESELLER_KEY"];
+
+/// Tables whose keys are the operator's own names, not settings.
+const FREE_FORM_TABLES: [&str; 1] = ["payment_methods"];
+
+/// Every problem found in the settings, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Problems(pub Vec<String>);
+
+/// Loads settings for `serve`: the optional file, the environment, then `overrides` (flags).
+pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<ServerSettings, Problems> {
+    build(file, &environment(), overrides)
+}
+
+/// Loads one file alone, as `panshi config check FILE` does.
+pub fn check_file(file: &Path) -> Result<ServerSettings, Problems> {
+    build(Some(file), &[], &[])
+}
+
+/// The process's `PANSHI_` variables that are settings.
+fn environment() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(name, _)| {
+            name.to_ascii_uppercase().starts_with("PANSHI_")
+                && !NON_SETTING_VARIABLES.contains(&name.as_str())
+        })
+        .collect()
+}
+
+/// The one validation path of `serve` and `config check`: unknown keys, then types, then
+/// values.
+fn build(
+    file: Option<&Path>,
+    environment: &[(String, String)],
+    overrides: &[(&str, String)],
+) -> Result<ServerSettings, Problems> {
+    let known = known_keys();
+    let mut problems = Vec::new();
+    if let Some(file) = file {
+        let given = file_tree(file).map_err(|e| Problems(vec![e]))?;
+        let mut unknown = Vec::new();
+        unknown_keys(&known, &given, "", &mut unknown);
+        problems.extend(
+            unknown
+                .into_iter()
+                .map(|key| format!("unknown setting `{key}` in {}", file.display())),
+        );
+    }
+    for (name, _) in environment {
+        let key = variable_key(name);
+        if !is_known(&known, &key) {
+            problems.push(format!(
+                "unknown setting `{key}` from the environment variable {name}"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    let settings = merged(file, environment, overrides)?;
+    settings.problems(&mut problems);
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+fn merged(
+    file: Option<&Path>,
+    environment: &[(String, String)],
+    overrides: &[(&str, String)],
+) -> Result<ServerSettings, Problems> {
     let mut builder = config::Config::builder();
     if let Some(file) = file {
         builder = builder.add_source(
@@ -426,24 +647,220 @@ pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> anyhow::Result
                 .required(true),
         );
     }
+    let variables = environment.iter().cloned().collect();
     builder = builder.add_source(
         config::Environment::with_prefix("PANSHI")
             .prefix_separator("_")
-            .separator("__"),
+            .separator("__")
+            .source(Some(variables)),
     );
     for (key, value) in overrides {
-        builder = builder.set_override(*key, value.clone())?;
+        builder = builder
+            .set_override(*key, value.clone())
+            .map_err(|e| Problems(vec![e.to_string()]))?;
     }
-    let settings: ServerSettings = builder.build()?.try_deserialize()?;
-    settings.alerts.validate()?;
-    anyhow::ensure!(
-        settings.order_ttl_secs >= 1,
-        "order_ttl_secs must be at least 1"
-    );
-    anyhow::ensure!(
-        (1..=engine::pool::SHARDS_PER_SKU_MAX).contains(&settings.shards_per_sku),
-        "shards_per_sku must be 1 to {}",
-        engine::pool::SHARDS_PER_SKU_MAX
-    );
-    Ok(settings)
+    let config = builder.build().map_err(|e| Problems(vec![e.to_string()]))?;
+    config
+        .clone()
+        .try_deserialize()
+        .map_err(|first| Problems(bad_values(&config).unwrap_or_else(|| vec![first.to_string()])))
+}
+
+/// Deserialization stops at the first bad value; this finds the first in each top-level
+/// setting or section, so that one pass names them all.
+fn bad_values(config: &config::Config) -> Option<Vec<String>> {
+    let table = config
+        .clone()
+        .try_deserialize::<config::Map<String, config::Value>>()
+        .ok()?;
+    let problems: Vec<String> = table
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let alone = config::Config::builder()
+                .set_override(key, value)
+                .and_then(|builder| builder.build())
+                .and_then(|config| config.try_deserialize::<ServerSettings>());
+            alone.err().map(|e| e.to_string())
+        })
+        .collect();
+    (!problems.is_empty()).then_some(problems)
+}
+
+/// The file's keys as a tree.
+pub fn file_tree(file: &Path) -> Result<serde_json::Value, String> {
+    config::Config::builder()
+        .add_source(
+            config::File::from(file)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        )
+        .build()
+        .and_then(|config| config.try_deserialize())
+        .map_err(|e| e.to_string())
+}
+
+/// Every setting, as the tree of the defaults. A `null` (an optional setting unset by
+/// default) is a leaf.
+pub fn known_keys() -> serde_json::Value {
+    serde_json::to_value(ServerSettings::default()).expect("settings serialize")
+}
+
+/// `PANSHI_EPAY__PID` -> `epay.pid`, as `config::Environment` maps it.
+fn variable_key(name: &str) -> String {
+    name["PANSHI_".len()..].to_lowercase().replace("__", ".")
+}
+
+fn is_known(known: &serde_json::Value, key: &str) -> bool {
+    let mut node = known;
+    for (depth, part) in key.split('.').enumerate() {
+        if depth == 1 && FREE_FORM_TABLES.contains(&key.split('.').next().unwrap_or("")) {
+            return true;
+        }
+        match node {
+            serde_json::Value::Object(map) => match map.get(part) {
+                Some(child) => node = child,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Collects the dotted paths of `given` that name no setting in `known`.
+pub fn unknown_keys(
+    known: &serde_json::Value,
+    given: &serde_json::Value,
+    prefix: &str,
+    unknown: &mut Vec<String>,
+) {
+    let serde_json::Value::Object(given) = given else {
+        return;
+    };
+    for (key, value) in given {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if FREE_FORM_TABLES.contains(&path.as_str()) {
+            continue;
+        }
+        match known.get(key) {
+            None => unknown.push(path),
+            Some(child @ serde_json::Value::Object(_)) => {
+                unknown_keys(child, value, &path, unknown)
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Values that parse but cannot work, each named.
+    fn problems(&self, problems: &mut Vec<String>) {
+        self.alerts.problems(problems);
+        self.smtp.problems(problems);
+        if self.order_ttl_secs < 1 {
+            problems.push("order_ttl_secs must be at least 1".into());
+        }
+        if !(1..=engine::pool::SHARDS_PER_SKU_MAX).contains(&self.shards_per_sku) {
+            problems.push(format!(
+                "shards_per_sku must be 1 to {}",
+                engine::pool::SHARDS_PER_SKU_MAX
+            ));
+        }
+        if engine::Currency::parse(&self.shop.currency).is_err() {
+            problems.push(format!(
+                "shop.currency: `{}` is not a currency code",
+                self.shop.currency
+            ));
+        }
+        if !["auto", "json", "text"].contains(&self.log.format.as_str()) {
+            problems.push(format!(
+                "log.format must be auto, json or text, not `{}`",
+                self.log.format
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!(
+                "log.level: `{}` is not a tracing filter",
+                self.log.level
+            ));
+        }
+        if let Some(url) = self.public_url.as_deref() {
+            if let Err(error) = crate::post::web_url(url) {
+                problems.push(format!("public_url: {error}"));
+            }
+        }
+        if let Some(key) = &self.resellers.sealing_key {
+            if actors::seal::SealingKey::parse(&key.0).is_none() {
+                problems.push("resellers.sealing_key must be 64 hex digits (32 bytes)".into());
+            }
+        }
+        self.payment_problems(problems);
+    }
+
+    fn payment_problems(&self, problems: &mut Vec<String>) {
+        let epay = [
+            self.epay.pid.is_some(),
+            self.epay.key.is_some(),
+            self.epay.gateway_url.is_some(),
+        ];
+        if epay.contains(&true) && epay.contains(&false) {
+            problems.push("epay.pid, epay.key and epay.gateway_url go together".into());
+        }
+        if let Some(url) = self.epay.gateway_url.as_deref() {
+            if let Err(error) = crate::post::web_url(url) {
+                problems.push(format!("epay.gateway_url: {error}"));
+            } else if url.trim_end_matches('/').ends_with(".php") {
+                problems.push(format!(
+                    "epay.gateway_url is the gateway's base URL (https://pay.example.com/), \
+                     not a page of it: `{url}`"
+                ));
+            }
+        }
+        if self.epusdt.gateway_url.is_some() != self.epusdt.token.is_some() {
+            problems.push("epusdt.gateway_url and epusdt.token go together".into());
+        }
+        if self.stripe.secret_key.is_some() != self.stripe.webhook_secret.is_some() {
+            problems.push("stripe.secret_key and stripe.webhook_secret go together".into());
+        }
+    }
+
+    /// Whether any payment channel is configured (the demo brings its own).
+    pub fn payment_configured(&self) -> bool {
+        self.demo
+            || self.epay.pid.is_some()
+            || self.epusdt.gateway_url.is_some()
+            || self.stripe.secret_key.is_some()
+    }
+
+    /// Settings that work but are probably not what the operator wants; each is logged at
+    /// start and printed by `config check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.payment_configured() {
+            warnings.push(
+                "no payment channel is configured ([epay], [epusdt] or [stripe]): buyers see \
+                 products as temporarily unavailable and cannot order"
+                    .to_owned(),
+            );
+        }
+        if self.public_url.is_none() && !self.demo && !is_host_name(&self.listen) {
+            warnings.push(format!(
+                "public_url is not set: gateways are told to call http://{} back, which they \
+                 cannot reach; set public_url to the shop's address (https://shop.example.com)",
+                self.listen
+            ));
+        }
+        warnings
+    }
+}
+
+/// Whether `listen` names a host (`shop.example.com:8080`) rather than an IP address.
+fn is_host_name(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_err() && host != "localhost" && !host.is_empty()
 }

@@ -23,7 +23,7 @@ use actors::reseller::{
 use actors::ShopError;
 use engine::{OrderId, Rejection, ResellerId, Sku};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::ApiError;
@@ -52,7 +52,7 @@ enum KeyLane {
 }
 
 /// `[resellers]` settings.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct ResellerSettings {
     /// Per key: bulk purchases.

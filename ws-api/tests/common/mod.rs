@@ -66,7 +66,9 @@ impl Server {
             .env("PANSHI_EPAY__PID", PID)
             .env("PANSHI_EPAY__KEY", KEY)
             .env("PANSHI_EPAY__GATEWAY_URL", "http://127.0.0.1:9/epay")
-            .env("PANSHI_LOG__LEVEL", "warn")
+            // Warnings, less the set-up advice (a test server has no public address and
+            // no sealing key): tests stay quiet unless something goes wrong.
+            .env("PANSHI_LOG__LEVEL", "warn,panshi::setup=error")
             // Every test client is 127.0.0.1: per-client limits and risk rules are off by
             // default here; tests/traffic.rs turns them back on.
             .env("PANSHI_LIMITS__CREATE__PER_SECOND", "1000000")
