@@ -48,12 +48,15 @@ pub struct OutboxView {
     pub queued: u64,
     pub sent: u64,
     pub waiting: u64,
-    /// Given-up mails: (order id, tries, last error).
+    /// Waiting mails that failed at least once, oldest order first: (order id, tries, last
+    /// error).
+    pub retrying: Vec<(OrderId, u32, String)>,
+    /// Given-up mails, the most recent: (order id, tries, last error).
     pub given_up: Vec<(OrderId, u32, String)>,
 }
 
-/// Given-up mails listed for operators at most.
-pub const GIVEN_UP_LISTED_MAX: usize = 100;
+/// Mails of each list shown to operators at most.
+pub const MAILS_LISTED_MAX: usize = 100;
 
 impl Shop {
     /// Notified when a delivery may have queued a mail. A permit is kept when nobody waits,
@@ -133,21 +136,28 @@ impl Shop {
         self.commit(&event).await.map(|_| ())
     }
 
-    /// The outbox's counts and its given-up mails (the most recent `GIVEN_UP_LISTED_MAX`).
+    /// The outbox's counts, the mails being retried and the given-up ones (at most
+    /// `MAILS_LISTED_MAX` of each).
     pub fn outbox_view(&self) -> OutboxView {
         let state = self.store().state();
         let outbox = state.outbox();
-        let mut given_up: Vec<(OrderId, u32, String)> = state
-            .mails_given_up()
-            .map(|(id, tries)| (id.clone(), tries.attempts, tries.last_error.clone()))
+        let listed = |(id, tries): (&OrderId, &engine::state::MailTries)| {
+            (id.clone(), tries.attempts, tries.last_error.clone())
+        };
+        let retrying = state
+            .mails_waiting()
+            .filter(|(_, tries)| tries.attempts > 0)
+            .take(MAILS_LISTED_MAX)
+            .map(listed)
             .collect();
-        let skip = given_up.len().saturating_sub(GIVEN_UP_LISTED_MAX);
-        given_up.drain(..skip);
+        let skip = outbox.given_up_count().saturating_sub(MAILS_LISTED_MAX);
+        let given_up = state.mails_given_up().skip(skip).map(listed).collect();
         OutboxView {
             open: outbox.opened_at_ms.is_some(),
             queued: outbox.queued_count,
             sent: outbox.sent_count,
             waiting: outbox.waiting_count() as u64,
+            retrying,
             given_up,
         }
     }

@@ -20,6 +20,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/api/v1/ops/channels", web::get().to(channels_health))
         .route("/api/v1/ops/pipeline", web::get().to(pipeline))
         .route("/api/v1/ops/alerts", web::get().to(alerts))
+        .route("/api/v1/ops/mail", web::get().to(mail_outbox))
         .route("/api/v1/ops/incident", web::post().to(set_incident))
         .route(
             "/api/v1/admin/orders/{order_id}/trace",
@@ -112,6 +113,31 @@ async fn alerts(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     Ok(HttpResponse::Ok().json(state.observatory.alerts_json()))
+}
+
+/// The buyers' mail outbox: counts, and the mails given up with their last error.
+async fn mail_outbox(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let view = state.shop.outbox_view();
+    let list = |mails: &[(OrderId, u32, String)]| -> Vec<Value> {
+        mails
+            .iter()
+            .map(|(order_id, attempts, error)| {
+                json!({"order_id": order_id.as_str(), "attempts": attempts, "last_error": error})
+            })
+            .collect()
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "open": view.open,
+        "queued": view.queued,
+        "sent": view.sent,
+        "waiting": view.waiting,
+        "retrying": list(&view.retrying),
+        "given_up": list(&view.given_up),
+    })))
 }
 
 #[derive(Deserialize)]
