@@ -87,3 +87,27 @@ async fn https_gateways_and_webhooks_are_called_over_tls() {
     assert_eq!(code, 201, "{bought}");
     client_hello(&mut hellos, "webhook delivery").await;
 }
+
+/// Operator alerts go to https receivers too: an alert webhook and a Telegram Bot API base
+/// given as https each get a TLS ClientHello when a low-stock alert fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_alert_webhooks_and_telegram_are_called_over_tls() {
+    let (port, mut hellos) = first_bytes_listener().await;
+    let https = format!("https://127.0.0.1:{port}");
+    let hook = format!("{https}/alerts");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("PANSHI_ALERTS__EVALUATION_INTERVAL_SECS", "1"),
+            ("PANSHI_ALERTS__WEBHOOK_URL", hook.as_str()),
+            ("PANSHI_ALERTS__TELEGRAM__BOT_TOKEN", "1:tls"),
+            ("PANSHI_ALERTS__TELEGRAM__CHAT_ID", "1"),
+            ("PANSHI_ALERTS__TELEGRAM__API_BASE", https.as_str()),
+            ("PANSHI_LOG__LEVEL", "error"),
+        ],
+    );
+    server.product("tls-low", 100, &keys("LOW", 1)).await;
+    client_hello(&mut hellos, "alert webhook").await;
+    client_hello(&mut hellos, "Telegram sendMessage").await;
+}

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -485,4 +486,94 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle.as_bytes())
+}
+
+/// An aiosmtpd server saving each message as JSON (tests/support/smtp_sink.py).
+pub struct Sink {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Sink {
+    pub fn start(dir: &Path, port: u16, hold_first: bool) -> Sink {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
+        let mut command = Command::new("python3");
+        command
+            .arg(script)
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if hold_first {
+            command.arg("--hold-first");
+        }
+        let mut child = command.spawn().expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the SMTP sink did not start (is aiosmtpd installed? .ci/run installs it)"
+        );
+        Sink {
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The messages saved so far, in arrival order.
+    pub fn messages(&self) -> Vec<Value> {
+        let mut numbered: Vec<(u64, Value)> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                let number = path
+                    .file_name()?
+                    .to_str()?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()?;
+                let text = std::fs::read_to_string(&path).ok()?;
+                Some((number, serde_json::from_str(&text).ok()?))
+            })
+            .collect();
+        numbered.sort_by_key(|(number, _)| *number);
+        numbered.into_iter().map(|(_, message)| message).collect()
+    }
+
+    /// Waits until `count` messages have arrived.
+    pub async fn wait_for(&self, count: usize, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= count {
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} messages within {within:?}",
+                messages.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,150 @@
+//! Operator alerts leave the shop on every configured channel: a Telegram bot (against a
+//! local stand-in of the Bot API that fails the first call, so the retry is exercised), a
+//! JSON webhook, and the operators' e-mail through a real SMTP server (aiosmtpd). The alert
+//! here is `stock_low`, which fires as soon as a product is stocked below `stock_min`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// One HTTP request as a stand-in saw it.
+#[derive(Debug)]
+struct Seen {
+    path: String,
+    body: Value,
+}
+
+/// A minimal HTTP receiver: answers the first `failures` requests 502, then
+/// `{"ok":true,...}` (the Bot API's shape), and reports every request it read.
+async fn stand_in(failures: usize) -> (String, mpsc::Receiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut answered = 0;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let Some((path, request)) = read_request(&mut socket).await else {
+                continue;
+            };
+            answered += 1;
+            let (status, body) = if answered <= failures {
+                ("502 Bad Gateway", "")
+            } else {
+                ("200 OK", r#"{"ok":true,"result":{"message_id":1}}"#)
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+            let seen = serde_json::from_slice(&request).unwrap_or(Value::Null);
+            let _ = sender.send(Seen { path, body: seen }).await;
+        }
+    });
+    (base, receiver)
+}
+
+/// Reads one request: its path and its body (by Content-Length).
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let read = socket.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        data.extend_from_slice(&chunk[..read]);
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let path = head.split(' ').nth(1)?.to_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while data.len() < head_end + length {
+        let read = socket.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        data.extend_from_slice(&chunk[..read]);
+    }
+    Some((path, data[head_end..head_end + length].to_vec()))
+}
+
+async fn next(receiver: &mut mpsc::Receiver<Seen>, what: &str) -> Seen {
+    tokio::time::timeout(Duration::from_secs(20), receiver.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 20 s"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_alert_reaches_telegram_a_webhook_and_the_operators_mail() {
+    let (telegram, mut bot_calls) = stand_in(1).await;
+    let (webhook, mut hooks) = stand_in(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    let sink = Sink::start(&dir.path().join("sink"), smtp_port, false);
+    let hook_url = format!("{webhook}/alerts");
+    let smtp_port = smtp_port.to_string();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &[
+            ("PANSHI_ALERTS__EVALUATION_INTERVAL_SECS", "1"),
+            ("PANSHI_ALERTS__TELEGRAM__BOT_TOKEN", "123456:TEST-token"),
+            ("PANSHI_ALERTS__TELEGRAM__CHAT_ID", "-1001"),
+            ("PANSHI_ALERTS__TELEGRAM__API_BASE", telegram.as_str()),
+            ("PANSHI_ALERTS__WEBHOOK_URL", hook_url.as_str()),
+            (
+                "PANSHI_ALERTS__EMAIL_TO",
+                "ops@example.com, owner@example.com",
+            ),
+            ("PANSHI_SMTP__HOST", "127.0.0.1"),
+            ("PANSHI_SMTP__PORT", smtp_port.as_str()),
+            ("PANSHI_SMTP__FROM", "shop@shop.example"),
+            ("PANSHI_SMTP__TLS", "none"),
+            ("PANSHI_LOG__LEVEL", "error"),
+        ],
+    );
+    server.product("low", 100, &keys("LOW", 2)).await;
+
+    // The Bot API's first answer is 502: the message is sent again.
+    let first = next(&mut bot_calls, "Telegram").await;
+    let again = next(&mut bot_calls, "Telegram retry").await;
+    for call in [&first, &again] {
+        assert_eq!(call.path, "/bot123456:TEST-token/sendMessage");
+        assert_eq!(call.body["chat_id"], "-1001", "{:?}", call.body);
+        let text = call.body["text"].as_str().unwrap();
+        assert!(text.contains("stock_low") && text.contains("low"), "{text}");
+    }
+
+    let hook = next(&mut hooks, "webhook").await;
+    assert_eq!(hook.path, "/alerts");
+    assert_eq!(hook.body["rule"], "stock_low", "{:?}", hook.body);
+    assert_eq!(hook.body["subject"], "low");
+    assert_eq!(hook.body["event"], "fired");
+
+    let mails = sink.wait_for(1, Duration::from_secs(20)).await;
+    let mut to: Vec<&str> = mails[0]["rcpt_tos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    to.sort();
+    assert_eq!(to, ["ops@example.com", "owner@example.com"], "{}", mails[0]);
+    assert!(mails[0]["subject"].as_str().unwrap().contains("stock_low"));
+}
