@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -29,9 +29,10 @@ async fn stand_in(failures: usize) -> (String, mpsc::Receiver<Seen>) {
     tokio::spawn(async move {
         let mut answered = 0;
         while let Ok((mut socket, _)) = listener.accept().await {
-            let Some((path, request)) = read_request(&mut socket).await else {
+            let Some((head, request)) = read_request(&mut socket).await else {
                 continue;
             };
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
             answered += 1;
             let (status, body) = if answered <= failures {
                 ("502 Bad Gateway", "")
@@ -43,45 +44,11 @@ async fn stand_in(failures: usize) -> (String, mpsc::Receiver<Seen>) {
                 body.len()
             );
             let _ = socket.write_all(answer.as_bytes()).await;
-            let seen = serde_json::from_slice(&request).unwrap_or(Value::Null);
+            let seen = serde_json::from_str(&request).unwrap_or(Value::Null);
             let _ = sender.send(Seen { path, body: seen }).await;
         }
     });
     (base, receiver)
-}
-
-/// Reads one request: its path and its body (by Content-Length).
-async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut data = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        data.extend_from_slice(&chunk[..read]);
-        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
-    let path = head.split(' ').nth(1)?.to_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while data.len() < head_end + length {
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        data.extend_from_slice(&chunk[..read]);
-    }
-    Some((path, data[head_end..head_end + length].to_vec()))
 }
 
 async fn next(receiver: &mut mpsc::Receiver<Seen>, what: &str) -> Seen {

@@ -11,7 +11,7 @@ use common::*;
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a test waits for deliveries before failing.
@@ -100,40 +100,6 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// Reads one HTTP/1.1 request: (head, body).
-async fn read_request(socket: &mut TcpStream) -> Option<(String, String)> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while buffer.len() < head_end + length {
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    let body = String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned();
-    Some((head, body))
 }
 
 /// Recomputes `t=..,v1=..` as a receiver would, and compares.
