@@ -417,3 +417,52 @@ async fn markup_in_a_product_name_is_escaped_everywhere() {
         );
     }
 }
+
+/// A shop with keys but no payment channel: buyers read "temporarily unavailable" (not
+/// "sold out"), the operator's dashboard and products page say payments are not set up.
+#[tokio::test]
+async fn without_payment_channels_buyers_wait_and_the_operator_is_told_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_without_payments(dir.path());
+    server
+        .product("nopay", 100, &common::keys("NOPAY", 2))
+        .await;
+    let page = server.get_text("/product/nopay").await;
+    assert!(page.contains("Temporarily unavailable"), "{page}");
+    assert!(!page.contains("Sold out"), "{page}");
+    assert!(
+        !page.contains("not set up"),
+        "buyers are not told the shop's set-up"
+    );
+
+    let (session, _) = sign_in(&server).await;
+    for path in ["/admin", "/admin/products"] {
+        let page = manual_client()
+            .get(server.url(path))
+            .header(COOKIE, &session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains("Payments are not set up"), "{path}: {page}");
+    }
+
+    // With a channel, neither shows.
+    let paid = Server::start(&dir.path().join("paid"));
+    paid.product("pay", 100, &common::keys("PAY", 2)).await;
+    let page = paid.get_text("/product/pay").await;
+    assert!(page.contains("Buy and pay"), "{page}");
+    let (session, _) = sign_in(&paid).await;
+    let dashboard = manual_client()
+        .get(paid.url("/admin"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!dashboard.contains("Payments are not set up"));
+}

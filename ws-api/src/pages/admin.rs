@@ -315,8 +315,10 @@ async fn dashboard(request: HttpRequest, state: web::Data<AppState>) -> HttpResp
     };
     let lang = Lang::of(&request);
     let (recent, counts) = recent_orders(&state);
+    let unpayable = payments_missing(lang, &state).await;
     let main = html! {
         h1 { (lang.pick("Dashboard", "概览")) }
+        (unpayable)
         (status_counts(lang, &counts))
         (alerts_section(lang, &state))
         (channels_section(lang, &state).await)
@@ -341,6 +343,22 @@ async fn dashboard(request: HttpRequest, state: web::Data<AppState>) -> HttpResp
 }
 
 /// The newest orders and the count of orders per status.
+/// Tells the operator when buyers cannot pay at all (no payment channel configured), which
+/// buyers only see as "temporarily unavailable".
+async fn payments_missing(lang: Lang, state: &AppState) -> Markup {
+    if !crate::pages::shop::payment_methods(state).await.is_empty() {
+        return html! {};
+    }
+    html! {
+        p.error #payments-missing role="alert" { (lang.pick(
+            "Payments are not set up: buyers see every product as temporarily unavailable. \
+             Configure a payment channel ([epay], [epusdt] or [stripe]; see \
+             panshi.example.toml) and restart.",
+            "尚未配置支付：买家看到所有商品都暂时无法购买。请配置支付渠道（[epay]、[epusdt] 或 \
+             [stripe]，见 panshi.example.toml）后重启。")) }
+    }
+}
+
 fn recent_orders(state: &AppState) -> (Vec<OrderRecord>, Vec<(OrderStatus, usize)>) {
     let shop_state = state.shop.store().state();
     let orders = shop_state.orders();
@@ -472,8 +490,10 @@ async fn products(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     let lang = Lang::of(&request);
     let mut products = state.shop.products();
     products.sort_by(|a, b| a.0.sku.cmp(&b.0.sku));
+    let unpayable = payments_missing(lang, &state).await;
     let main = html! {
         h1 { (lang.pick("Products", "商品")) }
+        (unpayable)
         div.scroll { table {
             thead { tr {
                 th scope="col" { "SKU" } th scope="col" { (lang.pick("Name", "名称")) }

@@ -94,7 +94,8 @@ async fn catalogue(request: HttpRequest, state: web::Data<AppState>) -> HttpResp
 }
 
 /// The payment methods whose channels are configured, with their names for buyers.
-async fn payment_methods(state: &AppState) -> Vec<String> {
+/// The payment methods buyers can choose now: those with a configured channel.
+pub(crate) async fn payment_methods(state: &AppState) -> Vec<String> {
     let live: Vec<String> = state
         .shop
         .channel_health()
@@ -202,7 +203,9 @@ fn render_product(
 
 fn buy_form(lang: Lang, view: &ProductView, form: &BuyForm) -> Markup {
     let quantity_max = view.available.clamp(1, u64::from(ORDER_QUANTITY_MAX));
-    let sold_out = view.available == 0 || view.methods.is_empty();
+    // No way to pay is not "sold out": the buyer may come back, the keys are there.
+    let unpayable = view.methods.is_empty();
+    let sold_out = view.available == 0;
     let chosen = if view.methods.contains(&form.method) {
         form.method.as_str()
     } else {
@@ -229,8 +232,14 @@ fn buy_form(lang: Lang, view: &ProductView, form: &BuyForm) -> Markup {
                     }
                 }
             }
-            button type="submit" disabled[sold_out] {
+            @if unpayable && !sold_out {
+                p.help #unavailable { (lang.pick(
+                    "Buying is temporarily unavailable. Please come back later.",
+                    "暂时无法购买，请稍后再来。")) }
+            }
+            button type="submit" disabled[sold_out || unpayable] {
                 @if sold_out { (lang.pick("Sold out", "已售罄")) }
+                @else if unpayable { (lang.pick("Temporarily unavailable", "暂时无法购买")) }
                 @else { (lang.pick("Buy and pay", "购买并付款")) }
             }
         }

@@ -24,6 +24,8 @@ pub struct Server {
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// Whether the test Epay channel is configured (almost always).
+    payments: bool,
 }
 
 impl Server {
@@ -38,11 +40,25 @@ impl Server {
 
     /// Starts the server with `env` added and extra command-line `args` for `serve`.
     pub fn start_full(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
+        let mut server = Self::unstarted(data, env, args);
+        server.spawn();
+        server
+    }
+
+    /// Starts the server with no payment channel at all, as a shop owner's first start is.
+    pub fn start_without_payments(data: &Path) -> Server {
+        let mut server = Self::unstarted(data, &[], &[]);
+        server.payments = false;
+        server.spawn();
+        server
+    }
+
+    fn unstarted(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let mut server = Server {
+        Server {
             child: None,
             base: String::new(),
             data: data.to_owned(),
@@ -52,9 +68,8 @@ impl Server {
                 .unwrap(),
             env,
             args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        server.spawn();
-        server
+            payments: true,
+        }
     }
 
     fn spawn(&mut self) {
@@ -64,9 +79,6 @@ impl Server {
             .arg(&self.data)
             .args(&self.args)
             .env("PANSHI_ADMIN_TOKEN", ADMIN)
-            .env("PANSHI_EPAY__PID", PID)
-            .env("PANSHI_EPAY__KEY", KEY)
-            .env("PANSHI_EPAY__GATEWAY_URL", "http://127.0.0.1:9/epay")
             // Warnings, less the set-up advice (a test server has no public address and
             // no sealing key): tests stay quiet unless something goes wrong.
             .env("PANSHI_LOG__LEVEL", "warn,panshi::setup=error")
@@ -84,6 +96,12 @@ impl Server {
             .env("PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if self.payments {
+            command
+                .env("PANSHI_EPAY__PID", PID)
+                .env("PANSHI_EPAY__KEY", KEY)
+                .env("PANSHI_EPAY__GATEWAY_URL", "http://127.0.0.1:9/epay");
+        }
         for (k, v) in &self.env {
             command.env(k, v);
         }
