@@ -94,6 +94,19 @@ async fn sign_in(server: &Server) -> (String, String) {
     (session.clone(), csrf_field(&dashboard))
 }
 
+/// An operator page's HTML, fetched with the session cookie.
+async fn operator_page(server: &Server, path: &str, session: &str) -> String {
+    manual_client()
+        .get(server.url(path))
+        .header(COOKIE, session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Fetches every link of every page in `pages` (one level deep) and asserts each answers 200.
 async fn assert_links_resolve(server: &Server, pages: &[String], cookie: Option<&str>) {
     let mut seen = BTreeSet::new();
@@ -350,16 +363,7 @@ async fn an_operator_confirms_a_manual_payment_from_the_queue_page() {
     );
     let (session, csrf) = sign_in(&server).await;
     let id = order["order_id"].as_str().unwrap();
-    let queue = server
-        .http
-        .get(server.url("/admin/queues"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let queue = operator_page(&server, "/admin/queues", &session).await;
     assert!(
         queue.contains(&format!("/admin/orders/{id}/confirm")),
         "{queue}"
@@ -400,16 +404,7 @@ async fn markup_in_a_product_name_is_escaped_everywhere() {
     assert_eq!(code, 201);
     let (session, _) = sign_in(&server).await;
     for path in ["/", "/product/xss-1", "/admin/products"] {
-        let html = server
-            .http
-            .get(server.url(path))
-            .header(COOKIE, &session)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = operator_page(&server, path, &session).await;
         assert!(!html.contains("<img"), "{path}");
         assert!(
             html.contains("&lt;img src=x onerror=alert(1)&gt;"),
@@ -437,15 +432,7 @@ async fn without_payment_channels_buyers_wait_and_the_operator_is_told_why() {
 
     let (session, _) = sign_in(&server).await;
     for path in ["/admin", "/admin/products"] {
-        let page = manual_client()
-            .get(server.url(path))
-            .header(COOKIE, &session)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = operator_page(&server, path, &session).await;
         assert!(page.contains("Payments are not set up"), "{path}: {page}");
     }
 
@@ -455,14 +442,6 @@ async fn without_payment_channels_buyers_wait_and_the_operator_is_told_why() {
     let page = paid.get_text("/product/pay").await;
     assert!(page.contains("Buy and pay"), "{page}");
     let (session, _) = sign_in(&paid).await;
-    let dashboard = manual_client()
-        .get(paid.url("/admin"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let dashboard = operator_page(&paid, "/admin", &session).await;
     assert!(!dashboard.contains("Payments are not set up"));
 }
