@@ -43,9 +43,11 @@ fn main() -> ExitCode {
             println!("  violation: {violation}");
         }
         println!(
-            "  seed {seed}: {} orders, {} reseller orders, {} notifies, {} crashes, {} violations{}",
+            "  seed {seed}: {} orders, {} reseller orders, {} mails sent ({} given up), {} notifies, {} crashes, {} violations{}",
             outcome.orders,
             outcome.reseller_orders,
+            outcome.mails_sent,
+            outcome.mails_given_up,
             outcome.notifies,
             outcome.crashes,
             outcome.violations.len(),

@@ -9,6 +9,7 @@
 //! failing seed replays exactly.
 
 mod gateway;
+mod mail;
 mod resellers;
 mod rng;
 
@@ -45,6 +46,8 @@ pub struct Faults {
     pub crash_per_mille: u64,
     pub torn_tail_percent: u64,
     pub sync_failure_per_mille: u64,
+    /// Tries of a delivery mail that the simulated mail server refuses.
+    pub mail_failure_percent: u64,
 }
 
 impl Faults {
@@ -57,6 +60,7 @@ impl Faults {
             crash_per_mille: rng.below(25),
             torn_tail_percent: rng.below(100),
             sync_failure_per_mille: rng.below(8),
+            mail_failure_percent: rng.below(60),
         }
     }
 
@@ -69,6 +73,7 @@ impl Faults {
             crash_per_mille: 0,
             torn_tail_percent: 0,
             sync_failure_per_mille: 0,
+            mail_failure_percent: 0,
         }
     }
 }
@@ -77,14 +82,15 @@ impl fmt::Display for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰",
+            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%",
             self.notify_drop_percent,
             self.notify_duplicate_percent,
             self.notify_delay_ms_max,
             self.notify_forge_percent,
             self.crash_per_mille,
             self.torn_tail_percent,
-            self.sync_failure_per_mille
+            self.sync_failure_per_mille,
+            self.mail_failure_percent
         )
     }
 }
@@ -103,6 +109,9 @@ pub struct Outcome {
     pub orders: u64,
     /// Reseller bulk purchases acknowledged.
     pub reseller_orders: u64,
+    /// Delivery mails sent, and given up, as the log holds them at the end.
+    pub mails_sent: u64,
+    pub mails_given_up: u64,
     pub crashes: u64,
     pub notifies: u64,
     pub violations: Vec<String>,
@@ -145,6 +154,7 @@ struct World {
     outcome: Outcome,
     keys_imported: u64,
     resellers: resellers::Model,
+    mail: mail::Model,
 }
 
 pub fn run(options: &Options) -> Outcome {
@@ -171,6 +181,7 @@ pub fn run(options: &Options) -> Outcome {
         outcome: Outcome::default(),
         keys_imported: 0,
         resellers: resellers::Model::default(),
+        mail: mail::Model::default(),
     };
     world.setup();
     for step in 0..options.steps {
@@ -218,6 +229,7 @@ impl World {
     }
 
     fn setup(&mut self) {
+        self.setup_mail();
         for (sku, price_cents) in PRODUCTS {
             let product = Product {
                 sku: Sku::parse(sku).unwrap(),
@@ -281,10 +293,11 @@ impl World {
                 }
             }
             35..=59 => self.pay_something(),
-            60..=84 => {
+            60..=79 => {
                 let advance = self.rng.below(30_000);
                 self.advance(advance);
             }
+            80..=84 => self.mail_step(),
             85..=94 => self.reseller_step(),
             _ => {
                 let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
@@ -324,7 +337,11 @@ impl World {
             quantity,
             amount_cents: price * u64::from(quantity),
             currency: Currency::parse("CNY").unwrap(),
-            contact: "sim@example.com".into(),
+            contact: if self.rng.percent(60) {
+                "sim@example.com".into()
+            } else {
+                "13800138000".into()
+            },
             channel: "epay".into(),
             payment_channel: "epay".into(),
             payment_url: "http://gateway.invalid/submit.php".into(),
@@ -526,6 +543,9 @@ impl World {
             Fulfilment::ManualReview { .. } => Acked::Review,
         };
         self.acked.insert(id.clone(), acked);
+        if acked == Acked::Delivered {
+            self.mail_queued(id);
+        }
         Ok(())
     }
 
@@ -620,6 +640,7 @@ impl World {
         self.keys_imported = store.state().cards_count();
         self.store = Some(store);
         self.adopt_unacknowledged();
+        self.adopt_mails();
     }
 
     /// Work whose acknowledgement was lost may or may not have survived: take the log's word.
@@ -679,6 +700,7 @@ impl World {
             self.violation(problem);
         }
         self.check_resellers(step);
+        self.check_mail(step);
     }
 
     /// Faults off: let time run until the gateway has nothing left to send (bounded).
@@ -688,6 +710,7 @@ impl World {
             self.advance(60_000);
         }
         self.advance(ORDER_TTL_MS);
+        self.settle_mail(deadline);
         for id in self.gateway.paid_orders() {
             let status = self.store().state().order(&id).map(|r| r.status);
             if !matches!(
@@ -702,6 +725,15 @@ impl World {
     }
 
     fn finish(&mut self) {
+        let (sent, given_up) = {
+            let state = self.store().state();
+            (
+                state.outbox().sent_count,
+                state.outbox().given_up_count() as u64,
+            )
+        };
+        self.outcome.mails_sent = sent;
+        self.outcome.mails_given_up = given_up;
         let last = self.outcome.violations.len();
         self.check(u64::MAX);
         if self.outcome.violations.len() > last {
