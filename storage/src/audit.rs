@@ -53,6 +53,15 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
     report
         .violations
         .extend(state.check().into_iter().map(|v| v.0));
+    let outbox = state.outbox();
+    if outbox.waiting_count() > 0 || outbox.given_up_count() > 0 {
+        report.notes.push(format!(
+            "mail outbox: {} sent, {} waiting (sent at the next start with [smtp]), {} given up",
+            outbox.sent_count,
+            outbox.waiting_count(),
+            outbox.given_up_count()
+        ));
+    }
     if mirrored > recovery.last_lsn {
         report.violations.push(format!(
             "sled applied lsn {mirrored} beyond the log's last {}",

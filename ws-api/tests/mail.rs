@@ -195,4 +195,9 @@ async fn starttls_is_required_by_default_and_a_failing_mail_is_given_up_across_a
     server.stop();
     let (clean, report) = server.audit();
     assert!(clean, "{report}");
+    assert!(report.contains("0 waiting"), "{report}");
+    assert!(
+        report.contains("1 given up"),
+        "audit tells operators: {report}"
+    );
 }
