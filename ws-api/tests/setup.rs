@@ -413,3 +413,35 @@ async fn ctrl_c_lets_requests_in_flight_finish() {
     assert!(log.contains("stopping gracefully"), "{log}");
     assert!(!log.contains("forced"), "{log}");
 }
+
+/// The demo is for looking around: no advice about resellers' sealing keys or a public
+/// address in its log.
+#[test]
+fn the_demo_gives_no_production_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = panshi()
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(log.contains("listening"), "{log}");
+    for advice in ["sealing", "public_url", "payment channel", "WARN"] {
+        assert!(
+            !log.contains(advice),
+            "the demo's log holds {advice}: {log}"
+        );
+    }
+}
