@@ -115,3 +115,63 @@ async fn a_stock_alert_reaches_telegram_a_webhook_and_the_operators_mail() {
     assert_eq!(to, ["ops@example.com", "owner@example.com"], "{}", mails[0]);
     assert!(mails[0]["subject"].as_str().unwrap().contains("stock_low"));
 }
+
+/// A payment that lands after its reservation lapsed and the stock is gone puts the order in
+/// manual review; the operators get an e-mail saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_review_order_is_mailed_to_the_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    let sink = Sink::start(&dir.path().join("sink"), smtp_port, false);
+    let smtp_port = smtp_port.to_string();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &[
+            ("PANSHI_ALERTS__EVALUATION_INTERVAL_SECS", "1"),
+            ("PANSHI_ALERTS__EMAIL_TO", "ops@example.com"),
+            ("PANSHI_ORDER_TTL_SECS", "1"),
+            ("PANSHI_SMTP__HOST", "127.0.0.1"),
+            ("PANSHI_SMTP__PORT", smtp_port.as_str()),
+            ("PANSHI_SMTP__FROM", "shop@shop.example"),
+            ("PANSHI_SMTP__TLS", "none"),
+            ("PANSHI_LOG__LEVEL", "error"),
+        ],
+    );
+    server.product("review", 100, &keys("REVIEW", 1)).await;
+    let (code, lapsed) = server.order_as("review", 1, "13800138000").await;
+    assert_eq!(code, 201, "{lapsed}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.lookup(&lapsed).await.1["status"] != "expired" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the order never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, other) = server.order_as("review", 1, "13900139000").await;
+    assert_eq!(code, 201, "{other}");
+    assert_eq!(server.pay(&other).await.1, "success");
+    assert_eq!(server.pay(&lapsed).await.1, "success");
+    assert_eq!(server.lookup(&lapsed).await.1["status"], "manual_review");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let messages = sink.messages();
+        let review = messages.iter().find(|m| {
+            m["subject"]
+                .as_str()
+                .is_some_and(|s| s.contains("delivery_overdue"))
+        });
+        if let Some(message) = review {
+            assert_eq!(message["rcpt_tos"][0], "ops@example.com");
+            let text = message["text"].as_str().unwrap();
+            assert!(text.contains("1 orders in manual review"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no manual-review notice: {messages:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
