@@ -144,7 +144,15 @@ pub fn describe_metrics() {
     describe_gauge!("panshi_alerts_active", "Alerts firing now, by rule.");
     describe_counter!(
         "panshi_outbound_posts_total",
-        "Outbound webhook POSTs by outcome."
+        "Outbound alert and error-report POSTs by outcome."
+    );
+    describe_counter!(
+        "panshi_mails_total",
+        "Tries to send a buyer's delivery mail, by outcome."
+    );
+    describe_counter!(
+        "panshi_operator_mails_total",
+        "Operator alert mails, by outcome."
     );
 }
 
