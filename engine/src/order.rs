@@ -139,19 +139,23 @@ pub enum PaymentDecision {
 
 impl Order {
     /// Decides what a verified payment does to this order. Pure: the caller performs it.
+    ///
+    /// The amount is checked first, before "already applied": a replay is acknowledged only
+    /// when it says what was paid, so a signed notify with another amount never reads as
+    /// success (every channel comes through here).
     pub fn decide_payment(&self, payment: &Payment) -> Result<PaymentDecision, Rejection> {
+        if payment.amount_cents != self.amount_cents {
+            return Err(Rejection::AmountMismatch {
+                paid_cents: payment.amount_cents,
+                order_cents: self.amount_cents,
+            });
+        }
         if let Some(applied) = &self.payment {
             return if applied.same_transaction(payment) {
                 Ok(PaymentDecision::AlreadyApplied)
             } else {
                 Err(Rejection::PaidByOtherTransaction)
             };
-        }
-        if payment.amount_cents != self.amount_cents {
-            return Err(Rejection::AmountMismatch {
-                paid_cents: payment.amount_cents,
-                order_cents: self.amount_cents,
-            });
         }
         transition(self.status, OrderEventKind::PaymentConfirmed)?;
         if self.status == OrderStatus::AwaitingPayment {
@@ -358,6 +362,16 @@ mod tests {
             done.decide_payment(&payment("T2", 1250)),
             Err(Rejection::PaidByOtherTransaction)
         );
+        // A replay of the applied transaction with another amount is no replay.
+        for cents in [1, 1249, 9900] {
+            assert_eq!(
+                done.decide_payment(&payment("T1", cents)),
+                Err(Rejection::AmountMismatch {
+                    paid_cents: cents,
+                    order_cents: 1250
+                })
+            );
+        }
     }
 
     #[test]
