@@ -175,6 +175,16 @@ pub fn recover(
                 let file = OpenOptions::new().write(true).open(path)?;
                 file.set_len(offset as u64)?;
                 file.sync_all()?;
+                // Bytes leave the data dir here: an operator at `warn` must see it.
+                tracing::warn!(
+                    segment = %path.display(),
+                    truncated_bytes = recovery.truncated_bytes,
+                    last_lsn_kept = expected - 1,
+                    kept_bytes = offset,
+                    "cut a torn tail from the log: {} bytes after lsn {} (never acknowledged)",
+                    recovery.truncated_bytes,
+                    expected - 1
+                );
             }
         }
     }

@@ -26,6 +26,8 @@ pub struct Server {
     args: Vec<String>,
     /// Whether the test Epay channel is configured (almost always).
     payments: bool,
+    /// Where the server's stderr (its logs) goes; inherited when `None`.
+    stderr: Option<PathBuf>,
 }
 
 impl Server {
@@ -53,6 +55,14 @@ impl Server {
         server
     }
 
+    /// Starts the server with its logs (stderr) written to `stderr`, for tests that read them.
+    pub fn start_logged(data: &Path, env: &[(&str, &str)], stderr: &Path) -> Server {
+        let mut server = Self::unstarted(data, env, &[]);
+        server.stderr = Some(stderr.to_owned());
+        server.spawn();
+        server
+    }
+
     fn unstarted(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
@@ -69,6 +79,7 @@ impl Server {
             env,
             args: args.iter().map(|a| a.to_string()).collect(),
             payments: true,
+            stderr: None,
         }
     }
 
@@ -95,7 +106,16 @@ impl Server {
             .env("PANSHI_RISK__ORDERS_PER_CONTACT_PER_WINDOW_MAX", "0")
             .env("PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX", "0")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &self.stderr {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("the server's log file opens"),
+                ),
+                None => Stdio::inherit(),
+            });
         if self.payments {
             command
                 .env("PANSHI_EPAY__PID", PID)
@@ -120,6 +140,17 @@ impl Server {
             .recv_timeout(Duration::from_secs(60))
             .expect("server printed its address");
         self.child = Some(child);
+    }
+
+    /// The server's logs so far (only with `start_logged`).
+    pub fn log_text(&self) -> String {
+        let path = self.stderr.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
     }
 
     /// SIGKILL: no chance to flush anything.
