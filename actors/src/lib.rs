@@ -70,6 +70,9 @@ pub enum ShopError {
     Storage(storage::Error),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
+    /// An order or a reseller already has as many live sockets as it may.
+    #[error("too many live sockets are open on this; close one before opening another")]
+    TooManySubscribers,
 }
 
 impl From<storage::Error> for ShopError {
@@ -983,7 +986,8 @@ impl Shop {
             let sent = addr.send(Subscribe(sender)).await;
             drop(queued);
             match sent {
-                Ok(()) => return Ok(receiver),
+                Ok(true) => return Ok(receiver),
+                Ok(false) => return Err(ShopError::TooManySubscribers),
                 Err(MailboxError::Closed) => continue,
                 Err(MailboxError::Timeout) => return Err(ShopError::Unavailable("order actor")),
             }

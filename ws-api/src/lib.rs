@@ -20,6 +20,7 @@ pub mod post;
 pub mod routes;
 pub mod sentry_transport;
 pub mod settings;
+pub mod socket;
 pub mod watch;
 pub mod webhooks;
 pub mod wire;

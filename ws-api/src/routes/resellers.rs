@@ -12,11 +12,10 @@
 
 use std::num::NonZeroU32;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message};
+use actix_ws::{CloseCode, CloseReason};
 use actors::reseller::{
     FeedItem, PurchaseRequest, Receipt, ResellerKey, ResellerRequest, StreamEvent,
 };
@@ -27,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::routes::live::{CLIENT_FRAME_BYTES_MAX, PING_INTERVAL_SECS};
 use crate::routes::{bearer, require_operator};
+use crate::socket::{self, Feed, Outgoing};
 use crate::wire::order_view;
 use crate::{json_body, AppState};
 
@@ -483,63 +482,39 @@ async fn stream(
 ) -> Result<HttpResponse, actix_web::Error> {
     let who = authenticate(&request, &state, KeyLane::Stream)?;
     let cursor = cursor_of(&request)?;
-    let guard = crate::routes::live::open_socket(&state)?;
+    let guard = socket::open_socket(&state)?;
     let feed = state
         .shop
         .reseller_stream(who, cursor)
         .await
         .map_err(reseller_error)?;
-    let (response, session, messages) = actix_ws::handle(&request, body)?;
-    let messages = messages.max_frame_size(CLIENT_FRAME_BYTES_MAX);
+    let (response, session, frames) = socket::upgrade(&request, body).await?;
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        pump(feed, session, messages).await;
+        socket::pump(session, frames, StreamFeed(feed)).await;
     });
     Ok(response)
 }
 
-/// Sends the feed to the socket until either side ends; a reader that fell behind is
-/// closed with code 1013 ("try again") and the cursor to resume from.
-async fn pump(
-    mut feed: actors::reseller::Feed,
-    mut session: actix_ws::Session,
-    mut messages: actix_ws::MessageStream,
-) {
-    let mut ping = actix_web::rt::time::interval(Duration::from_secs(PING_INTERVAL_SECS));
-    ping.tick().await;
-    let close = loop {
-        tokio::select! {
-            item = feed.next() => match item {
-                FeedItem::Event(event) => {
-                    if session.text(stream_frame(&event)).await.is_err() {
-                        return;
-                    }
-                }
-                FeedItem::FellBehind => break Some(CloseReason {
-                    code: CloseCode::Again,
-                    description: Some(format!("fell behind; reconnect with cursor={}", feed.cursor())),
-                }),
-                FeedItem::KeyWithdrawn => break Some(CloseReason {
-                    code: CloseCode::Policy,
-                    description: Some("the API key was rotated or revoked".into()),
-                }),
-            },
-            message = messages.recv() => match message {
-                Some(Ok(Message::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Ok(_)) => {}
-                Some(Err(_)) => break Some(CloseReason::from(CloseCode::Protocol)),
-            },
-            _ = ping.tick() => {
-                if session.ping(b"").await.is_err() {
-                    return;
-                }
-            }
+/// A reseller's stream as socket frames; a reader that fell behind is closed with code 1013
+/// ("try again") and the cursor to resume from.
+struct StreamFeed(actors::reseller::Feed);
+
+impl Feed for StreamFeed {
+    async fn next(&mut self) -> Outgoing {
+        match self.0.next().await {
+            FeedItem::Event(event) => Outgoing::Text(stream_frame(&event)),
+            FeedItem::FellBehind => Outgoing::Close(CloseReason {
+                code: CloseCode::Again,
+                description: Some(format!(
+                    "fell behind; reconnect with cursor={}",
+                    self.0.cursor()
+                )),
+            }),
+            FeedItem::KeyWithdrawn => Outgoing::Close(CloseReason {
+                code: CloseCode::Policy,
+                description: Some("the API key was rotated or revoked".into()),
+            }),
         }
-    };
-    let _ = session.close(close).await;
+    }
 }

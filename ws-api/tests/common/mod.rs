@@ -2,6 +2,8 @@
 //! clients for it: reqwest for HTTP, tokio-tungstenite for WebSockets.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
