@@ -56,6 +56,9 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// Payment channels counted for the alert rules.
 pub const CHANNELS_TRACKED_MAX: usize = 16;
 
+/// Longest product name, in bytes.
+pub const PRODUCT_NAME_BYTES_MAX: usize = 200;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
     #[error(transparent)]
@@ -584,8 +587,11 @@ impl Shop {
     }
 
     pub async fn create_product(&self, product: Product) -> Result<(), ShopError> {
-        if product.name.trim().is_empty() || product.name.len() > 200 {
+        if product.name.trim().is_empty() || product.name.len() > PRODUCT_NAME_BYTES_MAX {
             return Err(Rejection::InvalidInput("name must be 1 to 200 bytes").into());
+        }
+        if product.name.chars().any(char::is_control) {
+            return Err(Rejection::InvalidInput("name may not hold control characters").into());
         }
         if product.price_cents == 0 || product.price_cents > AMOUNT_CENTS_MAX {
             return Err(Rejection::InvalidInput("price_cents must be 1 to 1000000000").into());

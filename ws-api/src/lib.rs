@@ -8,6 +8,7 @@
 //! Design decision: request bodies are read by hand up to a limit and parsed with serde, so
 //! every failure, including an oversized or malformed body, gets the contract's error shape.
 
+pub mod client_faults;
 pub mod error;
 pub mod gateways;
 pub mod limits;
@@ -116,6 +117,13 @@ pub fn app(
     actix_web::App::new()
         .app_data(state)
         .app_data(web::PayloadConfig::new(routes::admin::IMPORT_REQUEST_BYTES_MAX))
+        .app_data(web::QueryConfig::default().error_handler(|error, _| {
+            ApiError::bad_request("bad_query", format!("bad query string: {error}")).into()
+        }))
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|_, _| ApiError::not_found("no such resource").into()),
+        )
         .wrap_fn(move |request, service| {
             let observatory = observatory.clone();
             let started = Instant::now();
@@ -141,4 +149,21 @@ pub fn app(
             })
         })
         .configure(configure)
+        .default_service(web::to(unrouted))
+}
+
+/// Whatever no route takes: 405 on a known path (another method), else 404; both in the
+/// contract's error shape (actix's own answers have empty bodies).
+async fn unrouted(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::ResponseError;
+    let error = if request.resource_map().has_resource(request.path()) {
+        ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {}", request.method(), request.path()),
+        )
+    } else {
+        ApiError::not_found(format!("no route for {}", request.path()))
+    };
+    error.error_response()
 }

@@ -280,8 +280,9 @@ const SENTRY_PANIC_FLUSH_MS: u64 = 2_000;
 fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
     use sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer};
     use std::io::IsTerminal;
-    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::filter::{FilterExt, LevelFilter};
     use tracing_subscriber::prelude::*;
+    use ws_api::client_faults::{without_client_faults, ClientFaults};
     let mut directives = settings.log.level.clone();
     if !directives.contains("actix_server") {
         directives.push_str(",actix_server=warn");
@@ -293,18 +294,28 @@ fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
         "json" => false,
         _ => std::io::stderr().is_terminal(),
     };
-    let text_layer = text.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let text_layer = text.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(without_client_faults())
+    });
     let json_layer = (!text).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
+            .with_filter(without_client_faults())
     });
     tracing_subscriber::registry()
         .with(filter)
         .with(text_layer)
         .with(json_layer)
-        .with(sentry_on.then(|| ErrorLayer::new().with_filter(LevelFilter::ERROR)))
-        .with(sentry_on.then(|| BreadcrumbLayer::new().with_filter(LevelFilter::INFO)))
+        .with(ClientFaults::default())
+        .with(sentry_on.then(|| {
+            ErrorLayer::new().with_filter(LevelFilter::ERROR.and(without_client_faults()))
+        }))
+        .with(sentry_on.then(|| {
+            BreadcrumbLayer::new().with_filter(LevelFilter::INFO.and(without_client_faults()))
+        }))
         .init();
 }
 

@@ -39,6 +39,10 @@ pub fn describe_metrics() {
         "panshi_websockets_open",
         "Open live-order WebSocket connections."
     );
+    describe_counter!(
+        "panshi_http_client_faults_total",
+        "Connections the HTTP layer dropped for a client's fault (malformed request, broken connection)."
+    );
     describe_histogram!(
         "panshi_log_commit_seconds",
         Unit::Seconds,
@@ -291,6 +295,12 @@ impl Observatory {
     pub fn set_incident(&self, note: &str, at_ms: u64) -> Result<(), &'static str> {
         if note.len() > INCIDENT_NOTE_BYTES_MAX {
             return Err("note must be at most 2000 bytes");
+        }
+        if note
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err("note may not hold control characters but line breaks and tabs");
         }
         let note = note.trim();
         *self.incident.lock() = (!note.is_empty()).then(|| Incident {

@@ -115,7 +115,11 @@ async fn imports_skip_duplicates_and_refuse_malformed_bodies_whole() {
     );
     let huge = vec![b'k'; 17 * 1024 * 1024];
     let (code, body) = server.import("imp", huge).await;
-    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
     assert_eq!(
         server.stock("imp").await,
         (4, 0, 0),

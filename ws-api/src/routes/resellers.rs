@@ -252,25 +252,31 @@ async fn create(
     })))
 }
 
-/// An `http://` or `https://` URL with a host; loopback and private hosts only when allowed.
+/// An `http://` or `https://` URL with a host, a valid port and no credentials, parsed as
+/// the webhook client will parse it; loopback and private hosts only when allowed.
 fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
     let bad = |message: &str| ApiError::bad_request("bad_request", message.to_owned());
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| bad("webhook_url must be an http or https URL"))?;
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(bad("webhook_url holds spaces or control characters"));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') {
+    // The parser forgives (`http:///host` becomes `http://host/`); what is stored must be
+    // what was meant, so the authority must follow `//` as written.
+    let authority = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("webhook_url must be an http or https URL"))?;
+    if authority.starts_with(['/', '?', '#']) {
         return Err(bad("webhook_url needs a host and no credentials"));
     }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| bad(&format!("webhook_url is not a URL: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("webhook_url needs a host and no credentials"));
+    }
+    let Some(host) = parsed.host() else {
+        return Err(bad("webhook_url needs a host and no credentials"));
     };
-    if !private_allowed && is_private_host(host) {
+    if !private_allowed && is_private_host(&host) {
         return Err(bad(
             "webhook_url may not point at a loopback or private address",
         ));
@@ -278,16 +284,13 @@ fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn is_private_host(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
+fn is_private_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => {
             ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
         }
-        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified(),
-        Err(_) => false,
+        url::Host::Ipv6(ip) => ip.is_loopback() || ip.is_unspecified(),
     }
 }
 
