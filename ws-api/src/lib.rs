@@ -9,6 +9,7 @@
 //! every failure, including an oversized or malformed body, gets the contract's error shape.
 
 pub mod client_faults;
+pub mod connections;
 pub mod error;
 pub mod gateways;
 pub mod limits;
@@ -26,9 +27,9 @@ pub mod watch;
 pub mod webhooks;
 pub mod wire;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::Service;
 use actix_web::web;
@@ -61,22 +62,48 @@ pub struct AppState {
     pub limits: limits::EdgeLimits,
 }
 
-/// Reads a request body up to `limit` bytes; more is refused with `status` before it is
-/// all read.
+/// How long a request body may take to arrive, before the allowance for its size
+/// (`http.body_read_timeout_secs`, set once at start).
+static BODY_READ_TIMEOUT_MS: AtomicU64 = AtomicU64::new(BODY_READ_TIMEOUT_SECS_DEFAULT * 1000);
+pub const BODY_READ_TIMEOUT_SECS_DEFAULT: u64 = 10;
+/// A body earns this many bytes per second on top of the timeout, so a large import over a
+/// slow link still arrives while a body trickled a byte at a time does not.
+pub const BODY_BYTES_PER_SEC_MIN: u64 = 64 * 1024;
+
+pub fn set_body_read_timeout(timeout: Duration) {
+    BODY_READ_TIMEOUT_MS.store(timeout.as_millis() as u64, Ordering::Relaxed);
+}
+
+/// Reads a request body up to `limit` bytes; more is refused with `too_large` before it is
+/// all read, and a body slower than the timeout (plus its size's allowance) gets 408.
 pub async fn read_body(
     mut payload: web::Payload,
     limit: usize,
     too_large: fn(usize) -> ApiError,
 ) -> Result<web::BytesMut, ApiError> {
+    let started = Instant::now();
+    let timeout_ms = BODY_READ_TIMEOUT_MS.load(Ordering::Relaxed);
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let allowed_ms = timeout_ms + body.len() as u64 * 1000 / BODY_BYTES_PER_SEC_MIN;
+        let remaining = Duration::from_millis(allowed_ms).saturating_sub(started.elapsed());
+        let Ok(next) = actix_web::rt::time::timeout(remaining, payload.next()).await else {
+            metrics::counter!("panshi_http_body_timeouts_total").increment(1);
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {allowed_ms} ms"),
+            ));
+        };
+        let Some(chunk) = next else {
+            return Ok(body);
+        };
         let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
 }
 
 /// Reads and parses a JSON request body, bounded by the configured limit.
@@ -116,6 +143,18 @@ pub fn app(
     let observatory = state.observatory.clone();
     actix_web::App::new()
         .app_data(state)
+        .wrap_fn(|request, service| {
+            use futures_util::future::{ready, Either};
+            // A connection over its address's cap gets this answer, and is closed.
+            if request.conn_data::<connections::OverCap>().is_some() {
+                let mut response = actix_web::ResponseError::error_response(&connections::refusal());
+                response
+                    .head_mut()
+                    .set_connection_type(actix_web::http::ConnectionType::Close);
+                return Either::Left(ready(Ok(request.into_response(response))));
+            }
+            Either::Right(service.call(request))
+        })
         .app_data(web::PayloadConfig::new(routes::admin::IMPORT_REQUEST_BYTES_MAX))
         .app_data(web::QueryConfig::default().error_handler(|error, _| {
             ApiError::bad_request("bad_query", format!("bad query string: {error}")).into()

@@ -573,8 +573,14 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             state.clone(),
             Duration::from_secs(settings.alerts.evaluation_interval_secs),
         );
+        ws_api::set_body_read_timeout(Duration::from_secs(settings.http.body_read_timeout_secs));
+        let cap = ws_api::connections::ConnectionCap::new(
+            settings.http.connections_per_address_max,
+            settings.http.connection_cap_exempt.iter().copied(),
+        );
         let server = HttpServer::new(move || ws_api::app(state.clone()))
             .shutdown_signal(stop_signal(settings.http.shutdown_timeout_secs))
+            .on_connect(move |connection, data| cap.on_connect(connection, data))
             .workers(workers)
             .max_connections(settings.http.connections_per_worker_max)
             .shutdown_timeout(settings.http.shutdown_timeout_secs)

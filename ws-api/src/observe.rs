@@ -40,6 +40,14 @@ pub fn describe_metrics() {
         "Open live-order WebSocket connections."
     );
     describe_counter!(
+        "panshi_http_body_timeouts_total",
+        "Requests answered 408 because their body arrived too slowly."
+    );
+    describe_counter!(
+        "panshi_http_connections_refused_total",
+        "Connections refused (429) because their address already held its cap of open ones."
+    );
+    describe_counter!(
         "panshi_http_client_faults_total",
         "Connections the HTTP layer dropped for a client's fault (malformed request, broken connection)."
     );

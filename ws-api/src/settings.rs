@@ -276,6 +276,14 @@ pub struct HttpSection {
     pub shutdown_timeout_secs: u64,
     /// How long an idle keep-alive connection stays open.
     pub keep_alive_secs: u64,
+    /// How long a request body may take to arrive (larger bodies get 64 KiB/s on top);
+    /// slower ones get 408.
+    pub body_read_timeout_secs: u64,
+    /// Open connections one client address may hold; 0 for no cap.
+    pub connections_per_address_max: u32,
+    /// Addresses never capped: a reverse proxy or load balancer in front carries every
+    /// client's connections.
+    pub connection_cap_exempt: Vec<std::net::IpAddr>,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone)]
@@ -542,6 +550,10 @@ impl Default for ShopSection {
     }
 }
 
+/// Default cap on one address's open connections: room for a few dozen buyers behind one
+/// NAT, each with a browser's handful of connections and a live socket.
+pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: u32 = 512;
+
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
@@ -551,6 +563,12 @@ impl Default for HttpSection {
             websockets_max: 50_000,
             shutdown_timeout_secs: 10,
             keep_alive_secs: 75,
+            body_read_timeout_secs: crate::BODY_READ_TIMEOUT_SECS_DEFAULT,
+            connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
+            connection_cap_exempt: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
         }
     }
 }
@@ -763,6 +781,9 @@ impl ServerSettings {
         self.smtp.problems(problems);
         if self.order_ttl_secs < 1 {
             problems.push("order_ttl_secs must be at least 1".into());
+        }
+        if self.http.body_read_timeout_secs < 1 {
+            problems.push("http.body_read_timeout_secs must be at least 1".into());
         }
         if !(1..=engine::pool::SHARDS_PER_SKU_MAX).contains(&self.shards_per_sku) {
             problems.push(format!(

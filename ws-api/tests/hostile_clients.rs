@@ -198,3 +198,132 @@ async fn reseller_streams_over_the_limit_are_refused_with_a_wait() {
     assert_eq!(status, 429, "{head}\n{body}");
     assert!(raw::header(&head, "retry-after").is_some());
 }
+
+/// A slow-body attacker: connects from `source`, sends a POST head declaring 1,000 bytes,
+/// then trickles one byte every 500 ms. Returns the answer's status and error code and when
+/// it came (`None`: no answer within `wait`).
+async fn slow_body(
+    address: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    path: &'static str,
+    wait: Duration,
+) -> Option<(u16, String, Duration)> {
+    let started = Instant::now();
+    let stream = raw::connect_from(address, Some(source)).await;
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: panshi\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.ok()?;
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let answer = raw::read_answer_from(&mut reader, wait).await;
+    trickle.abort();
+    let (status, _, body) = answer?;
+    let code = serde_json::from_str::<Value>(&body)
+        .map(|b| b["error"].as_str().unwrap_or("").to_owned())
+        .unwrap_or(body);
+    Some((status, code, started.elapsed()))
+}
+
+/// Postmortem: a body sent one byte every 5 s was never timed out: 3,000 such connections
+/// (500 from one address, on the payment callback) were all held for 60 s. Now the body
+/// has a deadline (408), one address holds at most its cap, and the callback is answered
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_bodies_time_out_one_address_is_capped_and_callbacks_stay_reachable() {
+    const ADDRESSES: u8 = 100;
+    const PER_ADDRESS: usize = 3;
+    const FROM_ONE: usize = 200;
+    const CAP: usize = 40;
+    const NOTIFY: &str = "/api/v1/payments/epay/notify";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("panshi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nbody_read_timeout_secs = 2\nconnections_per_address_max = {CAP}\n\
+             connection_cap_exempt = []\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start_full(
+        &dir.path().join("data"),
+        &[],
+        &["--config", config.to_str().unwrap()],
+    );
+    server.product("cb", 1000, &keys("CB", 2)).await;
+    let (_, order) = server.order("cb", 1).await;
+    let baseline = raw::sockets_count(server.pid());
+    let address = raw::address(&server.base);
+    let wait = Duration::from_secs(10);
+    let mut attackers = Vec::new();
+    for n in 0..ADDRESSES {
+        for _ in 0..PER_ADDRESS {
+            let source = std::net::IpAddr::from([127, 0, 1, n + 1]);
+            attackers.push(tokio::spawn(slow_body(address, source, NOTIFY, wait)));
+        }
+    }
+    let one = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut from_one = Vec::new();
+    for _ in 0..FROM_ONE {
+        from_one.push(tokio::spawn(slow_body(address, one, NOTIFY, wait)));
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let held = raw::sockets_count(server.pid()) - baseline;
+    // Under attack, the callback is answered at once.
+    let started = Instant::now();
+    assert_eq!(server.pay(&order).await, (200, "success".into()));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut answers = Vec::new();
+    for task in attackers.into_iter().chain(from_one) {
+        answers.push(task.await.unwrap());
+    }
+    let mut tally = std::collections::BTreeMap::<(u16, String), usize>::new();
+    for (status, code, _) in answers.iter().flatten() {
+        *tally.entry((*status, code.clone())).or_default() += 1;
+    }
+    let unanswered = answers.iter().filter(|a| a.is_none()).count();
+    let count = |status: u16, code: &str| tally.get(&(status, code.to_owned())).copied();
+    assert_eq!(
+        count(429, "too_many_connections"),
+        Some(FROM_ONE - CAP),
+        "over the cap, refused; answers: {tally:?}, {unanswered} unanswered"
+    );
+    assert_eq!(
+        count(408, "fail"),
+        Some(usize::from(ADDRESSES) * PER_ADDRESS + CAP),
+        "the rest timed out; answers: {tally:?}, {unanswered} unanswered"
+    );
+    let latest = answers.iter().flatten().map(|a| a.2).max().unwrap();
+    assert!(
+        latest < Duration::from_secs(5),
+        "the last answer took {latest:?}"
+    );
+    assert!(
+        held <= usize::from(ADDRESSES) * PER_ADDRESS + CAP + 10,
+        "the server held {held} connections"
+    );
+    let deadline = Instant::now() + WAIT;
+    while raw::sockets_count(server.pid()) > baseline + 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        raw::sockets_count(server.pid()) <= baseline + 2,
+        "connections let go"
+    );
+    // A JSON route's slow body gets the contract's error.
+    let source = std::net::IpAddr::from([127, 0, 2, 1]);
+    let answer = slow_body(address, source, "/api/v1/orders", wait).await;
+    let (status, code, _) = answer.expect("an answer");
+    assert_eq!((status, code.as_str()), (408, "request_timeout"));
+}

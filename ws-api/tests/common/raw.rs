@@ -26,6 +26,14 @@ pub fn address(base: &str) -> SocketAddr {
 /// Reads an HTTP answer's head (status line and headers) and as much of its body as
 /// `Content-Length` says; `None` when the connection closes first.
 pub async fn read_answer(stream: &mut TcpStream, wait: Duration) -> Option<(u16, String, String)> {
+    read_answer_from(stream, wait).await
+}
+
+/// `read_answer` from any reader (the read half of a split stream).
+pub async fn read_answer_from(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    wait: Duration,
+) -> Option<(u16, String, String)> {
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + wait;
