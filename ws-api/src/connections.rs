@@ -24,6 +24,7 @@ use crate::error::ApiError;
 /// `Retry-After` for a connection refused over the cap.
 pub const CONNECTION_CAP_RETRY_AFTER_SECS: u32 = 5;
 
+#[derive(Debug)]
 pub struct ConnectionCap {
     open: Mutex<HashMap<IpAddr, u32>>,
     /// 0: no cap.
@@ -32,6 +33,7 @@ pub struct ConnectionCap {
 }
 
 /// A counted connection; the count drops when the connection (and so this) is dropped.
+#[derive(Debug)]
 pub struct Slot {
     cap: Arc<ConnectionCap>,
     address: IpAddr,
@@ -50,7 +52,7 @@ impl Drop for Slot {
 }
 
 /// Marks a connection accepted over its address's cap.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct OverCap;
 
 impl ConnectionCap {
