@@ -10,6 +10,7 @@
 
 pub mod client_faults;
 pub mod connections;
+pub mod drain;
 pub mod error;
 pub mod gateways;
 pub mod limits;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub stripe_events: parking_lot::Mutex<routes::payments::RecentIds>,
     /// Buyer-side rate limits (never applied to payment callbacks).
     pub limits: limits::EdgeLimits,
+    /// Serving, or draining towards a stop (`drain.rs`).
+    pub lifecycle: Arc<drain::Lifecycle>,
 }
 
 /// How long a request body may take to arrive, before the allowance for its size
@@ -141,8 +144,23 @@ pub fn app(
     >,
 > {
     let observatory = state.observatory.clone();
+    let lifecycle = state.lifecycle.clone();
     actix_web::App::new()
         .app_data(state)
+        .wrap_fn(move |request, service| {
+            // While draining every answer closes its connection: keep-alive clients come
+            // back on a new one, which the balancer sends elsewhere once it saw /readyz.
+            let draining = lifecycle.is_draining();
+            service.call(request).map(move |result| {
+                result.map(|mut answer| {
+                    let head = answer.response_mut().head_mut();
+                    if draining && !head.upgrade() {
+                        head.set_connection_type(actix_web::http::ConnectionType::Close);
+                    }
+                    answer
+                })
+            })
+        })
         .wrap_fn(|request, service| {
             use futures_util::future::{ready, Either};
             // A connection over its address's cap gets this answer, and is closed.

@@ -549,6 +549,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             ws_api::mail::start(&shop, mailer.clone()).await?;
         }
         let observatory = observatory(&settings, mailer.as_ref())?;
+        let lifecycle = Arc::new(ws_api::drain::Lifecycle::default());
         let state = web::Data::new(AppState {
             shop,
             admin_token,
@@ -568,6 +569,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             stripe_webhook_secret: settings.stripe.webhook_secret.as_ref().map(|s| s.0.clone()),
             stripe_events: parking_lot::Mutex::default(),
             limits: ws_api::limits::EdgeLimits::new(&settings.limits),
+            lifecycle: lifecycle.clone(),
         });
         ws_api::observe::start_evaluator(
             state.clone(),
@@ -578,8 +580,13 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             settings.http.connections_per_address_max,
             settings.http.connection_cap_exempt.iter().copied(),
         );
+        let stop = ws_api::drain::stop_signal(
+            lifecycle,
+            Duration::from_millis(settings.http.drain_ms),
+            settings.http.shutdown_timeout_secs,
+        );
         let server = HttpServer::new(move || ws_api::app(state.clone()))
-            .shutdown_signal(stop_signal(settings.http.shutdown_timeout_secs))
+            .shutdown_signal(stop)
             .on_connect(move |connection, data| cap.on_connect(connection, data))
             .workers(workers)
             .max_connections(settings.http.connections_per_worker_max)
@@ -598,29 +605,6 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     tracing::info!("stopped cleanly");
     drop(sentry);
     Ok(())
-}
-
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM, after saying what happens next. Both
-/// stop gracefully: the listener closes, requests in flight finish (for at most the shutdown
-/// timeout), then the log is closed cleanly. (actix's own handler treats SIGINT as a forced
-/// stop, which would cut requests in flight.)
-async fn stop_signal(shutdown_timeout_secs: u64) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot listen for SIGINT and SIGTERM; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = interrupt.recv() => "Ctrl-C (SIGINT)",
-        _ = terminate.recv() => "SIGTERM",
-    };
-    tracing::info!(
-        "{name} received: stopping gracefully; requests in flight may finish for up to \
-         {shutdown_timeout_secs} s"
-    );
 }
 
 /// Connections the kernel queues before `accept`; std's default of 128 drops SYNs in a

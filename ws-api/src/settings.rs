@@ -273,7 +273,11 @@ pub struct HttpSection {
     pub json_body_bytes_max: usize,
     /// Open WebSocket connections, across workers.
     pub websockets_max: usize,
+    /// After the drain, how long requests in flight may take before the process stops.
     pub shutdown_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long the server goes on serving with `/readyz` at 503 and
+    /// every answer closing its connection, before it stops (a second signal cuts it short).
+    pub drain_ms: u64,
     /// How long an idle keep-alive connection stays open.
     pub keep_alive_secs: u64,
     /// How long a request body may take to arrive (larger bodies get 64 KiB/s on top);
@@ -550,6 +554,9 @@ impl Default for ShopSection {
     }
 }
 
+/// Default drain: long enough for a balancer polling `/readyz` every 2 s to see two 503s.
+pub const DRAIN_MS_DEFAULT: u64 = 5_000;
+
 /// Default cap on one address's open connections: room for a few dozen buyers behind one
 /// NAT, each with a browser's handful of connections and a live socket.
 pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: u32 = 512;
@@ -562,6 +569,7 @@ impl Default for HttpSection {
             json_body_bytes_max: 64 * 1024,
             websockets_max: 50_000,
             shutdown_timeout_secs: 10,
+            drain_ms: DRAIN_MS_DEFAULT,
             keep_alive_secs: 75,
             body_read_timeout_secs: crate::BODY_READ_TIMEOUT_SECS_DEFAULT,
             connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,

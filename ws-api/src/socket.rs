@@ -22,6 +22,7 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, Session};
 use futures_util::StreamExt;
 
+use crate::drain::Lifecycle;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -175,13 +176,23 @@ pub trait Feed {
     fn next(&mut self) -> impl Future<Output = Outgoing>;
 }
 
-/// Sends `feed` to the socket until either side ends, answering the client's pings and
-/// closes, and pinging a silent client.
-pub async fn pump(mut session: Session, mut frames: ClientFrames, mut feed: impl Feed) {
+/// Sends `feed` to the socket until either side ends or the server stops, answering the
+/// client's pings and closes, and pinging a silent client.
+pub async fn pump(
+    mut session: Session,
+    mut frames: ClientFrames,
+    mut feed: impl Feed,
+    lifecycle: Arc<Lifecycle>,
+) {
     let mut ping = actix_web::rt::time::interval(Duration::from_secs(PING_INTERVAL_SECS));
     ping.tick().await;
     let close = loop {
         tokio::select! {
+            // The server is stopping: the client reconnects (elsewhere).
+            _ = lifecycle.sockets_closing() => break Some(CloseReason {
+                code: CloseCode::Away,
+                description: Some("the server is restarting; reconnect".into()),
+            }),
             outgoing = feed.next() => match outgoing {
                 Outgoing::Text(text) => {
                     if session.text(text).await.is_err() {

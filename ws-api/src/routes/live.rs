@@ -34,9 +34,10 @@ async fn live(
         .await
         .map_err(ApiError::from)?;
     let (response, session, frames) = socket::upgrade(&request, body).await?;
+    let lifecycle = state.lifecycle.clone();
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        socket::pump(session, frames, OrderFeed(feed)).await;
+        socket::pump(session, frames, OrderFeed(feed), lifecycle).await;
     });
     Ok(response)
 }

@@ -16,6 +16,11 @@ async fn livez() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.lifecycle.is_draining() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("draining: stopping soon");
+    }
     if state.shop.is_ready() {
         HttpResponse::Ok().content_type("text/plain").body("ready")
     } else {

@@ -88,9 +88,10 @@ async fn watch(
         .watch_ticket(ticket, &query.token)
         .map_err(ApiError::from)?;
     let (response, session, frames) = socket::upgrade(&request, body).await?;
+    let lifecycle = state.lifecycle.clone();
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        socket::pump(session, frames, TicketFeed { ticket, feed }).await;
+        socket::pump(session, frames, TicketFeed { ticket, feed }, lifecycle).await;
     });
     Ok(response)
 }

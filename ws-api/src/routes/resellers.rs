@@ -492,9 +492,10 @@ async fn stream(
         .await
         .map_err(reseller_error)?;
     let (response, session, frames) = socket::upgrade(&request, body).await?;
+    let lifecycle = state.lifecycle.clone();
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        socket::pump(session, frames, StreamFeed(feed)).await;
+        socket::pump(session, frames, StreamFeed(feed), lifecycle).await;
     });
     Ok(response)
 }

@@ -95,6 +95,8 @@ impl Server {
             // Warnings, less the set-up advice (a test server has no public address and
             // no sealing key): tests stay quiet unless something goes wrong.
             .env("PANSHI_LOG__LEVEL", "warn,panshi::setup=error")
+            // Restarts stop at once; tests/fault_drills.rs drains.
+            .env("PANSHI_HTTP__DRAIN_MS", "0")
             // Every test client is 127.0.0.1: per-client limits and risk rules are off by
             // default here; tests/traffic.rs turns them back on.
             .env("PANSHI_LIMITS__CREATE__PER_SECOND", "1000000")
@@ -174,6 +176,21 @@ impl Server {
             let status = child.wait().unwrap();
             assert!(status.success(), "graceful stop exited with {status}");
         }
+    }
+
+    /// Sends SIGTERM and returns at once (`wait_exit` collects the process).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("the server runs").wait().unwrap()
     }
 
     pub fn restart(&mut self) {
