@@ -14,11 +14,13 @@
 //! after a crash is idempotent.
 
 pub mod audit;
+pub mod disk;
 pub mod keyfile;
 pub mod log;
 pub mod mirror;
 pub mod resellers;
 pub mod rows;
+pub mod sled_dir;
 pub mod store;
 
 pub use log::Lsn;

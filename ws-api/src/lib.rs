@@ -63,6 +63,8 @@ pub struct AppState {
     pub limits: limits::EdgeLimits,
     /// Serving, or draining towards a stop (`drain.rs`).
     pub lifecycle: Arc<drain::Lifecycle>,
+    /// Below this many free bytes on the data dir's disk the server is not ready.
+    pub free_bytes_min: u64,
 }
 
 /// How long a request body may take to arrive, before the allowance for its size

@@ -570,6 +570,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             stripe_events: parking_lot::Mutex::default(),
             limits: ws_api::limits::EdgeLimits::new(&settings.limits),
             lifecycle: lifecycle.clone(),
+            free_bytes_min: settings.storage.free_bytes_min,
         });
         ws_api::observe::start_evaluator(
             state.clone(),

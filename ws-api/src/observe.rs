@@ -235,6 +235,7 @@ impl Observatory {
     /// Reads the shop and the HTTP totals at `shop.now_ms()`.
     pub fn sample(&self, shop: &Shop) -> Sample {
         let (manual_review_count, oldest_undelivered_paid_at_ms) = shop.delivery_backlog();
+        let lag = shop.store().mirror_lag();
         Sample {
             at_ms: shop.now_ms(),
             requests_total: self.http.requests.load(Ordering::Relaxed),
@@ -250,6 +251,9 @@ impl Observatory {
                 .collect(),
             oldest_undelivered_paid_at_ms,
             manual_review_count,
+            data_dir_free_bytes: storage::disk::free_bytes(shop.store().data_dir()).ok(),
+            mirror_lag_records: lag.records,
+            mirror_lag_ms: lag.age.as_millis() as u64,
         }
     }
 

@@ -71,6 +71,27 @@ pub struct ServerSettings {
     pub flash: FlashSection,
     /// When the order pipeline counts as saturated and new buyers queue automatically.
     pub overload: OverloadSection,
+    /// The data dir's disk.
+    pub storage: StorageSection,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default)]
+pub struct StorageSection {
+    /// Below this many free bytes on the data dir's disk `/readyz` answers 503 (a full disk
+    /// stops the log; a balancer should stop sending before that).
+    pub free_bytes_min: u64,
+}
+
+/// Default readiness threshold of free space: 256 MiB.
+pub const FREE_BYTES_MIN_DEFAULT: u64 = 256 << 20;
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            free_bytes_min: FREE_BYTES_MIN_DEFAULT,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone)]
@@ -323,6 +344,10 @@ pub struct AlertsSection {
     pub payment_orders_min: u64,
     pub stock_min: u64,
     pub delivery_overdue_secs: u64,
+    /// Free bytes on the data dir's disk below which `disk_space_low` fires.
+    pub disk_free_bytes_min: u64,
+    /// How long a durable change may wait for sled before `mirror_lag` fires.
+    pub mirror_lag_secs_max: u64,
 }
 
 /// `[alerts.telegram]`: alerts as messages from a Telegram bot (`sendMessage`).
@@ -450,6 +475,8 @@ impl Default for AlertsSection {
             payment_orders_min: rules.payment_orders_min,
             stock_min: rules.stock_min,
             delivery_overdue_secs: rules.delivery_overdue_ms / 1000,
+            disk_free_bytes_min: rules.disk_free_bytes_min,
+            mirror_lag_secs_max: rules.mirror_lag_ms_max / 1000,
         }
     }
 }
@@ -468,6 +495,8 @@ impl AlertsSection {
             payment_orders_min: self.payment_orders_min,
             stock_min: self.stock_min,
             delivery_overdue_ms: self.delivery_overdue_secs.saturating_mul(1000),
+            disk_free_bytes_min: self.disk_free_bytes_min,
+            mirror_lag_ms_max: self.mirror_lag_secs_max.saturating_mul(1000),
         }
     }
 
@@ -542,6 +571,7 @@ impl Default for ServerSettings {
             risk: RiskSection::default(),
             flash: FlashSection::default(),
             overload: OverloadSection::default(),
+            storage: StorageSection::default(),
         }
     }
 }
