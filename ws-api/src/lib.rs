@@ -215,14 +215,22 @@ pub fn app(
 /// contract's error shape (actix's own answers have empty bodies).
 async fn unrouted(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
     use actix_web::ResponseError;
-    let error = if request.resource_map().has_resource(request.path()) {
-        ApiError::new(
-            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed on {}", request.method(), request.path()),
-        )
-    } else {
-        ApiError::not_found(format!("no route for {}", request.path()))
-    };
-    error.error_response()
+    if !request.resource_map().has_resource(request.path()) {
+        return ApiError::not_found(format!("no route for {}", request.path())).error_response();
+    }
+    let mut response = ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method(), request.path()),
+    )
+    .error_response();
+    // The API document knows each path's methods (the pages are not in it).
+    if let Some(allowed) = openapi::allowed_methods(request.path()) {
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed) {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::ALLOW, value);
+        }
+    }
+    response
 }

@@ -33,6 +33,13 @@ pub const PING_INTERVAL_SECS: u64 = 30;
 /// The longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const FRAME_HEADER_BYTES_MAX: usize = 14;
 
+/// Refuses a request that is no WebSocket upgrade (400 in the contract's shape); call it
+/// before anything with an effect.
+pub fn verify(request: &HttpRequest) -> Result<(), ApiError> {
+    actix_http::ws::verify_handshake(request.head())
+        .map_err(|error| ApiError::bad_request("not_a_websocket", error.to_string()))
+}
+
 /// Answers the upgrade and splits the socket into its sending half and the client's frames.
 pub async fn upgrade(
     request: &HttpRequest,
@@ -40,6 +47,7 @@ pub async fn upgrade(
 ) -> Result<(HttpResponse, Session, ClientFrames), actix_web::Error> {
     // actix-ws takes the request body for its own reader; it gets an empty one, and the real
     // one goes to `ClientFrames`.
+    verify(request)?;
     let unused = web::Payload::from_request(request, &mut actix_web::dev::Payload::None).await?;
     let (response, session, _) = actix_ws::handle(request, unused)?;
     Ok((response, session, ClientFrames::new(body)))

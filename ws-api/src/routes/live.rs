@@ -24,6 +24,7 @@ async fn live(
     query: web::Query<TokenQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    socket::verify(&request)?;
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
     let client = request.peer_addr().map(|a| a.ip());
     state.limits.check(crate::limits::Lane::Websocket, client)?;

@@ -76,6 +76,7 @@ async fn watch(
     query: web::Query<TokenQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    socket::verify(&request)?;
     let ticket = path
         .parse::<u64>()
         .map(TicketId)

@@ -484,6 +484,7 @@ async fn stream(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let who = authenticate(&request, &state, KeyLane::Stream)?;
+    socket::verify(&request)?;
     let cursor = cursor_of(&request)?;
     let guard = socket::open_socket(&state)?;
     let feed = state
