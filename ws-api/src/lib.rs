@@ -175,14 +175,6 @@ pub fn app(
             }
             Either::Right(service.call(request))
         })
-        .app_data(web::PayloadConfig::new(routes::admin::IMPORT_REQUEST_BYTES_MAX))
-        .app_data(web::QueryConfig::default().error_handler(|error, _| {
-            ApiError::bad_request("bad_query", format!("bad query string: {error}")).into()
-        }))
-        .app_data(
-            web::PathConfig::default()
-                .error_handler(|_, _| ApiError::not_found("no such resource").into()),
-        )
         .wrap_fn(move |request, service| {
             let observatory = observatory.clone();
             let started = Instant::now();
@@ -208,7 +200,24 @@ pub fn app(
             })
         })
         .configure(configure)
-        .default_service(web::to(unrouted))
+        .configure(edge_answers)
+}
+
+/// Answers no handler gives, in the contract's error shape: bad query strings and paths, and
+/// whatever no route takes.
+fn edge_answers(config: &mut web::ServiceConfig) {
+    config
+        .app_data(web::PayloadConfig::new(
+            routes::admin::IMPORT_REQUEST_BYTES_MAX,
+        ))
+        .app_data(web::QueryConfig::default().error_handler(|error, _| {
+            ApiError::bad_request("bad_query", format!("bad query string: {error}")).into()
+        }))
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|_, _| ApiError::not_found("no such resource").into()),
+        )
+        .default_service(web::to(unrouted));
 }
 
 /// Whatever no route takes: 405 on a known path (another method), else 404; both in the
