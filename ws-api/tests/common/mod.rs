@@ -28,7 +28,8 @@ pub struct Server {
     args: Vec<String>,
     /// Whether the test Epay channel is configured (almost always).
     payments: bool,
-    /// Where the server's stderr (its logs) goes; inherited when `None`.
+    /// Where the server's stderr (its logs) goes; discarded when `None` (unless
+    /// `PANSHI_TEST_SERVER_LOGS` is set).
     stderr: Option<PathBuf>,
 }
 
@@ -118,7 +119,9 @@ impl Server {
                         .open(path)
                         .expect("the server's log file opens"),
                 ),
-                None => Stdio::inherit(),
+                // Quiet unless asked for: PANSHI_TEST_SERVER_LOGS=1 shows every server's logs.
+                None if std::env::var_os("PANSHI_TEST_SERVER_LOGS").is_some() => Stdio::inherit(),
+                None => Stdio::null(),
             });
         if self.payments {
             command
