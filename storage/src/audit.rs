@@ -34,13 +34,17 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
         return Err(Error::NotADataDir(data_dir.to_owned()));
     }
     let mut report = AuditReport::default();
-    // Never sled itself: opening it writes to its directory.
-    let copy = SledCopy::of(data_dir).unwrap_or_else(|error| {
-        report.notes.push(format!(
-            "sled could not be copied for reading ({error}); only the log was checked"
-        ));
-        None
-    });
+    // Never sled itself: opening it writes to its directory. A running server's is refused.
+    let copy = match SledCopy::of(data_dir) {
+        Ok(copy) => copy,
+        Err(Error::InUse(dir)) => return Err(Error::InUse(dir)),
+        Err(error) => {
+            report.notes.push(format!(
+                "sled could not be copied for reading ({error}); only the log was checked"
+            ));
+            None
+        }
+    };
     let sled = match copy.as_ref().map(SledCopy::open).transpose() {
         Ok(sled) => sled,
         Err(error) => {

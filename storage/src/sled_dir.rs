@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::store::{applied_lsn, open_sled, sled_dir};
+use crate::store::{applied_lsn, open_sled, sled_dir, SLED_LOCK_WAIT_MS};
 use crate::Error;
 
 /// Where an unreadable sled is moved.
@@ -67,6 +67,29 @@ pub struct SledCopy {
     dir: PathBuf,
 }
 
+/// Fails with `Error::InUse` while a server holds sled (its exclusive lock on `state/db`),
+/// waiting as `open_sled` does for one that just stopped. Takes a shared lock, which writes
+/// nothing; the returned file holds it (so no server starts mid-copy) until dropped.
+fn hold_unused(data_dir: &Path) -> Result<Option<std::fs::File>, Error> {
+    use rustix::fs::{flock, FlockOperation};
+    let Ok(file) = std::fs::File::open(sled_dir(data_dir).join("db")) else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => return Ok(Some(file)),
+            Err(rustix::io::Errno::WOULDBLOCK)
+                if started.elapsed().as_millis() < u128::from(SLED_LOCK_WAIT_MS) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(Error::InUse(data_dir.to_owned())),
+            Err(error) => return Err(Error::Io(error.into())),
+        }
+    }
+}
+
 impl SledCopy {
     /// Copies `state/` of `data_dir` under the system's temporary directory; `Ok(None)` when
     /// there is no `state/`.
@@ -75,6 +98,7 @@ impl SledCopy {
         if !source.is_dir() {
             return Ok(None);
         }
+        let _held = hold_unused(data_dir)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());

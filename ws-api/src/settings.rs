@@ -75,7 +75,7 @@ pub struct ServerSettings {
     pub storage: StorageSection,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct StorageSection {
     /// Below this many free bytes on the data dir's disk `/readyz` answers 503 (a full disk
