@@ -141,7 +141,7 @@ impl Totals {
     }
 }
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Encode, Decode)]
 pub struct Ledger {
     entries: Vec<Entry>,
     accounts: BTreeMap<ResellerId, Totals>,

@@ -47,6 +47,7 @@ impl Stock {
     }
 }
 
+#[derive(Encode, Decode)]
 pub struct ProductState {
     pub product: Product,
     pub stock: Stock,
@@ -66,6 +67,7 @@ pub enum Holder {
     Sold(u32),
 }
 
+#[derive(Encode, Decode)]
 pub struct CardSlot {
     pub sku_index: u32,
     pub key: Box<str>,
@@ -124,7 +126,9 @@ pub struct Touched {
     pub stream: Option<(ResellerId, u64)>,
 }
 
-#[derive(Default)]
+/// The whole state is `Encode`/`Decode`: a snapshot is this struct, indexes included
+/// (`storage` versions the bytes; a decoded state is re-checked before use).
+#[derive(Default, Encode, Decode)]
 pub struct ShopState {
     products: BTreeMap<Sku, ProductState>,
     skus: Vec<Sku>,
@@ -132,8 +136,8 @@ pub struct ShopState {
     orders: Vec<OrderRecord>,
     order_index: HashMap<OrderId, u32>,
     idempotency: HashMap<String, u32>,
-    /// Entries in the operators' audit trail.
-    audit_count: u64,
+    /// The operators' audit trail, oldest first (few entries: operators' actions).
+    audit_trail: Vec<crate::events::OperatorAction>,
     /// Reseller accounts, their ledger and streams (`resellers.rs`).
     resellers: resellers::Resellers,
     /// Delivery mails waiting, sent and given up (`mail.rs`).
@@ -220,10 +224,10 @@ impl ShopState {
             } => self.apply_payment(order_id, payment, *at_ms, fulfilment),
             Event::OrderExpired { order_id, at_ms } => self.apply_expiry(order_id, *at_ms),
             Event::OrderRefunded { order_id, at_ms } => self.apply_refund(order_id, *at_ms),
-            Event::OperatorAction(_) => {
-                self.audit_count += 1;
+            Event::OperatorAction(action) => {
+                self.audit_trail.push(action.clone());
                 Ok(Touched {
-                    audit: Some(self.audit_count),
+                    audit: Some(self.audit_trail.len() as u64),
                     ..Touched::default()
                 })
             }
@@ -536,7 +540,12 @@ impl ShopState {
     }
 
     pub fn audit_count(&self) -> u64 {
-        self.audit_count
+        self.audit_trail.len() as u64
+    }
+
+    /// The operators' audit trail, oldest first; entry `i` has number `i + 1`.
+    pub fn audit_trail(&self) -> &[crate::events::OperatorAction] {
+        &self.audit_trail
     }
 
     /// Re-derives every invariant from scratch; returns each broken one.

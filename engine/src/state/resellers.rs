@@ -36,13 +36,14 @@ pub fn api_key_sha256(api_key: &str) -> [u8; 32] {
 }
 
 /// One event of a reseller's stream: an order reached `status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct StreamEntry {
     pub seq: u64,
     pub order_index: u32,
     pub status: OrderStatus,
 }
 
+#[derive(bincode::Encode, bincode::Decode)]
 pub struct ResellerState {
     pub reseller: NewReseller,
     pub revoked_at_ms: Option<u64>,
@@ -59,7 +60,7 @@ pub struct ResellerState {
     pub webhook_parked: BTreeSet<u64>,
 }
 
-#[derive(Default)]
+#[derive(Default, bincode::Encode, bincode::Decode)]
 pub struct Resellers {
     accounts: BTreeMap<ResellerId, ResellerState>,
     by_key: HashMap<[u8; 32], ResellerId>,
