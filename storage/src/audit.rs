@@ -10,7 +10,8 @@ use std::path::Path;
 
 use engine::state::ShopState;
 
-use crate::log;
+use crate::entry as storage_entry;
+use crate::replay;
 use crate::rows::{self, CardRow, ProductRow, TreeName};
 use crate::sled_dir::SledCopy;
 use crate::store::{self, TouchedSet};
@@ -56,48 +57,112 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
         }
     };
     let mirrored = sled.as_ref().map_or(0, |(_, mirrored)| *mirrored);
-    let (state, unmirrored, recovery) = replay_log(data_dir, mirrored, &mut report)?;
+    let replayed = replay_log(data_dir, mirrored, &mut report)?;
     report
         .violations
-        .extend(state.check().into_iter().map(|v| v.0));
-    outbox_note(&state, &mut report);
+        .extend(replayed.state.check().into_iter().map(|v| v.0));
+    outbox_note(&replayed.state, &mut report);
     if let Some((db, mirrored)) = &sled {
-        compare_lsn(*mirrored, recovery.last_lsn, &mut report);
-        compare_sled(db, &state, &unmirrored, &mut report)?;
-        crate::resellers::compare(db, &state, &unmirrored, &mut report.violations)?;
+        compare_lsn(*mirrored, replayed.last_index, &mut report);
+        if *mirrored < replayed.snapshot_index {
+            report.notes.push(
+                "sled is behind the snapshot: not compared (the next start rewrites it)".into(),
+            );
+        } else {
+            let (state, unmirrored) = (&replayed.state, &replayed.unmirrored);
+            compare_sled(db, state, unmirrored, &mut report)?;
+            crate::resellers::compare(db, state, unmirrored, &mut report.violations)?;
+        }
     }
-    report.orders_count = state.orders().len() as u64;
-    report.cards_count = state.cards_count();
-    report.last_lsn = recovery.last_lsn;
+    report.orders_count = replayed.state.orders().len() as u64;
+    report.cards_count = replayed.state.cards_count();
+    report.last_lsn = replayed.last_index;
     Ok(report)
 }
 
-/// Replays the log without repairing it; what the engine refuses is a violation.
+/// The state a data dir's snapshot and log describe, with what sled may not hold yet.
+struct Replayed {
+    state: ShopState,
+    unmirrored: TouchedSet,
+    snapshot_index: u64,
+    last_index: u64,
+}
+
+/// Folds the newest snapshot and the log after it, without repairing anything; what the
+/// engine refuses in an admitted batch is a violation, a skipped batch a note.
 fn replay_log(
     data_dir: &Path,
     mirrored: u64,
     report: &mut AuditReport,
-) -> Result<(ShopState, TouchedSet, log::Recovery), Error> {
-    let mut state = ShopState::default();
+) -> Result<Replayed, Error> {
+    let folded = replay::from_snapshot(data_dir)?;
+    let snapshot_index = folded.last_index;
+    let mut state = folded.state;
+    let mut chains = folded.chains;
+    let mut skipped = 0u64;
     let mut unmirrored = TouchedSet::default();
-    let recovery = log::recover(&store::log_dir(data_dir), false, |lsn, payload| {
-        match rows::decode_event(payload) {
-            Ok(event) => match state.apply(&event) {
-                Ok(touched) if lsn.0 > mirrored => unmirrored.add(touched, &event),
-                Ok(_) => {}
-                Err(v) => report.violations.push(format!("lsn {}: {v}", lsn.0)),
-            },
+    let mut first_seen = None;
+    let recovery = replay::scan_log(data_dir, snapshot_index, |lsn, entry| {
+        first_seen.get_or_insert(lsn.0);
+        let entry = match entry {
+            Ok(entry) if entry.index == lsn.0 => entry,
+            Ok(entry) => {
+                report
+                    .violations
+                    .push(format!("lsn {}: holds entry {}", lsn.0, entry.index));
+                return Ok(());
+            }
+            Err(e) => {
+                report.violations.push(format!("lsn {}: {e}", lsn.0));
+                return Ok(());
+            }
+        };
+        if let storage_entry::EntryPayload::Events { origin, .. } = &entry.payload {
+            if !chains.admits(origin) {
+                skipped += 1;
+                return Ok(());
+            }
+            chains.admitted(*origin, entry.index);
+        }
+        match replay::entry_events(&entry) {
+            Ok(events) => {
+                for event in events {
+                    match state.apply(&event) {
+                        Ok(touched) if lsn.0 > mirrored => unmirrored.add(touched),
+                        Ok(_) => {}
+                        Err(v) => report.violations.push(format!("lsn {}: {v}", lsn.0)),
+                    }
+                }
+            }
             Err(e) => report.violations.push(format!("lsn {}: {e}", lsn.0)),
         }
         Ok(())
     })?;
+    if first_seen.is_some_and(|first| first > snapshot_index + 1) {
+        report.violations.push(format!(
+            "the log starts at {} but the snapshot ends at {snapshot_index}",
+            first_seen.unwrap_or(0)
+        ));
+    }
+    let last_index = recovery.last_lsn().unwrap_or(0).max(snapshot_index);
+    if skipped > 0 {
+        report.notes.push(format!(
+            "{skipped} batches skipped: proposed by a leader whose premises were overtaken \
+             (never acknowledged)"
+        ));
+    }
     if recovery.truncated_bytes > 0 {
         report.notes.push(format!(
             "torn log tail of {} bytes (never acknowledged; cut at the next start)",
             recovery.truncated_bytes
         ));
     }
-    Ok((state, unmirrored, recovery))
+    Ok(Replayed {
+        state,
+        unmirrored,
+        snapshot_index,
+        last_index,
+    })
 }
 
 fn outbox_note(state: &ShopState, report: &mut AuditReport) {
@@ -112,22 +177,23 @@ fn outbox_note(state: &ShopState, report: &mut AuditReport) {
     }
 }
 
-fn compare_lsn(mirrored: u64, last_lsn: u64, report: &mut AuditReport) {
-    if mirrored > last_lsn {
+fn compare_lsn(mirrored: u64, last_index: u64, report: &mut AuditReport) {
+    if mirrored > last_index {
         report.violations.push(format!(
-            "sled applied lsn {mirrored} beyond the log's last {last_lsn}"
+            "sled applied lsn {mirrored} beyond the log's last {last_index}"
         ));
-    } else if mirrored < last_lsn {
+    } else if mirrored < last_index {
         report.notes.push(format!(
-            "sled is {} records behind the log (an unclean stop; the next start catches up)",
-            last_lsn - mirrored
+            "sled is {} entries behind the log (an unclean stop, or entries not yet known \
+             to be committed; the next start catches up)",
+            last_index - mirrored
         ));
     }
 }
 
 fn compare_sled(
     db: &sled::Db,
-    state: &ShopState,
+    state: &engine::state::ShopState,
     unmirrored: &TouchedSet,
     report: &mut AuditReport,
 ) -> Result<(), Error> {
@@ -174,7 +240,12 @@ fn compare_sled(
         }
     }
     let audit_rows = db.open_tree(TreeName::Audit.as_string())?.len() as u64;
-    if audit_rows + unmirrored.audits.len() as u64 != state.audit_count() {
+    let unmirrored_audits = unmirrored
+        .audits
+        .iter()
+        .filter(|n| **n > audit_rows)
+        .count();
+    if audit_rows + unmirrored_audits as u64 != state.audit_count() {
         report.violations.push(format!(
             "sled holds {audit_rows} audit entries, the log {}",
             state.audit_count()
@@ -219,4 +290,141 @@ fn read_order(db: &sled::Db, id: &engine::OrderId) -> Result<Option<engine::Orde
     let tree =
         db.open_tree(TreeName::Orders(String::from_utf8_lossy(&month).into_owned()).as_string())?;
     tree.get(id.as_str())?.map(|b| rows::decode(&b)).transpose()
+}
+
+/// What comparing several nodes' data dirs found.
+#[derive(Debug, Default)]
+pub struct CompareReport {
+    /// Every data dir that holds the state at this index holds the same state.
+    pub agreed_through: u64,
+    /// Log entries compared pairwise.
+    pub entries_compared: u64,
+    pub violations: Vec<String>,
+}
+
+/// One data dir's history as far as the comparison needs it.
+struct History {
+    dir: std::path::PathBuf,
+    snapshot_index: u64,
+    /// Index -> (term, checksum of the entry).
+    entries: std::collections::BTreeMap<u64, (u64, u32)>,
+    committed: u64,
+}
+
+fn history(dir: &Path) -> Result<History, Error> {
+    let snapshot_index = replay::from_snapshot(dir)?.last_index;
+    let mut entries = std::collections::BTreeMap::new();
+    let log_dir = store::log_dir(dir);
+    crate::log::recover(&log_dir, false, |lsn, payload| {
+        let term = replay::decode_any(lsn.0, payload).map_or(0, |e| e.term);
+        entries.insert(lsn.0, (term, crc32fast::hash(payload)));
+        Ok(())
+    })?;
+    let committed = crate::log::read_committed_hint(&log_dir)?
+        .map_or(snapshot_index, |(_, _, index)| index.max(snapshot_index));
+    Ok(History {
+        dir: dir.to_owned(),
+        snapshot_index,
+        entries,
+        committed,
+    })
+}
+
+/// Checks that the data dirs of several nodes (stopped) hold one committed history: every
+/// log entry that two of them hold at or below both their commits is the same entry, and
+/// the state each can fold at the lowest commit is the same.
+pub fn compare(dirs: &[std::path::PathBuf]) -> Result<CompareReport, Error> {
+    let histories = dirs
+        .iter()
+        .map(|d| history(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut report = CompareReport::default();
+    for (i, a) in histories.iter().enumerate() {
+        for b in &histories[i + 1..] {
+            let through = a.committed.min(b.committed);
+            for (index, entry) in a.entries.range(..=through) {
+                let Some(other) = b.entries.get(index) else {
+                    continue;
+                };
+                report.entries_compared += 1;
+                if entry != other {
+                    report.violations.push(format!(
+                        "{} and {} hold different committed entries at {index}",
+                        a.dir.display(),
+                        b.dir.display()
+                    ));
+                }
+            }
+        }
+    }
+    let point = histories.iter().map(|h| h.committed).min().unwrap_or(0);
+    report.agreed_through = point;
+    let mut fingerprints = Vec::new();
+    for history in &histories {
+        let last = history.entries.keys().next_back().copied().unwrap_or(0);
+        if history.snapshot_index > point || last.max(history.snapshot_index) < point {
+            continue;
+        }
+        let state = state_at(&history.dir, point)?;
+        fingerprints.push((history.dir.clone(), fingerprint(&state)));
+    }
+    if let Some((first_dir, first)) = fingerprints.first() {
+        for (dir, other) in &fingerprints[1..] {
+            if other != first {
+                report.violations.push(format!(
+                    "{} and {} hold different states at index {point}",
+                    first_dir.display(),
+                    dir.display()
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The state a stopped data dir holds at log index `through`.
+fn state_at(dir: &Path, through: u64) -> Result<engine::state::ShopState, Error> {
+    let folded = replay::from_snapshot(dir)?;
+    let (mut state, mut chains) = (folded.state, folded.chains);
+    let mut failure = None;
+    replay::scan_log(dir, folded.last_index, |lsn, entry| {
+        if lsn.0 > through || failure.is_some() {
+            return Ok(());
+        }
+        match entry.and_then(|e| replay::apply_entry(&mut state, &mut chains, &e, |_, _, _| {})) {
+            Ok(_) => {}
+            Err(e) => failure = Some(e),
+        }
+        Ok(())
+    })?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(state),
+    }
+}
+
+/// A checksum of what the state means (orders, every key's holder, stock, balances), the
+/// same for equal states whatever order their maps were filled in.
+fn fingerprint(state: &engine::state::ShopState) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for record in state.orders() {
+        hasher.update(&rows::encode(record));
+    }
+    for id in 1..=state.cards_count() {
+        let slot = state.card(engine::CardId(id)).expect("counted");
+        hasher.update(slot.key.as_bytes());
+        hasher.update(&rows::encode(&slot.holder));
+    }
+    for product in state.products() {
+        hasher.update(&rows::encode(&product.stock));
+    }
+    for account in state.resellers() {
+        let id = account.reseller.reseller_id;
+        if let Some(totals) = state.ledger().totals(id) {
+            hasher.update(&totals.balance_cents.to_le_bytes());
+        }
+        hasher.update(&(account.stream.len() as u64).to_le_bytes());
+    }
+    hasher.update(&state.audit_count().to_le_bytes());
+    hasher.finalize()
 }

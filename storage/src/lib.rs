@@ -1,13 +1,17 @@
 //! Panshi's storage: durability and the applied state.
 //!
-//! The durable truth is an append-only log of checksummed, versioned frames, written by one
-//! thread with group commit and `fdatasync` (`log`). sled holds the state applied from the
-//! log (orders in month-partitioned trees, products with stock, cards, idempotency records)
-//! and can always be rebuilt from it (`store`). `audit` checks a stopped data dir.
+//! The durable truth is an append-only log of checksummed, versioned entries (`entry`: a
+//! replicated log entry holding a batch of events), written by one thread with group commit
+//! and `fdatasync` (`log`), plus snapshots of the whole state that let the log's prefix go
+//! (`snapshot`). `store` holds the `ShopState` that validates events, and mirrors applied
+//! entries into sled (orders in month-partitioned trees, products with stock, cards,
+//! idempotency records), which can always be rebuilt from the snapshot and the log.
+//! `audit` checks a stopped data dir. storage knows nothing of Raft: the replication crate
+//! drives the log and the store.
 //!
-//! Invariants: nothing is acknowledged before its frame is fdatasync'd and its rows are in
-//! sled; every event is validated by the engine's `ShopState` before it is logged, so the
-//! log never holds an event that breaks an invariant; a failed write or sync is sticky.
+//! Invariants: nothing is acknowledged before its entry is fdatasync'd (on a majority) and
+//! applied; every event is validated by the engine's `ShopState` before it is proposed, so
+//! the log never holds an event that breaks an invariant; a failed write or sync is sticky.
 //!
 //! Design decision: sled 0.34's `flush` never fsyncs, so sled is a mirror, not the truth.
 //! Its rows are absolute values computed from the replayed state, so re-applying any suffix
@@ -15,16 +19,19 @@
 
 pub mod audit;
 pub mod disk;
+pub mod entry;
 pub mod keyfile;
 pub mod log;
 pub mod mirror;
+pub mod replay;
 pub mod resellers;
 pub mod rows;
 pub mod sled_dir;
+pub mod snapshot;
 pub mod store;
 
 pub use log::Lsn;
-pub use store::{CommitObserver, Durable, Store};
+pub use store::{ChangeListener, CommitObserver, Durable, Pending, ProposalSink, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,4 +57,12 @@ pub enum Error {
     RecordTooLarge(usize),
     #[error("event refused: {0}")]
     Violation(engine::Violation),
+    /// This node does not lead (or has not yet passed its readiness gate): nothing was
+    /// proposed. `leader` is the leader as last known.
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<u64> },
+    /// The event was proposed but leadership changed before it was known to commit: it may
+    /// or may not have. A retry with the same idempotency key finds out.
+    #[error("the outcome is unknown: leadership changed before the commit was known")]
+    OutcomeUnknown,
 }

@@ -2,14 +2,22 @@
 //! written by one thread with group commit and `fdatasync`.
 //!
 //! Frame: `len: u32 | crc32: u32 | lsn: u64 | payload[len]`, little-endian; the CRC covers
-//! the lsn and the payload. Segment files are named by the first lsn they hold.
+//! the lsn and the payload. Segment files are named by the first lsn they hold. The lsn is
+//! the Raft log index; a payload is an `entry::EntryRecord` (opaque here).
 //!
-//! Shaped for replication later: appends are acknowledged through a durability sink, and the
-//! log can `truncate` an uncommitted suffix, `purge` a prefix that a snapshot covers, and
-//! persist a vote.
+//! Everything that changes the log dir goes through the writer thread, in order: appends
+//! (grouped: one `write` and one `fdatasync` for everything queued), truncation of a suffix,
+//! purging of a prefix, and small metadata files (vote, committed, purged) written
+//! atomically. Each operation completes through its `Done` callback, after the sync. A
+//! failed write or sync is sticky: every later operation fails with `LogFailed`.
+//!
+//! Reads go through an in-memory index (lsn -> segment, offset) kept by the writer, with
+//! positioned reads, so a reader never blocks the writer for longer than an index lookup.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,26 +34,50 @@ pub const FRAME_HEADER_BYTES: usize = 16;
 pub const RECORD_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// A segment is closed and a new one begun past this size.
 pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Records waiting for the writer; a full queue refuses appends at once (back-pressure).
-pub const APPEND_QUEUE_CAPACITY: usize = 65_536;
-/// Most records written and synced as one group.
-pub const GROUP_RECORDS_MAX: usize = 8_192;
-const _: () = assert!(GROUP_RECORDS_MAX <= APPEND_QUEUE_CAPACITY);
+/// Operations waiting for the writer; a full queue refuses at once (back-pressure).
+pub const OPS_QUEUE_CAPACITY: usize = 1_024;
+/// Most operations taken and synced as one group.
+pub const GROUP_OPS_MAX: usize = 256;
+/// Most bytes of appends written before one sync.
+pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
+const _: () = assert!(GROUP_OPS_MAX <= OPS_QUEUE_CAPACITY);
 const _: () = assert!((RECORD_BYTES_MAX as u64) < SEGMENT_BYTES_MAX);
+const _: () = assert!(RECORD_BYTES_MAX <= GROUP_BYTES_MAX);
 
-/// A log sequence number: 1 for the first record, rising by one.
+/// A log sequence number: the Raft index of a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
 
-/// A group of records made durable together, in lsn order, each with its caller's tag.
-pub struct DurableGroup<T> {
-    pub result: Result<(), Error>,
-    pub records: Vec<(Lsn, T)>,
-}
+/// Called once when an operation is done: for appends, after `fdatasync`.
+pub type Done = Box<dyn FnOnce(Result<(), Error>) + Send>;
 
-struct Append<T> {
-    payload: Vec<u8>,
-    tag: T,
+/// What the writer thread does, in the order submitted.
+pub enum Op {
+    /// Records with consecutive lsns, the first being the log's next lsn.
+    Append {
+        records: Vec<(u64, Vec<u8>)>,
+        done: Done,
+    },
+    /// Removes every record at or above `from`; the next append is `from`.
+    Truncate { from: u64, done: Done },
+    /// Deletes every segment whose records all lie at or below `through` (the newest segment
+    /// stays). With `through` at or past the last record the log becomes empty and goes on
+    /// at `through + 1`.
+    Purge { through: u64, done: Done },
+    /// Writes a small file in the log dir atomically: temporary file, fsync, rename, fsync
+    /// of the directory. For the vote and the purge mark.
+    SaveFile {
+        name: &'static str,
+        bytes: Vec<u8>,
+        done: Done,
+    },
+    /// Writes a small file in place, without a sync (a hint that may be lost, such as the
+    /// commit index).
+    SaveHint {
+        name: &'static str,
+        bytes: Vec<u8>,
+        done: Done,
+    },
 }
 
 /// Test-only fault: makes the next sync fail, to prove failures are sticky.
@@ -54,22 +86,52 @@ pub struct Faults {
     pub fail_next_sync: AtomicBool,
 }
 
-/// The writing half of an open log.
-pub struct Log<T: Send + 'static> {
-    /// `None` once closed.
-    sender: RwLock<Option<Sender<Append<T>>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    failed: Arc<AtomicBool>,
-    pub faults: Arc<Faults>,
-}
-
 /// What recovery found.
 #[derive(Debug, Default, Clone)]
 pub struct Recovery {
-    pub last_lsn: u64,
+    /// The first lsn in the log, and the one after its last (equal when it is empty).
+    pub first_lsn: u64,
+    pub next_lsn: u64,
     pub records_count: u64,
     /// Bytes cut from the tail of the last segment: a torn or corrupted, unacknowledged write.
     pub truncated_bytes: u64,
+}
+
+impl Recovery {
+    pub fn last_lsn(&self) -> Option<u64> {
+        (self.next_lsn > self.first_lsn).then(|| self.next_lsn - 1)
+    }
+}
+
+/// One segment file's frames: frame `i` holds lsn `first_lsn + i`.
+struct Segment {
+    path: PathBuf,
+    offsets: Vec<u64>,
+}
+
+/// Where every record lives, by lsn.
+#[derive(Default)]
+pub struct LogIndex {
+    segments: BTreeMap<u64, Segment>,
+}
+
+impl LogIndex {
+    fn locate(&self, lsn: u64) -> Option<(&Path, u64)> {
+        let (first, segment) = self.segments.range(..=lsn).next_back()?;
+        let offset = *segment.offsets.get((lsn - first) as usize)?;
+        Some((&segment.path, offset))
+    }
+
+    /// The first and last lsn indexed; `None` when the log is empty.
+    pub fn bounds(&self) -> Option<(u64, u64)> {
+        let (first, _) = self.segments.iter().find(|(_, s)| !s.offsets.is_empty())?;
+        let (last_first, last) = self
+            .segments
+            .iter()
+            .rev()
+            .find(|(_, s)| !s.offsets.is_empty())?;
+        Some((*first, last_first + last.offsets.len() as u64 - 1))
+    }
 }
 
 fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
@@ -129,37 +191,46 @@ fn valid_frame_beyond(bytes: &[u8], from: usize, after: u64) -> bool {
     })
 }
 
-/// Reads every record in lsn order and hands it to `visit`. A damaged tail of the last
-/// segment (torn write) is cut off when `repair` is set and only reported otherwise; damage
-/// anywhere else is `Error::Corrupt`.
+/// Reads every record in lsn order and hands it to `visit`, building the index. A damaged
+/// tail of the last segment (torn write) is cut off when `repair` is set and only reported
+/// otherwise; damage anywhere else is `Error::Corrupt`. Empty segments are dropped when
+/// `repair` is set.
 pub fn recover(
     dir: &Path,
     repair: bool,
     mut visit: impl FnMut(Lsn, &[u8]) -> Result<(), Error>,
-) -> Result<Recovery, Error> {
+) -> Result<(Recovery, LogIndex), Error> {
     if repair {
         fs::create_dir_all(dir)?;
     } else if !dir.exists() {
         // Read-only (audit): a missing log is an empty one, and is not created.
-        return Ok(Recovery::default());
+        return Ok((Recovery::default(), LogIndex::default()));
     }
     let segments = list_segments(dir)?;
-    let mut recovery = Recovery::default();
-    let mut expected = segments.first().map_or(1, |(first, _)| *first);
-    for (index, (first, path)) in segments.iter().enumerate() {
+    let first_lsn = segments.first().map_or(0, |(first, _)| *first);
+    let mut recovery = Recovery {
+        first_lsn,
+        next_lsn: first_lsn,
+        ..Recovery::default()
+    };
+    let mut index = LogIndex::default();
+    let mut expected = recovery.first_lsn;
+    let mut bytes = Vec::new();
+    for (position, (first, path)) in segments.iter().enumerate() {
         if *first != expected {
             return Err(Error::Corrupt(format!(
-                "segment {first} follows lsn {}",
-                expected - 1
+                "segment {first} where lsn {expected} is next"
             )));
         }
-        let mut bytes = Vec::new();
+        bytes.clear();
         File::open(path)?.read_to_end(&mut bytes)?;
+        let mut offsets = Vec::new();
         let mut offset = 0;
         while offset < bytes.len() {
             match frame_at(&bytes, offset) {
                 Some((lsn, range)) if lsn == expected => {
                     visit(Lsn(lsn), &bytes[range.clone()])?;
+                    offsets.push(offset as u64);
                     expected += 1;
                     recovery.records_count += 1;
                     offset = range.end;
@@ -167,9 +238,9 @@ pub fn recover(
                 _ => break,
             }
         }
+        let last = position + 1 == segments.len();
         if offset < bytes.len() {
-            let last = index + 1 == segments.len();
-            if !last || valid_frame_beyond(&bytes, offset, expected - 1) {
+            if !last || valid_frame_beyond(&bytes, offset, expected.saturating_sub(1)) {
                 return Err(Error::Corrupt(format!(
                     "{}: damaged frame at byte {offset} before acknowledged records",
                     path.display()
@@ -184,27 +255,70 @@ pub fn recover(
                 tracing::warn!(
                     segment = %path.display(),
                     truncated_bytes = recovery.truncated_bytes,
-                    last_lsn_kept = expected - 1,
+                    last_lsn_kept = expected.saturating_sub(1),
                     kept_bytes = offset,
                     "cut a torn tail from the log: {} bytes after lsn {} (never acknowledged)",
                     recovery.truncated_bytes,
-                    expected - 1
+                    expected.saturating_sub(1)
                 );
             }
         }
+        index.segments.insert(
+            *first,
+            Segment {
+                path: path.clone(),
+                offsets,
+            },
+        );
     }
-    recovery.last_lsn = expected - 1;
-    Ok(recovery)
+    recovery.next_lsn = expected;
+    Ok((recovery, index))
 }
 
-struct Writer<T> {
+/// The commit hint's file in the log dir: `term node index`, as text.
+pub const COMMITTED_FILE: &str = "committed";
+
+pub fn committed_hint(term: u64, node: u64, index: u64) -> Vec<u8> {
+    format!("{term} {node} {index}\n").into_bytes()
+}
+
+/// The last commit a node heard of, `(term, leader, index)`: a hint (written without a
+/// sync), `None` when absent or unreadable.
+pub fn read_committed_hint(dir: &Path) -> Result<Option<(u64, u64, u64)>, Error> {
+    let Some(bytes) = read_file(dir, COMMITTED_FILE)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let numbers: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    Ok(match numbers[..] {
+        [term, node, index] => Some((term, node, index)),
+        _ => None,
+    })
+}
+
+/// Reads a small file written by `Op::SaveFile` or `Op::SaveHint`; `None` when absent.
+pub fn read_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, Error> {
+    match fs::read(dir.join(name)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct Writer {
     dir: PathBuf,
     file: File,
+    segment_first: u64,
     segment_bytes: u64,
     next_lsn: u64,
     buffer: Vec<u8>,
-    receiver: Receiver<Append<T>>,
-    sink: Sender<DurableGroup<T>>,
+    /// Offsets of the frames in `buffer`, indexed once written.
+    unindexed: Vec<u64>,
+    receiver: Receiver<Op>,
+    index: Arc<RwLock<LogIndex>>,
     failed: Arc<AtomicBool>,
     faults: Arc<Faults>,
 }
@@ -217,76 +331,288 @@ fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, u64), Error> {
     Ok((file, len))
 }
 
-impl<T: Send + 'static> Writer<T> {
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl Writer {
     fn run(mut self) {
-        let mut group: Vec<Append<T>> = Vec::with_capacity(GROUP_RECORDS_MAX);
+        let mut group: Vec<Op> = Vec::with_capacity(GROUP_OPS_MAX);
         while let Ok(first) = self.receiver.recv() {
             group.push(first);
-            while group.len() < GROUP_RECORDS_MAX {
+            while group.len() < GROUP_OPS_MAX {
                 match self.receiver.try_recv() {
                     Ok(next) => group.push(next),
                     Err(_) => break,
                 }
             }
-            let first_lsn = self.next_lsn;
-            let result = if self.failed.load(Ordering::Acquire) {
-                Err(Error::LogFailed)
-            } else {
-                self.write_group(&group)
-            };
-            if result.is_err() {
-                self.failed.store(true, Ordering::Release);
+            let mut appends: Vec<Done> = Vec::new();
+            for op in group.drain(..) {
+                match op {
+                    Op::Append { records, done } => {
+                        let result = self.guarded(|w| w.buffer_append(&records));
+                        match result {
+                            Ok(()) => appends.push(done),
+                            Err(e) => done(Err(e)),
+                        }
+                        if self.buffer.len() >= GROUP_BYTES_MAX {
+                            self.flush_appends(&mut appends);
+                        }
+                    }
+                    other => {
+                        self.flush_appends(&mut appends);
+                        self.run_other(other);
+                    }
+                }
             }
-            let records = group
-                .drain(..)
-                .enumerate()
-                .map(|(i, append)| (Lsn(first_lsn + i as u64), append.tag))
-                .collect();
-            if self.sink.send(DurableGroup { result, records }).is_err() {
-                return;
+            self.flush_appends(&mut appends);
+        }
+    }
+
+    /// Runs `work` unless the log failed earlier; a failure makes it fail for good.
+    fn guarded(&mut self, work: impl FnOnce(&mut Self) -> Result<(), Error>) -> Result<(), Error> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::LogFailed);
+        }
+        let result = work(self);
+        if let Err(error) = &result {
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(%error, "log write failed; the log refuses every later write");
+        }
+        result
+    }
+
+    fn buffer_append(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), Error> {
+        for (lsn, payload) in records {
+            if *lsn != self.next_lsn && self.is_empty() {
+                // An empty log (new, or wholly purged) goes on wherever it is told.
+                self.restart_at(*lsn)?;
+            }
+            if *lsn != self.next_lsn {
+                return Err(Error::Corrupt(format!(
+                    "append of lsn {lsn} where {} is next",
+                    self.next_lsn
+                )));
+            }
+            if payload.len() > RECORD_BYTES_MAX {
+                return Err(Error::RecordTooLarge(payload.len()));
+            }
+            if self.segment_bytes >= SEGMENT_BYTES_MAX {
+                self.write_buffer()?;
+                self.start_segment(self.next_lsn)?;
+            }
+            let offset = self.segment_bytes + self.buffer.len() as u64;
+            encode_frame(&mut self.buffer, *lsn, payload);
+            self.unindexed.push(offset);
+            self.next_lsn += 1;
+        }
+        Ok(())
+    }
+
+    /// Replaces the (empty) current segment with one that starts at `lsn`.
+    fn restart_at(&mut self, lsn: u64) -> Result<(), Error> {
+        let old = segment_path(&self.dir, self.segment_first);
+        self.index.write().segments.clear();
+        let (file, len) = open_segment(&self.dir, lsn)?;
+        if old != segment_path(&self.dir, lsn) {
+            fs::remove_file(&old)?;
+            sync_dir(&self.dir)?;
+        }
+        self.file = file;
+        self.segment_first = lsn;
+        self.segment_bytes = len;
+        self.next_lsn = lsn;
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buffer.is_empty() && self.index.read().bounds().is_none()
+    }
+
+    /// Writes the buffered frames to the current segment (no sync), then indexes them: a
+    /// record is readable through the index only once it is in the file.
+    fn write_buffer(&mut self) -> Result<(), Error> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.buffer)?;
+        self.segment_bytes += self.buffer.len() as u64;
+        self.buffer.clear();
+        let mut index = self.index.write();
+        let dir = &self.dir;
+        index
+            .segments
+            .entry(self.segment_first)
+            .or_insert_with(|| Segment {
+                path: segment_path(dir, self.segment_first),
+                offsets: Vec::new(),
+            })
+            .offsets
+            .append(&mut self.unindexed);
+        Ok(())
+    }
+
+    fn start_segment(&mut self, first_lsn: u64) -> Result<(), Error> {
+        self.file.sync_data()?;
+        let (file, len) = open_segment(&self.dir, first_lsn)?;
+        self.file = file;
+        self.segment_first = first_lsn;
+        self.segment_bytes = len;
+        Ok(())
+    }
+
+    /// Writes and syncs what the group appended, then completes the appends.
+    fn flush_appends(&mut self, appends: &mut Vec<Done>) {
+        if appends.is_empty() {
+            return;
+        }
+        let result = self.guarded(|w| {
+            w.write_buffer()?;
+            if w.faults.fail_next_sync.swap(false, Ordering::AcqRel) {
+                return Err(Error::Io(std::io::Error::other("injected sync failure")));
+            }
+            w.file.sync_data()?;
+            Ok(())
+        });
+        for done in appends.drain(..) {
+            done(match &result {
+                Ok(()) => Ok(()),
+                Err(_) => Err(Error::LogFailed),
+            });
+        }
+    }
+
+    fn run_other(&mut self, op: Op) {
+        match op {
+            Op::Append { .. } => unreachable!("appends are grouped"),
+            Op::Truncate { from, done } => done(self.guarded(|w| w.truncate(from))),
+            Op::Purge { through, done } => done(self.guarded(|w| w.purge(through))),
+            Op::SaveFile { name, bytes, done } => {
+                done(self.guarded(|w| save_file(&w.dir, name, &bytes)))
+            }
+            Op::SaveHint { name, bytes, done } => {
+                // A hint that fails to write is only a lost hint: not sticky.
+                done(fs::write(self.dir.join(name), &bytes).map_err(Error::from))
             }
         }
     }
 
-    fn write_group(&mut self, group: &[Append<T>]) -> Result<(), Error> {
-        if self.segment_bytes >= SEGMENT_BYTES_MAX {
+    fn truncate(&mut self, from: u64) -> Result<(), Error> {
+        if from >= self.next_lsn {
+            return Ok(());
+        }
+        self.write_buffer()?;
+        let mut index = self.index.write();
+        // Newest first, so that a crash part-way leaves a prefix of the log, never a gap.
+        let doomed: Vec<u64> = index.segments.range(from..).map(|(f, _)| *f).collect();
+        for first in doomed.into_iter().rev() {
+            let segment = index.segments.remove(&first).expect("listed");
+            fs::remove_file(&segment.path)?;
+        }
+        let mut resume = None;
+        if let Some((first, segment)) = index.segments.iter_mut().next_back() {
+            let keep = (from - first) as usize;
+            if keep < segment.offsets.len() {
+                let cut = segment.offsets[keep];
+                segment.offsets.truncate(keep);
+                let file = OpenOptions::new().write(true).open(&segment.path)?;
+                file.set_len(cut)?;
+                file.sync_all()?;
+            }
+            resume = Some(*first);
+        }
+        drop(index);
+        sync_dir(&self.dir)?;
+        self.next_lsn = from;
+        match resume {
+            Some(first) => {
+                let (file, len) = open_segment(&self.dir, first)?;
+                self.file = file;
+                self.segment_first = first;
+                self.segment_bytes = len;
+            }
+            None => self.start_segment(from)?,
+        }
+        Ok(())
+    }
+
+    fn purge(&mut self, through: u64) -> Result<(), Error> {
+        self.write_buffer()?;
+        if through + 1 >= self.next_lsn {
+            // Everything goes (a snapshot beyond the log, on a follower): start afresh.
+            self.file.sync_data()?;
+            let mut index = self.index.write();
+            for (_, segment) in std::mem::take(&mut index.segments) {
+                fs::remove_file(&segment.path)?;
+            }
+            drop(index);
+            self.next_lsn = through + 1;
             let (file, len) = open_segment(&self.dir, self.next_lsn)?;
             self.file = file;
+            self.segment_first = self.next_lsn;
             self.segment_bytes = len;
+            return Ok(());
         }
-        self.buffer.clear();
-        for append in group {
-            encode_frame(&mut self.buffer, self.next_lsn, &append.payload);
-            self.next_lsn += 1;
+        let mut index = self.index.write();
+        let firsts: Vec<u64> = index.segments.keys().copied().collect();
+        for pair in firsts.windows(2) {
+            if pair[1] - 1 <= through {
+                let segment = index.segments.remove(&pair[0]).expect("listed");
+                fs::remove_file(&segment.path)?;
+            }
         }
-        self.file.write_all(&self.buffer)?;
-        if self.faults.fail_next_sync.swap(false, Ordering::AcqRel) {
-            return Err(Error::Io(std::io::Error::other("injected sync failure")));
-        }
-        self.file.sync_data()?;
-        self.segment_bytes += self.buffer.len() as u64;
-        Ok(())
+        drop(index);
+        sync_dir(&self.dir)
     }
 }
 
-impl<T: Send + 'static> Log<T> {
-    /// Starts the writer after `recover` has read (and repaired) the log up to `last_lsn`.
-    /// Durable groups go to `sink`, in lsn order.
-    pub fn start(dir: &Path, last_lsn: u64, sink: Sender<DurableGroup<T>>) -> Result<Self, Error> {
-        let segments = list_segments(dir)?;
-        let first = segments.last().map_or(last_lsn + 1, |(first, _)| *first);
-        let (file, segment_bytes) = open_segment(dir, first)?;
-        let (sender, receiver) = crossbeam_channel::bounded(APPEND_QUEUE_CAPACITY);
+fn save_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
+    let temporary = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&temporary, dir.join(name))?;
+    sync_dir(dir)
+}
+
+/// The writing half of an open log, and its reader.
+pub struct Log {
+    dir: PathBuf,
+    /// `None` once closed.
+    sender: RwLock<Option<Sender<Op>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    index: Arc<RwLock<LogIndex>>,
+    failed: Arc<AtomicBool>,
+    pub faults: Arc<Faults>,
+}
+
+impl Log {
+    /// Starts the writer after `recover` has read (and repaired) the log; the next append is
+    /// `recovery.next_lsn`, or any lsn while the log is empty.
+    pub fn start(dir: &Path, recovery: &Recovery, index: LogIndex) -> Result<Self, Error> {
+        let next_lsn = recovery.next_lsn;
+        let segment_first = index
+            .segments
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(next_lsn);
+        let (file, segment_bytes) = open_segment(dir, segment_first)?;
+        let (sender, receiver) = crossbeam_channel::bounded(OPS_QUEUE_CAPACITY);
+        let index = Arc::new(RwLock::new(index));
         let failed = Arc::new(AtomicBool::new(false));
         let faults = Arc::new(Faults::default());
         let writer = Writer {
             dir: dir.to_owned(),
             file,
+            segment_first,
             segment_bytes,
-            next_lsn: last_lsn + 1,
+            next_lsn,
             buffer: Vec::with_capacity(1 << 20),
+            unindexed: Vec::new(),
             receiver,
-            sink,
+            index: index.clone(),
             failed: failed.clone(),
             faults: faults.clone(),
         };
@@ -294,41 +620,80 @@ impl<T: Send + 'static> Log<T> {
             .name("log-writer".into())
             .spawn(move || writer.run())?;
         Ok(Self {
+            dir: dir.to_owned(),
             sender: RwLock::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
+            index,
             failed,
             faults,
         })
     }
 
-    /// Queues a record. Its durability (or failure) arrives at the sink with `tag`.
-    /// The caller must append in the order it wants records logged.
-    pub fn append(&self, payload: Vec<u8>, tag: T) -> Result<(), Error> {
+    /// Queues an operation; its `done` runs on the writer thread once it is finished.
+    pub fn submit(&self, op: Op) -> Result<(), Error> {
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::LogFailed);
         }
-        if payload.len() > RECORD_BYTES_MAX {
-            return Err(Error::RecordTooLarge(payload.len()));
-        }
         let sender = self.sender.read();
         let sender = sender.as_ref().ok_or(Error::Closed)?;
-        match sender.try_send(Append { payload, tag }) {
+        match sender.try_send(op) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(Error::Busy),
             Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
         }
     }
 
+    /// Queues an operation, waiting while the queue is full.
+    pub fn submit_waiting(&self, op: Op) -> Result<(), Error> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::LogFailed);
+        }
+        let sender = self.sender.read();
+        let sender = sender.as_ref().ok_or(Error::Closed)?;
+        sender.send(op).map_err(|_| Error::Closed)
+    }
+
+    /// The payloads of records `from..=through` that the writer has written (a record still
+    /// in the writer's buffer is not readable here: the caller keeps its own copy until then).
+    pub fn read(&self, from: u64, through: u64) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        let mut open: Option<(PathBuf, File)> = None;
+        for lsn in from..=through {
+            let (path, offset) = {
+                let index = self.index.read();
+                match index.locate(lsn) {
+                    Some((path, offset)) => (path.to_owned(), offset),
+                    None => break,
+                }
+            };
+            if open.as_ref().is_none_or(|(p, _)| *p != path) {
+                open = Some((path.clone(), File::open(&path)?));
+            }
+            let file = &open.as_ref().expect("opened").1;
+            out.push((lsn, read_frame(file, offset, lsn)?));
+        }
+        Ok(out)
+    }
+
+    /// The first and last lsn written; `None` when the log is empty.
+    pub fn bounds(&self) -> Option<(u64, u64)> {
+        self.index.read().bounds()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Records queued or written but not yet drained, approximately.
+    /// Operations queued for the writer, approximately.
     pub fn queued_count(&self) -> usize {
         self.sender.read().as_ref().map_or(0, Sender::len)
     }
 
-    /// Stops accepting appends, lets the writer finish everything queued, and waits for it.
+    /// Stops accepting operations, lets the writer finish everything queued, and waits for it.
     pub fn close(&self) {
         self.sender.write().take();
         if let Some(writer) = self.writer.lock().take() {
@@ -337,82 +702,27 @@ impl<T: Send + 'static> Log<T> {
     }
 }
 
-impl<T: Send + 'static> Drop for Log<T> {
+impl Drop for Log {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-/// Cuts every record above `keep_through` (for a replica whose suffix was not committed).
-/// Only on a closed log.
-pub fn truncate_after(dir: &Path, keep_through: u64) -> Result<(), Error> {
-    for (first, path) in list_segments(dir)?.into_iter().rev() {
-        if first > keep_through {
-            fs::remove_file(&path)?;
-            continue;
-        }
-        let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
-        let mut offset = 0;
-        while let Some((lsn, range)) = frame_at(&bytes, offset) {
-            if lsn > keep_through {
-                break;
-            }
-            offset = range.end;
-        }
-        let file = OpenOptions::new().write(true).open(&path)?;
-        file.set_len(offset as u64)?;
-        file.sync_all()?;
-        break;
+fn read_frame(file: &File, offset: u64, lsn: u64) -> Result<Vec<u8>, Error> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    file.read_exact_at(&mut header, offset)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    let stored_lsn = u64::from_le_bytes(header[8..16].try_into().unwrap());
+    if len > RECORD_BYTES_MAX || stored_lsn != lsn {
+        return Err(Error::Corrupt(format!("frame of lsn {lsn} at {offset}")));
     }
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
-/// Deletes whole segments whose records all lie at or below `through` (a snapshot covers
-/// them). The newest segment is always kept.
-pub fn purge_through(dir: &Path, through: u64) -> Result<usize, Error> {
-    let segments = list_segments(dir)?;
-    let mut removed = 0;
-    for pair in segments.windows(2) {
-        let (_, path) = &pair[0];
-        let (next_first, _) = pair[1];
-        if next_first - 1 <= through {
-            fs::remove_file(path)?;
-            removed += 1;
-        }
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, offset + FRAME_HEADER_BYTES as u64)?;
+    if frame_crc(lsn, &payload) != crc {
+        return Err(Error::Corrupt(format!("checksum of lsn {lsn}")));
     }
-    File::open(dir)?.sync_all()?;
-    Ok(removed)
-}
-
-/// A persisted vote (term and candidate), written atomically: for replication.
-pub fn save_vote(dir: &Path, term: u64, voted_for: u64) -> Result<(), Error> {
-    let temporary = dir.join("vote.tmp");
-    let mut file = File::create(&temporary)?;
-    let mut bytes = Vec::with_capacity(20);
-    bytes.extend_from_slice(&term.to_le_bytes());
-    bytes.extend_from_slice(&voted_for.to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    fs::rename(&temporary, dir.join("vote"))?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
-pub fn load_vote(dir: &Path) -> Result<Option<(u64, u64)>, Error> {
-    let bytes = match fs::read(dir.join("vote")) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if bytes.len() != 20 || crc32fast::hash(&bytes[..16]).to_le_bytes() != bytes[16..20] {
-        return Err(Error::Corrupt("vote file".into()));
-    }
-    let term = u64::from_le_bytes(bytes[0..8].try_into().unwrap());
-    let voted_for = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
-    Ok(Some((term, voted_for)))
+    Ok(payload)
 }
 
 /// Where each record of the newest segment ends: `(lsn, end offset)`, plus that segment's

@@ -1,8 +1,8 @@
-//! The path from a durable log group to its callers and to sled.
+//! The path from an applied log entry to its callers and to sled.
 //!
-//! The applier thread takes each fdatasync'd group, publishes its order records in the
-//! `DurableView` (memory), completes the callers, and gathers the group's changes into a
-//! `MirrorBatch`, coalescing by key. Every `MIRROR_BATCH_MS` (or `MIRROR_BATCH_CHANGES_MAX`
+//! The applier thread takes each applied entry's changes in log order, publishes its order
+//! records in the `DurableView` (memory), completes the callers (on the leader), tells the
+//! live feeds, and gathers the changes into a `MirrorBatch`, coalescing by key. Every `MIRROR_BATCH_MS` (or `MIRROR_BATCH_CHANGES_MAX`
 //! changes) the batch goes to the mirror thread, which writes it to sled, records
 //! `applied_lsn` last, and then evicts from the view what sled now holds.
 //!
@@ -18,12 +18,36 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use engine::{CardId, OrderId, OrderRecord, Product, Sku, Stock};
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
 
-use crate::log::{DurableGroup, Lsn};
+use crate::log::Lsn;
 use crate::rows::{self, CardRow, Change, Row, TreeName};
-use crate::store::{write_rows, CommitObserver};
-use crate::Error;
+use crate::store::{write_rows, ChangeListener, CommitObserver, Pending};
+
+/// What the applier is told, in log order.
+pub(crate) enum Applied {
+    /// This node's own proposals, applied as entry `index` (the state holds them already).
+    Own { index: u64, pendings: Vec<Pending> },
+    /// Changes of an entry applied from elsewhere.
+    Foreign { index: u64, changes: Vec<Change> },
+    /// sled is to hold exactly `rows`, as of `index` (an installed snapshot).
+    Reset { index: u64, rows: Vec<Row> },
+}
+
+/// What the mirror thread is told.
+pub(crate) enum MirrorWork {
+    Batch(MirrorBatch),
+    Reset { index: u64, rows: Vec<Row> },
+}
+
+pub(crate) struct ApplierContext {
+    pub(crate) view: Arc<DurableView>,
+    pub(crate) mirror: Sender<MirrorWork>,
+    pub(crate) observer: Arc<dyn CommitObserver>,
+    pub(crate) applied_index: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) listener: Arc<std::sync::OnceLock<Arc<dyn ChangeListener>>>,
+    /// How far sled is behind what is applied.
+    pub(crate) lag: Arc<MirrorLag>,
+}
 
 /// Longest a durable change waits before it is sent to sled.
 pub const MIRROR_BATCH_MS: u64 = 20;
@@ -34,12 +58,6 @@ pub const MIRROR_BATCH_CHANGES_MAX: usize = 20_000;
 /// large import) without holding acknowledgements.
 pub const MIRROR_QUEUE_BATCHES: usize = 32;
 const VIEW_SHARDS: usize = 32;
-
-pub(crate) struct Pending {
-    pub changes: Vec<Change>,
-    pub done: oneshot::Sender<Result<Lsn, Error>>,
-    pub queued_at: Instant,
-}
 
 /// Order records that are durable but possibly not yet in sled, with the lsn of each.
 #[derive(Default)]
@@ -63,7 +81,7 @@ impl DurableView {
             .map(|(_, r)| r.clone())
     }
 
-    fn publish(&self, lsn: u64, record: Arc<OrderRecord>) {
+    pub(crate) fn publish(&self, lsn: u64, record: Arc<OrderRecord>) {
         let id = record.created.order_id.clone();
         self.shard(&id).lock().insert(id, (lsn, record));
     }
@@ -80,6 +98,12 @@ impl DurableView {
 
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    fn clear(&self) {
+        for shard in &self.shards {
+            shard.lock().clear();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -218,63 +242,95 @@ impl MirrorBatch {
     }
 }
 
-/// Completes callers as groups become durable, and feeds the mirror.
-pub(crate) fn run_applier(
-    durable: Receiver<DurableGroup<Pending>>,
-    view: Arc<DurableView>,
-    mirror: Sender<MirrorBatch>,
-    poisoned: Arc<AtomicBool>,
-    observer: Arc<dyn CommitObserver>,
-    lag: Arc<MirrorLag>,
-) {
+/// Publishes applied entries, completes their callers, and feeds the mirror.
+pub(crate) fn run_applier(applied: Receiver<Applied>, context: ApplierContext) {
     let mut batch = MirrorBatch::default();
     loop {
-        match durable.recv_timeout(batch.wait_for_next()) {
-            Ok(group) => apply_group(group, &view, &mut batch, &poisoned, &*observer, &lag),
+        match applied.recv_timeout(batch.wait_for_next()) {
+            Ok(Applied::Reset { index, rows }) => {
+                if batch.changes_count > 0 && !send_batch(&context, &mut batch) {
+                    return;
+                }
+                context.view.clear();
+                if context
+                    .mirror
+                    .send(MirrorWork::Reset { index, rows })
+                    .is_err()
+                {
+                    return;
+                }
+                context.applied_index.store(index, Ordering::Release);
+                context.lag.durable_lsn.store(index, Ordering::Release);
+            }
+            Ok(work) => apply(work, &context, &mut batch),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if batch.is_due() {
-            lag.batch_sent(batch.last_lsn);
-            if mirror.send(std::mem::take(&mut batch)).is_err() {
-                return;
-            }
+        if batch.is_due() && !send_batch(&context, &mut batch) {
+            return;
         }
     }
     if batch.changes_count > 0 {
-        lag.batch_sent(batch.last_lsn);
-        let _ = mirror.send(batch);
+        send_batch(&context, &mut batch);
     }
 }
 
-fn apply_group(
-    group: DurableGroup<Pending>,
-    view: &DurableView,
-    batch: &mut MirrorBatch,
-    poisoned: &AtomicBool,
-    observer: &dyn CommitObserver,
-    lag: &MirrorLag,
-) {
-    if let Some((_, first)) = group.records.first() {
-        observer.group_committed(group.records.len(), first.queued_at.elapsed());
-    }
-    if let Err(error) = &group.result {
-        poisoned.store(true, Ordering::Release);
-        tracing::error!(%error, "log group failed; store poisoned");
-    }
-    for (lsn, pending) in group.records {
-        if group.result.is_err() {
-            let _ = pending.done.send(Err(Error::LogFailed));
-            continue;
-        }
-        for change in pending.changes {
-            if let Change::Order { record, .. } = &change {
-                view.publish(lsn.0, record.clone());
+/// Hands the gathered batch to the mirror thread; false once it is gone.
+fn send_batch(context: &ApplierContext, batch: &mut MirrorBatch) -> bool {
+    context.lag.batch_sent(batch.last_lsn);
+    context
+        .mirror
+        .send(MirrorWork::Batch(std::mem::take(batch)))
+        .is_ok()
+}
+
+fn apply(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
+    let listener = context.listener.get();
+    let mut publish = |index: u64, change: Change| {
+        match &change {
+            Change::Order { record, .. } => {
+                context.view.publish(index, record.clone());
+                if let Some(listener) = listener {
+                    listener.order_changed(record);
+                }
             }
-            batch.add(lsn.0, change, lag);
+            Change::Stream { id, seq, .. } => {
+                if let Some(listener) = listener {
+                    listener.stream_appended(*id, *seq);
+                }
+            }
+            _ => {}
         }
-        lag.durable_lsn.store(lsn.0, Ordering::Release);
-        let _ = pending.done.send(Ok(lsn));
+        batch.add(index, change, &context.lag);
+    };
+    match work {
+        Applied::Own { index, pendings } => {
+            if let Some(first) = pendings.first() {
+                context
+                    .observer
+                    .group_committed(pendings.len(), first.queued_at.elapsed());
+            }
+            let mut dones = Vec::with_capacity(pendings.len());
+            for pending in pendings {
+                for change in pending.changes {
+                    publish(index, change);
+                }
+                dones.push(pending.done);
+            }
+            context.applied_index.store(index, Ordering::Release);
+            context.lag.durable_lsn.store(index, Ordering::Release);
+            for done in dones {
+                let _ = done.send(Ok(Lsn(index)));
+            }
+        }
+        Applied::Foreign { index, changes } => {
+            for change in changes {
+                publish(index, change);
+            }
+            context.applied_index.store(index, Ordering::Release);
+            context.lag.durable_lsn.store(index, Ordering::Release);
+        }
+        Applied::Reset { .. } => unreachable!("handled by the loop"),
     }
 }
 
@@ -283,12 +339,29 @@ pub(crate) fn run_mirror(
     db: sled::Db,
     mut trees: HashMap<TreeName, sled::Tree>,
     mut products: HashMap<Sku, Product>,
-    batches: Receiver<MirrorBatch>,
+    work: Receiver<MirrorWork>,
     view: Arc<DurableView>,
     poisoned: Arc<AtomicBool>,
     lag: Arc<MirrorLag>,
 ) {
-    for batch in batches {
+    for work in work {
+        let batch = match work {
+            MirrorWork::Batch(batch) => batch,
+            MirrorWork::Reset { index, rows } => {
+                products = rows
+                    .iter()
+                    .filter(|row| row.tree == TreeName::Products)
+                    .filter_map(|row| rows::decode::<rows::ProductRow>(&row.value).ok())
+                    .map(|row| (row.product.sku.clone(), row.product))
+                    .collect();
+                if let Err(error) = crate::store::reset_sled(&db, &mut trees, rows, index) {
+                    poisoned.store(true, Ordering::Release);
+                    tracing::error!(%error, "sled rewrite failed; store poisoned (the log holds everything)");
+                }
+                lag.written(index);
+                continue;
+            }
+        };
         for product in batch.products {
             products.insert(product.sku.clone(), product);
         }

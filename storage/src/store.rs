@@ -1,14 +1,22 @@
-//! `Store`: the log, the in-memory `ShopState` that validates every event before it is
-//! logged, and the sled mirror that holds the applied state.
+//! `Store`: the in-memory `ShopState` that validates every event before it is proposed, and
+//! the durable view and sled mirror of what has been applied.
 //!
-//! Commit path: validate and apply to `ShopState` under its write lock, queue the frame to
-//! the log writer under that same lock (so log order is apply order), and hand the caller a
-//! `Durable` that resolves only after the frame is fdatasync'd and its rows are in sled.
+//! Commit path (on the leader): validate and apply the event to `ShopState` under its write
+//! lock, and hand it to the `ProposalSink` (the replication layer) under that same lock, so
+//! proposal order is apply order. The caller gets a `Durable` that resolves only once the
+//! event's log entry is fdatasync'd on a majority, committed and applied, and its order
+//! record is readable (`complete_own`). On every other node the same entries arrive as
+//! committed facts (`apply_committed`). Reads of orders go to the view, then to sled: both
+//! hold only applied state.
+//!
+//! The leader's `ShopState` runs ahead of what is committed by the proposals in flight; if
+//! they are lost (leadership lost before they committed), the state is rebuilt from the
+//! snapshot and the log (`replace_state`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -17,9 +25,9 @@ use engine::{CardId, Event, OrderId, OrderRecord, Sku};
 use parking_lot::{RwLock, RwLockReadGuard};
 use tokio::sync::oneshot;
 
-use crate::log::{self, Log, Lsn, Recovery, APPEND_QUEUE_CAPACITY};
-use crate::mirror::{self, DurableView, MirrorLag, Pending};
-use crate::rows::{self, Row, TreeName};
+use crate::log::Lsn;
+use crate::mirror::{self, Applied, DurableView, MirrorLag};
+use crate::rows::{self, Change, Row, TreeName};
 use crate::Error;
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
@@ -28,18 +36,52 @@ pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
 /// rare flush only costs catch-up work after a crash.
 pub const SLED_FLUSH_EVERY_MS: u64 = 500;
+/// Applied groups waiting for the applier thread.
+pub const APPLIED_QUEUE_GROUPS: usize = 1_024;
 
 /// Observes commit latency and group sizes (metrics live in the caller's crate).
 pub trait CommitObserver: Send + Sync + 'static {
     fn group_committed(&self, records_count: usize, oldest_wait: std::time::Duration);
 }
 
-struct NoObserver;
+/// Observes nothing.
+pub struct NoObserver;
 impl CommitObserver for NoObserver {
     fn group_committed(&self, _: usize, _: std::time::Duration) {}
 }
 
-/// Resolves when a committed event is durable and mirrored.
+/// Hears every applied order record and reseller stream event, in apply order, on every
+/// node: live sockets are fed from here.
+pub trait ChangeListener: Send + Sync + 'static {
+    fn order_changed(&self, record: &Arc<OrderRecord>);
+    fn stream_appended(&self, reseller: engine::ResellerId, seq: u64);
+}
+
+/// Where the leader's validated events go to be replicated. Called under the state's write
+/// lock: the order of calls is the order of the events in the log.
+pub trait ProposalSink: Send + Sync + 'static {
+    /// Whether one more proposal fits (checked before the event is applied).
+    fn has_room(&self) -> bool;
+    /// Queues one encoded event. Fails only when the sink is closed.
+    fn propose(&self, payload: Vec<u8>, pending: Pending) -> Result<(), Error>;
+}
+
+/// A proposed event's caller, waiting for the event to be applied: its changes to publish
+/// and its completion.
+pub struct Pending {
+    pub(crate) changes: Vec<Change>,
+    pub(crate) done: oneshot::Sender<Result<Lsn, Error>>,
+    pub(crate) queued_at: Instant,
+}
+
+impl Pending {
+    /// Completes the caller with an error (the event did not, or may not, commit).
+    pub fn fail(self, error: Error) {
+        let _ = self.done.send(Err(error));
+    }
+}
+
+/// Resolves when a committed event is durable and applied.
 pub struct Durable(oneshot::Receiver<Result<Lsn, Error>>);
 
 impl Durable {
@@ -53,14 +95,26 @@ impl Durable {
     }
 }
 
+/// Who may commit: only a leader past its readiness gate.
+struct Gate {
+    open: AtomicBool,
+    /// The leader's node id as last known (0: unknown), for `NotLeader` answers.
+    leader_hint: AtomicU64,
+}
+
 pub struct Store {
     state: Arc<RwLock<ShopState>>,
-    log: Log<Pending>,
-    db: sled::Db,
+    sink: OnceLock<Arc<dyn ProposalSink>>,
+    gate: Gate,
+    /// `None` once closed: sled's file lock goes with the last handle.
+    db: RwLock<Option<sled::Db>>,
     view: Arc<DurableView>,
+    /// `None` once closed.
+    applier: RwLock<Option<crossbeam_channel::Sender<Applied>>>,
     threads: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     poisoned: Arc<AtomicBool>,
-    recovery: Recovery,
+    applied_index: Arc<AtomicU64>,
+    listener: Arc<OnceLock<Arc<dyn ChangeListener>>>,
     data_dir: PathBuf,
     lag: Arc<MirrorLag>,
 }
@@ -70,23 +124,41 @@ pub(crate) struct TouchedSet {
     pub(crate) skus: BTreeSet<Sku>,
     pub(crate) orders: BTreeSet<OrderId>,
     pub(crate) cards: BTreeSet<CardId>,
-    pub(crate) audits: Vec<(u64, engine::OperatorAction)>,
+    pub(crate) audits: BTreeSet<u64>,
     pub(crate) resellers: BTreeSet<engine::ResellerId>,
     pub(crate) ledger_entries: BTreeSet<u64>,
     pub(crate) streams: BTreeSet<(engine::ResellerId, u64)>,
 }
 
 impl TouchedSet {
-    pub(crate) fn add(&mut self, touched: Touched, event: &Event) {
-        if let (Event::OperatorAction(action), Some(number)) = (event, touched.audit) {
-            self.audits.push((number, action.clone()));
-        }
+    pub(crate) fn add(&mut self, touched: Touched) {
+        self.audits.extend(touched.audit);
         self.resellers.extend(touched.reseller);
         self.ledger_entries.extend(touched.ledger_entry);
         self.streams.extend(touched.stream);
         self.skus.extend(touched.sku);
         self.orders.extend(touched.order);
         self.cards.extend(touched.cards);
+    }
+
+    /// Every row the state has: for rebuilding sled whole.
+    pub(crate) fn everything(state: &ShopState) -> Self {
+        let mut all = Self::default();
+        all.skus
+            .extend(state.products().map(|p| p.product.sku.clone()));
+        all.orders
+            .extend(state.orders().iter().map(|r| r.created.order_id.clone()));
+        all.cards.extend((1..=state.cards_count()).map(CardId));
+        all.audits.extend(1..=state.audit_count());
+        for account in state.resellers() {
+            let id = account.reseller.reseller_id;
+            all.resellers.insert(id);
+            all.streams
+                .extend((1..=account.stream.len() as u64).map(|seq| (id, seq)));
+        }
+        all.ledger_entries
+            .extend(1..=state.ledger().entries().len() as u64);
+        all
     }
 
     fn rows(&self, state: &ShopState) -> Vec<Row> {
@@ -105,7 +177,8 @@ impl TouchedSet {
         for card in &self.cards {
             rows.push(rows::card_row(*card, &rows::card_record(state, *card)));
         }
-        for (number, action) in &self.audits {
+        for number in &self.audits {
+            let action = &state.audit_trail()[(*number - 1) as usize];
             rows.push(rows::audit_row(*number, action));
         }
         self.reseller_rows(state, &mut rows);
@@ -166,6 +239,7 @@ pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
     }
 }
 
+/// The last log index whose rows sled holds.
 pub fn applied_lsn(db: &sled::Db) -> Result<u64, Error> {
     let meta = db.open_tree(TreeName::Meta.as_string())?;
     Ok(meta.get(APPLIED_LSN_KEY)?.map_or(0, |v| {
@@ -204,118 +278,174 @@ pub(crate) fn write_rows(
     Ok(())
 }
 
-/// Replays the whole log into a fresh `ShopState`, cutting a torn tail when `repair` is set.
-/// Events after `mirrored_through` are collected as touched.
-fn replay(
-    data_dir: &Path,
-    repair: bool,
-    mirrored_through: u64,
-) -> Result<(ShopState, Recovery, TouchedSet), Error> {
-    let mut state = ShopState::default();
-    let mut touched = TouchedSet::default();
-    let recovery = log::recover(&log_dir(data_dir), repair, |lsn, payload| {
-        let event = rows::decode_event(payload)?;
-        let changed = state
-            .apply(&event)
-            .map_err(|v| Error::Corrupt(format!("lsn {}: {v}", lsn.0)))?;
-        if lsn.0 > mirrored_through {
-            touched.add(changed, &event);
+/// Drops every sled tree and writes every row of `state` as of log index `applied`.
+fn rewrite_sled(db: &sled::Db, state: &ShopState, applied: u64) -> Result<(), Error> {
+    let rows = TouchedSet::everything(state).rows(state);
+    reset_sled(db, &mut HashMap::new(), rows, applied)
+}
+
+/// Drops every sled tree and writes `rows` as the whole content, as of log index `applied`.
+pub(crate) fn reset_sled(
+    db: &sled::Db,
+    trees: &mut HashMap<TreeName, sled::Tree>,
+    rows: Vec<Row>,
+    applied: u64,
+) -> Result<(), Error> {
+    trees.clear();
+    for name in db.tree_names() {
+        if name.as_ref() != b"__sled__default" {
+            db.drop_tree(name)?;
         }
-        Ok(())
-    })?;
-    Ok((state, recovery, touched))
+    }
+    write_rows(db, trees, rows, Lsn(applied))?;
+    db.flush()?;
+    Ok(())
 }
 
 impl Store {
-    /// Opens (or creates) a data dir: recovers the log, rebuilds the state from it, brings
-    /// sled up to date, and starts the log writer and the applier.
-    pub fn open(data_dir: &Path) -> Result<Self, Error> {
-        Self::open_with(data_dir, Arc::new(NoObserver))
+    /// Opens the state side of a data dir with `state` as of log index `applied` (from the
+    /// snapshot), brings sled in line with it, and starts the applier and the mirror.
+    /// Entries after `applied`, through the log's last (`log_last`), arrive through
+    /// `apply_committed`.
+    pub fn open(
+        data_dir: &Path,
+        state: ShopState,
+        applied: u64,
+        log_last: u64,
+    ) -> Result<Self, Error> {
+        Self::open_with(data_dir, state, applied, log_last, Arc::new(NoObserver))
     }
 
-    pub fn open_with(data_dir: &Path, observer: Arc<dyn CommitObserver>) -> Result<Self, Error> {
+    pub fn open_with(
+        data_dir: &Path,
+        state: ShopState,
+        applied: u64,
+        log_last: u64,
+        observer: Arc<dyn CommitObserver>,
+    ) -> Result<Self, Error> {
         std::fs::create_dir_all(data_dir)?;
         let (db, mirrored) = crate::sled_dir::open_or_set_aside(data_dir)?;
-        let (state, recovery, mut touched) = replay(data_dir, true, mirrored)?;
-        if mirrored > recovery.last_lsn {
+        if mirrored < applied || mirrored > log_last.max(applied) {
+            // sled misses rows the snapshot covers (or was set aside), or holds rows of
+            // entries the log no longer has: rewrite it whole from the snapshot (the log's
+            // entries follow).
             tracing::warn!(
                 mirrored,
-                last_lsn = recovery.last_lsn,
-                "sled is ahead of the log; rebuilding it"
+                applied,
+                log_last,
+                "sled does not match the snapshot and the log; rewriting it from the snapshot"
             );
-            for name in db.tree_names() {
-                if name.as_ref() != b"__sled__default" {
-                    db.drop_tree(name)?;
-                }
-            }
-            touched = replay(data_dir, false, 0)?.2;
+            rewrite_sled(&db, &state, applied)?;
         }
-        let mut trees = HashMap::new();
-        write_rows(
-            &db,
-            &mut trees,
-            touched.rows(&state),
-            Lsn(recovery.last_lsn),
-        )?;
-        db.flush()?;
         let products = state
             .products()
             .map(|p| (p.product.sku.clone(), p.product.clone()))
             .collect();
-        let (sink, durable) = crossbeam_channel::bounded(64);
-        let log = Log::start(&log_dir(data_dir), recovery.last_lsn, sink)?;
         let poisoned = Arc::new(AtomicBool::new(false));
         let view = Arc::new(DurableView::default());
+        let applied_index = Arc::new(AtomicU64::new(applied));
+        let listener: Arc<OnceLock<Arc<dyn ChangeListener>>> = Arc::default();
+        let (applier, applied_groups) = crossbeam_channel::bounded(APPLIED_QUEUE_GROUPS);
         let (to_mirror, batches) = crossbeam_channel::bounded(mirror::MIRROR_QUEUE_BATCHES);
-        let lag = Arc::new(MirrorLag::new(recovery.last_lsn));
-        let applier = {
-            let (view, poisoned, lag) = (view.clone(), poisoned.clone(), lag.clone());
+        let lag = Arc::new(MirrorLag::new(applied));
+        let applier_thread = {
+            let context = mirror::ApplierContext {
+                view: view.clone(),
+                mirror: to_mirror,
+                observer,
+                applied_index: applied_index.clone(),
+                listener: listener.clone(),
+                lag: lag.clone(),
+            };
             std::thread::Builder::new()
                 .name("log-applier".into())
-                .spawn(move || {
-                    mirror::run_applier(durable, view, to_mirror, poisoned, observer, lag)
-                })?
+                .spawn(move || mirror::run_applier(applied_groups, context))?
         };
-        let mirror = {
+        let mirror_thread = {
             let (db, view, poisoned, lag) =
                 (db.clone(), view.clone(), poisoned.clone(), lag.clone());
             std::thread::Builder::new()
                 .name("sled-mirror".into())
                 .spawn(move || {
-                    mirror::run_mirror(db, trees, products, batches, view, poisoned, lag)
+                    mirror::run_mirror(db, HashMap::new(), products, batches, view, poisoned, lag)
                 })?
         };
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
-            log,
-            db,
+            sink: OnceLock::new(),
+            gate: Gate {
+                open: AtomicBool::new(false),
+                leader_hint: AtomicU64::new(0),
+            },
+            db: RwLock::new(Some(db)),
             view,
-            threads: parking_lot::Mutex::new(vec![applier, mirror]),
+            applier: RwLock::new(Some(applier)),
+            threads: parking_lot::Mutex::new(vec![applier_thread, mirror_thread]),
             poisoned,
-            recovery,
+            applied_index,
+            listener,
             data_dir: data_dir.to_owned(),
             lag,
         })
-    }
-
-    pub fn recovery(&self) -> &Recovery {
-        &self.recovery
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
-    /// Validates `event` against the state, applies it, and queues it for the log. Refused
-    /// events (`Error::Violation`) change nothing and are never logged.
+    /// Connects the replication layer. Once only.
+    pub fn set_sink(&self, sink: Arc<dyn ProposalSink>) {
+        if self.sink.set(sink).is_err() {
+            panic!("the proposal sink is set once");
+        }
+    }
+
+    /// Connects the live feeds. Once only.
+    pub fn set_listener(&self, listener: Arc<dyn ChangeListener>) {
+        if self.listener.set(listener).is_err() {
+            panic!("the change listener is set once");
+        }
+    }
+
+    /// Opens (this node leads and has applied everything earlier terms committed) or closes
+    /// the commit path. Closing it does not wait for proposals in flight.
+    pub fn set_leading(&self, leading: bool) {
+        self.gate.open.store(leading, Ordering::Release);
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.gate.open.load(Ordering::Acquire)
+    }
+
+    /// The leader as last known (`None` when unknown), for answers that send a client there.
+    pub fn set_leader_hint(&self, leader: Option<u64>) {
+        self.gate
+            .leader_hint
+            .store(leader.unwrap_or(0), Ordering::Release);
+    }
+
+    fn not_leader(&self) -> Error {
+        let hint = self.gate.leader_hint.load(Ordering::Acquire);
+        Error::NotLeader {
+            leader: (hint != 0).then_some(hint),
+        }
+    }
+
+    /// Validates `event` against the state, applies it, and proposes it. Refused events
+    /// (`Error::Violation`) change nothing and are never proposed.
     pub fn commit(&self, event: &Event) -> Result<Durable, Error> {
-        if self.poisoned.load(Ordering::Acquire) || self.log.has_failed() {
+        if self.poisoned.load(Ordering::Acquire) {
             return Err(Error::LogFailed);
         }
+        let sink = self.sink.get().ok_or_else(|| self.not_leader())?;
         let payload = rows::encode_event(event);
         let mut state = self.state.write();
-        // Appends happen only under this lock, so a free slot seen now is still free below.
-        if self.log.queued_count() >= APPEND_QUEUE_CAPACITY {
+        // Checked under the lock: a gate closed now stays closed for this event.
+        if !self.is_leading() {
+            return Err(self.not_leader());
+        }
+        // Proposals happen only under this lock, so room seen now is still there below.
+        if !sink.has_room() {
             return Err(Error::Busy);
         }
         let touched = state.apply(event).map_err(Error::Violation)?;
@@ -327,57 +457,121 @@ impl Store {
             done,
             queued_at: Instant::now(),
         };
-        if let Err(error) = self.log.append(payload, pending) {
+        if let Err(error) = sink.propose(payload, pending) {
             // The state is now ahead of the log: nothing more may be acknowledged.
             self.poisoned.store(true, Ordering::Release);
-            tracing::error!(%error, "log refused an applied event; store poisoned");
+            tracing::error!(%error, "the proposal sink refused an applied event; store poisoned");
             return Err(error);
         }
         Ok(Durable(receiver))
     }
 
-    /// Read access to the state (validated, possibly ahead of durability by in-flight
-    /// commits: use it for decisions and counts, and `order` for what was acknowledged).
+    /// This node's own proposals, committed and applied as entry `index`: publishes their
+    /// changes and completes their callers (the state already holds them).
+    pub fn complete_own(&self, index: u64, pendings: Vec<Pending>) -> Result<(), Error> {
+        self.send_applied(Applied::Own { index, pendings })
+    }
+
+    fn send_applied(&self, work: Applied) -> Result<(), Error> {
+        let applier = self.applier.read();
+        let applier = applier.as_ref().ok_or(Error::Closed)?;
+        applier.send(work).map_err(|_| Error::Closed)
+    }
+
+    /// Committed events of entry `index` proposed elsewhere (or by an earlier run of this
+    /// node): validated and applied to the state, then published. A refusal means the
+    /// committed history breaks an invariant, which must stop the node.
+    pub fn apply_committed(&self, index: u64, events: &[Event]) -> Result<(), Error> {
+        let mut changes = Vec::with_capacity(events.len() * 3);
+        {
+            let mut state = self.state.write();
+            for event in events {
+                let touched = state
+                    .apply(event)
+                    .map_err(|v| Error::Corrupt(format!("committed entry {index}: {v}")))?;
+                rows::changes(&state, event, touched, &mut changes);
+            }
+        }
+        self.send_applied(Applied::Foreign { index, changes })
+    }
+
+    /// An entry that changes no shop state (blank, membership) was applied.
+    pub fn applied_nothing(&self, index: u64) -> Result<(), Error> {
+        self.send_applied(Applied::Foreign {
+            index,
+            changes: Vec::new(),
+        })
+    }
+
+    /// Replaces the state with `state` as of `applied` (after the leader's speculative tail
+    /// was lost, or a snapshot was installed). With `rewrite_sled`, sled is rewritten whole
+    /// first (an installed snapshot: sled may hold another history).
+    pub fn replace_state(
+        &self,
+        state: ShopState,
+        applied: u64,
+        rewrite: bool,
+    ) -> Result<(), Error> {
+        if rewrite {
+            // Through the applier and the mirror, after everything queued before it; sent
+            // without the state lock (the applier's live feeds read the state).
+            let rows = TouchedSet::everything(&state).rows(&state);
+            self.send_applied(Applied::Reset {
+                index: applied,
+                rows,
+            })?;
+        }
+        *self.state.write() = state;
+        Ok(())
+    }
+
+    /// The last log index whose changes are published (readable).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Read access to the state (validated; on the leader possibly ahead of what is
+    /// committed by proposals in flight: use it for decisions and counts, and `order` for
+    /// what was acknowledged).
     pub fn state(&self) -> RwLockReadGuard<'_, ShopState> {
         self.state.read()
     }
 
-    /// An order as it was last made durable: from the view of recent changes, else sled.
+    /// An order as it was last applied: from the view of recent changes, else sled.
     pub fn order(&self, order_id: &OrderId) -> Result<Option<OrderRecord>, Error> {
         if let Some(record) = self.view.get(order_id) {
             return Ok(Some((*record).clone()));
         }
-        let index = self.db.open_tree(TreeName::OrderMonth.as_string())?;
+        let db = self.db.read();
+        let db = db.as_ref().ok_or(Error::Closed)?;
+        let index = db.open_tree(TreeName::OrderMonth.as_string())?;
         let Some(month) = index.get(order_id.as_str())? else {
             return Ok(None);
         };
         let month = String::from_utf8_lossy(&month).into_owned();
-        let tree = self.db.open_tree(TreeName::Orders(month).as_string())?;
+        let tree = db.open_tree(TreeName::Orders(month).as_string())?;
         tree.get(order_id.as_str())?
             .map(|bytes| rows::decode(&bytes))
             .transpose()
     }
 
     pub fn is_healthy(&self) -> bool {
-        !self.poisoned.load(Ordering::Acquire) && !self.log.has_failed()
+        !self.poisoned.load(Ordering::Acquire)
     }
 
-    /// Records waiting for the log writer.
-    pub fn queued_count(&self) -> usize {
-        self.log.queued_count()
-    }
-
-    pub fn inject_sync_failure(&self) {
-        self.log
-            .faults
-            .fail_next_sync
-            .store(true, Ordering::Release);
+    /// Marks the store failed (the log refused a write): nothing more is acknowledged.
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::Release);
     }
 
     /// The newest `count` entries of the operators' audit trail, newest first (from sled:
     /// entries of the last few milliseconds may not be there yet).
     pub fn audit_trail(&self, count: usize) -> Result<Vec<engine::OperatorAction>, Error> {
-        let tree = self.db.open_tree(TreeName::Audit.as_string())?;
+        let db = self.db.read();
+        let tree = db
+            .as_ref()
+            .ok_or(Error::Closed)?
+            .open_tree(TreeName::Audit.as_string())?;
         tree.iter()
             .rev()
             .take(count)
@@ -385,23 +579,30 @@ impl Store {
             .collect()
     }
 
-    /// How far sled is behind the log (records and the oldest one's wait).
+    /// How far sled is behind what is applied (entries and the oldest one's wait).
     pub fn mirror_lag(&self) -> mirror::LagSample {
         self.lag.sample()
     }
 
-    /// Orders durable but not yet in sled.
+    /// Orders applied but not yet in sled.
     pub fn unmirrored_orders_count(&self) -> usize {
         self.view.len()
     }
 
-    /// Drains everything queued, waits for it to be mirrored, and flushes sled.
+    /// Waits for everything applied to be mirrored, stops the threads, and flushes sled.
     pub fn close(&self) -> Result<(), Error> {
-        self.log.close();
-        for thread in self.threads.lock().drain(..) {
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        if threads.is_empty() {
+            return Ok(());
+        }
+        // The applier ends once its sender is gone, after everything queued.
+        self.applier.write().take();
+        for thread in threads {
             let _ = thread.join();
         }
-        self.db.flush()?;
+        if let Some(db) = self.db.write().take() {
+            db.flush()?;
+        }
         Ok(())
     }
 }
@@ -410,10 +611,4 @@ impl Drop for Store {
     fn drop(&mut self) {
         let _ = self.close();
     }
-}
-
-/// The log replayed without repairing it: for `audit`.
-pub fn replay_readonly(data_dir: &Path) -> Result<(ShopState, Recovery), Error> {
-    let (state, recovery, _) = replay(data_dir, false, u64::MAX)?;
-    Ok((state, recovery))
 }

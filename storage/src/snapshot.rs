@@ -1,0 +1,213 @@
+//! Snapshots: the whole `ShopState` as of one log index, in one file, so that the log before
+//! it can be purged and a restart or a new replica starts from it instead of from the first
+//! event.
+//!
+//! File `snapshot/{index:020}-{term:020}.snap`:
+//! `MAGIC | SNAPSHOT_FORMAT: u8 | meta_len: u32 | meta | last_index: u64 | last_term: u64 |
+//! bincode(Chains) | bincode(ShopState) | crc32: u32` (little-endian; the CRC covers
+//! everything before it).
+//! `meta` is opaque here (the replication layer's snapshot metadata: membership and log id).
+//! A snapshot is written to a temporary file, fsync'd, renamed and the directory fsync'd,
+//! so a crash leaves either the old snapshot or the new one. Reading checks the CRC in a
+//! first pass before decoding anything, then `ShopState::check` on the decoded state.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use engine::state::ShopState;
+
+use crate::replay::Chains;
+
+use crate::Error;
+
+pub const MAGIC: &[u8; 8] = b"PANSHISN";
+pub const SNAPSHOT_FORMAT: u8 = 1;
+/// Largest `meta` section: membership of a few nodes is far smaller.
+pub const SNAPSHOT_META_BYTES_MAX: usize = 1024 * 1024;
+const IO_BUFFER_BYTES: usize = 1 << 20;
+
+/// What a snapshot covers: the log through `last_index` (of `last_term`), and the
+/// replication layer's own description of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    pub meta: Vec<u8>,
+    pub last_index: u64,
+    pub last_term: u64,
+    /// The last admitted batch (part of the replicated state).
+    pub chains: Chains,
+}
+
+pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("snapshot")
+}
+
+fn file_name(last_index: u64, last_term: u64) -> String {
+    format!("{last_index:020}-{last_term:020}.snap")
+}
+
+/// Feeds everything written through it into a CRC.
+struct CrcWriter<W: Write> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Writes `state` as the snapshot through `header.last_index` into `dir` (atomically), and
+/// removes older snapshots. Returns the new file.
+pub fn write(dir: &Path, header: &SnapshotHeader, state: &ShopState) -> Result<PathBuf, Error> {
+    fs::create_dir_all(dir)?;
+    let name = file_name(header.last_index, header.last_term);
+    let temporary = dir.join(format!("{name}.tmp"));
+    write_to(File::create(&temporary)?, header, state)?;
+    let path = dir.join(&name);
+    fs::rename(&temporary, &path)?;
+    File::open(dir)?.sync_all()?;
+    remove_older(dir, &path)?;
+    Ok(path)
+}
+
+/// Writes a snapshot into `file` and syncs it.
+pub fn write_to(file: File, header: &SnapshotHeader, state: &ShopState) -> Result<(), Error> {
+    if header.meta.len() > SNAPSHOT_META_BYTES_MAX {
+        return Err(Error::RecordTooLarge(header.meta.len()));
+    }
+    let mut out = CrcWriter {
+        inner: BufWriter::with_capacity(IO_BUFFER_BYTES, file),
+        hasher: crc32fast::Hasher::new(),
+    };
+    out.write_all(MAGIC)?;
+    out.write_all(&[SNAPSHOT_FORMAT])?;
+    out.write_all(&(header.meta.len() as u32).to_le_bytes())?;
+    out.write_all(&header.meta)?;
+    out.write_all(&header.last_index.to_le_bytes())?;
+    out.write_all(&header.last_term.to_le_bytes())?;
+    bincode::encode_into_std_write(header.chains, &mut out, config())
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    bincode::encode_into_std_write(state, &mut out, config())
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    let crc = out.hasher.clone().finalize();
+    let mut inner = out.inner;
+    inner.write_all(&crc.to_le_bytes())?;
+    let file = inner.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn remove_older(dir: &Path, keep: &Path) -> Result<(), Error> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path != keep && path.extension().is_some_and(|e| e == "snap" || e == "tmp") {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest snapshot file in `dir`, if any.
+pub fn latest(dir: &Path) -> Result<Option<PathBuf>, Error> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut newest: Option<PathBuf> = None;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "snap")
+            && newest.as_ref().is_none_or(|n| path > *n)
+        {
+            newest = Some(path);
+        }
+    }
+    Ok(newest)
+}
+
+/// Checks a snapshot file's CRC (reading it once) and returns its header.
+pub fn verify(path: &Path) -> Result<SnapshotHeader, Error> {
+    let length = fs::metadata(path)?.len();
+    if length < (MAGIC.len() + 1 + 4 + 16 + 4) as u64 {
+        return Err(corrupt(path, "too short"));
+    }
+    let mut reader = BufReader::with_capacity(IO_BUFFER_BYTES, File::open(path)?);
+    let mut hasher = crc32fast::Hasher::new();
+    let mut remaining = length - 4;
+    let mut buffer = vec![0u8; IO_BUFFER_BYTES];
+    while remaining > 0 {
+        let want = remaining.min(buffer.len() as u64) as usize;
+        reader.read_exact(&mut buffer[..want])?;
+        hasher.update(&buffer[..want]);
+        remaining -= want as u64;
+    }
+    let mut stored = [0u8; 4];
+    reader.read_exact(&mut stored)?;
+    if hasher.finalize().to_le_bytes() != stored {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    let mut reader = BufReader::new(File::open(path)?);
+    read_header(&mut reader, path)
+}
+
+fn corrupt(path: &Path, what: &str) -> Error {
+    Error::Corrupt(format!("snapshot {}: {what}", path.display()))
+}
+
+fn read_header(reader: &mut impl Read, path: &Path) -> Result<SnapshotHeader, Error> {
+    let mut magic = [0u8; 9];
+    reader.read_exact(&mut magic)?;
+    if &magic[..8] != MAGIC {
+        return Err(corrupt(path, "not a snapshot"));
+    }
+    if magic[8] != SNAPSHOT_FORMAT {
+        return Err(corrupt(path, &format!("unknown format {}", magic[8])));
+    }
+    let mut word = [0u8; 4];
+    reader.read_exact(&mut word)?;
+    let meta_len = u32::from_le_bytes(word) as usize;
+    if meta_len > SNAPSHOT_META_BYTES_MAX {
+        return Err(corrupt(path, "oversized metadata"));
+    }
+    let mut meta = vec![0u8; meta_len];
+    reader.read_exact(&mut meta)?;
+    let mut long = [0u8; 8];
+    reader.read_exact(&mut long)?;
+    let last_index = u64::from_le_bytes(long);
+    reader.read_exact(&mut long)?;
+    let last_term = u64::from_le_bytes(long);
+    let chains = bincode::decode_from_std_read(reader, config())
+        .map_err(|e| corrupt(path, &format!("undecodable chains: {e}")))?;
+    Ok(SnapshotHeader {
+        meta,
+        last_index,
+        last_term,
+        chains,
+    })
+}
+
+/// Reads a snapshot whole: checks the CRC, decodes the state and checks its invariants.
+pub fn read(path: &Path) -> Result<(SnapshotHeader, ShopState), Error> {
+    verify(path)?;
+    let mut reader = BufReader::with_capacity(IO_BUFFER_BYTES, File::open(path)?);
+    let header = read_header(&mut reader, path)?;
+    let state: ShopState = bincode::decode_from_std_read(&mut reader, config())
+        .map_err(|e| corrupt(path, &format!("undecodable state: {e}")))?;
+    if let Some(violation) = state.check().into_iter().next() {
+        return Err(corrupt(
+            path,
+            &format!("state breaks an invariant: {violation}"),
+        ));
+    }
+    Ok((header, state))
+}
