@@ -1,0 +1,135 @@
+//! A data dir written before replication holds a log of bare events. At its first start
+//! under replication its log is folded into a snapshot of a one-node cluster (this node),
+//! and the old log is kept beside it in `log.pre-replication/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use engine::state::ShopState;
+use openraft::{Membership, StoredMembership};
+use storage::entry::is_pre_replication;
+use storage::replay::{self, Chains};
+use storage::snapshot::{self, SnapshotHeader};
+use storage::store::log_dir;
+
+use crate::node::NodeConfig;
+use crate::types::{self, PeerNode, SnapshotMeta};
+use crate::Error;
+
+/// Where the old log goes.
+pub const PRE_REPLICATION_LOG_DIR: &str = "log.pre-replication";
+
+pub(crate) fn migrate_if_needed(data_dir: &Path, config: &NodeConfig) -> Result<(), Error> {
+    let dir = log_dir(data_dir);
+    let mut first_is_old = None;
+    storage::log::recover(&dir, false, |_, payload| {
+        first_is_old.get_or_insert(is_pre_replication(payload));
+        Ok(())
+    })?;
+    if first_is_old != Some(true) {
+        return Ok(());
+    }
+    let mut state = ShopState::default();
+    let mut chains = Chains::default();
+    let mut last = 0;
+    storage::log::recover(&dir, false, |lsn, payload| {
+        let entry = replay::decode_any(lsn.0, payload)?;
+        replay::apply_entry(&mut state, &mut chains, &entry, |_, _, _| {})?;
+        last = lsn.0;
+        Ok(())
+    })?;
+    let me = config.node_id;
+    let log_id = types::log_id(1, me, last);
+    let url = config.voters.get(&me).cloned().unwrap_or_default();
+    let membership = Membership::new(
+        vec![BTreeSet::from([me])],
+        BTreeMap::from([(me, PeerNode { url })]),
+    );
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id),
+        last_membership: StoredMembership::new(Some(log_id), membership),
+        snapshot_id: format!("{last}-1-migrated"),
+    };
+    let header = SnapshotHeader {
+        meta: serde_json::to_vec(&meta).expect("snapshot metadata encodes"),
+        last_index: last,
+        last_term: 1,
+        chains,
+    };
+    snapshot::write(&snapshot::snapshot_dir(data_dir), &header, &state)?;
+    let old = data_dir.join(PRE_REPLICATION_LOG_DIR);
+    std::fs::rename(&dir, &old)?;
+    std::fs::create_dir_all(&dir)?;
+    let vote = openraft::Vote::new_committed(1, me);
+    write_synced(
+        &dir.join("vote"),
+        &serde_json::to_vec(&vote).expect("a vote encodes"),
+    )?;
+    write_synced(
+        &dir.join("purged"),
+        &serde_json::to_vec(&log_id).expect("a log id encodes"),
+    )?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    tracing::warn!(
+        records = last,
+        kept = %old.display(),
+        "migrated a data dir from before replication: its log is now a snapshot"
+    );
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Makes `data_dir` (empty or absent) a data dir that serves exactly the state of the
+/// snapshot file `from` (a backup), as the only voter `node_id` of a new cluster. Returns
+/// the snapshot's header and state summary `(orders, cards)`.
+pub fn restore(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, u64), Error> {
+    if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
+        return Err(Error::Config(format!(
+            "{} is not empty: restore makes a new data dir",
+            data_dir.display()
+        )));
+    }
+    let (header, state) = snapshot::read(from)?;
+    let old: SnapshotMeta = crate::state_machine::decode_meta(&header.meta)?;
+    let last = header.last_index;
+    let term = header.last_term.max(1);
+    let log_id = old
+        .last_log_id
+        .unwrap_or_else(|| types::log_id(term, node_id, last));
+    let membership = Membership::new(
+        vec![BTreeSet::from([node_id])],
+        BTreeMap::from([(node_id, PeerNode::default())]),
+    );
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id),
+        last_membership: StoredMembership::new(Some(log_id), membership),
+        snapshot_id: format!("{last}-{term}-restored"),
+    };
+    let restored = SnapshotHeader {
+        meta: serde_json::to_vec(&meta).expect("snapshot metadata encodes"),
+        ..header
+    };
+    std::fs::create_dir_all(data_dir)?;
+    snapshot::write(&snapshot::snapshot_dir(data_dir), &restored, &state)?;
+    let dir = log_dir(data_dir);
+    std::fs::create_dir_all(&dir)?;
+    // A vote past the snapshot's term: this node's first election starts a new term.
+    let vote = openraft::Vote::new_committed(log_id.leader_id.term + 1, node_id);
+    write_synced(
+        &dir.join("vote"),
+        &serde_json::to_vec(&vote).expect("a vote encodes"),
+    )?;
+    write_synced(
+        &dir.join("purged"),
+        &serde_json::to_vec(&log_id).expect("a log id encodes"),
+    )?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok((state.orders().len() as u64, state.cards_count(), last))
+}

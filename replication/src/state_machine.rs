@@ -1,0 +1,364 @@
+//! openraft's state machine: the shop's `Store`.
+//!
+//! A committed entry is applied in one of two ways. On the leader that proposed it (its
+//! batch is the front of the in-flight queue), the state already holds its events: only its
+//! callers' changes are published and the callers completed (`Store::complete_own`).
+//! Anywhere else it is decoded and applied (`Store::apply_committed`). Either way the batch
+//! must first be admitted (`storage::replay::Chains`): a batch whose premises were overtaken
+//! by another leader's entries is skipped, on every node alike.
+//!
+//! When this node's own speculative tail is lost (another leader's batch is applied while
+//! ours are in flight, or one of ours is skipped), its callers are failed and the state is
+//! rebuilt from the snapshot and the log through the last applied entry, before anything
+//! else is applied.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, StoredMembership};
+use parking_lot::Mutex;
+use storage::entry::{self as storage_entry};
+use storage::replay::{self, Chains};
+use storage::snapshot::{self, SnapshotHeader};
+use storage::{Pending, Store};
+
+use crate::log_store::LogStore;
+use crate::types::{self, Entry, NodeId, Origin, PanshiRaft, PeerNode, SnapshotMeta, StorageError};
+
+/// A batch this node proposed and has not yet seen applied.
+pub(crate) struct InFlight {
+    pub(crate) origin: Origin,
+    pub(crate) pendings: Vec<Pending>,
+}
+
+/// The replicated state's bookkeeping beside `ShopState`.
+#[derive(Clone, Default)]
+pub(crate) struct Applied {
+    pub(crate) last: Option<LogId<NodeId>>,
+    pub(crate) membership: StoredMembership<NodeId, PeerNode>,
+    pub(crate) chains: Chains,
+}
+
+impl Applied {
+    /// The last entry that changed the shop's state: entries after it (blank, membership,
+    /// skipped batches) change nothing, so a fold of the log need not go past it.
+    pub(crate) fn state_index(&self) -> u64 {
+        let applied = self.last.map_or(0, |l| l.index);
+        self.chains.last.map_or(0, |(_, index)| index).min(applied)
+    }
+}
+
+/// Shared by the state machine, the proposer and the node.
+pub(crate) struct Machine {
+    pub(crate) store: Arc<Store>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) log: LogStore,
+    /// This node's batches not yet applied, in proposal order.
+    pub(crate) in_flight: Mutex<VecDeque<InFlight>>,
+    /// The state holds events that will never be applied: rebuild before going on.
+    pub(crate) diverged: AtomicBool,
+    pub(crate) applied: Mutex<Applied>,
+    /// Held while an entry is applied or the state rebuilt: they never interleave.
+    pub(crate) apply_lock: Mutex<()>,
+}
+
+/// Snapshot metadata as written into the snapshot file's `meta` section.
+fn encode_meta(meta: &SnapshotMeta) -> Vec<u8> {
+    serde_json::to_vec(meta).expect("snapshot metadata encodes")
+}
+
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<SnapshotMeta, storage::Error> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| storage::Error::Corrupt(format!("snapshot metadata: {e}")))
+}
+
+fn sm_error(e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+    types::io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e)
+}
+
+fn snapshot_error(e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+    types::io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
+}
+
+impl Machine {
+    /// Fails every in-flight batch's callers and rebuilds the state through the last
+    /// applied entry.
+    /// The caller holds `apply_lock`.
+    pub(crate) fn rebuild(&self) -> Result<(), storage::Error> {
+        let lost: Vec<InFlight> = self.in_flight.lock().drain(..).collect();
+        let (through, state_index) = {
+            let applied = self.applied.lock();
+            (applied.last.map_or(0, |l| l.index), applied.state_index())
+        };
+        let folded = replay::fold_running(&self.data_dir, self.log.log(), state_index)?;
+        self.store.replace_state(folded.state, through, false)?;
+        for batch in lost {
+            for pending in batch.pendings {
+                pending.fail(storage::Error::OutcomeUnknown);
+            }
+        }
+        self.diverged.store(false, Ordering::Release);
+        tracing::warn!(
+            through,
+            "this node's unapplied proposals were overtaken; state rebuilt from the log"
+        );
+        Ok(())
+    }
+
+    fn apply_one(&self, entry: Entry) -> Result<(), storage::Error> {
+        let _applying = self.apply_lock.lock();
+        if self.diverged.load(Ordering::Acquire) && self.in_flight.lock().is_empty() {
+            self.rebuild()?;
+        }
+        let index = entry.log_id.index;
+        match entry.payload {
+            EntryPayload::Blank => self.store.applied_nothing(index)?,
+            EntryPayload::Membership(membership) => {
+                self.applied.lock().membership =
+                    StoredMembership::new(Some(entry.log_id), membership);
+                self.store.applied_nothing(index)?;
+            }
+            EntryPayload::Normal(proposal) => self.apply_batch(index, proposal)?,
+        }
+        self.applied.lock().last = Some(entry.log_id);
+        Ok(())
+    }
+
+    fn apply_batch(&self, index: u64, proposal: types::Proposal) -> Result<(), storage::Error> {
+        let origin: storage_entry::Origin = proposal.origin.into();
+        let admitted = self.applied.lock().chains.admits(&origin);
+        let ours = {
+            let mut in_flight = self.in_flight.lock();
+            if in_flight
+                .front()
+                .is_some_and(|f| f.origin == proposal.origin)
+            {
+                in_flight.pop_front()
+            } else {
+                None
+            }
+        };
+        match (ours, admitted) {
+            (Some(batch), true) => {
+                self.applied.lock().chains.admitted(origin, index);
+                self.store.complete_own(index, batch.pendings)?;
+            }
+            (Some(batch), false) => {
+                for pending in batch.pendings {
+                    pending.fail(storage::Error::NotLeader { leader: None });
+                }
+                self.store.applied_nothing(index)?;
+                self.rebuild()?;
+            }
+            (None, false) => self.store.applied_nothing(index)?,
+            (None, true) => {
+                if self.diverged.load(Ordering::Acquire) || !self.in_flight.lock().is_empty() {
+                    self.rebuild()?;
+                }
+                let events = storage_entry::unpack_events(&proposal.events.0)?
+                    .into_iter()
+                    .map(storage::rows::decode_event)
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.applied.lock().chains.admitted(origin, index);
+                self.store.apply_committed(index, &events)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the applied state (folded from the previous snapshot and the
+    /// log, so the live state, possibly ahead on a leader, is never locked or copied).
+    fn build_snapshot(&self) -> Result<(SnapshotMeta, PathBuf), storage::Error> {
+        let applied = self.applied.lock().clone();
+        let through = applied.last.map_or(0, |l| l.index);
+        let folded = replay::fold_running(&self.data_dir, self.log.log(), applied.state_index())?;
+        let meta = SnapshotMeta {
+            last_log_id: applied.last,
+            last_membership: applied.membership,
+            snapshot_id: format!(
+                "{}-{}",
+                through,
+                applied.last.map_or(0, |l| l.leader_id.term)
+            ),
+        };
+        let header = SnapshotHeader {
+            meta: encode_meta(&meta),
+            last_index: through,
+            last_term: applied.last.map_or(0, |l| l.leader_id.term),
+            chains: applied.chains,
+        };
+        let path = snapshot::write(
+            &snapshot::snapshot_dir(&self.data_dir),
+            &header,
+            &folded.state,
+        )?;
+        tracing::info!(through, path = %path.display(), "snapshot written");
+        Ok((meta, path))
+    }
+}
+
+/// The state machine handed to openraft.
+#[derive(Clone)]
+pub struct ShopMachine {
+    pub(crate) machine: Arc<Machine>,
+}
+
+async fn open_snapshot(
+    path: &Path,
+    meta: SnapshotMeta,
+) -> Result<Snapshot<PanshiRaft>, StorageError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| types::io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(file),
+    })
+}
+
+const INCOMING_SNAPSHOT: &str = "incoming.part";
+
+impl RaftSnapshotBuilder<PanshiRaft> for ShopMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<PanshiRaft>, StorageError> {
+        let machine = self.machine.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || machine.build_snapshot())
+            .await
+            .map_err(snapshot_error)?
+            .map_err(snapshot_error)?;
+        open_snapshot(&path, meta).await
+    }
+}
+
+impl RaftStateMachine<PanshiRaft> for ShopMachine {
+    type SnapshotBuilder = ShopMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, PeerNode>), StorageError> {
+        let applied = self.machine.applied.lock();
+        Ok((applied.last, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut results = Vec::new();
+        for entry in entries {
+            self.machine.apply_one(entry).map_err(sm_error)?;
+            results.push(());
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let dir = snapshot::snapshot_dir(&self.machine.data_dir);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(snapshot_error)?;
+        let file = tokio::fs::File::create(dir.join(INCOMING_SNAPSHOT))
+            .await
+            .map_err(snapshot_error)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let mut snapshot = snapshot;
+        snapshot.sync_all().await.map_err(snapshot_error)?;
+        let incoming = snapshot::snapshot_dir(&self.machine.data_dir).join(INCOMING_SNAPSHOT);
+        if !same_file(&snapshot, &incoming).await {
+            // Handed a snapshot that is not the file chunks were written to: copy it there.
+            use tokio::io::AsyncSeekExt;
+            snapshot
+                .seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(snapshot_error)?;
+            let mut target = tokio::fs::File::create(&incoming)
+                .await
+                .map_err(snapshot_error)?;
+            tokio::io::copy(&mut *snapshot, &mut target)
+                .await
+                .map_err(snapshot_error)?;
+            target.sync_all().await.map_err(snapshot_error)?;
+        }
+        drop(snapshot);
+        let machine = self.machine.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || install(&machine, meta))
+            .await
+            .map_err(snapshot_error)?
+            .map_err(snapshot_error)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<PanshiRaft>>, StorageError> {
+        let dir = snapshot::snapshot_dir(&self.machine.data_dir);
+        let Some(path) = snapshot::latest(&dir).map_err(snapshot_error)? else {
+            return Ok(None);
+        };
+        let header = snapshot::verify(&path).map_err(snapshot_error)?;
+        let meta = decode_meta(&header.meta).map_err(snapshot_error)?;
+        Ok(Some(open_snapshot(&path, meta).await?))
+    }
+}
+
+async fn same_file(file: &tokio::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Installs a snapshot received from the leader: checks it, makes it the current one, and
+/// replaces the state and sled with it.
+fn install(machine: &Machine, meta: SnapshotMeta) -> Result<(), storage::Error> {
+    let dir = snapshot::snapshot_dir(&machine.data_dir);
+    let incoming = dir.join(INCOMING_SNAPSHOT);
+    let (header, state) = snapshot::read(&incoming)?;
+    let last = meta.last_log_id.map_or(0, |l| l.index);
+    if header.last_index != last {
+        return Err(storage::Error::Corrupt(format!(
+            "snapshot holds index {} but is announced as {last}",
+            header.last_index
+        )));
+    }
+    let path = dir.join(format!(
+        "{:020}-{:020}.snap",
+        header.last_index, header.last_term
+    ));
+    std::fs::rename(&incoming, &path)?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    for entry in std::fs::read_dir(&dir)? {
+        let other = entry?.path();
+        if other != path && other.extension().is_some_and(|e| e == "snap") {
+            std::fs::remove_file(other)?;
+        }
+    }
+    let lost: Vec<InFlight> = machine.in_flight.lock().drain(..).collect();
+    for batch in lost {
+        for pending in batch.pendings {
+            pending.fail(storage::Error::OutcomeUnknown);
+        }
+    }
+    machine.store.replace_state(state, last, true)?;
+    machine.diverged.store(false, Ordering::Release);
+    *machine.applied.lock() = Applied {
+        last: meta.last_log_id,
+        membership: meta.last_membership,
+        chains: header.chains,
+    };
+    tracing::info!(last, "installed a snapshot from the leader");
+    Ok(())
+}
