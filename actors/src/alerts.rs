@@ -19,6 +19,9 @@
 //!   (a full disk stops the log).
 //! - `mirror_lag`: the oldest durable change not yet in sled has waited `mirror_lag_ms_max`
 //!   (sled is stuck or failing; reads of older orders would miss what the log holds).
+//! - `no_leader`: this node has known no cluster leader for `leaderless_ms_max`.
+//! - `follower_lag`: a follower (seen from the leader) is more than
+//!   `follower_lag_entries_max` log entries behind.
 //!
 //! Invariants: the history holds at most `ALERT_HISTORY_SAMPLES_MAX` samples, the active set
 //! at most `ALERTS_ACTIVE_MAX` alerts and the recent list `ALERTS_RECENT_MAX`; samples must
@@ -49,6 +52,8 @@ pub struct AlertSettings {
     pub delivery_overdue_ms: u64,
     pub disk_free_bytes_min: u64,
     pub mirror_lag_ms_max: u64,
+    pub leaderless_ms_max: u64,
+    pub follower_lag_entries_max: u64,
 }
 
 impl Default for AlertSettings {
@@ -67,6 +72,8 @@ impl Default for AlertSettings {
             delivery_overdue_ms: 60_000,
             disk_free_bytes_min: 1 << 30,
             mirror_lag_ms_max: 10_000,
+            leaderless_ms_max: 5_000,
+            follower_lag_entries_max: 10_000,
         }
     }
 }
@@ -100,6 +107,10 @@ pub struct Sample {
     /// Durable records not yet in sled, and how long the oldest has waited.
     pub mirror_lag_records: u64,
     pub mirror_lag_ms: u64,
+    /// How long this node has known no cluster leader (0 while it knows one).
+    pub leaderless_ms: u64,
+    /// Log entries each follower is behind, as the leader sees it: (node id, entries).
+    pub follower_lag: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,6 +122,8 @@ pub enum Rule {
     DeliveryOverdue,
     DiskSpaceLow,
     MirrorLag,
+    NoLeader,
+    FollowerLag,
 }
 
 impl Rule {
@@ -122,6 +135,8 @@ impl Rule {
         Rule::DeliveryOverdue,
         Rule::DiskSpaceLow,
         Rule::MirrorLag,
+        Rule::NoLeader,
+        Rule::FollowerLag,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -133,6 +148,8 @@ impl Rule {
             Rule::DeliveryOverdue => "delivery_overdue",
             Rule::DiskSpaceLow => "disk_space_low",
             Rule::MirrorLag => "mirror_lag",
+            Rule::NoLeader => "no_leader",
+            Rule::FollowerLag => "follower_lag",
         }
     }
 }
@@ -223,6 +240,8 @@ impl Alerts {
         firing.extend(self.delivery_overdue());
         firing.extend(self.disk_space_low());
         firing.extend(self.mirror_lagging());
+        firing.extend(self.no_leader());
+        firing.extend(self.follower_lag());
         firing
     }
 
@@ -435,6 +454,18 @@ impl Alerts {
         })
     }
 
+    fn no_leader(&self) -> Option<Firing> {
+        let leaderless_ms = self.latest().leaderless_ms;
+        (leaderless_ms >= self.settings.leaderless_ms_max).then(|| Firing {
+            rule: Rule::NoLeader,
+            subject: String::new(),
+            message: format!(
+                "no cluster leader known for {} s: writes are refused",
+                leaderless_ms / 1000
+            ),
+        })
+    }
+
     fn mirror_lagging(&self) -> Option<Firing> {
         let latest = self.latest();
         (latest.mirror_lag_ms >= self.settings.mirror_lag_ms_max).then(|| Firing {
@@ -446,6 +477,20 @@ impl Alerts {
                 latest.mirror_lag_ms / 1000
             ),
         })
+    }
+
+    fn follower_lag(&self) -> Vec<Firing> {
+        let max = self.settings.follower_lag_entries_max;
+        self.latest()
+            .follower_lag
+            .iter()
+            .filter(|(_, lag)| *lag > max)
+            .map(|(node, lag)| Firing {
+                rule: Rule::FollowerLag,
+                subject: format!("node {node}"),
+                message: format!("{lag} log entries behind the leader (more than {max})"),
+            })
+            .collect()
     }
 }
 

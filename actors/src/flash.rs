@@ -134,6 +134,18 @@ pub struct FlashSales {
 }
 
 impl FlashSales {
+    /// Closes every room and forgets every ticket (this node stopped leading): watchers'
+    /// feeds end, and a queue page finds its ticket gone (nothing was charged).
+    pub fn close_all(&self) {
+        let mut tickets = self.tickets.lock();
+        let mut rooms = self.rooms.lock();
+        tickets.by_id.clear();
+        tickets.pending_keys.clear();
+        rooms.clear();
+        self.rooms_open.store(0, Ordering::Release);
+        self.settled.lock().clear();
+    }
+
     pub fn new(overload: OverloadSettings) -> Self {
         Self {
             rooms: Mutex::default(),
@@ -520,7 +532,9 @@ impl Shop {
 
     /// Starts the ticker that measures the pipeline and admits from every waiting room.
     /// Call inside an actix system.
-    pub fn start_admissions(&self) {
+    /// Starts the admission ticker of activation `generation`; it ends when the shop is
+    /// deactivated (or activated again).
+    pub fn start_admissions(&self, generation: u64) {
         let shop = self.clone();
         actix::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(ADMIT_TICK_MS));
@@ -529,6 +543,9 @@ impl Shop {
             let mut pace = Pace::default();
             loop {
                 ticks.tick().await;
+                if shop.generation() != generation {
+                    return;
+                }
                 tick += 1;
                 let length_ms = u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX);
                 last = Instant::now();

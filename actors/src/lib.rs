@@ -21,6 +21,7 @@ pub mod channel;
 pub mod flash;
 pub mod health;
 pub mod mail;
+pub mod live;
 pub mod order;
 pub mod payment;
 pub mod pool;
@@ -30,7 +31,8 @@ pub mod trace;
 pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
@@ -46,8 +48,9 @@ use tokio::sync::mpsc;
 
 pub use catalog::ImportOutcome;
 pub use health::{Health, KindHealth, LastError};
-use order::{Directory, Pay, Subscribe};
-pub use order::{OrderUpdate, PayOutcome};
+pub use live::OrderUpdate;
+pub use order::PayOutcome;
+use order::{Directory, Pay};
 use pool::SkuPool;
 use trace::{OrderTrace, Stage, Traces};
 
@@ -76,12 +79,20 @@ pub enum ShopError {
     /// An order or a reseller already has as many live sockets as it may.
     #[error("too many live sockets are open on this; close one before opening another")]
     TooManySubscribers,
+    /// This node does not lead (or not yet): nothing was committed. `leader` as last known.
+    #[error("this node does not lead; retry shortly")]
+    NotLeader { leader: Option<u64> },
+    /// Leadership changed before the commit was known: it may or may not have happened.
+    #[error("the outcome is unknown; retry with the same idempotency key")]
+    OutcomeUnknown,
 }
 
 impl From<storage::Error> for ShopError {
     fn from(error: storage::Error) -> Self {
         match error {
             storage::Error::Busy => ShopError::Busy,
+            storage::Error::NotLeader { leader } => ShopError::NotLeader { leader },
+            storage::Error::OutcomeUnknown => ShopError::OutcomeUnknown,
             other => ShopError::Storage(other),
         }
     }
@@ -93,7 +104,9 @@ impl ShopError {
     pub fn is_refused_before_logging(&self) -> bool {
         matches!(
             self,
-            ShopError::Busy | ShopError::Storage(storage::Error::Violation(_))
+            ShopError::Busy
+                | ShopError::NotLeader { .. }
+                | ShopError::Storage(storage::Error::Violation(_))
         )
     }
 }
@@ -233,6 +246,12 @@ struct Inner {
     flash: flash::FlashSales,
     /// Notified when a delivery queued a mail (`mail.rs`).
     mail_waker: Arc<tokio::sync::Notify>,
+    /// Buyers watching orders live (fed by every applied change, on every node).
+    live: live::OrderFeeds,
+    /// This node leads: its actors run and it takes writes (`activate`, `deactivate`).
+    active: AtomicBool,
+    /// Rises at each activation; a ticker of an earlier one ends by itself.
+    generation: AtomicU64,
 }
 
 /// The handle every edge and actor uses; cheap to clone.
@@ -313,8 +332,8 @@ fn validate_contact(contact: &str) -> Result<(), Rejection> {
 }
 
 impl Shop {
-    /// Starts the runtime on an open store: the catalogue, one pool per product, and an
-    /// actor for every order still awaiting payment or review. Call inside an actix system.
+    /// Starts the runtime on an open store and activates it at once (a single node that
+    /// leads). Call inside an actix system.
     pub fn start(
         store: Arc<Store>,
         settings: Settings,
@@ -324,9 +343,24 @@ impl Shop {
         Self::start_with_gateways(store, settings, clock, entropy, Vec::new())
     }
 
-    /// `start`, with the gateways whose server-to-server APIs the shop may query, each
-    /// behind a supervised channel actor with its circuit breaker.
+    /// `start`, with the gateways whose server-to-server APIs the shop may query.
     pub fn start_with_gateways(
+        store: Arc<Store>,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        gateways: Vec<(String, Arc<dyn channel::GatewayClient>)>,
+    ) -> Shop {
+        let shop = Self::new(store, settings, clock, entropy, gateways);
+        shop.activate();
+        shop
+    }
+
+    /// The shop on an open store, passive: it answers reads and feeds live watchers; it
+    /// runs actors and takes writes only between `activate` and `deactivate`. Each
+    /// queryable gateway gets a supervised channel actor with its circuit breaker. Call
+    /// inside an actix system.
+    pub fn new(
         store: Arc<Store>,
         settings: Settings,
         clock: Arc<dyn Clock>,
@@ -369,16 +403,32 @@ impl Shop {
             mail_waker: Arc::default(),
             channels,
             resellers: reseller::Resellers::default(),
+            live: live::OrderFeeds::default(),
+            active: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }));
         let catalog_shop = shop.clone();
         let catalog = Supervisor::start(move |_| catalog::Catalog { shop: catalog_shop });
         shop.0.catalog.set(catalog).ok().expect("catalog set once");
+        shop.store()
+            .set_listener(Arc::new(Listener(Arc::downgrade(&shop.0))));
+        shop
+    }
+
+    /// This node became the active leader (its state holds everything committed): seeds
+    /// the pools from the state, counts unpaid reservations against their buyers again,
+    /// starts the waiting rooms' ticker and an actor for every order still awaiting payment
+    /// or review (their expiry timers and reconciliation with them). Call inside an actix
+    /// system.
+    pub fn activate(&self) {
+        let generation = self.0.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let (skus, live): (Vec<Sku>, Vec<Order>) = {
-            let state = shop.store().state();
+            let state = self.store().state();
             let skus = state.products().map(|p| p.product.sku.clone()).collect();
             // Unpaid reservations count against their buyers again (by contact: the IP of
-            // an order from before the restart is not kept).
-            let mut risk = shop.0.risk.lock();
+            // an order from before is not kept).
+            let mut risk = self.0.risk.lock();
+            *risk = engine::risk::RiskBook::new(self.settings().risk.clone());
             for r in state
                 .orders()
                 .iter()
@@ -411,17 +461,44 @@ impl Shop {
             (skus, live)
         };
         for sku in &skus {
-            shop.open_pool(sku);
+            self.open_pool(sku);
         }
-        shop.start_admissions();
+        self.start_admissions(generation);
         for order in live {
             let id = order.order_id.clone();
-            let _ = shop
-                .0
-                .directory
-                .get_or_start(&shop, &id, || Ok(Some(order)));
+            let _ = self.0.directory.get_or_start(self, &id, || Ok(Some(order)));
         }
-        shop
+        self.0.active.store(true, Ordering::Release);
+    }
+
+    /// This node stopped leading: refuses writes from now on, stops every order actor
+    /// (with its timers) and pool shard, and closes the waiting rooms.
+    pub fn deactivate(&self) {
+        self.0.active.store(false, Ordering::Release);
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+        self.0.directory.stop_all();
+        self.0.pools.write().clear();
+        self.0.flash.close_all();
+    }
+
+    /// Whether this node leads and takes writes.
+    pub fn is_active(&self) -> bool {
+        self.0.active.load(Ordering::Acquire)
+    }
+
+    /// Refuses a write on a node that does not lead.
+    fn ensure_active(&self) -> Result<(), ShopError> {
+        if self.is_active() {
+            Ok(())
+        } else {
+            Err(ShopError::NotLeader { leader: None })
+        }
+    }
+
+    /// Rises at each activation and deactivation: work started under one generation ends
+    /// when it changes.
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
     }
 
     pub fn store(&self) -> &Store {
@@ -718,6 +795,7 @@ impl Shop {
     /// `Idempotency-Key` seen before, answers the first order instead.
     pub async fn create_order(&self, request: OrderRequest) -> Result<NewOrder, ShopError> {
         let started = Instant::now();
+        self.ensure_active()?;
         let product = self.check_request(&request)?;
         let in_flight = self.pipeline_enter();
         let amount_cents = product
@@ -892,6 +970,7 @@ impl Shop {
     /// Refunds an order in manual review (the money goes back at the gateway, by the
     /// operator); through the order's actor, so it serialises with payments.
     pub async fn refund(&self, order_id: &OrderId) -> Result<OrderStatus, ShopError> {
+        self.ensure_active()?;
         for _ in 0..3 {
             let addr = self
                 .0
@@ -922,6 +1001,7 @@ impl Shop {
         order_id: &OrderId,
         payment: Payment,
     ) -> Result<PayOutcome, ShopError> {
+        self.ensure_active()?;
         for _ in 0..3 {
             let addr = self
                 .0
@@ -962,43 +1042,52 @@ impl Shop {
     }
 
     /// A live feed of the order's status: the current state first, then every change; the
-    /// feed ends after a terminal status.
-    pub async fn subscribe(
+    /// feed ends after a terminal status. Works on every node (the feed hears applied
+    /// changes); the caller waits for this node to have applied what was acknowledged.
+    pub fn subscribe(
         &self,
         order_id: &OrderId,
         token: &str,
     ) -> Result<mpsc::Receiver<OrderUpdate>, ShopError> {
-        for _ in 0..3 {
-            let record = self.authorised(order_id, token)?;
-            let (sender, receiver) = mpsc::channel(order::SUBSCRIBER_BUFFER_FRAMES);
-            if record.status.is_terminal() {
-                let keys = if record.status == OrderStatus::Delivered {
-                    self.card_keys(&record.cards)
-                } else {
-                    Vec::new()
-                };
-                let _ = sender.try_send(OrderUpdate {
-                    order_id: order_id.clone(),
-                    status: record.status,
-                    cards: keys,
-                });
-                return Ok(receiver);
-            }
-            let addr = self
-                .0
-                .directory
-                .get_or_start(self, order_id, || Ok(Some(record.to_order())))?;
-            let queued = self.health().queued(ActorKind::Order);
-            let sent = addr.send(Subscribe(sender)).await;
-            drop(queued);
-            match sent {
-                Ok(true) => return Ok(receiver),
-                Ok(false) => return Err(ShopError::TooManySubscribers),
-                Err(MailboxError::Closed) => continue,
-                Err(MailboxError::Timeout) => return Err(ShopError::Unavailable("order actor")),
-            }
+        self.authorised(order_id, token)?;
+        let mut failure = None;
+        let receiver = self
+            .0
+            .live
+            .watch(order_id, || match self.store().order(order_id) {
+                Ok(Some(record)) => self.update_of(&record),
+                other => {
+                    failure = Some(other.err());
+                    OrderUpdate {
+                        order_id: order_id.clone(),
+                        status: OrderStatus::Cancelled,
+                        cards: Vec::new(),
+                    }
+                }
+            });
+        if let Some(error) = failure {
+            return Err(error.map_or(Rejection::UnknownOrder.into(), Into::into));
         }
-        Err(ShopError::Unavailable("order actor"))
+        receiver.map_err(|_| ShopError::TooManySubscribers)
+    }
+
+    /// An order's frame for its watchers.
+    fn update_of(&self, record: &OrderRecord) -> OrderUpdate {
+        let cards = if record.status == OrderStatus::Delivered {
+            self.card_keys(&record.cards)
+        } else {
+            Vec::new()
+        };
+        OrderUpdate {
+            order_id: record.created.order_id.clone(),
+            status: record.status,
+            cards,
+        }
+    }
+
+    /// Buyers watching orders live.
+    pub fn live_watchers_count(&self) -> usize {
+        self.0.live.watchers_count()
     }
 
     pub(crate) fn expired(&self, order: &Order, released: Vec<CardId>) {
@@ -1046,6 +1135,34 @@ impl Shop {
 
     pub fn is_ready(&self) -> bool {
         self.store().is_healthy()
+    }
+}
+
+/// Hears every applied change from the store (on every node) and feeds the live watchers
+/// and the resellers' streams. Weak: the store it is registered with belongs to the shop.
+struct Listener(Weak<Inner>);
+
+impl storage::ChangeListener for Listener {
+    fn order_changed(&self, record: &Arc<OrderRecord>) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let shop = Shop(inner);
+        let started = (shop.now_ms(), Instant::now());
+        shop.0
+            .live
+            .changed(record, || shop.card_keys(&record.cards));
+        // A change after creation reached the live feeds: a stage of the order's timeline.
+        if record.status != OrderStatus::AwaitingPayment {
+            let trace_id = &record.created.trace_id;
+            shop.trace_stage(&record.created.order_id, trace_id, Stage::Push, started);
+        }
+    }
+
+    fn stream_appended(&self, reseller: engine::ResellerId, seq: u64) {
+        if let Some(inner) = self.0.upgrade() {
+            Shop(inner).publish_stream(reseller, seq);
+        }
     }
 }
 

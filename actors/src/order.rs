@@ -11,7 +11,6 @@ use actix::prelude::*;
 use engine::order::PaymentDecision;
 use engine::{CardId, Event, Fulfilment, Order, OrderId, OrderStatus, Payment, ReviewReason};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 
 use crate::channel::{
     reconcile_delay_ms, ChannelActor, GatewayError, Query, QueryAnswer, RECONCILE_ATTEMPTS_MAX,
@@ -21,23 +20,11 @@ use crate::{ActorKind, Shop, ShopError};
 
 /// Messages an order actor may hold before senders wait.
 pub const ORDER_MAILBOX_CAPACITY: usize = 64;
-/// Frames a live subscriber may lag behind before it is dropped (it reconnects).
-pub const SUBSCRIBER_BUFFER_FRAMES: usize = 8;
-/// Live subscribers one order may have.
-pub const SUBSCRIBERS_PER_ORDER_MAX: usize = 16;
 /// How long an actor woken for a settled order lingers before stopping.
 pub const SETTLED_LINGER_MS: u64 = 5_000;
 /// Retry delay after a failed commit of an expiry.
 pub const EXPIRY_RETRY_MS: u64 = 1_000;
 const DIRECTORY_SHARDS: usize = 32;
-
-/// A status change as subscribers see it. `cards` holds the keys once delivered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OrderUpdate {
-    pub order_id: OrderId,
-    pub status: OrderStatus,
-    pub cards: Vec<String>,
-}
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum PayOutcome {
@@ -51,11 +38,10 @@ pub enum PayOutcome {
 #[rtype(result = "Result<PayOutcome, ShopError>")]
 pub struct Pay(pub Payment);
 
-/// Adds a live subscriber; answers false, sending nothing, when the order already has
-/// `SUBSCRIBERS_PER_ORDER_MAX` open ones.
+/// Stops the actor: this node stopped leading.
 #[derive(Message)]
-#[rtype(result = "bool")]
-pub struct Subscribe(pub mpsc::Sender<OrderUpdate>);
+#[rtype(result = "()")]
+pub struct Retire;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -76,7 +62,6 @@ pub struct OrderActor {
     shop: Shop,
     order: Order,
     serial: u64,
-    subscribers: Vec<mpsc::Sender<OrderUpdate>>,
     /// The order's payment channel, when it can be queried (reconciliation).
     channel: Option<Addr<ChannelActor>>,
     reconcile_attempts: u32,
@@ -95,29 +80,10 @@ pub struct Refund;
 struct Reconcile;
 
 impl OrderActor {
-    fn update(&self) -> OrderUpdate {
-        let cards = if self.order.status == OrderStatus::Delivered {
-            self.shop.card_keys(&self.order.cards)
-        } else {
-            Vec::new()
-        };
-        OrderUpdate {
-            order_id: self.order.order_id.clone(),
-            status: self.order.status,
-            cards,
-        }
-    }
-
-    fn push(&mut self, update: OrderUpdate) {
-        self.subscribers
-            .retain(|subscriber| subscriber.try_send(update.clone()).is_ok());
-    }
-
-    /// After a terminal status subscribers are released (their sockets close normally)
-    /// and the actor stops.
+    /// After a terminal status the actor stops (live watchers are told by the feed that
+    /// every applied change reaches, `live.rs`).
     fn settle(&mut self, ctx: &mut Context<Self>) {
         if self.order.status.is_terminal() {
-            self.subscribers.clear();
             ctx.stop();
         }
     }
@@ -136,26 +102,17 @@ impl OrderActor {
         self.shop.risk_released(&self.order.order_id);
         self.shop.record_payment(&self.order, &steps.fulfilment);
         let applied = (apply_started.0, apply_started.1.elapsed());
-        let push_started = (self.shop.now_ms(), Instant::now());
-        self.push(OrderUpdate {
-            order_id: self.order.order_id.clone(),
-            status: OrderStatus::Paid,
-            cards: Vec::new(),
-        });
-        let update = self.update();
-        self.push(update);
-        let pushed = (push_started.0, push_started.1.elapsed());
         let elapsed = started.1.elapsed();
         if matches!(steps.fulfilment, Fulfilment::Delivered { .. }) {
             metrics::histogram!("panshi_delivery_seconds").record(elapsed.as_secs_f64());
         }
-        self.trace_payment(&steps, (started.0, elapsed), applied, pushed);
+        self.trace_payment(&steps, (started.0, elapsed), applied);
         self.shop.health().handled(ActorKind::Order, elapsed);
         self.settle(ctx);
         PayOutcome::Applied(self.order.status)
     }
 
-    fn trace_payment(&self, steps: &PaidSteps, notify: Timed, applied: Timed, pushed: Timed) {
+    fn trace_payment(&self, steps: &PaidSteps, notify: Timed, applied: Timed) {
         let order_id = &self.order.order_id;
         let Some(trace_id) = self.shop.trace_id_of(order_id) else {
             return;
@@ -169,7 +126,6 @@ impl OrderActor {
             steps.reserved.map(|timed| (Stage::Reserve, timed)),
             Some((Stage::Commit, steps.committed)),
             Some((settled, applied)),
-            Some((Stage::Push, pushed)),
         ];
         for (stage, (at_ms, duration)) in stages.into_iter().flatten() {
             self.shop
@@ -223,22 +179,11 @@ impl Actor for OrderActor {
     }
 }
 
-impl Handler<Subscribe> for OrderActor {
-    type Result = bool;
+impl Handler<Retire> for OrderActor {
+    type Result = ();
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> bool {
-        let started = Instant::now();
-        // Closed sockets leave only at the next push: count the open ones.
-        self.subscribers
-            .retain(|subscriber| !subscriber.is_closed());
-        let room = self.subscribers.len() < SUBSCRIBERS_PER_ORDER_MAX;
-        if room && msg.0.try_send(self.update()).is_ok() && !self.order.status.is_terminal() {
-            self.subscribers.push(msg.0);
-        }
-        self.shop
-            .health()
-            .handled(ActorKind::Order, started.elapsed());
-        room
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 
@@ -374,8 +319,6 @@ impl Handler<Expire> for OrderActor {
             let released = act.order.apply_expiry();
             act.shop.risk_released(&act.order.order_id);
             act.shop.expired(&act.order, released);
-            let update = act.update();
-            act.push(update);
             act.shop
                 .health()
                 .handled(ActorKind::Order, started.elapsed());
@@ -471,8 +414,6 @@ impl Handler<Refund> for OrderActor {
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, act, ctx| {
             result?;
             act.order.apply_refund();
-            let update = act.update();
-            act.push(update);
             act.settle(ctx);
             Ok(act.order.status)
         })))
@@ -541,7 +482,6 @@ impl Directory {
             shop: shop.clone(),
             order,
             serial,
-            subscribers: Vec::new(),
             channel: shop.channel_of(order_id),
             reconcile_attempts: 0,
             checked_before_expiry: false,
@@ -560,6 +500,16 @@ impl Directory {
 
     pub fn live_count(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Stops every order actor (this node stopped leading). An actor mid-commit finishes
+    /// that message first.
+    pub fn stop_all(&self) {
+        for shard in &self.shards {
+            for (_, (_, addr)) in shard.lock().drain() {
+                let _ = addr.try_send(Retire);
+            }
+        }
     }
 }
 

@@ -523,9 +523,8 @@ impl Shop {
             return Err(error);
         }
         metrics::counter!("panshi_reseller_orders_total").increment(1);
-        let receipt = self.receipt_of(&order_id)?;
-        self.publish(id, &receipt, &request.sku);
-        Ok(receipt)
+        // The stream event went out as the order was applied (`publish_stream`).
+        self.receipt_of(&order_id)
     }
 
     /// Checks a purchase against the state: `Err(first order)` for an idempotent retry.
@@ -586,25 +585,36 @@ impl Shop {
         self.resellers().hubs.lock().remove(&id);
     }
 
-    /// Hands a durable stream event to the live subscribers (called under the reseller's
-    /// lock, so events go out in seq order). A full or closed subscriber is dropped.
-    fn publish(&self, id: ResellerId, receipt: &Receipt, sku: &Sku) {
-        let seq = self.store().state().stream_seq(id);
+    /// Hands stream event `seq`, just applied, to the live subscribers and wakes the
+    /// webhook worker. Called by the store's applier in commit order, on every node, so a
+    /// stream read from any node goes live. A full or closed subscriber is dropped.
+    pub(crate) fn publish_stream(&self, id: ResellerId, seq: u64) {
         self.webhook_waker(id).notify_one();
-        let event = Arc::new(StreamEvent {
-            seq,
-            order_id: receipt.order_id.clone(),
-            status: receipt.status,
-            sku: sku.clone(),
-            amount_cents: receipt.amount_cents,
-            cards: receipt.cards.clone(),
-        });
-        let bytes = event.buffered_bytes();
         let mut hubs = self.resellers().hubs.lock();
         let Some(hub) = hubs.get_mut(&id) else {
             return;
         };
-        hub.durable_seq = seq;
+        let event = {
+            let state = self.store().state();
+            let Some(item) = state
+                .reseller_stream(id, seq - 1, seq, 1)
+                .into_iter()
+                .next()
+            else {
+                return;
+            };
+            let record = item.record;
+            Arc::new(StreamEvent {
+                seq: item.seq,
+                order_id: record.created.order_id.clone(),
+                status: item.status,
+                sku: record.created.sku.clone(),
+                amount_cents: record.created.amount_cents,
+                cards: crate::order::keys_of(&state, &record.cards),
+            })
+        };
+        let bytes = event.buffered_bytes();
+        hub.durable_seq = hub.durable_seq.max(seq);
         hub.subscribers
             .retain(|subscriber| subscriber.offer(&event, bytes));
     }

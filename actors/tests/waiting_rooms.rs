@@ -110,7 +110,8 @@ where
 fn every_ticket_settles_while_buyers_join_and_watch_from_several_threads() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let node = replication::Node::start_single(dir.path()).unwrap();
+        let store = node.store().clone();
         // Few keys and a fast ticker: most tickets are admitted into a sold-out pool and
         // settle as sold out, racing the joins.
         let shop = flash_shop(store, 100_000, 500).await;
@@ -198,7 +199,8 @@ fn every_ticket_settles_while_buyers_join_and_watch_from_several_threads() {
 fn a_newcomer_sees_the_position_it_was_given() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let node = replication::Node::start_single(dir.path()).unwrap();
+        let store = node.store().clone();
         let shop = flash_shop(store, 10, 1_000).await;
         for n in 0..50 {
             join(&shop, n);

@@ -264,3 +264,34 @@ fn a_stuck_mirror_fires_once_its_oldest_record_waited_too_long() {
     let cleared = series.step();
     assert_eq!(cleared[0].cleared_ms, Some(series.sample.at_ms));
 }
+
+#[test]
+fn no_leader_fires_after_its_threshold_and_clears_with_a_leader() {
+    let mut series = Series::new();
+    series.sample.leaderless_ms = 4_999;
+    series.step();
+    assert!(!series.active(Rule::NoLeader));
+    series.sample.leaderless_ms = 5_000;
+    series.step();
+    assert!(series.active(Rule::NoLeader));
+    series.sample.leaderless_ms = 0;
+    series.step();
+    assert!(!series.active(Rule::NoLeader));
+}
+
+#[test]
+fn follower_lag_fires_per_follower_beyond_the_bound() {
+    let mut series = Series::new();
+    series.sample.follower_lag = vec![(2, 10), (3, 10_001)];
+    series.step();
+    let lagging: Vec<String> = series
+        .alerts
+        .active()
+        .filter(|a| a.rule == Rule::FollowerLag)
+        .map(|a| a.subject.clone())
+        .collect();
+    assert_eq!(lagging, vec!["node 3".to_owned()]);
+    series.sample.follower_lag = vec![(2, 10), (3, 10)];
+    series.step();
+    assert!(!series.active(Rule::FollowerLag));
+}
