@@ -66,12 +66,13 @@ fn main() -> anyhow::Result<()> {
         "machine: {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let store = Arc::new(Store::open(&data).context("opening the store")?);
+    let node = replication::Node::start_single(&data).context("opening the data dir")?;
+    let store = node.store().clone();
     let (elapsed, latencies) = match args.layer {
         Layer::Actors => actix::System::new().block_on(run_actors(store.clone(), &args))?,
         Layer::Store => run_store(store.clone(), &args)?,
     };
-    store.close()?;
+    node.shutdown();
     report(&args, elapsed, &latencies);
     // The actors still hold the store (and sled's lock), so check the state in-process.
     let violations = store.state().check();

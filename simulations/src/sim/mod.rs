@@ -23,6 +23,7 @@ use engine::{
     ReviewReason, Sku,
 };
 use gateway::{Gateway, Notify};
+use replication::Node;
 pub use rng::Rng;
 use storage::Store;
 
@@ -146,7 +147,8 @@ struct World {
     faults: Faults,
     canary: bool,
     dir: tempfile::TempDir,
-    store: Option<Store>,
+    /// The shop's node (one, leading): its store is what the steps commit to.
+    node: Option<Node>,
     pools: BTreeMap<Sku, Vec<Shard>>,
     live: BTreeMap<OrderId, Order>,
     acked: BTreeMap<OrderId, Acked>,
@@ -155,6 +157,9 @@ struct World {
     keys_imported: u64,
     resellers: resellers::Model,
     mail: mail::Model,
+    /// The highest log index of an acknowledged event: a crash can damage only what lies
+    /// beyond it (what was acknowledged was synced).
+    acked_through: u64,
 }
 
 pub fn run(options: &Options) -> Outcome {
@@ -166,14 +171,14 @@ pub fn run(options: &Options) -> Outcome {
         if options.canary { " [canary]" } else { "" }
     );
     let dir = tempfile::tempdir().expect("temporary dir");
-    let store = Store::open(dir.path()).expect("fresh store");
+    let node = Node::start_single(dir.path()).expect("a fresh node");
     let mut world = World {
         rng,
         now_ms: 1_790_000_000_000,
         faults,
         canary: options.canary,
         dir,
-        store: Some(store),
+        node: Some(node),
         pools: BTreeMap::new(),
         live: BTreeMap::new(),
         acked: BTreeMap::new(),
@@ -182,6 +187,7 @@ pub fn run(options: &Options) -> Outcome {
         keys_imported: 0,
         resellers: resellers::Model::default(),
         mail: mail::Model::default(),
+        acked_through: 0,
     };
     world.setup();
     for step in 0..options.steps {
@@ -199,7 +205,11 @@ pub fn run(options: &Options) -> Outcome {
 
 impl World {
     fn store(&self) -> &Store {
-        self.store.as_ref().expect("store open")
+        self.node.as_ref().expect("node running").store()
+    }
+
+    fn node(&self) -> &Node {
+        self.node.as_ref().expect("node running")
     }
 
     fn violation(&mut self, text: String) {
@@ -209,14 +219,17 @@ impl World {
     /// Commits and waits. A refused event is a violation; an unacknowledged one a crash.
     fn commit(&mut self, event: &Event) -> Result<(), Crashed> {
         if self.rng.per_mille(self.faults.sync_failure_per_mille) {
-            self.store().inject_sync_failure();
+            self.node().inject_sync_failure();
         }
         match self
             .store()
             .commit(event)
             .and_then(|durable| durable.wait_blocking())
         {
-            Ok(_) => Ok(()),
+            Ok(lsn) => {
+                self.acked_through = self.acked_through.max(lsn.0);
+                Ok(())
+            }
             Err(storage::Error::Violation(v)) => {
                 self.violation(format!("engine refused {}: {v}", describe(event)));
                 Err(Crashed)
@@ -570,8 +583,11 @@ impl World {
                 }
             }
         }
-        if let Some(store) = self.store.take() {
-            let _ = store.close();
+        if let Some(node) = self.node.take() {
+            // The commit in flight reaches the log (unacknowledged) before the "crash", as
+            // it would have with a slower process death: what follows depends only on the seed.
+            node.quiesce();
+            node.shutdown();
         }
         let in_flight_now = unacked.is_some() || reseller_in_flight.is_some();
         if in_flight_now && self.rng.percent(self.faults.torn_tail_percent) {
@@ -587,9 +603,13 @@ impl World {
         let Ok(Some((path, ends))) = storage::log::tail_frames(&log) else {
             return;
         };
-        let Some(&(_, last_end)) = ends.last() else {
+        let Some(&(last_lsn, last_end)) = ends.last() else {
             return;
         };
+        if last_lsn <= self.acked_through {
+            // The unacknowledged work never reached the log: nothing to damage.
+            return;
+        }
         let previous_end = ends.len().checked_sub(2).map_or(0, |i| ends[i].1);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -612,8 +632,8 @@ impl World {
     }
 
     fn restart(&mut self) {
-        let store = match Store::open(self.dir.path()) {
-            Ok(store) => store,
+        let node = match Node::start_single(self.dir.path()) {
+            Ok(node) => node,
             Err(error) => {
                 self.violation(format!("restart failed: {error}"));
                 panic!("the simulated shop cannot restart: {error}");
@@ -621,6 +641,7 @@ impl World {
         };
         self.pools.clear();
         self.live.clear();
+        let store = node.store().clone();
         {
             let state = store.state();
             for product in state.products() {
@@ -638,7 +659,7 @@ impl World {
             }
         }
         self.keys_imported = store.state().cards_count();
-        self.store = Some(store);
+        self.node = Some(node);
         self.adopt_unacknowledged();
         self.adopt_mails();
     }
@@ -739,8 +760,8 @@ impl World {
         if self.outcome.violations.len() > last {
             return;
         }
-        if let Some(store) = self.store.take() {
-            let _ = store.close();
+        if let Some(node) = self.node.take() {
+            node.shutdown();
         }
         match storage::audit::audit(self.dir.path()) {
             Ok(report) => {
