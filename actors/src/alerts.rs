@@ -127,7 +127,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 7] = [
+    pub const ALL: [Rule; 9] = [
         Rule::LatencyRising,
         Rule::ErrorRate,
         Rule::PaymentSuccess,

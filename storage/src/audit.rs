@@ -90,11 +90,7 @@ struct Replayed {
 
 /// Folds the newest snapshot and the log after it, without repairing anything; what the
 /// engine refuses in an admitted batch is a violation, a skipped batch a note.
-fn replay_log(
-    data_dir: &Path,
-    mirrored: u64,
-    report: &mut AuditReport,
-) -> Result<Replayed, Error> {
+fn replay_log(data_dir: &Path, mirrored: u64, report: &mut AuditReport) -> Result<Replayed, Error> {
     let folded = replay::from_snapshot(data_dir)?;
     let snapshot_index = folded.last_index;
     let mut state = folded.state;

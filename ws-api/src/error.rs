@@ -149,6 +149,8 @@ impl From<ShopError> for ApiError {
                     error.to_string(),
                 )
             },
+            ShopError::NotLeader { .. } => Self::unavailable("no_leader", error.to_string()),
+            ShopError::OutcomeUnknown => Self::unavailable("not_committed", error.to_string()),
         }
     }
 }

@@ -8,7 +8,9 @@
 //! Design decision: request bodies are read by hand up to a limit and parsed with serde, so
 //! every failure, including an oversized or malformed body, gets the contract's error shape.
 
+pub mod backup;
 pub mod client_faults;
+pub mod cluster;
 pub mod connections;
 pub mod drain;
 pub mod error;
@@ -65,6 +67,16 @@ pub struct AppState {
     pub lifecycle: Arc<drain::Lifecycle>,
     /// Below this many free bytes on the data dir's disk the server is not ready.
     pub free_bytes_min: u64,
+    /// This node and the others (a single node is a cluster of one).
+    pub cluster: Arc<cluster::Cluster>,
+}
+
+impl AppState {
+    /// Whether this node can take orders: its store takes writes and it leads or knows the
+    /// leader to pass them to.
+    pub fn is_ready(&self) -> bool {
+        self.shop.is_ready() && self.cluster.node.is_ready()
+    }
 }
 
 /// How long a request body may take to arrive, before the allowance for its size
@@ -149,6 +161,9 @@ pub fn app(
     let lifecycle = state.lifecycle.clone();
     actix_web::App::new()
         .app_data(state)
+        // Innermost: passing a write to the leader is what this node does for it, after the
+        // edge's own gates (drain, connection cap) and inside the request metrics.
+        .wrap(actix_web::middleware::from_fn(cluster::forward::middleware))
         .wrap_fn(move |request, service| {
             // While draining every answer closes its connection: keep-alive clients come
             // back on a new one, which the balancer sends elsewhere once it saw /readyz.

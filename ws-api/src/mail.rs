@@ -147,11 +147,16 @@ pub async fn start(shop: &Shop, mailer: Mailer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The outbox worker: send what is due, commit each outcome, sleep until woken or the next
+/// The outbox worker (on the active leader only): send what is due, commit each outcome, sleep until woken or the next
 /// retry is due.
 async fn run_outbox(shop: Shop, mailer: Mailer) {
     let waker = shop.mail_waker();
+    // Only the active leader sends; a new activation starts a new worker.
+    let generation = shop.generation();
     loop {
+        if !shop.is_active() || shop.generation() != generation {
+            return;
+        }
         let now_ms = shop.now_ms();
         let (due, next_at_ms) = shop.mails_due(now_ms, mailer.retry_first_ms, MAIL_BATCH_MAX);
         if due.is_empty() {

@@ -12,7 +12,9 @@ use actors::{CommitMetrics, EpaySettings, OsEntropy, Settings, Shop, SystemClock
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use engine::Currency;
+use replication::Node;
 use storage::Store;
+use ws_api::cluster::Cluster;
 use ws_api::mail::{Mailer, OperatorMail};
 use ws_api::notify::Notifier;
 use ws_api::observe::Observatory;
@@ -87,6 +89,35 @@ enum Command {
         /// The data dir to check.
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// Other nodes' data dirs (stopped) to compare with `--data`.
+        #[arg(long, num_args = 1..)]
+        compare: Vec<PathBuf>,
+    },
+    /// Write a consistent copy of a running node's state to a file, without stopping it:
+    /// everything acknowledged before the command started is in it.
+    Backup {
+        /// The node's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// Where the copy goes (written whole, then renamed into place).
+        #[arg(long)]
+        to: PathBuf,
+        /// The operator token (or PANSHI_ADMIN_TOKEN).
+        #[arg(long, env = "PANSHI_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Make a new data dir from a backup: it serves exactly that state, as a single node or
+    /// as the first node of a new cluster.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data dir (must be empty or absent).
+        #[arg(long)]
+        data: PathBuf,
+        /// The node id it starts as (1 for a single node).
+        #[arg(long, default_value_t = 1)]
+        node_id: u64,
     },
     /// Check configuration files.
     Config {
@@ -163,10 +194,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Audit { data } => audit(&data),
+        Command::Audit { data, compare } => audit(&data, &compare),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
+        Command::Backup { url, to, token } => ws_api::backup::backup(&url, &to, &token),
+        Command::Restore {
+            from,
+            data,
+            node_id,
+        } => ws_api::backup::restore(&from, &data, node_id),
         Command::Reseller {
             command:
                 ResellerCommand::Watch {
@@ -225,7 +262,12 @@ fn watch(options: ws_api::watch::WatchOptions) -> ExitCode {
     }
 }
 
-fn audit(data: &std::path::Path) -> ExitCode {
+fn audit(data: &std::path::Path, compare: &[PathBuf]) -> ExitCode {
+    if !compare.is_empty() {
+        let mut dirs = vec![data.to_owned()];
+        dirs.extend(compare.iter().cloned());
+        return audit_compare(&dirs);
+    }
     match storage::audit::audit(data) {
         Ok(report) => {
             for note in &report.notes {
@@ -266,6 +308,49 @@ fn audit(data: &std::path::Path) -> ExitCode {
 /// Exit status of `audit` when it could not look at the data dir.
 const EXIT_NOT_AUDITED: u8 = 2;
 
+/// Audits every data dir, then checks that their committed histories agree.
+fn audit_compare(dirs: &[PathBuf]) -> ExitCode {
+    let mut violations = 0;
+    for dir in dirs {
+        match storage::audit::audit(dir) {
+            Ok(report) => {
+                for violation in &report.violations {
+                    println!("violation: {}: {violation}", dir.display());
+                }
+                violations += report.violations.len();
+            }
+            Err(error) => {
+                println!("violation: {}: {error}", dir.display());
+                violations += 1;
+            }
+        }
+    }
+    match storage::audit::compare(dirs) {
+        Ok(report) => {
+            for violation in &report.violations {
+                println!("violation: {violation}");
+            }
+            violations += report.violations.len();
+            println!(
+                "compare: {} data dirs, committed histories agree through index {}, {} entries compared",
+                dirs.len(),
+                report.agreed_through,
+                report.entries_compared
+            );
+        }
+        Err(error) => {
+            println!("violation: {error}");
+            violations += 1;
+        }
+    }
+    println!("audit: {} data dirs, {violations} violations", dirs.len());
+    if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// Buckets of the group-commit batch size (records, up to the log's group bound of 8,192);
 /// the default buckets are seconds and would put every batch in the top bucket.
 const LOG_GROUP_RECORDS_BUCKETS: [f64; 8] = [1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0];
@@ -286,6 +371,11 @@ fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
     let mut directives = settings.log.level.clone();
     if !directives.contains("actix_server") {
         directives.push_str(",actix_server=warn");
+    }
+    // openraft narrates every election and membership step at info: warnings are enough
+    // unless asked for by name.
+    if !directives.contains("openraft") {
+        directives.push_str(",openraft=warn");
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -488,14 +578,29 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&settings.data)
         .with_context(|| format!("creating {}", settings.data.display()))?;
-    let store = Arc::new(
-        Store::open_with(&settings.data, Arc::new(CommitMetrics))
-            .context("opening the data dir")?,
+    let (node_config, cluster_secret) =
+        ws_api::cluster::node_config(&settings.cluster, &public_url)?;
+    anyhow::ensure!(
+        cluster_secret.is_none() || settings.resellers.sealing_key.is_some(),
+        "a cluster needs resellers.sealing_key, the same on every node (a key file in each \
+         data dir would differ)"
     );
+    let transport: Arc<dyn replication::Transport> = match &cluster_secret {
+        Some(secret) => Arc::new(ws_api::cluster::transport::HttpTransport::new(secret)),
+        None => Arc::new(replication::network::NoTransport),
+    };
+    let node = Node::start(
+        &settings.data,
+        node_config,
+        transport,
+        Arc::new(CommitMetrics),
+    )
+    .context("opening the data dir")?;
+    let store = node.store().clone();
     tracing::info!(
-        last_lsn = store.recovery().last_lsn,
-        truncated_bytes = store.recovery().truncated_bytes,
-        "log recovered"
+        node = node.node_id(),
+        applied = store.applied_index(),
+        "data dir opened"
     );
     let sealing_key = sealing_key(&settings, &store)?;
     let shop_settings = Settings {
@@ -519,34 +624,33 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
+    let cluster = Arc::new(Cluster::new(node.clone(), cluster_secret));
     actix_web::rt::System::new().block_on(async {
-        let shop = Shop::start_with_gateways(
+        let shop = Shop::new(
             store.clone(),
             shop_settings,
             Arc::new(SystemClock),
             Arc::new(OsEntropy),
             gateways(&settings, epay.as_ref()),
         );
-        let resealed = shop.seal_legacy_secrets().await?;
-        if resealed > 0 {
-            tracing::warn!(
-                resealed,
-                "webhook secrets stored in the clear by an older version are sealed now; \
-                 the log's older records hold them until purged"
-            );
-        }
         shop.check_sealed_secrets().map_err(|error| {
             anyhow::anyhow!(
                 "{error}; set resellers.sealing_key (or restore the data dir's {SEALING_KEY_FILE}) \
                  to the key it was sealed with"
             )
         })?;
-        if settings.demo {
-            seed_demo(&shop).await?;
-        }
-        ws_api::webhooks::start(&shop, &settings.resellers);
-        if let Some(mailer) = &mailer {
-            ws_api::mail::start(&shop, mailer.clone()).await?;
+        let duties_started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        node.set_leadership(Arc::new(Leading {
+            shop: shop.clone(),
+            arbiter: actix::Arbiter::current(),
+            settings: settings.clone(),
+            demo_seeded: Arc::default(),
+            duties_started: duties_started.clone(),
+            mailer: mailer.clone(),
+        }));
+        if !cluster.is_replicated() {
+            // A single node leads at once: answer nothing before it does, as always.
+            wait_leading(&duties_started).await?;
         }
         let observatory = observatory(&settings, mailer.as_ref())?;
         let lifecycle = Arc::new(ws_api::drain::Lifecycle::default());
@@ -571,6 +675,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             limits: ws_api::limits::EdgeLimits::new(&settings.limits),
             lifecycle: lifecycle.clone(),
             free_bytes_min: settings.storage.free_bytes_min,
+            cluster,
         });
         ws_api::observe::start_evaluator(
             state.clone(),
@@ -601,10 +706,89 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         server.await?;
         anyhow::Ok(())
     })?;
-    store.close().context("closing the store")?;
+    node.shutdown();
     std::thread::sleep(Duration::from_millis(10));
     tracing::info!("stopped cleanly");
     drop(sentry);
+    Ok(())
+}
+
+/// How long a single node may take to lead after start.
+const LEAD_WAIT_MS: u64 = 30_000;
+
+async fn wait_leading(duties_started: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    while !duties_started.load(std::sync::atomic::Ordering::Acquire) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_millis(LEAD_WAIT_MS),
+            "the node did not start leading within {LEAD_WAIT_MS} ms"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// What this node does when it starts and stops leading: the shop's actors, timers and
+/// webhook workers run only on the active leader. Called from openraft's watcher; the
+/// work runs on the actix system.
+struct Leading {
+    shop: Shop,
+    arbiter: actix::ArbiterHandle,
+    settings: ServerSettings,
+    demo_seeded: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the first activation's duties have started.
+    duties_started: Arc<std::sync::atomic::AtomicBool>,
+    /// Sends buyers' delivery mails, when a mail server is configured.
+    mailer: Option<Mailer>,
+}
+
+impl replication::Leadership for Leading {
+    fn activate(&self) {
+        let (shop, settings, demo_seeded, started, mailer) = (
+            self.shop.clone(),
+            self.settings.clone(),
+            self.demo_seeded.clone(),
+            self.duties_started.clone(),
+            self.mailer.clone(),
+        );
+        self.arbiter.spawn(async move {
+            shop.activate();
+            if let Err(error) = on_activation(&shop, &settings, &demo_seeded, mailer).await {
+                tracing::error!(%error, "activation step failed");
+            }
+            started.store(true, std::sync::atomic::Ordering::Release);
+        });
+    }
+
+    fn deactivate(&self) {
+        let shop = self.shop.clone();
+        self.arbiter.spawn(async move { shop.deactivate() });
+    }
+}
+
+/// The leader's duties beyond the actors: seal secrets an older version stored in the
+/// clear, seed the demo once, start the webhook workers and the mail outbox's sender.
+async fn on_activation(
+    shop: &Shop,
+    settings: &ServerSettings,
+    demo_seeded: &std::sync::atomic::AtomicBool,
+    mailer: Option<Mailer>,
+) -> anyhow::Result<()> {
+    let resealed = shop.seal_legacy_secrets().await?;
+    if resealed > 0 {
+        tracing::warn!(
+            resealed,
+            "webhook secrets stored in the clear by an older version are sealed now; \
+             the log's older records hold them until purged"
+        );
+    }
+    if settings.demo && !demo_seeded.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        seed_demo(shop).await?;
+    }
+    ws_api::webhooks::start(shop, &settings.resellers);
+    if let Some(mailer) = mailer {
+        ws_api::mail::start(shop, mailer).await?;
+    }
     Ok(())
 }
 

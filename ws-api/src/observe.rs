@@ -154,6 +154,34 @@ pub fn describe_metrics() {
         "From order creation to delivery."
     );
     describe_gauge!("panshi_alerts_active", "Alerts firing now, by rule.");
+    describe_gauge!(
+        "panshi_raft_term",
+        "The cluster's current term, as this node knows it."
+    );
+    describe_gauge!(
+        "panshi_raft_leader_id",
+        "The leader's node id (0: none known)."
+    );
+    describe_gauge!(
+        "panshi_raft_active",
+        "1 while this node leads and takes writes (past its readiness gate)."
+    );
+    describe_gauge!(
+        "panshi_raft_commit_index",
+        "The last log index known committed."
+    );
+    describe_gauge!(
+        "panshi_raft_applied_index",
+        "The last log index applied here."
+    );
+    describe_gauge!(
+        "panshi_raft_quorum_ack_age_seconds",
+        "On the leader: time since a majority last answered."
+    );
+    describe_gauge!(
+        "panshi_raft_follower_lag_entries",
+        "On the leader: log entries each follower is behind."
+    );
     describe_counter!(
         "panshi_outbound_posts_total",
         "Outbound alert and error-report POSTs by outcome."
@@ -220,6 +248,8 @@ pub struct Observatory {
     incident: Mutex<Option<Incident>>,
     /// Where fired and cleared alerts are sent besides the log.
     notifier: Notifier,
+    /// When a cluster leader was last known (0: not sampled yet).
+    leader_seen_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Observatory {
@@ -229,14 +259,35 @@ impl Observatory {
             alerts: Mutex::new(Alerts::new(rules)),
             incident: Mutex::new(None),
             notifier,
+            leader_seen_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Reads the shop and the HTTP totals at `shop.now_ms()`.
-    pub fn sample(&self, shop: &Shop) -> Sample {
+    /// Reads the shop, the cluster and the HTTP totals at `shop.now_ms()`.
+    pub fn sample(&self, shop: &Shop, cluster: &replication::ClusterStatus) -> Sample {
         let (manual_review_count, oldest_undelivered_paid_at_ms) = shop.delivery_backlog();
         let lag = shop.store().mirror_lag();
+        let now_ms = shop.now_ms();
+        let first = self.leader_seen_ms.load(Ordering::Relaxed) == 0;
+        let leader_seen_ms = if cluster.leader_id.is_some() || first {
+            self.leader_seen_ms.store(now_ms, Ordering::Relaxed);
+            now_ms
+        } else {
+            self.leader_seen_ms.load(Ordering::Relaxed)
+        };
+        let applied = cluster.applied_index;
+        let follower_lag = cluster
+            .members
+            .iter()
+            .filter(|m| m.node_id != cluster.node_id)
+            .filter_map(|m| {
+                m.matched_index
+                    .map(|matched| (m.node_id, applied.saturating_sub(matched)))
+            })
+            .collect();
         Sample {
+            leaderless_ms: now_ms.saturating_sub(leader_seen_ms),
+            follower_lag,
             at_ms: shop.now_ms(),
             requests_total: self.http.requests.load(Ordering::Relaxed),
             errors_total: self.http.errors.load(Ordering::Relaxed),
@@ -258,8 +309,9 @@ impl Observatory {
     }
 
     /// Samples, runs the rules, and publishes what changed.
-    pub fn evaluate(&self, shop: &Shop) {
-        let sample = self.sample(shop);
+    pub fn evaluate(&self, shop: &Shop, cluster: &replication::ClusterStatus) {
+        let sample = self.sample(shop, cluster);
+        cluster_metrics(cluster);
         metrics::gauge!("panshi_manual_review_orders").set(sample.manual_review_count as f64);
         let (changes, counts) = {
             let mut alerts = self.alerts.lock();
@@ -360,7 +412,34 @@ pub fn components(
             ),
         ),
         ("Delivery", level(!ready, firing(Rule::DeliveryOverdue, ""))),
+        (
+            "Replication",
+            level(firing(Rule::NoLeader, ""), firing(Rule::FollowerLag, "")),
+        ),
     ]
+}
+
+/// The cluster's gauges. Member labels are bounded by the cluster's size.
+fn cluster_metrics(cluster: &replication::ClusterStatus) {
+    metrics::gauge!("panshi_raft_term").set(cluster.term as f64);
+    metrics::gauge!("panshi_raft_leader_id").set(cluster.leader_id.unwrap_or(0) as f64);
+    metrics::gauge!("panshi_raft_active").set(if cluster.active { 1.0 } else { 0.0 });
+    metrics::gauge!("panshi_raft_commit_index").set(cluster.commit_index as f64);
+    metrics::gauge!("panshi_raft_applied_index").set(cluster.applied_index as f64);
+    if let Some(ms) = cluster.millis_since_quorum_ack {
+        metrics::gauge!("panshi_raft_quorum_ack_age_seconds").set(ms as f64 / 1000.0);
+    }
+    for member in cluster
+        .members
+        .iter()
+        .filter(|m| m.node_id != cluster.node_id)
+    {
+        if let Some(matched) = member.matched_index {
+            let lag = cluster.applied_index.saturating_sub(matched);
+            metrics::gauge!("panshi_raft_follower_lag_entries", "node" => member.node_id.to_string())
+                .set(lag as f64);
+        }
+    }
 }
 
 /// Runs the alert rules every `interval` on the current runtime, for as long as it runs.
@@ -372,7 +451,7 @@ pub fn start_evaluator(state: web::Data<AppState>, interval: Duration) {
             ticks.tick().await;
             state.limits.prune();
             crate::routes::resellers::prune_limits();
-            observatory.evaluate(&state.shop);
+            observatory.evaluate(&state.shop, &state.cluster.node.status());
         }
     });
 }
@@ -386,7 +465,7 @@ mod tests {
         let all_ok = components(true, true, &[]);
         assert!(all_ok.iter().all(|(_, l)| *l == Level::Operational));
         let down = components(false, true, &[]);
-        assert!(down.iter().all(|(_, l)| *l == Level::Down));
+        assert!(down[..3].iter().all(|(_, l)| *l == Level::Down));
         let active = [
             (Rule::PaymentSuccess, "epay".to_owned()),
             (Rule::DeliveryOverdue, String::new()),
@@ -397,8 +476,17 @@ mod tests {
             .collect();
         assert_eq!(
             levels,
-            [Level::Operational, Level::Degraded, Level::Degraded]
+            [
+                Level::Operational,
+                Level::Degraded,
+                Level::Degraded,
+                Level::Operational
+            ]
         );
+        let leaderless = [(Rule::NoLeader, String::new())];
+        assert_eq!(components(true, true, &leaderless)[3].1, Level::Down);
+        let lagging = [(Rule::FollowerLag, "node 3".to_owned())];
+        assert_eq!(components(true, true, &lagging)[3].1, Level::Degraded);
         assert_eq!(components(true, false, &[])[1].1, Level::Down);
     }
 

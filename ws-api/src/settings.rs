@@ -73,6 +73,8 @@ pub struct ServerSettings {
     pub overload: OverloadSection,
     /// The data dir's disk.
     pub storage: StorageSection,
+    /// Replication: unset means one node on its own (the embedded default).
+    pub cluster: ClusterSection,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone)]
@@ -90,6 +92,43 @@ impl Default for StorageSection {
     fn default() -> Self {
         Self {
             free_bytes_min: FREE_BYTES_MIN_DEFAULT,
+        }
+    }
+}
+
+/// Replication and failover (ws-api `cluster/` explains the rules).
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct ClusterSection {
+    /// This node's id, a positive integer (with `peers` or `learners`).
+    pub node_id: Option<u64>,
+    /// Every voter, this node included when it votes: `id=url` pairs, comma-separated; each
+    /// url is that node's public base URL (node-to-node requests travel there too).
+    pub peers: Option<String>,
+    /// Nodes that replicate everything and serve reads but never vote (`id=url`, ...).
+    pub learners: Option<String>,
+    /// Shared by every node; node-to-node requests without it are refused (401).
+    pub secret: Option<Secret>,
+    /// How often the leader tells the others it is alive.
+    pub heartbeat_ms: u64,
+    /// A follower that has not heard from the leader for this long (up to twice it, at
+    /// random) stands for election.
+    pub election_timeout_ms: u64,
+    /// A snapshot of the state is taken after this many log entries (each a batch of
+    /// events); the log before it is then purged, so restarts replay little.
+    pub snapshot_every_entries: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            peers: None,
+            learners: None,
+            secret: None,
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+            snapshot_every_entries: 20_000,
         }
     }
 }
@@ -348,6 +387,10 @@ pub struct AlertsSection {
     pub disk_free_bytes_min: u64,
     /// How long a durable change may wait for sled before `mirror_lag` fires.
     pub mirror_lag_secs_max: u64,
+    /// No cluster leader known for this long raises `no_leader`.
+    pub leaderless_secs_max: u64,
+    /// A follower this many log entries behind the leader raises `follower_lag`.
+    pub follower_lag_entries_max: u64,
 }
 
 /// `[alerts.telegram]`: alerts as messages from a Telegram bot (`sendMessage`).
@@ -477,6 +520,8 @@ impl Default for AlertsSection {
             delivery_overdue_secs: rules.delivery_overdue_ms / 1000,
             disk_free_bytes_min: rules.disk_free_bytes_min,
             mirror_lag_secs_max: rules.mirror_lag_ms_max / 1000,
+            leaderless_secs_max: rules.leaderless_ms_max / 1000,
+            follower_lag_entries_max: rules.follower_lag_entries_max,
         }
     }
 }
@@ -497,6 +542,8 @@ impl AlertsSection {
             delivery_overdue_ms: self.delivery_overdue_secs.saturating_mul(1000),
             disk_free_bytes_min: self.disk_free_bytes_min,
             mirror_lag_ms_max: self.mirror_lag_secs_max.saturating_mul(1000),
+            leaderless_ms_max: self.leaderless_secs_max.saturating_mul(1000),
+            follower_lag_entries_max: self.follower_lag_entries_max,
         }
     }
 
@@ -572,6 +619,7 @@ impl Default for ServerSettings {
             flash: FlashSection::default(),
             overload: OverloadSection::default(),
             storage: StorageSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }

@@ -15,7 +15,7 @@
 //! events (actors/src/webhook.rs), so pending deliveries resume after a restart. The try
 //! count restarts at 1 after a restart: a crash only ever adds tries, never skips one.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,7 +88,8 @@ struct Dispatcher {
     client: reqwest::Client,
     in_flight: Semaphore,
     /// Resellers whose worker runs (a worker is started once per process).
-    running: Mutex<HashSet<ResellerId>>,
+    /// The worker of each reseller, by the shop generation it runs under.
+    running: Mutex<HashMap<ResellerId, u64>>,
 }
 
 static DISPATCHER: OnceLock<Dispatcher> = OnceLock::new();
@@ -126,21 +127,30 @@ pub fn watch(shop: &Shop, id: ResellerId) {
         return;
     }
     let mut running = dispatcher().running.lock();
-    if running.len() >= WORKERS_MAX {
+    let generation = shop.generation();
+    if running.get(&id) == Some(&generation) {
+        return;
+    }
+    if running.len() >= WORKERS_MAX && !running.contains_key(&id) {
         tracing::error!(reseller = %id, "webhook workers at their bound; not started");
         return;
     }
-    if running.insert(id) {
-        actix_web::rt::spawn(run(shop.clone(), id));
-    }
+    running.insert(id, generation);
+    actix_web::rt::spawn(run(shop.clone(), id));
 }
 
 /// A reseller's worker: deliver the event after the cursor, settle it, repeat; sleep until
 /// woken when the stream has nothing new.
 async fn run(shop: Shop, id: ResellerId) {
     let waker = shop.webhook_waker(id);
+    let generation = shop.generation();
     loop {
-        if !shop.has_webhook(id) {
+        // Only the active leader delivers; a new activation starts new workers.
+        if !shop.has_webhook(id) || !shop.is_active() || shop.generation() != generation {
+            let mut running = dispatcher().running.lock();
+            if running.get(&id) == Some(&generation) {
+                running.remove(&id);
+            }
             return;
         }
         let Some(event) = shop.webhook_next(id).await else {

@@ -425,7 +425,8 @@ async fn a_secret_stored_in_the_clear_is_sealed_at_start_and_still_signs() {
     let data = dir.path().to_owned();
     let hook = url.clone();
     std::thread::spawn(move || {
-        let store = storage::Store::open(&data).unwrap();
+        let node = replication::Node::start_single(&data).unwrap();
+        let store = node.store().clone();
         let reseller = engine::NewReseller {
             reseller_id: engine::ResellerId(1),
             name: "Legacy".into(),
@@ -437,7 +438,7 @@ async fn a_secret_stored_in_the_clear_is_sealed_at_start_and_still_signs() {
         };
         let event = engine::Event::ResellerCreated(Box::new(reseller));
         store.commit(&event).unwrap().wait_blocking().unwrap();
-        store.close().unwrap();
+        node.shutdown();
     })
     .join()
     .unwrap();
@@ -458,10 +459,14 @@ async fn a_secret_stored_in_the_clear_is_sealed_at_start_and_still_signs() {
     // stay in the log's and sled's older records until those are purged.)
     let data = dir.path().to_owned();
     let stored = std::thread::spawn(move || {
-        let store = storage::Store::open(&data).unwrap();
-        let state = store.state();
-        let account = state.reseller(engine::ResellerId(1)).unwrap();
-        account.reseller.webhook_secret.clone()
+        let node = replication::Node::start_single(&data).unwrap();
+        let secret = {
+            let state = node.store().state();
+            let account = state.reseller(engine::ResellerId(1)).unwrap();
+            account.reseller.webhook_secret.clone()
+        };
+        node.shutdown();
+        secret
     })
     .join()
     .unwrap();

@@ -19,14 +19,14 @@ use crate::mail::{is_email, MAIL_ATTEMPTS_MAX, MAIL_ERROR_BYTES_MAX};
 use crate::order::OrderStatus;
 
 /// The failed tries of one mail.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct MailTries {
     pub attempts: u32,
     pub last_failed_at_ms: u64,
     pub last_error: String,
 }
 
-#[derive(Default)]
+#[derive(Default, bincode::Encode, bincode::Decode)]
 pub struct Outbox {
     /// When the outbox opened; no mail is queued before.
     pub opened_at_ms: Option<u64>,

@@ -407,7 +407,7 @@ fn alerts_section(lang: Lang, state: &AppState) -> Markup {
 async fn channels_section(lang: Lang, state: &AppState) -> Markup {
     let channels = state.shop.channel_health().await;
     let components = crate::observe::components(
-        state.shop.is_ready(),
+        state.is_ready(),
         state.epay.is_some(),
         &state.observatory.active(),
     );

@@ -32,7 +32,6 @@ async fn live(
     let feed = state
         .shop
         .subscribe(&order_id, &query.token)
-        .await
         .map_err(ApiError::from)?;
     let (response, session, frames) = socket::upgrade(&request, body).await?;
     let lifecycle = state.lifecycle.clone();

@@ -23,6 +23,7 @@ use crate::AppState;
 pub fn configure(config: &mut web::ServiceConfig) {
     orders::configure(config);
     payments::configure(config);
+    crate::cluster::routes::configure(config);
     live::configure(config);
     admin::configure(config);
     queue::configure(config);

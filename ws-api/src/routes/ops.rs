@@ -26,6 +26,11 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .content_type("text/plain")
             .body("the log refuses writes");
     }
+    if !state.cluster.node.is_ready() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("no cluster leader is known");
+    }
     match free_bytes(&state) {
         Some(free) if free < state.free_bytes_min => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

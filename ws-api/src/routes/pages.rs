@@ -85,7 +85,7 @@ fn level_label(lang: Lang, level: Level) -> &'static str {
 async fn status(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let lang = Lang::of(&request);
     let components = observe::components(
-        state.shop.is_ready(),
+        state.is_ready(),
         state.epay.is_some(),
         &state.observatory.active(),
     );
