@@ -599,8 +599,10 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     let store = node.store().clone();
     tracing::info!(
         node = node.node_id(),
-        applied = store.applied_index(),
-        "data dir opened"
+        snapshot_index = store.applied_index(),
+        records = node.log_recovery().records_count,
+        truncated_bytes = node.log_recovery().truncated_bytes,
+        "log recovered"
     );
     let sealing_key = sealing_key(&settings, &store)?;
     let shop_settings = Settings {
