@@ -85,14 +85,8 @@ fn read_committed(dir: &Path) -> Result<Option<LogId<NodeId>>, storage::Error> {
 impl LogStore {
     /// Opens the log in `dir`: recovers it (cutting a torn tail) and starts its writer.
     pub fn open(dir: &Path) -> Result<(Self, log::Recovery), storage::Error> {
+        // A torn tail is cut (and said at WARN) by `recover`.
         let (recovery, index) = log::recover(dir, true, |_, _| Ok(()))?;
-        if recovery.truncated_bytes > 0 {
-            tracing::warn!(
-                bytes = recovery.truncated_bytes,
-                last_kept = ?recovery.last_lsn(),
-                "cut a torn log tail (never acknowledged)"
-            );
-        }
         let log = Log::start(dir, &recovery, index)?;
         let last_purged: Option<LogId<NodeId>> = read_json(dir, PURGED_FILE)?;
         let last_log = match recovery.last_lsn() {
