@@ -586,7 +586,10 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
          data dir would differ)"
     );
     let transport: Arc<dyn replication::Transport> = match &cluster_secret {
-        Some(secret) => Arc::new(ws_api::cluster::transport::HttpTransport::new(secret)),
+        Some(secret) => Arc::new(ws_api::cluster::transport::HttpTransport::new(
+            secret,
+            settings.cluster.source_address,
+        )),
         None => Arc::new(replication::network::NoTransport),
     };
     let node = Node::start(
@@ -626,7 +629,11 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let cluster = Arc::new(Cluster::new(node.clone(), cluster_secret));
+    let cluster = Arc::new(Cluster::new(
+        node.clone(),
+        cluster_secret,
+        settings.cluster.source_address,
+    ));
     actix_web::rt::System::new().block_on(async {
         let shop = Shop::new(
             store.clone(),

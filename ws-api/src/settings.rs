@@ -117,6 +117,10 @@ pub struct ClusterSection {
     /// A snapshot of the state is taken after this many log entries (each a batch of
     /// events); the log before it is then purged, so restarts replay little.
     pub snapshot_every_entries: u64,
+    /// The local address node-to-node connections (Raft calls, writes passed to the leader)
+    /// leave from; unset, the system chooses. For hosts with several addresses, so that the
+    /// firewall between nodes can name one (the fault-injection tests tell nodes apart by it).
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 impl Default for ClusterSection {
@@ -129,6 +133,7 @@ impl Default for ClusterSection {
             heartbeat_ms: 100,
             election_timeout_ms: 500,
             snapshot_every_entries: 20_000,
+            source_address: None,
         }
     }
 }

@@ -37,8 +37,9 @@ const HOP_BY_HOP: [&str; 9] = [
     "host",
 ];
 
-pub(crate) fn client() -> reqwest::Client {
+pub(crate) fn client(source: Option<std::net::IpAddr>) -> reqwest::Client {
     reqwest::Client::builder()
+        .local_address(source)
         .connect_timeout(Duration::from_millis(super::transport::CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
         .redirect(reqwest::redirect::Policy::none())

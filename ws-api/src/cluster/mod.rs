@@ -43,11 +43,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(node: Node, secret: Option<String>) -> Self {
+    /// `source`: the local address connections to other nodes leave from.
+    pub fn new(node: Node, secret: Option<String>, source: Option<std::net::IpAddr>) -> Self {
         Self {
             node,
             secret,
-            client: forward::client(),
+            client: forward::client(source),
         }
     }
 

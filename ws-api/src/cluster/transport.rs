@@ -16,8 +16,10 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(secret: &str) -> Self {
+    /// `source`: the local address connections to other nodes leave from.
+    pub fn new(secret: &str, source: Option<std::net::IpAddr>) -> Self {
         let client = reqwest::Client::builder()
+            .local_address(source)
             .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER_MAX)
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
