@@ -31,6 +31,8 @@ pub struct Server {
     /// Where the server's stderr (its logs) goes; discarded when `None` (unless
     /// `PANSHI_TEST_SERVER_LOGS` is set).
     stderr: Option<PathBuf>,
+    /// Where it listens (`127.0.0.1:0` unless a test fixes the port).
+    listen: String,
 }
 
 impl Server {
@@ -66,6 +68,16 @@ impl Server {
         server
     }
 
+    /// A server that listens on `listen` (a fixed port, known before it starts) and logs
+    /// into `log`; not started yet (`relaunch` starts it).
+    pub fn at(data: &Path, listen: &str, env: &[(&str, &str)], log: &Path) -> Server {
+        let mut server = Self::unstarted(data, env, &[]);
+        server.listen = listen.to_owned();
+        server.base = format!("http://{listen}");
+        server.stderr = Some(log.to_owned());
+        server
+    }
+
     fn unstarted(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
@@ -83,13 +95,25 @@ impl Server {
             args: args.iter().map(|a| a.to_string()).collect(),
             payments: true,
             stderr: None,
+            listen: "127.0.0.1:0".to_owned(),
         }
+    }
+
+    /// Starts the process again (after `kill9`, or the first time for `at`).
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "one process at a time");
+        self.spawn();
+    }
+
+    /// Whether the process runs (it was started and not stopped or killed since).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     fn spawn(&mut self) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_panshi"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", &self.listen, "--data"])
             .arg(&self.data)
             .args(&self.args)
             .env("PANSHI_ADMIN_TOKEN", ADMIN)
