@@ -225,11 +225,11 @@ async fn sign_in(
         return forbidden(&request);
     }
     if !signatures_equal(form.token.trim(), &state.admin_token) {
-        tracing::warn!(peer = ?request.peer_addr(), "operator sign-in refused");
+        tracing::warn!(peer = ?crate::cluster::forward::client_ip(&request), "operator sign-in refused");
         return sign_in_page(&request, true);
     }
     let session = sessions().create(Instant::now());
-    tracing::info!(peer = ?request.peer_addr(), "operator signed in");
+    tracing::info!(peer = ?crate::cluster::forward::client_ip(&request), "operator signed in");
     let mut response = see_other("/admin");
     for cookie in [
         session_cookie(
@@ -836,9 +836,8 @@ async fn record_action(
     subject: &str,
     note: &str,
 ) -> Result<(), ApiError> {
-    let ip = request
-        .peer_addr()
-        .map_or("unknown".into(), |a| a.ip().to_string());
+    let ip =
+        crate::cluster::forward::client_ip(request).map_or("unknown".into(), |ip| ip.to_string());
     let entry = engine::OperatorAction {
         by: format!("operator@{ip} (pages)"),
         action: action.to_owned(),

@@ -324,7 +324,7 @@ async fn buy(
         return Ok(not_found(&request));
     };
     let lang = Lang::of(&request);
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = crate::cluster::forward::client_ip(&request);
     // The buy form makes orders like the API does, so the same per-client limit applies.
     if let Err(error) = state.limits.check(crate::limits::Lane::Create, client) {
         let text = refusal_text(lang, &error);

@@ -143,9 +143,7 @@ async fn record_action(
 ) -> Result<(), ApiError> {
     let by = format!(
         "operator@{}",
-        request
-            .peer_addr()
-            .map_or("unknown".into(), |a| a.ip().to_string())
+        crate::cluster::forward::client_ip(request).map_or("unknown".into(), |ip| ip.to_string())
     );
     let entry = engine::OperatorAction {
         by,

@@ -53,7 +53,7 @@ async fn create_order(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = crate::cluster::forward::client_ip(&request);
     state.limits.check(crate::limits::Lane::Create, client)?;
     let body = read_body(payload, state.json_body_bytes_max, payload_too_large).await?;
     let body: OrderBody = parse_json(&body)?;
@@ -97,7 +97,7 @@ async fn lookup(
     query: web::Query<TokenQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = crate::cluster::forward::client_ip(&request);
     state.limits.check(crate::limits::Lane::Lookup, client)?;
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
     let view = state.shop.lookup(&order_id, &query.token)?;

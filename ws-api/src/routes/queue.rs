@@ -81,7 +81,7 @@ async fn watch(
         .parse::<u64>()
         .map(TicketId)
         .map_err(|_| ApiError::not_found("unknown ticket"))?;
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = crate::cluster::forward::client_ip(&request);
     state.limits.check(crate::limits::Lane::Websocket, client)?;
     let guard = socket::open_socket(&state)?;
     let feed = state

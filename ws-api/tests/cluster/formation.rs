@@ -195,6 +195,49 @@ async fn live_feeds_and_reseller_streams_work_on_followers_and_the_learner() {
     cluster.stop_and_audit();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_limits_count_the_buyer_not_the_node_that_passed_the_order_on() {
+    let limits = [
+        ("PANSHI_LIMITS__CREATE__PER_SECOND", "1"),
+        ("PANSHI_LIMITS__CREATE__BURST", "2"),
+    ];
+    let mut cluster = Cluster::start_with(&[1, 2, 3], &[], &[], &limits);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    cluster
+        .node(leader)
+        .product("lim", 100, &keys("lim", 10))
+        .await;
+    let url = cluster.node(follower).url("/api/v1/orders");
+    let body = json!({"sku": "lim", "quantity": 1, "contact": "c@example.com", "channel": "epay"});
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (from(2), from(3));
+    let mut codes = Vec::new();
+    for client in [&first, &first, &first, &second] {
+        codes.push(
+            client
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        codes,
+        [201, 201, 429, 201],
+        "the first buyer's burst of 2 is spent; the second buyer, through the same follower, has its own"
+    );
+    cluster.stop_and_audit();
+}
+
 async fn wait_ready(server: &Server) {
     let started = Instant::now();
     loop {

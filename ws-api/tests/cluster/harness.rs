@@ -29,6 +29,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, Server>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// Settings every node gets on top of `node_env`.
+    extra_env: Vec<(String, String)>,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -44,6 +46,16 @@ impl Cluster {
     /// Prepares `voters`, `learners` (in everyone's settings) and `spares` (known to the
     /// proxy only, for membership changes), and starts the voters and learners.
     pub fn start(voters: &[u64], learners: &[u64], spares: &[u64]) -> Cluster {
+        Self::start_with(voters, learners, spares, &[])
+    }
+
+    /// `start`, with settings added on every node.
+    pub fn start_with(
+        voters: &[u64],
+        learners: &[u64],
+        spares: &[u64],
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -60,6 +72,10 @@ impl Cluster {
             nodes: BTreeMap::new(),
             voters: voters.to_vec(),
             learners: learners.to_vec(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             proxy,
             dir,
             _serial: serial,
@@ -87,7 +103,12 @@ impl Cluster {
             &self.proxy.members(&self.voters),
             &self.proxy.members(&learners),
         );
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let extra = self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(extra)
+            .collect();
         Server::at(&data, &addr.to_string(), &env, &log)
     }
 
