@@ -773,9 +773,14 @@ async fn watch_leadership(node: Node) {
             }
             _ => {}
         }
-        if m.running_state.is_err() {
-            // Storage failed (a failed sync is sticky): nothing more is acknowledged here.
-            tracing::error!("openraft stopped: {:?}", m.running_state);
+        if let Err(fatal) = &m.running_state {
+            // Nothing more is acknowledged here. A shutdown is no error; anything else is
+            // (storage failed: a failed sync is sticky).
+            if matches!(fatal, openraft::error::Fatal::Stopped) {
+                tracing::info!("openraft stopped");
+            } else {
+                tracing::error!(%fatal, "openraft stopped");
+            }
             node.close_gate();
             node.inner.store.poison();
             return;

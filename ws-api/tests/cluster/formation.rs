@@ -73,7 +73,32 @@ async fn three_voters_and_a_learner_form_a_cluster_that_reports_itself() {
         .await
         .unwrap();
     assert_eq!(unauthorized.status(), 401);
+
+    // The whole cluster stopped and started again keeps its membership and its data.
+    cluster.node(2).product("kept", 100, &keys("kept", 3)).await;
+    let (code, order) = cluster.node(4).order("kept", 1).await;
+    assert_eq!(code, 201, "{order}");
+    for id in ALL {
+        cluster.stop(id);
+    }
+    for id in ALL {
+        cluster.relaunch(id);
+    }
+    let leader = cluster.wait_leader(&ALL).await;
+    cluster.wait_caught_up(leader).await;
+    for id in ALL {
+        let status = cluster.status(id).await.unwrap();
+        assert_eq!(status["members"].as_array().unwrap().len(), 4, "{status}");
+        let (code, view) = cluster.node(id).lookup(&order).await;
+        assert_eq!(code, 200, "node {id} after a full restart: {view}");
+    }
     cluster.stop_and_audit();
+    let errors = cluster.errors_logged();
+    assert!(
+        errors.is_empty(),
+        "a healthy cluster logged errors:\n{}",
+        errors.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,6 +264,28 @@ impl Cluster {
         assert!(agrees, "the nodes' histories differ:\n{report}");
     }
 
+    /// Every node's log lines at level ERROR from Panshi's own crates (a healthy cluster,
+    /// stopped gracefully, has none; openraft's own lines about a stopped peer are not
+    /// Panshi's to judge).
+    pub fn errors_logged(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for id in self.nodes.keys() {
+            let path = self.dir.path().join(format!("node-{id}.log"));
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            errors.extend(
+                text.lines()
+                    .filter(|line| line.contains(r#""level":"ERROR""#))
+                    .filter(|line| {
+                        ["replication", "storage", "actors", "ws_api", "panshi"]
+                            .iter()
+                            .any(|own| line.contains(&format!(r#""target":"{own}"#)))
+                    })
+                    .map(|line| format!("node {id}: {line}")),
+            );
+        }
+        errors
+    }
+
     /// The last lines of node `id`'s log, for a failure message.
     pub fn log_tail(&self, id: u64) -> String {
         let path = self.dir.path().join(format!("node-{id}.log"));
