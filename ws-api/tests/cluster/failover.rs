@@ -1,7 +1,9 @@
 //! `kill -9` of the leader under load: nothing acknowledged is lost, no key is sold twice,
 //! each Idempotency-Key is one order, and the killed node catches up when it returns.
 
-use crate::common::keys;
+use std::time::{Duration, Instant};
+
+use crate::common::{keys, Frame, Live};
 use crate::harness::Cluster;
 use crate::load::Load;
 
@@ -32,5 +34,52 @@ async fn kill_9_of_the_leader_under_load_loses_nothing_acknowledged() {
         leader = agreed;
     }
     load.finish_and_verify(&cluster, "kill", IMPORTED).await;
+    cluster.stop_and_audit();
+}
+
+/// The killed leader's timers are the new leader's: orders it created expire on time, once,
+/// and a buyer watching on a follower sees the expiry once before the feed closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_of_a_killed_leader_expire_on_the_new_one_once() {
+    let ttl = [("PANSHI_ORDER_TTL_SECS", "3")];
+    let mut cluster = Cluster::start_with(&[1, 2, 3], &[], &[], &ttl);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    cluster
+        .node(leader)
+        .product("ttl", 100, &keys("ttl", 10))
+        .await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let (code, order) = cluster.node(leader).order("ttl", 1).await;
+        assert_eq!(code, 201, "{order}");
+        orders.push(order);
+    }
+    let watcher = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    let mut live = Live::connect(cluster.node(watcher), &orders[0]).await;
+    assert_eq!(live.status().await, "awaiting_payment");
+    cluster.kill9(leader);
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let next = cluster.wait_leader(&survivors).await;
+    let started = Instant::now();
+    while cluster.node(next).stock("ttl").await != (10, 0, 0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the new leader never expired the killed leader's orders: {:?}",
+            cluster.node(next).stock("ttl").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for order in &orders {
+        let (_, view) = cluster.node(watcher).lookup(order).await;
+        assert_eq!(view["status"], "expired", "{view}");
+    }
+    assert_eq!(live.status().await, "expired");
+    assert!(
+        matches!(live.next().await, Frame::Closed(_)),
+        "the feed closes after the terminal state, with no second expiry"
+    );
+    cluster.relaunch(leader);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    cluster.wait_caught_up(leader).await;
     cluster.stop_and_audit();
 }
