@@ -680,6 +680,24 @@ impl Node {
         }
     }
 
+    /// After the gate closed while this node still had proposals waiting for a majority
+    /// (it was cut off, or lost its term): their callers learn now that the outcome is
+    /// unknown (503 `not_committed`) instead of waiting, possibly for as long as the
+    /// partition lasts, and the state sheds their effects (rebuilt from the log). If one
+    /// commits after all, it is applied from the log like anyone else's entry, and an
+    /// Idempotency-Key retried anywhere finds it.
+    fn abandon_in_flight(&self) {
+        let machine = &self.inner.machine;
+        let _applying = machine.apply_lock.lock();
+        let waiting = !machine.in_flight.lock().is_empty();
+        if !waiting && !machine.diverged.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(error) = machine.rebuild() {
+            tracing::error!(%error, "rebuilding the state after losing the gate failed");
+        }
+    }
+
     /// Opens the gate if this node still leads `term` and nothing of its own is left over.
     fn try_open_gate(&self, term: u64) -> bool {
         let machine = &self.inner.machine;
@@ -759,6 +777,7 @@ async fn watch_leadership(node: Node) {
         match active_term {
             Some(term) if !leads || m.current_term != term => {
                 node.close_gate();
+                node.abandon_in_flight();
                 active_term = None;
                 continue;
             }

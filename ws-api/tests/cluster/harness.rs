@@ -344,10 +344,6 @@ pub enum Written {
 }
 
 impl Written {
-    pub fn is_acknowledged(&self) -> bool {
-        matches!(self, Written::Answered(200..=299, ..))
-    }
-
     /// A 503 `no_leader` or `not_committed` with `Retry-After`, as the contract fixes it.
     pub fn is_refusal(&self) -> bool {
         matches!(self, Written::Answered(503, Some(code), true) if code == "no_leader" || code == "not_committed")

@@ -8,9 +8,9 @@ use crate::common::keys;
 use crate::harness::{one_order_each, try_order, Cluster};
 
 const VOTERS: [u64; 3] = [1, 2, 3];
-/// After this long cut off, an isolated leader must refuse at once (its gate closes after
-/// one election timeout without a majority, 500 ms by default).
-const REFUSE_PROMPTLY_AFTER: Duration = Duration::from_millis(1_500);
+/// How long an isolated leader may take to answer a write (its gate closes after one
+/// election timeout without a majority, 500 ms by default; the rest is a loaded machine).
+const REFUSAL_WITHIN: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_isolating_the_leader_stops_it_acknowledging_until_it_heals() {
@@ -32,17 +32,11 @@ async fn a_partition_isolating_the_leader_stops_it_acknowledging_until_it_heals(
     for n in 0..20 {
         let sent = cut.elapsed();
         let key = format!("minority-{n}");
-        let written = try_order(isolated, "part", &key, Duration::from_secs(3)).await;
+        let written = try_order(isolated, "part", &key, REFUSAL_WITHIN).await;
         assert!(
-            !written.is_acknowledged(),
-            "the isolated leader acknowledged {key} {sent:?} after the cut: {written:?}"
+            written.is_refusal(),
+            "the isolated leader's answer to {key}, sent {sent:?} after the cut: {written:?}"
         );
-        if sent >= REFUSE_PROMPTLY_AFTER {
-            assert!(
-                written.is_refusal(),
-                "the isolated leader's answer to {key}, sent {sent:?} after the cut: {written:?}"
-            );
-        }
         minority.push(key);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

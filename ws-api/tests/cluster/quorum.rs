@@ -11,25 +11,22 @@ use crate::harness::{one_order_each, try_order, Cluster, Written};
 const VOTERS: [u64; 3] = [1, 2, 3];
 /// A write's timeout in these tests.
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// After this long without a majority a node must refuse at once.
-const REFUSE_PROMPTLY_AFTER: Duration = Duration::from_millis(1_500);
+/// How long a node without a majority may take to answer a write (a leader's gate closes
+/// after one election timeout without a majority, 500 ms by default; the rest is a loaded
+/// machine).
+const REFUSAL_WITHIN: Duration = Duration::from_secs(5);
 
-/// Writes `keys` on `node` (one each), none of which may be acknowledged; those sent after
-/// `REFUSE_PROMPTLY_AFTER` must be refused with a 503 and `Retry-After`.
+/// Writes keys on `node`, each refused with a 503 and `Retry-After` within
+/// `REFUSAL_WITHIN`, never acknowledged; returns the keys.
 async fn never_acknowledged(cluster: &Cluster, node: u64, prefix: &str) -> Vec<String> {
-    let since = Instant::now();
     let mut sent = Vec::new();
     for n in 0..15 {
         let key = format!("{prefix}-{n}");
-        let at = since.elapsed();
-        let written = try_order(cluster.node(node), "q", &key, Duration::from_secs(3)).await;
+        let written = try_order(cluster.node(node), "q", &key, REFUSAL_WITHIN).await;
         assert!(
-            !written.is_acknowledged(),
-            "node {node} acknowledged {key} without a majority: {written:?}"
+            written.is_refusal(),
+            "{key} on node {node} without a majority: {written:?}"
         );
-        if at >= REFUSE_PROMPTLY_AFTER {
-            assert!(written.is_refusal(), "{key} on node {node}: {written:?}");
-        }
         sent.push(key);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
