@@ -139,6 +139,15 @@ impl Shop {
     }
 
     pub fn create_order_request(&self, sku: &str, quantity: u32) -> Vec<u8> {
+        self.create_request(sku, quantity, None)
+    }
+
+    /// An order with an `Idempotency-Key`: sent again, it answers with the same order.
+    pub fn create_keyed_request(&self, sku: &str, key: &str) -> Vec<u8> {
+        self.create_request(sku, 1, Some(key))
+    }
+
+    fn create_request(&self, sku: &str, quantity: u32, key: Option<&str>) -> Vec<u8> {
         let body = serde_json::json!({
             "sku": sku,
             "quantity": quantity,
@@ -146,7 +155,9 @@ impl Shop {
             "channel": "epay",
         })
         .to_string();
-        let headers = ["Content-Type: application/json"];
+        let key = key.map(|key| format!("Idempotency-Key: {key}"));
+        let mut headers = vec!["Content-Type: application/json"];
+        headers.extend(key.as_deref());
         request(
             "POST",
             "/api/v1/orders",
@@ -330,6 +341,21 @@ impl Shop {
             );
         }
         serde_json::from_slice(answer.body).with_context(|| format!("GET {path}: the answer"))
+    }
+
+    /// Whether `/leaderz` answers 200 (this node leads a cluster); `false` when unreachable.
+    pub async fn leads(&self) -> bool {
+        let request = request("GET", "/leaderz", &self.host, &[], b"");
+        let mut connection = Connection::with_timeout(self.addr, Duration::from_secs(2));
+        connection
+            .send(&request, Retry::Never)
+            .await
+            .is_ok_and(|answer| answer.status == 200)
+    }
+
+    /// `/api/v1/ops/cluster`: the cluster as this node sees it.
+    pub async fn cluster_status(&self) -> anyhow::Result<serde_json::Value> {
+        self.operator_get("/api/v1/ops/cluster").await
     }
 
     /// Polls `/readyz` until it answers 200; returns how long that took.

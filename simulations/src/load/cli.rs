@@ -24,6 +24,12 @@ pub const THREADS_MAX: usize = 16;
 pub const FLASH_BUYERS_MAX: usize = 100_000;
 /// Most keys of a flash sale.
 pub const FLASH_KEYS_MAX: usize = 1_000_000;
+/// Most leader kills of one failover run.
+pub const KILLS_MAX: u32 = 1_000;
+/// Most buyers of a failover run.
+pub const FAILOVER_BUYERS_MAX: usize = 1_024;
+/// Most keys a failover run imports.
+pub const FAILOVER_KEYS_MAX: u64 = 10_000_000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -128,6 +134,52 @@ pub enum Scenario {
         #[arg(long, default_value_t = 10)]
         phase_duration: u64,
     },
+    /// Three nodes (with --spawn) under a steady load; the leader is killed with kill -9
+    /// again and again and restarted after a pause. Reports how long writes took to resume
+    /// after each kill and the acknowledged work lost (must be 0), then audits and compares.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// Leader kills.
+    #[arg(long, default_value_t = 20)]
+    pub kills: u32,
+    /// Purchases started per second, across all buyers.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Concurrent buyers.
+    #[arg(long, default_value_t = 16)]
+    pub buyers: usize,
+    /// Seconds a killed node stays down.
+    #[arg(long, default_value_t = 3)]
+    pub down_secs: u64,
+    /// Seconds of steady load before the first kill and after each node's return.
+    #[arg(long, default_value_t = 2)]
+    pub settle_secs: u64,
+    /// Keys imported for the run.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+}
+
+impl FailoverArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=KILLS_MAX).contains(&self.kills),
+            "--kills must be 1 to {KILLS_MAX}"
+        );
+        anyhow::ensure!(
+            (1..=FAILOVER_BUYERS_MAX).contains(&self.buyers),
+            "--buyers must be 1 to {FAILOVER_BUYERS_MAX}"
+        );
+        anyhow::ensure!(
+            (1..=FAILOVER_KEYS_MAX).contains(&self.keys),
+            "--keys must be 1 to {FAILOVER_KEYS_MAX}"
+        );
+        check_rate(self.rate)?;
+        check_duration(self.down_secs)?;
+        check_duration(self.settle_secs)
+    }
 }
 
 impl Cli {
@@ -178,6 +230,13 @@ impl Cli {
                 check_rate(baseline * 2.0)?;
                 check_rate(peak * 3.0)?;
                 check_duration(*phase_duration)
+            }
+            Scenario::Failover(args) => {
+                anyhow::ensure!(
+                    self.target.spawn.is_some(),
+                    "failover needs --spawn (it starts and kills the nodes itself)"
+                );
+                args.validate()
             }
         }
     }

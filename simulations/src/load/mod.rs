@@ -3,7 +3,8 @@
 //!
 //! Scenarios (`scenarios`): `steady` (a fixed purchase rate), `ramp` (rising rates until
 //! throughput stops rising), `flash` (K keys, M buyers at once, live sockets, optionally through a waiting room) and `phases`
-//! (2x baseline, 3x historical peak, then `kill -9` and restart of a spawned server).
+//! (2x baseline, 3x historical peak, then `kill -9` and restart of a spawned server) and
+//! `failover` (three spawned nodes, the leader killed again and again under load).
 //! Each prints a report with the exact command line, per-endpoint throughput and
 //! percentiles (hdrhistogram), errors by kind, and the CPU share of the generator and the
 //! server; a progress line goes to stderr every second.
@@ -21,6 +22,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod cpu;
+pub mod failover;
 pub mod flash;
 pub mod http;
 pub mod progress;
@@ -56,6 +58,9 @@ pub async fn run(cli: Cli, command_line: String) -> anyhow::Result<bool> {
         epay_pid: cli.target.epay_pid.clone(),
         epay_key: cli.target.epay_key.clone(),
     };
+    if let (Scenario::Failover(args), Some(binary)) = (&cli.scenario, &cli.target.spawn) {
+        return failover::run(binary, credentials, args).await;
+    }
     let server_pid = ServerPid::default();
     let mut server = match &cli.target.spawn {
         Some(binary) => {
@@ -180,6 +185,7 @@ async fn run_scenario(
             };
             scenarios::phases(ctx, plan, server).await
         }
+        Scenario::Failover(_) => anyhow::bail!("failover starts its own nodes (--spawn)"),
     }
 }
 

@@ -50,6 +50,19 @@ impl SpawnedServer {
         pid: ServerPid,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_at(binary, credentials, pid, env, any_port).await
+    }
+
+    /// Starts the server on `addr` (a cluster's nodes must know each other's addresses
+    /// before any of them starts).
+    pub async fn start_at(
+        binary: &Path,
+        credentials: Credentials,
+        pid: ServerPid,
+        env: Vec<(String, String)>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let temp = tempfile::Builder::new()
             .prefix("panshi-load-")
             .tempdir()
@@ -63,7 +76,7 @@ impl SpawnedServer {
             root,
             temp: Some(temp),
             child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr,
             pid,
             env,
         };
