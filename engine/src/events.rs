@@ -4,7 +4,9 @@
 
 use bincode::{Decode, Encode};
 
+use crate::coupon::{Coupon, CouponUse};
 use crate::ids::{CardId, OrderId, ResellerId, Sku};
+use crate::listing::{IdentityChange, ProductChange};
 use crate::money::Currency;
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -98,6 +100,47 @@ pub enum Event {
         error: String,
         at_ms: u64,
     },
+    /// An operator edited a product's listing (name, price, description, visibility,
+    /// purchase limit, usage note, image, category), all changes at once. Stock and order
+    /// history are untouched.
+    ProductEdited {
+        sku: Sku,
+        changes: Vec<ProductChange>,
+        at_ms: u64,
+    },
+    /// An operator deleted unsold keys: they leave the stock for good (no longer counted as
+    /// imported) and can never be reserved or sold. Only available keys can be deleted.
+    CardsDeleted {
+        sku: Sku,
+        cards: Vec<CardId>,
+        at_ms: u64,
+    },
+    /// A buyer order with a coupon or a lookup password (the plain `OrderCreated` has
+    /// neither); otherwise exactly an `OrderCreated`.
+    OrderPlaced(Box<PlacedOrder>),
+    /// An operator created a coupon (its code unused so far).
+    CouponCreated(Coupon),
+    /// An operator withdrew a coupon: no order may use it from now on.
+    CouponDisabled {
+        code: String,
+        at_ms: u64,
+    },
+    /// An operator set the shop's name, logo, banner, footer, support contact or terms.
+    ShopIdentitySet {
+        changes: Vec<IdentityChange>,
+        at_ms: u64,
+    },
+}
+
+/// A buyer order with what the plain `OrderCreated` lacks.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PlacedOrder {
+    /// Its `amount_cents` is the gross amount less the coupon's discount.
+    pub order: NewOrder,
+    pub coupon: Option<CouponUse>,
+    /// A slow salted hash of the buyer's lookup password (dujiaoka's 查询密码), in the
+    /// actors' `lookup` format; the engine never reads it.
+    pub lookup_password_hash: Option<String>,
 }
 
 /// What a `ResellerUpdated` changes.
@@ -176,6 +219,7 @@ impl Event {
             | Event::OrderExpired { order_id, .. }
             | Event::OrderRefunded { order_id, .. } => Some(order_id),
             Event::ResellerOrderPlaced(order) => Some(&order.order_id),
+            Event::OrderPlaced(placed) => Some(&placed.order.order_id),
             Event::ProductCreated(_)
             | Event::CardsImported { .. }
             | Event::OperatorAction(_)
@@ -188,7 +232,12 @@ impl Event {
             | Event::ResellerUpdated { .. }
             | Event::MailOutboxOpened { .. }
             | Event::MailSent { .. }
-            | Event::MailFailed { .. } => None,
+            | Event::MailFailed { .. }
+            | Event::ProductEdited { .. }
+            | Event::CardsDeleted { .. }
+            | Event::CouponCreated(_)
+            | Event::CouponDisabled { .. }
+            | Event::ShopIdentitySet { .. } => None,
         }
     }
 }

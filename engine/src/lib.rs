@@ -13,11 +13,13 @@
 //! re-derives the shop from the log with the very code that ran it.
 
 pub mod breaker;
+pub mod coupon;
 pub mod error;
 pub mod events;
 pub mod ids;
 pub mod import;
 pub mod ledger;
+pub mod listing;
 pub mod mail;
 pub mod money;
 pub mod order;
@@ -32,7 +34,7 @@ pub mod waiting_room;
 pub use error::Rejection;
 pub use events::{
     BalanceChange, Event, Fulfilment, Idempotency, NewOrder, NewReseller, OperatorAction, Payment,
-    Product, ResellerChange, ResellerOrder, ReviewReason,
+    PlacedOrder, Product, ResellerChange, ResellerOrder, ReviewReason,
 };
 pub use ids::{CardId, OrderId, ResellerId, Sku};
 pub use money::Currency;

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bincode::{Decode, Encode};
 
-use crate::events::{Event, Fulfilment, NewOrder, Payment, Product, ReviewReason};
+use crate::events::{Event, Fulfilment, NewOrder, Payment, PlacedOrder, Product, ReviewReason};
 use crate::ids::{CardId, OrderId, ResellerId, Sku};
+use crate::listing::{ProductDetails, ShopIdentity};
 use crate::order::{transition, Order, OrderEventKind, OrderStatus};
 
 /// An event that must never have been committed, or a broken invariant.
@@ -24,8 +25,12 @@ macro_rules! ensure {
     };
 }
 
+mod coupons;
+mod listings;
 mod mail;
 mod resellers;
+pub use coupons::{contact_key, CouponState, OrderTerms};
+pub use listings::CARDS_PER_DELETION_MAX;
 pub use mail::{MailTries, Outbox};
 pub use resellers::{
     api_key_sha256, ResellerState, StreamEntry, StreamItem, RESELLER_CHANNEL,
@@ -50,12 +55,24 @@ impl Stock {
 pub struct ProductState {
     pub product: Product,
     pub stock: Stock,
+    /// The listing beyond what creation fixed (`ProductEdited`).
+    pub details: ProductDetails,
+    /// Keys deleted by operators: no longer in `stock.imported`, never sold.
+    pub deleted: u64,
+    /// Every key ever imported (deleted ones too, so a deleted key is not imported again).
     keys: HashSet<Box<str>>,
+    /// The SKU's cards in import order, for operators' listings.
+    cards: Vec<CardId>,
 }
 
 impl ProductState {
     pub fn has_key(&self, key: &str) -> bool {
         self.keys.contains(key)
+    }
+
+    /// The SKU's cards, oldest first, deleted ones included.
+    pub fn card_ids(&self) -> &[CardId] {
+        &self.cards
     }
 }
 
@@ -64,6 +81,8 @@ pub enum Holder {
     Available,
     Reserved(u32),
     Sold(u32),
+    /// Deleted by an operator while available: out of the stock for good.
+    Deleted,
 }
 
 pub struct CardSlot {
@@ -122,6 +141,14 @@ pub struct Touched {
     pub ledger_entry: Option<u64>,
     /// The reseller stream event this event added: (reseller, seq).
     pub stream: Option<(ResellerId, u64)>,
+    /// The product whose listing (details, deleted count) changed.
+    pub listing: Option<Sku>,
+    /// The coupon whose row (uses, status) changed.
+    pub coupon: Option<String>,
+    /// The order (`order`) has terms: a coupon or a lookup password.
+    pub order_terms: bool,
+    /// The shop's identity changed.
+    pub identity: bool,
 }
 
 #[derive(Default)]
@@ -138,6 +165,10 @@ pub struct ShopState {
     resellers: resellers::Resellers,
     /// Delivery mails waiting, sent and given up (`mail.rs`).
     outbox: mail::Outbox,
+    /// Coupons, order terms and the lookup index (`coupons.rs`).
+    terms: coupons::Terms,
+    /// The shop's name, logo, banner and footer.
+    identity: ShopIdentity,
 }
 
 impl ShopState {
@@ -211,7 +242,8 @@ impl ShopState {
                 first_card_id,
                 keys,
             } => self.apply_import(sku, *first_card_id, keys),
-            Event::OrderCreated(order) => self.apply_order_created(order),
+            Event::OrderCreated(order) => self.apply_order_created(order, None),
+            Event::OrderPlaced(placed) => self.apply_order_created(&placed.order, Some(placed)),
             Event::PaymentApplied {
                 order_id,
                 payment,
@@ -259,6 +291,11 @@ impl ShopState {
                 error,
                 at_ms,
             } => self.apply_mail_failed(order_id, *attempt, error, *at_ms),
+            Event::ProductEdited { sku, changes, .. } => self.apply_product_edited(sku, changes),
+            Event::CardsDeleted { sku, cards, .. } => self.apply_cards_deleted(sku, cards),
+            Event::CouponCreated(coupon) => self.apply_coupon_created(coupon),
+            Event::CouponDisabled { code, at_ms } => self.apply_coupon_disabled(code, *at_ms),
+            Event::ShopIdentitySet { changes, .. } => self.apply_identity(changes),
         }
     }
 
@@ -274,7 +311,10 @@ impl ShopState {
             ProductState {
                 product: product.clone(),
                 stock: Stock::default(),
+                details: ProductDetails::default(),
+                deleted: 0,
                 keys: HashSet::new(),
+                cards: Vec::new(),
             },
         );
         Ok(Touched {
@@ -314,7 +354,9 @@ impl ShopState {
             ..Touched::default()
         };
         for key in keys {
-            touched.cards.push(CardId(self.cards.len() as u64 + 1));
+            let card = CardId(self.cards.len() as u64 + 1);
+            touched.cards.push(card);
+            product.cards.push(card);
             product.keys.insert(key.as_str().into());
             self.cards.push(CardSlot {
                 sku_index: sku_index as u32,
@@ -356,7 +398,11 @@ impl ShopState {
         }
     }
 
-    fn apply_order_created(&mut self, order: &NewOrder) -> Result<Touched, Violation> {
+    fn apply_order_created(
+        &mut self,
+        order: &NewOrder,
+        placed: Option<&PlacedOrder>,
+    ) -> Result<Touched, Violation> {
         let id = &order.order_id;
         ensure!(
             !self.order_index.contains_key(id),
@@ -374,9 +420,18 @@ impl ShopState {
             order.quantity
         );
         ensure!(
-            order.amount_cents == product.product.price_cents * u64::from(order.quantity),
-            "order {id} amount is not price x quantity"
+            !product.details.hidden,
+            "order {id} of hidden {}",
+            order.sku
         );
+        ensure!(
+            order.quantity <= product.details.order_quantity_max(),
+            "order {id} is over the purchase limit of {}",
+            order.sku
+        );
+        let gross_cents = product.product.price_cents * u64::from(order.quantity);
+        let coupon = placed.and_then(|p| p.coupon.as_ref());
+        self.check_coupon_use(order, coupon, gross_cents)?;
         if let Some(idempotency) = &order.idempotency {
             ensure!(
                 !self.idempotency.contains_key(&idempotency.key),
@@ -393,6 +448,7 @@ impl ShopState {
             self.idempotency.insert(idempotency.key.clone(), index);
         }
         self.order_index.insert(id.clone(), index);
+        let terms = placed.map(|p| self.add_terms(index, p));
         self.orders.push(OrderRecord {
             created: order.clone(),
             status: OrderStatus::AwaitingPayment,
@@ -406,6 +462,8 @@ impl ShopState {
             sku: Some(order.sku.clone()),
             order: Some(id.clone()),
             order_created: true,
+            order_terms: terms.is_some(),
+            coupon: terms.flatten(),
             ..Touched::default()
         })
     }
@@ -543,6 +601,7 @@ impl ShopState {
     pub fn check(&self) -> Vec<Violation> {
         let mut violations = Vec::new();
         let mut recount: Vec<Stock> = vec![Stock::default(); self.skus.len()];
+        let mut deleted: Vec<u64> = vec![0; self.skus.len()];
         for slot in &self.cards {
             let stock = &mut recount[slot.sku_index as usize];
             stock.imported += 1;
@@ -550,6 +609,11 @@ impl ShopState {
                 Holder::Available => stock.available += 1,
                 Holder::Reserved(_) => stock.reserved += 1,
                 Holder::Sold(_) => stock.sold += 1,
+                Holder::Deleted => {
+                    // A deleted key left the stock: it is not counted as imported.
+                    stock.imported -= 1;
+                    deleted[slot.sku_index as usize] += 1;
+                }
             }
         }
         for (sku_index, sku) in self.skus.iter().enumerate() {
@@ -567,7 +631,13 @@ impl ShopState {
                     product.stock
                 )));
             }
-            if product.keys.len() as u64 != counted.imported {
+            if product.deleted != deleted[sku_index] {
+                violations.push(Violation(format!(
+                    "{sku}: {} keys deleted but the keys say {}",
+                    product.deleted, deleted[sku_index]
+                )));
+            }
+            if product.keys.len() as u64 != counted.imported + deleted[sku_index] {
                 violations.push(Violation(format!("{sku}: duplicate keys imported")));
             }
         }
@@ -578,6 +648,7 @@ impl ShopState {
         }
         self.check_resellers(&mut violations);
         self.check_outbox(&mut violations);
+        self.check_coupons(&mut violations);
         violations
     }
 
