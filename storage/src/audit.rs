@@ -75,6 +75,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
     }
     compare_sled(&db, &state, &unmirrored, &mut report)?;
     crate::resellers::compare(&db, &state, &unmirrored, &mut report.violations)?;
+    crate::listings::compare(&db, &state, &unmirrored, &mut report.violations)?;
     report.orders_count = state.orders().len() as u64;
     report.cards_count = state.cards_count();
     report.last_lsn = recovery.last_lsn;

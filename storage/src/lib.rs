@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod keyfile;
+pub mod listings;
 pub mod log;
 pub mod mirror;
 pub mod resellers;

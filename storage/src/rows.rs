@@ -61,6 +61,8 @@ pub struct ProductRow {
 pub enum HolderRow {
     Unsold,
     Sold(OrderId),
+    /// Deleted by an operator; never sold.
+    Deleted,
 }
 
 /// A card's sled row.
@@ -88,6 +90,14 @@ pub enum TreeName {
     Ledger,
     /// Reseller stream events, by (reseller id, seq).
     ResellerStream,
+    /// Product listings beyond creation (details, deleted count), by SKU.
+    Listings,
+    /// Coupons and their use counts, by code.
+    Coupons,
+    /// Orders' coupon and lookup-password terms, by order id.
+    OrderTerms,
+    /// The shop's identity, one row.
+    Shop,
     Orders(String),
 }
 
@@ -103,6 +113,10 @@ impl TreeName {
             TreeName::Resellers => "resellers".into(),
             TreeName::Ledger => "ledger".into(),
             TreeName::ResellerStream => "reseller_stream".into(),
+            TreeName::Listings => "listings".into(),
+            TreeName::Coupons => "coupons".into(),
+            TreeName::OrderTerms => "order_terms".into(),
+            TreeName::Shop => "shop".into(),
             TreeName::Orders(month) => format!("orders/{month}"),
         }
     }
@@ -125,6 +139,7 @@ pub fn holder_row(state: &ShopState, holder: Holder) -> HolderRow {
     match holder {
         Holder::Available | Holder::Reserved(_) => HolderRow::Unsold,
         Holder::Sold(index) => HolderRow::Sold(id(index)),
+        Holder::Deleted => HolderRow::Deleted,
     }
 }
 
@@ -193,6 +208,8 @@ pub enum Change {
         seq: u64,
         row: crate::resellers::StreamRow,
     },
+    /// A listing, coupon, order-terms or identity row: few and small, encoded at once.
+    Encoded(Row),
 }
 
 /// The changes an applied event made, as the state now has them.
@@ -201,6 +218,12 @@ pub fn changes(state: &ShopState, event: &Event, touched: Touched, out: &mut Vec
     if let Event::ProductCreated(product) = event {
         out.push(Change::Product(product.clone()));
     }
+    if let Event::ProductEdited { sku, .. } = event {
+        // The mirror keeps each product to write beside its stock: give it the new one.
+        let product = &state.product(sku).expect("edited sku exists").product;
+        out.push(Change::Product(product.clone()));
+    }
+    crate::listings::changes(state, &touched, out);
     if let (Event::OperatorAction(action), Some(number)) = (event, touched.audit) {
         out.push(Change::Audit {
             number,

@@ -73,6 +73,10 @@ pub(crate) struct TouchedSet {
     pub(crate) resellers: BTreeSet<engine::ResellerId>,
     pub(crate) ledger_entries: BTreeSet<u64>,
     pub(crate) streams: BTreeSet<(engine::ResellerId, u64)>,
+    pub(crate) listings: BTreeSet<Sku>,
+    pub(crate) coupons: BTreeSet<String>,
+    pub(crate) order_terms: BTreeSet<OrderId>,
+    pub(crate) identity: bool,
 }
 
 impl TouchedSet {
@@ -83,6 +87,12 @@ impl TouchedSet {
         self.resellers.extend(touched.reseller);
         self.ledger_entries.extend(touched.ledger_entry);
         self.streams.extend(touched.stream);
+        self.listings.extend(touched.listing);
+        self.coupons.extend(touched.coupon);
+        if touched.order_terms {
+            self.order_terms.extend(touched.order.clone());
+        }
+        self.identity |= touched.identity;
         self.skus.extend(touched.sku);
         self.orders.extend(touched.order);
         self.cards.extend(touched.cards);
@@ -108,6 +118,7 @@ impl TouchedSet {
             rows.push(rows::audit_row(*number, action));
         }
         self.reseller_rows(state, &mut rows);
+        crate::listings::replayed_rows(state, self, &mut rows);
         rows
     }
 
