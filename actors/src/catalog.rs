@@ -1,5 +1,6 @@
-//! The catalogue actor: serialises product creation and card imports, so that a key's
-//! deduplication and its card id are decided against a state no other import is changing.
+//! The catalogue actor: serialises product creation, card imports and key deletions, so
+//! that a key's deduplication and its card id are decided against a state no other import
+//! is changing, and a deletion never races an import of the same product.
 
 use std::time::Instant;
 
@@ -23,6 +24,23 @@ pub struct CreateProduct(pub Product);
 pub struct ImportCards {
     pub sku: engine::Sku,
     pub body: Vec<u8>,
+}
+
+/// An operator's deletion of unsold keys of one product.
+#[derive(Message)]
+#[rtype(result = "Result<DeleteOutcome, ShopError>")]
+pub struct DeleteCards {
+    pub sku: engine::Sku,
+    pub cards: Vec<engine::CardId>,
+}
+
+/// What a deletion did: the keys deleted, and those kept with the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    pub deleted: Vec<engine::CardId>,
+    /// Keys not deleted: sold, reserved by an order (or a reservation under way), already
+    /// deleted, or of another product.
+    pub kept: Vec<(engine::CardId, crate::products::CardStatus)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +155,22 @@ impl Handler<ImportCards> for Catalog {
                 duplicates,
             })
         };
+        let started = Instant::now();
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |result, act, _| {
+                act.handled(&result, started);
+                result
+            },
+        )))
+    }
+}
+
+impl Handler<DeleteCards> for Catalog {
+    type Result = AtomicResponse<Self, Result<DeleteOutcome, ShopError>>;
+
+    fn handle(&mut self, msg: DeleteCards, _: &mut Self::Context) -> Self::Result {
+        let shop = self.shop.clone();
+        let work = async move { crate::products::delete_cards(&shop, msg.sku, msg.cards).await };
         let started = Instant::now();
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |result, act, _| {

@@ -220,7 +220,7 @@ fn record(transition: Option<Transition>, in_flight: u64) {
 
 impl Shop {
     pub fn set_flash_sale(&self, sku: &Sku, enabled: bool) -> Result<(), ShopError> {
-        self.stock(sku)?;
+        self.products().stock(sku)?;
         let flash = self.flash();
         let mut rooms = flash.rooms.lock();
         if enabled {
@@ -328,7 +328,7 @@ impl Shop {
         self.check_request(&request)?;
         self.screen_risk(&request)?;
         // Nobody queues for keys that are gone for good (none left, none held unpaid).
-        let stock = self.stock(&request.sku)?;
+        let stock = self.products().stock(&request.sku)?;
         if stock.available == 0 && stock.reserved == 0 {
             return Err(Rejection::SoldOut.into());
         }
@@ -589,6 +589,7 @@ impl Shop {
         let calm = !pipeline.saturated.load(Ordering::Acquire);
         for sku in skus {
             let gone = self
+                .products()
                 .stock(&sku)
                 .map_or(true, |s| s.available == 0 && s.reserved == 0);
             let admitted = {

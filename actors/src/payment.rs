@@ -47,6 +47,8 @@ pub struct PaymentLink {
 /// What the buyer needs to name a payment: the order and its product.
 pub struct PaymentSubject<'a> {
     pub order_id: &'a OrderId,
+    /// The order's access token: the buyer's way back to the order page after paying.
+    pub token: &'a str,
     pub name: &'a str,
     pub amount_cents: u64,
     pub currency: Currency,
@@ -170,7 +172,7 @@ impl Shop {
             currency: subject.currency.as_str().to_owned(),
             name: subject.name.to_owned(),
             notify_url: format!("{base}/api/v1/payments/{notify_path}"),
-            return_url: format!("{base}/"),
+            return_url: order_page_url(base, subject),
         }
     }
 
@@ -178,7 +180,7 @@ impl Shop {
         let epay = self.settings().epay.as_ref()?;
         let base = self.settings().public_url.trim_end_matches('/');
         let notify_url = format!("{base}/api/v1/payments/epay/notify");
-        let return_url = format!("{base}/");
+        let return_url = order_page_url(base, subject);
         let money = format_cents(subject.amount_cents);
         let fields = [
             ("pid", epay.pid.as_str()),
@@ -195,4 +197,10 @@ impl Shop {
             reference: String::new(),
         })
     }
+}
+
+/// The buyer's order page, where a gateway sends the buyer back after paying (on a phone
+/// the buyer returns there, not to the catalogue). Order ids and tokens are URL-safe.
+pub fn order_page_url(base: &str, subject: &PaymentSubject<'_>) -> String {
+    format!("{base}/order/{}?token={}", subject.order_id, subject.token)
 }
