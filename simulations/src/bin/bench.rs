@@ -151,11 +151,12 @@ async fn run_actors(store: Arc<Store>, args: &Args) -> anyhow::Result<(Duration,
     };
     let entropy = Arc::new(SeededEntropy(std::sync::atomic::AtomicU64::new(42)));
     let shop = Shop::start(store, settings, Arc::new(SystemClock), entropy);
-    shop.create_product(product()).await?;
+    shop.products().create(product()).await?;
     let mut imported = 0;
     while imported < args.orders {
         let count = IMPORT_BATCH_KEYS.min(args.orders - imported);
-        shop.import_cards(Sku::parse(SKU)?, key_batch(imported, count))
+        shop.products()
+            .import_cards(Sku::parse(SKU)?, key_batch(imported, count))
             .await?;
         imported += count;
     }
@@ -186,6 +187,7 @@ async fn buy(shop: Shop, count: u64) -> anyhow::Result<Histogram<u64>> {
             idempotency_key: None,
             fingerprint: n,
             client_ip: None,
+            terms: Default::default(),
         };
         let order = shop.create_order(request).await?;
         let payment = Payment {

@@ -9,6 +9,7 @@
 //! failing seed replays exactly.
 
 mod gateway;
+mod listings;
 mod mail;
 mod resellers;
 mod rng;
@@ -155,6 +156,7 @@ struct World {
     keys_imported: u64,
     resellers: resellers::Model,
     mail: mail::Model,
+    listings: listings::Model,
 }
 
 pub fn run(options: &Options) -> Outcome {
@@ -182,6 +184,7 @@ pub fn run(options: &Options) -> Outcome {
         keys_imported: 0,
         resellers: resellers::Model::default(),
         mail: mail::Model::default(),
+        listings: listings::Model::default(),
     };
     world.setup();
     for step in 0..options.steps {
@@ -253,6 +256,7 @@ impl World {
             self.import(&product.sku, 40);
         }
         self.setup_resellers();
+        self.setup_listings();
     }
 
     fn import(&mut self, sku: &Sku, count: u64) {
@@ -298,7 +302,8 @@ impl World {
                 self.advance(advance);
             }
             80..=84 => self.mail_step(),
-            85..=94 => self.reseller_step(),
+            85..=91 => self.reseller_step(),
+            92..=95 => self.listing_step(),
             _ => {
                 let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
                 let count = 1 + self.rng.below(15);
@@ -356,21 +361,23 @@ impl World {
     fn buy(&mut self) {
         let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
         let quantity = 1 + self.rng.below(3) as u32;
+        if self.rng.percent(5) {
+            self.try_coupon_past_limit(&sku);
+        }
         let Some(cards) = self.reserve(&sku, quantity as usize) else {
             return;
         };
-        let created = self.new_order(&sku, quantity, cards.clone());
+        // On a crash the pools were rebuilt from the recovered log; nothing to give back.
+        let with_coupon = self.rng.percent(30);
+        self.commit_order(&sku, cards, with_coupon);
+    }
+
+    /// An order's creation was acknowledged: it is live and awaits payment.
+    fn order_acknowledged(&mut self, created: NewOrder) {
         let id = created.order_id.clone();
-        match self.commit(&Event::OrderCreated(Box::new(created.clone()))) {
-            Ok(()) => {
-                self.acked.insert(id.clone(), Acked::Created);
-                self.live.insert(id, order_of(&created));
-                self.outcome.orders += 1;
-            }
-            Err(Crashed) => {
-                // Pools were rebuilt from the recovered log; nothing to give back.
-            }
-        }
+        self.acked.insert(id.clone(), Acked::Created);
+        self.live.insert(id, order_of(&created));
+        self.outcome.orders += 1;
     }
 
     /// A buyer pays at the gateway: a live order mostly, sometimes one that lapsed.
@@ -555,8 +562,11 @@ impl World {
         self.outcome.crashes += 1;
         let mut unacked = None;
         let mut reseller_in_flight = None;
+        let mut listing_in_flight = false;
         if in_flight.is_some() && self.rng.percent(30) {
             reseller_in_flight = self.top_up_in_flight();
+        } else if in_flight.is_some() && self.rng.percent(30) {
+            listing_in_flight = self.listing_in_flight();
         } else if in_flight.is_some() {
             let sku = Sku::parse(PRODUCTS[0].0).unwrap();
             if let Some(cards) = self.reserve(&sku, 1) {
@@ -573,7 +583,7 @@ impl World {
         if let Some(store) = self.store.take() {
             let _ = store.close();
         }
-        let in_flight_now = unacked.is_some() || reseller_in_flight.is_some();
+        let in_flight_now = unacked.is_some() || reseller_in_flight.is_some() || listing_in_flight;
         if in_flight_now && self.rng.percent(self.faults.torn_tail_percent) {
             self.damage_tail();
         }
@@ -701,6 +711,7 @@ impl World {
         }
         self.check_resellers(step);
         self.check_mail(step);
+        self.check_listings(step);
     }
 
     /// Faults off: let time run until the gateway has nothing left to send (bounded).
@@ -815,5 +826,13 @@ fn describe(event: &Event) -> String {
         Event::MailFailed {
             order_id, attempt, ..
         } => format!("mail of {order_id} failed try {attempt}"),
+        Event::ProductEdited { sku, .. } => format!("edit of {sku}"),
+        Event::CardsDeleted { sku, cards, .. } => {
+            format!("deletion of {} keys of {sku}", cards.len())
+        }
+        Event::OrderPlaced(placed) => format!("order {} with terms", placed.order.order_id),
+        Event::CouponCreated(coupon) => format!("coupon {}", coupon.code),
+        Event::CouponDisabled { code, .. } => format!("withdrawal of coupon {code}"),
+        Event::ShopIdentitySet { .. } => "shop identity".into(),
     }
 }
