@@ -94,6 +94,11 @@ impl From<Rejection> for ApiError {
             Rejection::InsufficientBalance => (StatusCode::CONFLICT, "insufficient_balance"),
             Rejection::UnknownReseller => (StatusCode::NOT_FOUND, "not_found"),
             Rejection::ResellerRevoked => (StatusCode::CONFLICT, "reseller_revoked"),
+            Rejection::CouponExists => (StatusCode::CONFLICT, "coupon_exists"),
+            Rejection::Coupon(engine::coupon::CouponRefusal::Unknown) => {
+                (StatusCode::NOT_FOUND, "coupon_unknown")
+            }
+            Rejection::Coupon(refusal) => (StatusCode::CONFLICT, refusal.code()),
             Rejection::Risk(rule) => return risk_refusal(rule, message),
         };
         Self::new(status, code, message)

@@ -8,7 +8,9 @@
 //! Design decision: request bodies are read by hand up to a limit and parsed with serde, so
 //! every failure, including an oversized or malformed body, gets the contract's error shape.
 
+pub mod contact_lookup;
 pub mod error;
+pub mod export;
 pub mod gateways;
 pub mod limits;
 pub mod mail;

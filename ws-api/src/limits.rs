@@ -81,6 +81,8 @@ pub struct EdgeLimits<C: Clock = DefaultClock> {
     create: Keyed<C>,
     lookup: Keyed<C>,
     websocket: Keyed<C>,
+    /// Finding orders by contact and lookup password: few tries, per IP and per contact.
+    pub contact_lookup: crate::contact_lookup::ContactLookupLimits<C>,
     clock: C,
 }
 
@@ -109,6 +111,7 @@ impl<C: Clock + Clone> EdgeLimits<C> {
             create: keyed(settings.create),
             lookup: keyed(settings.lookup),
             websocket: keyed(settings.websocket),
+            contact_lookup: crate::contact_lookup::ContactLookupLimits::with_clock(clock.clone()),
             clock: clock.clone(),
         }
     }
@@ -148,6 +151,7 @@ impl<C: Clock + Clone> EdgeLimits<C> {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        self.contact_lookup.prune();
     }
 }
 

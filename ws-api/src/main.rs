@@ -655,7 +655,7 @@ fn gateways(
 
 /// A small demo catalogue, seeded once into an empty shop.
 async fn seed_demo(shop: &Shop) -> anyhow::Result<()> {
-    if !shop.products().is_empty() {
+    if !shop.products().list().is_empty() {
         return Ok(());
     }
     let catalogue = [
@@ -671,11 +671,12 @@ async fn seed_demo(shop: &Shop) -> anyhow::Result<()> {
             currency: shop.settings().currency,
             created_at_ms: shop.now_ms(),
         };
-        shop.create_product(product).await?;
+        shop.products().create(product).await?;
         let keys: String = (1..=20)
             .map(|n| format!("{prefix}-DEMO-{n:04}-{:08X}\n", rand_u128() as u32))
             .collect();
-        shop.import_cards(engine::Sku::parse(sku)?, keys.into_bytes())
+        shop.products()
+            .import_cards(engine::Sku::parse(sku)?, keys.into_bytes())
             .await?;
     }
     println!("panshi: demo catalogue seeded (operator token: demo-admin)");

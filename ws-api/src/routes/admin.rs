@@ -52,7 +52,7 @@ async fn create_product(
         "price_cents": product.price_cents,
         "currency": product.currency.as_str(),
     });
-    state.shop.create_product(product).await?;
+    state.shop.products().create(product).await?;
     Ok(HttpResponse::Created().json(answer))
 }
 
@@ -72,7 +72,11 @@ async fn import_cards(
     require_operator(&request, &state)?;
     let sku = Sku::parse(&path)?;
     let body = read_body(payload, IMPORT_REQUEST_BYTES_MAX, import_too_large).await?;
-    let outcome = state.shop.import_cards(sku, body.to_vec()).await?;
+    let outcome = state
+        .shop
+        .products()
+        .import_cards(sku, body.to_vec())
+        .await?;
     Ok(HttpResponse::Ok()
         .json(json!({"imported": outcome.imported, "duplicates": outcome.duplicates})))
 }
@@ -84,8 +88,12 @@ async fn stock(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let sku = Sku::parse(&path)?;
-    let stock = state.shop.stock(&sku)?;
-    Ok(HttpResponse::Ok().json(StockBody::from(stock)))
+    let listing = state
+        .shop
+        .products()
+        .get(&sku)
+        .ok_or(engine::Rejection::UnknownSku)?;
+    Ok(HttpResponse::Ok().json(StockBody::new(listing.stock, listing.deleted)))
 }
 
 #[derive(serde::Deserialize)]
@@ -141,7 +149,7 @@ pub const AUDIT_ENTRIES_MAX: usize = 500;
 pub const QUEUE_ENTRIES_MAX: usize = 1_000;
 
 /// Appends an operator action to the durable audit trail.
-async fn record_action(
+pub async fn record_action(
     state: &AppState,
     request: &HttpRequest,
     action: &str,
@@ -244,5 +252,5 @@ async fn manual_review(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
-    Ok(queue_json(state.shop.manual_review_orders().iter()))
+    Ok(queue_json(state.shop.order_book().manual_review().iter()))
 }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod demo;
 pub mod live;
+pub mod manage;
 pub mod observability;
 pub mod ops;
 pub mod orders;
@@ -25,6 +26,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     payments::configure(config);
     live::configure(config);
     admin::configure(config);
+    manage::configure(config);
     queue::configure(config);
     resellers::configure(config);
     webhooks::configure(config);

@@ -35,7 +35,8 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
     text.push_str(
         "# HELP panshi_stock_keys Card keys per SKU and state.\n# TYPE panshi_stock_keys gauge\n",
     );
-    for (product, stock) in state.shop.products() {
+    for listing in state.shop.products().list() {
+        let (product, stock) = (&listing.product, listing.stock);
         let sku = product.sku.as_str();
         for (name, value) in [
             ("available", stock.available),

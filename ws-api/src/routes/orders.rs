@@ -15,6 +15,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/api/v1/products", web::get().to(products))
         .route("/api/v1/orders", web::post().to(create_order))
+        .route("/api/v1/orders/lookup", web::post().to(lookup_by_contact))
         .route("/api/v1/orders/{order_id}", web::get().to(lookup));
 }
 
@@ -22,8 +23,9 @@ async fn products(state: web::Data<AppState>) -> HttpResponse {
     let items: Vec<_> = state
         .shop
         .products()
+        .listed()
         .iter()
-        .map(|(product, stock)| catalogue_item(product, stock.available))
+        .map(catalogue_item)
         .collect();
     HttpResponse::Ok().json(items)
 }
@@ -76,6 +78,10 @@ async fn create_order(
         channel: body.channel,
         idempotency_key,
         client_ip: client.map(|ip| ip.to_string()),
+        terms: actors::BuyerTerms {
+            coupon: body.coupon,
+            lookup_password: body.lookup_password,
+        },
     };
     let order_request = match state.shop.queue_if_needed(order_request)? {
         Ok(queued) => return Ok(crate::routes::queue::queued(&queued)),
@@ -89,6 +95,44 @@ async fn create_order(
 pub struct TokenQuery {
     #[serde(default)]
     pub token: String,
+}
+
+#[derive(Deserialize)]
+struct ContactLookupBody {
+    contact: String,
+    lookup_password: String,
+}
+
+/// `POST /api/v1/orders/lookup`: a buyer who lost the order link finds the orders made with
+/// this contact and this lookup password (and only those), with their links' tokens.
+async fn lookup_by_contact(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body: ContactLookupBody = crate::json_body(payload, &state).await?;
+    let client = request.peer_addr().map(|a| a.ip());
+    state.limits.contact_lookup.check(client, &body.contact)?;
+    let orders = state
+        .shop
+        .find_orders_by_contact(&body.contact, &body.lookup_password)
+        .await?;
+    let found: Vec<_> = orders
+        .iter()
+        .map(|record| {
+            let created = &record.created;
+            serde_json::json!({
+                "order_id": created.order_id.as_str(),
+                "token": created.token,
+                "status": record.status.as_str(),
+                "sku": created.sku.as_str(),
+                "quantity": created.quantity,
+                "amount_cents": created.amount_cents,
+                "created_at": engine::time::format_rfc3339_ms(created.created_at_ms),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(found))
 }
 
 async fn lookup(

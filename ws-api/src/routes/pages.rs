@@ -74,7 +74,7 @@ pub fn page(title: &str, body: &str) -> HttpResponse {
     respond(StatusCode::OK, markup)
 }
 
-fn level_label(lang: Lang, level: Level) -> &'static str {
+pub fn level_label(lang: Lang, level: Level) -> &'static str {
     match level {
         Level::Operational => lang.pick("Operational", "正常"),
         Level::Degraded => lang.pick("Degraded", "性能下降"),
