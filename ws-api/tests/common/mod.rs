@@ -23,8 +23,6 @@ pub struct Server {
     pub data: PathBuf,
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
-    /// Variables the harness sets that this server runs without.
-    env_removed: Vec<String>,
     args: Vec<String>,
     /// Whether the test Epay channel is configured (almost always).
     payments: bool,
@@ -69,7 +67,6 @@ impl Server {
                 .build()
                 .unwrap(),
             env,
-            env_removed: Vec::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
             payments: true,
         }
@@ -78,21 +75,8 @@ impl Server {
     /// `serve --demo` with its own demo gateway (no Epay settings from the harness), its
     /// logs kept out of the test output.
     pub fn start_demo_gateway(data: &Path) -> Server {
-        let mut server = Server {
-            child: None,
-            base: String::new(),
-            data: data.to_owned(),
-            http: reqwest::Client::new(),
-            env: vec![("PANSHI_LOG__LEVEL".into(), "error".into())],
-            env_removed: [
-                "PANSHI_EPAY__PID",
-                "PANSHI_EPAY__KEY",
-                "PANSHI_EPAY__GATEWAY_URL",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            args: vec!["--demo".into()],
-        };
+        let mut server = Self::unstarted(data, &[("PANSHI_LOG__LEVEL", "error")], &["--demo"]);
+        server.payments = false;
         server.spawn();
         server
     }
@@ -129,9 +113,6 @@ impl Server {
         }
         for (k, v) in &self.env {
             command.env(k, v);
-        }
-        for k in &self.env_removed {
-            command.env_remove(k);
         }
         let mut child = command.spawn().expect("panshi starts");
         let stdout = child.stdout.take().unwrap();
