@@ -222,6 +222,8 @@ pub struct OrderView {
     pub record: OrderRecord,
     /// The keys, once delivered.
     pub keys: Vec<String>,
+    /// The coupon the order used, and what it took off.
+    pub coupon: Option<CouponUse>,
 }
 
 struct Inner {
@@ -987,13 +989,26 @@ impl Shop {
     }
 
     pub fn lookup(&self, order_id: &OrderId, token: &str) -> Result<OrderView, ShopError> {
-        let record = self.authorised(order_id, token)?;
+        Ok(self.view_of(self.authorised(order_id, token)?))
+    }
+
+    /// What an order's record shows: the keys once delivered, and its coupon.
+    pub(crate) fn view_of(&self, record: OrderRecord) -> OrderView {
         let keys = if record.status == OrderStatus::Delivered {
             self.card_keys(&record.cards)
         } else {
             Vec::new()
         };
-        Ok(OrderView { record, keys })
+        let coupon = self
+            .store()
+            .state()
+            .terms_of(&record.created.order_id)
+            .and_then(|terms| terms.coupon.clone());
+        OrderView {
+            record,
+            keys,
+            coupon,
+        }
     }
 
     /// A live feed of the order's status: the current state first, then every change; the

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use engine::time::civil_from_days;
 use engine::{Currency, OrderRecord, OrderStatus, Sku};
 
-use crate::Shop;
+use crate::{OrderView, Shop, ShopError};
 
 /// Orders examined per hold of the state's read lock.
 pub const ORDER_SCAN_CHUNK: usize = 10_000;
@@ -122,6 +122,12 @@ impl OrderBook<'_> {
             }
             end = start;
         }
+    }
+
+    /// One order in full, for an operator (no token needed): its keys and coupon.
+    pub fn order(&self, order_id: &engine::OrderId) -> Result<Option<OrderView>, ShopError> {
+        let record = self.shop.store().order(order_id)?;
+        Ok(record.map(|record| self.shop.view_of(record)))
     }
 
     /// Orders matching `filter`, newest first: `limit` of them after skipping `offset`.

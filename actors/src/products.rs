@@ -30,6 +30,23 @@ pub struct ProductListing {
     pub deleted: u64,
 }
 
+impl ProductListing {
+    /// Whether the listing already is what `change` would make it.
+    pub fn has(&self, change: &ProductChange) -> bool {
+        let details = &self.details;
+        match change {
+            ProductChange::Name(name) => self.product.name == *name,
+            ProductChange::PriceCents(cents) => self.product.price_cents == *cents,
+            ProductChange::Description(text) => details.description == *text,
+            ProductChange::Hidden(hidden) => details.hidden == *hidden,
+            ProductChange::QuantityMax(limit) => details.quantity_max == *limit,
+            ProductChange::UsageNote(text) => details.usage_note == *text,
+            ProductChange::ImageUrl(url) => details.image_url == *url,
+            ProductChange::Category(category) => details.category == *category,
+        }
+    }
+}
+
 /// Where a key is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CardStatus {
@@ -177,12 +194,13 @@ impl Products<'_> {
     }
 
     /// Edits a product's listing: every change in one durable event. Orders made before
-    /// keep their amounts; orders made after pay the new price.
+    /// keep their amounts; orders made after pay the new price. Answers the listing and the
+    /// changes that were made (those that set a field to what it was are dropped).
     pub async fn edit(
         &self,
         sku: &Sku,
         changes: Vec<ProductChange>,
-    ) -> Result<ProductListing, ShopError> {
+    ) -> Result<(ProductListing, Vec<ProductChange>), ShopError> {
         if changes.is_empty() || changes.len() > engine::listing::CHANGES_PER_EDIT_MAX {
             return Err(Rejection::InvalidInput("an edit changes 1 to 16 fields").into());
         }
@@ -193,16 +211,23 @@ impl Products<'_> {
             )
             .into());
         }
-        if self.shop.store().state().product(sku).is_none() {
-            return Err(Rejection::UnknownSku.into());
+        let current = self.get(sku).ok_or(Rejection::UnknownSku)?;
+        // A form sends every field: only what differs is an edit (and an audit entry).
+        let changes: Vec<ProductChange> = changes
+            .into_iter()
+            .filter(|change| !current.has(change))
+            .collect();
+        if changes.is_empty() {
+            return Ok((current, changes));
         }
         let event = Event::ProductEdited {
             sku: sku.clone(),
-            changes,
+            changes: changes.clone(),
             at_ms: self.shop.now_ms(),
         };
         self.shop.commit(&event).await?;
-        self.get(sku).ok_or(Rejection::UnknownSku.into())
+        let listing = self.get(sku).ok_or(Rejection::UnknownSku)?;
+        Ok((listing, changes))
     }
 
     /// A page of a product's keys, oldest first, filtered by `query`.

@@ -451,8 +451,7 @@ impl Shop {
             .store()
             .order(order_id)?
             .ok_or(Rejection::UnknownOrder)?;
-        let keys = self.card_keys(&record.cards);
-        Ok(OrderView { record, keys })
+        Ok(self.view_of(record))
     }
 
     /// The receipt of an order already placed (an idempotent retry's answer).

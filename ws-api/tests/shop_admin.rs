@@ -405,7 +405,7 @@ async fn operators_search_filter_page_and_export_orders() {
         .unwrap()
         .starts_with("carol"));
     // CSV of a selection.
-    let (_, _, csv) = admin_text(&server, "/api/v1/admin/orders/export?status=delivered").await;
+    let (_, _, csv) = admin_text(server, "/api/v1/admin/orders/export?status=delivered").await;
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.contains("Alice@Example.com"));
     // One order in full: its keys and the buyer's own link, which opens the buyer's page.

@@ -450,7 +450,7 @@ async fn channels_section(lang: Lang, state: &AppState) -> Markup {
                                  th scope="col" { (lang.pick("Calls", "调用次数")) }
                                  th scope="col" { (lang.pick("Failures", "失败次数")) } } }
                     tbody { @for c in &channels { tr {
-                        td { (channel_word(lang, &c.name)) } td { (breaker_word(lang, &c.breaker)) }
+                        td { (channel_word(lang, &c.name)) } td { (breaker_word(lang, c.breaker)) }
                         td { (c.success_percent) } td { (c.calls) } td { (c.failures) }
                     } } }
                 } }
@@ -663,11 +663,19 @@ async fn order_trace(
     };
     let lang = Lang::of(&request);
     let found = OrderId::parse(&path).ok().and_then(|id| {
-        let record = state.shop.store().order(&id).ok().flatten()?;
+        let view = state.shop.order_book().order(&id).ok().flatten()?;
         let trace = state.shop.order_trace(&id).ok()?;
-        Some((record, trace))
+        Some((view, trace))
     });
-    let Some((record, trace)) = found else {
+    let Some((
+        actors::OrderView {
+            record,
+            keys,
+            coupon,
+        },
+        trace,
+    )) = found
+    else {
         return message(
             &request,
             &session,
@@ -677,17 +685,6 @@ async fn order_trace(
         );
     };
     let offset = crate::routes::manage::utc_offset(&state);
-    let keys = if record.status == OrderStatus::Delivered {
-        state.shop.card_keys(&record.cards)
-    } else {
-        Vec::new()
-    };
-    let coupon = state
-        .shop
-        .store()
-        .state()
-        .terms_of(&record.created.order_id)
-        .and_then(|t| t.coupon.clone());
     let link = crate::routes::manage::buyer_link(&state, &record);
     let main = html! {
         h1 { (lang.pick("Order", "订单")) " " code { (record.created.order_id.as_str()) } }

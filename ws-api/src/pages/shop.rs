@@ -597,19 +597,13 @@ async fn order_page(
         |l| l.product.name.clone(),
     );
     let usage_note = listing.map(|l| l.details.usage_note).unwrap_or_default();
-    let coupon = state
-        .shop
-        .store()
-        .state()
-        .terms_of(&order_id)
-        .and_then(|t| t.coupon.clone());
     let lang = Lang::of(&request);
     let shown = OrderShown {
         record: &view.record,
         name: &name,
         keys: &view.keys,
         usage_note: &usage_note,
-        coupon: coupon.as_ref(),
+        coupon: view.coupon.as_ref(),
         now_ms: state.shop.now_ms(),
     };
     let main = order_main(lang, &shown);

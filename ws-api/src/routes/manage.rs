@@ -144,11 +144,23 @@ async fn edit_product(
     require_operator(&request, &state)?;
     let sku = Sku::parse(&path)?;
     let edit: ProductEdit = crate::json_body(payload, &state).await?;
-    let changes = edit.into_changes()?;
-    let note = describe_changes(&changes);
-    let listing = state.shop.products().edit(&sku, changes).await?;
-    record_action(&state, &request, "edit_product", sku.as_str(), &note).await?;
+    let listing = edit_listing(&state, &request, &sku, edit.into_changes()?).await?;
     Ok(HttpResponse::Ok().json(listing_json(&listing)))
+}
+
+/// Edits a listing and records what changed in the audit trail (shared with the pages).
+pub async fn edit_listing(
+    state: &AppState,
+    request: &HttpRequest,
+    sku: &Sku,
+    changes: Vec<ProductChange>,
+) -> Result<ProductListing, ApiError> {
+    let (listing, made) = state.shop.products().edit(sku, changes).await?;
+    if !made.is_empty() {
+        let note = describe_changes(&made);
+        record_action(state, request, "edit_product", sku.as_str(), &note).await?;
+    }
+    Ok(listing)
 }
 
 /// A short account of an edit for the audit trail (field names, and the new price).
@@ -327,29 +339,18 @@ async fn order(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
-    let record = state
+    let view = state
         .shop
-        .store()
-        .order(&order_id)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+        .order_book()
+        .order(&order_id)?
         .ok_or_else(|| ApiError::not_found("unknown order"))?;
-    let keys = if record.status == engine::OrderStatus::Delivered {
-        state.shop.card_keys(&record.cards)
-    } else {
-        Vec::new()
-    };
-    let coupon = state
-        .shop
-        .store()
-        .state()
-        .terms_of(&order_id)
-        .and_then(|t| t.coupon.clone());
-    let mut answer = order_line_json(&record);
-    answer["keys"] = json!(keys);
-    answer["order_url"] = json!(buyer_link(&state, &record));
+    let record = &view.record;
+    let mut answer = order_line_json(record);
+    answer["keys"] = json!(view.keys);
+    answer["order_url"] = json!(buyer_link(&state, record));
     answer["trace_id"] = json!(record.created.trace_id);
     answer["expires_at"] = json!(format_rfc3339_ms(record.created.expires_at_ms));
-    answer["coupon"] = coupon.map_or(
+    answer["coupon"] = view.coupon.as_ref().map_or(
         Value::Null,
         |c| json!({"code": c.code, "discount_cents": c.discount_cents}),
     );

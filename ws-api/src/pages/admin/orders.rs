@@ -64,7 +64,7 @@ async fn orders(
     let main = html! {
         h1 { (lang.pick("Orders", "订单")) }
         (search_form(lang, &query, &skus))
-        p #orders-total { (page.total) (lang.pick(" orders match", " 个订单符合条件"))
+        p #orders-total { (lang.pick("Matching orders: ", "符合条件的订单：")) (page.total)
             @if page.total > 0 { " (" (query.offset + 1) "–" (shown_to) ")" }
             " · " a #export href=(format!("/admin/orders/export?{}", search_query(&query, 0))) download {
                 (lang.pick("Export CSV", "导出 CSV")) }

@@ -314,6 +314,23 @@ fn listing_of(state: &AppState, path: &str) -> Option<ProductListing> {
     state.shop.products().get(&Sku::parse(path).ok()?)
 }
 
+/// The signed-in operator and the product a page is about, or the page that refuses (an
+/// answer, like `signed_form`'s, rarely built: its size does not matter).
+#[allow(clippy::result_large_err)]
+fn operator_and_product(
+    request: &HttpRequest,
+    state: &AppState,
+    path: &str,
+) -> Result<(OperatorSession, ProductListing), HttpResponse> {
+    let Some(session) = operator(request) else {
+        return Err(refuse(request));
+    };
+    match listing_of(state, path) {
+        Some(listing) => Ok((session, listing)),
+        None => Err(unknown_product(request, &session, path)),
+    }
+}
+
 fn unknown_product(request: &HttpRequest, session: &OperatorSession, sku: &str) -> HttpResponse {
     let lang = Lang::of(request);
     message(
@@ -330,11 +347,9 @@ async fn edit_page(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(session) = operator(&request) else {
-        return refuse(&request);
-    };
-    let Some(listing) = listing_of(&state, &path) else {
-        return unknown_product(&request, &session, &path);
+    let (session, listing) = match operator_and_product(&request, &state, &path) {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
     };
     let lang = Lang::of(&request);
     let main = edit_form(lang, &session, &listing, None);
@@ -450,10 +465,7 @@ async fn edit(
     let sku = listing.product.sku.clone();
     let result = async {
         let changes = form.into_edit()?.into_changes()?;
-        let note = crate::routes::manage::describe_changes(&changes);
-        let listing = state.shop.products().edit(&sku, changes).await?;
-        record_action(&state, &request, "edit_product", sku.as_str(), &note).await?;
-        Ok::<_, ApiError>(listing)
+        crate::routes::manage::edit_listing(&state, &request, &sku, changes).await
     }
     .await;
     let (status, shown, result) = match result {
@@ -476,11 +488,9 @@ async fn keys_page(
     query: web::Query<CardsQueryText>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(session) = operator(&request) else {
-        return refuse(&request);
-    };
-    let Some(listing) = listing_of(&state, &path) else {
-        return unknown_product(&request, &session, &path);
+    let (session, listing) = match operator_and_product(&request, &state, &path) {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
     };
     let lang = Lang::of(&request);
     let card_query = match query.to_query(PAGE_ROWS_DEFAULT) {
@@ -531,22 +541,28 @@ fn keys_main(
     html! {
         p.crumbs { a href="/admin/products" { "← " (lang.pick("Products", "商品")) } }
         h1 { (lang.pick("Keys of ", "卡密：")) (listing.product.name) " " code { (sku.as_str()) } }
-        form.inline-form method="get" action=(path) role="search" {
-            label for="q" { (lang.pick("Search keys", "搜索卡密")) }
-            input #q type="text" name="q" maxlength="254" value=(query.q);
-            label for="status" { (lang.pick("State", "状态")) }
-            select #status name="status" {
-                option value="" { (lang.pick("Any", "全部")) }
-                @for status in CardStatus::LISTED {
-                    option value=(status.as_str()) selected[card_query.status == Some(status)] { (card_word(lang, status)) }
+        form.filters method="get" action=(path) role="search" {
+            div {
+                label for="q" { (lang.pick("Search keys", "搜索卡密")) }
+                input #q type="text" name="q" maxlength="254" value=(query.q);
+            }
+            div {
+                label for="status" { (lang.pick("State", "状态")) }
+                select #status name="status" {
+                    option value="" { (lang.pick("Any", "全部")) }
+                    @for status in CardStatus::LISTED {
+                        option value=(status.as_str()) selected[card_query.status == Some(status)] { (card_word(lang, status)) }
+                    }
                 }
             }
-            button type="submit" { (lang.pick("Search", "搜索")) }
-            a.button #export href=(format!("{path}/export?{}", keys_query(query, 0))) download {
-                (lang.pick("Export CSV", "导出 CSV"))
+            div { button type="submit" { (lang.pick("Search", "搜索")) } }
+            div {
+                a.button #export href=(format!("{path}/export?{}", keys_query(query, 0))) download {
+                    (lang.pick("Export CSV", "导出 CSV"))
+                }
             }
         }
-        p #keys-total { (page.total) (lang.pick(" keys match", " 个卡密符合条件"))
+        p #keys-total { (lang.pick("Matching keys: ", "符合条件的卡密：")) (page.total)
             @if page.total > 0 { " (" (card_query.offset + 1) "–" (shown_to) ")" } }
         form method="post" action=(format!("{path}/delete")) {
             (csrf_field(session))
@@ -587,11 +603,9 @@ async fn export_keys(
     query: web::Query<CardsQueryText>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(session) = operator(&request) else {
-        return refuse(&request);
-    };
-    let Some(listing) = listing_of(&state, &path) else {
-        return unknown_product(&request, &session, &path);
+    let (session, listing) = match operator_and_product(&request, &state, &path) {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
     };
     match crate::routes::manage::cards_export(&state, &request, &listing.product.sku, &query).await
     {

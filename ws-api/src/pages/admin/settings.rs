@@ -10,7 +10,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::FORM_BYTES_MAX;
-use super::{admin_page, csrf_field, local_time, operator, record_action, refuse, signed_form};
+use super::{admin_page, csrf_field, operator, record_action, refuse, signed_form};
 use crate::error::ApiError;
 use crate::pages::i18n::Lang;
 use crate::pages::session::OperatorSession;
@@ -59,7 +59,7 @@ fn coupons_main(
             thead { tr {
                 th scope="col" { (lang.pick("Code", "优惠码")) } th scope="col" { (lang.pick("Discount", "优惠")) }
                 th scope="col" { (lang.pick("Product", "商品")) } th scope="col" { (lang.pick("Used", "已用")) }
-                th scope="col" { (lang.pick("Expires", "到期")) } th scope="col" { (lang.pick("State", "状态")) }
+                th scope="col" { (lang.pick("Valid through", "有效期至")) } th scope="col" { (lang.pick("State", "状态")) }
                 th scope="col" { (lang.pick("Action", "操作")) }
             } }
             tbody { @for c in &coupons { tr {
@@ -70,7 +70,8 @@ fn coupons_main(
                 } }
                 td { @match &c.coupon.sku { Some(sku) => (sku.as_str()), None => (lang.pick("All products", "全部商品")) } }
                 td { (c.used) " / " (c.coupon.uses_max) }
-                td { (local_time(c.coupon.expires_at_ms, offset)) }
+                // The last day it works, in the shop's time zone (it expires at that day's end).
+                td { (actors::order_book::local_day(c.coupon.expires_at_ms.saturating_sub(1), offset)) }
                 td { @if c.disabled_at_ms.is_some() { (lang.pick("Withdrawn", "已停用")) }
                      @else if c.coupon.expires_at_ms <= state.shop.now_ms() { (lang.pick("Expired", "已过期")) }
                      @else if c.used >= c.coupon.uses_max { (lang.pick("Used up", "已用完")) }
@@ -186,20 +187,8 @@ async fn create_coupon(
         Ok::<_, ApiError>(coupon.code)
     }
     .await;
-    let status = result
-        .as_ref()
-        .map_or_else(|e| e.status, |_| StatusCode::OK);
-    let shown = result
-        .map(|code| format!("{}{code}", lang.pick("Created: ", "已创建：")))
-        .map_err(|e| e.message);
-    let main = coupons_main(lang, &session, &state, Some(shown));
-    admin_page(
-        &request,
-        &session,
-        lang.pick("Coupons", "优惠码"),
-        status,
-        main,
-    )
+    let shown = result.map(|code| format!("{}{code}", lang.pick("Created: ", "已创建：")));
+    coupons_answer(&request, &session, &state, shown)
 }
 
 #[derive(Deserialize)]
@@ -222,16 +211,26 @@ async fn disable_coupon(
         Ok::<_, ApiError>(())
     }
     .await;
+    let shown =
+        result.map(|()| format!("{}{}", lang.pick("Withdrawn: ", "已停用："), path.as_str()));
+    coupons_answer(&request, &session, &state, shown)
+}
+
+/// The coupons page again, with what the operator's form did.
+fn coupons_answer(
+    request: &HttpRequest,
+    session: &OperatorSession,
+    state: &AppState,
+    result: Result<String, ApiError>,
+) -> HttpResponse {
+    let lang = Lang::of(request);
     let status = result
         .as_ref()
         .map_or_else(|e| e.status, |_| StatusCode::OK);
-    let shown = result
-        .map(|()| format!("{}{}", lang.pick("Withdrawn: ", "已停用："), path.as_str()))
-        .map_err(|e| e.message);
-    let main = coupons_main(lang, &session, &state, Some(shown));
+    let main = coupons_main(lang, session, state, Some(result.map_err(|e| e.message)));
     admin_page(
-        &request,
-        &session,
+        request,
+        session,
         lang.pick("Coupons", "优惠码"),
         status,
         main,
