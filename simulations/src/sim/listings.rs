@@ -112,9 +112,12 @@ impl World {
                 cards: removed.clone(),
                 at_ms: self.now_ms,
             };
-            if self.commit(&event).is_ok() {
-                self.listings.deleted.extend(removed);
+            if self.commit(&event).is_err() {
+                // The process died: the pools were rebuilt from the log, and the reservation
+                // under way died with it (its keys are in the pools again).
+                return;
             }
+            self.listings.deleted.extend(removed);
         }
         if let Some(cards) = in_flight {
             self.commit_order(&sku, cards, false);

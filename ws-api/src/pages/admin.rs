@@ -722,7 +722,8 @@ async fn order_trace(
             thead { tr { th scope="col" { (lang.pick("Stage", "阶段")) } th scope="col" { (lang.pick("At", "时间")) }
                          th scope="col" { (lang.pick("Duration (µs)", "耗时（微秒）")) } } }
             tbody { @for stage in &trace.stages { tr {
-                td { (stage.stage.as_str()) } td { (local_time(stage.at_ms, offset)) }
+                td data-stage=(stage.stage.as_str()) { (crate::pages::i18n::stage_word(lang, stage.stage)) }
+                td { (local_time(stage.at_ms, offset)) }
                 td { @if let Some(us) = stage.duration_us { (us) } @else { "—" } }
             } } }
         } }

@@ -166,6 +166,21 @@ pub fn alert_word(lang: Lang, rule: &str) -> String {
     word.to_owned()
 }
 
+/// A stage of an order's trace in words.
+pub fn stage_word(lang: Lang, stage: actors::trace::Stage) -> &'static str {
+    use actors::trace::Stage;
+    match stage {
+        Stage::Create => lang.pick("Order received", "收到订单"),
+        Stage::Reserve => lang.pick("Keys reserved", "预留卡密"),
+        Stage::Commit => lang.pick("Saved durably", "持久保存"),
+        Stage::Notify => lang.pick("Payment notice received", "收到支付通知"),
+        Stage::Deliver => lang.pick("Keys delivered", "卡密已发"),
+        Stage::ManualReview => lang.pick("Sent to manual review", "转人工处理"),
+        Stage::Push => lang.pick("Buyer's page updated", "买家页面已更新"),
+        Stage::Expire => lang.pick("Expired unpaid", "未付款过期"),
+    }
+}
+
 /// A key's state in words.
 pub fn card_word(lang: Lang, status: actors::products::CardStatus) -> &'static str {
     use actors::products::CardStatus;
