@@ -9,10 +9,6 @@ mod common;
 use common::{answer, Server};
 use serde_json::{json, Value};
 
-fn quiet(data: &std::path::Path) -> Server {
-    Server::start_with(data, &[("PANSHI_LOG__LEVEL", "error")])
-}
-
 async fn order_with(server: &Server, body: Value) -> (u16, Value) {
     let r = server
         .http
@@ -33,7 +29,7 @@ const LATER: &str = "2999-12-31";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coupon_is_used_at_most_its_limit_by_buyers_racing_for_it() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = quiet(data.path());
+    let mut server = Server::start_quiet(data.path());
     server.product("game", 4_900, &common::keys("G", 40)).await;
     let (code, created) = coupon(
         &server,
@@ -93,7 +89,7 @@ async fn a_coupon_is_used_at_most_its_limit_by_buyers_racing_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coupons_keep_to_their_product_expiry_and_withdrawal() {
     let data = tempfile::tempdir().unwrap();
-    let server = quiet(data.path());
+    let server = Server::start_quiet(data.path());
     server.product("game", 4_900, &common::keys("G", 10)).await;
     server.product("vpn", 300, &common::keys("V", 10)).await;
     let fixed = json!({"code": "FIVE", "amount_off_cents": 500, "sku": "vpn", "uses_max": 10, "expires_on": LATER});
@@ -169,7 +165,7 @@ fn ids(found: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_finds_only_their_own_orders_by_contact_and_lookup_password() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = quiet(data.path());
+    let mut server = Server::start_quiet(data.path());
     server.product("game", 100, &common::keys("G", 10)).await;
     let place = |contact: &str, password: Option<&str>| {
         let mut body = json!({"sku": "game", "quantity": 1, "contact": contact, "channel": "epay"});
@@ -232,7 +228,7 @@ async fn a_buyer_finds_only_their_own_orders_by_contact_and_lookup_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_by_contact_are_rate_limited_whatever_the_password() {
     let data = tempfile::tempdir().unwrap();
-    let server = quiet(data.path());
+    let server = Server::start_quiet(data.path());
     server.product("game", 100, &common::keys("G", 2)).await;
     let body = json!({"sku": "game", "quantity": 1, "contact": "victim@example.com", "channel": "epay", "lookup_password": "right one"});
     order_with(&server, body).await;

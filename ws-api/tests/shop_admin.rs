@@ -11,11 +11,6 @@ use std::collections::BTreeSet;
 use common::{answer, Server, ADMIN};
 use serde_json::{json, Value};
 
-/// A server whose logs stay out of the test output (operators' actions log at warn).
-fn quiet(data: &std::path::Path) -> Server {
-    Server::start_with(data, &[("PANSHI_LOG__LEVEL", "error")])
-}
-
 async fn patch(server: &Server, path: &str, body: Value) -> (u16, Value) {
     let r = server
         .http
@@ -59,7 +54,7 @@ async fn buy_and_pay(server: &Server, sku: &str, contact: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_edits_a_listing_and_the_next_order_pays_the_new_price() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = quiet(data.path());
+    let mut server = Server::start_quiet(data.path());
     server.product("game-1", 4_900, &common::keys("G", 6)).await;
     let (_, before) = server.order("game-1", 1).await;
     let (code, edited) = patch(
@@ -136,7 +131,7 @@ async fn an_operator_edits_a_listing_and_the_next_order_pays_the_new_price() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_usage_note_is_shown_with_the_delivered_keys() {
     let data = tempfile::tempdir().unwrap();
-    let server = quiet(data.path());
+    let server = Server::start_quiet(data.path());
     server.product("vpn", 1_000, &common::keys("V", 2)).await;
     let note = json!({"usage_note": "Open the app, paste the key under Settings."});
     assert_eq!(
@@ -188,7 +183,7 @@ async fn delete(server: &Server, sku: &str, cards: &[u64]) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsold_keys_are_listed_searched_exported_and_deleted_never_sold_ones() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = quiet(data.path());
+    let mut server = Server::start_quiet(data.path());
     let keys = common::keys("KEY", 6);
     server.product("gift", 500, &keys).await;
     let sold = buy_and_pay(&server, "gift", "a@example.com").await;
@@ -277,7 +272,7 @@ async fn unsold_keys_are_listed_searched_exported_and_deleted_never_sold_ones() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_deleted_while_buyers_buy_are_never_sold() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = quiet(data.path());
+    let mut server = Server::start_quiet(data.path());
     server.product("rush", 100, &common::keys("R", 60)).await;
     let buyers = (0..30).map(|n| {
         let http = server.http.clone();
@@ -349,7 +344,7 @@ async fn keys_deleted_while_buyers_buy_are_never_sold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_search_filter_page_and_export_orders() {
     let data = tempfile::tempdir().unwrap();
-    let server = quiet(data.path());
+    let server = Server::start_quiet(data.path());
     server.product("a", 1_000, &common::keys("A", 10)).await;
     server.product("b", 2_500, &common::keys("B", 10)).await;
     let alice = buy_and_pay(&server, "a", "Alice@Example.com").await;
@@ -456,7 +451,7 @@ async fn operators_search_filter_page_and_export_orders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_names_the_shop_and_it_survives_a_crash() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = quiet(data.path());
+    let mut server = Server::start_quiet(data.path());
     let before = server.get_text("/").await;
     assert!(
         before.contains("Panshi shop"),

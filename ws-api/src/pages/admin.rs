@@ -277,6 +277,15 @@ async fn sign_out(request: HttpRequest, payload: web::Payload) -> HttpResponse {
     response
 }
 
+/// Every product's SKU, for the filters and forms that pick one.
+fn skus(state: &AppState) -> Vec<String> {
+    let products = state.shop.products().list();
+    products
+        .into_iter()
+        .map(|l| l.product.sku.as_str().to_owned())
+        .collect()
+}
+
 fn money(record: &OrderRecord) -> String {
     format!(
         "{} {}",

@@ -72,6 +72,11 @@ impl Server {
         }
     }
 
+    /// A server whose logs stay out of the test output (operators' actions log at warn).
+    pub fn start_quiet(data: &Path) -> Server {
+        Self::start_with(data, &[("PANSHI_LOG__LEVEL", "error")])
+    }
+
     /// `serve --demo` with its own demo gateway (no Epay settings from the harness), its
     /// logs kept out of the test output.
     pub fn start_demo_gateway(data: &Path) -> Server {

@@ -53,13 +53,7 @@ async fn orders(
     };
     let limit = query.limit();
     let page = state.shop.order_book().search(&filter, query.offset, limit);
-    let skus: Vec<String> = state
-        .shop
-        .products()
-        .list()
-        .into_iter()
-        .map(|l| l.product.sku.as_str().to_owned())
-        .collect();
+    let skus = super::skus(&state);
     let shown_to = query.offset + page.orders.len();
     let main = html! {
         h1 { (lang.pick("Orders", "订单")) }

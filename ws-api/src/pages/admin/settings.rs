@@ -41,13 +41,7 @@ fn coupons_main(
 ) -> Markup {
     let coupons = state.shop.coupons().list();
     let offset = utc_offset(state);
-    let skus: Vec<String> = state
-        .shop
-        .products()
-        .list()
-        .into_iter()
-        .map(|l| l.product.sku.as_str().to_owned())
-        .collect();
+    let skus = super::skus(state);
     html! {
         h1 { (lang.pick("Coupons", "优惠码")) }
         @match &result {
