@@ -38,7 +38,6 @@ use engine::events::{Event, Fulfilment, Idempotency, NewOrder, Payment, Product}
 use engine::ids::hex128;
 use engine::money::AMOUNT_CENTS_MAX;
 use engine::order::{CONTACT_LEN_MAX, ORDER_QUANTITY_MAX};
-use engine::payment::signatures_equal;
 use engine::{CardId, Currency, Order, OrderId, OrderRecord, OrderStatus, Rejection, Sku, Stock};
 use parking_lot::{Mutex, RwLock};
 use storage::Store;
@@ -51,6 +50,8 @@ pub use order::{OrderUpdate, PayOutcome};
 use pool::SkuPool;
 use trace::{OrderTrace, Stage, Traces};
 
+/// The prefix of a VIP invite code (`Shop::vip_invite`); the digit is the format's version.
+pub const VIP_INVITE_PREFIX: &str = "vip1.";
 /// Longest `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// Payment channels counted for the alert rules.
@@ -192,6 +193,8 @@ pub struct OrderRequest {
     pub fingerprint: u64,
     /// The client's IP, for the risk rules (`None` where unknown).
     pub client_ip: Option<String>,
+    /// The buyer holds a valid VIP invite (`Shop::vip_invite_valid`): queues in the VIP lane.
+    pub vip: bool,
 }
 
 /// An order as its buyer may see it.
@@ -282,7 +285,7 @@ fn risk_check(
 }
 
 /// An `Idempotency-Key` header's shape: 1 to 255 visible ASCII characters.
-pub(crate) fn check_idempotency_key(key: &str) -> Result<(), Rejection> {
+pub fn check_idempotency_key(key: &str) -> Result<(), Rejection> {
     if key.is_empty()
         || key.len() > IDEMPOTENCY_KEY_LEN_MAX
         || !key.bytes().all(|b| b.is_ascii_graphic())
@@ -424,10 +427,6 @@ impl Shop {
 
     pub(crate) fn flash(&self) -> &flash::FlashSales {
         &self.0.flash
-    }
-
-    pub(crate) fn random_u128(&self) -> u128 {
-        self.0.entropy.random_u128()
     }
 
     /// The channel actor an order's payment goes through, if that channel can be queried.
@@ -658,6 +657,49 @@ impl Shop {
             .ok_or(Rejection::UnknownSku.into())
     }
 
+    /// The order an `Idempotency-Key` made, while its window is open
+    /// (`engine::order::IDEMPOTENCY_WINDOW_MS`); after that the key is free again.
+    pub(crate) fn idempotent_first(&self, key: &str) -> Option<OrderRecord> {
+        let now_ms = self.now_ms();
+        let state = self.store().state();
+        state
+            .order_by_idempotency_key(key)
+            .filter(|first| engine::state::idempotency_live(first, now_ms))
+            .cloned()
+    }
+
+    /// A buyer's token for an order: derived, so that only its digest is stored, and the
+    /// order's first answer can be given again to an idempotent retry.
+    pub fn order_token(&self, order_id: &OrderId) -> String {
+        self.0.sealer.derive_token("order", order_id.as_str())
+    }
+
+    /// A VIP invite code for `label` (who it is for, `^[A-Za-z0-9._-]{1,64}$`): the label
+    /// and a MAC under a key derived from the sealing key, so nobody else can make one.
+    pub fn vip_invite(&self, label: &str) -> Result<String, Rejection> {
+        let label = Sku::parse(label)
+            .map_err(|_| Rejection::InvalidInput("label must match ^[A-Za-z0-9._-]{1,64}$"))?;
+        let mac = self.0.sealer.derive_token("vip", label.as_str());
+        Ok(format!("{VIP_INVITE_PREFIX}{}.{mac}", label.as_str()))
+    }
+
+    /// Whether `code` is a VIP invite this shop signed (constant-time).
+    pub fn vip_invite_valid(&self, code: &str) -> bool {
+        let Some((label, mac)) = code
+            .strip_prefix(VIP_INVITE_PREFIX)
+            .and_then(|rest| rest.rsplit_once('.'))
+        else {
+            return false;
+        };
+        Sku::parse(label).is_ok()
+            && engine::payment::signatures_equal(&self.0.sealer.derive_token("vip", label), mac)
+    }
+
+    /// A waiting-room ticket's token, derived like an order's.
+    pub(crate) fn ticket_token(&self, ticket: engine::waiting_room::TicketId) -> String {
+        self.0.sealer.derive_token("ticket", &ticket.0.to_string())
+    }
+
     fn begin_idempotent(
         &self,
         request: &OrderRequest,
@@ -674,11 +716,11 @@ impl Shop {
             return Err(ShopError::InProgress);
         }
         // Not in flight, so whatever the state holds for this key is durable.
-        if let Some(first) = self.store().state().order_by_idempotency_key(key) {
+        if let Some(first) = self.idempotent_first(key) {
             let same = first.created.idempotency.as_ref().map(|i| i.fingerprint)
                 == Some(request.fingerprint);
             return if same {
-                Ok(Err(first.created.clone()))
+                Ok(Err(first.created))
             } else {
                 Err(ShopError::IdempotencyMismatch)
             };
@@ -748,7 +790,7 @@ impl Shop {
         };
         let new_order = NewOrder {
             order_id: order_id.clone(),
-            token: hex128(self.0.entropy.random_u128()),
+            token: engine::ids::token_digest(&self.order_token(&order_id)),
             trace_id: hex128(self.0.entropy.random_u128()),
             sku: request.sku.clone(),
             quantity: request.quantity,
@@ -936,7 +978,7 @@ impl Shop {
             .store()
             .order(order_id)?
             .ok_or(Rejection::UnknownOrder)?;
-        if !signatures_equal(&record.created.token, token) {
+        if !engine::ids::token_matches(&record.created.token, token) {
             return Err(Rejection::UnknownOrder.into());
         }
         Ok(record)

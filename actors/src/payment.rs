@@ -69,6 +69,26 @@ impl Shop {
             .collect())
     }
 
+    /// Whether a verified payment through `channel` may pay the order (and deliver it):
+    /// the channel the order was created on, a channel of what the buyer asked for (the
+    /// method's fallbacks: a gateway that timed out at creation may still have taken the
+    /// money), or an operator's confirmation. Any other goes to manual review. Keyed by
+    /// channel name only, so every channel, present or future, is bound the same way.
+    pub fn channel_may_pay(&self, order_id: &OrderId, channel: &str) -> bool {
+        if channel == MANUAL_CHANNEL {
+            return true;
+        }
+        let state = self.store().state();
+        let Some(record) = state.order(order_id) else {
+            return true; // Unknown orders are refused by the order itself.
+        };
+        let created = &record.created;
+        created.payment_channel == channel
+            || self
+                .candidates(&created.channel)
+                .is_ok_and(|candidates| candidates.iter().any(|(c, _)| c == channel))
+    }
+
     async fn usable(&self, channel: &str) -> bool {
         match self.channel(channel) {
             Some(addr) => addr.send(Usable).await.unwrap_or(false),

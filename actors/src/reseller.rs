@@ -497,10 +497,11 @@ impl Shop {
             .await?;
         let entropy = &self.0.entropy;
         let now_ms = self.now_ms();
+        let order_id = OrderId::generate(now_ms, entropy.random_u64());
         let order = ResellerOrder {
-            order_id: OrderId::generate(now_ms, entropy.random_u64()),
+            token: engine::ids::token_digest(&self.order_token(&order_id)),
+            order_id,
             reseller_id: id,
-            token: hex128(entropy.random_u128()),
             trace_id: hex128(entropy.random_u128()),
             sku: request.sku.clone(),
             cards: cards.clone(),

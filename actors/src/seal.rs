@@ -9,6 +9,10 @@
 //! written before sealing existed and reads as itself.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::hmac;
+
+/// What the token key is derived with from the sealing key (a separate key per use).
+const TOKEN_KEY_LABEL: &[u8] = b"panshi token key v1";
 
 /// The prefix of a sealed value; the digit is the format's version.
 pub const SEALED_PREFIX: &str = "sealed1:";
@@ -31,6 +35,9 @@ pub enum SealError {
 
 pub struct Sealer {
     key: LessSafeKey,
+    /// Derives buyers' tokens (HMAC-SHA256), so that a token is stored only as a digest
+    /// yet can be given again to whoever may have it (an idempotent retry).
+    tokens: hmac::Key,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -42,9 +49,24 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     pub fn new(key: &SealingKey) -> Self {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key.0).expect("a 256-bit key");
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key.0), TOKEN_KEY_LABEL);
         Self {
             key: LessSafeKey::new(unbound),
+            tokens: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
         }
+    }
+
+    /// The token of `purpose` (`order`, `ticket`) for `id`: 128 bits of HMAC-SHA256 under
+    /// a key derived from the sealing key, in hex. The same for the same id, unguessable
+    /// without the key.
+    pub fn derive_token(&self, purpose: &str, id: &str) -> String {
+        let mut context = hmac::Context::with_key(&self.tokens);
+        context.update(purpose.as_bytes());
+        context.update(b":");
+        context.update(id.as_bytes());
+        let tag = context.sign();
+        let bytes: [u8; 16] = tag.as_ref()[..16].try_into().expect("SHA-256 is 32 bytes");
+        engine::ids::hex128(u128::from_be_bytes(bytes))
     }
 
     /// Seals `secret` for `owner` (the associated data) with a fresh `nonce`.
@@ -131,6 +153,18 @@ mod tests {
         assert_eq!(sealer.open(&tampered, "rs-1"), Err(SealError::WrongKey));
         assert_eq!(sealer.open("sealed1:zz", "rs-1"), Err(SealError::Malformed));
         assert_eq!(sealer.open("sealed1:00", "rs-1"), Err(SealError::Malformed));
+    }
+
+    #[test]
+    fn tokens_are_derived_per_purpose_id_and_key() {
+        let sealer = Sealer::new(&SealingKey([1; SEALING_KEY_LEN]));
+        let token = sealer.derive_token("order", "o1");
+        assert_eq!(token.len(), 32);
+        assert_eq!(token, sealer.derive_token("order", "o1"));
+        assert_ne!(token, sealer.derive_token("order", "o2"));
+        assert_ne!(token, sealer.derive_token("ticket", "o1"));
+        let other = Sealer::new(&SealingKey([2; SEALING_KEY_LEN]));
+        assert_ne!(token, other.derive_token("order", "o1"));
     }
 
     #[test]

@@ -260,12 +260,17 @@ pub enum Fulfilment {
 pub enum ReviewReason {
     /// The payment arrived after the reservation lapsed and the stock was gone.
     SoldOutAfterLapse,
+    /// A verified payment came through a channel the order was not created on (nor one of
+    /// its method's fallbacks): never delivered on its own, an operator decides. The keys
+    /// the order held go back to the pool. (Appended last: bincode encodes the index.)
+    ForeignChannel,
 }
 
 impl ReviewReason {
     pub fn as_str(self) -> &'static str {
         match self {
             ReviewReason::SoldOutAfterLapse => "sold_out_after_lapse",
+            ReviewReason::ForeignChannel => "foreign_channel",
         }
     }
 }

@@ -11,6 +11,15 @@ use crate::events::{Event, Fulfilment, NewOrder, Payment, Product, ReviewReason}
 use crate::ids::{CardId, OrderId, ResellerId, Sku};
 use crate::order::{transition, Order, OrderEventKind, OrderStatus};
 
+/// Whether the idempotency key of `first` still stands at `now_ms` (its window is open).
+pub fn idempotency_live(first: &OrderRecord, now_ms: u64) -> bool {
+    now_ms
+        < first
+            .created
+            .created_at_ms
+            .saturating_add(crate::order::IDEMPOTENCY_WINDOW_MS)
+}
+
 /// An event that must never have been committed, or a broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -378,9 +387,12 @@ impl ShopState {
             "order {id} amount is not price x quantity"
         );
         if let Some(idempotency) = &order.idempotency {
+            // A key is remembered for `IDEMPOTENCY_WINDOW_MS`; after that it may start a
+            // new order.
+            let earlier = self.order_by_idempotency_key(&idempotency.key);
             ensure!(
-                !self.idempotency.contains_key(&idempotency.key),
-                "idempotency key of order {id} used twice"
+                earlier.is_none_or(|first| !idempotency_live(first, order.created_at_ms)),
+                "idempotency key of order {id} used twice within its window"
             );
         }
         self.check_cards(&order.sku, &order.cards, Holder::Available)?;
@@ -393,8 +405,11 @@ impl ShopState {
             self.idempotency.insert(idempotency.key.clone(), index);
         }
         self.order_index.insert(id.clone(), index);
+        let mut created = order.clone();
+        // Only the token's digest is kept (an older version's event holds it in the clear).
+        created.token = crate::ids::stored_token(&order.token);
         self.orders.push(OrderRecord {
-            created: order.clone(),
+            created,
             status: OrderStatus::AwaitingPayment,
             cards: order.cards.clone(),
             payment: None,
@@ -460,11 +475,26 @@ impl ShopState {
                 (to, None)
             }
             Fulfilment::ManualReview { reason } => {
-                ensure!(lapsed, "order {order_id} sent to review while holding keys");
+                // Only a foreign channel's payment reviews an order that holds its keys
+                // (they go back to the pool); a sold-out late payment has none.
+                ensure!(
+                    lapsed || *reason == ReviewReason::ForeignChannel,
+                    "order {order_id} sent to review while holding keys"
+                );
+                if !lapsed {
+                    self.check_cards(&sku, &held, Holder::Reserved(index))?;
+                }
                 let to = transition(paid, OrderEventKind::SendToReview).expect("paid -> review");
                 (to, Some(*reason))
             }
         };
+        if let (Fulfilment::ManualReview { .. }, false) = (fulfilment, lapsed) {
+            self.set_holders(&held, Holder::Available);
+            let stock = &mut self.products.get_mut(&sku).expect("order's sku").stock;
+            stock.reserved -= held.len() as u64;
+            stock.available += held.len() as u64;
+            self.orders[index as usize].cards.clear();
+        }
         if let Fulfilment::Delivered { newly_reserved } = fulfilment {
             let cards: Vec<CardId> = if lapsed { newly_reserved.clone() } else { held };
             self.set_holders(&cards, Holder::Sold(index));
@@ -627,6 +657,15 @@ impl ShopState {
                 )));
             }
             None => {}
+        }
+        if !record
+            .created
+            .token
+            .starts_with(crate::ids::TOKEN_DIGEST_PREFIX)
+        {
+            violations.push(Violation(format!(
+                "order {id} keeps its token in the clear"
+            )));
         }
         if record.status.is_paid() && record.payment.is_none() {
             violations.push(Violation(format!("order {id} is paid without a payment")));

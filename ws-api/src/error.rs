@@ -113,6 +113,17 @@ fn risk_refusal(rule: engine::risk::RiskRule, message: String) -> ApiError {
     }
 }
 
+/// What a client is told of a storage failure: a stable code and sentence. The detail
+/// (which may name files and paths) goes to the log only.
+pub const STORAGE_UNAVAILABLE_MESSAGE: &str = "the shop cannot read or write its data right now";
+
+impl From<storage::Error> for ApiError {
+    fn from(error: storage::Error) -> Self {
+        tracing::error!(%error, "storage failure");
+        Self::unavailable("storage_unavailable", STORAGE_UNAVAILABLE_MESSAGE)
+    }
+}
+
 impl From<ShopError> for ApiError {
     fn from(error: ShopError) -> Self {
         match error {
@@ -131,11 +142,31 @@ impl From<ShopError> for ApiError {
                 "idempotency_mismatch",
                 error.to_string(),
             ),
-            ShopError::Storage(ref inner) => {
-                tracing::error!(error = %inner, "storage failure");
-                Self::unavailable("storage_unavailable", "the shop cannot commit right now")
-            }
+            ShopError::Storage(inner) => inner.into(),
             ShopError::Unavailable(_) => Self::unavailable("unavailable", error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Postmortem: storage errors passed `e.to_string()`, with file paths, to clients.
+    #[test]
+    fn storage_failures_tell_clients_a_stable_code_and_no_paths() {
+        let io = std::io::Error::other("open /srv/panshi-data/log/0000000042.seg: EIO");
+        for error in [
+            ApiError::from(storage::Error::Io(io)),
+            ApiError::from(ShopError::Storage(storage::Error::Corrupt(
+                "/srv/panshi-data/sled/db".into(),
+            ))),
+        ] {
+            assert_eq!(
+                (error.status.as_u16(), error.code),
+                (503, "storage_unavailable")
+            );
+            assert_eq!(error.message, STORAGE_UNAVAILABLE_MESSAGE);
         }
     }
 }

@@ -363,6 +363,35 @@ fn rand_u128() -> u128 {
     OsEntropy.random_u128()
 }
 
+/// Where a generated operator token is written (owner-only), when none is configured.
+const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
+/// The configured operator token, else a fresh one written to an owner-only file in the
+/// data dir (never to a log or a terminal, which others may read).
+fn operator_token(settings: &ServerSettings) -> anyhow::Result<String> {
+    if let Some(token) = &settings.admin_token {
+        return Ok(token.0.trim().to_owned());
+    }
+    let token = random_token();
+    let path = settings.data.join(OPERATOR_TOKEN_FILE);
+    storage::keyfile::create(&path, &token)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "panshi: no admin_token configured; this run's operator token is in {} (owner-only)",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// Says, where nobody can miss it, that this server takes no real money.
+fn announce_demo(bound: &std::net::SocketAddr) {
+    let banner = "panshi: DEMO MODE: a built-in fake gateway pays every order for free; \
+                  no real payment is taken or checked. Never expose this server.";
+    println!("{banner}");
+    eprintln!("{banner}");
+    tracing::warn!(%bound, "demo mode: the built-in fake gateway pays every order for free");
+}
+
 /// The sealing key's file in the data dir, when none is configured.
 const SEALING_KEY_FILE: &str = "sealing.key";
 
@@ -447,15 +476,9 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
-    let admin_token = match (&settings.admin_token, settings.demo) {
-        (Some(token), _) if !token.0.is_empty() => token.0.clone(),
-        (_, true) => "demo-admin".to_owned(),
-        _ => {
-            let token = random_token();
-            eprintln!("panshi: no admin_token configured; this run's operator token is {token}");
-            token
-        }
-    };
+    std::fs::create_dir_all(&settings.data)
+        .with_context(|| format!("creating {}", settings.data.display()))?;
+    let admin_token = operator_token(&settings)?;
     let epay = match (
         &settings.epay.pid,
         &settings.epay.key,
@@ -467,16 +490,18 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             gateway_url: url.clone(),
             create_via_mapi: settings.epay.create_via_mapi,
         }),
+        // A fresh key per run: the demo gateway signs with it, and nothing else may.
         _ if settings.demo => Some(EpaySettings {
             pid: "1000".into(),
-            key: "demo-merchant-key".into(),
+            key: random_token(),
             gateway_url: format!("{public_url}/demo/gateway"),
             create_via_mapi: false,
         }),
         _ => None,
     };
-    std::fs::create_dir_all(&settings.data)
-        .with_context(|| format!("creating {}", settings.data.display()))?;
+    if settings.demo {
+        announce_demo(&bound);
+    }
     let store = Arc::new(
         Store::open_with(&settings.data, Arc::new(CommitMetrics))
             .context("opening the data dir")?,
@@ -557,6 +582,18 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             stripe_webhook_secret: settings.stripe.webhook_secret.as_ref().map(|s| s.0.clone()),
             stripe_events: parking_lot::Mutex::default(),
             limits: ws_api::limits::EdgeLimits::new(&settings.limits),
+            payment_channels: settings.callback_channels(),
+            proxies: settings.trusted_proxies.clone(),
+            public_https: settings
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://")),
+            auth_backoff: Default::default(),
+            metrics_token: settings
+                .metrics
+                .token
+                .as_ref()
+                .map(|t| t.0.trim().to_owned()),
         });
         ws_api::observe::start_evaluator(
             state.clone(),
@@ -678,6 +715,6 @@ async fn seed_demo(shop: &Shop) -> anyhow::Result<()> {
         shop.import_cards(engine::Sku::parse(sku)?, keys.into_bytes())
             .await?;
     }
-    println!("panshi: demo catalogue seeded (operator token: demo-admin)");
+    println!("panshi: demo catalogue seeded");
     Ok(())
 }

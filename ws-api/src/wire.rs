@@ -46,6 +46,9 @@ pub struct OrderBody {
     pub quantity: u32,
     pub contact: String,
     pub channel: String,
+    /// A VIP invite code (`POST /api/v1/admin/vip-invites`): queues in the VIP lane.
+    #[serde(default)]
+    pub vip_code: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -77,11 +80,12 @@ pub fn catalogue_item(product: &Product, available: u64) -> Value {
     })
 }
 
-/// The answer to a created order (and to its idempotent retries).
-pub fn created_order(order: &NewOrder) -> Value {
+/// The answer to a created order (and to its idempotent retries); `token` is the buyer's
+/// (the order keeps only its digest).
+pub fn created_order(order: &NewOrder, token: &str) -> Value {
     json!({
         "order_id": order.order_id.as_str(),
-        "token": order.token,
+        "token": token,
         "status": "awaiting_payment",
         "sku": order.sku.as_str(),
         "quantity": order.quantity,

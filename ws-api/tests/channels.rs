@@ -65,7 +65,7 @@ async fn stand_in(handler: Handler) -> String {
 }
 
 const EPUSDT_TOKEN: &str = "epusdt-test-token";
-const STRIPE_WEBHOOK_SECRET: &str = "whsec_test";
+const STRIPE_WEBHOOK_SECRET: &str = "whsec_test_0123456789";
 
 fn epusdt_callback(order: &Value, amount: &str, token: &str) -> String {
     let id = order["order_id"].as_str().unwrap();
@@ -207,7 +207,7 @@ async fn stripe_checkout_and_its_webhook_as_stripe_sends_it() {
         dir.path(),
         &[
             ("PANSHI_STRIPE__API_BASE", api.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
             ("PANSHI_STRIPE__WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET),
         ],
     );
@@ -324,7 +324,7 @@ async fn a_failing_primary_falls_back_then_everything_down_goes_to_the_manual_qu
         &dir.path().join("data"),
         &[
             ("PANSHI_STRIPE__API_BASE", api.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
             ("PANSHI_STRIPE__WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET),
             ("PANSHI_EPUSDT__GATEWAY_URL", api.as_str()),
             ("PANSHI_EPUSDT__TOKEN", EPUSDT_TOKEN),
@@ -466,7 +466,7 @@ async fn orders_return_to_the_primary_when_it_heals() {
         &dir.path().join("data"),
         &[
             ("PANSHI_STRIPE__API_BASE", api.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
         ],
         &["--config", config.to_str().unwrap()],
     );
@@ -531,7 +531,7 @@ async fn an_unpaid_stripe_session_is_closed_before_its_keys_are_released() {
         dir.path(),
         &[
             ("PANSHI_STRIPE__API_BASE", api.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
             ("PANSHI_ORDER_TTL_SECS", "1"),
         ],
     );

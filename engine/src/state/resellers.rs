@@ -511,7 +511,7 @@ fn reseller_order_record(order: &ResellerOrder, currency: crate::Currency) -> Or
     OrderRecord {
         created: NewOrder {
             order_id: order.order_id.clone(),
-            token: order.token.clone(),
+            token: crate::ids::stored_token(&order.token),
             trace_id: order.trace_id.clone(),
             sku: order.sku.clone(),
             quantity: order.cards.len() as u32,

@@ -321,6 +321,17 @@ impl World {
         Some(got)
     }
 
+    /// An order's stored token: its digest, as the actors commit it; one in ten in the
+    /// clear, as an older version committed it (the state keeps only the digest).
+    fn new_token(&mut self) -> String {
+        let token = engine::ids::hex128(u128::from(self.rng.next()));
+        if self.rng.percent(10) {
+            token
+        } else {
+            engine::ids::token_digest(&token)
+        }
+    }
+
     fn new_order(&mut self, sku: &Sku, quantity: u32, cards: Vec<CardId>) -> NewOrder {
         let price = self
             .store()
@@ -331,7 +342,7 @@ impl World {
             .price_cents;
         NewOrder {
             order_id: OrderId::generate(self.now_ms, self.rng.next()),
-            token: engine::ids::hex128(u128::from(self.rng.next())),
+            token: self.new_token(),
             trace_id: engine::ids::hex128(u128::from(self.rng.next())),
             sku: sku.clone(),
             quantity,
@@ -486,7 +497,7 @@ impl World {
             (Ok(v), false) => v,
         };
         let payment = Payment {
-            channel: "epay".into(),
+            channel: notify_channel(&verified.order_id).into(),
             gateway_trade_no: verified.trade_no,
             amount_cents: verified.amount_cents,
         };
@@ -508,8 +519,11 @@ impl World {
                 }
             },
         };
-        let fulfilment = match order.decide_payment(payment) {
+        // Every simulated order is created on Epay: any other channel is a foreign one.
+        let channel_allowed = payment.channel == "epay";
+        let fulfilment = match order.decide_payment(payment, channel_allowed) {
             Ok(PaymentDecision::AlreadyApplied) => return Ok(()),
+            Ok(PaymentDecision::Review(reason)) => Fulfilment::ManualReview { reason },
             Ok(PaymentDecision::DeliverReserved) => Fulfilment::Delivered {
                 newly_reserved: vec![],
             },
@@ -538,6 +552,9 @@ impl World {
         };
         self.commit(&event)?;
         self.live.remove(id);
+        // As the order actor does: keys a reviewed order held go back once durable.
+        let released = order.clone().apply_payment(payment, &fulfilment);
+        give_back(self.pools.get_mut(&order.sku).expect("pool"), &released);
         let acked = match fulfilment {
             Fulfilment::Delivered { .. } => Acked::Delivered,
             Fulfilment::ManualReview { .. } => Acked::Review,
@@ -815,5 +832,25 @@ fn describe(event: &Event) -> String {
         Event::MailFailed {
             order_id, attempt, ..
         } => format!("mail of {order_id} failed try {attempt}"),
+    }
+}
+
+/// Percent of orders whose genuine payment arrives through another channel than the one
+/// they were created on (a verified payment from a foreign gateway): it must end in review.
+const FOREIGN_CHANNEL_PERCENT: u64 = 3;
+
+/// The channel an order's (every) notify arrives through: fixed per order, so that the
+/// gateway's retries are replays of one transaction.
+fn notify_channel(order_id: &OrderId) -> &'static str {
+    let hash = order_id
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    if hash % 100 < FOREIGN_CHANNEL_PERCENT {
+        "stripe"
+    } else {
+        "epay"
     }
 }

@@ -301,7 +301,7 @@ impl World {
         let order = ResellerOrder {
             order_id: OrderId::generate(self.now_ms, self.rng.next()),
             reseller_id: id,
-            token: engine::ids::hex128(u128::from(self.rng.next())),
+            token: engine::ids::token_digest(&engine::ids::hex128(u128::from(self.rng.next()))),
             trace_id: engine::ids::hex128(u128::from(self.rng.next())),
             sku: sku.clone(),
             cards: cards.clone(),

@@ -224,9 +224,10 @@ async fn sign_in(
     if form.csrf.is_empty() || !signatures_equal(&expected_csrf, &form.csrf) {
         return forbidden(&request);
     }
-    if !signatures_equal(form.token.trim(), &state.admin_token) {
-        tracing::warn!(peer = ?request.peer_addr(), "operator sign-in refused");
-        return sign_in_page(&request, true);
+    if let Err(error) = crate::routes::operator_token_ok(&request, &state, form.token.trim()) {
+        let mut page = sign_in_page(&request, true);
+        *page.status_mut() = error.status;
+        return page;
     }
     let session = sessions().create(Instant::now());
     tracing::info!(peer = ?request.peer_addr(), "operator signed in");
@@ -857,7 +858,7 @@ async fn apply_confirmation(state: &AppState, order_id: &OrderId) -> Result<(), 
         .shop
         .store()
         .order(order_id)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("unknown order"))?;
     let payment = engine::Payment {
         channel: actors::payment::MANUAL_CHANNEL.into(),

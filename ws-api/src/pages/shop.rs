@@ -143,6 +143,9 @@ struct BuyForm {
     /// A random key per rendering of the form: a double submit makes one order.
     #[serde(default)]
     key: String,
+    /// A VIP invite code, if the buyer has one.
+    #[serde(default)]
+    vip_code: String,
 }
 
 struct ProductView {
@@ -223,6 +226,9 @@ fn buy_form(lang: Lang, view: &ProductView, form: &BuyForm) -> Markup {
             label for="quantity" { (lang.pick("Quantity", "数量")) }
             input #quantity type="number" name="quantity" required min="1"
                 max=(quantity_max) inputmode="numeric" value=(form.quantity);
+            label for="vip_code" { (lang.pick("VIP invite code (optional)", "VIP 邀请码（可选）")) }
+            input #vip_code type="text" name="vip_code" maxlength="200" autocomplete="off"
+                value=(form.vip_code);
             fieldset {
                 legend { (lang.pick("Payment method", "支付方式")) }
                 @for method in &view.methods {
@@ -324,7 +330,7 @@ async fn buy(
         return Ok(not_found(&request));
     };
     let lang = Lang::of(&request);
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = state.client(&request);
     // The buy form makes orders like the API does, so the same per-client limit applies.
     if let Err(error) = state.limits.check(crate::limits::Lane::Create, client) {
         let text = refusal_text(lang, &error);
@@ -357,9 +363,16 @@ async fn buy(
         quantity,
         contact: form.contact.trim().to_owned(),
         channel: form.method.clone(),
-        idempotency_key: (!form.key.is_empty()).then(|| format!("page:{}", form.key)),
+        idempotency_key: match form.key.is_empty() {
+            true => None,
+            false => Some(crate::routes::orders::scoped_idempotency_key(
+                client,
+                &format!("page:{}", form.key),
+            )?),
+        },
         fingerprint: fingerprint(&form),
         client_ip: client.map(|ip| ip.to_string()),
+        vip: crate::routes::orders::vip_lane(&state, Some(form.vip_code.trim()))?,
     };
     let order_request = match state.shop.queue_if_needed(order_request) {
         Ok(Ok(queued)) => {
@@ -381,7 +394,7 @@ async fn buy(
     match state.shop.create_order(order_request).await {
         Ok(order) => Ok(see_other(&order_path(
             order.order_id.as_str(),
-            &order.token,
+            &state.shop.order_token(&order.order_id),
         ))),
         Err(error) => {
             let error = ApiError::from(error);
@@ -440,7 +453,8 @@ async fn queue_page(
             );
         }
         Ok(TicketUpdate::Admitted(order)) => {
-            return see_other(&order_path(order.order_id.as_str(), &order.token));
+            let token = state.shop.order_token(&order.order_id);
+            return see_other(&order_path(order.order_id.as_str(), &token));
         }
         Ok(TicketUpdate::SoldOut) => {
             return message_page(
@@ -512,7 +526,7 @@ async fn order_page(
     let name = stored_product(&state, &view.record.created.sku)
         .map_or_else(|| view.record.created.sku.as_str().to_owned(), |p| p.name);
     let lang = Lang::of(&request);
-    let main = order_main(lang, &view.record, &name, &view.keys);
+    let main = order_main(lang, &view.record, &query.token, &name, &view.keys);
     let title = lang.pick("Your order", "您的订单");
     respond(
         StatusCode::OK,
@@ -529,7 +543,15 @@ fn status_labels(lang: Lang) -> String {
     serde_json::Value::Object(labels).to_string()
 }
 
-fn order_main(lang: Lang, record: &OrderRecord, name: &str, keys: &[String]) -> Markup {
+/// The order page's content; `token` is the one the buyer proved (the record keeps only
+/// its digest), for the live status script.
+fn order_main(
+    lang: Lang,
+    record: &OrderRecord,
+    token: &str,
+    name: &str,
+    keys: &[String],
+) -> Markup {
     let created = &record.created;
     let status = record.status;
     html! {
@@ -542,7 +564,7 @@ fn order_main(lang: Lang, record: &OrderRecord, name: &str, keys: &[String]) -> 
             dt { (lang.pick("Amount", "金额")) }
             dd { (format_cents(created.amount_cents)) " " (created.currency.as_str()) }
         }
-        section #order data-order=(created.order_id.as_str()) data-token=(created.token)
+        section #order data-order=(created.order_id.as_str()) data-token=(token)
             data-status=(status.as_str()) data-labels=(status_labels(lang))
             data-copy=(lang.pick("Copy", "复制")) data-copied=(lang.pick("Copied", "已复制"))
             aria-labelledby="status-heading" {

@@ -31,6 +31,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::post().to(refund),
         )
         .route("/api/v1/admin/audit", web::get().to(audit_trail))
+        .route("/api/v1/admin/vip-invites", web::post().to(vip_invite))
         .route(
             "/api/v1/admin/manual-payments",
             web::get().to(manual_payments),
@@ -89,6 +90,25 @@ async fn stock(
 }
 
 #[derive(serde::Deserialize)]
+struct InviteBody {
+    /// Who the invite is for (kept in the audit trail), `^[A-Za-z0-9._-]{1,64}$`.
+    label: String,
+}
+
+/// An operator mints a VIP invite code: a buyer who presents it queues in the VIP lane.
+async fn vip_invite(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let body: InviteBody = crate::json_body(payload, &state).await?;
+    let code = state.shop.vip_invite(body.label.trim())?;
+    record_action(&state, &request, "vip_invite", body.label.trim(), "").await?;
+    Ok(HttpResponse::Created().json(json!({"label": body.label.trim(), "code": code})))
+}
+
+#[derive(serde::Deserialize)]
 struct ConfirmBody {
     /// What the operator saw (a bank reference, a receipt number).
     note: String,
@@ -116,7 +136,7 @@ async fn confirm_payment(
         .shop
         .store()
         .order(&order_id)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("unknown order"))?;
     let payment = engine::Payment {
         channel: actors::payment::MANUAL_CHANNEL.into(),
@@ -203,7 +223,7 @@ async fn audit_trail(
         .shop
         .store()
         .audit_trail(AUDIT_ENTRIES_MAX)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?;
+        .map_err(ApiError::from)?;
     let entries: Vec<_> = entries
         .iter()
         .map(|e| {

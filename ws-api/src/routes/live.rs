@@ -54,7 +54,7 @@ async fn live(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = state.client(&request);
     state.limits.check(crate::limits::Lane::Websocket, client)?;
     let guard = open_socket(&state)?;
     let mut feed = state

@@ -1,7 +1,9 @@
 //! Liveness, readiness, metrics.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use engine::payment::signatures_equal;
 
+use crate::error::ApiError;
 use crate::AppState;
 
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -25,7 +27,25 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+/// With `metrics.token` set, a scrape must carry it (or the operator token) as a bearer
+/// token: the text names SKUs, their stock and payment counts.
+fn scrape_allowed(request: &HttpRequest, state: &AppState) -> bool {
+    let Some(required) = &state.metrics_token else {
+        return true;
+    };
+    let presented = crate::routes::bearer(request).unwrap_or("");
+    !presented.is_empty()
+        && (signatures_equal(presented, required)
+            || signatures_equal(presented, &state.admin_token))
+}
+
+async fn metrics_text(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !scrape_allowed(&request, &state) {
+        return Err(ApiError::unauthorized());
+    }
     let mut text = state
         .metrics
         .as_ref()
@@ -47,7 +67,7 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
             ));
         }
     }
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(text)
+        .body(text))
 }

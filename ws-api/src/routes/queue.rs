@@ -55,13 +55,13 @@ pub fn queued(queued: &actors::flash::Queued) -> HttpResponse {
     }))
 }
 
-fn frame(ticket: TicketId, update: &TicketUpdate) -> String {
+fn frame(shop: &actors::Shop, ticket: TicketId, update: &TicketUpdate) -> String {
     let id = ticket.0.to_string();
     match update {
         TicketUpdate::Queued { position, estimated_wait_secs } => {
             json!({"ticket": id, "status": "queued", "position": position, "estimated_wait_secs": estimated_wait_secs})
         }
-        TicketUpdate::Admitted(order) => json!({"ticket": id, "status": "admitted", "order": created_order(order)}),
+        TicketUpdate::Admitted(order) => json!({"ticket": id, "status": "admitted", "order": created_order(order, &shop.order_token(&order.order_id))}),
         TicketUpdate::SoldOut => json!({"ticket": id, "status": "sold_out"}),
         TicketUpdate::Failed(reason) => json!({"ticket": id, "status": "failed", "message": reason}),
     }
@@ -79,7 +79,7 @@ async fn watch(
         .parse::<u64>()
         .map(TicketId)
         .map_err(|_| ApiError::not_found("unknown ticket"))?;
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = state.client(&request);
     state.limits.check(crate::limits::Lane::Websocket, client)?;
     let guard = crate::routes::live::open_socket(&state)?;
     let mut feed = state
@@ -87,10 +87,11 @@ async fn watch(
         .watch_ticket(ticket, &query.token)
         .map_err(ApiError::from)?;
     let (response, mut session, _stream) = actix_ws::handle(&request, body)?;
+    let shop = state.shop.clone();
     actix_web::rt::spawn(async move {
         let _guard = guard;
         while let Some(update) = feed.recv().await {
-            if session.text(frame(ticket, &update)).await.is_err() {
+            if session.text(frame(&shop, ticket, &update)).await.is_err() {
                 return;
             }
             if update.is_final() {

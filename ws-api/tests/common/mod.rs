@@ -13,9 +13,19 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-pub const ADMIN: &str = "test-admin-token";
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 pub const PID: &str = "2001";
 pub const KEY: &str = "test-merchant-key";
+
+/// Where a test server's log goes: nowhere, unless `TEST_SERVER_LOGS` is set (tests keep
+/// their output quiet).
+fn server_log() -> Stdio {
+    if std::env::var_os("TEST_SERVER_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
 
 pub struct Server {
     child: Option<Child>,
@@ -26,6 +36,8 @@ pub struct Server {
     args: Vec<String>,
     /// Whether the test Epay channel is configured (almost always).
     payments: bool,
+    /// Where the server's log (stderr) goes, when a test reads it.
+    log_path: Option<PathBuf>,
 }
 
 impl Server {
@@ -69,7 +81,16 @@ impl Server {
             env,
             args: args.iter().map(|a| a.to_string()).collect(),
             payments: true,
+            log_path: None,
         }
+    }
+
+    /// Starts the server with `env` added, its log (at `warn`) written to `log_path`.
+    pub fn start_logged(data: &Path, env: &[(&str, &str)], log_path: &Path) -> Server {
+        let mut server = Self::unstarted(data, env, &[]);
+        server.log_path = Some(log_path.to_owned());
+        server.spawn();
+        server
     }
 
     fn spawn(&mut self) {
@@ -95,8 +116,13 @@ impl Server {
             .env("PANSHI_RISK__ORDERS_PER_CONTACT_PER_WINDOW_MAX", "0")
             .env("PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX", "0")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if self.payments {
+            .stderr(match &self.log_path {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => server_log(),
+            });
+        // Demo mode refuses to start beside real gateway settings.
+        let demo = self.args.iter().any(|a| a == "--demo");
+        if self.payments && !demo {
             command
                 .env("PANSHI_EPAY__PID", PID)
                 .env("PANSHI_EPAY__KEY", KEY)
@@ -632,4 +658,97 @@ pub async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String,
     }
     let body = String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned();
     Some((head, body))
+}
+
+/// Runs `panshi serve` on port 0 with only `env` (and the operator token) and `args`, and
+/// expects it to refuse to start: returns what it said on stderr. Panics if it listens.
+pub fn refused_start(data: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_panshi"));
+    command.arg("serve");
+    if !args.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    command
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env("PANSHI_ADMIN_TOKEN", ADMIN)
+        .env("PANSHI_LOG__LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("panshi starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("panshi was expected to refuse to start, but it kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !status.success() && !stdout.contains("listening on"),
+        "panshi was expected to refuse to start: {status}\n{stdout}\n{stderr}"
+    );
+    stderr
+}
+
+/// HMAC-SHA256 Stripe-Signature for `body` at unix time `t`.
+pub fn stripe_signature(body: &str, t: u64, secret: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!(
+        "t={t},v1={}",
+        engine::payment::hex_lower(&mac.finalize().into_bytes())
+    )
+}
+
+/// A paid `checkout.session.completed` event for `order`.
+pub fn stripe_paid_event(event_id: &str, session_id: &str, order: &Value) -> String {
+    json!({
+        "id": event_id,
+        "type": "checkout.session.completed",
+        "data": {"object": {
+            "id": session_id, "payment_status": "paid",
+            "client_reference_id": order["order_id"],
+            "amount_total": order["amount_cents"], "currency": "cny",
+        }},
+    })
+    .to_string()
+}
+
+/// An epusdt callback for `order` at its amount, signed with `token`, with `status`.
+pub fn epusdt_callback_with(order: &Value, token: &str, status: u32, trade_id: &str) -> String {
+    let id = order["order_id"].as_str().unwrap();
+    let cents = order["amount_cents"].as_u64().unwrap();
+    let amount = engine::payment::shortest_decimal(&money(cents)).unwrap();
+    let status_text = status.to_string();
+    let fields = [
+        ("amount", amount.as_str()),
+        ("block_transaction_id", "0xabc"),
+        ("order_id", id),
+        ("status", status_text.as_str()),
+        ("trade_id", trade_id),
+    ];
+    let signature = engine::payment::epusdt_sign(fields, token);
+    format!(
+        r#"{{"trade_id":"{trade_id}","order_id":"{id}","amount":{amount},"block_transaction_id":"0xabc","signature":"{signature}","status":{status}}}"#
+    )
+}
+
+/// Unix seconds now.
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
