@@ -51,15 +51,16 @@ pub enum Event {
     /// A wholesale purchase: keys straight from Available to Sold, the charge debited, and
     /// one event on the reseller's stream, all in this one fact.
     ResellerOrderPlaced(Box<ResellerOrder>),
-    /// A reseller's webhook receiver acknowledged (2xx) stream event `seq`: the delivery
-    /// cursor moves to it. Always the cursor + 1, so deliveries are settled in seq order.
+    /// A reseller's webhook receiver acknowledged (2xx) stream event `seq`, any seq not yet
+    /// settled (each event has its own retry schedule); the delivery cursor moves past every
+    /// settled seq that follows it.
     WebhookDelivered {
         reseller_id: ResellerId,
         seq: u64,
         at_ms: u64,
     },
-    /// Stream event `seq` exhausted its retries: it is parked for operators and the delivery
-    /// cursor moves past it (the cursor + 1, like a delivery).
+    /// Stream event `seq` exhausted its retries: it is parked for operators and counts as
+    /// settled, like a delivery.
     WebhookParked {
         reseller_id: ResellerId,
         seq: u64,

@@ -24,6 +24,7 @@ pub mod post;
 pub mod routes;
 pub mod sentry_transport;
 pub mod settings;
+pub mod ssrf;
 pub mod watch;
 pub mod webhooks;
 pub mod wire;

@@ -271,7 +271,7 @@ fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
     };
-    if !private_allowed && is_private_host(host) {
+    if !private_allowed && is_private_host(host, url) {
         return Err(bad(
             "webhook_url may not point at a loopback or private address",
         ));
@@ -279,17 +279,12 @@ fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn is_private_host(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified(),
-        Err(_) => false,
-    }
+/// A first, early refusal of what is private by its spelling (every form the URL parser
+/// normalises, `localhost` and its subdomains); names are checked again on each
+/// connection (`ssrf.rs`), where the resolved address is what counts.
+fn is_private_host(host: &str, url: &str) -> bool {
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || crate::ssrf::check_literal(url).is_err()
 }
 
 async fn revoke(
