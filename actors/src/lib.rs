@@ -16,6 +16,7 @@
 //! is also why the release build aborts on panic instead of unwinding into odd states.
 
 pub mod alerts;
+pub mod cards;
 pub mod catalog;
 pub mod channel;
 pub mod flash;
@@ -572,7 +573,7 @@ impl Shop {
     }
 
     pub fn card_keys(&self, cards: &[CardId]) -> Vec<String> {
-        order::keys_of(&self.store().state(), cards)
+        cards::keys_of(&self.store().state(), &self.0.sealer, cards)
     }
 
     fn catalog(&self) -> &Addr<catalog::Catalog> {

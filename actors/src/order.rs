@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use engine::order::PaymentDecision;
-use engine::{CardId, Event, Fulfilment, Order, OrderId, OrderStatus, Payment, ReviewReason};
+use engine::{Event, Fulfilment, Order, OrderId, OrderStatus, Payment, ReviewReason};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -580,12 +580,4 @@ impl Directory {
     pub fn live_count(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
-}
-
-/// Keys for display, in order.
-pub(crate) fn keys_of(state: &engine::ShopState, cards: &[CardId]) -> Vec<String> {
-    cards
-        .iter()
-        .filter_map(|card| state.card_key(*card).map(str::to_owned))
-        .collect()
 }

@@ -465,7 +465,7 @@ impl Shop {
         Ok(Receipt {
             order_id: order_id.clone(),
             status: record.status,
-            cards: crate::order::keys_of(&state, &record.cards),
+            cards: crate::cards::keys_of(&state, self.sealer(), &record.cards),
             amount_cents: charge.amount_cents,
             balance_cents: charge.balance_after_cents,
         })
@@ -752,7 +752,7 @@ impl Feed {
                 status: item.status,
                 sku: record.created.sku.clone(),
                 amount_cents: record.created.amount_cents,
-                cards: crate::order::keys_of(&state, &record.cards),
+                cards: crate::cards::keys_of(&state, self.shop.sealer(), &record.cards),
             };
             bytes += event.buffered_bytes();
             self.replayed.push_back(Arc::new(event));

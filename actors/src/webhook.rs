@@ -117,7 +117,7 @@ impl Shop {
             status: item.status,
             sku: record.created.sku.clone(),
             amount_cents: record.created.amount_cents,
-            cards: crate::order::keys_of(&state, &record.cards),
+            cards: crate::cards::keys_of(&state, self.sealer(), &record.cards),
         })
     }
 

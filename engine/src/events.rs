@@ -99,6 +99,26 @@ pub enum Event {
         error: String,
         at_ms: u64,
     },
+    /// Keys imported sealed: like `CardsImported`, each key kept only sealed (actors'
+    /// `seal`, the card id as associated data) with a keyed digest to deduplicate by.
+    /// (Appended after the mail events: the log encodes a variant by its index.)
+    SealedCardsImported {
+        sku: Sku,
+        first_card_id: CardId,
+        cards: Vec<SealedCard>,
+    },
+    /// Keys an older version imported in the clear, sealed now (same ids, same keys).
+    CardsSealed {
+        cards: Vec<(CardId, SealedCard)>,
+    },
+}
+
+/// A card key at rest: sealed, with a keyed digest of the key (per SKU) so that an import
+/// is deduplicated without opening anything. The engine never reads either.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct SealedCard {
+    pub digest: [u8; 32],
+    pub sealed: Vec<u8>,
 }
 
 /// What a `ResellerUpdated` changes.
@@ -189,7 +209,9 @@ impl Event {
             | Event::ResellerUpdated { .. }
             | Event::MailOutboxOpened { .. }
             | Event::MailSent { .. }
-            | Event::MailFailed { .. } => None,
+            | Event::MailFailed { .. }
+            | Event::SealedCardsImported { .. }
+            | Event::CardsSealed { .. } => None,
         }
     }
 }

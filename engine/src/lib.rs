@@ -32,9 +32,9 @@ pub mod waiting_room;
 pub use error::Rejection;
 pub use events::{
     BalanceChange, Event, Fulfilment, Idempotency, NewOrder, NewReseller, OperatorAction, Payment,
-    Product, ResellerChange, ResellerOrder, ReviewReason,
+    Product, ResellerChange, ResellerOrder, ReviewReason, SealedCard,
 };
 pub use ids::{CardId, OrderId, ResellerId, Sku};
 pub use money::Currency;
 pub use order::{Order, OrderStatus};
-pub use state::{OrderRecord, ShopState, Stock, Violation};
+pub use state::{CardKey, OrderRecord, ShopState, Stock, Violation};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bincode::{Decode, Encode};
 
-use crate::events::{Event, Fulfilment, NewOrder, Payment, Product, ReviewReason};
+use crate::events::{Event, Fulfilment, NewOrder, Payment, Product, ReviewReason, SealedCard};
 use crate::ids::{CardId, OrderId, ResellerId, Sku};
 use crate::order::{transition, Order, OrderEventKind, OrderStatus};
 
@@ -59,13 +59,38 @@ impl Stock {
 pub struct ProductState {
     pub product: Product,
     pub stock: Stock,
-    keys: HashSet<Box<str>>,
+    /// What deduplicates the product's keys: a key in the clear, or a sealed key's digest.
+    keys: HashSet<KeyId>,
+}
+
+/// A key's identity for deduplication.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum KeyId {
+    /// A key an older version imported in the clear.
+    Clear(Box<str>),
+    /// A sealed key's keyed digest (`SealedCard::digest`).
+    Digest([u8; 32]),
 }
 
 impl ProductState {
+    /// Whether a key imported in the clear (by an older version) is this one.
     pub fn has_key(&self, key: &str) -> bool {
-        self.keys.contains(key)
+        self.keys.contains(&KeyId::Clear(key.into()))
     }
+
+    /// Whether a sealed key with this digest is the product's.
+    pub fn has_digest(&self, digest: &[u8; 32]) -> bool {
+        self.keys.contains(&KeyId::Digest(*digest))
+    }
+}
+
+/// A card key as the state keeps it: sealed (every key imported now), or in the clear as
+/// an older version imported it, until a `CardsSealed` seals it. The engine never opens a
+/// sealed key.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum CardKey {
+    Clear(String),
+    Sealed(Vec<u8>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -77,7 +102,7 @@ pub enum Holder {
 
 pub struct CardSlot {
     pub sku_index: u32,
-    pub key: Box<str>,
+    pub key: CardKey,
     pub holder: Holder,
 }
 
@@ -184,8 +209,19 @@ impl ShopState {
             .map(|slot| self.skus[slot.sku_index as usize].clone())
     }
 
-    pub fn card_key(&self, card: CardId) -> Option<&str> {
-        self.card(card).map(|slot| &*slot.key)
+    pub fn card_key(&self, card: CardId) -> Option<&CardKey> {
+        self.card(card).map(|slot| &slot.key)
+    }
+
+    /// Cards whose key is still in the clear (imported by an older version), in id order.
+    pub fn clear_cards(&self) -> impl Iterator<Item = (CardId, &str)> {
+        self.cards
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| match &slot.key {
+                CardKey::Clear(key) => Some((CardId(index as u64 + 1), key.as_str())),
+                CardKey::Sealed(_) => None,
+            })
     }
 
     pub fn cards_count(&self) -> u64 {
@@ -219,7 +255,23 @@ impl ShopState {
                 sku,
                 first_card_id,
                 keys,
-            } => self.apply_import(sku, *first_card_id, keys),
+            } => {
+                let keys = keys
+                    .iter()
+                    .map(|k| (KeyId::Clear(k.as_str().into()), CardKey::Clear(k.clone())));
+                self.apply_import(sku, *first_card_id, keys.collect())
+            }
+            Event::SealedCardsImported {
+                sku,
+                first_card_id,
+                cards,
+            } => {
+                let keys = cards
+                    .iter()
+                    .map(|c| (KeyId::Digest(c.digest), CardKey::Sealed(c.sealed.clone())));
+                self.apply_import(sku, *first_card_id, keys.collect())
+            }
+            Event::CardsSealed { cards } => self.apply_cards_sealed(cards),
             Event::OrderCreated(order) => self.apply_order_created(order),
             Event::PaymentApplied {
                 order_id,
@@ -296,7 +348,7 @@ impl ShopState {
         &mut self,
         sku: &Sku,
         first_card_id: CardId,
-        keys: &[String],
+        keys: Vec<(KeyId, CardKey)>,
     ) -> Result<Touched, Violation> {
         ensure!(
             first_card_id == self.next_card_id(),
@@ -308,13 +360,10 @@ impl ShopState {
             return Err(Violation(format!("import into unknown sku {sku}")));
         };
         let mut fresh = HashSet::with_capacity(keys.len());
-        for key in keys {
+        for (id, _) in &keys {
+            ensure!(!product.keys.contains(id), "key imported twice into {sku}");
             ensure!(
-                !product.keys.contains(key.as_str()),
-                "key imported twice into {sku}"
-            );
-            ensure!(
-                fresh.insert(key.as_str()),
+                fresh.insert(id),
                 "key repeated inside one import into {sku}"
             );
         }
@@ -322,17 +371,59 @@ impl ShopState {
             sku: Some(sku.clone()),
             ..Touched::default()
         };
-        for key in keys {
+        let count = keys.len() as u64;
+        for (id, key) in keys {
             touched.cards.push(CardId(self.cards.len() as u64 + 1));
-            product.keys.insert(key.as_str().into());
+            product.keys.insert(id);
             self.cards.push(CardSlot {
                 sku_index: sku_index as u32,
-                key: key.as_str().into(),
+                key,
                 holder: Holder::Available,
             });
         }
-        product.stock.imported += keys.len() as u64;
-        product.stock.available += keys.len() as u64;
+        product.stock.imported += count;
+        product.stock.available += count;
+        Ok(touched)
+    }
+
+    /// Seals keys an older version imported in the clear: each card must hold a clear key,
+    /// and its digest must be new to its product. Nothing else about the card changes.
+    fn apply_cards_sealed(&mut self, cards: &[(CardId, SealedCard)]) -> Result<Touched, Violation> {
+        let (mut seen, mut digests) = (HashSet::new(), HashSet::new());
+        for (card, sealed) in cards {
+            ensure!(
+                seen.insert(*card),
+                "card {card:?} sealed twice in one event"
+            );
+            let slot = self
+                .card(*card)
+                .ok_or_else(|| Violation(format!("sealing unknown card {card:?}")))?;
+            ensure!(
+                matches!(slot.key, CardKey::Clear(_)),
+                "card {card:?} is sealed already"
+            );
+            let product = &self.products[&self.skus[slot.sku_index as usize]];
+            ensure!(
+                !product.has_digest(&sealed.digest)
+                    && digests.insert((slot.sku_index, sealed.digest)),
+                "card {card:?}'s key is imported twice (sealed)"
+            );
+        }
+        let mut touched = Touched::default();
+        for (card, sealed) in cards {
+            let index = (card.0 - 1) as usize;
+            let sku = self.skus[self.cards[index].sku_index as usize].clone();
+            let key = std::mem::replace(
+                &mut self.cards[index].key,
+                CardKey::Sealed(sealed.sealed.clone()),
+            );
+            let product = self.products.get_mut(&sku).expect("card's sku");
+            if let CardKey::Clear(clear) = key {
+                product.keys.remove(&KeyId::Clear(clear.into()));
+            }
+            product.keys.insert(KeyId::Digest(sealed.digest));
+            touched.cards.push(*card);
+        }
         Ok(touched)
     }
 

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod keyfile;
 pub mod log;
 pub mod mirror;
+pub mod private;
 pub mod resellers;
 pub mod rows;
 pub mod store;

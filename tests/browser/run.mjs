@@ -16,7 +16,8 @@ import { chromium } from "playwright-core";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SCREENSHOTS = path.resolve(HERE, "../../target/browser-screenshots");
-const ADMIN_TOKEN = "demo-admin";
+// The operator token every test server gets (demo mode generates one otherwise).
+const ADMIN_TOKEN = "browser-test-admin-token-0123456789";
 const SERVER_START_MS = 60_000;
 const STEP_TIMEOUT_MS = 15_000;
 const CHROMIUM_ARGS = [
@@ -33,7 +34,7 @@ const binary = path.resolve(process.cwd(), process.argv[2] || "../../target/rele
 function startServer(extraEnv = {}, { listen = "127.0.0.1:0", data } = {}) {
   data = data || mkdtempSync(path.join(tmpdir(), "panshi-browser-"));
   const child = spawn(binary, ["serve", "--demo", "--listen", listen, "--data", data], {
-    env: { ...process.env, PANSHI_LOG__LEVEL: "warn", ...extraEnv },
+    env: { ...process.env, PANSHI_LOG__LEVEL: "warn", PANSHI_ADMIN_TOKEN: ADMIN_TOKEN, ...extraEnv },
     stdio: ["ignore", "pipe", "inherit"],
   });
   const exited = new Promise((resolve) => child.on("exit", resolve));

@@ -420,14 +420,18 @@ fn sealing_key(
         return SealingKey::parse(&text)
             .with_context(|| format!("{} must hold 64 hex digits", path.display()));
     }
-    let sealed = store
-        .state()
-        .resellers()
-        .any(|account| is_sealed(&account.reseller.webhook_secret));
+    let sealed = {
+        let state = store.state();
+        let secrets = state
+            .resellers()
+            .any(|account| is_sealed(&account.reseller.webhook_secret));
+        secrets || state.clear_cards().count() < state.cards_count() as usize
+    };
     if sealed {
         anyhow::bail!(
-            "the data dir holds sealed webhook secrets but neither resellers.sealing_key nor \
-             {SEALING_KEY_FILE} is there; set the key they were sealed with"
+            "the data dir holds sealed card keys or webhook secrets but neither \
+             resellers.sealing_key nor {SEALING_KEY_FILE} is there; set the key they were \
+             sealed with"
         );
     }
     let fresh = SealingKey(
@@ -454,6 +458,9 @@ fn sealing_key(
 const SETUP_LOG_TARGET: &str = "panshi::setup";
 
 fn serve(settings: ServerSettings) -> anyhow::Result<()> {
+    // Whatever this process creates (the data dir, sled's files, the token file) is the
+    // owner's alone; storage also sets its own files' modes explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let sentry = init_sentry(&settings)?;
     init_tracing(&settings, sentry.is_some());
     for warning in settings.warnings() {
@@ -476,7 +483,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
-    std::fs::create_dir_all(&settings.data)
+    storage::private::create_dir(&settings.data)
         .with_context(|| format!("creating {}", settings.data.display()))?;
     let admin_token = operator_token(&settings)?;
     let epay = match (
@@ -549,6 +556,20 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
                  the log's older records hold them until purged"
             );
         }
+        let sealed_cards = shop.seal_legacy_cards().await?;
+        if sealed_cards > 0 {
+            tracing::warn!(
+                sealed_cards,
+                "card keys stored in the clear by an older version are sealed now; the \
+                 log's older records hold them until purged"
+            );
+        }
+        shop.check_sealed_cards().map_err(|error| {
+            anyhow::anyhow!(
+                "card keys: {error}; set resellers.sealing_key (or restore the data dir's \
+                 {SEALING_KEY_FILE}) to the key they were sealed with"
+            )
+        })?;
         shop.check_sealed_secrets().map_err(|error| {
             anyhow::anyhow!(
                 "{error}; set resellers.sealing_key (or restore the data dir's {SEALING_KEY_FILE}) \

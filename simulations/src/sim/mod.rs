@@ -8,6 +8,7 @@
 //! Every step waits for its own commit, so results do not depend on thread timing and a
 //! failing seed replays exactly.
 
+mod cards;
 mod gateway;
 mod mail;
 mod resellers;
@@ -153,6 +154,8 @@ struct World {
     gateway: Gateway,
     outcome: Outcome,
     keys_imported: u64,
+    /// The first card imported sealed (every one after the setup's legacy import).
+    first_sealed_card: CardId,
     resellers: resellers::Model,
     mail: mail::Model,
 }
@@ -180,6 +183,7 @@ pub fn run(options: &Options) -> Outcome {
         gateway: Gateway::default(),
         outcome: Outcome::default(),
         keys_imported: 0,
+        first_sealed_card: CardId(1),
         resellers: resellers::Model::default(),
         mail: mail::Model::default(),
     };
@@ -250,28 +254,13 @@ impl World {
                 product.sku.clone(),
                 (0..SHARDS).map(|_| Shard::default()).collect(),
             );
-            self.import(&product.sku, 40);
+            // As an older version imported them: in the clear, sealed by the next start.
+            self.import_keys(&product.sku, 40, true);
         }
+        self.seal_legacy_cards();
+        let first_sealed_card = self.store().state().next_card_id();
+        self.first_sealed_card = first_sealed_card;
         self.setup_resellers();
-    }
-
-    fn import(&mut self, sku: &Sku, count: u64) {
-        let first_card_id = self.store().state().next_card_id();
-        let keys = (0..count)
-            .map(|i| format!("{sku}-KEY-{:06}", self.keys_imported + i))
-            .collect();
-        let event = Event::CardsImported {
-            sku: sku.clone(),
-            first_card_id,
-            keys,
-        };
-        if self.commit(&event).is_ok() {
-            self.keys_imported += count;
-            let shards = self.pools.get_mut(sku).expect("pool");
-            for id in first_card_id.0..first_card_id.0 + count {
-                shards[shard_of(CardId(id), SHARDS)].add([CardId(id)]);
-            }
-        }
     }
 
     fn step(&mut self) {
@@ -302,7 +291,10 @@ impl World {
             _ => {
                 let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
                 let count = 1 + self.rng.below(15);
-                self.import(&sku, count);
+                self.import_keys(&sku, count, false);
+                if self.rng.percent(10) {
+                    self.import_duplicate(&sku);
+                }
             }
         }
     }
@@ -658,6 +650,8 @@ impl World {
         self.store = Some(store);
         self.adopt_unacknowledged();
         self.adopt_mails();
+        // As the server does at every start.
+        self.seal_legacy_cards();
     }
 
     /// Work whose acknowledgement was lost may or may not have survived: take the log's word.
@@ -716,6 +710,7 @@ impl World {
         for problem in lost {
             self.violation(problem);
         }
+        self.check_card_keys(step);
         self.check_resellers(step);
         self.check_mail(step);
     }
@@ -756,6 +751,7 @@ impl World {
         if self.outcome.violations.len() > last {
             return;
         }
+        self.check_keys_at_rest(self.first_sealed_card);
         if let Some(store) = self.store.take() {
             let _ = store.close();
         }
@@ -832,6 +828,10 @@ fn describe(event: &Event) -> String {
         Event::MailFailed {
             order_id, attempt, ..
         } => format!("mail of {order_id} failed try {attempt}"),
+        Event::SealedCardsImported { sku, cards, .. } => {
+            format!("sealed import of {} keys into {sku}", cards.len())
+        }
+        Event::CardsSealed { cards } => format!("sealing of {} keys", cards.len()),
     }
 }
 

@@ -12,19 +12,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use actors::seal::{Sealer, SealingKey};
+use actors::seal::Sealer;
 use engine::events::{BalanceChange, NewReseller, ResellerChange, ResellerOrder};
 use engine::ledger::wholesale_charge_cents;
 use engine::{Event, OrderId, ResellerId, Sku};
 
+use super::cards::SEALING_KEY;
 use super::{give_back, Crashed, World, PRODUCTS};
 
 /// Accounts the simulator opens.
 const RESELLERS: u64 = 2;
 /// The largest bulk purchase it tries.
 const QUANTITY_MAX: u64 = 5;
-/// The simulated operator's sealing key.
-const SEALING_KEY: SealingKey = SealingKey([7; 32]);
 
 /// One account as acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq)]

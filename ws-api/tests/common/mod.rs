@@ -175,9 +175,14 @@ impl Server {
     }
 
     pub fn audit(&self) -> (bool, String) {
+        Self::audit_of(&self.data)
+    }
+
+    /// `panshi audit` of a data dir no server uses.
+    pub fn audit_of(data: &Path) -> (bool, String) {
         let output = Command::new(env!("CARGO_BIN_EXE_panshi"))
             .args(["audit", "--data"])
-            .arg(&self.data)
+            .arg(data)
             .output()
             .unwrap();
         (
