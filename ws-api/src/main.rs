@@ -383,13 +383,14 @@ fn operator_token(settings: &ServerSettings) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Says, where nobody can miss it, that this server takes no real money.
+/// Says, where nobody can miss it, that this server takes no real money: on stdout (beside
+/// the address it prints) and in the log (info: a demo is no fault to warn about).
 fn announce_demo(bound: &std::net::SocketAddr) {
-    let banner = "panshi: DEMO MODE: a built-in fake gateway pays every order for free; \
-                  no real payment is taken or checked. Never expose this server.";
-    println!("{banner}");
-    eprintln!("{banner}");
-    tracing::warn!(%bound, "demo mode: the built-in fake gateway pays every order for free");
+    println!(
+        "panshi: DEMO MODE: a built-in fake gateway pays every order for free; no real payment \
+         is taken or checked. Never expose this server."
+    );
+    tracing::info!(%bound, "demo mode: the built-in fake gateway pays every order for free");
 }
 
 /// The sealing key's file in the data dir, when none is configured.
