@@ -28,12 +28,14 @@ const CHROMIUM_ARGS = [
 const binary = path.resolve(process.cwd(), process.argv[2] || "../../target/release/panshi");
 
 /**
- * Starts `panshi serve --demo` (port 0 and a fresh data dir unless given); resolves once it
- * prints its address. `crash()` kills it with SIGKILL and keeps the data dir.
+ * Starts `panshi serve --demo` (port 0 and a fresh data dir unless given; without the demo
+ * when `demo` is false); resolves once it prints its address. `crash()` kills it with
+ * SIGKILL and keeps the data dir.
  */
-function startServer(extraEnv = {}, { listen = "127.0.0.1:0", data } = {}) {
+function startServer(extraEnv = {}, { listen = "127.0.0.1:0", data, demo = true } = {}) {
   data = data || mkdtempSync(path.join(tmpdir(), "panshi-browser-"));
-  const child = spawn(binary, ["serve", "--demo", "--listen", listen, "--data", data], {
+  const args = ["serve", ...(demo ? ["--demo"] : []), "--listen", listen, "--data", data];
+  const child = spawn(binary, args, {
     env: { ...process.env, PANSHI_LOG__LEVEL: "warn", PANSHI_ADMIN_TOKEN: ADMIN_TOKEN, ...extraEnv },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -163,11 +165,15 @@ async function buyerSeesKeyLive() {
 
 // (2) An operator signs in, imports keys and confirms a manual-payment order.
 async function operatorImportsAndConfirms() {
-  // epusdt points at a closed port, so a USDT order falls to the manual payment queue.
+  // epusdt points at a closed port, so a USDT order falls to the manual payment queue. Demo
+  // mode refuses to run beside a real gateway's settings: this shop is a plain one.
   const server = await startServer({
     PANSHI_EPUSDT__GATEWAY_URL: "http://127.0.0.1:9",
     PANSHI_EPUSDT__TOKEN: "browser-test-token",
-  });
+  }, { demo: false });
+  const product = await api(server.base, "POST", "/api/v1/admin/products",
+    { sku: "vpn-30d", name: "VPN 30-day pass", price_cents: 1500, currency: "CNY" }, ADMIN_TOKEN);
+  check(product.status === 201, `product created: ${JSON.stringify(product.json)}`);
   const { context, page, problems } = await newPage({ viewport: { width: 1100, height: 900 } });
   try {
     await signIn(page, server.base);
@@ -295,8 +301,9 @@ async function flashSaleWithBuyersAhead(perSecond, ahead) {
 // (5) In a flash sale the buyer waits in line on a page that counts down live, then lands
 // on the order page by itself when admitted.
 async function flashSaleBuyerWaitsInLine() {
-  // 18 buyers ahead (the demo stock is 20 keys), ten admissions a second: about 1.8 s in line.
-  const server = await flashSaleWithBuyersAhead(10, 18);
+  // 18 buyers ahead (the demo stock is 20 keys), four admissions a second: about 4.5 s in
+  // line, long enough to see the place advance even when the browser is slow to load the page.
+  const server = await flashSaleWithBuyersAhead(4, 18);
   const { context, page, problems } = await newPage({ viewport: { width: 800, height: 700 } });
   try {
     await page.goto(`${server.base}/product/vpn-30d`);

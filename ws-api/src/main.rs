@@ -487,26 +487,6 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     storage::private::create_dir(&settings.data)
         .with_context(|| format!("creating {}", settings.data.display()))?;
     let admin_token = operator_token(&settings)?;
-    let epay = match (
-        &settings.epay.pid,
-        &settings.epay.key,
-        &settings.epay.gateway_url,
-    ) {
-        (Some(pid), Some(key), Some(url)) => Some(EpaySettings {
-            pid: pid.clone(),
-            key: key.0.clone(),
-            gateway_url: url.clone(),
-            create_via_mapi: settings.epay.create_via_mapi,
-        }),
-        // A fresh key per run: the demo gateway signs with it, and nothing else may.
-        _ if settings.demo => Some(EpaySettings {
-            pid: "1000".into(),
-            key: random_token(),
-            gateway_url: format!("{public_url}/demo/gateway"),
-            create_via_mapi: false,
-        }),
-        _ => None,
-    };
     if settings.demo {
         announce_demo(&bound);
     }
@@ -520,6 +500,27 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         "log recovered"
     );
     let sealing_key = sealing_key(&settings, &store)?;
+    let epay = match (
+        &settings.epay.pid,
+        &settings.epay.key,
+        &settings.epay.gateway_url,
+    ) {
+        (Some(pid), Some(key), Some(url)) => Some(EpaySettings {
+            pid: pid.clone(),
+            key: key.0.clone(),
+            gateway_url: url.clone(),
+            create_via_mapi: settings.epay.create_via_mapi,
+        }),
+        // The demo gateway signs with a key of this data dir's own (derived from its sealing
+        // key, so a payment page survives a restart), never a well-known one.
+        _ if settings.demo => Some(EpaySettings {
+            pid: "1000".into(),
+            key: actors::seal::Sealer::new(&sealing_key).derive_token("demo-epay-key", ""),
+            gateway_url: format!("{public_url}/demo/gateway"),
+            create_via_mapi: false,
+        }),
+        _ => None,
+    };
     let shop_settings = Settings {
         sealing_key,
         flash: settings.flash.settings(&settings.overload),
