@@ -58,6 +58,9 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// Payment channels counted for the alert rules.
 pub const CHANNELS_TRACKED_MAX: usize = 16;
 
+/// Longest product name, in bytes.
+pub const PRODUCT_NAME_BYTES_MAX: usize = 200;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
     #[error(transparent)]
@@ -72,6 +75,9 @@ pub enum ShopError {
     Storage(storage::Error),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
+    /// An order or a reseller already has as many live sockets as it may.
+    #[error("too many live sockets are open on this; close one before opening another")]
+    TooManySubscribers,
 }
 
 impl From<storage::Error> for ShopError {
@@ -581,8 +587,11 @@ impl Shop {
     }
 
     pub async fn create_product(&self, product: Product) -> Result<(), ShopError> {
-        if product.name.trim().is_empty() || product.name.len() > 200 {
+        if product.name.trim().is_empty() || product.name.len() > PRODUCT_NAME_BYTES_MAX {
             return Err(Rejection::InvalidInput("name must be 1 to 200 bytes").into());
+        }
+        if product.name.chars().any(char::is_control) {
+            return Err(Rejection::InvalidInput("name may not hold control characters").into());
         }
         if product.price_cents == 0 || product.price_cents > AMOUNT_CENTS_MAX {
             return Err(Rejection::InvalidInput("price_cents must be 1 to 1000000000").into());
@@ -1026,7 +1035,8 @@ impl Shop {
             let sent = addr.send(Subscribe(sender)).await;
             drop(queued);
             match sent {
-                Ok(()) => return Ok(receiver),
+                Ok(true) => return Ok(receiver),
+                Ok(false) => return Err(ShopError::TooManySubscribers),
                 Err(MailboxError::Closed) => continue,
                 Err(MailboxError::Timeout) => return Err(ShopError::Unavailable("order actor")),
             }

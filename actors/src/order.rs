@@ -51,8 +51,10 @@ pub enum PayOutcome {
 #[rtype(result = "Result<PayOutcome, ShopError>")]
 pub struct Pay(pub Payment);
 
+/// Adds a live subscriber; answers false, sending nothing, when the order already has
+/// `SUBSCRIBERS_PER_ORDER_MAX` open ones.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct Subscribe(pub mpsc::Sender<OrderUpdate>);
 
 #[derive(Message)]
@@ -227,19 +229,21 @@ impl Actor for OrderActor {
 }
 
 impl Handler<Subscribe> for OrderActor {
-    type Result = ();
+    type Result = bool;
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> bool {
         let started = Instant::now();
-        if msg.0.try_send(self.update()).is_ok()
-            && !self.order.status.is_terminal()
-            && self.subscribers.len() < SUBSCRIBERS_PER_ORDER_MAX
-        {
+        // Closed sockets leave only at the next push: count the open ones.
+        self.subscribers
+            .retain(|subscriber| !subscriber.is_closed());
+        let room = self.subscribers.len() < SUBSCRIBERS_PER_ORDER_MAX;
+        if room && msg.0.try_send(self.update()).is_ok() && !self.order.status.is_terminal() {
             self.subscribers.push(msg.0);
         }
         self.shop
             .health()
             .handled(ActorKind::Order, started.elapsed());
+        room
     }
 }
 

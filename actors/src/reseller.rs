@@ -627,7 +627,7 @@ impl Shop {
         });
         hub.subscribers.retain(|s| !s.sender.is_closed());
         if hub.subscribers.len() >= STREAM_SUBSCRIBERS_PER_RESELLER_MAX {
-            return Err(ShopError::Unavailable("stream subscriptions"));
+            return Err(ShopError::TooManySubscribers);
         }
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         hub.subscribers.push(Subscriber {

@@ -146,23 +146,27 @@ impl Order {
     /// Decides what a verified payment does to this order. Pure: the caller performs it.
     /// `channel_allowed` says whether the payment's channel may pay this order (its own
     /// channel, its method's fallbacks, or an operator): any other is sent to review.
+    ///
+    /// The amount is checked first, before "already applied": a replay is acknowledged only
+    /// when it says what was paid, so a signed notify with another amount never reads as
+    /// success (every channel comes through here).
     pub fn decide_payment(
         &self,
         payment: &Payment,
         channel_allowed: bool,
     ) -> Result<PaymentDecision, Rejection> {
+        if payment.amount_cents != self.amount_cents {
+            return Err(Rejection::AmountMismatch {
+                paid_cents: payment.amount_cents,
+                order_cents: self.amount_cents,
+            });
+        }
         if let Some(applied) = &self.payment {
             return if applied.same_transaction(payment) {
                 Ok(PaymentDecision::AlreadyApplied)
             } else {
                 Err(Rejection::PaidByOtherTransaction)
             };
-        }
-        if payment.amount_cents != self.amount_cents {
-            return Err(Rejection::AmountMismatch {
-                paid_cents: payment.amount_cents,
-                order_cents: self.amount_cents,
-            });
         }
         transition(self.status, OrderEventKind::PaymentConfirmed)?;
         if !channel_allowed {
@@ -377,6 +381,16 @@ mod tests {
             done.decide_payment(&payment("T2", 1250), true),
             Err(Rejection::PaidByOtherTransaction)
         );
+        // A replay of the applied transaction with another amount is no replay.
+        for cents in [1, 1249, 9900] {
+            assert_eq!(
+                done.decide_payment(&payment("T1", cents), true),
+                Err(Rejection::AmountMismatch {
+                    paid_cents: cents,
+                    order_cents: 1250
+                })
+            );
+        }
     }
 
     /// Postmortem: a valid Stripe event paid an order created on Epay. A payment from a

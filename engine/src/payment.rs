@@ -137,7 +137,7 @@ pub fn verify_epusdt_callback(
     };
     let signature = get("signature").ok_or(Rejection::MalformedNotify("signature is missing"))?;
     let expected = epusdt_sign(canonical.iter().map(|(k, v)| (*k, v.as_str())), token);
-    if !signatures_equal(&expected, &signature.to_ascii_lowercase()) {
+    if !signatures_equal(&expected, signature) {
         return Err(Rejection::BadSignature);
     }
     let required = |name: &'static str| {
@@ -264,7 +264,7 @@ pub fn verify_epay_notify(
         params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         merchant_key,
     );
-    if !signatures_equal(&expected, &sign.to_ascii_lowercase()) {
+    if !signatures_equal(&expected, sign) {
         return Err(Rejection::BadSignature);
     }
     let pid = get("pid")?.unwrap_or("");

@@ -138,7 +138,12 @@ pub fn recover(
     repair: bool,
     mut visit: impl FnMut(Lsn, &[u8]) -> Result<(), Error>,
 ) -> Result<Recovery, Error> {
-    crate::private::create_dir(dir)?;
+    if repair {
+        crate::private::create_dir(dir)?;
+    } else if !dir.exists() {
+        // Read-only (audit): a missing log is an empty one, and is not created.
+        return Ok(Recovery::default());
+    }
     let segments = list_segments(dir)?;
     let mut recovery = Recovery::default();
     let mut expected = segments.first().map_or(1, |(first, _)| *first);
@@ -176,6 +181,16 @@ pub fn recover(
                 let file = OpenOptions::new().write(true).open(path)?;
                 file.set_len(offset as u64)?;
                 file.sync_all()?;
+                // Bytes leave the data dir here: an operator at `warn` must see it.
+                tracing::warn!(
+                    segment = %path.display(),
+                    truncated_bytes = recovery.truncated_bytes,
+                    last_lsn_kept = expected - 1,
+                    kept_bytes = offset,
+                    "cut a torn tail from the log: {} bytes after lsn {} (never acknowledged)",
+                    recovery.truncated_bytes,
+                    expected - 1
+                );
             }
         }
     }

@@ -18,7 +18,7 @@ use parking_lot::{RwLock, RwLockReadGuard};
 use tokio::sync::oneshot;
 
 use crate::log::{self, Log, Lsn, Recovery, APPEND_QUEUE_CAPACITY};
-use crate::mirror::{self, DurableView, Pending};
+use crate::mirror::{self, DurableView, MirrorLag, Pending};
 use crate::rows::{self, Row, TreeName};
 use crate::Error;
 
@@ -66,6 +66,7 @@ pub struct Store {
     poisoned: Arc<AtomicBool>,
     recovery: Recovery,
     data_dir: PathBuf,
+    lag: Arc<MirrorLag>,
 }
 
 #[derive(Default)]
@@ -260,18 +261,18 @@ impl Store {
     pub fn open_with(data_dir: &Path, observer: Arc<dyn CommitObserver>) -> Result<Self, Error> {
         crate::private::create_dir(data_dir)?;
         remove_stale_sled(data_dir)?;
-        let mut db = open_sled(data_dir)?;
+        let (mut db, mut mirrored) = crate::sled_dir::open_or_set_aside(data_dir)?;
         let old_format = rows_format(&db)? != Some(ROWS_FORMAT);
-        if old_format && applied_lsn(&db)? > 0 {
+        if old_format && mirrored > 0 {
             // Rows an older version wrote (card keys, tokens in the clear) stay in sled's
             // files whatever is dropped: set the whole sled aside and rebuild it from the log.
             tracing::warn!("sled holds rows in an older format; rebuilding it from the log");
             drop(db);
             std::fs::rename(sled_dir(data_dir), stale_sled_dir(data_dir))?;
             db = open_sled(data_dir)?;
+            mirrored = 0;
         }
         crate::private::restrict_tree(data_dir)?;
-        let mirrored = applied_lsn(&db)?;
         let (state, recovery, mut touched) = replay(data_dir, true, mirrored)?;
         if mirrored > recovery.last_lsn {
             tracing::warn!(
@@ -310,17 +311,23 @@ impl Store {
         let poisoned = Arc::new(AtomicBool::new(false));
         let view = Arc::new(DurableView::default());
         let (to_mirror, batches) = crossbeam_channel::bounded(mirror::MIRROR_QUEUE_BATCHES);
+        let lag = Arc::new(MirrorLag::new(recovery.last_lsn));
         let applier = {
-            let (view, poisoned) = (view.clone(), poisoned.clone());
+            let (view, poisoned, lag) = (view.clone(), poisoned.clone(), lag.clone());
             std::thread::Builder::new()
                 .name("log-applier".into())
-                .spawn(move || mirror::run_applier(durable, view, to_mirror, poisoned, observer))?
+                .spawn(move || {
+                    mirror::run_applier(durable, view, to_mirror, poisoned, observer, lag)
+                })?
         };
         let mirror = {
-            let (db, view, poisoned) = (db.clone(), view.clone(), poisoned.clone());
+            let (db, view, poisoned, lag) =
+                (db.clone(), view.clone(), poisoned.clone(), lag.clone());
             std::thread::Builder::new()
                 .name("sled-mirror".into())
-                .spawn(move || mirror::run_mirror(db, trees, products, batches, view, poisoned))?
+                .spawn(move || {
+                    mirror::run_mirror(db, trees, products, batches, view, poisoned, lag)
+                })?
         };
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
@@ -331,6 +338,7 @@ impl Store {
             poisoned,
             recovery,
             data_dir: data_dir.to_owned(),
+            lag,
         })
     }
 
@@ -419,6 +427,11 @@ impl Store {
             .take(count)
             .map(|entry| rows::decode(&entry?.1))
             .collect()
+    }
+
+    /// How far sled is behind the log (records and the oldest one's wait).
+    pub fn mirror_lag(&self) -> mirror::LagSample {
+        self.lag.sample()
     }
 
     /// Orders durable but not yet in sled.

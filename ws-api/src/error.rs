@@ -5,6 +5,9 @@ use actix_web::{HttpResponse, ResponseError};
 use actors::ShopError;
 use engine::Rejection;
 
+/// `Retry-After` of a live socket refused because its order or reseller has too many.
+pub const TOO_MANY_SOCKETS_RETRY_AFTER_SECS: u32 = 30;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -144,6 +147,16 @@ impl From<ShopError> for ApiError {
             ),
             ShopError::Storage(inner) => inner.into(),
             ShopError::Unavailable(_) => Self::unavailable("unavailable", error.to_string()),
+            // Refused before the upgrade, with a wait long enough that a client does not
+            // loop reconnecting (a socket refused after its upgrade reconnects at once).
+            ShopError::TooManySubscribers => Self {
+                retry_after_secs: Some(TOO_MANY_SOCKETS_RETRY_AFTER_SECS),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_sockets",
+                    error.to_string(),
+                )
+            },
         }
     }
 }

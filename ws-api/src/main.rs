@@ -280,8 +280,9 @@ const SENTRY_PANIC_FLUSH_MS: u64 = 2_000;
 fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
     use sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer};
     use std::io::IsTerminal;
-    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::filter::{FilterExt, LevelFilter};
     use tracing_subscriber::prelude::*;
+    use ws_api::client_faults::{without_client_faults, ClientFaults};
     let mut directives = settings.log.level.clone();
     if !directives.contains("actix_server") {
         directives.push_str(",actix_server=warn");
@@ -293,18 +294,28 @@ fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
         "json" => false,
         _ => std::io::stderr().is_terminal(),
     };
-    let text_layer = text.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let text_layer = text.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(without_client_faults())
+    });
     let json_layer = (!text).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
+            .with_filter(without_client_faults())
     });
     tracing_subscriber::registry()
         .with(filter)
         .with(text_layer)
         .with(json_layer)
-        .with(sentry_on.then(|| ErrorLayer::new().with_filter(LevelFilter::ERROR)))
-        .with(sentry_on.then(|| BreadcrumbLayer::new().with_filter(LevelFilter::INFO)))
+        .with(ClientFaults::default())
+        .with(sentry_on.then(|| {
+            ErrorLayer::new().with_filter(LevelFilter::ERROR.and(without_client_faults()))
+        }))
+        .with(sentry_on.then(|| {
+            BreadcrumbLayer::new().with_filter(LevelFilter::INFO.and(without_client_faults()))
+        }))
         .init();
 }
 
@@ -586,6 +597,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             ws_api::mail::start(&shop, mailer.clone()).await?;
         }
         let observatory = observatory(&settings, mailer.as_ref())?;
+        let lifecycle = Arc::new(ws_api::drain::Lifecycle::default());
         let state = web::Data::new(AppState {
             shop,
             admin_token,
@@ -617,13 +629,26 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
                 .token
                 .as_ref()
                 .map(|t| t.0.trim().to_owned()),
+            lifecycle: lifecycle.clone(),
+            free_bytes_min: settings.storage.free_bytes_min,
         });
         ws_api::observe::start_evaluator(
             state.clone(),
             Duration::from_secs(settings.alerts.evaluation_interval_secs),
         );
+        ws_api::set_body_read_timeout(Duration::from_secs(settings.http.body_read_timeout_secs));
+        let cap = ws_api::connections::ConnectionCap::new(
+            settings.http.connections_per_address_max,
+            settings.http.connection_cap_exempt.iter().copied(),
+        );
+        let stop = ws_api::drain::stop_signal(
+            lifecycle,
+            Duration::from_millis(settings.http.drain_ms),
+            settings.http.shutdown_timeout_secs,
+        );
         let server = HttpServer::new(move || ws_api::app(state.clone()))
-            .shutdown_signal(stop_signal(settings.http.shutdown_timeout_secs))
+            .shutdown_signal(stop)
+            .on_connect(move |connection, data| cap.on_connect(connection, data))
             .workers(workers)
             .max_connections(settings.http.connections_per_worker_max)
             .shutdown_timeout(settings.http.shutdown_timeout_secs)
@@ -641,29 +666,6 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     tracing::info!("stopped cleanly");
     drop(sentry);
     Ok(())
-}
-
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM, after saying what happens next. Both
-/// stop gracefully: the listener closes, requests in flight finish (for at most the shutdown
-/// timeout), then the log is closed cleanly. (actix's own handler treats SIGINT as a forced
-/// stop, which would cut requests in flight.)
-async fn stop_signal(shutdown_timeout_secs: u64) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot listen for SIGINT and SIGTERM; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = interrupt.recv() => "Ctrl-C (SIGINT)",
-        _ = terminate.recv() => "SIGTERM",
-    };
-    tracing::info!(
-        "{name} received: stopping gracefully; requests in flight may finish for up to \
-         {shutdown_timeout_secs} s"
-    );
 }
 
 /// Connections the kernel queues before `accept`; std's default of 128 drops SYNs in a

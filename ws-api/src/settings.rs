@@ -78,6 +78,27 @@ pub struct ServerSettings {
     pub flash: FlashSection,
     /// When the order pipeline counts as saturated and new buyers queue automatically.
     pub overload: OverloadSection,
+    /// The data dir's disk.
+    pub storage: StorageSection,
+}
+
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct StorageSection {
+    /// Below this many free bytes on the data dir's disk `/readyz` answers 503 (a full disk
+    /// stops the log; a balancer should stop sending before that).
+    pub free_bytes_min: u64,
+}
+
+/// Default readiness threshold of free space: 256 MiB.
+pub const FREE_BYTES_MIN_DEFAULT: u64 = 256 << 20;
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            free_bytes_min: FREE_BYTES_MIN_DEFAULT,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone)]
@@ -281,9 +302,21 @@ pub struct HttpSection {
     pub json_body_bytes_max: usize,
     /// Open WebSocket connections, across workers.
     pub websockets_max: usize,
+    /// After the drain, how long requests in flight may take before the process stops.
     pub shutdown_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long the server goes on serving with `/readyz` at 503 and
+    /// every answer closing its connection, before it stops (a second signal cuts it short).
+    pub drain_ms: u64,
     /// How long an idle keep-alive connection stays open.
     pub keep_alive_secs: u64,
+    /// How long a request body may take to arrive (larger bodies get 64 KiB/s on top);
+    /// slower ones get 408.
+    pub body_read_timeout_secs: u64,
+    /// Open connections one client address may hold; 0 for no cap.
+    pub connections_per_address_max: u32,
+    /// Addresses never capped: a reverse proxy or load balancer in front carries every
+    /// client's connections.
+    pub connection_cap_exempt: Vec<std::net::IpAddr>,
 }
 
 /// `/metrics` lists per-SKU stock and payment counters. Public by default (the contract's
@@ -328,6 +361,10 @@ pub struct AlertsSection {
     pub payment_orders_min: u64,
     pub stock_min: u64,
     pub delivery_overdue_secs: u64,
+    /// Free bytes on the data dir's disk below which `disk_space_low` fires.
+    pub disk_free_bytes_min: u64,
+    /// How long a durable change may wait for sled before `mirror_lag` fires.
+    pub mirror_lag_secs_max: u64,
 }
 
 /// `[alerts.telegram]`: alerts as messages from a Telegram bot (`sendMessage`).
@@ -455,6 +492,8 @@ impl Default for AlertsSection {
             payment_orders_min: rules.payment_orders_min,
             stock_min: rules.stock_min,
             delivery_overdue_secs: rules.delivery_overdue_ms / 1000,
+            disk_free_bytes_min: rules.disk_free_bytes_min,
+            mirror_lag_secs_max: rules.mirror_lag_ms_max / 1000,
         }
     }
 }
@@ -473,6 +512,8 @@ impl AlertsSection {
             payment_orders_min: self.payment_orders_min,
             stock_min: self.stock_min,
             delivery_overdue_ms: self.delivery_overdue_secs.saturating_mul(1000),
+            disk_free_bytes_min: self.disk_free_bytes_min,
+            mirror_lag_ms_max: self.mirror_lag_secs_max.saturating_mul(1000),
         }
     }
 
@@ -549,6 +590,7 @@ impl Default for ServerSettings {
             risk: RiskSection::default(),
             flash: FlashSection::default(),
             overload: OverloadSection::default(),
+            storage: StorageSection::default(),
         }
     }
 }
@@ -561,6 +603,13 @@ impl Default for ShopSection {
     }
 }
 
+/// Default drain: long enough for a balancer polling `/readyz` every 2 s to see two 503s.
+pub const DRAIN_MS_DEFAULT: u64 = 5_000;
+
+/// Default cap on one address's open connections: room for a few dozen buyers behind one
+/// NAT, each with a browser's handful of connections and a live socket.
+pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: u32 = 512;
+
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
@@ -569,7 +618,14 @@ impl Default for HttpSection {
             json_body_bytes_max: 64 * 1024,
             websockets_max: 50_000,
             shutdown_timeout_secs: 10,
+            drain_ms: DRAIN_MS_DEFAULT,
             keep_alive_secs: 75,
+            body_read_timeout_secs: crate::BODY_READ_TIMEOUT_SECS_DEFAULT,
+            connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
+            connection_cap_exempt: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
         }
     }
 }
@@ -782,6 +838,9 @@ impl ServerSettings {
         self.smtp.problems(problems);
         if self.order_ttl_secs < 1 {
             problems.push("order_ttl_secs must be at least 1".into());
+        }
+        if self.http.body_read_timeout_secs < 1 {
+            problems.push("http.body_read_timeout_secs must be at least 1".into());
         }
         if !(1..=engine::pool::SHARDS_PER_SKU_MAX).contains(&self.shards_per_sku) {
             problems.push(format!(

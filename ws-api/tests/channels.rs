@@ -159,6 +159,17 @@ async fn epusdt_orders_are_created_at_the_gateway_and_paid_by_a_signed_callback(
         (again.status().as_u16(), again.text().await.unwrap()),
         (200, "ok".to_owned())
     );
+    // Paid: a signed callback with another amount is no replay (fuzzing found `ok`).
+    for amount in ["99", "0.01", "28.81"] {
+        let other = post(epusdt_callback(&order, amount, EPUSDT_TOKEN))
+            .await
+            .unwrap();
+        assert_eq!(
+            (other.status().as_u16(), other.text().await.unwrap()),
+            (400, "fail".to_owned()),
+            "amount {amount} on a paid order of 28.80"
+        );
+    }
     assert_eq!(server.lookup(&order).await.1["status"], "delivered");
     assert_eq!(server.stock("usdt-1").await, (1, 0, 1));
 }
@@ -306,6 +317,18 @@ async fn stripe_checkout_and_its_webhook_as_stripe_sends_it() {
         r.status().as_u16(),
         200,
         "a second event for a paid order changes nothing"
+    );
+    let other_amount = stripe_event("evt_6", &order, 99, "cny");
+    let r = send(
+        other_amount.clone(),
+        stripe_signature(&other_amount, now, STRIPE_WEBHOOK_SECRET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        400,
+        "an event for a paid order with another amount is a mismatch"
     );
     assert_eq!(server.stock("card-1").await, (1, 0, 1));
 }

@@ -8,9 +8,9 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::routes::require_operator;
 use crate::wire::{ProductBody, StockBody};
-use crate::{read_body, AppState};
+use crate::{payload_too_large, read_body, AppState};
 
-/// Bytes an import request may carry; a larger body is refused with 400 before it is read.
+/// Bytes an import request may carry; a larger body is refused with 413 before it is read.
 pub const IMPORT_REQUEST_BYTES_MAX: usize = IMPORT_BODY_BYTES_MAX;
 
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -57,13 +57,6 @@ async fn create_product(
     Ok(HttpResponse::Created().json(answer))
 }
 
-fn import_too_large(limit: usize) -> ApiError {
-    ApiError::bad_request(
-        "bad_import",
-        format!("card import refused: body is over {limit} bytes"),
-    )
-}
-
 async fn import_cards(
     request: HttpRequest,
     path: web::Path<String>,
@@ -72,7 +65,7 @@ async fn import_cards(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let sku = Sku::parse(&path)?;
-    let body = read_body(payload, IMPORT_REQUEST_BYTES_MAX, import_too_large).await?;
+    let body = read_body(payload, IMPORT_REQUEST_BYTES_MAX, payload_too_large).await?;
     let outcome = state.shop.import_cards(sku, body.to_vec()).await?;
     Ok(HttpResponse::Ok()
         .json(json!({"imported": outcome.imported, "duplicates": outcome.duplicates})))

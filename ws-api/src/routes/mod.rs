@@ -37,15 +37,17 @@ pub fn configure(config: &mut web::ServiceConfig, state: &AppState) {
     }
 }
 
-/// The bearer token of a request, if any.
+/// The bearer token of a request, if any: exactly `Bearer <token>`, one space and a token
+/// without whitespace (RFC 6750's form; anything looser is refused, not repaired).
 pub fn bearer(request: &HttpRequest) -> Option<&str> {
-    request
+    let token = request
         .headers()
         .get("Authorization")?
         .to_str()
         .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .strip_prefix("Bearer ")?;
+    let well_formed = !token.is_empty() && !token.bytes().any(|b| b.is_ascii_whitespace());
+    well_formed.then_some(token)
 }
 
 /// Refuses anything but the operator token (compared in constant time); an address that

@@ -145,10 +145,12 @@ async fn epusdt_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
         counted_for("epusdt", "rejected", "not_configured");
         return plain(StatusCode::BAD_REQUEST, "fail");
     };
-    let Ok(body) = read_body(payload, CALLBACK_BODY_BYTES_MAX, crate::payload_too_large).await
-    else {
-        counted_for("epusdt", "rejected", "body");
-        return plain(StatusCode::BAD_REQUEST, "fail");
+    let body = match read_body(payload, CALLBACK_BODY_BYTES_MAX, crate::payload_too_large).await {
+        Ok(body) => body,
+        Err(error) => {
+            counted_for("epusdt", "rejected", "body");
+            return plain(error.status, "fail");
+        }
     };
     let Some(fields) = json_fields(&body) else {
         counted_for("epusdt", "rejected", "body");
@@ -298,9 +300,9 @@ async fn stripe_webhook(
         counted_for("stripe", "rejected", "not_configured");
         return plain(StatusCode::BAD_REQUEST, "stripe is not configured");
     };
-    let Ok(body) = read_body(payload, CALLBACK_BODY_BYTES_MAX, crate::payload_too_large).await
-    else {
-        return plain(StatusCode::BAD_REQUEST, "body too large");
+    let body = match read_body(payload, CALLBACK_BODY_BYTES_MAX, crate::payload_too_large).await {
+        Ok(body) => body,
+        Err(error) => return plain(error.status, "body too large or too slow"),
     };
     let header = request
         .headers()
@@ -394,10 +396,13 @@ async fn epay_notify(
     let mut params: Vec<(String, String)> =
         serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
     if request.method() == actix_web::http::Method::POST {
-        let Ok(body) = read_body(payload, NOTIFY_BODY_BYTES_MAX, crate::payload_too_large).await
-        else {
-            counted("rejected", "body");
-            return fail(StatusCode::BAD_REQUEST);
+        let body = match read_body(payload, NOTIFY_BODY_BYTES_MAX, crate::payload_too_large).await {
+            Ok(body) => body,
+            // Too large (413) or too slow (408): the gateway retries.
+            Err(error) => {
+                counted("rejected", "body");
+                return fail(error.status);
+            }
         };
         match serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) {
             Ok(form) => params.extend(form),

@@ -2,6 +2,8 @@
 //! clients for it: reqwest for HTTP, tokio-tungstenite for WebSockets.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,16 +19,6 @@ pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 pub const PID: &str = "2001";
 pub const KEY: &str = "test-merchant-key";
 
-/// Where a test server's log goes: nowhere, unless `TEST_SERVER_LOGS` is set (tests keep
-/// their output quiet).
-fn server_log() -> Stdio {
-    if std::env::var_os("TEST_SERVER_LOGS").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    }
-}
-
 pub struct Server {
     child: Option<Child>,
     pub base: String,
@@ -36,8 +28,9 @@ pub struct Server {
     args: Vec<String>,
     /// Whether the test Epay channel is configured (almost always).
     payments: bool,
-    /// Where the server's log (stderr) goes, when a test reads it.
-    log_path: Option<PathBuf>,
+    /// Where the server's stderr (its logs) goes; discarded when `None` (unless
+    /// `PANSHI_TEST_SERVER_LOGS` is set).
+    stderr: Option<PathBuf>,
 }
 
 impl Server {
@@ -65,6 +58,14 @@ impl Server {
         server
     }
 
+    /// Starts the server with its logs (stderr) written to `stderr`, for tests that read them.
+    pub fn start_logged(data: &Path, env: &[(&str, &str)], stderr: &Path) -> Server {
+        let mut server = Self::unstarted(data, env, &[]);
+        server.stderr = Some(stderr.to_owned());
+        server.spawn();
+        server
+    }
+
     fn unstarted(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
@@ -81,16 +82,8 @@ impl Server {
             env,
             args: args.iter().map(|a| a.to_string()).collect(),
             payments: true,
-            log_path: None,
+            stderr: None,
         }
-    }
-
-    /// Starts the server with `env` added, its log (at `warn`) written to `log_path`.
-    pub fn start_logged(data: &Path, env: &[(&str, &str)], log_path: &Path) -> Server {
-        let mut server = Self::unstarted(data, env, &[]);
-        server.log_path = Some(log_path.to_owned());
-        server.spawn();
-        server
     }
 
     fn spawn(&mut self) {
@@ -103,6 +96,8 @@ impl Server {
             // Warnings, less the set-up advice (a test server has no public address and
             // no sealing key): tests stay quiet unless something goes wrong.
             .env("PANSHI_LOG__LEVEL", "warn,panshi::setup=error")
+            // Restarts stop at once; tests/fault_drills.rs drains.
+            .env("PANSHI_HTTP__DRAIN_MS", "0")
             // Every test client is 127.0.0.1: per-client limits and risk rules are off by
             // default here; tests/traffic.rs turns them back on.
             .env("PANSHI_LIMITS__CREATE__PER_SECOND", "1000000")
@@ -116,9 +111,17 @@ impl Server {
             .env("PANSHI_RISK__ORDERS_PER_CONTACT_PER_WINDOW_MAX", "0")
             .env("PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX", "0")
             .stdout(Stdio::piped())
-            .stderr(match &self.log_path {
-                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
-                None => server_log(),
+            .stderr(match &self.stderr {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("the server's log file opens"),
+                ),
+                // Quiet unless asked for: PANSHI_TEST_SERVER_LOGS=1 shows every server's logs.
+                None if std::env::var_os("PANSHI_TEST_SERVER_LOGS").is_some() => Stdio::inherit(),
+                None => Stdio::null(),
             });
         // Demo mode refuses to start beside real gateway settings.
         let demo = self.args.iter().any(|a| a == "--demo");
@@ -148,6 +151,17 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The server's logs so far (only with `start_logged`).
+    pub fn log_text(&self) -> String {
+        let path = self.stderr.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -167,6 +181,21 @@ impl Server {
             let status = child.wait().unwrap();
             assert!(status.success(), "graceful stop exited with {status}");
         }
+    }
+
+    /// Sends SIGTERM and returns at once (`wait_exit` collects the process).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("the server runs").wait().unwrap()
     }
 
     pub fn restart(&mut self) {
