@@ -198,6 +198,9 @@ pub struct OrderRequest {
     pub fingerprint: u64,
     /// The client's IP, for the risk rules (`None` where unknown).
     pub client_ip: Option<String>,
+    /// The buyer's browser is a phone's (its User-Agent): Alipay's wap flow instead of
+    /// the desktop page. Not part of the idempotency fingerprint.
+    pub phone: bool,
 }
 
 /// An order as its buyer may see it.
@@ -747,6 +750,7 @@ impl Shop {
             name: &product.name,
             amount_cents,
             currency: product.currency,
+            phone: request.phone,
         };
         let link = match self.payment_link(&request.channel, &subject).await {
             Ok(link) => link,
@@ -1056,6 +1060,8 @@ pub fn payment_channel_label(channel: &str) -> &'static str {
         "epay" => "epay",
         "epusdt" => "epusdt",
         "stripe" => "stripe",
+        "alipay" => "alipay",
+        "wechat" => "wechat",
         _ => "other",
     }
 }

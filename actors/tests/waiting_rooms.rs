@@ -53,6 +53,7 @@ fn request(n: u64) -> OrderRequest {
         idempotency_key: None,
         fingerprint: n,
         client_ip: None,
+        phone: false,
     }
 }
 

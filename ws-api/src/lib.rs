@@ -10,6 +10,7 @@
 
 pub mod client_faults;
 pub mod connections;
+pub mod direct;
 pub mod drain;
 pub mod error;
 pub mod gateways;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub lifecycle: Arc<drain::Lifecycle>,
     /// Below this many free bytes on the data dir's disk the server is not ready.
     pub free_bytes_min: u64,
+    /// Alipay and WeChat Pay direct, where configured (their notifies' keys).
+    pub direct: direct::DirectChannels,
 }
 
 /// How long a request body may take to arrive, before the allowance for its size

@@ -186,6 +186,7 @@ async fn buy(shop: Shop, count: u64) -> anyhow::Result<Histogram<u64>> {
             idempotency_key: None,
             fingerprint: n,
             client_ip: None,
+            phone: false,
         };
         let order = shop.create_order(request).await?;
         let payment = Payment {

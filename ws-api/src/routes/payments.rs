@@ -69,7 +69,7 @@ fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
-fn counted_for(channel: &'static str, outcome: &'static str, reason: &'static str) {
+pub(crate) fn counted_for(channel: &'static str, outcome: &'static str, reason: &'static str) {
     metrics::counter!("panshi_payment_notifies_total", "channel" => channel, "outcome" => outcome, "reason" => reason)
         .increment(1);
 }
@@ -139,13 +139,13 @@ async fn epusdt_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
     }
 }
 
-enum Applied {
+pub(crate) enum Applied {
     Yes,
     Refused,
     Later,
 }
 
-async fn apply(
+pub(crate) async fn apply(
     state: &AppState,
     channel: &'static str,
     order_id: &engine::OrderId,
