@@ -59,19 +59,19 @@ pub struct PaymentSubject<'a> {
 
 impl Shop {
     /// The ordered channels for what the buyer asked for, each with the Epay `type` to use.
+    /// A method wins over a channel of the same name: `alipay` is the method (the direct
+    /// channel, then Epay), so a buyer who asks for it keeps the fallback.
     fn candidates(&self, requested: &str) -> Result<Vec<(String, String)>, Rejection> {
+        if let Some(channels) = self.settings().payment_methods.get(requested) {
+            return Ok(channels
+                .iter()
+                .map(|c| (c.clone(), requested.to_owned()))
+                .collect());
+        }
         if CHANNELS.contains(&requested) {
             return Ok(vec![(requested.to_owned(), String::new())]);
         }
-        let channels = self
-            .settings()
-            .payment_methods
-            .get(requested)
-            .ok_or(Rejection::UnknownChannel)?;
-        Ok(channels
-            .iter()
-            .map(|c| (c.clone(), requested.to_owned()))
-            .collect())
+        Err(Rejection::UnknownChannel)
     }
 
     async fn usable(&self, channel: &str) -> bool {

@@ -22,10 +22,10 @@ pub const OUT_TRADE_NO_BYTES_MAX: usize = 64;
 pub const TEXT_BYTES_MAX: usize = 256;
 
 /// Request parameters, each name at most once.
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(pub(crate) Vec<(String, String)>);
 
 impl Params {
-    fn parse(query: &str, body: &[u8]) -> Result<Self, &'static str> {
+    pub(crate) fn parse(query: &str, body: &[u8]) -> Result<Self, &'static str> {
         let mut pairs: Vec<(String, String)> =
             serde_urlencoded::from_str(query).map_err(|_| "the query string is malformed")?;
         if !body.is_empty() {
@@ -45,7 +45,7 @@ impl Params {
     }
 
     /// The value, or "" when absent (which Epay treats the same as empty).
-    fn get(&self, name: &str) -> &str {
+    pub(crate) fn get(&self, name: &str) -> &str {
         self.0
             .iter()
             .find(|(k, _)| k == name)
@@ -128,16 +128,14 @@ fn create_or_reuse(shared: &Shared, params: &Params) -> Result<String, &'static 
         return Ok(existing.trade_no.clone());
     }
     let trade_no = world.next_trade_no();
-    world.store.insert(Order {
-        trade_no: trade_no.clone(),
-        out_trade_no: new.out_trade_no,
-        money: new.money,
-        amount_cents: new.amount_cents,
-        notify_url: new.notify_url,
-        paid: false,
-        deliveries: Vec::new(),
-        details: Details::Epay(new.details),
-    });
+    world.store.insert(Order::new(
+        trade_no.clone(),
+        new.out_trade_no,
+        new.amount_cents,
+        new.money,
+        new.notify_url,
+        Details::Epay(new.details),
+    ));
     Ok(trade_no)
 }
 
@@ -175,6 +173,7 @@ pub async fn submit(
         Payment::AlreadyPaid => page::paid("Epay cashier", true, return_url),
         // Evicted between the two locks: only under a flood of new orders.
         Payment::Unknown => refusal_page("the order was evicted; create it again"),
+        Payment::Closed => refusal_page("the order is closed"),
     }
 }
 
