@@ -33,6 +33,8 @@ async fn simulator() -> Gateway {
 /// A shop configured for both direct channels at `gateway`, plus `extra` settings.
 fn shop(dir: &std::path::Path, gateway: &Gateway, extra: &[(&str, &str)]) -> Server {
     let mut env = shop_env(gateway.base_url());
+    // Refused notifies are the point of several tests: their warnings are not output.
+    env.push(("PANSHI_LOG__LEVEL".into(), "error".into()));
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Server::start_with(dir, &env)
