@@ -116,6 +116,16 @@ async fn pay_by_scan(gateway: &Gateway, order: &Value, channel: &str) {
     );
 }
 
+/// An Alipay (precreate) and a WeChat Pay order for `sku`, each paid by a scan; waits until
+/// both are delivered.
+async fn scanned_and_delivered(server: &Server, gateway: &Gateway, sku: &str) {
+    for channel in ["alipay", "wechat"] {
+        let order = order_from(server, sku, channel, DESKTOP).await;
+        pay_by_scan(gateway, &order, channel).await;
+        wait_for(server, &order, "delivered").await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alipay_purchase_on_the_desktop_page_and_on_a_phone_through_wap() {
     let gateway = simulator().await;
@@ -468,15 +478,10 @@ async fn lost_notifies_are_found_by_query_and_unpaid_orders_are_closed_at_expiry
         ],
     );
     server.product("rec", 500, &keys("R", 6)).await;
-    let paid_alipay = order_from(&server, "rec", "alipay", DESKTOP).await;
-    let paid_wechat = order_from(&server, "rec", "wechat", DESKTOP).await;
     let unpaid_alipay = order_from(&server, "rec", "alipay", DESKTOP).await;
     let unpaid_wechat = order_from(&server, "rec", "wechat", DESKTOP).await;
-    pay_by_scan(&gateway, &paid_alipay, "alipay").await;
-    pay_by_scan(&gateway, &paid_wechat, "wechat").await;
     // No notify comes; the query before the keys are released finds both payments.
-    wait_for(&server, &paid_alipay, "delivered").await;
-    wait_for(&server, &paid_wechat, "delivered").await;
+    scanned_and_delivered(&server, &gateway, "rec").await;
     wait_for(&server, &unpaid_alipay, "expired").await;
     wait_for(&server, &unpaid_wechat, "expired").await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -549,6 +554,11 @@ async fn orders_fall_back_to_epay_while_a_direct_breaker_is_open_and_return_when
     }
     assert_eq!(breaker(&server, "alipay").await, "open");
     assert_eq!(breaker(&server, "wechat").await, "open");
+    let direct_only = order_from(&server, "fb", "wechat", DESKTOP).await;
+    assert_eq!(
+        direct_only["payment"]["channel"], "manual",
+        "the channel alone, and it is down: the manual queue"
+    );
     gateway.set_faults(Faults::default()).unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let healed = order_from(&server, "fb", "alipay", DESKTOP).await;
@@ -556,6 +566,7 @@ async fn orders_fall_back_to_epay_while_a_direct_breaker_is_open_and_return_when
     let healed = order_from(&server, "fb", "wxpay", DESKTOP).await;
     assert_eq!(healed["payment"]["channel"], "wechat");
     assert_eq!(breaker(&server, "alipay").await, "closed");
+    assert_eq!(breaker(&server, "wechat").await, "closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,12 +586,7 @@ async fn the_simulators_forged_notifies_are_refused_and_the_genuine_ones_deliver
         &[("PANSHI_ALIPAY__PRODUCT", "precreate")],
     );
     server.product("forge", 700, &keys("F", 3)).await;
-    let alipay = order_from(&server, "forge", "alipay", DESKTOP).await;
-    let wechat = order_from(&server, "forge", "wechat", DESKTOP).await;
-    pay_by_scan(&gateway, &alipay, "alipay").await;
-    pay_by_scan(&gateway, &wechat, "wechat").await;
-    wait_for(&server, &alipay, "delivered").await;
-    wait_for(&server, &wechat, "delivered").await;
+    scanned_and_delivered(&server, &gateway, "forge").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let orders = gateway.orders();

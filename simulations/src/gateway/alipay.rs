@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::epay::{is_http_url, Params, OUT_TRADE_NO_BYTES_MAX};
 use super::notify::{self, Payment};
 use super::store::{AlipayDetails, Channel, Details, Order, PayRefusal};
-use super::{now_secs, outage_answer, page, Shared};
+use super::{now_secs, outage_answer, page, query_faults, Shared};
 
 /// Longest `subject`, in bytes.
 pub const SUBJECT_BYTES_MAX: usize = 1_024;
@@ -137,9 +137,7 @@ fn create_or_reuse(
 }
 
 fn refusal_page(message: &str) -> HttpResponse {
-    HttpResponse::BadRequest()
-        .content_type("text/plain; charset=utf-8")
-        .body(format!("Alipay simulator: {message}"))
+    page::refusal("Alipay simulator", message)
 }
 
 /// `GET|POST /gateway.do`.
@@ -203,12 +201,8 @@ async fn server_call(shared: &Shared, method: &str, params: &Params) -> HttpResp
         return signed_answer(shared, method, &precreate(shared, params));
     }
     if method == "alipay.trade.query" {
-        let delay_ms = shared.world().faults.query_delay_ms;
-        if delay_ms > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-        }
-        if shared.world().chance_of(|f| f.query_fail_percent) {
-            return HttpResponse::InternalServerError().body("query failed (fault injected)");
+        if let Some(answer) = query_faults(shared).await {
+            return answer;
         }
     }
     let out_trade_no = biz_content(params)

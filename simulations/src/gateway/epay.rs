@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::notify::{self, Payment};
 use super::store::{Channel, Details, EpayDetails, Order};
-use super::{outage_answer, page, Shared, PARAMS_COUNT_MAX, URL_BYTES_MAX};
+use super::{outage_answer, page, query_faults, Shared, PARAMS_COUNT_MAX, URL_BYTES_MAX};
 
 /// Longest `out_trade_no`; real Epay columns are 64 characters.
 pub const OUT_TRADE_NO_BYTES_MAX: usize = 64;
@@ -178,9 +178,7 @@ pub async fn submit(
 }
 
 fn refusal_page(message: &str) -> HttpResponse {
-    HttpResponse::BadRequest()
-        .content_type("text/plain; charset=utf-8")
-        .body(format!("gateway simulator: {message}"))
+    page::refusal("gateway simulator", message)
 }
 
 /// `GET|POST /mapi.php`: the server-side create; answers the cashier's URL.
@@ -223,12 +221,8 @@ pub async fn query(request: HttpRequest, shared: web::Data<Shared>) -> HttpRespo
     if let Some(answer) = outage_answer(&shared) {
         return answer;
     }
-    let delay_ms = shared.world().faults.query_delay_ms;
-    if delay_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-    }
-    if shared.world().chance_of(|f| f.query_fail_percent) {
-        return HttpResponse::InternalServerError().body("query failed (fault injected)");
+    if let Some(answer) = query_faults(&shared).await {
+        return answer;
     }
     let answer = Params::parse(request.query_string(), &[])
         .and_then(|params| order_status(&shared, &params));

@@ -293,6 +293,18 @@ pub(crate) fn now_secs() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
+/// The query faults: the configured delay, then maybe an injected failure.
+pub(crate) async fn query_faults(shared: &Shared) -> Option<HttpResponse> {
+    let delay_ms = shared.world().faults.query_delay_ms;
+    if delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+    }
+    shared
+        .world()
+        .chance_of(|f| f.query_fail_percent)
+        .then(|| HttpResponse::InternalServerError().body("query failed (fault injected)"))
+}
+
 /// The answer every protocol endpoint gives during an outage.
 pub(crate) fn outage_answer(shared: &Shared) -> Option<HttpResponse> {
     shared.world().faults.outage.then(|| {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::epay::is_http_url;
 use super::store::{Channel, Details, Order, PayRefusal, WechatDetails};
-use super::{now_secs, outage_answer, Shared};
+use super::{now_secs, outage_answer, query_faults, Shared};
 
 /// WeChat Pay's `out_trade_no` is 6 to 32 characters.
 pub const OUT_TRADE_NO_BYTES_MAX: usize = 32;
@@ -252,12 +252,8 @@ pub async fn query(
     if let Some(answer) = gate(&shared, &request, &[]) {
         return answer;
     }
-    let delay_ms = shared.world().faults.query_delay_ms;
-    if delay_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-    }
-    if shared.world().chance_of(|f| f.query_fail_percent) {
-        return HttpResponse::InternalServerError().body("query failed (fault injected)");
+    if let Some(answer) = query_faults(&shared).await {
+        return answer;
     }
     let found = shared.world().store.find(Channel::Wechat, &path).cloned();
     match found {

@@ -84,21 +84,11 @@ impl AlipayConfig {
             return Ok(None);
         }
         let app_id = super::required("alipay.app_id", app_id)?.to_owned();
-        let private_key =
-            private_key.ok_or_else(|| anyhow::anyhow!("alipay.private_key is missing"))?;
-        let private_key = PrivateKey::parse(&private_key.0)
-            .map_err(|e| anyhow::anyhow!("alipay.private_key: {e}"))?;
-        let public_key =
-            public_key.ok_or_else(|| anyhow::anyhow!("alipay.alipay_public_key is missing"))?;
-        let alipay_public_key = PublicKey::parse(&public_key.0)
-            .map_err(|e| anyhow::anyhow!("alipay.alipay_public_key: {e}"))?;
+        let private_key = super::private_key("alipay.private_key", private_key)?;
+        let alipay_public_key = super::public_key("alipay.alipay_public_key", public_key)?;
         let product = AlipayProduct::parse(&section.product)
             .ok_or_else(|| anyhow::anyhow!("alipay.product must be page, wap or precreate"))?;
-        anyhow::ensure!(
-            section.gateway_url.starts_with("https://")
-                || section.gateway_url.starts_with("http://"),
-            "alipay.gateway_url must be an http or https URL"
-        );
+        super::http_url("alipay.gateway_url", &section.gateway_url)?;
         Ok(Some(Self {
             app_id,
             private_key,

@@ -56,6 +56,33 @@ pub(crate) fn key_text(
     }
 }
 
+/// A private key that must be there, parsed; the error names the setting.
+pub(crate) fn private_key(
+    name: &str,
+    text: Option<Secret>,
+) -> anyhow::Result<engine::keys::PrivateKey> {
+    let text = text.with_context(|| format!("{name} is missing"))?;
+    engine::keys::PrivateKey::parse(&text.0).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+/// A public key that must be there, parsed; the error names the setting.
+pub(crate) fn public_key(
+    name: &str,
+    text: Option<Secret>,
+) -> anyhow::Result<engine::keys::PublicKey> {
+    let text = text.with_context(|| format!("{name} is missing"))?;
+    engine::keys::PublicKey::parse(&text.0).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+/// An http or https base URL, or an error naming the setting.
+pub(crate) fn http_url(name: &str, url: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        url.starts_with("https://") || url.starts_with("http://"),
+        "{name} must be an http or https URL"
+    );
+    Ok(())
+}
+
 /// A required setting, or an error naming it.
 pub(crate) fn required<'a>(name: &str, value: Option<&'a String>) -> anyhow::Result<&'a str> {
     value

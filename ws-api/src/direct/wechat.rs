@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use actors::channel::{
     BoxFuture, CreateRequest, CreatedPayment, GatewayClient, GatewayError, QueryAnswer,
 };
@@ -63,26 +65,12 @@ impl WechatConfig {
         {
             return Ok(None);
         }
-        let missing = |name: &str| anyhow::anyhow!("{name} is missing");
-        let merchant_private_key = PrivateKey::parse(
-            &private_key
-                .ok_or_else(|| missing("wechat.merchant_private_key"))?
-                .0,
-        )
-        .map_err(|e| anyhow::anyhow!("wechat.merchant_private_key: {e}"))?;
-        let platform_public_key = PublicKey::parse(
-            &platform_key
-                .ok_or_else(|| missing("wechat.platform_public_key"))?
-                .0,
-        )
-        .map_err(|e| anyhow::anyhow!("wechat.platform_public_key: {e}"))?;
-        let api_v3_key =
-            ApiV3Key::parse(&api_v3_key.ok_or_else(|| missing("wechat.api_v3_key"))?.0)
-                .map_err(|e| anyhow::anyhow!("wechat.api_v3_key: {e}"))?;
-        anyhow::ensure!(
-            section.api_base.starts_with("https://") || section.api_base.starts_with("http://"),
-            "wechat.api_base must be an http or https URL"
-        );
+        let merchant_private_key = super::private_key("wechat.merchant_private_key", private_key)?;
+        let platform_public_key = super::public_key("wechat.platform_public_key", platform_key)?;
+        let api_v3_key = api_v3_key.context("wechat.api_v3_key is missing")?;
+        let api_v3_key = ApiV3Key::parse(&api_v3_key.0)
+            .map_err(|e| anyhow::anyhow!("wechat.api_v3_key: {e}"))?;
+        super::http_url("wechat.api_base", &section.api_base)?;
         Ok(Some(Self {
             mch_id: super::required("wechat.mch_id", mch_id)?.to_owned(),
             app_id: super::required("wechat.app_id", section.app_id.as_ref())?.to_owned(),
