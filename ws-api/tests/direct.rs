@@ -205,6 +205,20 @@ async fn alipay_precreate_and_wechat_native_show_a_qr_code_drawn_by_the_shop() {
     assert_eq!(server.stock("qr").await, (1, 0, 2));
 }
 
+/// A shop at a fresh simulator, `sku` in stock (3 keys) and one order for it on `channel`.
+async fn one_order(
+    sku: &str,
+    price_cents: u64,
+    channel: &str,
+) -> (Gateway, tempfile::TempDir, Server, Value) {
+    let gateway = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = shop(dir.path(), &gateway, &[]);
+    server.product(sku, price_cents, &keys(sku, 3)).await;
+    let order = order_from(&server, sku, channel, DESKTOP).await;
+    (gateway, dir, server, order)
+}
+
 /// An Alipay notify for `order`, signed with `key`.
 fn alipay_notify(
     order: &Value,
@@ -243,11 +257,7 @@ async fn post_alipay(server: &Server, form: String) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_foreign_wrong_amount_and_replayed_alipay_notifies_change_nothing() {
-    let gateway = simulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = shop(dir.path(), &gateway, &[]);
-    server.product("guard", 1250, &keys("G", 3)).await;
-    let order = order_from(&server, "guard", "alipay", DESKTOP).await;
+    let (_gateway, _dir, mut server, order) = one_order("guard", 1250, "alipay").await;
     let alipay = PrivateKey::parse(simkeys::ALIPAY_GATEWAY_PRIVATE_PEM).unwrap();
     let forger = PrivateKey::parse(simkeys::WECHAT_PLATFORM_PRIVATE_PEM).unwrap();
     let app_id = simkeys::ALIPAY_APP_ID;
@@ -382,11 +392,7 @@ async fn post_wechat(server: &Server, notify: &WechatNotify) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_foreign_wrong_amount_stale_and_replayed_wechat_notifies_change_nothing() {
-    let gateway = simulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = shop(dir.path(), &gateway, &[]);
-    server.product("wx", 2000, &keys("W", 3)).await;
-    let order = order_from(&server, "wx", "wechat", DESKTOP).await;
+    let (_gateway, _dir, mut server, order) = one_order("wx", 2000, "wechat").await;
     let platform = PrivateKey::parse(simkeys::WECHAT_PLATFORM_PRIVATE_PEM).unwrap();
     let forger = PrivateKey::parse(simkeys::ALIPAY_GATEWAY_PRIVATE_PEM).unwrap();
     let api_v3 = simkeys::WECHAT_API_V3_KEY;

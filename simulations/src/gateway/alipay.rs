@@ -113,27 +113,25 @@ fn create_or_reuse(
     params: &Params,
     new: NewPayment,
 ) -> Result<String, &'static str> {
-    let mut world = shared.world();
-    if let Some(existing) = world.store.find(Channel::Alipay, &new.out_trade_no) {
-        if existing.amount_cents != new.amount_cents {
-            return Err("ACQ.CONTEXT_INCONSISTENT (out_trade_no used with another amount)");
-        }
-        return Ok(existing.trade_no.clone());
-    }
-    let trade_no = world.next_trade_no();
-    world.store.insert(Order::new(
-        trade_no.clone(),
-        new.out_trade_no,
-        new.amount_cents,
-        new.total_amount,
-        params.get("notify_url").to_owned(),
-        Details::Alipay(AlipayDetails {
-            subject: new.subject,
-            method: params.get("method").to_owned(),
-            return_url: params.get("return_url").to_owned(),
-        }),
-    ));
-    Ok(trade_no)
+    let key = (Channel::Alipay, new.out_trade_no.as_str());
+    let order = |trade_no| {
+        Order::new(
+            trade_no,
+            new.out_trade_no.clone(),
+            new.amount_cents,
+            new.total_amount.clone(),
+            params.get("notify_url").to_owned(),
+            Details::Alipay(AlipayDetails {
+                subject: new.subject.clone(),
+                method: params.get("method").to_owned(),
+                return_url: params.get("return_url").to_owned(),
+            }),
+        )
+    };
+    shared
+        .world()
+        .create_or_reuse(key, new.amount_cents, order)
+        .ok_or("ACQ.CONTEXT_INCONSISTENT (out_trade_no used with another amount)")
 }
 
 fn refusal_page(message: &str) -> HttpResponse {

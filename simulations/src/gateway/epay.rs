@@ -120,23 +120,21 @@ pub(crate) fn is_http_url(text: &str) -> bool {
 /// merchant retrying, or the buyer reloading the cashier). Returns its `trade_no`.
 fn create_or_reuse(shared: &Shared, params: &Params) -> Result<String, &'static str> {
     let new = check_create(shared, params)?;
-    let mut world = shared.world();
-    if let Some(existing) = world.store.find(Channel::Epay, &new.out_trade_no) {
-        if existing.amount_cents != new.amount_cents {
-            return Err("订单号已存在 (out_trade_no already used with another amount)");
-        }
-        return Ok(existing.trade_no.clone());
-    }
-    let trade_no = world.next_trade_no();
-    world.store.insert(Order::new(
-        trade_no.clone(),
-        new.out_trade_no,
-        new.amount_cents,
-        new.money,
-        new.notify_url,
-        Details::Epay(new.details),
-    ));
-    Ok(trade_no)
+    let key = (Channel::Epay, new.out_trade_no.as_str());
+    let order = |trade_no| {
+        Order::new(
+            trade_no,
+            new.out_trade_no.clone(),
+            new.amount_cents,
+            new.money.clone(),
+            new.notify_url.clone(),
+            Details::Epay(new.details.clone()),
+        )
+    };
+    shared
+        .world()
+        .create_or_reuse(key, new.amount_cents, order)
+        .ok_or("订单号已存在 (out_trade_no already used with another amount)")
 }
 
 /// `GET|POST /submit.php`: the buyer's cashier, and its Pay button.

@@ -483,6 +483,25 @@ impl World {
         })
     }
 
+    /// The order `out_trade_no` of `channel` when it exists with the same amount (a merchant
+    /// retrying, a buyer reloading the cashier), else a new one made by `build` from a new
+    /// gateway id. `None` when the id was used with another amount.
+    pub fn create_or_reuse(
+        &mut self,
+        (channel, out_trade_no): (Channel, &str),
+        amount_cents: u64,
+        build: impl FnOnce(String) -> Order,
+    ) -> Option<String> {
+        if let Some(existing) = self.store.find(channel, out_trade_no) {
+            return (existing.amount_cents == amount_cents).then(|| existing.trade_no.clone());
+        }
+        let trade_no = self.next_trade_no();
+        let order = build(trade_no.clone());
+        assert_eq!(order.channel(), channel);
+        self.store.insert(order);
+        Some(trade_no)
+    }
+
     /// Closes an unpaid order (the merchant's close call): it can no longer be paid.
     pub fn close(&mut self, trade_no: &str) -> Result<(), PayRefusal> {
         let order = self.store.get_mut(trade_no).ok_or(PayRefusal::Unknown)?;

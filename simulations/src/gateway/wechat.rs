@@ -182,27 +182,20 @@ pub async fn native(
         Ok(new) => new,
         Err(message) => return failure(&shared, StatusCode::BAD_REQUEST, "PARAM_ERROR", message),
     };
-    let trade_no = {
-        let mut world = shared.world();
-        match world.store.find(Channel::Wechat, &new.out_trade_no) {
-            Some(existing) if existing.amount_cents != new.amount_cents => None,
-            Some(existing) => Some(existing.trade_no.clone()),
-            None => {
-                let trade_no = world.next_trade_no();
-                world.store.insert(Order::new(
-                    trade_no.clone(),
-                    new.out_trade_no,
-                    new.amount_cents,
-                    format_cents(new.amount_cents),
-                    new.notify_url,
-                    Details::Wechat(WechatDetails {
-                        description: new.description,
-                    }),
-                ));
-                Some(trade_no)
-            }
-        }
+    let key = (Channel::Wechat, new.out_trade_no.as_str());
+    let order = |trade_no| {
+        Order::new(
+            trade_no,
+            new.out_trade_no.clone(),
+            new.amount_cents,
+            format_cents(new.amount_cents),
+            new.notify_url.clone(),
+            Details::Wechat(WechatDetails {
+                description: new.description.clone(),
+            }),
+        )
     };
+    let trade_no = shared.world().create_or_reuse(key, new.amount_cents, order);
     match trade_no {
         Some(trade_no) => signed(
             &shared,
