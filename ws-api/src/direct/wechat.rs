@@ -370,3 +370,73 @@ impl GatewayClient for WechatClient {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> WechatConfig {
+        let section = WechatSection {
+            mch_id: Some("1900000001".into()),
+            app_id: Some("wx00000000000000a1".into()),
+            api_v3_key: Some(crate::settings::Secret(
+                "panshi-simulator-apiv3-key-32byt".into(),
+            )),
+            merchant_private_key: Some(crate::settings::Secret(
+                include_str!("../../../simulations/keys/wechat_merchant.private.pem").into(),
+            )),
+            merchant_serial_no: Some("5157F09EFDC096DE15EBE81A47057A7232F1B8E1".into()),
+            platform_public_key: Some(crate::settings::Secret(
+                include_str!("../../../simulations/keys/wechat_platform.public.pem").into(),
+            )),
+            ..WechatSection::default()
+        };
+        WechatConfig::from_settings(&section).unwrap().unwrap()
+    }
+
+    fn transaction(mchid: &str, total: &str, currency: &str) -> String {
+        format!(
+            r#"{{"mchid":"{mchid}","appid":"wx00000000000000a1","out_trade_no":"o1","transaction_id":"42001","trade_state":"SUCCESS","amount":{{"total":{total},"currency":"{currency}"}}}}"#
+        )
+    }
+
+    #[test]
+    fn transactions_are_ours_in_cny_and_whole_fen() {
+        let config = config();
+        let paid = transaction_state(transaction("1900000001", "1250", "CNY").as_bytes(), &config);
+        assert_eq!(
+            paid,
+            Ok(TransactionState::Paid {
+                order_id: OrderId::parse("o1").unwrap(),
+                payment: Payment {
+                    channel: "wechat".into(),
+                    gateway_trade_no: "42001".into(),
+                    amount_cents: 1250
+                }
+            })
+        );
+        for refused in [
+            transaction("1900000999", "1250", "CNY"),
+            transaction("1900000001", "12.5", "CNY"),
+            transaction("1900000001", "1.25e3", "CNY"),
+            transaction("1900000001", "1250", "USD"),
+        ] {
+            assert!(
+                transaction_state(refused.as_bytes(), &config).is_err(),
+                "{refused}"
+            );
+        }
+        let waiting = transaction("1900000001", "1250", "CNY").replace("SUCCESS", "NOTPAY");
+        assert_eq!(
+            transaction_state(waiting.as_bytes(), &config),
+            Ok(TransactionState::NotPaid)
+        );
+    }
+
+    #[test]
+    fn the_configuration_prints_no_key() {
+        let printed = format!("{:?}", config());
+        assert!(!printed.contains("MII"), "{printed}");
+        assert!(!printed.contains("apiv3-key"), "{printed}");
+    }
+}
