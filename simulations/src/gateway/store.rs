@@ -577,6 +577,44 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_order_cannot_be_paid_and_a_paid_one_cannot_be_closed() {
+        let mut world = World::new(1);
+        let build = |trade_no: String| Order {
+            trade_no,
+            ..order(1)
+        };
+        let first = world
+            .create_or_reuse((Channel::Epay, "o1"), 100, build)
+            .unwrap();
+        assert_eq!(
+            world.create_or_reuse((Channel::Epay, "o1"), 100, |_| unreachable!()),
+            Some(first.clone()),
+            "the same id and amount is the same order"
+        );
+        assert_eq!(
+            world.create_or_reuse((Channel::Epay, "o1"), 101, |_| unreachable!()),
+            None
+        );
+        world.close(&first).unwrap();
+        assert_eq!(world.mark_paid(&first).err(), Some(PayRefusal::Closed));
+        let second = world
+            .create_or_reuse((Channel::Epay, "o2"), 100, |trade_no| Order {
+                trade_no,
+                out_trade_no: "o2".into(),
+                ..order(2)
+            })
+            .unwrap();
+        world.faults.notify_forge_percent = 100;
+        let paid = world.mark_paid(&second).unwrap();
+        assert!(paid.forged && paid.order.deliveries[0].forged);
+        assert_eq!(world.close(&second), Err(PayRefusal::AlreadyPaid));
+        assert_eq!(
+            world.mark_paid(&second).err(),
+            Some(PayRefusal::AlreadyPaid)
+        );
+    }
+
+    #[test]
     fn faults_are_validated() {
         assert!(Faults::default().validate().is_ok());
         let too_much = Faults {
