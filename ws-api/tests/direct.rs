@@ -795,3 +795,100 @@ async fn keys_can_come_from_files() {
     pay_by_scan(&gateway, &wechat, "wechat").await;
     wait_for(&server, &wechat, "delivered").await;
 }
+
+/// A provider stand-in whose answers are signed with the wrong keys: a Native call's
+/// first answer, and every query answer (each saying "paid").
+async fn lying_provider() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let forger = PrivateKey::parse(simkeys::WECHAT_MERCHANT_PRIVATE_PEM).unwrap();
+    let platform = PrivateKey::parse(simkeys::WECHAT_PLATFORM_PRIVATE_PEM).unwrap();
+    let natives = AtomicU32::new(0);
+    stand_in_with(std::sync::Arc::new(move |seen: &Seen| {
+        let rng = ring::rand::SystemRandom::new();
+        if seen.line.starts_with("POST /gateway.do") {
+            let form: Vec<(String, String)> = serde_urlencoded::from_str(&seen.body).unwrap();
+            let biz = &form.iter().find(|(k, _)| k == "biz_content").unwrap().1;
+            let out_trade_no = serde_json::from_str::<Value>(biz).unwrap()["out_trade_no"].clone();
+            let object = json!({"code": "10000", "msg": "Success", "out_trade_no": out_trade_no,
+                "trade_no": "2026FAKE", "trade_status": "TRADE_SUCCESS", "total_amount": "3.00"})
+            .to_string();
+            let sign = forger.sign_base64(object.as_bytes(), &rng);
+            let body = format!(r#"{{"alipay_trade_query_response":{object},"sign":"{sign}"}}"#);
+            return Reply {
+                status: 200,
+                headers: Vec::new(),
+                body,
+            };
+        }
+        let (status, body, key) = if seen.line.starts_with("POST /v3/pay/transactions/native") {
+            let first = natives.fetch_add(1, Ordering::SeqCst) == 0;
+            let body = r#"{"code_url":"weixin://wxpay/bizpayurl?pr=lie"}"#.to_owned();
+            (200, body, if first { &forger } else { &platform })
+        } else if seen
+            .line
+            .starts_with("GET /v3/pay/transactions/out-trade-no/")
+        {
+            let out_trade_no = seen
+                .line
+                .split('/')
+                .nth(5)
+                .unwrap()
+                .split('?')
+                .next()
+                .unwrap();
+            let body = json!({"appid": simkeys::WECHAT_APP_ID, "mchid": simkeys::WECHAT_MCH_ID,
+                "out_trade_no": out_trade_no, "transaction_id": "42FAKE", "trade_state": "SUCCESS",
+                "amount": {"total": 300, "currency": "CNY"}})
+            .to_string();
+            (200, body, &forger)
+        } else {
+            (204, String::new(), &platform)
+        };
+        let timestamp = now_secs().to_string();
+        let signature =
+            engine::wechatpay::sign_answer(key, &timestamp, "LIE", body.as_bytes(), &rng);
+        let headers = vec![
+            ("Wechatpay-Timestamp".to_owned(), timestamp),
+            ("Wechatpay-Nonce".to_owned(), "LIE".to_owned()),
+            ("Wechatpay-Signature".to_owned(), signature),
+        ];
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_signed_with_another_key_are_never_believed() {
+    let provider = lying_provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = shop_env(&provider);
+    env.push(("PANSHI_ORDER_TTL_SECS".into(), "2".into()));
+    env.push(("PANSHI_LOG__LEVEL".into(), "error".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut server = Server::start_with(dir.path(), &env);
+    server.product("lie", 300, &keys("L", 4)).await;
+    let refused = order_from(&server, "lie", "wxpay", DESKTOP).await;
+    assert_eq!(
+        refused["payment"]["channel"], "epay",
+        "a code_url signed with another key is not believed: the next channel takes it"
+    );
+    let wechat = order_from(&server, "lie", "wxpay", DESKTOP).await;
+    assert_eq!(wechat["payment"]["channel"], "wechat");
+    let alipay = order_from(&server, "lie", "alipay", DESKTOP).await;
+    assert_eq!(alipay["payment"]["channel"], "alipay");
+    // Before the keys are released each is queried; the "paid" answers are forged.
+    wait_for(&server, &wechat, "expired").await;
+    wait_for(&server, &alipay, "expired").await;
+    assert_eq!(
+        server.stock("lie").await,
+        (4, 0, 0),
+        "nothing was sold on a forged answer"
+    );
+    server.stop();
+    let (clean, report) = server.audit();
+    assert!(clean, "{report}");
+}
