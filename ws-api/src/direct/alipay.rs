@@ -429,6 +429,80 @@ mod tests {
         .is_err());
     }
 
+    fn client(product: &str) -> AlipayClient {
+        let section = AlipaySection {
+            app_id: Some("2021000000000001".into()),
+            private_key: Some(crate::settings::Secret(
+                include_str!("../../../simulations/keys/alipay_app.private.pem").into(),
+            )),
+            alipay_public_key: Some(crate::settings::Secret(
+                include_str!("../../../simulations/keys/alipay_gateway.public.pem").into(),
+            )),
+            gateway_url: "https://gw.example/gateway.do".into(),
+            product: product.into(),
+            ..AlipaySection::default()
+        };
+        let config = AlipayConfig::from_settings(&section).unwrap().unwrap();
+        AlipayClient::new(Arc::new(config), Arc::new(actors::SystemClock))
+    }
+
+    fn request(phone: bool) -> CreateRequest {
+        CreateRequest {
+            order_id: OrderId::parse("o1").unwrap(),
+            method: "alipay".into(),
+            amount_cents: 1250,
+            currency: "CNY".into(),
+            name: "VPN 30 天 & more".into(),
+            notify_url: "https://shop.example/api/v1/payments/alipay/notify".into(),
+            return_url: "https://shop.example/".into(),
+            phone,
+        }
+    }
+
+    /// The URL's parameters, decoded.
+    fn params(url: &str) -> Vec<(String, String)> {
+        serde_urlencoded::from_str(url.split_once('?').unwrap().1).unwrap()
+    }
+
+    #[test]
+    fn page_urls_are_signed_and_phones_get_wap() {
+        let app_public = PublicKey::parse(include_str!(
+            "../../../simulations/keys/alipay_app.public.pem"
+        ))
+        .unwrap();
+        let cases = [
+            (
+                "page",
+                false,
+                "alipay.trade.page.pay",
+                "FAST_INSTANT_TRADE_PAY",
+            ),
+            ("page", true, "alipay.trade.wap.pay", "QUICK_WAP_WAY"),
+            ("wap", false, "alipay.trade.wap.pay", "QUICK_WAP_WAY"),
+        ];
+        for (product, phone, method, product_code) in cases {
+            let client = client(product);
+            assert!(client.creates_locally(&request(phone)));
+            let wap = client.config.product == AlipayProduct::Wap || phone;
+            let params = params(&client.page_url(&request(phone), wap));
+            let get = |name: &str| params.iter().find(|(k, _)| k == name).unwrap().1.clone();
+            assert_eq!(get("method"), method);
+            let biz: Value = serde_json::from_str(&get("biz_content")).unwrap();
+            assert_eq!(
+                biz["total_amount"], "12.50",
+                "yuan with two decimals, as text"
+            );
+            assert_eq!(biz["product_code"], product_code);
+            let view: Vec<(&str, &str)> = params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let content = engine::alipay::request_content(&view);
+            assert!(app_public.verify_base64(content.as_bytes(), &get("sign")));
+        }
+        assert!(!client("precreate").creates_locally(&request(false)));
+    }
+
     #[test]
     fn a_trade_alipay_never_saw_is_not_paid() {
         let (alipay, public) = keys();

@@ -129,18 +129,18 @@ fn header<'a>(request: &'a HttpRequest, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-/// Verifies a WeChat Pay notify and decrypts what it says; the error is the answer.
+/// Why a WeChat Pay notify is refused: the status and message of the answer.
+type WechatRefusal = (StatusCode, &'static str);
+
+/// Verifies a WeChat Pay notify and decrypts what it says.
 fn wechat_transaction(
     request: &HttpRequest,
     body: &[u8],
     state: &AppState,
-) -> Result<TransactionState, HttpResponse> {
+) -> Result<TransactionState, WechatRefusal> {
     let Some(config) = &state.direct.wechat else {
         counted_for("wechat", "rejected", "not_configured");
-        return Err(wechat_fail(
-            StatusCode::BAD_REQUEST,
-            "wechat is not configured",
-        ));
+        return Err((StatusCode::BAD_REQUEST, "wechat is not configured"));
     };
     let headers = SignedHeaders {
         timestamp: header(request, "Wechatpay-Timestamp"),
@@ -153,16 +153,16 @@ fn wechat_transaction(
     {
         tracing::warn!(%rejection, "wechat notify rejected");
         counted_for("wechat", "rejected", "verification");
-        return Err(wechat_fail(StatusCode::UNAUTHORIZED, "signature"));
+        return Err((StatusCode::UNAUTHORIZED, "signature"));
     }
     let notification: Notification<'_> = serde_json::from_slice(body).map_err(|_| {
         counted_for("wechat", "rejected", "body");
-        wechat_fail(StatusCode::BAD_REQUEST, "the body is not a notification")
+        (StatusCode::BAD_REQUEST, "the body is not a notification")
     })?;
     let resource = &notification.resource;
     if resource.algorithm != "AEAD_AES_256_GCM" {
         counted_for("wechat", "rejected", "body");
-        return Err(wechat_fail(StatusCode::BAD_REQUEST, "unknown algorithm"));
+        return Err((StatusCode::BAD_REQUEST, "unknown algorithm"));
     }
     let plain = engine::wechatpay::decrypt_resource(
         &config.api_v3_key,
@@ -175,12 +175,12 @@ fn wechat_transaction(
     .map_err(|rejection| {
         tracing::warn!(%rejection, "wechat notify resource does not decrypt");
         counted_for("wechat", "rejected", "verification");
-        wechat_fail(StatusCode::BAD_REQUEST, "resource")
+        (StatusCode::BAD_REQUEST, "resource")
     })?;
     transaction_state(&plain, config).map_err(|reason| {
         tracing::warn!(reason, "wechat notify refused");
         counted_for("wechat", "rejected", "transaction");
-        wechat_fail(StatusCode::BAD_REQUEST, reason)
+        (StatusCode::BAD_REQUEST, reason)
     })
 }
 
@@ -200,7 +200,7 @@ async fn wechat_notify(
             counted_for("wechat", "ignored", "not_paid");
             return HttpResponse::NoContent().finish();
         }
-        Err(answer) => return answer,
+        Err((status, message)) => return wechat_fail(status, message),
     };
     if !in_cny(&state, &order_id) {
         counted_for("wechat", "rejected", "currency");
