@@ -74,13 +74,12 @@ pub(crate) fn public_key(
     engine::keys::PublicKey::parse(&text.0).map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
-/// An http or https base URL, or an error naming the setting.
+/// An http or https base URL (`post::web_url`'s rules, as for every URL setting), or an
+/// error naming the setting.
 pub(crate) fn http_url(name: &str, url: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        url.starts_with("https://") || url.starts_with("http://"),
-        "{name} must be an http or https URL"
-    );
-    Ok(())
+    crate::post::web_url(url)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
 /// A required setting, or an error naming it.
