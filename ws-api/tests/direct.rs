@@ -568,6 +568,8 @@ async fn orders_fall_back_to_epay_while_a_direct_breaker_is_open_and_return_when
     .unwrap();
     let mut env = shop_env(gateway.base_url());
     env.push(("PANSHI_ALIPAY__PRODUCT".into(), "precreate".into()));
+    // The failed creations and the manual queue are the point: their warnings are not output.
+    env.push(("PANSHI_LOG__LEVEL".into(), "error".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let server = Server::start_full(
         &dir.path().join("data"),
@@ -748,6 +750,75 @@ async fn a_malformed_or_missing_key_refuses_the_start_and_names_it() {
         !started && stderr.contains("wechat.merchant_private_key"),
         "{stderr}"
     );
+}
+
+/// `panshi config check FILE`: exit status, stdout, stderr.
+fn config_check(file: &std::path::Path) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_panshi"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("PANSHI_")) {
+        command.env_remove(name);
+    }
+    let output = command
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_reads_the_direct_channels_keys_and_names_their_unknown_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let app_key = write("alipay_app.pem", simkeys::ALIPAY_APP_PRIVATE_PEM);
+    let alipay_public = write("alipay_public.pem", simkeys::ALIPAY_GATEWAY_PUBLIC_PEM);
+    let merchant_key = write("apiclient_key.pem", simkeys::WECHAT_MERCHANT_PRIVATE_PEM);
+    let platform_public = write("wechatpay_public.pem", simkeys::WECHAT_PLATFORM_PUBLIC_PEM);
+    let api_v3 = write("apiv3.key", simkeys::WECHAT_API_V3_KEY);
+    let config = |alipay_public_key: &str, extra: &str| {
+        format!(
+            "public_url = \"https://shop.example.com\"\n\
+             [alipay]\napp_id = \"{}\"\nprivate_key_file = \"{app_key}\"\n{alipay_public_key}\n\
+             [wechat]\nmch_id = \"{}\"\napp_id = \"{}\"\napi_v3_key_file = \"{api_v3}\"\n\
+             merchant_private_key_file = \"{merchant_key}\"\nmerchant_serial_no = \"{}\"\n\
+             platform_public_key_file = \"{platform_public}\"\n{extra}",
+            simkeys::ALIPAY_APP_ID,
+            simkeys::WECHAT_MCH_ID,
+            simkeys::WECHAT_APP_ID,
+            simkeys::WECHAT_MERCHANT_SERIAL_NO,
+        )
+    };
+    let good = config(&format!("alipay_public_key_file = \"{alipay_public}\""), "");
+    let (code, stdout, stderr) = config_check(std::path::Path::new(&write("good.toml", &good)));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        !stdout.contains("no payment channel"),
+        "both direct channels count as payment channels: {stdout}"
+    );
+
+    let bad_key = config("alipay_public_key = \"MIIBbad, not a key\"", "");
+    let (code, stdout, stderr) = config_check(std::path::Path::new(&write("bad.toml", &bad_key)));
+    assert_ne!(code, 0, "a malformed key passed: {stdout}");
+    assert!(stderr.contains("alipay.alipay_public_key"), "{stderr}");
+    assert!(!stderr.contains("MII"), "no key material: {stderr}");
+
+    let unknown = config(
+        &format!("alipay_public_key_file = \"{alipay_public}\"\nappid = \"x\""),
+        "mch_idd = \"1\"\n",
+    );
+    let (code, _, stderr) = config_check(std::path::Path::new(&write("typo.toml", &unknown)));
+    assert_ne!(code, 0);
+    for key in ["`alipay.appid`", "`wechat.mch_idd`"] {
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
