@@ -15,6 +15,7 @@ use engine::wechatpay::ApiV3Key;
 use serde_json::{json, Value};
 use simulations::gateway::keys::{self as simkeys, shop_env};
 use simulations::gateway::{self, Config, Faults, Gateway, NotifyOutcome};
+use ws_api::routes::direct_notify::{ALIPAY_NOTIFY_BYTES_MAX, WECHAT_NOTIFY_BYTES_MAX};
 
 const IPHONE: &str =
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148";
@@ -335,10 +336,40 @@ async fn forged_foreign_wrong_amount_and_replayed_alipay_notifies_change_nothing
         400,
         "another trade for a paid order"
     );
+    let replayed_cheaper = alipay_notify(&order, app_id, "0.01", "T1", &alipay);
+    assert_eq!(
+        post_alipay(&server, replayed_cheaper).await,
+        (400, "fail".into()),
+        "the applied trade with another amount is no replay"
+    );
+    let oversized = format!("padding={}", "x".repeat(ALIPAY_NOTIFY_BYTES_MAX));
+    assert_eq!(post_alipay(&server, oversized).await, (413, "fail".into()));
     assert_eq!(server.stock("guard").await, (2, 0, 1));
     server.stop();
     let (clean, report) = server.audit();
     assert!(clean, "{report}");
+}
+
+/// The notifies are in the served API document (so schemathesis fuzzes them), and another
+/// method on them is 405 with the `Allow` the document gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notify_routes_are_documented_and_take_only_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let document: Value = serde_json::from_str(&server.get_text("/api/v1/openapi.json").await)
+        .expect("the document is JSON");
+    for channel in ["alipay", "wechat"] {
+        let path = format!("/api/v1/payments/{channel}/notify");
+        let item = &document["paths"][&path];
+        assert!(item["post"].is_object(), "{path} is not documented");
+        let response = server.http.get(server.url(&path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 405, "{path}");
+        assert_eq!(
+            response.headers().get("allow").map(|v| v.to_str().unwrap()),
+            Some("POST"),
+            "{path}"
+        );
+    }
 }
 
 struct WechatNotify {
@@ -488,6 +519,24 @@ async fn forged_foreign_wrong_amount_stale_and_replayed_wechat_notifies_change_n
         400,
         "another transaction for a paid order"
     );
+    let replayed_cheaper = wechat_notify(
+        transaction(&order, simkeys::WECHAT_MCH_ID, 1, "4200000001"),
+        api_v3,
+        &platform,
+        now,
+    );
+    assert_eq!(
+        post_wechat(&server, &replayed_cheaper).await,
+        400,
+        "the applied transaction with another amount is no replay"
+    );
+    let mut oversized = wechat_notify(good(), api_v3, &platform, now);
+    oversized.body = format!(
+        "{:width$}",
+        oversized.body,
+        width = WECHAT_NOTIFY_BYTES_MAX + 1
+    );
+    assert_eq!(post_wechat(&server, &oversized).await, 413);
     assert_eq!(server.stock("wx").await, (2, 0, 1));
     server.stop();
     let (clean, report) = server.audit();

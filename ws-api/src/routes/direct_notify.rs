@@ -57,10 +57,13 @@ async fn alipay_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
         counted_for("alipay", "rejected", "not_configured");
         return fail();
     };
-    let Ok(body) = read_body(payload, ALIPAY_NOTIFY_BYTES_MAX, crate::payload_too_large).await
-    else {
-        counted_for("alipay", "rejected", "body");
-        return fail();
+    let body = match read_body(payload, ALIPAY_NOTIFY_BYTES_MAX, crate::payload_too_large).await {
+        Ok(body) => body,
+        // Too large (413) or too slow (408), as for every callback.
+        Err(error) => {
+            counted_for("alipay", "rejected", "body");
+            return alipay_answer(error.status, "fail");
+        }
     };
     let Ok(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
         counted_for("alipay", "rejected", "body");
@@ -189,10 +192,13 @@ async fn wechat_notify(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Ok(body) = read_body(payload, WECHAT_NOTIFY_BYTES_MAX, crate::payload_too_large).await
-    else {
-        counted_for("wechat", "rejected", "body");
-        return wechat_fail(StatusCode::PAYLOAD_TOO_LARGE, "body");
+    let body = match read_body(payload, WECHAT_NOTIFY_BYTES_MAX, crate::payload_too_large).await {
+        Ok(body) => body,
+        // Too large (413) or too slow (408), as for every callback.
+        Err(error) => {
+            counted_for("wechat", "rejected", "body");
+            return wechat_fail(error.status, "body too large or too slow");
+        }
     };
     let (order_id, payment) = match wechat_transaction(&request, &body, &state) {
         Ok(TransactionState::Paid { order_id, payment }) => (order_id, payment),
