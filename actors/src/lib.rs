@@ -202,6 +202,9 @@ pub struct OrderRequest {
     pub client_ip: Option<String>,
     /// The buyer holds a valid VIP invite (`Shop::vip_invite_valid`): queues in the VIP lane.
     pub vip: bool,
+    /// The buyer's browser is a phone's (its User-Agent): Alipay's wap flow instead of
+    /// the desktop page. Not part of the idempotency fingerprint.
+    pub phone: bool,
 }
 
 /// An order as its buyer may see it.
@@ -790,6 +793,7 @@ impl Shop {
             name: &product.name,
             amount_cents,
             currency: product.currency,
+            phone: request.phone,
         };
         let link = match self.payment_link(&request.channel, &subject).await {
             Ok(link) => link,
@@ -1099,6 +1103,8 @@ pub fn payment_channel_label(channel: &str) -> &'static str {
         "epay" => "epay",
         "epusdt" => "epusdt",
         "stripe" => "stripe",
+        "alipay" => "alipay",
+        "wechat" => "wechat",
         _ => "other",
     }
 }

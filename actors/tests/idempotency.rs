@@ -54,6 +54,7 @@ fn request(key: &str) -> OrderRequest {
         fingerprint: 42,
         client_ip: None,
         vip: false,
+        phone: false,
     }
 }
 

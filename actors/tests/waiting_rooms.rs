@@ -54,6 +54,7 @@ fn request(n: u64) -> OrderRequest {
         fingerprint: n,
         client_ip: None,
         vip: false,
+        phone: false,
     }
 }
 

@@ -12,11 +12,13 @@
 //! always give the same outputs: the simulator replays a seed exactly, and `panshi audit`
 //! re-derives the shop from the log with the very code that ran it.
 
+pub mod alipay;
 pub mod breaker;
 pub mod error;
 pub mod events;
 pub mod ids;
 pub mod import;
+pub mod keys;
 pub mod ledger;
 pub mod mail;
 pub mod money;
@@ -28,6 +30,7 @@ pub mod risk;
 pub mod state;
 pub mod time;
 pub mod waiting_room;
+pub mod wechatpay;
 
 pub use error::Rejection;
 pub use events::{

@@ -12,6 +12,7 @@ pub mod auth_backoff;
 pub mod client;
 pub mod client_faults;
 pub mod connections;
+pub mod direct;
 pub mod drain;
 pub mod edge;
 pub mod error;
@@ -81,6 +82,8 @@ pub struct AppState {
     pub lifecycle: Arc<drain::Lifecycle>,
     /// Below this many free bytes on the data dir's disk the server is not ready.
     pub free_bytes_min: u64,
+    /// Alipay and WeChat Pay direct, where configured (their notifies' keys).
+    pub direct: direct::DirectChannels,
 }
 
 impl AppState {

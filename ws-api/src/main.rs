@@ -532,6 +532,12 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    let direct = ws_api::direct::DirectChannels {
+        alipay: ws_api::direct::alipay::AlipayConfig::from_settings(&settings.alipay)?
+            .map(Arc::new),
+        wechat: ws_api::direct::wechat::WechatConfig::from_settings(&settings.wechat)?
+            .map(Arc::new),
+    };
     let shop_settings = Settings {
         sealing_key,
         flash: settings.flash.settings(&settings.overload),
@@ -559,7 +565,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             shop_settings,
             Arc::new(SystemClock),
             Arc::new(OsEntropy),
-            gateways(&settings, epay.as_ref()),
+            gateways(&settings, epay.as_ref(), &direct),
         );
         let resealed = shop.seal_legacy_secrets().await?;
         if resealed > 0 {
@@ -631,6 +637,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
                 .map(|t| t.0.trim().to_owned()),
             lifecycle: lifecycle.clone(),
             free_bytes_min: settings.storage.free_bytes_min,
+            direct,
         });
         ws_api::observe::start_evaluator(
             state.clone(),
@@ -692,10 +699,12 @@ fn listen(address: &str) -> anyhow::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The gateways the shop queries to reconcile orders. The demo gateway has no query API.
+/// The gateways the shop creates payments at and queries to reconcile orders. The demo
+/// gateway has no query API.
 fn gateways(
     settings: &ServerSettings,
     epay: Option<&EpaySettings>,
+    direct: &ws_api::direct::DirectChannels,
 ) -> Vec<(String, Arc<dyn actors::channel::GatewayClient>)> {
     let mut gateways: Vec<(String, Arc<dyn actors::channel::GatewayClient>)> = Vec::new();
     if let (Some(epay), false) = (epay, settings.demo) {
@@ -711,6 +720,16 @@ fn gateways(
     if let Some(secret_key) = &settings.stripe.secret_key {
         let client = ws_api::gateways::StripeClient::new(&settings.stripe.api_base, &secret_key.0);
         gateways.push(("stripe".to_owned(), Arc::new(client)));
+    }
+    if let Some(config) = &direct.alipay {
+        let client =
+            ws_api::direct::alipay::AlipayClient::new(config.clone(), Arc::new(SystemClock));
+        gateways.push(("alipay".to_owned(), Arc::new(client)));
+    }
+    if let Some(config) = &direct.wechat {
+        let client =
+            ws_api::direct::wechat::WechatClient::new(config.clone(), Arc::new(SystemClock));
+        gateways.push(("wechat".to_owned(), Arc::new(client)));
     }
     gateways
 }

@@ -53,6 +53,10 @@ pub struct ServerSettings {
     pub epay: EpaySection,
     pub epusdt: EpusdtSection,
     pub stripe: StripeSection,
+    /// Alipay direct (Open Platform, RSA2).
+    pub alipay: AlipaySection,
+    /// WeChat Pay direct (API v3).
+    pub wechat: WechatSection,
     /// Payment method -> ordered channels (primary first), for example
     /// `alipay = ["epay"]`, `usdt = ["epusdt"]`, `card = ["stripe", "epay"]`.
     pub payment_methods: std::collections::BTreeMap<String, Vec<String>>,
@@ -233,6 +237,75 @@ impl Default for StripeSection {
             api_base: "https://api.stripe.com".into(),
             secret_key: None,
             webhook_secret: None,
+        }
+    }
+}
+
+/// Alipay direct. Keys are PEM (or the bare base64 body Alipay's key tool writes), inline or
+/// from a file (`*_file`), one or the other; checked at start.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct AlipaySection {
+    pub app_id: Option<String>,
+    /// The merchant's application private key (PKCS#1 or PKCS#8).
+    pub private_key: Option<Secret>,
+    pub private_key_file: Option<PathBuf>,
+    /// Alipay's public key (not the application's own public key).
+    pub alipay_public_key: Option<Secret>,
+    pub alipay_public_key_file: Option<PathBuf>,
+    pub gateway_url: String,
+    /// `page` (desktop cashier; phones get wap), `wap`, or `precreate` (a QR code).
+    pub product: String,
+}
+
+impl Default for AlipaySection {
+    fn default() -> Self {
+        Self {
+            app_id: None,
+            private_key: None,
+            private_key_file: None,
+            alipay_public_key: None,
+            alipay_public_key_file: None,
+            gateway_url: crate::direct::alipay::ALIPAY_GATEWAY_URL_DEFAULT.into(),
+            product: "page".into(),
+        }
+    }
+}
+
+/// WeChat Pay direct (API v3, Native payments). Keys as for Alipay.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct WechatSection {
+    pub mch_id: Option<String>,
+    /// The AppID bound to the merchant (an official account's or a website application's).
+    pub app_id: Option<String>,
+    /// The APIv3 key: 32 characters.
+    pub api_v3_key: Option<Secret>,
+    pub api_v3_key_file: Option<PathBuf>,
+    /// The merchant's API private key (`apiclient_key.pem`).
+    pub merchant_private_key: Option<Secret>,
+    pub merchant_private_key_file: Option<PathBuf>,
+    /// The serial number of the merchant's API certificate.
+    pub merchant_serial_no: Option<String>,
+    /// WeChat Pay's public key (the merchant platform's "WeChat Pay public key").
+    pub platform_public_key: Option<Secret>,
+    pub platform_public_key_file: Option<PathBuf>,
+    pub api_base: String,
+}
+
+impl Default for WechatSection {
+    fn default() -> Self {
+        Self {
+            mch_id: None,
+            app_id: None,
+            api_v3_key: None,
+            api_v3_key_file: None,
+            merchant_private_key: None,
+            merchant_private_key_file: None,
+            merchant_serial_no: None,
+            platform_public_key: None,
+            platform_public_key_file: None,
+            api_base: crate::direct::wechat::WECHAT_API_BASE_DEFAULT.into(),
         }
     }
 }
@@ -576,6 +649,8 @@ impl Default for ServerSettings {
             epay: EpaySection::default(),
             epusdt: EpusdtSection::default(),
             stripe: StripeSection::default(),
+            alipay: AlipaySection::default(),
+            wechat: WechatSection::default(),
             payment_methods: actors::payment::default_methods(),
             http: HttpSection::default(),
             metrics: MetricsSection::default(),
@@ -915,6 +990,14 @@ impl ServerSettings {
                 problems.push(problem);
             }
         }
+        // The direct channels' keys are parsed here, so a malformed or missing one stops the
+        // start (and `config check`), named; the error never quotes a key.
+        if let Err(error) = crate::direct::alipay::AlipayConfig::from_settings(&self.alipay) {
+            problems.push(format!("{error:#}"));
+        }
+        if let Err(error) = crate::direct::wechat::WechatConfig::from_settings(&self.wechat) {
+            problems.push(format!("{error:#}"));
+        }
     }
 
     /// The operator and scrape tokens' floors, demo mode's bounds, the retired VIP list.
@@ -975,6 +1058,18 @@ impl ServerSettings {
         if self.stripe.secret_key.is_some() || self.stripe.webhook_secret.is_some() {
             names.push("stripe");
         }
+        if self.alipay.app_id.is_some()
+            || self.alipay.private_key.is_some()
+            || self.alipay.private_key_file.is_some()
+        {
+            names.push("alipay");
+        }
+        if self.wechat.mch_id.is_some()
+            || self.wechat.api_v3_key.is_some()
+            || self.wechat.api_v3_key_file.is_some()
+        {
+            names.push("wechat");
+        }
         names
     }
 
@@ -999,6 +1094,8 @@ impl ServerSettings {
             || self.epay.pid.is_some()
             || self.epusdt.gateway_url.is_some()
             || self.stripe.secret_key.is_some()
+            || self.alipay.app_id.is_some()
+            || self.wechat.mch_id.is_some()
     }
 
     /// Settings that work but are probably not what the operator wants; each is logged at
@@ -1007,8 +1104,8 @@ impl ServerSettings {
         let mut warnings = Vec::new();
         if !self.payment_configured() {
             warnings.push(
-                "no payment channel is configured ([epay], [epusdt] or [stripe]): buyers see \
-                 products as temporarily unavailable and cannot order"
+                "no payment channel is configured ([alipay], [wechat], [epay], [epusdt] or \
+                 [stripe]): buyers see products as temporarily unavailable and cannot order"
                     .to_owned(),
             );
         }

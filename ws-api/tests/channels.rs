@@ -11,58 +11,6 @@ use common::*;
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
-
-/// A stand-in HTTP server: `handler(request line, body)` answers each request.
-async fn stand_in(handler: Handler) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 65536];
-                let mut read = 0;
-                loop {
-                    let n = socket.read(&mut buffer[read..]).await.unwrap_or(0);
-                    read += n;
-                    let text = String::from_utf8_lossy(&buffer[..read]);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if read >= end + 4 + length || n == 0 {
-                            break;
-                        }
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let text = String::from_utf8_lossy(&buffer[..read]).into_owned();
-                let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-                let line = head.lines().next().unwrap_or("").to_owned();
-                let (status, answer) = handler(&line, body);
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    url
-}
 
 const EPUSDT_TOKEN: &str = "epusdt-test-token";
 const STRIPE_WEBHOOK_SECRET: &str = "whsec_test_0123456789";

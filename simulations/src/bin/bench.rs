@@ -240,6 +240,7 @@ async fn buy(shop: Shop, count: u64) -> anyhow::Result<Histogram<u64>> {
             fingerprint: n,
             client_ip: None,
             vip: false,
+            phone: false,
         };
         let order = shop.create_order(request).await?;
         let payment = Payment {

@@ -1,6 +1,8 @@
 //! The deterministic simulator. One `u64` seed drives everything: the fault settings, the
-//! buyers (bursty, flash-sale shaped), the gateway (dropped, duplicated, delayed, reordered
-//! and forged notifies), the clock, and crashes with the unsynced log tail lost or torn.
+//! buyers (bursty, flash-sale shaped), the gateways (Epay, Alipay and WeChat Pay direct:
+//! dropped, duplicated, delayed, reordered, forged and replayed notifies, each in its
+//! protocol's wire form and verified as the edge verifies it), the clock, and crashes with
+//! the unsynced log tail lost or torn.
 //!
 //! It drives the real engine (decisions, `ShopState` validation) and the real storage (log,
 //! fdatasync, recovery, sled mirror, audit). The order flow follows the actors' sequence:
@@ -9,6 +11,7 @@
 //! failing seed replays exactly.
 
 mod cards;
+mod direct;
 mod gateway;
 mod mail;
 mod resellers;
@@ -23,7 +26,7 @@ use engine::{
     CardId, Currency, Event, Fulfilment, NewOrder, Order, OrderId, OrderStatus, Payment, Product,
     ReviewReason, Sku,
 };
-use gateway::{Gateway, Notify};
+use gateway::{Gateway, Notify, Protocol};
 pub use rng::Rng;
 use storage::Store;
 
@@ -44,6 +47,8 @@ pub struct Faults {
     pub notify_duplicate_percent: u64,
     pub notify_delay_ms_max: u64,
     pub notify_forge_percent: u64,
+    /// Share of payments one of whose genuine notifies is captured and replayed later.
+    pub notify_replay_percent: u64,
     pub crash_per_mille: u64,
     pub torn_tail_percent: u64,
     pub sync_failure_per_mille: u64,
@@ -58,6 +63,7 @@ impl Faults {
             notify_duplicate_percent: rng.below(40),
             notify_delay_ms_max: rng.below(120_000),
             notify_forge_percent: rng.below(15),
+            notify_replay_percent: rng.below(20),
             crash_per_mille: rng.below(25),
             torn_tail_percent: rng.below(100),
             sync_failure_per_mille: rng.below(8),
@@ -71,6 +77,7 @@ impl Faults {
             notify_duplicate_percent: 0,
             notify_delay_ms_max: 1_000,
             notify_forge_percent: 0,
+            notify_replay_percent: 0,
             crash_per_mille: 0,
             torn_tail_percent: 0,
             sync_failure_per_mille: 0,
@@ -83,11 +90,12 @@ impl fmt::Display for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%",
+            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%, replayed {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%",
             self.notify_drop_percent,
             self.notify_duplicate_percent,
             self.notify_delay_ms_max,
             self.notify_forge_percent,
+            self.notify_replay_percent,
             self.crash_per_mille,
             self.torn_tail_percent,
             self.sync_failure_per_mille,
@@ -115,6 +123,8 @@ pub struct Outcome {
     pub mails_given_up: u64,
     pub crashes: u64,
     pub notifies: u64,
+    /// Forged and stale replayed notifies the shop refused, as it must.
+    pub notifies_refused: u64,
     pub violations: Vec<String>,
 }
 
@@ -152,6 +162,8 @@ struct World {
     live: BTreeMap<OrderId, Order>,
     acked: BTreeMap<OrderId, Acked>,
     gateway: Gateway,
+    /// The direct channels' keys (parsed once).
+    direct_keys: direct::Keys,
     outcome: Outcome,
     keys_imported: u64,
     /// The first card imported sealed (every one after the setup's legacy import).
@@ -181,6 +193,7 @@ pub fn run(options: &Options) -> Outcome {
         live: BTreeMap::new(),
         acked: BTreeMap::new(),
         gateway: Gateway::default(),
+        direct_keys: direct::Keys::new(),
         outcome: Outcome::default(),
         keys_imported: 0,
         first_sealed_card: CardId(1),
@@ -324,7 +337,13 @@ impl World {
         }
     }
 
-    fn new_order(&mut self, sku: &Sku, quantity: u32, cards: Vec<CardId>) -> NewOrder {
+    fn new_order(
+        &mut self,
+        sku: &Sku,
+        quantity: u32,
+        cards: Vec<CardId>,
+        protocol: Protocol,
+    ) -> NewOrder {
         let price = self
             .store()
             .state()
@@ -345,9 +364,9 @@ impl World {
             } else {
                 "13800138000".into()
             },
-            channel: "epay".into(),
-            payment_channel: "epay".into(),
-            payment_url: "http://gateway.invalid/submit.php".into(),
+            channel: protocol.channel().into(),
+            payment_channel: protocol.channel().into(),
+            payment_url: format!("http://gateway.invalid/{}", protocol.channel()),
             payment_ref: String::new(),
             created_at_ms: self.now_ms,
             expires_at_ms: self.now_ms + ORDER_TTL_MS,
@@ -362,7 +381,8 @@ impl World {
         let Some(cards) = self.reserve(&sku, quantity as usize) else {
             return;
         };
-        let created = self.new_order(&sku, quantity, cards.clone());
+        let protocol = Protocol::ALL[self.rng.below(Protocol::ALL.len() as u64) as usize];
+        let created = self.new_order(&sku, quantity, cards.clone(), protocol);
         let id = created.order_id.clone();
         match self.commit(&Event::OrderCreated(Box::new(created.clone()))) {
             Ok(()) => {
@@ -394,15 +414,23 @@ impl World {
         if self.gateway.is_paid(&id) {
             return;
         }
-        let amount = self
-            .store()
-            .state()
-            .order(&id)
-            .map(|r| r.created.amount_cents);
-        let Some(amount_cents) = amount else { return };
+        let order = self.store().state().order(&id).map(|r| {
+            (
+                r.created.amount_cents,
+                Protocol::of_channel(&r.created.payment_channel),
+            )
+        });
+        let Some((amount_cents, protocol)) = order else {
+            return;
+        };
         let faults = self.faults.clone();
-        self.gateway
-            .pay(&mut self.rng, &faults, self.now_ms, &id, amount_cents);
+        self.gateway.pay(
+            &mut self.rng,
+            &faults,
+            self.now_ms,
+            (&id, protocol),
+            amount_cents,
+        );
     }
 
     fn advance(&mut self, by_ms: u64) {
@@ -464,38 +492,57 @@ impl World {
     }
 
     /// The gateway's notify reaches the shop: verify as the edge does, then apply as the
-    /// order actor does. The gateway retries until it hears `success`.
+    /// order actor does. The gateway retries until it hears `success`; forged notifies and
+    /// stale replays must be refused, and are never retried.
     fn deliver_notify(&mut self, notify: Notify) {
         self.outcome.notifies += 1;
-        if !notify.forged && self.rng.percent(self.faults.notify_drop_percent) {
+        let attacker = notify.forged || notify.replay_signed_at_ms.is_some();
+        if !attacker && self.rng.percent(self.faults.notify_drop_percent) {
             self.gateway.retry(notify, self.now_ms);
             return;
         }
-        let params = gateway::signed_params(&notify);
-        let verified = engine::payment::verify_epay_notify(&params, MERCHANT_PID, MERCHANT_KEY);
-        let verified = match (verified, notify.forged) {
-            (Err(_), true) => return,
+        let signed_at_ms = notify.replay_signed_at_ms.unwrap_or(self.now_ms);
+        // The shop's own rule, in whole seconds as the headers carry them.
+        let stale = notify.protocol == Protocol::Wechat
+            && (self.now_ms / 1000).abs_diff(signed_at_ms / 1000)
+                > engine::wechatpay::WECHATPAY_TOLERANCE_SECS;
+        let must_refuse = notify.forged || stale;
+        let nonce = self.rng.next();
+        let verified = direct::verify(
+            &self.direct_keys,
+            &notify,
+            nonce,
+            (signed_at_ms, self.now_ms),
+        );
+        let verified = match (verified, must_refuse) {
+            (Err(_), true) => {
+                self.outcome.notifies_refused += 1;
+                return;
+            }
             (Ok(_), true) => {
-                self.violation(format!("a forged notify for {} verified", notify.order_id));
+                self.violation(format!(
+                    "a forged or stale {:?} notify for {} verified",
+                    notify.protocol, notify.order_id
+                ));
                 return;
             }
             (Err(e), false) => {
                 self.violation(format!(
-                    "a genuine notify for {} failed: {e}",
-                    notify.order_id
+                    "a genuine {:?} notify for {} failed: {e}",
+                    notify.protocol, notify.order_id
                 ));
                 return;
             }
             (Ok(v), false) => v,
         };
         let payment = Payment {
-            channel: notify_channel(&verified.order_id).into(),
+            channel: notify_channel(&verified.order_id, notify.protocol.channel()).into(),
             gateway_trade_no: verified.trade_no,
             amount_cents: verified.amount_cents,
         };
         if self.apply_payment(&verified.order_id, &payment).is_ok() {
             self.gateway.acknowledged(&notify);
-        } else {
+        } else if !attacker {
             self.gateway.retry(notify, self.now_ms);
         }
     }
@@ -569,7 +616,7 @@ impl World {
         } else if in_flight.is_some() {
             let sku = Sku::parse(PRODUCTS[0].0).unwrap();
             if let Some(cards) = self.reserve(&sku, 1) {
-                let created = self.new_order(&sku, 1, cards);
+                let created = self.new_order(&sku, 1, cards, Protocol::Epay);
                 if let Ok(durable) = self
                     .store()
                     .commit(&Event::OrderCreated(Box::new(created.clone())))
@@ -841,7 +888,7 @@ const FOREIGN_CHANNEL_PERCENT: u64 = 3;
 
 /// The channel an order's (every) notify arrives through: fixed per order, so that the
 /// gateway's retries are replays of one transaction.
-fn notify_channel(order_id: &OrderId) -> &'static str {
+fn notify_channel(order_id: &OrderId, own: &'static str) -> &'static str {
     let hash = order_id
         .as_str()
         .bytes()
@@ -851,6 +898,6 @@ fn notify_channel(order_id: &OrderId) -> &'static str {
     if hash % 100 < FOREIGN_CHANNEL_PERCENT {
         "stripe"
     } else {
-        "epay"
+        own
     }
 }

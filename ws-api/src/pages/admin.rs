@@ -353,10 +353,10 @@ async fn payments_missing(lang: Lang, state: &AppState) -> Markup {
     html! {
         p.error #payments-missing role="alert" { (lang.pick(
             "Payments are not set up: buyers see every product as temporarily unavailable. \
-             Configure a payment channel ([epay], [epusdt] or [stripe]; see \
-             panshi.example.toml) and restart.",
-            "尚未配置支付：买家看到所有商品都暂时无法购买。请配置支付渠道（[epay]、[epusdt] 或 \
-             [stripe]，见 panshi.example.toml）后重启。")) }
+             Configure a payment channel ([alipay], [wechat], [epay], [epusdt] or [stripe]; \
+             see panshi.example.toml) and restart.",
+            "尚未配置支付：买家看到所有商品都暂时无法购买。请配置支付渠道（[alipay]、[wechat]、\
+             [epay]、[epusdt] 或 [stripe]，见 panshi.example.toml）后重启。")) }
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod assets;
 pub mod i18n;
+pub mod qr;
 pub mod session;
 pub mod shop;
 

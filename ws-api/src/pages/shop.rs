@@ -373,6 +373,7 @@ async fn buy(
         fingerprint: fingerprint(&form),
         client_ip: client.map(|ip| ip.to_string()),
         vip: crate::routes::orders::vip_lane(&state, Some(form.vip_code.trim()))?,
+        phone: crate::direct::from_phone(&request),
     };
     let order_request = match state.shop.queue_if_needed(order_request) {
         Ok(Ok(queued)) => {
@@ -572,6 +573,9 @@ fn order_main(
             p.status #status role="status" aria-live="polite" { (status_label(lang, status)) }
             p.conn #conn hidden { (lang.pick("Connection lost; reconnecting…", "连接中断，正在重新连接…")) }
             (steps(lang, status))
+            @if status == OrderStatus::AwaitingPayment {
+                (payment_qr(lang, &created.payment_channel, &created.payment_url))
+            }
             @if status == OrderStatus::AwaitingPayment && is_web_url(&created.payment_url) {
                 p #pay {
                     a.button href=(created.payment_url) target="_blank" rel="noopener noreferrer" {
@@ -590,6 +594,34 @@ fn order_main(
                                                 "付款确认后，卡密会立即显示在这里。")) }
             }
         }
+    }
+}
+
+/// The QR code a buyer scans with WeChat or Alipay, drawn here, for the payments that are
+/// scanned (WeChat Pay Native, Alipay precreate); nothing for the others.
+fn payment_qr(lang: Lang, channel: &str, url: &str) -> Markup {
+    if !super::qr::is_scanned(channel, url) {
+        return html! {};
+    }
+    let (label, caption) = if channel == "wechat" {
+        (
+            lang.pick("WeChat Pay QR code", "微信支付二维码"),
+            lang.pick("Scan with WeChat to pay.", "请使用微信扫码付款。"),
+        )
+    } else {
+        (
+            lang.pick("Alipay QR code", "支付宝二维码"),
+            lang.pick("Scan with Alipay to pay.", "请使用支付宝扫码付款。"),
+        )
+    };
+    match super::qr::svg(url, label) {
+        Some(code) => html! {
+            figure #pay-qr data-channel=(channel) {
+                (code)
+                figcaption.help { (caption) }
+            }
+        },
+        None => html! {},
     }
 }
 

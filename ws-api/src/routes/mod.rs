@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod demo;
+pub mod direct_notify;
 pub mod live;
 pub mod observability;
 pub mod ops;
@@ -23,6 +24,7 @@ use crate::AppState;
 pub fn configure(config: &mut web::ServiceConfig, state: &AppState) {
     orders::configure(config);
     payments::configure(config, state);
+    direct_notify::configure(config);
     live::configure(config);
     admin::configure(config);
     queue::configure(config);

@@ -111,6 +111,7 @@ async fn create_order(
         channel: body.channel,
         idempotency_key,
         client_ip: client.map(|ip| ip.to_string()),
+        phone: crate::direct::from_phone(&request),
     };
     let order_request = match state.shop.queue_if_needed(order_request)? {
         Ok(queued) => return Ok(crate::routes::queue::queued(&queued)),

@@ -110,7 +110,7 @@ fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
-fn counted_for(channel: &'static str, outcome: &'static str, reason: &'static str) {
+pub(crate) fn counted_for(channel: &'static str, outcome: &'static str, reason: &'static str) {
     metrics::counter!("panshi_payment_notifies_total", "channel" => channel, "outcome" => outcome, "reason" => reason)
         .increment(1);
 }
@@ -183,7 +183,7 @@ async fn epusdt_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
     }
 }
 
-enum Applied {
+pub(crate) enum Applied {
     Yes,
     Refused,
     /// The order was paid by another transaction before: this money must go back. An
@@ -222,7 +222,7 @@ async fn second_payment(
     }
 }
 
-async fn apply(
+pub(crate) async fn apply(
     state: &AppState,
     channel: &'static str,
     order_id: &engine::OrderId,

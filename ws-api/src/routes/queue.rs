@@ -92,7 +92,17 @@ async fn watch(
     let lifecycle = state.lifecycle.clone();
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        socket::pump(session, frames, TicketFeed { shop: state.shop.clone(), ticket, feed }, lifecycle).await;
+        socket::pump(
+            session,
+            frames,
+            TicketFeed {
+                shop: state.shop.clone(),
+                ticket,
+                feed,
+            },
+            lifecycle,
+        )
+        .await;
     });
     Ok(response)
 }

@@ -7,11 +7,12 @@ pub mod raw;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -785,4 +786,82 @@ pub fn unix_now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// A request a stand-in server received.
+pub struct Seen {
+    /// `POST /path HTTP/1.1`.
+    pub line: String,
+    /// The header lines, as received.
+    pub head: String,
+    pub body: String,
+}
+
+impl Seen {
+    /// A header's value (names compared without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// A stand-in server's answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+pub type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
+
+/// A stand-in HTTP server: `handler(request line, body)` answers each request with JSON.
+pub async fn stand_in(handler: Handler) -> String {
+    stand_in_with(Arc::new(move |seen: &Seen| {
+        let (status, body) = handler(&seen.line, &seen.body);
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }))
+    .await
+}
+
+/// A stand-in HTTP server that sees every request whole and answers with any headers.
+pub async fn stand_in_with(handler: Arc<dyn Fn(&Seen) -> Reply + Send + Sync>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let Some((head, body)) = read_request(&mut socket).await else {
+                    return;
+                };
+                let (line, head) = head.split_once("\r\n").unwrap_or((&head, ""));
+                let reply = handler(&Seen {
+                    line: line.to_owned(),
+                    head: head.trim_end().to_owned(),
+                    body,
+                });
+                let mut response = format!(
+                    "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    reply.status,
+                    reply.body.len()
+                );
+                for (name, value) in &reply.headers {
+                    response.push_str(&format!("{name}: {value}\r\n"));
+                }
+                response.push_str("\r\n");
+                response.push_str(&reply.body);
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
 }
