@@ -15,6 +15,10 @@
 //! - `stock_low`: a SKU's available keys are below `stock_min`.
 //! - `delivery_overdue`: a paid order has waited `delivery_overdue_ms` without its keys, or
 //!   the manual-review queue is not empty.
+//! - `disk_space_low`: the data dir's file system has less than `disk_free_bytes_min` free
+//!   (a full disk stops the log).
+//! - `mirror_lag`: the oldest durable change not yet in sled has waited `mirror_lag_ms_max`
+//!   (sled is stuck or failing; reads of older orders would miss what the log holds).
 //!
 //! Invariants: the history holds at most `ALERT_HISTORY_SAMPLES_MAX` samples, the active set
 //! at most `ALERTS_ACTIVE_MAX` alerts and the recent list `ALERTS_RECENT_MAX`; samples must
@@ -43,6 +47,8 @@ pub struct AlertSettings {
     pub payment_orders_min: u64,
     pub stock_min: u64,
     pub delivery_overdue_ms: u64,
+    pub disk_free_bytes_min: u64,
+    pub mirror_lag_ms_max: u64,
 }
 
 impl Default for AlertSettings {
@@ -59,6 +65,8 @@ impl Default for AlertSettings {
             payment_orders_min: 20,
             stock_min: 5,
             delivery_overdue_ms: 60_000,
+            disk_free_bytes_min: 1 << 30,
+            mirror_lag_ms_max: 10_000,
         }
     }
 }
@@ -87,6 +95,11 @@ pub struct Sample {
     /// When the oldest paid, undelivered order (not in review) was paid, if there is one.
     pub oldest_undelivered_paid_at_ms: Option<u64>,
     pub manual_review_count: u64,
+    /// Free bytes on the data dir's file system, when it could be read.
+    pub data_dir_free_bytes: Option<u64>,
+    /// Durable records not yet in sled, and how long the oldest has waited.
+    pub mirror_lag_records: u64,
+    pub mirror_lag_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,15 +109,19 @@ pub enum Rule {
     PaymentSuccess,
     StockLow,
     DeliveryOverdue,
+    DiskSpaceLow,
+    MirrorLag,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 5] = [
+    pub const ALL: [Rule; 7] = [
         Rule::LatencyRising,
         Rule::ErrorRate,
         Rule::PaymentSuccess,
         Rule::StockLow,
         Rule::DeliveryOverdue,
+        Rule::DiskSpaceLow,
+        Rule::MirrorLag,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +131,8 @@ impl Rule {
             Rule::PaymentSuccess => "payment_success",
             Rule::StockLow => "stock_low",
             Rule::DeliveryOverdue => "delivery_overdue",
+            Rule::DiskSpaceLow => "disk_space_low",
+            Rule::MirrorLag => "mirror_lag",
         }
     }
 }
@@ -202,6 +221,8 @@ impl Alerts {
         firing.extend(self.payment_success());
         firing.extend(self.stock_low());
         firing.extend(self.delivery_overdue());
+        firing.extend(self.disk_space_low());
+        firing.extend(self.mirror_lagging());
         firing
     }
 
@@ -394,6 +415,35 @@ impl Alerts {
                     "{} s",
                     latest.at_ms.saturating_sub(paid_at_ms) / 1000
                 ))
+            ),
+        })
+    }
+}
+
+impl Alerts {
+    fn disk_space_low(&self) -> Option<Firing> {
+        let free_bytes = self.latest().data_dir_free_bytes?;
+        let min = self.settings.disk_free_bytes_min;
+        (free_bytes < min).then(|| Firing {
+            rule: Rule::DiskSpaceLow,
+            subject: String::new(),
+            message: format!(
+                "the data dir's disk has {} MiB free (threshold {} MiB); a full disk stops the log",
+                free_bytes >> 20,
+                min >> 20
+            ),
+        })
+    }
+
+    fn mirror_lagging(&self) -> Option<Firing> {
+        let latest = self.latest();
+        (latest.mirror_lag_ms >= self.settings.mirror_lag_ms_max).then(|| Firing {
+            rule: Rule::MirrorLag,
+            subject: String::new(),
+            message: format!(
+                "sled is {} records behind the log; the oldest has waited {} s",
+                latest.mirror_lag_records,
+                latest.mirror_lag_ms / 1000
             ),
         })
     }

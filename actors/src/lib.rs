@@ -21,6 +21,7 @@
 //! is also why the release build aborts on panic instead of unwinding into odd states.
 
 pub mod alerts;
+pub mod cards;
 pub mod catalog;
 pub mod channel;
 pub mod coupons;
@@ -49,7 +50,6 @@ use engine::events::{Event, Fulfilment, Idempotency, NewOrder, Payment, PlacedOr
 use engine::ids::hex128;
 use engine::money::AMOUNT_CENTS_MAX;
 use engine::order::{CONTACT_LEN_MAX, ORDER_QUANTITY_MAX};
-use engine::payment::signatures_equal;
 use engine::state::ProductState;
 use engine::{CardId, Currency, Order, OrderId, OrderRecord, OrderStatus, Rejection, Sku};
 use parking_lot::{Mutex, RwLock};
@@ -63,10 +63,15 @@ pub use order::{OrderUpdate, PayOutcome};
 use pool::SkuPool;
 use trace::{OrderTrace, Stage, Traces};
 
+/// The prefix of a VIP invite code (`Shop::vip_invite`); the digit is the format's version.
+pub const VIP_INVITE_PREFIX: &str = "vip1.";
 /// Longest `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// Payment channels counted for the alert rules.
 pub const CHANNELS_TRACKED_MAX: usize = 16;
+
+/// Longest product name, in bytes.
+pub const PRODUCT_NAME_BYTES_MAX: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
@@ -82,6 +87,9 @@ pub enum ShopError {
     Storage(storage::Error),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
+    /// An order or a reseller already has as many live sockets as it may.
+    #[error("too many live sockets are open on this; close one before opening another")]
+    TooManySubscribers,
 }
 
 impl From<storage::Error> for ShopError {
@@ -206,6 +214,11 @@ pub struct OrderRequest {
     pub client_ip: Option<String>,
     /// A coupon code and a lookup password, when the buyer gave them.
     pub terms: BuyerTerms,
+    /// The buyer holds a valid VIP invite (`Shop::vip_invite_valid`): queues in the VIP lane.
+    pub vip: bool,
+    /// The buyer's browser is a phone's (its User-Agent): Alipay's wap flow instead of
+    /// the desktop page. Not part of the idempotency fingerprint.
+    pub phone: bool,
 }
 
 /// What a buyer may add to an order beyond the contract's fields.
@@ -307,7 +320,7 @@ fn risk_check(
 }
 
 /// An `Idempotency-Key` header's shape: 1 to 255 visible ASCII characters.
-pub(crate) fn check_idempotency_key(key: &str) -> Result<(), Rejection> {
+pub fn check_idempotency_key(key: &str) -> Result<(), Rejection> {
     if key.is_empty()
         || key.len() > IDEMPOTENCY_KEY_LEN_MAX
         || !key.bytes().all(|b| b.is_ascii_graphic())
@@ -451,10 +464,6 @@ impl Shop {
         &self.0.flash
     }
 
-    pub(crate) fn random_u128(&self) -> u128 {
-        self.0.entropy.random_u128()
-    }
-
     /// The channel actor an order's payment goes through, if that channel can be queried.
     pub(crate) fn channel_of(&self, order_id: &OrderId) -> Option<Addr<channel::ChannelActor>> {
         let state = self.store().state();
@@ -578,7 +587,7 @@ impl Shop {
     }
 
     pub fn card_keys(&self, cards: &[CardId]) -> Vec<String> {
-        order::keys_of(&self.store().state(), cards)
+        cards::keys_of(&self.store().state(), &self.0.sealer, cards)
     }
 
     pub(crate) fn catalog(&self) -> &Addr<catalog::Catalog> {
@@ -625,6 +634,49 @@ impl Shop {
         self.pool(sku).ok().map(|pool| pool.available_hint())
     }
 
+    /// The order an `Idempotency-Key` made, while its window is open
+    /// (`engine::order::IDEMPOTENCY_WINDOW_MS`); after that the key is free again.
+    pub(crate) fn idempotent_first(&self, key: &str) -> Option<OrderRecord> {
+        let now_ms = self.now_ms();
+        let state = self.store().state();
+        state
+            .order_by_idempotency_key(key)
+            .filter(|first| engine::state::idempotency_live(first, now_ms))
+            .cloned()
+    }
+
+    /// A buyer's token for an order: derived, so that only its digest is stored, and the
+    /// order's first answer can be given again to an idempotent retry.
+    pub fn order_token(&self, order_id: &OrderId) -> String {
+        self.0.sealer.derive_token("order", order_id.as_str())
+    }
+
+    /// A VIP invite code for `label` (who it is for, `^[A-Za-z0-9._-]{1,64}$`): the label
+    /// and a MAC under a key derived from the sealing key, so nobody else can make one.
+    pub fn vip_invite(&self, label: &str) -> Result<String, Rejection> {
+        let label = Sku::parse(label)
+            .map_err(|_| Rejection::InvalidInput("label must match ^[A-Za-z0-9._-]{1,64}$"))?;
+        let mac = self.0.sealer.derive_token("vip", label.as_str());
+        Ok(format!("{VIP_INVITE_PREFIX}{}.{mac}", label.as_str()))
+    }
+
+    /// Whether `code` is a VIP invite this shop signed (constant-time).
+    pub fn vip_invite_valid(&self, code: &str) -> bool {
+        let Some((label, mac)) = code
+            .strip_prefix(VIP_INVITE_PREFIX)
+            .and_then(|rest| rest.rsplit_once('.'))
+        else {
+            return false;
+        };
+        Sku::parse(label).is_ok()
+            && engine::payment::signatures_equal(&self.0.sealer.derive_token("vip", label), mac)
+    }
+
+    /// A waiting-room ticket's token, derived like an order's.
+    pub(crate) fn ticket_token(&self, ticket: engine::waiting_room::TicketId) -> String {
+        self.0.sealer.derive_token("ticket", &ticket.0.to_string())
+    }
+
     fn begin_idempotent(
         &self,
         request: &OrderRequest,
@@ -641,11 +693,11 @@ impl Shop {
             return Err(ShopError::InProgress);
         }
         // Not in flight, so whatever the state holds for this key is durable.
-        if let Some(first) = self.store().state().order_by_idempotency_key(key) {
+        if let Some(first) = self.idempotent_first(key) {
             let same = first.created.idempotency.as_ref().map(|i| i.fingerprint)
                 == Some(request.fingerprint);
             return if same {
-                Ok(Err(first.created.clone()))
+                Ok(Err(first.created))
             } else {
                 Err(ShopError::IdempotencyMismatch)
             };
@@ -751,7 +803,7 @@ impl Shop {
         let (coupon, lookup_password_hash) =
             self.order_terms(&request, amount_cents, now_ms).await?;
         let amount_cents = amount_cents - coupon.as_ref().map_or(0, |c| c.discount_cents);
-        let token = hex128(self.0.entropy.random_u128());
+        let token = self.order_token(&order_id);
         let mut hold = self.hold_risk(&order_id, &buyer, &request.sku, request.quantity, now_ms)?;
         // Keys first: a gateway payment is created only for an order that has its keys.
         let reserve_started = (self.now_ms(), Instant::now());
@@ -765,6 +817,7 @@ impl Shop {
             name: &product.name,
             amount_cents,
             currency: product.currency,
+            phone: request.phone,
         };
         let link = match self.payment_link(&request.channel, &subject).await {
             Ok(link) => link,
@@ -775,7 +828,7 @@ impl Shop {
         };
         let new_order = NewOrder {
             order_id: order_id.clone(),
-            token,
+            token: engine::ids::token_digest(&self.order_token(&order_id)),
             trace_id: hex128(self.0.entropy.random_u128()),
             sku: request.sku.clone(),
             quantity: request.quantity,
@@ -982,7 +1035,7 @@ impl Shop {
             .store()
             .order(order_id)?
             .ok_or(Rejection::UnknownOrder)?;
-        if !signatures_equal(&record.created.token, token) {
+        if !engine::ids::token_matches(&record.created.token, token) {
             return Err(Rejection::UnknownOrder.into());
         }
         Ok(record)
@@ -1042,7 +1095,8 @@ impl Shop {
             let sent = addr.send(Subscribe(sender)).await;
             drop(queued);
             match sent {
-                Ok(()) => return Ok(receiver),
+                Ok(true) => return Ok(receiver),
+                Ok(false) => return Err(ShopError::TooManySubscribers),
                 Err(MailboxError::Closed) => continue,
                 Err(MailboxError::Timeout) => return Err(ShopError::Unavailable("order actor")),
             }
@@ -1094,6 +1148,8 @@ pub fn payment_channel_label(channel: &str) -> &'static str {
         "epay" => "epay",
         "epusdt" => "epusdt",
         "stripe" => "stripe",
+        "alipay" => "alipay",
+        "wechat" => "wechat",
         _ => "other",
     }
 }

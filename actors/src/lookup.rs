@@ -96,7 +96,7 @@ impl Shop {
     /// Hashes a buyer's lookup password on a blocking thread, with a fresh salt.
     pub(crate) async fn hash_lookup_password(&self, password: String) -> Result<String, ShopError> {
         check_password(&password)?;
-        let salt = self.random_u128();
+        let salt = self.0.entropy.random_u128();
         tokio::task::spawn_blocking(move || hash_password(&password, salt))
             .await
             .map_err(|_| ShopError::Unavailable("password hashing"))

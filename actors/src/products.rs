@@ -248,7 +248,10 @@ impl Products<'_> {
                 if query.status.is_some_and(|wanted| wanted != status) {
                     continue;
                 }
-                if !needle.is_empty() && !slot.key.to_lowercase().contains(&needle) {
+                // Keys are sealed at rest: a search opens each one it looks at.
+                let key = crate::cards::open_key(self.shop.sealer(), *card, &slot.key)
+                    .unwrap_or_else(|_| "(does not open)".to_owned());
+                if !needle.is_empty() && !key.to_lowercase().contains(&needle) {
                     continue;
                 }
                 page.total += 1;
@@ -263,7 +266,7 @@ impl Products<'_> {
                 };
                 page.cards.push(CardLine {
                     card: *card,
-                    key: slot.key.to_string(),
+                    key,
                     status,
                     order_id,
                 });

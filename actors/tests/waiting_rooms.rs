@@ -54,6 +54,8 @@ fn request(n: u64) -> OrderRequest {
         fingerprint: n,
         client_ip: None,
         terms: Default::default(),
+        vip: false,
+        phone: false,
     }
 }
 

@@ -14,12 +14,15 @@
 //! after a crash is idempotent.
 
 pub mod audit;
+pub mod disk;
 pub mod keyfile;
 pub mod listings;
 pub mod log;
 pub mod mirror;
+pub mod private;
 pub mod resellers;
 pub mod rows;
+pub mod sled_dir;
 pub mod store;
 
 pub use log::Lsn;

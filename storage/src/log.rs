@@ -10,6 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -137,7 +138,12 @@ pub fn recover(
     repair: bool,
     mut visit: impl FnMut(Lsn, &[u8]) -> Result<(), Error>,
 ) -> Result<Recovery, Error> {
-    fs::create_dir_all(dir)?;
+    if repair {
+        crate::private::create_dir(dir)?;
+    } else if !dir.exists() {
+        // Read-only (audit): a missing log is an empty one, and is not created.
+        return Ok(Recovery::default());
+    }
     let segments = list_segments(dir)?;
     let mut recovery = Recovery::default();
     let mut expected = segments.first().map_or(1, |(first, _)| *first);
@@ -175,6 +181,16 @@ pub fn recover(
                 let file = OpenOptions::new().write(true).open(path)?;
                 file.set_len(offset as u64)?;
                 file.sync_all()?;
+                // Bytes leave the data dir here: an operator at `warn` must see it.
+                tracing::warn!(
+                    segment = %path.display(),
+                    truncated_bytes = recovery.truncated_bytes,
+                    last_lsn_kept = expected - 1,
+                    kept_bytes = offset,
+                    "cut a torn tail from the log: {} bytes after lsn {} (never acknowledged)",
+                    recovery.truncated_bytes,
+                    expected - 1
+                );
             }
         }
     }
@@ -196,7 +212,11 @@ struct Writer<T> {
 
 fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, u64), Error> {
     let path = segment_path(dir, first_lsn);
-    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(crate::private::FILE_MODE)
+        .open(&path)?;
     let len = file.metadata()?.len();
     File::open(dir)?.sync_all()?;
     Ok((file, len))
@@ -374,7 +394,12 @@ pub fn purge_through(dir: &Path, through: u64) -> Result<usize, Error> {
 /// A persisted vote (term and candidate), written atomically: for replication.
 pub fn save_vote(dir: &Path, term: u64, voted_for: u64) -> Result<(), Error> {
     let temporary = dir.join("vote.tmp");
-    let mut file = File::create(&temporary)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::private::FILE_MODE)
+        .open(&temporary)?;
     let mut bytes = Vec::with_capacity(20);
     bytes.extend_from_slice(&term.to_le_bytes());
     bytes.extend_from_slice(&voted_for.to_le_bytes());

@@ -10,8 +10,8 @@
 //! together they hold all of it. sled's writes are off the acknowledgement path, so sled
 //! costs throughput only as CPU, never as latency; its lag is bounded by the channel.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,68 @@ impl DurableView {
     }
 }
 
+/// How far sled is behind the log: durable records not yet written to sled, and since when.
+/// Shared by the applier (durable groups, batches started and sent) and the mirror thread
+/// (batches written).
+#[derive(Default)]
+pub struct MirrorLag {
+    durable_lsn: AtomicU64,
+    mirrored_lsn: AtomicU64,
+    /// (last lsn, first change's time) of each batch not yet in sled, oldest first; the batch
+    /// being gathered has `u64::MAX` until it is sent. At most `MIRROR_QUEUE_BATCHES` + 2.
+    batches: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+/// What `MirrorLag` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LagSample {
+    pub records: u64,
+    /// How long the oldest durable change not yet in sled has waited.
+    pub age: Duration,
+}
+
+impl MirrorLag {
+    /// Starts from a sled that mirrors the log through `lsn`.
+    pub(crate) fn new(lsn: u64) -> Self {
+        let lag = Self::default();
+        lag.durable_lsn.store(lsn, Ordering::Release);
+        lag.mirrored_lsn.store(lsn, Ordering::Release);
+        lag
+    }
+
+    pub fn sample(&self) -> LagSample {
+        let durable = self.durable_lsn.load(Ordering::Acquire);
+        let mirrored = self.mirrored_lsn.load(Ordering::Acquire);
+        let age = self
+            .batches
+            .lock()
+            .front()
+            .map_or(Duration::ZERO, |(_, started)| started.elapsed());
+        LagSample {
+            records: durable.saturating_sub(mirrored),
+            age,
+        }
+    }
+
+    fn batch_started(&self, at: Instant) {
+        self.batches.lock().push_back((u64::MAX, at));
+    }
+
+    fn batch_sent(&self, last_lsn: u64) {
+        if let Some(gathering) = self.batches.lock().back_mut() {
+            gathering.0 = last_lsn;
+        }
+    }
+
+    fn written(&self, through: u64) {
+        self.mirrored_lsn.store(through, Ordering::Release);
+        let mut batches = self.batches.lock();
+        while batches.front().is_some_and(|(lsn, _)| *lsn <= through) {
+            batches.pop_front();
+        }
+    }
+}
+
 /// Changes since the last sled write, coalesced: the last value of each key wins.
 #[derive(Default)]
 pub(crate) struct MirrorBatch {
@@ -106,8 +168,12 @@ pub(crate) struct MirrorBatch {
 }
 
 impl MirrorBatch {
-    fn add(&mut self, lsn: u64, change: Change) {
-        self.started.get_or_insert_with(Instant::now);
+    fn add(&mut self, lsn: u64, change: Change, lag: &MirrorLag) {
+        if self.started.is_none() {
+            let now = Instant::now();
+            self.started = Some(now);
+            lag.batch_started(now);
+        }
         self.changes_count += 1;
         self.last_lsn = lsn;
         match change {
@@ -162,19 +228,24 @@ pub(crate) fn run_applier(
     mirror: Sender<MirrorBatch>,
     poisoned: Arc<AtomicBool>,
     observer: Arc<dyn CommitObserver>,
+    lag: Arc<MirrorLag>,
 ) {
     let mut batch = MirrorBatch::default();
     loop {
         match durable.recv_timeout(batch.wait_for_next()) {
-            Ok(group) => apply_group(group, &view, &mut batch, &poisoned, &*observer),
+            Ok(group) => apply_group(group, &view, &mut batch, &poisoned, &*observer, &lag),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if batch.is_due() && mirror.send(std::mem::take(&mut batch)).is_err() {
-            return;
+        if batch.is_due() {
+            lag.batch_sent(batch.last_lsn);
+            if mirror.send(std::mem::take(&mut batch)).is_err() {
+                return;
+            }
         }
     }
     if batch.changes_count > 0 {
+        lag.batch_sent(batch.last_lsn);
         let _ = mirror.send(batch);
     }
 }
@@ -185,6 +256,7 @@ fn apply_group(
     batch: &mut MirrorBatch,
     poisoned: &AtomicBool,
     observer: &dyn CommitObserver,
+    lag: &MirrorLag,
 ) {
     if let Some((_, first)) = group.records.first() {
         observer.group_committed(group.records.len(), first.queued_at.elapsed());
@@ -202,8 +274,9 @@ fn apply_group(
             if let Change::Order { record, .. } = &change {
                 view.publish(lsn.0, record.clone());
             }
-            batch.add(lsn.0, change);
+            batch.add(lsn.0, change, lag);
         }
+        lag.durable_lsn.store(lsn.0, Ordering::Release);
         let _ = pending.done.send(Ok(lsn));
     }
 }
@@ -216,6 +289,7 @@ pub(crate) fn run_mirror(
     batches: Receiver<MirrorBatch>,
     view: Arc<DurableView>,
     poisoned: Arc<AtomicBool>,
+    lag: Arc<MirrorLag>,
 ) {
     for batch in batches {
         for product in batch.products {
@@ -244,5 +318,6 @@ pub(crate) fn run_mirror(
             continue;
         }
         view.evict(&orders, batch.last_lsn);
+        lag.written(batch.last_lsn);
     }
 }

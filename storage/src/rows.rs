@@ -69,7 +69,9 @@ pub enum HolderRow {
 #[derive(Encode, Decode, Debug, PartialEq, Eq)]
 pub struct CardRow {
     pub sku: Sku,
-    pub key: String,
+    /// The sealed key. `None` for a key still in the clear (an older version's, between an
+    /// upgrade's open and the start-up sealing): sled never holds a key in the clear.
+    pub sealed_key: Option<Vec<u8>>,
     pub holder: HolderRow,
 }
 
@@ -287,8 +289,16 @@ pub fn card_record(state: &ShopState, card: CardId) -> CardRow {
     let slot = state.card(card).expect("touched card exists");
     CardRow {
         sku: state.sku_of(card).expect("card has a sku"),
-        key: slot.key.to_string(),
+        sealed_key: sealed_key_row(&slot.key),
         holder: holder_row(state, slot.holder),
+    }
+}
+
+/// What sled keeps of a card's key: the sealed bytes, never a clear key.
+pub fn sealed_key_row(key: &engine::CardKey) -> Option<Vec<u8>> {
+    match key {
+        engine::CardKey::Sealed(sealed) => Some(sealed.clone()),
+        engine::CardKey::Clear(_) => None,
     }
 }
 

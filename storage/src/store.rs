@@ -18,11 +18,15 @@ use parking_lot::{RwLock, RwLockReadGuard};
 use tokio::sync::oneshot;
 
 use crate::log::{self, Log, Lsn, Recovery, APPEND_QUEUE_CAPACITY};
-use crate::mirror::{self, DurableView, Pending};
+use crate::mirror::{self, DurableView, MirrorLag, Pending};
 use crate::rows::{self, Row, TreeName};
 use crate::Error;
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
+/// The version of the rows' format in sled; a sled written in another is rebuilt whole
+/// from the log at open. 2: card keys sealed, order tokens kept as digests only.
+const ROWS_FORMAT_KEY: &[u8] = b"rows_format";
+pub const ROWS_FORMAT: u32 = 2;
 /// Cache sled may use, in bytes.
 pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
@@ -62,6 +66,7 @@ pub struct Store {
     poisoned: Arc<AtomicBool>,
     recovery: Recovery,
     data_dir: PathBuf,
+    lag: Arc<MirrorLag>,
 }
 
 #[derive(Default)]
@@ -176,6 +181,27 @@ pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
     }
 }
 
+/// Where a sled in an older format is set aside until it is deleted.
+fn stale_sled_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state.stale")
+}
+
+/// Deletes a sled set aside (at this open, once rebuilt, or at the next one).
+fn remove_stale_sled(data_dir: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(stale_sled_dir(data_dir)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The rows' format sled was written in (`None` before formats were recorded).
+pub fn rows_format(db: &sled::Db) -> Result<Option<u32>, Error> {
+    let meta = db.open_tree(TreeName::Meta.as_string())?;
+    Ok(meta
+        .get(ROWS_FORMAT_KEY)?
+        .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes)))
+}
+
 pub fn applied_lsn(db: &sled::Db) -> Result<u64, Error> {
     let meta = db.open_tree(TreeName::Meta.as_string())?;
     Ok(meta.get(APPLIED_LSN_KEY)?.map_or(0, |v| {
@@ -244,9 +270,20 @@ impl Store {
     }
 
     pub fn open_with(data_dir: &Path, observer: Arc<dyn CommitObserver>) -> Result<Self, Error> {
-        std::fs::create_dir_all(data_dir)?;
-        let db = open_sled(data_dir)?;
-        let mirrored = applied_lsn(&db)?;
+        crate::private::create_dir(data_dir)?;
+        remove_stale_sled(data_dir)?;
+        let (mut db, mut mirrored) = crate::sled_dir::open_or_set_aside(data_dir)?;
+        let old_format = rows_format(&db)? != Some(ROWS_FORMAT);
+        if old_format && mirrored > 0 {
+            // Rows an older version wrote (card keys, tokens in the clear) stay in sled's
+            // files whatever is dropped: set the whole sled aside and rebuild it from the log.
+            tracing::warn!("sled holds rows in an older format; rebuilding it from the log");
+            drop(db);
+            std::fs::rename(sled_dir(data_dir), stale_sled_dir(data_dir))?;
+            db = open_sled(data_dir)?;
+            mirrored = 0;
+        }
+        crate::private::restrict_tree(data_dir)?;
         let (state, recovery, mut touched) = replay(data_dir, true, mirrored)?;
         if mirrored > recovery.last_lsn {
             tracing::warn!(
@@ -261,6 +298,13 @@ impl Store {
             }
             touched = replay(data_dir, false, 0)?.2;
         }
+        if old_format {
+            // Written before the rows: a crash now leaves a fresh sled with applied_lsn at
+            // 0, and the next open rewrites every row.
+            let meta = db.open_tree(TreeName::Meta.as_string())?;
+            meta.insert(ROWS_FORMAT_KEY, &ROWS_FORMAT.to_be_bytes())?;
+        }
+        remove_stale_sled(data_dir)?;
         let mut trees = HashMap::new();
         write_rows(
             &db,
@@ -278,17 +322,23 @@ impl Store {
         let poisoned = Arc::new(AtomicBool::new(false));
         let view = Arc::new(DurableView::default());
         let (to_mirror, batches) = crossbeam_channel::bounded(mirror::MIRROR_QUEUE_BATCHES);
+        let lag = Arc::new(MirrorLag::new(recovery.last_lsn));
         let applier = {
-            let (view, poisoned) = (view.clone(), poisoned.clone());
+            let (view, poisoned, lag) = (view.clone(), poisoned.clone(), lag.clone());
             std::thread::Builder::new()
                 .name("log-applier".into())
-                .spawn(move || mirror::run_applier(durable, view, to_mirror, poisoned, observer))?
+                .spawn(move || {
+                    mirror::run_applier(durable, view, to_mirror, poisoned, observer, lag)
+                })?
         };
         let mirror = {
-            let (db, view, poisoned) = (db.clone(), view.clone(), poisoned.clone());
+            let (db, view, poisoned, lag) =
+                (db.clone(), view.clone(), poisoned.clone(), lag.clone());
             std::thread::Builder::new()
                 .name("sled-mirror".into())
-                .spawn(move || mirror::run_mirror(db, trees, products, batches, view, poisoned))?
+                .spawn(move || {
+                    mirror::run_mirror(db, trees, products, batches, view, poisoned, lag)
+                })?
         };
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
@@ -299,6 +349,7 @@ impl Store {
             poisoned,
             recovery,
             data_dir: data_dir.to_owned(),
+            lag,
         })
     }
 
@@ -387,6 +438,11 @@ impl Store {
             .take(count)
             .map(|entry| rows::decode(&entry?.1))
             .collect()
+    }
+
+    /// How far sled is behind the log (records and the oldest one's wait).
+    pub fn mirror_lag(&self) -> mirror::LagSample {
+        self.lag.sample()
     }
 
     /// Orders durable but not yet in sled.

@@ -5,6 +5,9 @@ use actix_web::{HttpResponse, ResponseError};
 use actors::ShopError;
 use engine::Rejection;
 
+/// `Retry-After` of a live socket refused because its order or reseller has too many.
+pub const TOO_MANY_SOCKETS_RETRY_AFTER_SECS: u32 = 30;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -118,6 +121,17 @@ fn risk_refusal(rule: engine::risk::RiskRule, message: String) -> ApiError {
     }
 }
 
+/// What a client is told of a storage failure: a stable code and sentence. The detail
+/// (which may name files and paths) goes to the log only.
+pub const STORAGE_UNAVAILABLE_MESSAGE: &str = "the shop cannot read or write its data right now";
+
+impl From<storage::Error> for ApiError {
+    fn from(error: storage::Error) -> Self {
+        tracing::error!(%error, "storage failure");
+        Self::unavailable("storage_unavailable", STORAGE_UNAVAILABLE_MESSAGE)
+    }
+}
+
 impl From<ShopError> for ApiError {
     fn from(error: ShopError) -> Self {
         match error {
@@ -136,11 +150,41 @@ impl From<ShopError> for ApiError {
                 "idempotency_mismatch",
                 error.to_string(),
             ),
-            ShopError::Storage(ref inner) => {
-                tracing::error!(error = %inner, "storage failure");
-                Self::unavailable("storage_unavailable", "the shop cannot commit right now")
-            }
+            ShopError::Storage(inner) => inner.into(),
             ShopError::Unavailable(_) => Self::unavailable("unavailable", error.to_string()),
+            // Refused before the upgrade, with a wait long enough that a client does not
+            // loop reconnecting (a socket refused after its upgrade reconnects at once).
+            ShopError::TooManySubscribers => Self {
+                retry_after_secs: Some(TOO_MANY_SOCKETS_RETRY_AFTER_SECS),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_sockets",
+                    error.to_string(),
+                )
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Postmortem: storage errors passed `e.to_string()`, with file paths, to clients.
+    #[test]
+    fn storage_failures_tell_clients_a_stable_code_and_no_paths() {
+        let io = std::io::Error::other("open /srv/panshi-data/log/0000000042.seg: EIO");
+        for error in [
+            ApiError::from(storage::Error::Io(io)),
+            ApiError::from(ShopError::Storage(storage::Error::Corrupt(
+                "/srv/panshi-data/sled/db".into(),
+            ))),
+        ] {
+            assert_eq!(
+                (error.status.as_u16(), error.code),
+                (503, "storage_unavailable")
+            );
+            assert_eq!(error.message, STORAGE_UNAVAILABLE_MESSAGE);
         }
     }
 }

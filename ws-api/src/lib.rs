@@ -8,11 +8,19 @@
 //! Design decision: request bodies are read by hand up to a limit and parsed with serde, so
 //! every failure, including an oversized or malformed body, gets the contract's error shape.
 
+pub mod auth_backoff;
+pub mod client;
+pub mod client_faults;
+pub mod connections;
 pub mod contact_lookup;
+pub mod direct;
+pub mod drain;
+pub mod edge;
 pub mod error;
 pub mod export;
 pub mod gateways;
 pub mod limits;
+pub mod log_gate;
 pub mod mail;
 pub mod notify;
 pub mod observe;
@@ -22,16 +30,19 @@ pub mod post;
 pub mod routes;
 pub mod sentry_transport;
 pub mod settings;
+pub mod socket;
+pub mod ssrf;
 pub mod watch;
 pub mod webhooks;
 pub mod wire;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::Service;
 use actix_web::web;
+use actix_web::ResponseError;
 use actors::{EpaySettings, Shop};
 use futures_util::{FutureExt, StreamExt};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -59,24 +70,73 @@ pub struct AppState {
     pub stripe_events: parking_lot::Mutex<routes::payments::RecentIds>,
     /// Buyer-side rate limits (never applied to payment callbacks).
     pub limits: limits::EdgeLimits,
+    /// The payment channels configured (by name): only these get a callback route.
+    pub payment_channels: Vec<String>,
+    /// Proxies whose forwarding headers name the client (`client.rs`).
+    pub proxies: client::TrustedProxies,
+    /// The shop's public URL is `https://`: cookies get `Secure` (never from a header).
+    pub public_https: bool,
+    /// Back-off on failed operator authentication, per address.
+    pub auth_backoff: auth_backoff::AuthBackoff,
+    /// When set, `/metrics` needs this bearer token (or the operator token).
+    pub metrics_token: Option<String>,
+    /// Serving, or draining towards a stop (`drain.rs`).
+    pub lifecycle: Arc<drain::Lifecycle>,
+    /// Below this many free bytes on the data dir's disk the server is not ready.
+    pub free_bytes_min: u64,
+    /// Alipay and WeChat Pay direct, where configured (their notifies' keys).
+    pub direct: direct::DirectChannels,
 }
 
-/// Reads a request body up to `limit` bytes; more is refused with `status` before it is
-/// all read.
+impl AppState {
+    /// The client's key for limits, risk rules and idempotency scopes (`client.rs`).
+    pub fn client(&self, request: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
+        client::client_of(request, &self.proxies)
+    }
+}
+
+/// How long a request body may take to arrive, before the allowance for its size
+/// (`http.body_read_timeout_secs`, set once at start).
+static BODY_READ_TIMEOUT_MS: AtomicU64 = AtomicU64::new(BODY_READ_TIMEOUT_SECS_DEFAULT * 1000);
+pub const BODY_READ_TIMEOUT_SECS_DEFAULT: u64 = 10;
+/// A body earns this many bytes per second on top of the timeout, so a large import over a
+/// slow link still arrives while a body trickled a byte at a time does not.
+pub const BODY_BYTES_PER_SEC_MIN: u64 = 64 * 1024;
+
+pub fn set_body_read_timeout(timeout: Duration) {
+    BODY_READ_TIMEOUT_MS.store(timeout.as_millis() as u64, Ordering::Relaxed);
+}
+
+/// Reads a request body up to `limit` bytes; more is refused with `too_large` before it is
+/// all read, and a body slower than the timeout (plus its size's allowance) gets 408.
 pub async fn read_body(
     mut payload: web::Payload,
     limit: usize,
     too_large: fn(usize) -> ApiError,
 ) -> Result<web::BytesMut, ApiError> {
+    let started = Instant::now();
+    let timeout_ms = BODY_READ_TIMEOUT_MS.load(Ordering::Relaxed);
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let allowed_ms = timeout_ms + body.len() as u64 * 1000 / BODY_BYTES_PER_SEC_MIN;
+        let remaining = Duration::from_millis(allowed_ms).saturating_sub(started.elapsed());
+        let Ok(next) = actix_web::rt::time::timeout(remaining, payload.next()).await else {
+            metrics::counter!("panshi_http_body_timeouts_total").increment(1);
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {allowed_ms} ms"),
+            ));
+        };
+        let Some(chunk) = next else {
+            return Ok(body);
+        };
         let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
 }
 
 /// Reads and parses a JSON request body, bounded by the configured limit.
@@ -96,11 +156,6 @@ pub fn payload_too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Registers every route. Request metrics are recorded per route pattern, never per id.
-pub fn configure(config: &mut web::ServiceConfig) {
-    routes::configure(config);
-}
-
 /// Wraps an app with per-route request metrics.
 pub fn app(
     state: web::Data<AppState>,
@@ -114,15 +169,52 @@ pub fn app(
     >,
 > {
     let observatory = state.observatory.clone();
+    let routes_state = state.clone();
+    let lifecycle = state.lifecycle.clone();
     actix_web::App::new()
         .app_data(state)
-        .app_data(web::PayloadConfig::new(routes::admin::IMPORT_REQUEST_BYTES_MAX))
+        .wrap_fn(move |request, service| {
+            // While draining every answer closes its connection: keep-alive clients come
+            // back on a new one, which the balancer sends elsewhere once it saw /readyz.
+            let draining = lifecycle.is_draining();
+            service.call(request).map(move |result| {
+                result.map(|mut answer| {
+                    let head = answer.response_mut().head_mut();
+                    if draining && !head.upgrade() {
+                        head.set_connection_type(actix_web::http::ConnectionType::Close);
+                    }
+                    answer
+                })
+            })
+        })
+        .wrap_fn(|request, service| {
+            use futures_util::future::{ready, Either};
+            // A connection over its address's cap gets this answer, and is closed.
+            if request.conn_data::<connections::OverCap>().is_some() {
+                let mut response = actix_web::ResponseError::error_response(&connections::refusal());
+                response
+                    .head_mut()
+                    .set_connection_type(actix_web::http::ConnectionType::Close);
+                return Either::Left(ready(Ok(request.into_response(response))));
+            }
+            Either::Right(service.call(request))
+        })
         .wrap_fn(move |request, service| {
             let observatory = observatory.clone();
             let started = Instant::now();
             let route = request.match_pattern().unwrap_or_else(|| "unmatched".into());
-            let method = request.method().as_str().to_owned();
-            service.call(request).map(move |result| {
+            let method = edge::method_label(request.method());
+            let answer = match edge::refusal(&request) {
+                Some(refusal) => {
+                    let response = request.into_response(refusal.error_response());
+                    futures_util::future::Either::Left(futures_util::future::ready(Ok(response)))
+                }
+                None => futures_util::future::Either::Right(service.call(request)),
+            };
+            answer.map(move |mut result| {
+                if let Ok(response) = &mut result {
+                    edge::harden(response);
+                }
                 let status = match &result {
                     Ok(response) => response.status().as_u16(),
                     Err(error) => error.as_response_error().status_code().as_u16(),
@@ -133,7 +225,7 @@ pub fn app(
                     400..=499 => "4xx",
                     _ => "5xx",
                 };
-                metrics::counter!("panshi_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => class).increment(1);
+                metrics::counter!("panshi_http_requests_total", "route" => route.clone(), "method" => method, "status" => class).increment(1);
                 let elapsed = started.elapsed();
                 metrics::histogram!("panshi_http_request_duration_seconds", "route" => route, "method" => method)
                     .record(elapsed.as_secs_f64());
@@ -141,5 +233,47 @@ pub fn app(
                 result
             })
         })
-        .configure(configure)
+        .configure(|config| routes::configure(config, &routes_state))
+        .configure(edge_answers)
+}
+
+/// Answers no handler gives, in the contract's error shape: bad query strings and paths, and
+/// whatever no route takes.
+fn edge_answers(config: &mut web::ServiceConfig) {
+    config
+        .app_data(web::PayloadConfig::new(
+            routes::admin::IMPORT_REQUEST_BYTES_MAX,
+        ))
+        .app_data(web::QueryConfig::default().error_handler(|error, _| {
+            ApiError::bad_request("bad_query", format!("bad query string: {error}")).into()
+        }))
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|_, _| ApiError::not_found("no such resource").into()),
+        )
+        .default_service(web::to(unrouted));
+}
+
+/// Whatever no route takes: 405 on a known path (another method), else 404; both in the
+/// contract's error shape (actix's own answers have empty bodies).
+async fn unrouted(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::ResponseError;
+    if !request.resource_map().has_resource(request.path()) {
+        return ApiError::not_found(format!("no route for {}", request.path())).error_response();
+    }
+    let mut response = ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method(), request.path()),
+    )
+    .error_response();
+    // The API document knows each path's methods (the pages are not in it).
+    if let Some(allowed) = openapi::allowed_methods(request.path()) {
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed) {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::ALLOW, value);
+        }
+    }
+    response
 }

@@ -280,8 +280,9 @@ const SENTRY_PANIC_FLUSH_MS: u64 = 2_000;
 fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
     use sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer};
     use std::io::IsTerminal;
-    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::filter::{FilterExt, LevelFilter};
     use tracing_subscriber::prelude::*;
+    use ws_api::client_faults::{without_client_faults, ClientFaults};
     let mut directives = settings.log.level.clone();
     if !directives.contains("actix_server") {
         directives.push_str(",actix_server=warn");
@@ -293,18 +294,28 @@ fn init_tracing(settings: &ServerSettings, sentry_on: bool) {
         "json" => false,
         _ => std::io::stderr().is_terminal(),
     };
-    let text_layer = text.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let text_layer = text.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(without_client_faults())
+    });
     let json_layer = (!text).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
+            .with_filter(without_client_faults())
     });
     tracing_subscriber::registry()
         .with(filter)
         .with(text_layer)
         .with(json_layer)
-        .with(sentry_on.then(|| ErrorLayer::new().with_filter(LevelFilter::ERROR)))
-        .with(sentry_on.then(|| BreadcrumbLayer::new().with_filter(LevelFilter::INFO)))
+        .with(ClientFaults::default())
+        .with(sentry_on.then(|| {
+            ErrorLayer::new().with_filter(LevelFilter::ERROR.and(without_client_faults()))
+        }))
+        .with(sentry_on.then(|| {
+            BreadcrumbLayer::new().with_filter(LevelFilter::INFO.and(without_client_faults()))
+        }))
         .init();
 }
 
@@ -363,6 +374,36 @@ fn rand_u128() -> u128 {
     OsEntropy.random_u128()
 }
 
+/// Where a generated operator token is written (owner-only), when none is configured.
+const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
+/// The configured operator token, else a fresh one written to an owner-only file in the
+/// data dir (never to a log or a terminal, which others may read).
+fn operator_token(settings: &ServerSettings) -> anyhow::Result<String> {
+    if let Some(token) = &settings.admin_token {
+        return Ok(token.0.trim().to_owned());
+    }
+    let token = random_token();
+    let path = settings.data.join(OPERATOR_TOKEN_FILE);
+    storage::keyfile::create(&path, &token)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "panshi: no admin_token configured; this run's operator token is in {} (owner-only)",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// Says, where nobody can miss it, that this server takes no real money: on stdout (beside
+/// the address it prints) and in the log (info: a demo is no fault to warn about).
+fn announce_demo(bound: &std::net::SocketAddr) {
+    println!(
+        "panshi: DEMO MODE: a built-in fake gateway pays every order for free; no real payment \
+         is taken or checked. Never expose this server."
+    );
+    tracing::info!(%bound, "demo mode: the built-in fake gateway pays every order for free");
+}
+
 /// The sealing key's file in the data dir, when none is configured.
 const SEALING_KEY_FILE: &str = "sealing.key";
 
@@ -391,14 +432,18 @@ fn sealing_key(
         return SealingKey::parse(&text)
             .with_context(|| format!("{} must hold 64 hex digits", path.display()));
     }
-    let sealed = store
-        .state()
-        .resellers()
-        .any(|account| is_sealed(&account.reseller.webhook_secret));
+    let sealed = {
+        let state = store.state();
+        let secrets = state
+            .resellers()
+            .any(|account| is_sealed(&account.reseller.webhook_secret));
+        secrets || state.clear_cards().count() < state.cards_count() as usize
+    };
     if sealed {
         anyhow::bail!(
-            "the data dir holds sealed webhook secrets but neither resellers.sealing_key nor \
-             {SEALING_KEY_FILE} is there; set the key they were sealed with"
+            "the data dir holds sealed card keys or webhook secrets but neither \
+             resellers.sealing_key nor {SEALING_KEY_FILE} is there; set the key they were \
+             sealed with"
         );
     }
     let fresh = SealingKey(
@@ -425,6 +470,9 @@ fn sealing_key(
 const SETUP_LOG_TARGET: &str = "panshi::setup";
 
 fn serve(settings: ServerSettings) -> anyhow::Result<()> {
+    // Whatever this process creates (the data dir, sled's files, the token file) is the
+    // owner's alone; storage also sets its own files' modes explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let sentry = init_sentry(&settings)?;
     init_tracing(&settings, sentry.is_some());
     for warning in settings.warnings() {
@@ -447,15 +495,22 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
-    let admin_token = match (&settings.admin_token, settings.demo) {
-        (Some(token), _) if !token.0.is_empty() => token.0.clone(),
-        (_, true) => "demo-admin".to_owned(),
-        _ => {
-            let token = random_token();
-            eprintln!("panshi: no admin_token configured; this run's operator token is {token}");
-            token
-        }
-    };
+    storage::private::create_dir(&settings.data)
+        .with_context(|| format!("creating {}", settings.data.display()))?;
+    let admin_token = operator_token(&settings)?;
+    if settings.demo {
+        announce_demo(&bound);
+    }
+    let store = Arc::new(
+        Store::open_with(&settings.data, Arc::new(CommitMetrics))
+            .context("opening the data dir")?,
+    );
+    tracing::info!(
+        last_lsn = store.recovery().last_lsn,
+        truncated_bytes = store.recovery().truncated_bytes,
+        "log recovered"
+    );
+    let sealing_key = sealing_key(&settings, &store)?;
     let epay = match (
         &settings.epay.pid,
         &settings.epay.key,
@@ -467,26 +522,22 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             gateway_url: url.clone(),
             create_via_mapi: settings.epay.create_via_mapi,
         }),
+        // The demo gateway signs with a key of this data dir's own (derived from its sealing
+        // key, so a payment page survives a restart), never a well-known one.
         _ if settings.demo => Some(EpaySettings {
             pid: "1000".into(),
-            key: "demo-merchant-key".into(),
+            key: actors::seal::Sealer::new(&sealing_key).derive_token("demo-epay-key", ""),
             gateway_url: format!("{public_url}/demo/gateway"),
             create_via_mapi: false,
         }),
         _ => None,
     };
-    std::fs::create_dir_all(&settings.data)
-        .with_context(|| format!("creating {}", settings.data.display()))?;
-    let store = Arc::new(
-        Store::open_with(&settings.data, Arc::new(CommitMetrics))
-            .context("opening the data dir")?,
-    );
-    tracing::info!(
-        last_lsn = store.recovery().last_lsn,
-        truncated_bytes = store.recovery().truncated_bytes,
-        "log recovered"
-    );
-    let sealing_key = sealing_key(&settings, &store)?;
+    let direct = ws_api::direct::DirectChannels {
+        alipay: ws_api::direct::alipay::AlipayConfig::from_settings(&settings.alipay)?
+            .map(Arc::new),
+        wechat: ws_api::direct::wechat::WechatConfig::from_settings(&settings.wechat)?
+            .map(Arc::new),
+    };
     let shop_settings = Settings {
         sealing_key,
         flash: settings.flash.settings(&settings.overload),
@@ -514,7 +565,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             shop_settings,
             Arc::new(SystemClock),
             Arc::new(OsEntropy),
-            gateways(&settings, epay.as_ref()),
+            gateways(&settings, epay.as_ref(), &direct),
         );
         let resealed = shop.seal_legacy_secrets().await?;
         if resealed > 0 {
@@ -524,6 +575,20 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
                  the log's older records hold them until purged"
             );
         }
+        let sealed_cards = shop.seal_legacy_cards().await?;
+        if sealed_cards > 0 {
+            tracing::warn!(
+                sealed_cards,
+                "card keys stored in the clear by an older version are sealed now; the \
+                 log's older records hold them until purged"
+            );
+        }
+        shop.check_sealed_cards().map_err(|error| {
+            anyhow::anyhow!(
+                "card keys: {error}; set resellers.sealing_key (or restore the data dir's \
+                 {SEALING_KEY_FILE}) to the key they were sealed with"
+            )
+        })?;
         shop.check_sealed_secrets().map_err(|error| {
             anyhow::anyhow!(
                 "{error}; set resellers.sealing_key (or restore the data dir's {SEALING_KEY_FILE}) \
@@ -538,6 +603,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             ws_api::mail::start(&shop, mailer.clone()).await?;
         }
         let observatory = observatory(&settings, mailer.as_ref())?;
+        let lifecycle = Arc::new(ws_api::drain::Lifecycle::default());
         let state = web::Data::new(AppState {
             shop,
             admin_token,
@@ -557,13 +623,39 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             stripe_webhook_secret: settings.stripe.webhook_secret.as_ref().map(|s| s.0.clone()),
             stripe_events: parking_lot::Mutex::default(),
             limits: ws_api::limits::EdgeLimits::new(&settings.limits),
+            payment_channels: settings.callback_channels(),
+            proxies: settings.trusted_proxies.clone(),
+            public_https: settings
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://")),
+            auth_backoff: Default::default(),
+            metrics_token: settings
+                .metrics
+                .token
+                .as_ref()
+                .map(|t| t.0.trim().to_owned()),
+            lifecycle: lifecycle.clone(),
+            free_bytes_min: settings.storage.free_bytes_min,
+            direct,
         });
         ws_api::observe::start_evaluator(
             state.clone(),
             Duration::from_secs(settings.alerts.evaluation_interval_secs),
         );
+        ws_api::set_body_read_timeout(Duration::from_secs(settings.http.body_read_timeout_secs));
+        let cap = ws_api::connections::ConnectionCap::new(
+            settings.http.connections_per_address_max,
+            settings.http.connection_cap_exempt.iter().copied(),
+        );
+        let stop = ws_api::drain::stop_signal(
+            lifecycle,
+            Duration::from_millis(settings.http.drain_ms),
+            settings.http.shutdown_timeout_secs,
+        );
         let server = HttpServer::new(move || ws_api::app(state.clone()))
-            .shutdown_signal(stop_signal(settings.http.shutdown_timeout_secs))
+            .shutdown_signal(stop)
+            .on_connect(move |connection, data| cap.on_connect(connection, data))
             .workers(workers)
             .max_connections(settings.http.connections_per_worker_max)
             .shutdown_timeout(settings.http.shutdown_timeout_secs)
@@ -581,29 +673,6 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     tracing::info!("stopped cleanly");
     drop(sentry);
     Ok(())
-}
-
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM, after saying what happens next. Both
-/// stop gracefully: the listener closes, requests in flight finish (for at most the shutdown
-/// timeout), then the log is closed cleanly. (actix's own handler treats SIGINT as a forced
-/// stop, which would cut requests in flight.)
-async fn stop_signal(shutdown_timeout_secs: u64) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot listen for SIGINT and SIGTERM; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = interrupt.recv() => "Ctrl-C (SIGINT)",
-        _ = terminate.recv() => "SIGTERM",
-    };
-    tracing::info!(
-        "{name} received: stopping gracefully; requests in flight may finish for up to \
-         {shutdown_timeout_secs} s"
-    );
 }
 
 /// Connections the kernel queues before `accept`; std's default of 128 drops SYNs in a
@@ -630,10 +699,12 @@ fn listen(address: &str) -> anyhow::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The gateways the shop queries to reconcile orders. The demo gateway has no query API.
+/// The gateways the shop creates payments at and queries to reconcile orders. The demo
+/// gateway has no query API.
 fn gateways(
     settings: &ServerSettings,
     epay: Option<&EpaySettings>,
+    direct: &ws_api::direct::DirectChannels,
 ) -> Vec<(String, Arc<dyn actors::channel::GatewayClient>)> {
     let mut gateways: Vec<(String, Arc<dyn actors::channel::GatewayClient>)> = Vec::new();
     if let (Some(epay), false) = (epay, settings.demo) {
@@ -649,6 +720,16 @@ fn gateways(
     if let Some(secret_key) = &settings.stripe.secret_key {
         let client = ws_api::gateways::StripeClient::new(&settings.stripe.api_base, &secret_key.0);
         gateways.push(("stripe".to_owned(), Arc::new(client)));
+    }
+    if let Some(config) = &direct.alipay {
+        let client =
+            ws_api::direct::alipay::AlipayClient::new(config.clone(), Arc::new(SystemClock));
+        gateways.push(("alipay".to_owned(), Arc::new(client)));
+    }
+    if let Some(config) = &direct.wechat {
+        let client =
+            ws_api::direct::wechat::WechatClient::new(config.clone(), Arc::new(SystemClock));
+        gateways.push(("wechat".to_owned(), Arc::new(client)));
     }
     gateways
 }
@@ -679,6 +760,6 @@ async fn seed_demo(shop: &Shop) -> anyhow::Result<()> {
             .import_cards(engine::Sku::parse(sku)?, keys.into_bytes())
             .await?;
     }
-    println!("panshi: demo catalogue seeded (operator token: demo-admin)");
+    println!("panshi: demo catalogue seeded");
     Ok(())
 }

@@ -39,6 +39,18 @@ pub fn describe_metrics() {
         "panshi_websockets_open",
         "Open live-order WebSocket connections."
     );
+    describe_counter!(
+        "panshi_http_body_timeouts_total",
+        "Requests answered 408 because their body arrived too slowly."
+    );
+    describe_counter!(
+        "panshi_http_connections_refused_total",
+        "Connections refused (429) because their address already held its cap of open ones."
+    );
+    describe_counter!(
+        "panshi_http_client_faults_total",
+        "Connections the HTTP layer dropped for a client's fault (malformed request, broken connection)."
+    );
     describe_histogram!(
         "panshi_log_commit_seconds",
         Unit::Seconds,
@@ -224,6 +236,7 @@ impl Observatory {
     pub fn sample(&self, shop: &Shop) -> Sample {
         let (manual_review_count, oldest_undelivered_paid_at_ms) =
             shop.order_book().delivery_backlog();
+        let lag = shop.store().mirror_lag();
         Sample {
             at_ms: shop.now_ms(),
             requests_total: self.http.requests.load(Ordering::Relaxed),
@@ -240,6 +253,9 @@ impl Observatory {
                 .collect(),
             oldest_undelivered_paid_at_ms,
             manual_review_count,
+            data_dir_free_bytes: storage::disk::free_bytes(shop.store().data_dir()).ok(),
+            mirror_lag_records: lag.records,
+            mirror_lag_ms: lag.age.as_millis() as u64,
         }
     }
 
@@ -293,6 +309,12 @@ impl Observatory {
     pub fn set_incident(&self, note: &str, at_ms: u64) -> Result<(), &'static str> {
         if note.len() > INCIDENT_NOTE_BYTES_MAX {
             return Err("note must be at most 2000 bytes");
+        }
+        if note
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err("note may not hold control characters but line breaks and tabs");
         }
         let note = note.trim();
         *self.incident.lock() = (!note.is_empty()).then(|| Incident {

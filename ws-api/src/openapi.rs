@@ -1,19 +1,26 @@
-//! The resellers' API as an OpenAPI 3.1 document, served at
-//! `GET /api/v1/openapi.json` (no key needed: it describes, it reveals nothing).
+//! The HTTP API as one OpenAPI 3.1 document, served at `GET /api/v1/openapi.json` (no token
+//! needed: it describes, it reveals nothing): the buyers', operators', gateways', ops and
+//! resellers' routes, each with the answers it really gives and the limits it enforces.
+//! CI runs schemathesis against the served document (.ci/run).
 //!
-//! Invariant: the document describes the routes of CONTRACT.md's "Resellers" section; the
-//! test below checks every reseller path is present.
+//! Invariant: every JSON route of CONTRACT.md is described; the test below checks the paths,
+//! and 405 answers take their `Allow` header from this document.
 //!
 //! Key decision: the document is built by utoipa from the schema types and the stub
-//! functions here rather than from annotations on the handlers, so the handlers (and their
-//! wire conversions in `routes/resellers.rs`) stay as they are; the price is that a route
+//! functions in `shop.rs` and `resellers.rs` rather than from annotations on the handlers,
+//! so the handlers (and their wire conversions) stay as they are; the price is that a route
 //! change must be mirrored here, which the path test catches for added or renamed paths.
+
+mod resellers;
+mod shop;
 
 use std::sync::OnceLock;
 
+use actix_web::dev::ResourceDef;
 use actix_web::{web, HttpResponse};
-use serde::Serialize;
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::{OpenApi as Document, Response};
+use utoipa::OpenApi;
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -22,266 +29,151 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config.route(OPENAPI_PATH, web::get().to(document));
 }
 
-async fn document() -> HttpResponse {
-    static JSON: OnceLock<String> = OnceLock::new();
-    let json = JSON.get_or_init(|| {
-        ResellerApi::openapi()
-            .to_json()
-            .expect("the document serialises")
-    });
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(json.clone())
+/// The whole document: the shop's routes and the resellers', with the bearer scheme on the
+/// protected ones and the answers every route shares.
+pub fn api() -> Document {
+    let mut document = shop::ShopApi::openapi();
+    document.merge(resellers::ResellerApi::openapi());
+    document.info.title = "Panshi API".into();
+    document.info.description = Some(
+        "An auto-delivery card shop: buyers, operators, payment gateways, resellers and ops. \
+         Amounts are integer minor units. Errors are {\"error\", \"message\"}."
+            .into(),
+    );
+    bearer_scheme(&mut document);
+    for (path, item) in document.paths.paths.iter_mut() {
+        let protected = PROTECTED_PREFIXES.iter().any(|p| path.starts_with(p));
+        for operation in operations(item) {
+            common_answers(operation, protected);
+        }
+    }
+    document
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Panshi reseller API",
-        description = "Bulk purchases from a prepaid balance, the per-reseller stream and \
-            signed webhooks. Amounts are integer minor units of the shop's currency. \
-            See docs/RESELLERS.md."
-    ),
-    paths(
-        me, purchase, order, stream, create, revoke, balance, rotate_key,
-        rotate_webhook_secret, discount, dead, replay
-    ),
-    components(schemas(
-        Account, PurchaseBody, Receipt, StreamEvent, WebhookEvent, CreateBody, Created,
-        BalanceBody, Balance, RotatedKey, RotatedSecret, DiscountBody, Error
-    )),
-    modifiers(&BearerAuth),
-    security(("bearer" = []))
-)]
-pub struct ResellerApi;
+/// Paths that need `Authorization: Bearer` (the operator token, or a reseller's key).
+const PROTECTED_PREFIXES: [&str; 3] = ["/api/v1/admin/", "/api/v1/reseller/", "/api/v1/ops/"];
 
-/// Both audiences authenticate with `Authorization: Bearer`: a reseller's API key, or the
-/// operator token on the admin routes.
-struct BearerAuth;
+fn json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| api().to_json().expect("the document serialises"))
+}
 
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
-        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+async fn document() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(json())
+}
+
+fn bearer_scheme(document: &mut Document) {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    let components = document.components.get_or_insert_with(Default::default);
+    let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
+    components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+}
+
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.post.as_mut(),
+        item.put.as_mut(),
+        item.delete.as_mut(),
+        item.patch.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// What any route may answer besides its own: 401 where a token is needed; 400, 408 and 413
+/// where a body is read; 429 (rate limits, and the per-address connection cap, on any route);
+/// 503 (the log is busy or refuses writes).
+fn common_answers(operation: &mut Operation, protected: bool) {
+    use utoipa::openapi::security::SecurityRequirement;
+    let mut add = |status: &str, description: &str| {
+        let error = utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Error"));
+        let content = utoipa::openapi::content::ContentBuilder::new()
+            .schema(Some(error))
+            .build();
+        let response: Response = utoipa::openapi::ResponseBuilder::new()
+            .description(description)
+            .content("application/json", content)
+            .build();
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert(response.into());
+    };
+    if protected {
+        add("401", "unauthorized: a valid bearer token is required");
+    }
+    if operation.request_body.is_some() {
+        add("400", "bad_json or bad_request");
+        add("408", "request_timeout: the body arrived too slowly");
+        add("413", "payload_too_large");
+    }
+    add("429", "rate_limited or too_many_connections (Retry-After)");
+    add("503", "busy or storage_unavailable (Retry-After)");
+    if protected {
+        operation.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
     }
 }
 
-/// `GET /api/v1/reseller/me`.
-#[derive(Serialize, ToSchema)]
-pub struct Account {
-    #[schema(example = "rs-1")]
-    pub reseller_id: String,
-    pub name: String,
-    pub balance_cents: u64,
+/// The methods the document gives `path`, for a 405's `Allow` header; `None` for a path it
+/// does not describe.
+pub fn allowed_methods(path: &str) -> Option<String> {
+    static ROUTES: OnceLock<Vec<(ResourceDef, String)>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let mut document = api();
+        document
+            .paths
+            .paths
+            .iter_mut()
+            .map(|(pattern, item)| {
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                ];
+                let allowed: Vec<&str> = methods
+                    .iter()
+                    .filter(|(_, present)| *present)
+                    .map(|(method, _)| *method)
+                    .collect();
+                (ResourceDef::new(pattern.as_str()), allowed.join(", "))
+            })
+            .collect()
+    });
+    routes
+        .iter()
+        .find(|(pattern, _)| pattern.is_match(path))
+        .map(|(_, allowed)| allowed.clone())
 }
-
-#[derive(Serialize, ToSchema)]
-pub struct PurchaseBody {
-    pub sku: String,
-    /// 1 to 1000.
-    pub quantity: u32,
-}
-
-/// A delivered bulk purchase (and the answer to its idempotent retries).
-#[derive(Serialize, ToSchema)]
-pub struct Receipt {
-    pub order_id: String,
-    #[schema(example = "delivered")]
-    pub status: String,
-    pub cards: Vec<String>,
-    pub amount_cents: u64,
-    pub balance_cents: u64,
-}
-
-/// One text frame of the stream: `seq` starts at 1 and rises by 1.
-#[derive(Serialize, ToSchema)]
-pub struct StreamEvent {
-    pub seq: u64,
-    pub order_id: String,
-    pub status: String,
-    pub cards: Vec<String>,
-    pub sku: String,
-    pub amount_cents: u64,
-}
-
-/// A webhook body: a stream event with the `id` to deduplicate by (`<reseller id>-<seq>`).
-/// Signed `Panshi-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
-#[derive(Serialize, ToSchema)]
-pub struct WebhookEvent {
-    #[schema(example = "rs-1-7")]
-    pub id: String,
-    pub seq: u64,
-    pub order_id: String,
-    pub status: String,
-    pub cards: Vec<String>,
-    pub sku: String,
-    pub amount_cents: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CreateBody {
-    pub name: String,
-    /// http or https.
-    pub webhook_url: Option<String>,
-    /// Wholesale discount in basis points, 0 to 10000.
-    pub discount_bp: Option<u32>,
-}
-
-/// The key and the webhook secret are shown this once.
-#[derive(Serialize, ToSchema)]
-pub struct Created {
-    pub reseller_id: String,
-    pub api_key: String,
-    pub webhook_secret: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct BalanceBody {
-    /// Non-zero: positive tops up, negative corrects.
-    pub amount_cents: i64,
-    pub note: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Balance {
-    pub balance_cents: u64,
-}
-
-/// The new API key, shown this once.
-#[derive(Serialize, ToSchema)]
-pub struct RotatedKey {
-    pub reseller_id: String,
-    pub api_key: String,
-}
-
-/// The new webhook secret, shown this once.
-#[derive(Serialize, ToSchema)]
-pub struct RotatedSecret {
-    pub reseller_id: String,
-    pub webhook_secret: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct DiscountBody {
-    /// Wholesale discount in basis points, 0 to 10000, for purchases from now on.
-    pub discount_bp: u32,
-}
-
-/// Every refusal's body.
-#[derive(Serialize, ToSchema)]
-pub struct Error {
-    #[schema(example = "insufficient_balance")]
-    pub error: String,
-    pub message: String,
-}
-
-#[utoipa::path(get, path = "/api/v1/reseller/me", tag = "reseller",
-    responses((status = 200, body = Account), (status = 401, body = Error)))]
-#[allow(dead_code)]
-fn me() {}
-
-#[utoipa::path(post, path = "/api/v1/reseller/orders", tag = "reseller",
-    request_body = PurchaseBody,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "Scoped to the reseller; a retry with it returns the first answer")),
-    responses(
-        (status = 201, body = Receipt),
-        (status = 400, body = Error),
-        (status = 401, body = Error),
-        (status = 402, description = "insufficient_balance", body = Error),
-        (status = 409, description = "sold_out", body = Error),
-        (status = 422, description = "idempotency_mismatch", body = Error),
-        (status = 429, description = "rate_limited (Retry-After)", body = Error)))]
-#[allow(dead_code)]
-fn purchase() {}
-
-#[utoipa::path(get, path = "/api/v1/reseller/orders/{order_id}", tag = "reseller",
-    params(("order_id" = String, Path)),
-    responses((status = 200, description = "the order as the buyer's lookup shows it"),
-        (status = 404, body = Error)))]
-#[allow(dead_code)]
-fn order() {}
-
-#[utoipa::path(get, path = "/api/v1/reseller/stream", tag = "reseller",
-    params(("cursor" = Option<u64>, Query,
-        description = "Replays every event after it (0 when absent), then goes live")),
-    responses((status = 101, description = "WebSocket; one StreamEvent per text frame",
-        body = StreamEvent)))]
-#[allow(dead_code)]
-fn stream() {}
-
-#[utoipa::path(post, path = "/api/v1/admin/resellers", tag = "operator",
-    request_body = CreateBody,
-    responses((status = 201, body = Created), (status = 400, body = Error)))]
-#[allow(dead_code)]
-fn create() {}
-
-#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/revoke", tag = "operator",
-    params(("id" = String, Path)),
-    responses((status = 200), (status = 404, body = Error)))]
-#[allow(dead_code)]
-fn revoke() {}
-
-#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/balance", tag = "operator",
-    params(("id" = String, Path)), request_body = BalanceBody,
-    responses((status = 200, body = Balance), (status = 404, body = Error),
-        (status = 409, description = "insufficient_balance", body = Error)))]
-#[allow(dead_code)]
-fn balance() {}
-
-#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/rotate-key", tag = "operator",
-    params(("id" = String, Path)),
-    responses((status = 200, description = "the old key gets 401 and its open streams close \
-            (code 1008)", body = RotatedKey),
-        (status = 404, body = Error),
-        (status = 409, description = "reseller_revoked", body = Error)))]
-#[allow(dead_code)]
-fn rotate_key() {}
-
-#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/rotate-webhook-secret",
-    tag = "operator", params(("id" = String, Path)),
-    responses((status = 200, description = "signs every delivery from now on, retries too",
-            body = RotatedSecret),
-        (status = 404, body = Error),
-        (status = 409, description = "reseller_revoked", body = Error)))]
-#[allow(dead_code)]
-fn rotate_webhook_secret() {}
-
-#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/discount", tag = "operator",
-    params(("id" = String, Path)), request_body = DiscountBody,
-    responses((status = 200, body = DiscountBody), (status = 400, body = Error),
-        (status = 404, body = Error),
-        (status = 409, description = "reseller_revoked", body = Error)))]
-#[allow(dead_code)]
-fn discount() {}
-
-#[utoipa::path(get, path = "/api/v1/admin/resellers/{id}/webhooks/dead", tag = "operator",
-    params(("id" = String, Path)),
-    responses((status = 200, description = "{\"reseller_id\", \"parked\": [WebhookEvent]}"),
-        (status = 404, body = Error)))]
-#[allow(dead_code)]
-fn dead() {}
-
-#[utoipa::path(post, path = "/api/v1/admin/resellers/{id}/webhooks/dead/{seq}/replay",
-    tag = "operator", params(("id" = String, Path), ("seq" = u64, Path)),
-    responses((status = 200, description = "acknowledged; no longer parked"),
-        (status = 404, body = Error),
-        (status = 502, description = "webhook_failed; still parked", body = Error)))]
-#[allow(dead_code)]
-fn replay() {}
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn every_reseller_path_is_described() {
-        let json: serde_json::Value =
-            serde_json::from_str(&ResellerApi::openapi().to_json().unwrap()).unwrap();
+    fn every_contract_path_is_described() {
+        let json: serde_json::Value = serde_json::from_str(super::json()).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3."));
         for path in [
+            "/api/v1/products",
+            "/api/v1/orders",
+            "/api/v1/orders/{order_id}",
+            "/api/v1/orders/{order_id}/live",
+            "/api/v1/admin/products",
+            "/api/v1/admin/products/{sku}/cards",
+            "/api/v1/admin/products/{sku}/stock",
+            "/api/v1/payments/epay/notify",
+            "/api/v1/payments/epusdt/notify",
+            "/api/v1/payments/stripe/webhook",
+            "/livez",
+            "/readyz",
+            "/metrics",
             "/api/v1/reseller/me",
             "/api/v1/reseller/orders",
             "/api/v1/reseller/orders/{order_id}",

@@ -36,22 +36,33 @@ impl std::fmt::Debug for Secret {
 #[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct ServerSettings {
-    /// Operator bearer token. When unset, a random one is generated and printed at start.
+    /// Operator bearer token, at least 32 characters. When unset, a random one is generated
+    /// at each start and written to the data dir's `operator.token` (owner-only).
     pub admin_token: Option<Secret>,
     pub listen: String,
     pub data: PathBuf,
     /// Base URL gateways and buyers reach this shop at; defaults to `http://{listen}`.
+    /// When it is `https://`, cookies are marked `Secure`.
     pub public_url: Option<String>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` / `Forwarded`
+    /// name the client. Empty (the default): the TCP peer is the client.
+    pub trusted_proxies: crate::client::TrustedProxies,
     pub order_ttl_secs: u64,
     pub shards_per_sku: usize,
     pub shop: ShopSection,
     pub epay: EpaySection,
     pub epusdt: EpusdtSection,
     pub stripe: StripeSection,
+    /// Alipay direct (Open Platform, RSA2).
+    pub alipay: AlipaySection,
+    /// WeChat Pay direct (API v3).
+    pub wechat: WechatSection,
     /// Payment method -> ordered channels (primary first), for example
     /// `alipay = ["epay"]`, `usdt = ["epusdt"]`, `card = ["stripe", "epay"]`.
     pub payment_methods: std::collections::BTreeMap<String, Vec<String>>,
     pub http: HttpSection,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsSection,
     pub log: LogSection,
     pub alerts: AlertsSection,
     pub sentry: SentrySection,
@@ -71,6 +82,27 @@ pub struct ServerSettings {
     pub flash: FlashSection,
     /// When the order pipeline counts as saturated and new buyers queue automatically.
     pub overload: OverloadSection,
+    /// The data dir's disk.
+    pub storage: StorageSection,
+}
+
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct StorageSection {
+    /// Below this many free bytes on the data dir's disk `/readyz` answers 503 (a full disk
+    /// stops the log; a balancer should stop sending before that).
+    pub free_bytes_min: u64,
+}
+
+/// Default readiness threshold of free space: 256 MiB.
+pub const FREE_BYTES_MIN_DEFAULT: u64 = 256 << 20;
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            free_bytes_min: FREE_BYTES_MIN_DEFAULT,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone)]
@@ -117,6 +149,8 @@ pub struct FlashSection {
     pub admit_per_second: u32,
     /// Share of admissions reserved for the VIP lane, in percent.
     pub vip_share_percent: u32,
+    /// No longer honoured (a buyer types any contact): must be empty. The VIP lane is for
+    /// holders of an invite code (`POST /api/v1/admin/vip-invites`).
     pub vip_contacts: Vec<String>,
 }
 
@@ -126,7 +160,7 @@ impl Default for FlashSection {
         Self {
             admit_per_second: flash.admit_per_second,
             vip_share_percent: flash.vip_share_percent,
-            vip_contacts: flash.vip_contacts,
+            vip_contacts: Vec::new(),
         }
     }
 }
@@ -136,7 +170,6 @@ impl FlashSection {
         actors::flash::FlashSettings {
             admit_per_second: self.admit_per_second.max(1),
             vip_share_percent: self.vip_share_percent.min(100),
-            vip_contacts: self.vip_contacts.clone(),
             overload: overload.settings(),
         }
     }
@@ -208,6 +241,75 @@ impl Default for StripeSection {
     }
 }
 
+/// Alipay direct. Keys are PEM (or the bare base64 body Alipay's key tool writes), inline or
+/// from a file (`*_file`), one or the other; checked at start.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct AlipaySection {
+    pub app_id: Option<String>,
+    /// The merchant's application private key (PKCS#1 or PKCS#8).
+    pub private_key: Option<Secret>,
+    pub private_key_file: Option<PathBuf>,
+    /// Alipay's public key (not the application's own public key).
+    pub alipay_public_key: Option<Secret>,
+    pub alipay_public_key_file: Option<PathBuf>,
+    pub gateway_url: String,
+    /// `page` (desktop cashier; phones get wap), `wap`, or `precreate` (a QR code).
+    pub product: String,
+}
+
+impl Default for AlipaySection {
+    fn default() -> Self {
+        Self {
+            app_id: None,
+            private_key: None,
+            private_key_file: None,
+            alipay_public_key: None,
+            alipay_public_key_file: None,
+            gateway_url: crate::direct::alipay::ALIPAY_GATEWAY_URL_DEFAULT.into(),
+            product: "page".into(),
+        }
+    }
+}
+
+/// WeChat Pay direct (API v3, Native payments). Keys as for Alipay.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct WechatSection {
+    pub mch_id: Option<String>,
+    /// The AppID bound to the merchant (an official account's or a website application's).
+    pub app_id: Option<String>,
+    /// The APIv3 key: 32 characters.
+    pub api_v3_key: Option<Secret>,
+    pub api_v3_key_file: Option<PathBuf>,
+    /// The merchant's API private key (`apiclient_key.pem`).
+    pub merchant_private_key: Option<Secret>,
+    pub merchant_private_key_file: Option<PathBuf>,
+    /// The serial number of the merchant's API certificate.
+    pub merchant_serial_no: Option<String>,
+    /// WeChat Pay's public key (the merchant platform's "WeChat Pay public key").
+    pub platform_public_key: Option<Secret>,
+    pub platform_public_key_file: Option<PathBuf>,
+    pub api_base: String,
+}
+
+impl Default for WechatSection {
+    fn default() -> Self {
+        Self {
+            mch_id: None,
+            app_id: None,
+            api_v3_key: None,
+            api_v3_key_file: None,
+            merchant_private_key: None,
+            merchant_private_key_file: None,
+            merchant_serial_no: None,
+            platform_public_key: None,
+            platform_public_key_file: None,
+            api_base: crate::direct::wechat::WECHAT_API_BASE_DEFAULT.into(),
+        }
+    }
+}
+
 #[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct BreakerSection {
@@ -273,9 +375,30 @@ pub struct HttpSection {
     pub json_body_bytes_max: usize,
     /// Open WebSocket connections, across workers.
     pub websockets_max: usize,
+    /// After the drain, how long requests in flight may take before the process stops.
     pub shutdown_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long the server goes on serving with `/readyz` at 503 and
+    /// every answer closing its connection, before it stops (a second signal cuts it short).
+    pub drain_ms: u64,
     /// How long an idle keep-alive connection stays open.
     pub keep_alive_secs: u64,
+    /// How long a request body may take to arrive (larger bodies get 64 KiB/s on top);
+    /// slower ones get 408.
+    pub body_read_timeout_secs: u64,
+    /// Open connections one client address may hold; 0 for no cap.
+    pub connections_per_address_max: u32,
+    /// Addresses never capped: a reverse proxy or load balancer in front carries every
+    /// client's connections.
+    pub connection_cap_exempt: Vec<std::net::IpAddr>,
+}
+
+/// `/metrics` lists per-SKU stock and payment counters. Public by default (the contract's
+/// scrape); with `token` set, a scrape must send `Authorization: Bearer <token>` (or the
+/// operator token).
+#[derive(Deserialize, Serialize, Debug, Clone, Default)]
+#[serde(default)]
+pub struct MetricsSection {
+    pub token: Option<Secret>,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone)]
@@ -311,6 +434,10 @@ pub struct AlertsSection {
     pub payment_orders_min: u64,
     pub stock_min: u64,
     pub delivery_overdue_secs: u64,
+    /// Free bytes on the data dir's disk below which `disk_space_low` fires.
+    pub disk_free_bytes_min: u64,
+    /// How long a durable change may wait for sled before `mirror_lag` fires.
+    pub mirror_lag_secs_max: u64,
 }
 
 /// `[alerts.telegram]`: alerts as messages from a Telegram bot (`sendMessage`).
@@ -438,6 +565,8 @@ impl Default for AlertsSection {
             payment_orders_min: rules.payment_orders_min,
             stock_min: rules.stock_min,
             delivery_overdue_secs: rules.delivery_overdue_ms / 1000,
+            disk_free_bytes_min: rules.disk_free_bytes_min,
+            mirror_lag_secs_max: rules.mirror_lag_ms_max / 1000,
         }
     }
 }
@@ -456,6 +585,8 @@ impl AlertsSection {
             payment_orders_min: self.payment_orders_min,
             stock_min: self.stock_min,
             delivery_overdue_ms: self.delivery_overdue_secs.saturating_mul(1000),
+            disk_free_bytes_min: self.disk_free_bytes_min,
+            mirror_lag_ms_max: self.mirror_lag_secs_max.saturating_mul(1000),
         }
     }
 
@@ -511,14 +642,18 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             data: PathBuf::from("./panshi-data"),
             public_url: None,
+            trusted_proxies: Default::default(),
             order_ttl_secs: engine::order::ORDER_TTL_MS_DEFAULT / 1000,
             shards_per_sku: engine::pool::SHARDS_PER_SKU_DEFAULT,
             shop: ShopSection::default(),
             epay: EpaySection::default(),
             epusdt: EpusdtSection::default(),
             stripe: StripeSection::default(),
+            alipay: AlipaySection::default(),
+            wechat: WechatSection::default(),
             payment_methods: actors::payment::default_methods(),
             http: HttpSection::default(),
+            metrics: MetricsSection::default(),
             log: LogSection::default(),
             alerts: AlertsSection::default(),
             sentry: SentrySection::default(),
@@ -530,6 +665,7 @@ impl Default for ServerSettings {
             risk: RiskSection::default(),
             flash: FlashSection::default(),
             overload: OverloadSection::default(),
+            storage: StorageSection::default(),
         }
     }
 }
@@ -542,6 +678,13 @@ impl Default for ShopSection {
     }
 }
 
+/// Default drain: long enough for a balancer polling `/readyz` every 2 s to see two 503s.
+pub const DRAIN_MS_DEFAULT: u64 = 5_000;
+
+/// Default cap on one address's open connections: room for a few dozen buyers behind one
+/// NAT, each with a browser's handful of connections and a live socket.
+pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: u32 = 512;
+
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
@@ -550,7 +693,14 @@ impl Default for HttpSection {
             json_body_bytes_max: 64 * 1024,
             websockets_max: 50_000,
             shutdown_timeout_secs: 10,
+            drain_ms: DRAIN_MS_DEFAULT,
             keep_alive_secs: 75,
+            body_read_timeout_secs: crate::BODY_READ_TIMEOUT_SECS_DEFAULT,
+            connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
+            connection_cap_exempt: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
         }
     }
 }
@@ -764,6 +914,9 @@ impl ServerSettings {
         if self.order_ttl_secs < 1 {
             problems.push("order_ttl_secs must be at least 1".into());
         }
+        if self.http.body_read_timeout_secs < 1 {
+            problems.push("http.body_read_timeout_secs must be at least 1".into());
+        }
         if !(1..=engine::pool::SHARDS_PER_SKU_MAX).contains(&self.shards_per_sku) {
             problems.push(format!(
                 "shards_per_sku must be 1 to {}",
@@ -799,6 +952,7 @@ impl ServerSettings {
             }
         }
         self.payment_problems(problems);
+        self.security_problems(problems);
     }
 
     fn payment_problems(&self, problems: &mut Vec<String>) {
@@ -823,6 +977,115 @@ impl ServerSettings {
         if self.epusdt.gateway_url.is_some() != self.epusdt.token.is_some() {
             problems.push("epusdt.gateway_url and epusdt.token go together".into());
         }
+        // A signature keyed with an empty secret is one anyone computes: a present secret
+        // must be long enough; an absent one means the channel is not configured. Stripe's
+        // two stand alone (the API key's queries find payments without webhooks).
+        for (name, value) in [
+            ("epay.key", secret(&self.epay.key)),
+            ("epusdt.token", secret(&self.epusdt.token)),
+            ("stripe.secret_key", secret(&self.stripe.secret_key)),
+            ("stripe.webhook_secret", secret(&self.stripe.webhook_secret)),
+        ] {
+            if let Some(problem) = value.and_then(|v| weak_secret(name, v)) {
+                problems.push(problem);
+            }
+        }
+        // The direct channels' keys are parsed here, so a malformed or missing one stops the
+        // start (and `config check`), named; the error never quotes a key.
+        if let Err(error) = crate::direct::alipay::AlipayConfig::from_settings(&self.alipay) {
+            problems.push(format!("{error:#}"));
+        }
+        if let Err(error) = crate::direct::wechat::WechatConfig::from_settings(&self.wechat) {
+            problems.push(format!("{error:#}"));
+        }
+    }
+
+    /// The operator and scrape tokens' floors, demo mode's bounds, the retired VIP list.
+    fn security_problems(&self, problems: &mut Vec<String>) {
+        for (name, token) in [
+            ("admin_token", secret(&self.admin_token)),
+            ("metrics.token", secret(&self.metrics.token)),
+        ] {
+            if token.is_some_and(|t| t.trim().len() < ADMIN_TOKEN_LEN_MIN) {
+                problems.push(format!(
+                    "{name} is shorter than {ADMIN_TOKEN_LEN_MIN} characters (an empty one \
+                     counts too): set a long random one, or leave it out"
+                ));
+            }
+        }
+        if !self.flash.vip_contacts.is_empty() {
+            problems.push(
+                "flash.vip_contacts is no longer supported: a buyer's contact proves nothing, \
+                 anyone can type a VIP's address. Give VIPs invite codes \
+                 (POST /api/v1/admin/vip-invites)"
+                    .into(),
+            );
+        }
+        if self.demo {
+            self.demo_problems(problems);
+        }
+    }
+
+    /// Demo mode signs its own notifies: it must never run beside real gateway settings
+    /// or where anyone but this machine can reach it.
+    fn demo_problems(&self, problems: &mut Vec<String>) {
+        let real = self.configured_gateways();
+        if !real.is_empty() {
+            problems.push(format!(
+                "demo mode refuses to start beside real gateway settings ({}): the demo \
+                 gateway would pay orders for free",
+                real.join(", ")
+            ));
+        }
+        if !listen_is_loopback(&self.listen) {
+            problems.push(format!(
+                "demo mode listens on loopback addresses only (127.0.0.1, [::1], localhost), \
+                 not {}",
+                self.listen
+            ));
+        }
+    }
+
+    /// The real gateways with any setting present, by channel name.
+    pub fn configured_gateways(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.epay.pid.is_some() || self.epay.key.is_some() || self.epay.gateway_url.is_some() {
+            names.push("epay");
+        }
+        if self.epusdt.token.is_some() || self.epusdt.gateway_url.is_some() {
+            names.push("epusdt");
+        }
+        if self.stripe.secret_key.is_some() || self.stripe.webhook_secret.is_some() {
+            names.push("stripe");
+        }
+        if self.alipay.app_id.is_some()
+            || self.alipay.private_key.is_some()
+            || self.alipay.private_key_file.is_some()
+        {
+            names.push("alipay");
+        }
+        if self.wechat.mch_id.is_some()
+            || self.wechat.api_v3_key.is_some()
+            || self.wechat.api_v3_key_file.is_some()
+        {
+            names.push("wechat");
+        }
+        names
+    }
+
+    /// The channels whose gateway calls back, by name: each gets its callback route.
+    pub fn callback_channels(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.epay.key.is_some() || self.demo {
+            names.push("epay".to_owned());
+        }
+        if self.epusdt.token.is_some() {
+            names.push("epusdt".to_owned());
+        }
+        if self.stripe.webhook_secret.is_some() {
+            names.push("stripe".to_owned());
+        }
+        names
     }
 
     /// Whether any payment channel is configured (the demo brings its own).
@@ -831,6 +1094,8 @@ impl ServerSettings {
             || self.epay.pid.is_some()
             || self.epusdt.gateway_url.is_some()
             || self.stripe.secret_key.is_some()
+            || self.alipay.app_id.is_some()
+            || self.wechat.mch_id.is_some()
     }
 
     /// Settings that work but are probably not what the operator wants; each is logged at
@@ -839,8 +1104,8 @@ impl ServerSettings {
         let mut warnings = Vec::new();
         if !self.payment_configured() {
             warnings.push(
-                "no payment channel is configured ([epay], [epusdt] or [stripe]): buyers see \
-                 products as temporarily unavailable and cannot order"
+                "no payment channel is configured ([alipay], [wechat], [epay], [epusdt] or \
+                 [stripe]): buyers see products as temporarily unavailable and cannot order"
                     .to_owned(),
             );
         }
@@ -867,4 +1132,39 @@ fn is_host_name(listen: &str) -> bool {
     let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.parse::<std::net::IpAddr>().is_err() && host != "localhost" && !host.is_empty()
+}
+
+/// Shortest operator (and scrape) token accepted; the generated one has 32 hex digits.
+pub const ADMIN_TOKEN_LEN_MIN: usize = 32;
+
+fn secret(value: &Option<Secret>) -> Option<&str> {
+    value.as_ref().map(|s| s.0.as_str())
+}
+
+/// What is wrong with a gateway secret, if anything (never the secret itself).
+fn weak_secret(name: &str, value: &str) -> Option<String> {
+    if value.trim().is_empty() {
+        return Some(format!(
+            "{name} is empty (an unset variable in a service file?): set it, or leave the \
+             whole section out to run without this channel"
+        ));
+    }
+    (!engine::payment::secret_strong_enough(value)).then(|| {
+        format!(
+            "{name} is shorter than {} bytes",
+            engine::payment::GATEWAY_SECRET_LEN_MIN
+        )
+    })
+}
+
+/// Whether every address `listen` resolves to is a loopback address.
+fn listen_is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addresses) => {
+            let addresses: Vec<_> = addresses.collect();
+            !addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
 }

@@ -52,6 +52,9 @@ pub struct OrderBody {
     /// A password to find the order again by contact; only its slow hash is kept.
     #[serde(default)]
     pub lookup_password: Option<String>,
+    /// A VIP invite code (`POST /api/v1/admin/vip-invites`): queues in the VIP lane.
+    #[serde(default)]
+    pub vip_code: Option<String>,
 }
 
 /// The request's fingerprint (kept in the log with an idempotency key) covers every field
@@ -105,11 +108,12 @@ pub fn catalogue_item(listing: &actors::products::ProductListing) -> Value {
     })
 }
 
-/// The answer to a created order (and to its idempotent retries).
-pub fn created_order(order: &NewOrder) -> Value {
+/// The answer to a created order (and to its idempotent retries); `token` is the buyer's
+/// (the order keeps only its digest).
+pub fn created_order(order: &NewOrder, token: &str) -> Value {
     json!({
         "order_id": order.order_id.as_str(),
-        "token": order.token,
+        "token": token,
         "status": "awaiting_payment",
         "sku": order.sku.as_str(),
         "quantity": order.quantity,

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Server, ADMIN};
+use common::{keys, Server, ADMIN};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 use serde_json::json;
@@ -148,7 +148,6 @@ async fn every_buyer_page_answers_and_its_links_resolve() {
         "/product/vpn-30d",
         "/lookup",
         "/status",
-        "/pay/manual/some-order",
         order_page.as_str(),
     ]
     .map(String::from);
@@ -346,10 +345,11 @@ async fn an_operator_confirms_a_manual_payment_from_the_queue_page() {
         data.path(),
         &[
             ("PANSHI_EPUSDT__GATEWAY_URL", "http://127.0.0.1:9"),
-            ("PANSHI_EPUSDT__TOKEN", "t"),
+            ("PANSHI_EPUSDT__TOKEN", "epusdt-test-token-0123"),
         ],
-        &["--demo"],
+        &[],
     );
+    server.product("vpn-30d", 1500, &keys("VPN", 3)).await;
     let (code, order) = server
         .admin_post(
             "/api/v1/orders",

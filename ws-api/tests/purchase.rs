@@ -115,7 +115,11 @@ async fn imports_skip_duplicates_and_refuse_malformed_bodies_whole() {
     );
     let huge = vec![b'k'; 17 * 1024 * 1024];
     let (code, body) = server.import("imp", huge).await;
-    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
     assert_eq!(
         server.stock("imp").await,
         (4, 0, 0),
@@ -271,6 +275,34 @@ async fn forged_and_mismatched_notifies_change_nothing() {
         metrics.contains("panshi_payment_notifies_total"),
         "rejections are counted"
     );
+}
+
+/// Postmortem (fuzzing): the "already paid" shortcut ran before the amount check, so a
+/// correctly signed notify with another amount got `success` once the order was paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_order_refuses_a_signed_notify_with_another_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.product("p", 1000, &keys("P", 2)).await;
+    let (_, order) = server.order("p", 1).await;
+    assert_eq!(server.pay(&order).await, (200, "success".into()));
+    for money in ["99", "0.01", "10.01", "9.99"] {
+        assert_eq!(
+            server
+                .notify(&epay_params(&order, PID, KEY, Some(money)))
+                .await,
+            (400, "fail".into()),
+            "money={money} on a paid order of 10.00"
+        );
+    }
+    // The true replay is still acknowledged, in any spelling of the amount.
+    for money in [None, Some("10"), Some("10.0")] {
+        assert_eq!(
+            server.notify(&epay_params(&order, PID, KEY, money)).await,
+            (200, "success".into())
+        );
+    }
+    assert_eq!(server.stock("p").await, (1, 0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

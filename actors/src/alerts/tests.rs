@@ -221,3 +221,46 @@ fn history_and_recent_alerts_are_bounded() {
     assert!(series.alerts.history.len() <= ALERT_HISTORY_SAMPLES_MAX);
     assert_eq!(series.alerts.recent().count(), ALERTS_RECENT_MAX);
 }
+
+#[test]
+fn low_disk_space_fires_below_the_threshold_and_clears_above_it() {
+    let mut series = Series::new();
+    series.sample.data_dir_free_bytes = Some(2 << 30);
+    series.step();
+    assert!(!series.active(Rule::DiskSpaceLow));
+    series.sample.data_dir_free_bytes = Some(100 << 20);
+    let fired = series.step();
+    assert_eq!(fired[0].rule, Rule::DiskSpaceLow);
+    assert!(
+        fired[0].message.contains("100 MiB free"),
+        "{}",
+        fired[0].message
+    );
+    series.sample.data_dir_free_bytes = None;
+    series.step();
+    assert!(!series.active(Rule::DiskSpaceLow), "unknown is not low");
+}
+
+#[test]
+fn a_stuck_mirror_fires_once_its_oldest_record_waited_too_long() {
+    let mut series = Series::new();
+    series.sample.mirror_lag_records = 500;
+    series.sample.mirror_lag_ms = 300;
+    series.step();
+    assert!(
+        !series.active(Rule::MirrorLag),
+        "a flush stall is not an alert"
+    );
+    series.sample.mirror_lag_ms = 12_000;
+    let fired = series.step();
+    assert_eq!(fired[0].rule, Rule::MirrorLag);
+    assert!(
+        fired[0].message.contains("500 records"),
+        "{}",
+        fired[0].message
+    );
+    series.sample.mirror_lag_records = 0;
+    series.sample.mirror_lag_ms = 0;
+    let cleared = series.step();
+    assert_eq!(cleared[0].cleared_ms, Some(series.sample.at_ms));
+}

@@ -14,7 +14,7 @@ use engine::coupon::{Coupon, CouponUse, Discount};
 use engine::listing::ProductChange;
 use engine::{CardId, Event, NewOrder, PlacedOrder, Sku};
 
-use super::{give_back, Crashed, World, PRODUCTS};
+use super::{give_back, Crashed, Protocol, World, PRODUCTS};
 
 /// The simulated coupon's code.
 pub const COUPON_CODE: &str = "SIM-10";
@@ -120,7 +120,7 @@ impl World {
             self.listings.deleted.extend(removed);
         }
         if let Some(cards) = in_flight {
-            self.commit_order(&sku, cards, false);
+            self.commit_order(&sku, cards, false, Protocol::Epay);
         }
         self.try_sell_deleted(&sku);
     }
@@ -136,7 +136,7 @@ impl World {
                 .find(|card| state.sku_of(*card).as_ref() == Some(sku))
         };
         let Some(card) = deleted else { return };
-        let order = self.new_order(sku, 1, vec![card]);
+        let order = self.new_order(sku, 1, vec![card], Protocol::Epay);
         match self.store().commit(&Event::OrderCreated(Box::new(order))) {
             Err(storage::Error::Violation(_)) => {}
             Ok(durable) => {
@@ -155,8 +155,9 @@ impl World {
         sku: &Sku,
         cards: Vec<CardId>,
         with_coupon: bool,
+        protocol: Protocol,
     ) -> bool {
-        let created = self.new_order(sku, cards.len() as u32, cards.clone());
+        let created = self.new_order(sku, cards.len() as u32, cards.clone(), protocol);
         let event = match with_coupon.then(|| self.coupon_use(&created)).flatten() {
             Some(coupon) => {
                 let mut order = created.clone();
@@ -217,7 +218,7 @@ impl World {
         let Some(cards) = self.reserve(sku, 1) else {
             return;
         };
-        let mut order = self.new_order(sku, 1, cards.clone());
+        let mut order = self.new_order(sku, 1, cards.clone(), Protocol::Epay);
         let discount_cents = order.amount_cents / 10;
         order.amount_cents -= discount_cents;
         let event = Event::OrderPlaced(Box::new(PlacedOrder {
@@ -249,7 +250,7 @@ impl World {
             let Some(cards) = self.reserve(&sku, 1) else {
                 return false;
             };
-            let mut created = self.new_order(&sku, 1, cards);
+            let mut created = self.new_order(&sku, 1, cards, Protocol::Epay);
             let Some(coupon) = self.coupon_use(&created) else {
                 return false;
             };

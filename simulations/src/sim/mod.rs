@@ -1,6 +1,8 @@
 //! The deterministic simulator. One `u64` seed drives everything: the fault settings, the
-//! buyers (bursty, flash-sale shaped), the gateway (dropped, duplicated, delayed, reordered
-//! and forged notifies), the clock, and crashes with the unsynced log tail lost or torn.
+//! buyers (bursty, flash-sale shaped), the gateways (Epay, Alipay and WeChat Pay direct:
+//! dropped, duplicated, delayed, reordered, forged and replayed notifies, each in its
+//! protocol's wire form and verified as the edge verifies it), the clock, and crashes with
+//! the unsynced log tail lost or torn.
 //!
 //! It drives the real engine (decisions, `ShopState` validation) and the real storage (log,
 //! fdatasync, recovery, sled mirror, audit). The order flow follows the actors' sequence:
@@ -8,6 +10,8 @@
 //! Every step waits for its own commit, so results do not depend on thread timing and a
 //! failing seed replays exactly.
 
+mod cards;
+mod direct;
 mod gateway;
 mod listings;
 mod mail;
@@ -23,7 +27,7 @@ use engine::{
     CardId, Currency, Event, Fulfilment, NewOrder, Order, OrderId, OrderStatus, Payment, Product,
     ReviewReason, Sku,
 };
-use gateway::{Gateway, Notify};
+use gateway::{Gateway, Notify, Protocol};
 pub use rng::Rng;
 use storage::Store;
 
@@ -44,6 +48,8 @@ pub struct Faults {
     pub notify_duplicate_percent: u64,
     pub notify_delay_ms_max: u64,
     pub notify_forge_percent: u64,
+    /// Share of payments one of whose genuine notifies is captured and replayed later.
+    pub notify_replay_percent: u64,
     pub crash_per_mille: u64,
     pub torn_tail_percent: u64,
     pub sync_failure_per_mille: u64,
@@ -58,6 +64,7 @@ impl Faults {
             notify_duplicate_percent: rng.below(40),
             notify_delay_ms_max: rng.below(120_000),
             notify_forge_percent: rng.below(15),
+            notify_replay_percent: rng.below(20),
             crash_per_mille: rng.below(25),
             torn_tail_percent: rng.below(100),
             sync_failure_per_mille: rng.below(8),
@@ -71,6 +78,7 @@ impl Faults {
             notify_duplicate_percent: 0,
             notify_delay_ms_max: 1_000,
             notify_forge_percent: 0,
+            notify_replay_percent: 0,
             crash_per_mille: 0,
             torn_tail_percent: 0,
             sync_failure_per_mille: 0,
@@ -83,11 +91,12 @@ impl fmt::Display for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%",
+            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%, replayed {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%",
             self.notify_drop_percent,
             self.notify_duplicate_percent,
             self.notify_delay_ms_max,
             self.notify_forge_percent,
+            self.notify_replay_percent,
             self.crash_per_mille,
             self.torn_tail_percent,
             self.sync_failure_per_mille,
@@ -115,6 +124,8 @@ pub struct Outcome {
     pub mails_given_up: u64,
     pub crashes: u64,
     pub notifies: u64,
+    /// Forged and stale replayed notifies the shop refused, as it must.
+    pub notifies_refused: u64,
     pub violations: Vec<String>,
 }
 
@@ -152,8 +163,12 @@ struct World {
     live: BTreeMap<OrderId, Order>,
     acked: BTreeMap<OrderId, Acked>,
     gateway: Gateway,
+    /// The direct channels' keys (parsed once).
+    direct_keys: direct::Keys,
     outcome: Outcome,
     keys_imported: u64,
+    /// The first card imported sealed (every one after the setup's legacy import).
+    first_sealed_card: CardId,
     resellers: resellers::Model,
     mail: mail::Model,
     listings: listings::Model,
@@ -180,8 +195,10 @@ pub fn run(options: &Options) -> Outcome {
         live: BTreeMap::new(),
         acked: BTreeMap::new(),
         gateway: Gateway::default(),
+        direct_keys: direct::Keys::new(),
         outcome: Outcome::default(),
         keys_imported: 0,
+        first_sealed_card: CardId(1),
         resellers: resellers::Model::default(),
         mail: mail::Model::default(),
         listings: listings::Model::default(),
@@ -253,29 +270,14 @@ impl World {
                 product.sku.clone(),
                 (0..SHARDS).map(|_| Shard::default()).collect(),
             );
-            self.import(&product.sku, 40);
+            // As an older version imported them: in the clear, sealed by the next start.
+            self.import_keys(&product.sku, 40, true);
         }
+        self.seal_legacy_cards();
+        let first_sealed_card = self.store().state().next_card_id();
+        self.first_sealed_card = first_sealed_card;
         self.setup_resellers();
         self.setup_listings();
-    }
-
-    fn import(&mut self, sku: &Sku, count: u64) {
-        let first_card_id = self.store().state().next_card_id();
-        let keys = (0..count)
-            .map(|i| format!("{sku}-KEY-{:06}", self.keys_imported + i))
-            .collect();
-        let event = Event::CardsImported {
-            sku: sku.clone(),
-            first_card_id,
-            keys,
-        };
-        if self.commit(&event).is_ok() {
-            self.keys_imported += count;
-            let shards = self.pools.get_mut(sku).expect("pool");
-            for id in first_card_id.0..first_card_id.0 + count {
-                shards[shard_of(CardId(id), SHARDS)].add([CardId(id)]);
-            }
-        }
     }
 
     fn step(&mut self) {
@@ -307,7 +309,10 @@ impl World {
             _ => {
                 let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
                 let count = 1 + self.rng.below(15);
-                self.import(&sku, count);
+                self.import_keys(&sku, count, false);
+                if self.rng.percent(10) {
+                    self.import_duplicate(&sku);
+                }
             }
         }
     }
@@ -326,7 +331,24 @@ impl World {
         Some(got)
     }
 
-    fn new_order(&mut self, sku: &Sku, quantity: u32, cards: Vec<CardId>) -> NewOrder {
+    /// An order's stored token: its digest, as the actors commit it; one in ten in the
+    /// clear, as an older version committed it (the state keeps only the digest).
+    fn new_token(&mut self) -> String {
+        let token = engine::ids::hex128(u128::from(self.rng.next()));
+        if self.rng.percent(10) {
+            token
+        } else {
+            engine::ids::token_digest(&token)
+        }
+    }
+
+    fn new_order(
+        &mut self,
+        sku: &Sku,
+        quantity: u32,
+        cards: Vec<CardId>,
+        protocol: Protocol,
+    ) -> NewOrder {
         let price = self
             .store()
             .state()
@@ -336,7 +358,7 @@ impl World {
             .price_cents;
         NewOrder {
             order_id: OrderId::generate(self.now_ms, self.rng.next()),
-            token: engine::ids::hex128(u128::from(self.rng.next())),
+            token: self.new_token(),
             trace_id: engine::ids::hex128(u128::from(self.rng.next())),
             sku: sku.clone(),
             quantity,
@@ -347,9 +369,9 @@ impl World {
             } else {
                 "13800138000".into()
             },
-            channel: "epay".into(),
-            payment_channel: "epay".into(),
-            payment_url: "http://gateway.invalid/submit.php".into(),
+            channel: protocol.channel().into(),
+            payment_channel: protocol.channel().into(),
+            payment_url: format!("http://gateway.invalid/{}", protocol.channel()),
             payment_ref: String::new(),
             created_at_ms: self.now_ms,
             expires_at_ms: self.now_ms + ORDER_TTL_MS,
@@ -368,8 +390,9 @@ impl World {
             return;
         };
         // On a crash the pools were rebuilt from the recovered log; nothing to give back.
+        let protocol = Protocol::ALL[self.rng.below(Protocol::ALL.len() as u64) as usize];
         let with_coupon = self.rng.percent(30);
-        self.commit_order(&sku, cards, with_coupon);
+        self.commit_order(&sku, cards, with_coupon, protocol);
     }
 
     /// An order's creation was acknowledged: it is live and awaits payment.
@@ -398,15 +421,23 @@ impl World {
         if self.gateway.is_paid(&id) {
             return;
         }
-        let amount = self
-            .store()
-            .state()
-            .order(&id)
-            .map(|r| r.created.amount_cents);
-        let Some(amount_cents) = amount else { return };
+        let order = self.store().state().order(&id).map(|r| {
+            (
+                r.created.amount_cents,
+                Protocol::of_channel(&r.created.payment_channel),
+            )
+        });
+        let Some((amount_cents, protocol)) = order else {
+            return;
+        };
         let faults = self.faults.clone();
-        self.gateway
-            .pay(&mut self.rng, &faults, self.now_ms, &id, amount_cents);
+        self.gateway.pay(
+            &mut self.rng,
+            &faults,
+            self.now_ms,
+            (&id, protocol),
+            amount_cents,
+        );
     }
 
     fn advance(&mut self, by_ms: u64) {
@@ -468,38 +499,57 @@ impl World {
     }
 
     /// The gateway's notify reaches the shop: verify as the edge does, then apply as the
-    /// order actor does. The gateway retries until it hears `success`.
+    /// order actor does. The gateway retries until it hears `success`; forged notifies and
+    /// stale replays must be refused, and are never retried.
     fn deliver_notify(&mut self, notify: Notify) {
         self.outcome.notifies += 1;
-        if !notify.forged && self.rng.percent(self.faults.notify_drop_percent) {
+        let attacker = notify.forged || notify.replay_signed_at_ms.is_some();
+        if !attacker && self.rng.percent(self.faults.notify_drop_percent) {
             self.gateway.retry(notify, self.now_ms);
             return;
         }
-        let params = gateway::signed_params(&notify);
-        let verified = engine::payment::verify_epay_notify(&params, MERCHANT_PID, MERCHANT_KEY);
-        let verified = match (verified, notify.forged) {
-            (Err(_), true) => return,
+        let signed_at_ms = notify.replay_signed_at_ms.unwrap_or(self.now_ms);
+        // The shop's own rule, in whole seconds as the headers carry them.
+        let stale = notify.protocol == Protocol::Wechat
+            && (self.now_ms / 1000).abs_diff(signed_at_ms / 1000)
+                > engine::wechatpay::WECHATPAY_TOLERANCE_SECS;
+        let must_refuse = notify.forged || stale;
+        let nonce = self.rng.next();
+        let verified = direct::verify(
+            &self.direct_keys,
+            &notify,
+            nonce,
+            (signed_at_ms, self.now_ms),
+        );
+        let verified = match (verified, must_refuse) {
+            (Err(_), true) => {
+                self.outcome.notifies_refused += 1;
+                return;
+            }
             (Ok(_), true) => {
-                self.violation(format!("a forged notify for {} verified", notify.order_id));
+                self.violation(format!(
+                    "a forged or stale {:?} notify for {} verified",
+                    notify.protocol, notify.order_id
+                ));
                 return;
             }
             (Err(e), false) => {
                 self.violation(format!(
-                    "a genuine notify for {} failed: {e}",
-                    notify.order_id
+                    "a genuine {:?} notify for {} failed: {e}",
+                    notify.protocol, notify.order_id
                 ));
                 return;
             }
             (Ok(v), false) => v,
         };
         let payment = Payment {
-            channel: "epay".into(),
+            channel: notify_channel(&verified.order_id, notify.protocol.channel()).into(),
             gateway_trade_no: verified.trade_no,
             amount_cents: verified.amount_cents,
         };
         if self.apply_payment(&verified.order_id, &payment).is_ok() {
             self.gateway.acknowledged(&notify);
-        } else {
+        } else if !attacker {
             self.gateway.retry(notify, self.now_ms);
         }
     }
@@ -515,8 +565,11 @@ impl World {
                 }
             },
         };
-        let fulfilment = match order.decide_payment(payment) {
+        // Every simulated order is created on Epay: any other channel is a foreign one.
+        let channel_allowed = payment.channel == "epay";
+        let fulfilment = match order.decide_payment(payment, channel_allowed) {
             Ok(PaymentDecision::AlreadyApplied) => return Ok(()),
+            Ok(PaymentDecision::Review(reason)) => Fulfilment::ManualReview { reason },
             Ok(PaymentDecision::DeliverReserved) => Fulfilment::Delivered {
                 newly_reserved: vec![],
             },
@@ -545,6 +598,9 @@ impl World {
         };
         self.commit(&event)?;
         self.live.remove(id);
+        // As the order actor does: keys a reviewed order held go back once durable.
+        let released = order.clone().apply_payment(payment, &fulfilment);
+        give_back(self.pools.get_mut(&order.sku).expect("pool"), &released);
         let acked = match fulfilment {
             Fulfilment::Delivered { .. } => Acked::Delivered,
             Fulfilment::ManualReview { .. } => Acked::Review,
@@ -570,7 +626,7 @@ impl World {
         } else if in_flight.is_some() {
             let sku = Sku::parse(PRODUCTS[0].0).unwrap();
             if let Some(cards) = self.reserve(&sku, 1) {
-                let created = self.new_order(&sku, 1, cards);
+                let created = self.new_order(&sku, 1, cards, Protocol::Epay);
                 if let Ok(durable) = self
                     .store()
                     .commit(&Event::OrderCreated(Box::new(created.clone())))
@@ -651,6 +707,8 @@ impl World {
         self.store = Some(store);
         self.adopt_unacknowledged();
         self.adopt_mails();
+        // As the server does at every start.
+        self.seal_legacy_cards();
     }
 
     /// Work whose acknowledgement was lost may or may not have survived: take the log's word.
@@ -709,6 +767,7 @@ impl World {
         for problem in lost {
             self.violation(problem);
         }
+        self.check_card_keys(step);
         self.check_resellers(step);
         self.check_mail(step);
         self.check_listings(step);
@@ -750,6 +809,7 @@ impl World {
         if self.outcome.violations.len() > last {
             return;
         }
+        self.check_keys_at_rest(self.first_sealed_card);
         if let Some(store) = self.store.take() {
             let _ = store.close();
         }
@@ -834,5 +894,29 @@ fn describe(event: &Event) -> String {
         Event::CouponCreated(coupon) => format!("coupon {}", coupon.code),
         Event::CouponDisabled { code, .. } => format!("withdrawal of coupon {code}"),
         Event::ShopIdentitySet { .. } => "shop identity".into(),
+        Event::SealedCardsImported { sku, cards, .. } => {
+            format!("sealed import of {} keys into {sku}", cards.len())
+        }
+        Event::CardsSealed { cards } => format!("sealing of {} keys", cards.len()),
+    }
+}
+
+/// Percent of orders whose genuine payment arrives through another channel than the one
+/// they were created on (a verified payment from a foreign gateway): it must end in review.
+const FOREIGN_CHANNEL_PERCENT: u64 = 3;
+
+/// The channel an order's (every) notify arrives through: fixed per order, so that the
+/// gateway's retries are replays of one transaction.
+fn notify_channel(order_id: &OrderId, own: &'static str) -> &'static str {
+    let hash = order_id
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    if hash % 100 < FOREIGN_CHANNEL_PERCENT {
+        "stripe"
+    } else {
+        own
     }
 }

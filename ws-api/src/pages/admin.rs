@@ -236,9 +236,10 @@ async fn sign_in(
     if form.csrf.is_empty() || !signatures_equal(&expected_csrf, &form.csrf) {
         return forbidden(&request);
     }
-    if !signatures_equal(form.token.trim(), &state.admin_token) {
-        tracing::warn!(peer = ?request.peer_addr(), "operator sign-in refused");
-        return sign_in_page(&request, true);
+    if let Err(error) = crate::routes::operator_token_ok(&request, &state, form.token.trim()) {
+        let mut page = sign_in_page(&request, true);
+        *page.status_mut() = error.status;
+        return page;
     }
     let session = sessions().create(Instant::now());
     tracing::info!(peer = ?request.peer_addr(), "operator signed in");
@@ -382,10 +383,10 @@ async fn payments_missing(lang: Lang, state: &AppState) -> Markup {
     html! {
         p.error #payments-missing role="alert" { (lang.pick(
             "Payments are not set up: buyers see every product as temporarily unavailable. \
-             Configure a payment channel ([epay], [epusdt] or [stripe]; see \
-             panshi.example.toml) and restart.",
-            "尚未配置支付：买家看到所有商品都暂时无法购买。请配置支付渠道（[epay]、[epusdt] 或 \
-             [stripe]，见 panshi.example.toml）后重启。")) }
+             Configure a payment channel ([alipay], [wechat], [epay], [epusdt] or [stripe]; \
+             see panshi.example.toml) and restart.",
+            "尚未配置支付：买家看到所有商品都暂时无法购买。请配置支付渠道（[alipay]、[wechat]、\
+             [epay]、[epusdt] 或 [stripe]，见 panshi.example.toml）后重启。")) }
     }
 }
 
@@ -787,6 +788,10 @@ fn review_word(lang: Lang, reason: engine::ReviewReason) -> &'static str {
             "Paid after it expired, and the stock was gone",
             "过期后才付款，且库存已售完",
         ),
+        engine::ReviewReason::ForeignChannel => lang.pick(
+            "Paid through a channel the order was not made for",
+            "付款渠道与订单所选渠道不符",
+        ),
     }
 }
 
@@ -827,7 +832,7 @@ async fn apply_confirmation(state: &AppState, order_id: &OrderId) -> Result<(), 
         .shop
         .store()
         .order(order_id)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("unknown order"))?;
     let payment = engine::Payment {
         channel: actors::payment::MANUAL_CHANNEL.into(),

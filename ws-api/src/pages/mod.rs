@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod assets;
 pub mod i18n;
+pub mod qr;
 pub mod session;
 pub mod shop;
 
@@ -50,10 +51,12 @@ pub fn cookie(request: &HttpRequest, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Whether the buyer reached us over TLS (directly or through a proxy that says so), so
-/// that cookies get `Secure`.
+/// Whether cookies get `Secure`: decided by configuration (`public_url` is `https://`),
+/// never by a header a client could send (`X-Forwarded-Proto`, `Forwarded`).
 pub fn is_secure(request: &HttpRequest) -> bool {
-    request.connection_info().scheme() == "https"
+    request
+        .app_data::<web::Data<crate::AppState>>()
+        .is_some_and(|state| state.public_https)
 }
 
 /// What the frame of a page needs.

@@ -181,6 +181,9 @@ struct BuyForm {
     /// Never shown again, never hashed into the fingerprint.
     #[serde(default)]
     lookup_password: String,
+    /// A VIP invite code, if the buyer has one.
+    #[serde(default)]
+    vip_code: String,
 }
 
 /// The form's fingerprint (kept in the log with the idempotency key) leaves the lookup
@@ -196,6 +199,7 @@ impl Hash for BuyForm {
         )
             .hash(state);
         self.coupon.hash(state);
+        self.vip_code.hash(state);
     }
 }
 
@@ -302,6 +306,9 @@ fn buy_form(lang: Lang, view: &ProductView, form: &BuyForm) -> Markup {
             }
             label for="coupon" { (lang.pick("Coupon code (optional)", "优惠码（可选）")) }
             input #coupon type="text" name="coupon" maxlength="32" autocomplete="off" value=(form.coupon);
+            label for="vip_code" { (lang.pick("VIP invite code (optional)", "VIP 邀请码（可选）")) }
+            input #vip_code type="text" name="vip_code" maxlength="200" autocomplete="off"
+                value=(form.vip_code);
             fieldset {
                 legend { (lang.pick("Payment method", "支付方式")) }
                 @for method in &view.methods {
@@ -402,7 +409,7 @@ async fn buy(
         return Ok(not_found(&request));
     };
     let lang = Lang::of(&request);
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = state.client(&request);
     // The buy form makes orders like the API does, so the same per-client limit applies.
     if let Err(error) = state.limits.check(crate::limits::Lane::Create, client) {
         let text = refusal_text(lang, &error);
@@ -435,13 +442,21 @@ async fn buy(
         quantity,
         contact: form.contact.trim().to_owned(),
         channel: form.method.clone(),
-        idempotency_key: (!form.key.is_empty()).then(|| format!("page:{}", form.key)),
+        idempotency_key: match form.key.is_empty() {
+            true => None,
+            false => Some(crate::routes::orders::scoped_idempotency_key(
+                client,
+                &format!("page:{}", form.key),
+            )?),
+        },
         fingerprint: fingerprint(&form),
         client_ip: client.map(|ip| ip.to_string()),
         terms: BuyerTerms {
             coupon: Some(form.coupon.trim().to_owned()).filter(|c| !c.is_empty()),
             lookup_password: Some(form.lookup_password.clone()).filter(|p| !p.is_empty()),
         },
+        vip: crate::routes::orders::vip_lane(&state, Some(form.vip_code.trim()))?,
+        phone: crate::direct::from_phone(&request),
     };
     let order_request = match state.shop.queue_if_needed(order_request) {
         Ok(Ok(queued)) => {
@@ -463,7 +478,7 @@ async fn buy(
     match state.shop.create_order(order_request).await {
         Ok(order) => Ok(see_other(&order_path(
             order.order_id.as_str(),
-            &order.token,
+            &state.shop.order_token(&order.order_id),
         ))),
         Err(error) => {
             let error = ApiError::from(error);
@@ -522,7 +537,8 @@ async fn queue_page(
             );
         }
         Ok(TicketUpdate::Admitted(order)) => {
-            return see_other(&order_path(order.order_id.as_str(), &order.token));
+            let token = state.shop.order_token(&order.order_id);
+            return see_other(&order_path(order.order_id.as_str(), &token));
         }
         Ok(TicketUpdate::SoldOut) => {
             return message_page(
@@ -600,6 +616,7 @@ async fn order_page(
     let lang = Lang::of(&request);
     let shown = OrderShown {
         record: &view.record,
+        token: &query.token,
         name: &name,
         keys: &view.keys,
         usage_note: &usage_note,
@@ -626,6 +643,9 @@ fn status_labels(lang: Lang) -> String {
 /// What the order page shows.
 struct OrderShown<'a> {
     record: &'a OrderRecord,
+    /// The token the buyer proved (the record keeps only its digest), for the live
+    /// status script.
+    token: &'a str,
     name: &'a str,
     keys: &'a [String],
     /// The product's note on using the keys, shown with them.
@@ -646,7 +666,7 @@ fn countdown(lang: Lang, expires_at_ms: u64, now_ms: u64) -> Markup {
 }
 
 fn order_main(lang: Lang, shown: &OrderShown<'_>) -> Markup {
-    let (record, name, keys) = (shown.record, shown.name, shown.keys);
+    let (record, token, name, keys) = (shown.record, shown.token, shown.name, shown.keys);
     let created = &record.created;
     let status = record.status;
     html! {
@@ -663,7 +683,7 @@ fn order_main(lang: Lang, shown: &OrderShown<'_>) -> Markup {
                 dd #coupon-used { code { (coupon.code) } " −" (format_cents(coupon.discount_cents)) " " (created.currency.as_str()) }
             }
         }
-        section #order data-order=(created.order_id.as_str()) data-token=(created.token)
+        section #order data-order=(created.order_id.as_str()) data-token=(token)
             data-status=(status.as_str()) data-labels=(status_labels(lang))
             data-copy=(lang.pick("Copy", "复制")) data-copied=(lang.pick("Copied", "已复制"))
             aria-labelledby="status-heading" {
@@ -673,6 +693,7 @@ fn order_main(lang: Lang, shown: &OrderShown<'_>) -> Markup {
             (steps(lang, status))
             @if status == OrderStatus::AwaitingPayment {
                 (countdown(lang, created.expires_at_ms, shown.now_ms))
+                (payment_qr(lang, &created.payment_channel, &created.payment_url))
             }
             @if status == OrderStatus::AwaitingPayment && is_web_url(&created.payment_url) {
                 p #pay {
@@ -700,6 +721,34 @@ fn order_main(lang: Lang, shown: &OrderShown<'_>) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// The QR code a buyer scans with WeChat or Alipay, drawn here, for the payments that are
+/// scanned (WeChat Pay Native, Alipay precreate); nothing for the others.
+fn payment_qr(lang: Lang, channel: &str, url: &str) -> Markup {
+    if !super::qr::is_scanned(channel, url) {
+        return html! {};
+    }
+    let (label, caption) = if channel == "wechat" {
+        (
+            lang.pick("WeChat Pay QR code", "微信支付二维码"),
+            lang.pick("Scan with WeChat to pay.", "请使用微信扫码付款。"),
+        )
+    } else {
+        (
+            lang.pick("Alipay QR code", "支付宝二维码"),
+            lang.pick("Scan with Alipay to pay.", "请使用支付宝扫码付款。"),
+        )
+    };
+    match super::qr::svg(url, label) {
+        Some(code) => html! {
+            figure #pay-qr data-channel=(channel) {
+                (code)
+                figcaption.help { (caption) }
+            }
+        },
+        None => html! {},
     }
 }
 

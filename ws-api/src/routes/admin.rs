@@ -8,9 +8,9 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::routes::require_operator;
 use crate::wire::{ProductBody, StockBody};
-use crate::{read_body, AppState};
+use crate::{payload_too_large, read_body, AppState};
 
-/// Bytes an import request may carry; a larger body is refused with 400 before it is read.
+/// Bytes an import request may carry; a larger body is refused with 413 before it is read.
 pub const IMPORT_REQUEST_BYTES_MAX: usize = IMPORT_BODY_BYTES_MAX;
 
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -31,6 +31,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::post().to(refund),
         )
         .route("/api/v1/admin/audit", web::get().to(audit_trail))
+        .route("/api/v1/admin/vip-invites", web::post().to(vip_invite))
         .route(
             "/api/v1/admin/manual-payments",
             web::get().to(manual_payments),
@@ -56,13 +57,6 @@ async fn create_product(
     Ok(HttpResponse::Created().json(answer))
 }
 
-fn import_too_large(limit: usize) -> ApiError {
-    ApiError::bad_request(
-        "bad_import",
-        format!("card import refused: body is over {limit} bytes"),
-    )
-}
-
 async fn import_cards(
     request: HttpRequest,
     path: web::Path<String>,
@@ -71,7 +65,7 @@ async fn import_cards(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let sku = Sku::parse(&path)?;
-    let body = read_body(payload, IMPORT_REQUEST_BYTES_MAX, import_too_large).await?;
+    let body = read_body(payload, IMPORT_REQUEST_BYTES_MAX, payload_too_large).await?;
     let outcome = state
         .shop
         .products()
@@ -94,6 +88,25 @@ async fn stock(
         .get(&sku)
         .ok_or(engine::Rejection::UnknownSku)?;
     Ok(HttpResponse::Ok().json(StockBody::new(listing.stock, listing.deleted)))
+}
+
+#[derive(serde::Deserialize)]
+struct InviteBody {
+    /// Who the invite is for (kept in the audit trail), `^[A-Za-z0-9._-]{1,64}$`.
+    label: String,
+}
+
+/// An operator mints a VIP invite code: a buyer who presents it queues in the VIP lane.
+async fn vip_invite(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let body: InviteBody = crate::json_body(payload, &state).await?;
+    let code = state.shop.vip_invite(body.label.trim())?;
+    record_action(&state, &request, "vip_invite", body.label.trim(), "").await?;
+    Ok(HttpResponse::Created().json(json!({"label": body.label.trim(), "code": code})))
 }
 
 #[derive(serde::Deserialize)]
@@ -124,7 +137,7 @@ async fn confirm_payment(
         .shop
         .store()
         .order(&order_id)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("unknown order"))?;
     let payment = engine::Payment {
         channel: actors::payment::MANUAL_CHANNEL.into(),
@@ -211,7 +224,7 @@ async fn audit_trail(
         .shop
         .store()
         .audit_trail(AUDIT_ENTRIES_MAX)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?;
+        .map_err(ApiError::from)?;
     let entries: Vec<_> = entries
         .iter()
         .map(|e| {

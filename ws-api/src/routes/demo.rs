@@ -51,8 +51,11 @@ async fn submit(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     }
     if request.method() == actix_web::http::Method::GET {
         let body = format!(
-            "<h1>Demo gateway</h1><p>Order {order}: {} for {}</p>\
-             <form method=\"post\"><button type=\"submit\">Pay</button></form>",
+            "<h1>DEMO gateway: no real money</h1>\
+             <p role=\"alert\"><strong>DEMO MODE.</strong> This stand-in pays every order \
+             for free; nothing is charged and nothing is checked.</p>\
+             <p>Order {order}: {} for {}</p>\
+             <form method=\"post\"><button type=\"submit\">Pay (demo)</button></form>",
             escape_html(get("name")),
             escape_html(get("money"))
         );

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::routes::orders::TokenQuery;
 use crate::routes::require_operator;
+use crate::socket::{self, Feed, Outgoing};
 use crate::wire::created_order;
 use crate::AppState;
 
@@ -55,13 +56,13 @@ pub fn queued(queued: &actors::flash::Queued) -> HttpResponse {
     }))
 }
 
-fn frame(ticket: TicketId, update: &TicketUpdate) -> String {
+fn frame(shop: &actors::Shop, ticket: TicketId, update: &TicketUpdate) -> String {
     let id = ticket.0.to_string();
     match update {
         TicketUpdate::Queued { position, estimated_wait_secs } => {
             json!({"ticket": id, "status": "queued", "position": position, "estimated_wait_secs": estimated_wait_secs})
         }
-        TicketUpdate::Admitted(order) => json!({"ticket": id, "status": "admitted", "order": created_order(order)}),
+        TicketUpdate::Admitted(order) => json!({"ticket": id, "status": "admitted", "order": created_order(order, &shop.order_token(&order.order_id))}),
         TicketUpdate::SoldOut => json!({"ticket": id, "status": "sold_out"}),
         TicketUpdate::Failed(reason) => json!({"ticket": id, "status": "failed", "message": reason}),
     }
@@ -75,36 +76,56 @@ async fn watch(
     query: web::Query<TokenQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    socket::verify(&request)?;
     let ticket = path
         .parse::<u64>()
         .map(TicketId)
         .map_err(|_| ApiError::not_found("unknown ticket"))?;
-    let client = request.peer_addr().map(|a| a.ip());
+    let client = state.client(&request);
     state.limits.check(crate::limits::Lane::Websocket, client)?;
-    let guard = crate::routes::live::open_socket(&state)?;
-    let mut feed = state
+    let guard = socket::open_socket(&state)?;
+    let feed = state
         .shop
         .watch_ticket(ticket, &query.token)
         .map_err(ApiError::from)?;
-    let (response, mut session, _stream) = actix_ws::handle(&request, body)?;
+    let (response, session, frames) = socket::upgrade(&request, body).await?;
+    let lifecycle = state.lifecycle.clone();
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        while let Some(update) = feed.recv().await {
-            if session.text(frame(ticket, &update)).await.is_err() {
-                return;
-            }
-            if update.is_final() {
-                let _ = session
-                    .close(Some(CloseReason::from(CloseCode::Normal)))
-                    .await;
-                return;
-            }
-        }
-        let reason = CloseReason {
-            code: CloseCode::Again,
-            description: Some("fell behind; reconnect".into()),
-        };
-        let _ = session.close(Some(reason)).await;
+        socket::pump(
+            session,
+            frames,
+            TicketFeed {
+                shop: state.shop.clone(),
+                ticket,
+                feed,
+            },
+            lifecycle,
+        )
+        .await;
     });
     Ok(response)
+}
+
+/// A ticket's updates as socket frames: closed normally after its outcome.
+struct TicketFeed {
+    shop: actors::Shop,
+    ticket: TicketId,
+    feed: tokio::sync::mpsc::Receiver<TicketUpdate>,
+}
+
+impl Feed for TicketFeed {
+    async fn next(&mut self) -> Outgoing {
+        match self.feed.recv().await {
+            Some(update) if update.is_final() => Outgoing::Last(
+                frame(&self.shop, self.ticket, &update),
+                CloseReason::from(CloseCode::Normal),
+            ),
+            Some(update) => Outgoing::Text(frame(&self.shop, self.ticket, &update)),
+            None => Outgoing::Close(CloseReason {
+                code: CloseCode::Again,
+                description: Some("fell behind; reconnect".into()),
+            }),
+        }
+    }
 }

@@ -12,11 +12,10 @@
 
 use std::num::NonZeroU32;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message};
+use actix_ws::{CloseCode, CloseReason};
 use actors::reseller::{
     FeedItem, PurchaseRequest, Receipt, ResellerKey, ResellerRequest, StreamEvent,
 };
@@ -27,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::routes::live::{CLIENT_FRAME_BYTES_MAX, PING_INTERVAL_SECS};
 use crate::routes::{bearer, require_operator};
+use crate::socket::{self, Feed, Outgoing};
 use crate::wire::order_view;
 use crate::{json_body, AppState};
 
@@ -253,25 +252,31 @@ async fn create(
     })))
 }
 
-/// An `http://` or `https://` URL with a host; loopback and private hosts only when allowed.
+/// An `http://` or `https://` URL with a host, a valid port and no credentials, parsed as
+/// the webhook client will parse it; loopback and private hosts only when allowed.
 fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
     let bad = |message: &str| ApiError::bad_request("bad_request", message.to_owned());
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| bad("webhook_url must be an http or https URL"))?;
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(bad("webhook_url holds spaces or control characters"));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') {
+    // The parser forgives (`http:///host` becomes `http://host/`); what is stored must be
+    // what was meant, so the authority must follow `//` as written.
+    let authority = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("webhook_url must be an http or https URL"))?;
+    if authority.starts_with(['/', '?', '#']) {
         return Err(bad("webhook_url needs a host and no credentials"));
     }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| bad(&format!("webhook_url is not a URL: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("webhook_url needs a host and no credentials"));
+    }
+    let Some(host) = parsed.host() else {
+        return Err(bad("webhook_url needs a host and no credentials"));
     };
-    if !private_allowed && is_private_host(host) {
+    if !private_allowed && is_private_host(&host.to_string(), url) {
         return Err(bad(
             "webhook_url may not point at a loopback or private address",
         ));
@@ -279,17 +284,12 @@ fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn is_private_host(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified(),
-        Err(_) => false,
-    }
+/// A first, early refusal of what is private by its spelling (every form the URL parser
+/// normalises, `localhost` and its subdomains); names are checked again on each
+/// connection (`ssrf.rs`), where the resolved address is what counts.
+fn is_private_host(host: &str, url: &str) -> bool {
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || crate::ssrf::check_literal(url).is_err()
 }
 
 async fn revoke(
@@ -482,64 +482,42 @@ async fn stream(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let who = authenticate(&request, &state, KeyLane::Stream)?;
+    socket::verify(&request)?;
     let cursor = cursor_of(&request)?;
-    let guard = crate::routes::live::open_socket(&state)?;
+    let guard = socket::open_socket(&state)?;
     let feed = state
         .shop
         .reseller_stream(who, cursor)
         .await
         .map_err(reseller_error)?;
-    let (response, session, messages) = actix_ws::handle(&request, body)?;
-    let messages = messages.max_frame_size(CLIENT_FRAME_BYTES_MAX);
+    let (response, session, frames) = socket::upgrade(&request, body).await?;
+    let lifecycle = state.lifecycle.clone();
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        pump(feed, session, messages).await;
+        socket::pump(session, frames, StreamFeed(feed), lifecycle).await;
     });
     Ok(response)
 }
 
-/// Sends the feed to the socket until either side ends; a reader that fell behind is
-/// closed with code 1013 ("try again") and the cursor to resume from.
-async fn pump(
-    mut feed: actors::reseller::Feed,
-    mut session: actix_ws::Session,
-    mut messages: actix_ws::MessageStream,
-) {
-    let mut ping = actix_web::rt::time::interval(Duration::from_secs(PING_INTERVAL_SECS));
-    ping.tick().await;
-    let close = loop {
-        tokio::select! {
-            item = feed.next() => match item {
-                FeedItem::Event(event) => {
-                    if session.text(stream_frame(&event)).await.is_err() {
-                        return;
-                    }
-                }
-                FeedItem::FellBehind => break Some(CloseReason {
-                    code: CloseCode::Again,
-                    description: Some(format!("fell behind; reconnect with cursor={}", feed.cursor())),
-                }),
-                FeedItem::KeyWithdrawn => break Some(CloseReason {
-                    code: CloseCode::Policy,
-                    description: Some("the API key was rotated or revoked".into()),
-                }),
-            },
-            message = messages.recv() => match message {
-                Some(Ok(Message::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Ok(_)) => {}
-                Some(Err(_)) => break Some(CloseReason::from(CloseCode::Protocol)),
-            },
-            _ = ping.tick() => {
-                if session.ping(b"").await.is_err() {
-                    return;
-                }
-            }
+/// A reseller's stream as socket frames; a reader that fell behind is closed with code 1013
+/// ("try again") and the cursor to resume from.
+struct StreamFeed(actors::reseller::Feed);
+
+impl Feed for StreamFeed {
+    async fn next(&mut self) -> Outgoing {
+        match self.0.next().await {
+            FeedItem::Event(event) => Outgoing::Text(stream_frame(&event)),
+            FeedItem::FellBehind => Outgoing::Close(CloseReason {
+                code: CloseCode::Again,
+                description: Some(format!(
+                    "fell behind; reconnect with cursor={}",
+                    self.0.cursor()
+                )),
+            }),
+            FeedItem::KeyWithdrawn => Outgoing::Close(CloseReason {
+                code: CloseCode::Policy,
+                description: Some("the API key was rotated or revoked".into()),
+            }),
         }
-    };
-    let _ = session.close(close).await;
+    }
 }

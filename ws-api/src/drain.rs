@@ -1,0 +1,80 @@
+//! A graceful drain on SIGTERM or SIGINT, so that a load balancer and a rolling restart lose
+//! nothing: for `http.drain_ms` the server goes on serving everything (the listener stays
+//! open) while `/readyz` answers 503 and every answer closes its connection (keep-alive
+//! clients reconnect, and are sent elsewhere once the balancer has seen the 503); then live
+//! sockets are closed with 1001 ("going away"), the listener closes, and the requests in
+//! flight are answered (up to `http.shutdown_timeout_secs`) before the process stops.
+//! A second signal cuts the drain short.
+//!
+//! Invariant: a request that reached the server before the listener closed is answered.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// The server's stage of life, shared by the readiness check, the answers and live sockets.
+#[derive(Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+    /// Set once live sockets must close (the end of the drain).
+    closing: AtomicBool,
+    close_sockets: Notify,
+}
+
+impl Lifecycle {
+    /// Whether a stop was asked for: not ready, and every answer closes its connection.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once live sockets must close.
+    pub async fn sockets_closing(&self) {
+        loop {
+            let notified = self.close_sockets.notified();
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn close_sockets(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.close_sockets.notify_waiters();
+    }
+}
+
+/// The server's shutdown signal (`HttpServer::shutdown_signal`): resolves after the first
+/// SIGTERM or SIGINT (Ctrl-C) and the drain; actix then closes the listener and lets requests
+/// in flight finish for up to `shutdown_timeout_secs`, and the log is closed cleanly. (actix's
+/// own handler treats SIGINT as a forced stop, which would cut requests in flight.)
+pub async fn stop_signal(lifecycle: Arc<Lifecycle>, drain: Duration, shutdown_timeout_secs: u64) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot listen for SIGINT and SIGTERM; stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = interrupt.recv() => "Ctrl-C (SIGINT)",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    lifecycle.draining.store(true, Ordering::Release);
+    tracing::info!(
+        "{name} received: draining for {} ms (not ready; answers close their connections; a \
+         second signal cuts it short), then stopping gracefully: requests in flight may finish \
+         for up to {shutdown_timeout_secs} s",
+        drain.as_millis()
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(drain) => {}
+        _ = interrupt.recv() => tracing::warn!("second signal: the drain is cut short"),
+        _ = terminate.recv() => tracing::warn!("second signal: the drain is cut short"),
+    }
+    lifecycle.close_sockets();
+    tracing::info!("drained: closing the listener and answering what is in flight");
+}
