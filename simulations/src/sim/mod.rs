@@ -565,8 +565,13 @@ impl World {
                 }
             },
         };
-        // Every simulated order is created on Epay: any other channel is a foreign one.
-        let channel_allowed = payment.channel == "epay";
+        // An order may be paid through the channel it was created on (no simulated method
+        // has fallbacks): any other is a foreign one.
+        let channel_allowed = self
+            .store()
+            .state()
+            .order(id)
+            .is_some_and(|record| record.created.payment_channel == payment.channel);
         let fulfilment = match order.decide_payment(payment, channel_allowed) {
             Ok(PaymentDecision::AlreadyApplied) => return Ok(()),
             Ok(PaymentDecision::Review(reason)) => Fulfilment::ManualReview { reason },
