@@ -651,6 +651,18 @@ impl Shop {
         self.0.sealer.derive_token("order", order_id.as_str())
     }
 
+    /// The token that opens `record`, for a link to it: derived again (only its digest is
+    /// stored); empty for an order an older version made with a random token, which only
+    /// its buyer still holds.
+    pub fn buyer_token(&self, record: &OrderRecord) -> String {
+        let token = self.order_token(&record.created.order_id);
+        if engine::ids::token_matches(&record.created.token, &token) {
+            token
+        } else {
+            String::new()
+        }
+    }
+
     /// A VIP invite code for `label` (who it is for, `^[A-Za-z0-9._-]{1,64}$`): the label
     /// and a MAC under a key derived from the sealing key, so nobody else can make one.
     pub fn vip_invite(&self, label: &str) -> Result<String, Rejection> {
@@ -803,7 +815,6 @@ impl Shop {
         let (coupon, lookup_password_hash) =
             self.order_terms(&request, amount_cents, now_ms).await?;
         let amount_cents = amount_cents - coupon.as_ref().map_or(0, |c| c.discount_cents);
-        let token = self.order_token(&order_id);
         let mut hold = self.hold_risk(&order_id, &buyer, &request.sku, request.quantity, now_ms)?;
         // Keys first: a gateway payment is created only for an order that has its keys.
         let reserve_started = (self.now_ms(), Instant::now());
@@ -813,7 +824,6 @@ impl Shop {
         let cards = reserved.inspect_err(|_| in_flight.measured(reserve_elapsed))?;
         let subject = payment::PaymentSubject {
             order_id: &order_id,
-            token: &token,
             name: &product.name,
             amount_cents,
             currency: product.currency,

@@ -50,8 +50,6 @@ pub struct PaymentLink {
 /// What the buyer needs to name a payment: the order and its product.
 pub struct PaymentSubject<'a> {
     pub order_id: &'a OrderId,
-    /// The order's access token: the buyer's way back to the order page after paying.
-    pub token: &'a str,
     pub name: &'a str,
     pub amount_cents: u64,
     pub currency: Currency,
@@ -228,7 +226,9 @@ impl Shop {
 }
 
 /// The buyer's order page, where a gateway sends the buyer back after paying (on a phone
-/// the buyer returns there, not to the catalogue). Order ids and tokens are URL-safe.
+/// the buyer returns there, not to the catalogue). It carries no token: the URL is kept in
+/// the log and seen by the gateway; the buyer's browser holds the token in a cookie for this
+/// order's page since it first opened it.
 pub fn order_page_url(base: &str, subject: &PaymentSubject<'_>) -> String {
-    format!("{base}/order/{}?token={}", subject.order_id, subject.token)
+    format!("{base}/order/{}", subject.order_id)
 }

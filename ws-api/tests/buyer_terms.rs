@@ -251,11 +251,11 @@ async fn the_demo_gateway_returns_the_buyer_to_the_order_page() {
     let (code, order) = order_with(&server, body).await;
     assert_eq!(code, 201, "{order}");
     let pay_url = order["payment"]["url"].as_str().unwrap();
-    let order_page = server.url(&format!(
-        "/order/{}?token={}",
-        order["order_id"].as_str().unwrap(),
-        order["token"].as_str().unwrap()
-    ));
+    let order_id = order["order_id"].as_str().unwrap();
+    let token = order["token"].as_str().unwrap();
+    // No token in the return URL (the log keeps it, the gateway sees it): the buyer's
+    // browser kept the token in a cookie for this order's page when it opened it.
+    let order_page = server.url(&format!("/order/{order_id}"));
     let query: Vec<(String, String)> =
         serde_urlencoded::from_str(pay_url.split_once('?').unwrap().1).unwrap();
     let return_url = &query.iter().find(|(k, _)| k == "return_url").unwrap().1;
@@ -263,6 +263,43 @@ async fn the_demo_gateway_returns_the_buyer_to_the_order_page() {
         return_url, &order_page,
         "return_url is the buyer's order page"
     );
+    assert!(
+        !pay_url.contains(token),
+        "the token stays out of the payment URL"
+    );
+    let opened = server
+        .http
+        .get(format!("{order_page}?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = opened
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("the order page keeps the token in a cookie")
+        .to_owned();
+    assert!(
+        cookie.contains(&format!("Path=/order/{order_id}"))
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let returned = server
+        .http
+        .get(return_url)
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        returned.status(),
+        200,
+        "back on the order page with the cookie"
+    );
+    let without = server.http.get(return_url).send().await.unwrap();
+    assert_eq!(without.status(), 404, "no token, no cookie: no order");
     let cashier = server
         .http
         .get(pay_url)
@@ -272,7 +309,7 @@ async fn the_demo_gateway_returns_the_buyer_to_the_order_page() {
         .text()
         .await
         .unwrap();
-    assert!(cashier.contains(">Pay</button>"));
+    assert!(cashier.contains(">Pay (demo)</button>"), "{cashier}");
     let paid = server.http.post(pay_url).send().await.unwrap();
     assert_eq!(paid.status(), 200);
     let paid = paid.text().await.unwrap();

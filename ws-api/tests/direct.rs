@@ -331,11 +331,14 @@ async fn forged_foreign_wrong_amount_and_replayed_alipay_notifies_change_nothing
         "a replay"
     );
     let second = alipay_notify(&order, app_id, "12.50", "T2", &alipay);
+    // A second payment changes nothing; its refund is alerted and recorded once, and
+    // Alipay is told so (success), so that it does not retry for a day.
     assert_eq!(
-        post_alipay(&server, second).await.0,
-        400,
+        post_alipay(&server, second).await,
+        (200, "success".into()),
         "another trade for a paid order"
     );
+    assert_eq!(server.lookup(&order).await.1["status"], "delivered");
     let replayed_cheaper = alipay_notify(&order, app_id, "0.01", "T1", &alipay);
     assert_eq!(
         post_alipay(&server, replayed_cheaper).await,
@@ -514,11 +517,13 @@ async fn forged_foreign_wrong_amount_stale_and_replayed_wechat_notifies_change_n
         &platform,
         now,
     );
+    // A second payment changes nothing; its refund is alerted and recorded once.
     assert_eq!(
         post_wechat(&server, &other).await,
-        400,
+        204,
         "another transaction for a paid order"
     );
+    assert_eq!(server.lookup(&order).await.1["status"], "delivered");
     let replayed_cheaper = wechat_notify(
         transaction(&order, simkeys::WECHAT_MCH_ID, 1, "4200000001"),
         api_v3,

@@ -604,7 +604,13 @@ async fn order_page(
     let Ok(order_id) = OrderId::parse(&path) else {
         return not_found(&request);
     };
-    let Ok(view) = state.shop.lookup(&order_id, &query.token) else {
+    // The link's token, or the one this browser kept when it first opened the order (a
+    // gateway returns the buyer to the page without one).
+    let token = match query.token.as_str() {
+        "" => super::cookie(&request, ORDER_TOKEN_COOKIE).unwrap_or_default(),
+        token => token.to_owned(),
+    };
+    let Ok(view) = state.shop.lookup(&order_id, &token) else {
         return not_found(&request);
     };
     let listing = state.shop.products().get(&view.record.created.sku);
@@ -616,7 +622,7 @@ async fn order_page(
     let lang = Lang::of(&request);
     let shown = OrderShown {
         record: &view.record,
-        token: &query.token,
+        token: &token,
         name: &name,
         keys: &view.keys,
         usage_note: &usage_note,
@@ -625,11 +631,34 @@ async fn order_page(
     };
     let main = order_main(lang, &shown);
     let title = lang.pick("Your order", "您的订单");
-    respond(
+    let mut response = respond(
         StatusCode::OK,
         document(&Frame::new(&request, lang, title), main),
-    )
+    );
+    // Tokens are hex: nothing to escape in the cookie.
+    let secure = if super::is_secure(&request) {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{ORDER_TOKEN_COOKIE}={token}; Path=/order/{}; Max-Age={ORDER_TOKEN_COOKIE_SECS}; \
+         HttpOnly; SameSite=Lax{secure}",
+        order_id.as_str()
+    );
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&cookie) {
+        response
+            .headers_mut()
+            .append(actix_web::http::header::SET_COOKIE, value);
+    }
+    response
 }
+
+/// The cookie that keeps an order's token for its page only (`Path=/order/{id}`), so that a
+/// gateway returns the buyer there with no token in any URL. `SameSite=Lax`: sent on the
+/// gateway's redirect (a top-level navigation), never on another site's requests.
+const ORDER_TOKEN_COOKIE: &str = "order_token";
+const ORDER_TOKEN_COOKIE_SECS: u64 = 30 * 24 * 3600;
 
 /// Every status's label, for the script to show what the socket says.
 fn status_labels(lang: Lang) -> String {
@@ -812,7 +841,8 @@ async fn lookup(request: HttpRequest, query: web::Query<LookupQuery>) -> HttpRes
 
 /// What a lookup by contact found, to show under the forms.
 enum Found {
-    Orders(Vec<OrderRecord>),
+    /// Each order with the token that opens it.
+    Orders(Vec<(OrderRecord, String)>),
     Refused(String),
 }
 
@@ -871,9 +901,9 @@ fn found_orders(lang: Lang, found: &Found) -> Markup {
         },
         Found::Orders(orders) => html! {
             ul.found #found role="status" {
-                @for record in orders {
+                @for (record, token) in orders {
                     li {
-                        a href=(order_path(record.created.order_id.as_str(), &record.created.token)) {
+                        a href=(order_path(record.created.order_id.as_str(), token)) {
                             code { (record.created.order_id.as_str()) }
                         }
                         " · " (record.created.sku.as_str()) " × " (record.created.quantity)
@@ -927,7 +957,15 @@ async fn lookup_by_contact(
         .find_orders_by_contact(contact, &form.lookup_password)
         .await
     {
-        Ok(orders) => Found::Orders(orders),
+        Ok(orders) => Found::Orders(
+            orders
+                .into_iter()
+                .map(|record| {
+                    let token = state.shop.buyer_token(&record);
+                    (record, token)
+                })
+                .collect(),
+        ),
         Err(error) => Found::Refused(refusal_text(lang, &ApiError::from(error))),
     };
     lookup_page(&request, "", "", Some((contact, found)), StatusCode::OK)

@@ -328,7 +328,10 @@ pub fn buyer_link(state: &AppState, record: &OrderRecord) -> String {
     let base = state.shop.settings().public_url.trim_end_matches('/');
     format!(
         "{base}{}",
-        crate::pages::shop::order_path(record.created.order_id.as_str(), &record.created.token)
+        crate::pages::shop::order_path(
+            record.created.order_id.as_str(),
+            &state.shop.buyer_token(record)
+        )
     )
 }
 

@@ -160,7 +160,7 @@ async fn lookup_by_contact(
             let created = &record.created;
             serde_json::json!({
                 "order_id": created.order_id.as_str(),
-                "token": created.token,
+                "token": state.shop.buyer_token(record),
                 "status": record.status.as_str(),
                 "sku": created.sku.as_str(),
                 "quantity": created.quantity,
