@@ -40,6 +40,10 @@ pub fn describe_metrics() {
         "Open live-order WebSocket connections."
     );
     describe_counter!(
+        "panshi_operator_auth_failures_total",
+        "Wrong operator tokens (bearer or sign-in); each one lengthens its address's lockout."
+    );
+    describe_counter!(
         "panshi_http_body_timeouts_total",
         "Requests answered 408 because their body arrived too slowly."
     );

@@ -76,8 +76,11 @@ pub fn operator_token_ok(
         state.auth_backoff.succeeded(client);
         return Ok(());
     }
-    metrics::counter!("panshi_operator_auth_failures_total").increment(1);
-    state.auth_backoff.failed(client, now);
+    // No token at all is no guess: only a wrong one counts towards the lockout.
+    if !token.is_empty() {
+        metrics::counter!("panshi_operator_auth_failures_total").increment(1);
+        state.auth_backoff.failed(client, now);
+    }
     Err(ApiError::unauthorized())
 }
 
