@@ -1,5 +1,6 @@
-//! The catalogue actor: serialises product creation and card imports, so that a key's
-//! deduplication and its card id are decided against a state no other import is changing.
+//! The catalogue actor: serialises product creation, card imports and key deletions, so
+//! that a key's deduplication and its card id are decided against a state no other import
+//! is changing, and a deletion never races an import of the same product.
 
 use std::time::Instant;
 
@@ -23,6 +24,23 @@ pub struct CreateProduct(pub Product);
 pub struct ImportCards {
     pub sku: engine::Sku,
     pub body: Vec<u8>,
+}
+
+/// An operator's deletion of unsold keys of one product.
+#[derive(Message)]
+#[rtype(result = "Result<DeleteOutcome, ShopError>")]
+pub struct DeleteCards {
+    pub sku: engine::Sku,
+    pub cards: Vec<engine::CardId>,
+}
+
+/// What a deletion did: the keys deleted, and those kept with the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    pub deleted: Vec<engine::CardId>,
+    /// Keys not deleted: sold, reserved by an order (or a reservation under way), already
+    /// deleted, or of another product.
+    pub kept: Vec<(engine::CardId, crate::products::CardStatus)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,13 +118,19 @@ impl Handler<ImportCards> for Catalog {
         let shop = self.shop.clone();
         let work = async move {
             let parsed = parse_import(&msg.body)?;
+            // Digests before the state lock: the lock then only looks them up.
+            let digests: Vec<[u8; 32]> = parsed
+                .keys
+                .iter()
+                .map(|key| shop.key_digest(&msg.sku, key))
+                .collect();
             let (keys, first_card_id, duplicates) = {
                 let state = shop.store().state();
                 let product = state.product(&msg.sku).ok_or(Rejection::UnknownSku)?;
                 let mut duplicates = parsed.duplicates_count;
                 let mut keys = Vec::with_capacity(parsed.keys.len());
-                for key in parsed.keys {
-                    if product.has_key(key) {
+                for (key, digest) in parsed.keys.into_iter().zip(digests) {
+                    if product.has_digest(&digest) || product.has_key(key) {
                         duplicates += 1;
                     } else {
                         keys.push(key.to_owned());
@@ -119,13 +143,19 @@ impl Handler<ImportCards> for Catalog {
             // mirror long enough to stall every checkout (measured: 3.8 s for 200k keys).
             // The body was validated whole above, so a chunked import still refuses a
             // malformed body whole; a crash between chunks leaves the chunks before it, and
-            // the operator's retry skips them as duplicates.
+            // the operator's retry skips them as duplicates. Every key is sealed for its
+            // card before it reaches the log.
             let mut next = first_card_id.0;
             for chunk in keys.chunks(IMPORT_CHUNK_KEYS) {
-                let event = Event::CardsImported {
+                let cards = chunk
+                    .iter()
+                    .zip(next..)
+                    .map(|(key, id)| shop.seal_card(&msg.sku, engine::CardId(id), key))
+                    .collect();
+                let event = Event::SealedCardsImported {
                     sku: msg.sku.clone(),
                     first_card_id: engine::CardId(next),
-                    keys: chunk.to_vec(),
+                    cards,
                 };
                 shop.commit(&event).await?;
                 let ids = (next..next + chunk.len() as u64).map(engine::CardId);
@@ -137,6 +167,22 @@ impl Handler<ImportCards> for Catalog {
                 duplicates,
             })
         };
+        let started = Instant::now();
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |result, act, _| {
+                act.handled(&result, started);
+                result
+            },
+        )))
+    }
+}
+
+impl Handler<DeleteCards> for Catalog {
+    type Result = AtomicResponse<Self, Result<DeleteOutcome, ShopError>>;
+
+    fn handle(&mut self, msg: DeleteCards, _: &mut Self::Context) -> Self::Result {
+        let shop = self.shop.clone();
+        let work = async move { crate::products::delete_cards(&shop, msg.sku, msg.cards).await };
         let started = Instant::now();
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |result, act, _| {

@@ -1,4 +1,4 @@
-//! Payment channel actors. Each channel (epay, ...) is a supervised actor that owns its
+//! Payment channel actors. Each channel (epay, alipay, wechat, ...) is a supervised actor that owns its
 //! circuit breaker and a bound on concurrent server-to-server calls, behind one trait
 //! (`GatewayClient`) that the edge implements for the real protocol.
 //!
@@ -72,6 +72,8 @@ pub struct CreateRequest {
     pub name: String,
     pub notify_url: String,
     pub return_url: String,
+    /// The buyer is on a phone: Alipay's wap flow rather than its desktop page.
+    pub phone: bool,
 }
 
 /// A payment the gateway created: where the buyer pays, and the gateway's reference for it
@@ -91,14 +93,21 @@ pub trait GatewayClient: Send + Sync + 'static {
         reference: &str,
     ) -> BoxFuture<Result<QueryAnswer, GatewayError>>;
 
-    /// Creates a payment server-side. Channels whose payment page is a signed URL built
-    /// locally (Epay) do not need it.
+    /// Whether `create` only signs a URL locally (Alipay's page and wap payments): no call
+    /// reaches the gateway, so it neither takes a concurrency permit nor counts for the
+    /// breaker, though an open breaker still turns new orders away.
+    fn creates_locally(&self, _request: &CreateRequest) -> bool {
+        false
+    }
+
     /// Closes an unpaid payment where the protocol allows (Stripe: expire the checkout
     /// session), so that nobody pays for keys about to be released. Best effort.
     fn close(&self, _order_id: &OrderId, _reference: &str) -> BoxFuture<Result<(), GatewayError>> {
         Box::pin(async { Ok(()) })
     }
 
+    /// Creates a payment server-side, or signs its URL where `creates_locally`. Channels
+    /// whose payment page the shop builds itself (Epay's `submit.php`) do not need it.
     fn create(&self, _request: &CreateRequest) -> BoxFuture<Result<CreatedPayment, GatewayError>> {
         Box::pin(async {
             Err(GatewayError::Failed(
@@ -254,6 +263,12 @@ impl Handler<Create> for ChannelActor {
     type Result = ResponseActFuture<Self, Result<CreatedPayment, GatewayError>>;
 
     fn handle(&mut self, msg: Create, _: &mut Self::Context) -> Self::Result {
+        if self.client.creates_locally(&msg.0) {
+            if !self.breaker.is_usable(self.clock.now_ms()) {
+                return Box::pin(fut::ready(Err(GatewayError::BreakerOpen)));
+            }
+            return Box::pin(self.client.create(&msg.0).into_actor(self));
+        }
         self.call("create", move |client| client.create(&msg.0))
     }
 }

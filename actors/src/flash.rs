@@ -46,8 +46,6 @@ const IN_PROGRESS_WAITS_MAX: u32 = 200;
 pub struct FlashSettings {
     pub admit_per_second: u32,
     pub vip_share_percent: u32,
-    /// Contacts (lower case) that queue in the VIP lane.
-    pub vip_contacts: Vec<String>,
     /// When the order pipeline counts as saturated (automatic waiting rooms).
     pub overload: OverloadSettings,
 }
@@ -57,7 +55,6 @@ impl Default for FlashSettings {
         Self {
             admit_per_second: 500,
             vip_share_percent: 20,
-            vip_contacts: Vec::new(),
             overload: OverloadSettings::default(),
         }
     }
@@ -84,6 +81,7 @@ struct Ticket {
     sku: Sku,
     lane: Lane,
     number: u64,
+    /// The digest of the ticket's token (`engine::ids::token_digest`), never the token.
     token: String,
     /// The request while the ticket waits; taken when it is admitted.
     request: Option<OrderRequest>,
@@ -232,7 +230,7 @@ fn record(transition: Option<Transition>, in_flight: u64) {
 
 impl Shop {
     pub fn set_flash_sale(&self, sku: &Sku, enabled: bool) -> Result<(), ShopError> {
-        self.stock(sku)?;
+        self.products().stock(sku)?;
         let flash = self.flash();
         let mut rooms = flash.rooms.lock();
         if enabled {
@@ -333,14 +331,14 @@ impl Shop {
         // A retry of an order already made gets that order, not a place in the queue.
         if let Some(key) = &request.idempotency_key {
             crate::check_idempotency_key(key)?;
-            if self.store().state().order_by_idempotency_key(key).is_some() {
+            if self.idempotent_first(key).is_some() {
                 return Ok(Err(request));
             }
         }
         self.check_request(&request)?;
         self.screen_risk(&request)?;
         // Nobody queues for keys that are gone for good (none left, none held unpaid).
-        let stock = self.stock(&request.sku)?;
+        let stock = self.products().stock(&request.sku)?;
         if stock.available == 0 && stock.reserved == 0 {
             return Err(Rejection::SoldOut.into());
         }
@@ -349,19 +347,9 @@ impl Shop {
 
     /// Puts a buyer in the product's waiting room, opening an automatic one if none is.
     fn join_queue(&self, request: OrderRequest) -> Result<Queued, ShopError> {
-        let contact = request.contact.trim().to_lowercase();
-        let lane = if self
-            .settings()
-            .flash
-            .vip_contacts
-            .iter()
-            .any(|c| c.to_lowercase() == contact)
-        {
-            Lane::Vip
-        } else {
-            Lane::Public
-        };
-        let token = engine::ids::hex128(self.random_u128());
+        // The VIP lane is for holders of an invite the operator signed (`vip_invite`),
+        // checked at the edge; a buyer's own contact proves nothing.
+        let lane = if request.vip { Lane::Vip } else { Lane::Public };
         // The ticket's entry exists before the ticker can see it in the room: `tickets` is
         // held across the join (lock order: tickets, then rooms).
         let mut tickets = self.flash().tickets.lock();
@@ -383,6 +371,7 @@ impl Shop {
                 .map_err(|RoomFull| ShopError::Busy)?;
             (ticket, place, self.admission_rate(room.automatic))
         };
+        let token = self.ticket_token(ticket);
         let idempotency = request
             .idempotency_key
             .clone()
@@ -395,7 +384,7 @@ impl Shop {
             sku: request.sku.clone(),
             lane,
             number: place.number,
-            token: token.clone(),
+            token: engine::ids::token_digest(&token),
             request: Some(request),
             watchers: Vec::new(),
             outcome: None,
@@ -434,7 +423,7 @@ impl Shop {
         };
         Ok(Queued {
             ticket,
-            token: entry.token.clone(),
+            token: self.ticket_token(ticket),
             position,
             estimated_wait_secs,
         })
@@ -452,7 +441,7 @@ impl Shop {
             .by_id
             .get_mut(&ticket)
             .ok_or(Rejection::UnknownOrder)?;
-        if !engine::payment::signatures_equal(&entry.token, token) {
+        if !engine::ids::token_matches(&entry.token, token) {
             return Err(Rejection::UnknownOrder.into());
         }
         let now = self.ticket_state(entry);
@@ -467,7 +456,7 @@ impl Shop {
     pub fn ticket_now(&self, ticket: TicketId, token: &str) -> Result<TicketUpdate, ShopError> {
         let tickets = self.flash().tickets.lock();
         let entry = tickets.by_id.get(&ticket).ok_or(Rejection::UnknownOrder)?;
-        if !engine::payment::signatures_equal(&entry.token, token) {
+        if !engine::ids::token_matches(&entry.token, token) {
             return Err(Rejection::UnknownOrder.into());
         }
         Ok(self.ticket_state(entry))
@@ -606,6 +595,7 @@ impl Shop {
         let calm = !pipeline.saturated.load(Ordering::Acquire);
         for sku in skus {
             let gone = self
+                .products()
                 .stock(&sku)
                 .map_or(true, |s| s.available == 0 && s.reserved == 0);
             let admitted = {

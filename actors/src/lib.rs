@@ -4,7 +4,12 @@
 //!   subscribers. Started on demand from storage (the `Directory` is its supervisor: an order
 //!   whose actor is gone is reloaded from sled on the next message).
 //! - `PoolShard`: a disjoint slice of one SKU's keys (default 4 shards per SKU), supervised.
-//! - `Catalog`: serialises product creation and imports, supervised.
+//! - `Catalog`: serialises product creation, imports and key deletions, supervised.
+//!
+//! `Shop` is the handle every edge holds. Its own functions are the buyer's path (orders,
+//! payments, lookups) and the runtime's; operators' work goes through sub-handles:
+//! `shop.products()` (products, listings, keys), `shop.coupons()`, `shop.order_book()`
+//! (search, queues, revenue) and `shop.storefront()` (the shop's identity).
 //!
 //! Invariants: an actor changes its own copy of state only after the event is durable;
 //! reserved keys return to a pool only after the expiry that frees them is durable; every
@@ -16,17 +21,23 @@
 //! is also why the release build aborts on panic instead of unwinding into odd states.
 
 pub mod alerts;
+pub mod cards;
 pub mod catalog;
 pub mod channel;
+pub mod coupons;
 pub mod flash;
 pub mod health;
 pub mod live;
+pub mod lookup;
 pub mod mail;
 pub mod order;
+pub mod order_book;
 pub mod payment;
 pub mod pool;
+pub mod products;
 pub mod reseller;
 pub mod seal;
+pub mod storefront;
 pub mod trace;
 pub mod webhook;
 
@@ -36,17 +47,18 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use engine::events::{Event, Fulfilment, Idempotency, NewOrder, Payment, Product};
+use engine::coupon::CouponUse;
+use engine::events::{Event, Fulfilment, Idempotency, NewOrder, Payment, PlacedOrder, Product};
 use engine::ids::hex128;
 use engine::money::AMOUNT_CENTS_MAX;
 use engine::order::{CONTACT_LEN_MAX, ORDER_QUANTITY_MAX};
-use engine::payment::signatures_equal;
-use engine::{CardId, Currency, Order, OrderId, OrderRecord, OrderStatus, Rejection, Sku, Stock};
+use engine::state::ProductState;
+use engine::{CardId, Currency, Order, OrderId, OrderRecord, OrderStatus, Rejection, Sku};
 use parking_lot::{Mutex, RwLock};
 use storage::Store;
 use tokio::sync::mpsc;
 
-pub use catalog::ImportOutcome;
+pub use catalog::{DeleteOutcome, ImportOutcome};
 pub use health::{Health, KindHealth, LastError};
 pub use live::OrderUpdate;
 pub use order::PayOutcome;
@@ -54,6 +66,8 @@ use order::{Directory, Pay};
 use pool::SkuPool;
 use trace::{OrderTrace, Stage, Traces};
 
+/// The prefix of a VIP invite code (`Shop::vip_invite`); the digit is the format's version.
+pub const VIP_INVITE_PREFIX: &str = "vip1.";
 /// Longest `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// Payment channels counted for the alert rules.
@@ -211,6 +225,22 @@ pub struct OrderRequest {
     pub fingerprint: u64,
     /// The client's IP, for the risk rules (`None` where unknown).
     pub client_ip: Option<String>,
+    /// A coupon code and a lookup password, when the buyer gave them.
+    pub terms: BuyerTerms,
+    /// The buyer holds a valid VIP invite (`Shop::vip_invite_valid`): queues in the VIP lane.
+    pub vip: bool,
+    /// The buyer's browser is a phone's (its User-Agent): Alipay's wap flow instead of
+    /// the desktop page. Not part of the idempotency fingerprint.
+    pub phone: bool,
+}
+
+/// What a buyer may add to an order beyond the contract's fields.
+#[derive(Clone, Debug, Default, Hash)]
+pub struct BuyerTerms {
+    /// A coupon code, in any case.
+    pub coupon: Option<String>,
+    /// A password to find the order again by contact (only its slow hash is stored).
+    pub lookup_password: Option<String>,
 }
 
 /// An order as its buyer may see it.
@@ -218,6 +248,8 @@ pub struct OrderView {
     pub record: OrderRecord,
     /// The keys, once delivered.
     pub keys: Vec<String>,
+    /// The coupon the order used, and what it took off.
+    pub coupon: Option<CouponUse>,
 }
 
 struct Inner {
@@ -307,7 +339,7 @@ fn risk_check(
 }
 
 /// An `Idempotency-Key` header's shape: 1 to 255 visible ASCII characters.
-pub(crate) fn check_idempotency_key(key: &str) -> Result<(), Rejection> {
+pub fn check_idempotency_key(key: &str) -> Result<(), Rejection> {
     if key.is_empty()
         || key.len() > IDEMPOTENCY_KEY_LEN_MAX
         || !key.bytes().all(|b| b.is_ascii_graphic())
@@ -509,10 +541,6 @@ impl Shop {
         &self.0.flash
     }
 
-    pub(crate) fn random_u128(&self) -> u128 {
-        self.0.entropy.random_u128()
-    }
-
     /// The channel actor an order's payment goes through, if that channel can be queried.
     pub(crate) fn channel_of(&self, order_id: &OrderId) -> Option<Addr<channel::ChannelActor>> {
         let state = self.store().state();
@@ -625,26 +653,6 @@ impl Shop {
         self.0.channel_totals.lock().clone()
     }
 
-    /// The manual-review queue size, and when the oldest paid but undelivered order (not in
-    /// review) was paid. Scans every order: called every few seconds, not per request.
-    pub fn delivery_backlog(&self) -> (u64, Option<u64>) {
-        let state = self.store().state();
-        let mut review_count = 0;
-        let mut oldest_paid_at_ms: Option<u64> = None;
-        for record in state.orders() {
-            match record.status {
-                OrderStatus::ManualReview => review_count += 1,
-                OrderStatus::Paid => {
-                    let paid_at_ms = record.paid_at_ms.unwrap_or(record.created.created_at_ms);
-                    oldest_paid_at_ms =
-                        Some(oldest_paid_at_ms.map_or(paid_at_ms, |o| o.min(paid_at_ms)));
-                }
-                _ => {}
-            }
-        }
-        (review_count, oldest_paid_at_ms)
-    }
-
     pub fn directory(&self) -> &Directory {
         &self.0.directory
     }
@@ -656,36 +664,11 @@ impl Shop {
     }
 
     pub fn card_keys(&self, cards: &[CardId]) -> Vec<String> {
-        order::keys_of(&self.store().state(), cards)
+        cards::keys_of(&self.store().state(), &self.0.sealer, cards)
     }
 
-    fn catalog(&self) -> &Addr<catalog::Catalog> {
+    pub(crate) fn catalog(&self) -> &Addr<catalog::Catalog> {
         self.0.catalog.get().expect("started")
-    }
-
-    pub async fn create_product(&self, product: Product) -> Result<(), ShopError> {
-        if product.name.trim().is_empty() || product.name.len() > PRODUCT_NAME_BYTES_MAX {
-            return Err(Rejection::InvalidInput("name must be 1 to 200 bytes").into());
-        }
-        if product.name.chars().any(char::is_control) {
-            return Err(Rejection::InvalidInput("name may not hold control characters").into());
-        }
-        if product.price_cents == 0 || product.price_cents > AMOUNT_CENTS_MAX {
-            return Err(Rejection::InvalidInput("price_cents must be 1 to 1000000000").into());
-        }
-        let _queued = self.health().queued(ActorKind::Catalog);
-        self.catalog()
-            .send(catalog::CreateProduct(product))
-            .await
-            .map_err(|_| ShopError::Unavailable("catalogue"))?
-    }
-
-    pub async fn import_cards(&self, sku: Sku, body: Vec<u8>) -> Result<ImportOutcome, ShopError> {
-        let _queued = self.health().queued(ActorKind::Catalog);
-        self.catalog()
-            .send(catalog::ImportCards { sku, body })
-            .await
-            .map_err(|_| ShopError::Unavailable("catalogue"))?
     }
 
     pub(crate) fn open_pool(&self, sku: &Sku) {
@@ -728,20 +711,59 @@ impl Shop {
         self.pool(sku).ok().map(|pool| pool.available_hint())
     }
 
-    pub fn products(&self) -> Vec<(Product, Stock)> {
-        self.store()
-            .state()
-            .products()
-            .map(|p| (p.product.clone(), p.stock))
-            .collect()
+    /// The order an `Idempotency-Key` made, while its window is open
+    /// (`engine::order::IDEMPOTENCY_WINDOW_MS`); after that the key is free again.
+    pub(crate) fn idempotent_first(&self, key: &str) -> Option<OrderRecord> {
+        let now_ms = self.now_ms();
+        let state = self.store().state();
+        state
+            .order_by_idempotency_key(key)
+            .filter(|first| engine::state::idempotency_live(first, now_ms))
+            .cloned()
     }
 
-    pub fn stock(&self, sku: &Sku) -> Result<Stock, ShopError> {
-        self.store()
-            .state()
-            .product(sku)
-            .map(|p| p.stock)
-            .ok_or(Rejection::UnknownSku.into())
+    /// A buyer's token for an order: derived, so that only its digest is stored, and the
+    /// order's first answer can be given again to an idempotent retry.
+    pub fn order_token(&self, order_id: &OrderId) -> String {
+        self.0.sealer.derive_token("order", order_id.as_str())
+    }
+
+    /// The token that opens `record`, for a link to it: derived again (only its digest is
+    /// stored); empty for an order an older version made with a random token, which only
+    /// its buyer still holds.
+    pub fn buyer_token(&self, record: &OrderRecord) -> String {
+        let token = self.order_token(&record.created.order_id);
+        if engine::ids::token_matches(&record.created.token, &token) {
+            token
+        } else {
+            String::new()
+        }
+    }
+
+    /// A VIP invite code for `label` (who it is for, `^[A-Za-z0-9._-]{1,64}$`): the label
+    /// and a MAC under a key derived from the sealing key, so nobody else can make one.
+    pub fn vip_invite(&self, label: &str) -> Result<String, Rejection> {
+        let label = Sku::parse(label)
+            .map_err(|_| Rejection::InvalidInput("label must match ^[A-Za-z0-9._-]{1,64}$"))?;
+        let mac = self.0.sealer.derive_token("vip", label.as_str());
+        Ok(format!("{VIP_INVITE_PREFIX}{}.{mac}", label.as_str()))
+    }
+
+    /// Whether `code` is a VIP invite this shop signed (constant-time).
+    pub fn vip_invite_valid(&self, code: &str) -> bool {
+        let Some((label, mac)) = code
+            .strip_prefix(VIP_INVITE_PREFIX)
+            .and_then(|rest| rest.rsplit_once('.'))
+        else {
+            return false;
+        };
+        Sku::parse(label).is_ok()
+            && engine::payment::signatures_equal(&self.0.sealer.derive_token("vip", label), mac)
+    }
+
+    /// A waiting-room ticket's token, derived like an order's.
+    pub(crate) fn ticket_token(&self, ticket: engine::waiting_room::TicketId) -> String {
+        self.0.sealer.derive_token("ticket", &ticket.0.to_string())
     }
 
     fn begin_idempotent(
@@ -760,11 +782,11 @@ impl Shop {
             return Err(ShopError::InProgress);
         }
         // Not in flight, so whatever the state holds for this key is durable.
-        if let Some(first) = self.store().state().order_by_idempotency_key(key) {
+        if let Some(first) = self.idempotent_first(key) {
             let same = first.created.idempotency.as_ref().map(|i| i.fingerprint)
                 == Some(request.fingerprint);
             return if same {
-                Ok(Err(first.created.clone()))
+                Ok(Err(first.created))
             } else {
                 Err(ShopError::IdempotencyMismatch)
             };
@@ -776,19 +798,74 @@ impl Shop {
         }))
     }
 
-    /// The checks of a new order's shape that need no lock: quantity, contact, a known SKU.
-    /// Returns the product.
+    /// The checks of a new order's shape: quantity, contact, a known and listed SKU, the
+    /// product's purchase limit. Returns the product.
     pub(crate) fn check_request(&self, request: &OrderRequest) -> Result<Product, ShopError> {
         if request.quantity == 0 || request.quantity > ORDER_QUANTITY_MAX {
             return Err(Rejection::InvalidInput("quantity must be 1 to 100").into());
         }
         validate_contact(&request.contact)?;
         let state = self.store().state();
-        Ok(state
+        let product = state
             .product(&request.sku)
-            .ok_or(Rejection::UnknownSku)?
-            .product
-            .clone())
+            .filter(|p| !p.details.hidden)
+            .ok_or(Rejection::UnknownSku)?;
+        if request.quantity > product.details.order_quantity_max() {
+            return Err(
+                Rejection::InvalidInput("quantity is over this product's purchase limit").into(),
+            );
+        }
+        Ok(product.product.clone())
+    }
+
+    /// The coupon's discount and the lookup password's hash of a new order.
+    async fn order_terms(
+        &self,
+        request: &OrderRequest,
+        gross_cents: u64,
+        now_ms: u64,
+    ) -> Result<(Option<CouponUse>, Option<String>), ShopError> {
+        let coupon = match request.terms.coupon.as_deref().map(str::trim) {
+            Some(code) if !code.is_empty() => {
+                Some(self.price_with_coupon(code, &request.sku, gross_cents, now_ms)?)
+            }
+            _ => None,
+        };
+        let hash = match &request.terms.lookup_password {
+            Some(password) if !password.is_empty() => {
+                Some(self.hash_lookup_password(password.clone()).await?)
+            }
+            _ => None,
+        };
+        Ok((coupon, hash))
+    }
+
+    /// Why the engine refused a new order that passed every check here: another order took
+    /// the coupon's last use, or an operator changed the product meanwhile.
+    fn explain_refused_order(
+        &self,
+        coupon: Option<&CouponUse>,
+        product: &Product,
+        now_ms: u64,
+    ) -> Option<ShopError> {
+        let state = self.store().state();
+        if let Some(coupon) = coupon {
+            if let Some(refusal) = state.coupon_refusal(&coupon.code, &product.sku, now_ms) {
+                return Some(Rejection::Coupon(refusal).into());
+            }
+        }
+        let now = state
+            .product(&product.sku)
+            .map(|p: &ProductState| (p.product.price_cents, p.details.hidden));
+        if now != Some((product.price_cents, false)) {
+            return Some(
+                Rejection::InvalidInput(
+                    "the product changed while the order was made; please order again",
+                )
+                .into(),
+            );
+        }
+        None
     }
 
     /// Creates an order: reserves its keys, commits it, and starts its actor. With an
@@ -813,6 +890,9 @@ impl Shop {
             contact: request.contact.clone(),
             ip: request.client_ip.clone(),
         };
+        let (coupon, lookup_password_hash) =
+            self.order_terms(&request, amount_cents, now_ms).await?;
+        let amount_cents = amount_cents - coupon.as_ref().map_or(0, |c| c.discount_cents);
         let mut hold = self.hold_risk(&order_id, &buyer, &request.sku, request.quantity, now_ms)?;
         // Keys first: a gateway payment is created only for an order that has its keys.
         let reserve_started = (self.now_ms(), Instant::now());
@@ -825,6 +905,7 @@ impl Shop {
             name: &product.name,
             amount_cents,
             currency: product.currency,
+            phone: request.phone,
         };
         let link = match self.payment_link(&request.channel, &subject).await {
             Ok(link) => link,
@@ -835,7 +916,7 @@ impl Shop {
         };
         let new_order = NewOrder {
             order_id: order_id.clone(),
-            token: hex128(self.0.entropy.random_u128()),
+            token: engine::ids::token_digest(&self.order_token(&order_id)),
             trace_id: hex128(self.0.entropy.random_u128()),
             sku: request.sku.clone(),
             quantity: request.quantity,
@@ -854,7 +935,15 @@ impl Shop {
                 fingerprint: request.fingerprint,
             }),
         };
-        let event = Event::OrderCreated(Box::new(new_order));
+        let event = if coupon.is_none() && lookup_password_hash.is_none() {
+            Event::OrderCreated(Box::new(new_order))
+        } else {
+            Event::OrderPlaced(Box::new(PlacedOrder {
+                order: new_order,
+                coupon,
+                lookup_password_hash,
+            }))
+        };
         let commit_started = (self.now_ms(), Instant::now());
         let committed = self.commit(&event).await;
         // Failed commits count: a pipeline that fails slowly is not calm.
@@ -863,10 +952,21 @@ impl Shop {
             if error.is_refused_before_logging() {
                 self.give_back(&request.sku, cards).await;
             }
+            if matches!(error, ShopError::Storage(storage::Error::Violation(_))) {
+                let coupon = match &event {
+                    Event::OrderPlaced(placed) => placed.coupon.as_ref(),
+                    _ => None,
+                };
+                if let Some(explained) = self.explain_refused_order(coupon, &product, now_ms) {
+                    return Err(explained);
+                }
+            }
             return Err(error);
         }
-        let Event::OrderCreated(new_order) = event else {
-            unreachable!()
+        let new_order = match event {
+            Event::OrderCreated(new_order) => new_order,
+            Event::OrderPlaced(placed) => Box::new(placed.order),
+            _ => unreachable!("built above"),
         };
         let order = OrderRecord {
             created: (*new_order).clone(),
@@ -1025,20 +1125,33 @@ impl Shop {
             .store()
             .order(order_id)?
             .ok_or(Rejection::UnknownOrder)?;
-        if !signatures_equal(&record.created.token, token) {
+        if !engine::ids::token_matches(&record.created.token, token) {
             return Err(Rejection::UnknownOrder.into());
         }
         Ok(record)
     }
 
     pub fn lookup(&self, order_id: &OrderId, token: &str) -> Result<OrderView, ShopError> {
-        let record = self.authorised(order_id, token)?;
+        Ok(self.view_of(self.authorised(order_id, token)?))
+    }
+
+    /// What an order's record shows: the keys once delivered, and its coupon.
+    pub(crate) fn view_of(&self, record: OrderRecord) -> OrderView {
         let keys = if record.status == OrderStatus::Delivered {
             self.card_keys(&record.cards)
         } else {
             Vec::new()
         };
-        Ok(OrderView { record, keys })
+        let coupon = self
+            .store()
+            .state()
+            .terms_of(&record.created.order_id)
+            .and_then(|terms| terms.coupon.clone());
+        OrderView {
+            record,
+            keys,
+            coupon,
+        }
     }
 
     /// A live feed of the order's status: the current state first, then every change; the
@@ -1122,17 +1235,6 @@ impl Shop {
         }
     }
 
-    /// Operator-facing: orders waiting for an operator.
-    pub fn manual_review_orders(&self) -> Vec<OrderRecord> {
-        self.store()
-            .state()
-            .orders()
-            .iter()
-            .filter(|r| r.status == OrderStatus::ManualReview)
-            .cloned()
-            .collect()
-    }
-
     pub fn is_ready(&self) -> bool {
         self.store().is_healthy()
     }
@@ -1173,6 +1275,8 @@ pub fn payment_channel_label(channel: &str) -> &'static str {
         "epay" => "epay",
         "epusdt" => "epusdt",
         "stripe" => "stripe",
+        "alipay" => "alipay",
+        "wechat" => "wechat",
         _ => "other",
     }
 }

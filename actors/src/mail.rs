@@ -25,7 +25,8 @@ use crate::{Shop, ShopError};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveryMail {
     pub order_id: OrderId,
-    /// The order's access token, for the order page's link.
+    /// The order's access token, for the order page's link (empty for an order whose token
+    /// only its buyer holds: see `mail_token`).
     pub token: String,
     pub to: String,
     pub product_name: String,
@@ -76,6 +77,18 @@ impl Shop {
         self.commit(&event).await.map(|_| ())
     }
 
+    /// The token for a mail's order link: derived again (only its digest is stored). An
+    /// order from before tokens were derived has a token only its buyer holds: empty, and
+    /// the mail links to the lookup page instead.
+    fn mail_token(&self, order_id: &engine::OrderId, stored: &str) -> String {
+        let token = self.order_token(order_id);
+        if engine::ids::token_matches(stored, &token) {
+            token
+        } else {
+            String::new()
+        }
+    }
+
     /// Mails due at `now_ms`, at most `count_max`, oldest order first; and when the next
     /// one not yet due will be (`None` when nothing else waits).
     pub fn mails_due(
@@ -102,12 +115,12 @@ impl Shop {
             };
             due.push(DeliveryMail {
                 order_id: order_id.clone(),
-                token: record.created.token.clone(),
+                token: self.mail_token(order_id, &record.created.token),
                 to: record.created.contact.clone(),
                 product_name: state
                     .product(&record.created.sku)
                     .map_or_else(String::new, |p| p.product.name.clone()),
-                keys: crate::order::keys_of(&state, &record.cards),
+                keys: crate::cards::keys_of(&state, self.sealer(), &record.cards),
                 attempts: tries.attempts,
             });
         }

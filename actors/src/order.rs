@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use engine::order::PaymentDecision;
-use engine::{CardId, Event, Fulfilment, Order, OrderId, OrderStatus, Payment, ReviewReason};
+use engine::{Event, Fulfilment, Order, OrderId, OrderStatus, Payment, ReviewReason};
 use parking_lot::Mutex;
 
 use crate::channel::{
@@ -98,7 +98,12 @@ impl OrderActor {
         ctx: &mut Context<Self>,
     ) -> PayOutcome {
         let apply_started = (self.shop.now_ms(), Instant::now());
-        self.order.apply_payment(payment, &steps.fulfilment);
+        let released = self.order.apply_payment(payment, &steps.fulfilment);
+        if !released.is_empty() {
+            // Durable now: the review freed the keys the order held.
+            let (shop, sku) = (self.shop.clone(), self.order.sku.clone());
+            actix::spawn(async move { shop.give_back(&sku, released).await });
+        }
         self.shop.risk_released(&self.order.order_id);
         self.shop.record_payment(&self.order, &steps.fulfilment);
         let applied = (apply_started.0, apply_started.1.elapsed());
@@ -193,7 +198,10 @@ impl Handler<Pay> for OrderActor {
     fn handle(&mut self, msg: Pay, _: &mut Self::Context) -> Self::Result {
         let started = (self.shop.now_ms(), Instant::now());
         let payment = msg.0;
-        let decision = match self.order.decide_payment(&payment) {
+        let channel_allowed = self
+            .shop
+            .channel_may_pay(&self.order.order_id, &payment.channel);
+        let decision = match self.order.decide_payment(&payment, channel_allowed) {
             Ok(decision) => decision,
             Err(rejection) => {
                 self.shop
@@ -202,22 +210,25 @@ impl Handler<Pay> for OrderActor {
                 return AtomicResponse::new(Box::pin(fut::ready(Err(rejection.into()))));
             }
         };
-        let reserve_quantity = match decision {
+        let fulfil = match decision {
             PaymentDecision::AlreadyApplied => {
                 self.shop
                     .health()
                     .handled(ActorKind::Order, started.1.elapsed());
                 return AtomicResponse::new(Box::pin(fut::ready(Ok(PayOutcome::AlreadyApplied))));
             }
-            PaymentDecision::DeliverReserved => 0,
-            PaymentDecision::ReserveAgain { quantity } => quantity as usize,
+            PaymentDecision::DeliverReserved => Fulfil::Deliver { reserve: 0 },
+            PaymentDecision::ReserveAgain { quantity } => Fulfil::Deliver {
+                reserve: quantity as usize,
+            },
+            PaymentDecision::Review(reason) => Fulfil::Review(reason),
         };
         let work = commit_payment(
             self.shop.clone(),
             self.order.order_id.clone(),
             self.order.sku.clone(),
             payment.clone(),
-            reserve_quantity,
+            fulfil,
         );
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |result, act, ctx| match result {
@@ -231,6 +242,14 @@ impl Handler<Pay> for OrderActor {
     }
 }
 
+/// How a payment is to be fulfilled, as decided before its asynchronous part.
+enum Fulfil {
+    /// Deliver, reserving `reserve` keys again first (0 when the order holds its keys).
+    Deliver { reserve: usize },
+    /// Send to review without delivering.
+    Review(ReviewReason),
+}
+
 /// The asynchronous part of a payment: reserve again if the keys lapsed, then commit. Keys
 /// reserved here go back if the commit was refused before reaching the log.
 async fn commit_payment(
@@ -238,15 +257,19 @@ async fn commit_payment(
     order_id: OrderId,
     sku: engine::Sku,
     payment: Payment,
-    reserve_quantity: usize,
+    fulfil: Fulfil,
 ) -> Result<PaidSteps, ShopError> {
     let reserve_started = (shop.now_ms(), Instant::now());
-    let fulfilment = if reserve_quantity == 0 {
-        Fulfilment::Delivered {
+    let reserve_quantity = match fulfil {
+        Fulfil::Deliver { reserve } => reserve,
+        Fulfil::Review(_) => 0,
+    };
+    let fulfilment = match fulfil {
+        Fulfil::Review(reason) => Fulfilment::ManualReview { reason },
+        Fulfil::Deliver { reserve: 0 } => Fulfilment::Delivered {
             newly_reserved: Vec::new(),
-        }
-    } else {
-        match shop.reserve(&sku, reserve_quantity).await {
+        },
+        Fulfil::Deliver { reserve } => match shop.reserve(&sku, reserve).await {
             Ok(cards) => Fulfilment::Delivered {
                 newly_reserved: cards,
             },
@@ -254,7 +277,7 @@ async fn commit_payment(
                 reason: ReviewReason::SoldOutAfterLapse,
             },
             Err(other) => return Err(other),
-        }
+        },
     };
     let reserved = (reserve_quantity > 0).then(|| (reserve_started.0, reserve_started.1.elapsed()));
     let event = Event::PaymentApplied {
@@ -511,12 +534,4 @@ impl Directory {
             }
         }
     }
-}
-
-/// Keys for display, in order.
-pub(crate) fn keys_of(state: &engine::ShopState, cards: &[CardId]) -> Vec<String> {
-    cards
-        .iter()
-        .filter_map(|card| state.card_key(*card).map(str::to_owned))
-        .collect()
 }

@@ -1,4 +1,5 @@
-//! Choosing where a buyer pays. A new order names a channel (`epay`, `epusdt`, `stripe`) or
+//! Choosing where a buyer pays. A new order names a channel (`epay`, `epusdt`, `stripe`,
+//! `alipay`, `wechat`) or
 //! a payment method that the configuration maps to an ordered list of channels (primary,
 //! then backups). The first configured channel whose circuit breaker is not open gets the
 //! order; when every configured channel of the method is open or failing, the order is
@@ -16,14 +17,16 @@ use crate::Shop;
 /// The channel of orders that no gateway could take: an operator confirms them by hand.
 pub const MANUAL_CHANNEL: &str = "manual";
 /// Channels Panshi speaks.
-pub const CHANNELS: [&str; 3] = ["epay", "epusdt", "stripe"];
+pub const CHANNELS: [&str; 5] = ["epay", "epusdt", "stripe", "alipay", "wechat"];
 
-/// The default method -> channels map; the configuration may replace it.
+/// The default method -> channels map; the configuration may replace it. The direct
+/// channels come first where they are configured, the aggregator after them; a channel
+/// that is not configured is skipped when an order is placed.
 pub fn default_methods() -> BTreeMap<String, Vec<String>> {
     let mut methods = BTreeMap::new();
     for (method, channels) in [
-        ("alipay", &["epay"][..]),
-        ("wxpay", &["epay"]),
+        ("alipay", &["alipay", "epay"][..]),
+        ("wxpay", &["wechat", "epay"]),
         ("qqpay", &["epay"]),
         ("usdt", &["epusdt"]),
         ("card", &["stripe"]),
@@ -50,23 +53,45 @@ pub struct PaymentSubject<'a> {
     pub name: &'a str,
     pub amount_cents: u64,
     pub currency: Currency,
+    /// The buyer is on a phone (Alipay's wap flow).
+    pub phone: bool,
 }
 
 impl Shop {
     /// The ordered channels for what the buyer asked for, each with the Epay `type` to use.
+    /// A method wins over a channel of the same name: `alipay` is the method (the direct
+    /// channel, then Epay), so a buyer who asks for it keeps the fallback.
     fn candidates(&self, requested: &str) -> Result<Vec<(String, String)>, Rejection> {
+        if let Some(channels) = self.settings().payment_methods.get(requested) {
+            return Ok(channels
+                .iter()
+                .map(|c| (c.clone(), requested.to_owned()))
+                .collect());
+        }
         if CHANNELS.contains(&requested) {
             return Ok(vec![(requested.to_owned(), String::new())]);
         }
-        let channels = self
-            .settings()
-            .payment_methods
-            .get(requested)
-            .ok_or(Rejection::UnknownChannel)?;
-        Ok(channels
-            .iter()
-            .map(|c| (c.clone(), requested.to_owned()))
-            .collect())
+        Err(Rejection::UnknownChannel)
+    }
+
+    /// Whether a verified payment through `channel` may pay the order (and deliver it):
+    /// the channel the order was created on, a channel of what the buyer asked for (the
+    /// method's fallbacks: a gateway that timed out at creation may still have taken the
+    /// money), or an operator's confirmation. Any other goes to manual review. Keyed by
+    /// channel name only, so every channel, present or future, is bound the same way.
+    pub fn channel_may_pay(&self, order_id: &OrderId, channel: &str) -> bool {
+        if channel == MANUAL_CHANNEL {
+            return true;
+        }
+        let state = self.store().state();
+        let Some(record) = state.order(order_id) else {
+            return true; // Unknown orders are refused by the order itself.
+        };
+        let created = &record.created;
+        created.payment_channel == channel
+            || self
+                .candidates(&created.channel)
+                .is_ok_and(|candidates| candidates.iter().any(|(c, _)| c == channel))
     }
 
     async fn usable(&self, channel: &str) -> bool {
@@ -161,6 +186,8 @@ impl Shop {
         let notify_path = match channel {
             "stripe" => "stripe/webhook",
             "epay" => "epay/notify",
+            "alipay" => "alipay/notify",
+            "wechat" => "wechat/notify",
             _ => "epusdt/notify",
         };
         CreateRequest {
@@ -170,7 +197,8 @@ impl Shop {
             currency: subject.currency.as_str().to_owned(),
             name: subject.name.to_owned(),
             notify_url: format!("{base}/api/v1/payments/{notify_path}"),
-            return_url: format!("{base}/"),
+            return_url: order_page_url(base, subject),
+            phone: subject.phone,
         }
     }
 
@@ -178,7 +206,7 @@ impl Shop {
         let epay = self.settings().epay.as_ref()?;
         let base = self.settings().public_url.trim_end_matches('/');
         let notify_url = format!("{base}/api/v1/payments/epay/notify");
-        let return_url = format!("{base}/");
+        let return_url = order_page_url(base, subject);
         let money = format_cents(subject.amount_cents);
         let fields = [
             ("pid", epay.pid.as_str()),
@@ -195,4 +223,12 @@ impl Shop {
             reference: String::new(),
         })
     }
+}
+
+/// The buyer's order page, where a gateway sends the buyer back after paying (on a phone
+/// the buyer returns there, not to the catalogue). It carries no token: the URL is kept in
+/// the log and seen by the gateway; the buyer's browser holds the token in a cookie for this
+/// order's page since it first opened it.
+pub fn order_page_url(base: &str, subject: &PaymentSubject<'_>) -> String {
+    format!("{base}/order/{}", subject.order_id)
 }

@@ -32,6 +32,11 @@ pub struct GiveBack(pub Vec<CardId>);
 #[rtype(result = "()")]
 pub struct Add(pub Vec<CardId>);
 
+/// Keys an operator is deleting: the shard drops those it holds and says which.
+#[derive(Message)]
+#[rtype(result = "Vec<CardId>")]
+pub struct Remove(pub Vec<CardId>);
+
 pub struct PoolShard {
     shop: Shop,
     sku: Sku,
@@ -105,7 +110,14 @@ impl Handler<GiveBack> for PoolShard {
 
     fn handle(&mut self, msg: GiveBack, _: &mut Self::Context) {
         let started = Instant::now();
-        self.shard.give_back(&msg.0);
+        // A key deleted while it was out (reserved by an order refused or lapsed since) is
+        // never offered again: the log says it is gone.
+        let mut cards = msg.0;
+        {
+            let state = self.shop.store().state();
+            cards.retain(|card| !state.is_deleted(*card));
+        }
+        self.shard.give_back(&cards);
         self.publish();
         self.handled(started);
     }
@@ -119,6 +131,18 @@ impl Handler<Add> for PoolShard {
         self.shard.add(msg.0);
         self.publish();
         self.handled(started);
+    }
+}
+
+impl Handler<Remove> for PoolShard {
+    type Result = MessageResult<Remove>;
+
+    fn handle(&mut self, msg: Remove, _: &mut Self::Context) -> Self::Result {
+        let started = Instant::now();
+        let removed = self.shard.remove(&msg.0);
+        self.publish();
+        self.handled(started);
+        MessageResult(removed)
     }
 }
 
@@ -207,6 +231,30 @@ impl SkuPool {
     /// Returns keys to the shards that own them. Waits for room rather than dropping keys.
     pub async fn give_back(&self, cards: Vec<CardId>) {
         self.route(cards, |cards| GiveBack(cards).into()).await;
+    }
+
+    /// Takes keys out of the shards that own them (before their deletion is committed);
+    /// returns those the shards held. A shard that does not answer removes nothing.
+    pub async fn remove(&self, cards: &[CardId]) -> Vec<CardId> {
+        let count = self.shards.len();
+        let mut split: Vec<Vec<CardId>> = vec![Vec::new(); count];
+        for card in cards {
+            split[shard_of(*card, count)].push(*card);
+        }
+        let mut removed = Vec::with_capacity(cards.len());
+        for (index, cards) in split.into_iter().enumerate() {
+            if cards.is_empty() {
+                continue;
+            }
+            let queued = self.health.queued(ActorKind::PoolShard);
+            let sent = self.shards[index].send(Remove(cards)).await;
+            drop(queued);
+            match sent {
+                Ok(taken) => removed.extend(taken),
+                Err(_) => self.shard_gone(index),
+            }
+        }
+        removed
     }
 
     /// Adds imported keys to the shards that own them.

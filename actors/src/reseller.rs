@@ -451,8 +451,7 @@ impl Shop {
             .store()
             .order(order_id)?
             .ok_or(Rejection::UnknownOrder)?;
-        let keys = self.card_keys(&record.cards);
-        Ok(OrderView { record, keys })
+        Ok(self.view_of(record))
     }
 
     /// The receipt of an order already placed (an idempotent retry's answer).
@@ -465,7 +464,7 @@ impl Shop {
         Ok(Receipt {
             order_id: order_id.clone(),
             status: record.status,
-            cards: crate::order::keys_of(&state, &record.cards),
+            cards: crate::cards::keys_of(&state, self.sealer(), &record.cards),
             amount_cents: charge.amount_cents,
             balance_cents: charge.balance_after_cents,
         })
@@ -497,10 +496,11 @@ impl Shop {
             .await?;
         let entropy = &self.0.entropy;
         let now_ms = self.now_ms();
+        let order_id = OrderId::generate(now_ms, entropy.random_u64());
         let order = ResellerOrder {
-            order_id: OrderId::generate(now_ms, entropy.random_u64()),
+            token: engine::ids::token_digest(&self.order_token(&order_id)),
+            order_id,
             reseller_id: id,
-            token: hex128(entropy.random_u128()),
             trace_id: hex128(entropy.random_u128()),
             sku: request.sku.clone(),
             cards: cards.clone(),
@@ -610,7 +610,7 @@ impl Shop {
                 status: item.status,
                 sku: record.created.sku.clone(),
                 amount_cents: record.created.amount_cents,
-                cards: crate::order::keys_of(&state, &record.cards),
+                cards: crate::cards::keys_of(&state, self.sealer(), &record.cards),
             })
         };
         let bytes = event.buffered_bytes();
@@ -761,7 +761,7 @@ impl Feed {
                 status: item.status,
                 sku: record.created.sku.clone(),
                 amount_cents: record.created.amount_cents,
-                cards: crate::order::keys_of(&state, &record.cards),
+                cards: crate::cards::keys_of(&state, self.shop.sealer(), &record.cards),
             };
             bytes += event.buffered_bytes();
             self.replayed.push_back(Arc::new(event));

@@ -2,13 +2,20 @@
 //! webhook secret signs every delivery, so unlike the API key it cannot be kept as a hash;
 //! it is kept sealed (ChaCha20-Poly1305, from ring) under the operator's 256-bit sealing
 //! key, with the reseller's id as associated data, so that a sealed secret neither reads
-//! without the key nor opens under another account.
+//! without the key nor opens under another account. Card keys are sealed the same way
+//! (`cards.rs`, the card id as associated data). A key derived from the sealing key makes
+//! buyers' tokens (`derive_token`) and the keyed digests imports deduplicate by (`digest`).
 //!
-//! Form: `sealed1:` then hex(nonce ‖ ciphertext ‖ tag). The nonce is 96 random bits per
-//! seal, passed in (the caller owns randomness). A value without the prefix is a secret
-//! written before sealing existed and reads as itself.
+//! Form: `sealed1:` then hex(nonce ‖ ciphertext ‖ tag) for secrets, the same bytes unencoded
+//! for card keys. The nonce is 96 random bits per seal, passed in (the caller owns
+//! randomness). A secret without the prefix was written before sealing existed and reads as
+//! itself.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::hmac;
+
+/// What the token key is derived with from the sealing key (a separate key per use).
+const TOKEN_KEY_LABEL: &[u8] = b"panshi token key v1";
 
 /// The prefix of a sealed value; the digit is the format's version.
 pub const SEALED_PREFIX: &str = "sealed1:";
@@ -31,6 +38,9 @@ pub enum SealError {
 
 pub struct Sealer {
     key: LessSafeKey,
+    /// Derives buyers' tokens (HMAC-SHA256), so that a token is stored only as a digest
+    /// yet can be given again to whoever may have it (an idempotent retry).
+    tokens: hmac::Key,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -42,24 +52,31 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     pub fn new(key: &SealingKey) -> Self {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key.0).expect("a 256-bit key");
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key.0), TOKEN_KEY_LABEL);
         Self {
             key: LessSafeKey::new(unbound),
+            tokens: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
         }
+    }
+
+    /// The token of `purpose` (`order`, `ticket`) for `id`: 128 bits of HMAC-SHA256 under
+    /// a key derived from the sealing key, in hex. The same for the same id, unguessable
+    /// without the key.
+    pub fn derive_token(&self, purpose: &str, id: &str) -> String {
+        let mut context = hmac::Context::with_key(&self.tokens);
+        context.update(purpose.as_bytes());
+        context.update(b":");
+        context.update(id.as_bytes());
+        let tag = context.sign();
+        let bytes: [u8; 16] = tag.as_ref()[..16].try_into().expect("SHA-256 is 32 bytes");
+        engine::ids::hex128(u128::from_be_bytes(bytes))
     }
 
     /// Seals `secret` for `owner` (the associated data) with a fresh `nonce`.
     pub fn seal(&self, secret: &str, owner: &str, nonce: [u8; NONCE_LEN]) -> String {
-        let mut sealed = secret.as_bytes().to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(owner.as_bytes()),
-                &mut sealed,
-            )
-            .expect("a secret far below ChaCha20-Poly1305's length limit");
-        let mut out = String::with_capacity(SEALED_PREFIX.len() + 2 * (NONCE_LEN + sealed.len()));
+        let sealed = self.seal_bytes(secret.as_bytes(), owner.as_bytes(), nonce);
+        let mut out = String::with_capacity(SEALED_PREFIX.len() + 2 * sealed.len());
         out.push_str(SEALED_PREFIX);
-        out.push_str(&hex::encode(nonce));
         out.push_str(&hex::encode(sealed));
         out
     }
@@ -70,17 +87,57 @@ impl Sealer {
             return Ok(value.to_owned());
         };
         let bytes = hex::decode(sealed).map_err(|_| SealError::Malformed)?;
-        if bytes.len() < NONCE_LEN {
+        let plain = self.open_bytes(&bytes, owner.as_bytes())?;
+        String::from_utf8(plain).map_err(|_| SealError::Malformed)
+    }
+
+    /// Seals `plain` bound to `context` (the associated data): nonce ‖ ciphertext ‖ tag.
+    pub fn seal_bytes(&self, plain: &[u8], context: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        let mut sealed = Vec::with_capacity(NONCE_LEN + plain.len() + CHACHA20_POLY1305.tag_len());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(plain);
+        let (head, body) = sealed.split_at_mut(NONCE_LEN);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(head.try_into().expect("a nonce")),
+                Aad::from(context),
+                body,
+            )
+            .expect("a value far below ChaCha20-Poly1305's length limit");
+        sealed.extend_from_slice(tag.as_ref());
+        sealed
+    }
+
+    /// What `seal_bytes` sealed for `context`.
+    pub fn open_bytes(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, SealError> {
+        if sealed.len() < NONCE_LEN + CHACHA20_POLY1305.tag_len() {
             return Err(SealError::Malformed);
         }
-        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Malformed)?;
         let mut buffer = ciphertext.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(owner.as_bytes()), &mut buffer)
+            .open_in_place(nonce, Aad::from(context), &mut buffer)
             .map_err(|_| SealError::WrongKey)?;
-        String::from_utf8(plain.to_vec()).map_err(|_| SealError::Malformed)
+        let length = plain.len();
+        buffer.truncate(length);
+        Ok(buffer)
+    }
+
+    /// A keyed digest (HMAC-SHA256 under a key derived from the sealing key) of `value` in
+    /// `scope`: equal values give equal digests, and nobody without the key can test a guess.
+    pub fn digest(&self, purpose: &str, scope: &str, value: &[u8]) -> [u8; 32] {
+        let mut context = hmac::Context::with_key(&self.tokens);
+        for part in [purpose.as_bytes(), b"\0", scope.as_bytes(), b"\0", value] {
+            context.update(part);
+        }
+        context
+            .sign()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes")
     }
 }
 
@@ -131,6 +188,41 @@ mod tests {
         assert_eq!(sealer.open(&tampered, "rs-1"), Err(SealError::WrongKey));
         assert_eq!(sealer.open("sealed1:zz", "rs-1"), Err(SealError::Malformed));
         assert_eq!(sealer.open("sealed1:00", "rs-1"), Err(SealError::Malformed));
+    }
+
+    #[test]
+    fn bytes_seal_bound_to_their_context() {
+        let sealer = Sealer::new(&SealingKey([1; SEALING_KEY_LEN]));
+        let sealed = sealer.seal_bytes(b"CARD-KEY-1", b"card:7", NONCE);
+        assert_eq!(sealed.len(), NONCE_LEN + 10 + 16);
+        assert!(!sealed.windows(10).any(|w| w == b"CARD-KEY-1"));
+        assert_eq!(
+            sealer.open_bytes(&sealed, b"card:7").unwrap(),
+            b"CARD-KEY-1"
+        );
+        assert_eq!(
+            sealer.open_bytes(&sealed, b"card:8"),
+            Err(SealError::WrongKey)
+        );
+        assert_eq!(
+            sealer.open_bytes(&sealed[..20], b"card:7"),
+            Err(SealError::Malformed)
+        );
+        let a = sealer.digest("card", "sku-1", b"K");
+        assert_eq!(a, sealer.digest("card", "sku-1", b"K"));
+        assert_ne!(a, sealer.digest("card", "sku-2", b"K"));
+    }
+
+    #[test]
+    fn tokens_are_derived_per_purpose_id_and_key() {
+        let sealer = Sealer::new(&SealingKey([1; SEALING_KEY_LEN]));
+        let token = sealer.derive_token("order", "o1");
+        assert_eq!(token.len(), 32);
+        assert_eq!(token, sealer.derive_token("order", "o1"));
+        assert_ne!(token, sealer.derive_token("order", "o2"));
+        assert_ne!(token, sealer.derive_token("ticket", "o1"));
+        let other = Sealer::new(&SealingKey([2; SEALING_KEY_LEN]));
+        assert_ne!(token, other.derive_token("order", "o1"));
     }
 
     #[test]

@@ -75,14 +75,32 @@ impl Shop {
         wakers.entry(id).or_default().clone()
     }
 
-    /// The next stream event to deliver (the one after the cursor), once it is durable.
+    /// Up to `limit` stream events still to deliver, oldest first: every unsettled seq past
+    /// the cursor that `skip` does not hold (those being delivered now), once durable.
     /// The reseller's lock is taken only to read: under it no purchase sits between its
     /// commit and its durability, so an event is never sent that a crash could still undo.
-    pub async fn webhook_next(&self, id: ResellerId) -> Option<StreamEvent> {
+    pub async fn webhook_pending(
+        &self,
+        id: ResellerId,
+        limit: usize,
+        skip: &std::collections::BTreeSet<u64>,
+    ) -> Vec<StreamEvent> {
         let lock = self.reseller_lock(id);
         let _serial = lock.lock().await;
-        let cursor = self.store().state().reseller(id)?.webhook_cursor;
-        self.stream_event(id, cursor + 1)
+        let seqs: Vec<u64> = {
+            let state = self.store().state();
+            let Some(account) = state.reseller(id) else {
+                return Vec::new();
+            };
+            let last = account.stream.len() as u64;
+            (account.webhook_cursor + 1..=last)
+                .filter(|seq| !account.webhook_settled_ahead.contains(seq) && !skip.contains(seq))
+                .take(limit)
+                .collect()
+        };
+        seqs.into_iter()
+            .filter_map(|seq| self.stream_event(id, seq))
+            .collect()
     }
 
     /// One durable stream event by seq.
@@ -99,11 +117,11 @@ impl Shop {
             status: item.status,
             sku: record.created.sku.clone(),
             amount_cents: record.created.amount_cents,
-            cards: crate::order::keys_of(&state, &record.cards),
+            cards: crate::cards::keys_of(&state, self.sealer(), &record.cards),
         })
     }
 
-    /// Commits how the delivery of `seq` (the cursor + 1) ended.
+    /// Commits how the delivery of `seq` (any unsettled seq) ended.
     pub async fn webhook_settle(
         &self,
         id: ResellerId,

@@ -53,6 +53,9 @@ fn request(n: u64) -> OrderRequest {
         idempotency_key: None,
         fingerprint: n,
         client_ip: None,
+        terms: Default::default(),
+        vip: false,
+        phone: false,
     }
 }
 
@@ -71,10 +74,11 @@ async fn flash_shop(store: Arc<Store>, admit_per_second: u32, keys: u64) -> Shop
         currency: Currency::parse("CNY").unwrap(),
         created_at_ms: 1,
     };
-    shop.create_product(product).await.unwrap();
+    shop.products().create(product).await.unwrap();
     if keys > 0 {
         let body: String = (0..keys).map(|i| format!("KEY-{i:08}\n")).collect();
-        shop.import_cards(sku.clone(), body.into_bytes())
+        shop.products()
+            .import_cards(sku.clone(), body.into_bytes())
             .await
             .unwrap();
     }

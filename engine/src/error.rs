@@ -54,4 +54,8 @@ pub enum Rejection {
     UnknownReseller,
     #[error("the reseller is revoked; its account no longer changes")]
     ResellerRevoked,
+    #[error("the coupon does not apply: {}", .0.code())]
+    Coupon(crate::coupon::CouponRefusal),
+    #[error("a coupon with this code exists")]
+    CouponExists,
 }

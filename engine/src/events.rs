@@ -4,7 +4,9 @@
 
 use bincode::{Decode, Encode};
 
+use crate::coupon::{Coupon, CouponUse};
 use crate::ids::{CardId, OrderId, ResellerId, Sku};
+use crate::listing::{IdentityChange, ProductChange};
 use crate::money::Currency;
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -51,15 +53,16 @@ pub enum Event {
     /// A wholesale purchase: keys straight from Available to Sold, the charge debited, and
     /// one event on the reseller's stream, all in this one fact.
     ResellerOrderPlaced(Box<ResellerOrder>),
-    /// A reseller's webhook receiver acknowledged (2xx) stream event `seq`: the delivery
-    /// cursor moves to it. Always the cursor + 1, so deliveries are settled in seq order.
+    /// A reseller's webhook receiver acknowledged (2xx) stream event `seq`, any seq not yet
+    /// settled (each event has its own retry schedule); the delivery cursor moves past every
+    /// settled seq that follows it.
     WebhookDelivered {
         reseller_id: ResellerId,
         seq: u64,
         at_ms: u64,
     },
-    /// Stream event `seq` exhausted its retries: it is parked for operators and the delivery
-    /// cursor moves past it (the cursor + 1, like a delivery).
+    /// Stream event `seq` exhausted its retries: it is parked for operators and counts as
+    /// settled, like a delivery.
     WebhookParked {
         reseller_id: ResellerId,
         seq: u64,
@@ -98,6 +101,68 @@ pub enum Event {
         error: String,
         at_ms: u64,
     },
+    /// Keys imported sealed: like `CardsImported`, each key kept only sealed (actors'
+    /// `seal`, the card id as associated data) with a keyed digest to deduplicate by.
+    /// (Appended after the mail events: the log encodes a variant by its index, so new
+    /// variants only ever go last.)
+    SealedCardsImported {
+        sku: Sku,
+        first_card_id: CardId,
+        cards: Vec<SealedCard>,
+    },
+    /// Keys an older version imported in the clear, sealed now (same ids, same keys).
+    CardsSealed {
+        cards: Vec<(CardId, SealedCard)>,
+    },
+    /// An operator edited a product's listing (name, price, description, visibility,
+    /// purchase limit, usage note, image, category), all changes at once. Stock and order
+    /// history are untouched.
+    ProductEdited {
+        sku: Sku,
+        changes: Vec<ProductChange>,
+        at_ms: u64,
+    },
+    /// An operator deleted unsold keys: they leave the stock for good (no longer counted as
+    /// imported) and can never be reserved or sold. Only available keys can be deleted.
+    CardsDeleted {
+        sku: Sku,
+        cards: Vec<CardId>,
+        at_ms: u64,
+    },
+    /// A buyer order with a coupon or a lookup password (the plain `OrderCreated` has
+    /// neither); otherwise exactly an `OrderCreated`.
+    OrderPlaced(Box<PlacedOrder>),
+    /// An operator created a coupon (its code unused so far).
+    CouponCreated(Coupon),
+    /// An operator withdrew a coupon: no order may use it from now on.
+    CouponDisabled {
+        code: String,
+        at_ms: u64,
+    },
+    /// An operator set the shop's name, logo, banner, footer, support contact or terms.
+    ShopIdentitySet {
+        changes: Vec<IdentityChange>,
+        at_ms: u64,
+    },
+}
+
+/// A card key at rest: sealed, with a keyed digest of the key (per SKU) so that an import
+/// is deduplicated without opening anything. The engine never reads either.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct SealedCard {
+    pub digest: [u8; 32],
+    pub sealed: Vec<u8>,
+}
+
+/// A buyer order with what the plain `OrderCreated` lacks.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PlacedOrder {
+    /// Its `amount_cents` is the gross amount less the coupon's discount.
+    pub order: NewOrder,
+    pub coupon: Option<CouponUse>,
+    /// A slow salted hash of the buyer's lookup password (dujiaoka's 查询密码), in the
+    /// actors' `lookup` format; the engine never reads it.
+    pub lookup_password_hash: Option<String>,
 }
 
 /// What a `ResellerUpdated` changes.
@@ -176,6 +241,7 @@ impl Event {
             | Event::OrderExpired { order_id, .. }
             | Event::OrderRefunded { order_id, .. } => Some(order_id),
             Event::ResellerOrderPlaced(order) => Some(&order.order_id),
+            Event::OrderPlaced(placed) => Some(&placed.order.order_id),
             Event::ProductCreated(_)
             | Event::CardsImported { .. }
             | Event::OperatorAction(_)
@@ -188,7 +254,14 @@ impl Event {
             | Event::ResellerUpdated { .. }
             | Event::MailOutboxOpened { .. }
             | Event::MailSent { .. }
-            | Event::MailFailed { .. } => None,
+            | Event::MailFailed { .. }
+            | Event::ProductEdited { .. }
+            | Event::CardsDeleted { .. }
+            | Event::CouponCreated(_)
+            | Event::CouponDisabled { .. }
+            | Event::ShopIdentitySet { .. }
+            | Event::SealedCardsImported { .. }
+            | Event::CardsSealed { .. } => None,
         }
     }
 }
@@ -260,12 +333,17 @@ pub enum Fulfilment {
 pub enum ReviewReason {
     /// The payment arrived after the reservation lapsed and the stock was gone.
     SoldOutAfterLapse,
+    /// A verified payment came through a channel the order was not created on (nor one of
+    /// its method's fallbacks): never delivered on its own, an operator decides. The keys
+    /// the order held go back to the pool. (Appended last: bincode encodes the index.)
+    ForeignChannel,
 }
 
 impl ReviewReason {
     pub fn as_str(self) -> &'static str {
         match self {
             ReviewReason::SoldOutAfterLapse => "sold_out_after_lapse",
+            ReviewReason::ForeignChannel => "foreign_channel",
         }
     }
 }

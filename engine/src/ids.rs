@@ -18,6 +18,36 @@ fn valid_id(text: &str, len_max: usize) -> bool {
     !text.is_empty() && text.len() <= len_max && text.bytes().all(is_id_char)
 }
 
+/// The prefix of a stored token: what follows is the token's SHA-256 in lower hex.
+pub const TOKEN_DIGEST_PREFIX: &str = "sha256:";
+
+/// How a buyer's token (an order's or a waiting-room ticket's secret) is stored: only its
+/// SHA-256, so a copy of the log, sled or memory does not let anyone look an order up.
+pub fn token_digest(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let mut out = String::with_capacity(TOKEN_DIGEST_PREFIX.len() + 64);
+    out.push_str(TOKEN_DIGEST_PREFIX);
+    out.push_str(&crate::payment::hex_lower(&digest));
+    out
+}
+
+/// The stored form of `token`: a digest stays as it is; a token an older version stored
+/// in the clear becomes its digest.
+pub fn stored_token(token: &str) -> String {
+    if token.starts_with(TOKEN_DIGEST_PREFIX) {
+        token.to_owned()
+    } else {
+        token_digest(token)
+    }
+}
+
+/// Whether `presented` is the token whose stored form is `stored` (constant time).
+pub fn token_matches(stored: &str, presented: &str) -> bool {
+    !presented.is_empty()
+        && crate::payment::signatures_equal(&stored_token(stored), &token_digest(presented))
+}
+
 /// An order's id, `^[A-Za-z0-9._-]{1,32}$`; it is the gateways' `out_trade_no`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
 pub struct OrderId(String);

@@ -12,12 +12,16 @@
 //! always give the same outputs: the simulator replays a seed exactly, and `panshi audit`
 //! re-derives the shop from the log with the very code that ran it.
 
+pub mod alipay;
 pub mod breaker;
+pub mod coupon;
 pub mod error;
 pub mod events;
 pub mod ids;
 pub mod import;
+pub mod keys;
 pub mod ledger;
+pub mod listing;
 pub mod mail;
 pub mod money;
 pub mod order;
@@ -28,13 +32,14 @@ pub mod risk;
 pub mod state;
 pub mod time;
 pub mod waiting_room;
+pub mod wechatpay;
 
 pub use error::Rejection;
 pub use events::{
     BalanceChange, Event, Fulfilment, Idempotency, NewOrder, NewReseller, OperatorAction, Payment,
-    Product, ResellerChange, ResellerOrder, ReviewReason,
+    PlacedOrder, Product, ResellerChange, ResellerOrder, ReviewReason, SealedCard,
 };
 pub use ids::{CardId, OrderId, ResellerId, Sku};
 pub use money::Currency;
 pub use order::{Order, OrderStatus};
-pub use state::{OrderRecord, ShopState, Stock, Violation};
+pub use state::{CardKey, OrderRecord, ShopState, Stock, Violation};

@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 pub const AMOUNT_CENTS_MAX: u64 = 1_000_000_000;
 
 /// An ISO 4217 currency code, three upper-case ASCII letters.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode, Debug)]
 pub struct Currency([u8; 3]);
 
 impl Currency {

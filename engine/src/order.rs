@@ -2,7 +2,7 @@
 
 use bincode::{Decode, Encode};
 
-use crate::events::{Fulfilment, Payment};
+use crate::events::{Fulfilment, Payment, ReviewReason};
 use crate::ids::{CardId, OrderId, Sku};
 use crate::money::Currency;
 use crate::Rejection;
@@ -11,6 +11,9 @@ use crate::Rejection;
 pub const ORDER_TTL_MS_DEFAULT: u64 = 15 * 60 * 1000;
 /// Most keys one order may buy.
 pub const ORDER_QUANTITY_MAX: u32 = 100;
+/// How long a buyer's `Idempotency-Key` answers with its first order: 24 hours, after
+/// which the key may start a new one.
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 3600 * 1000;
 /// Longest buyer contact (an e-mail address or a phone number).
 pub const CONTACT_LEN_MAX: usize = 254;
 
@@ -135,15 +138,23 @@ pub enum PaymentDecision {
     /// The order's keys were released (late payment): reserve `quantity` again, then deliver,
     /// or send the order to manual review if the stock is gone.
     ReserveAgain { quantity: u32 },
+    /// Paid, but not fulfilled on its own: an operator decides (the keys held go back).
+    Review(ReviewReason),
 }
 
 impl Order {
     /// Decides what a verified payment does to this order. Pure: the caller performs it.
+    /// `channel_allowed` says whether the payment's channel may pay this order (its own
+    /// channel, its method's fallbacks, or an operator): any other is sent to review.
     ///
     /// The amount is checked first, before "already applied": a replay is acknowledged only
     /// when it says what was paid, so a signed notify with another amount never reads as
     /// success (every channel comes through here).
-    pub fn decide_payment(&self, payment: &Payment) -> Result<PaymentDecision, Rejection> {
+    pub fn decide_payment(
+        &self,
+        payment: &Payment,
+        channel_allowed: bool,
+    ) -> Result<PaymentDecision, Rejection> {
         if payment.amount_cents != self.amount_cents {
             return Err(Rejection::AmountMismatch {
                 paid_cents: payment.amount_cents,
@@ -158,6 +169,9 @@ impl Order {
             };
         }
         transition(self.status, OrderEventKind::PaymentConfirmed)?;
+        if !channel_allowed {
+            return Ok(PaymentDecision::Review(ReviewReason::ForeignChannel));
+        }
         if self.status == OrderStatus::AwaitingPayment {
             debug_assert_eq!(self.cards.len(), self.quantity as usize);
             Ok(PaymentDecision::DeliverReserved)
@@ -178,9 +192,11 @@ impl Order {
         Ok(())
     }
 
-    /// Applies a committed payment. Panics if the table forbids it: a committed event that
-    /// the table rejects means corrupted state, and a restart from the log is safer.
-    pub fn apply_payment(&mut self, payment: &Payment, fulfilment: &Fulfilment) {
+    /// Applies a committed payment; returns the keys to release to the pool (those an order
+    /// held when its payment went to review). Panics if the table forbids it: a committed
+    /// event that the table rejects means corrupted state, and a restart from the log is
+    /// safer.
+    pub fn apply_payment(&mut self, payment: &Payment, fulfilment: &Fulfilment) -> Vec<CardId> {
         let paid = transition(self.status, OrderEventKind::PaymentConfirmed)
             .expect("committed payment follows the table");
         self.payment = Some(payment.clone());
@@ -193,8 +209,10 @@ impl Order {
             Fulfilment::ManualReview { .. } => {
                 self.status =
                     transition(paid, OrderEventKind::SendToReview).expect("paid -> manual_review");
+                return std::mem::take(&mut self.cards);
             }
         }
+        Vec::new()
     }
 
     /// Whether an operator may refund this order now.
@@ -334,44 +352,75 @@ mod tests {
     fn payment_decisions() {
         let live = order(OrderStatus::AwaitingPayment, vec![CardId(7)]);
         assert_eq!(
-            live.decide_payment(&payment("T1", 1250)),
+            live.decide_payment(&payment("T1", 1250), true),
             Ok(PaymentDecision::DeliverReserved)
         );
         assert!(matches!(
-            live.decide_payment(&payment("T1", 1249)),
+            live.decide_payment(&payment("T1", 1249), true),
             Err(Rejection::AmountMismatch { .. })
         ));
         let lapsed = order(OrderStatus::Expired, vec![]);
         assert_eq!(
-            lapsed.decide_payment(&payment("T1", 1250)),
+            lapsed.decide_payment(&payment("T1", 1250), true),
             Ok(PaymentDecision::ReserveAgain { quantity: 1 })
         );
         let mut done = live.clone();
-        done.apply_payment(
+        let released = done.apply_payment(
             &payment("T1", 1250),
             &Fulfilment::Delivered {
                 newly_reserved: vec![],
             },
         );
         assert_eq!(done.status, OrderStatus::Delivered);
+        assert!(released.is_empty());
         assert_eq!(
-            done.decide_payment(&payment("T1", 1250)),
+            done.decide_payment(&payment("T1", 1250), false),
             Ok(PaymentDecision::AlreadyApplied)
         );
         assert_eq!(
-            done.decide_payment(&payment("T2", 1250)),
+            done.decide_payment(&payment("T2", 1250), true),
             Err(Rejection::PaidByOtherTransaction)
         );
         // A replay of the applied transaction with another amount is no replay.
         for cents in [1, 1249, 9900] {
             assert_eq!(
-                done.decide_payment(&payment("T1", cents)),
+                done.decide_payment(&payment("T1", cents), true),
                 Err(Rejection::AmountMismatch {
                     paid_cents: cents,
                     order_cents: 1250
                 })
             );
         }
+    }
+
+    /// Postmortem: a valid Stripe event paid an order created on Epay. A payment from a
+    /// channel the order may not be paid through goes to review and frees the held keys.
+    #[test]
+    fn a_payment_from_a_foreign_channel_goes_to_review() {
+        let mut live = order(OrderStatus::AwaitingPayment, vec![CardId(7)]);
+        assert_eq!(
+            live.decide_payment(&payment("T1", 1250), false),
+            Ok(PaymentDecision::Review(ReviewReason::ForeignChannel))
+        );
+        let released = live.apply_payment(
+            &payment("T1", 1250),
+            &Fulfilment::ManualReview {
+                reason: ReviewReason::ForeignChannel,
+            },
+        );
+        assert_eq!(released, vec![CardId(7)]);
+        assert_eq!(live.status, OrderStatus::ManualReview);
+        assert!(live.cards.is_empty());
+        // The amount is still checked first, and a replay is still a replay.
+        let fresh = order(OrderStatus::AwaitingPayment, vec![CardId(7)]);
+        assert!(matches!(
+            fresh.decide_payment(&payment("T1", 1), false),
+            Err(Rejection::AmountMismatch { .. })
+        ));
+        assert_eq!(
+            live.decide_payment(&payment("T1", 1250), false),
+            Ok(PaymentDecision::AlreadyApplied)
+        );
     }
 
     #[test]

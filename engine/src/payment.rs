@@ -10,6 +10,15 @@ use crate::Rejection;
 
 /// Most parameters an Epay notify may carry; more is not a real gateway.
 pub const EPAY_PARAMS_COUNT_MAX: usize = 32;
+/// Shortest merchant key, token or webhook secret a signature is verified with. An empty
+/// key makes an MD5 signature anyone can compute; a short one can be guessed. Settings
+/// refuse such keys at start; verification refuses them too, whatever the configuration.
+pub const GATEWAY_SECRET_LEN_MIN: usize = 16;
+
+/// Whether `secret` may key a gateway signature (see `GATEWAY_SECRET_LEN_MIN`).
+pub fn secret_strong_enough(secret: &str) -> bool {
+    secret.len() >= GATEWAY_SECRET_LEN_MIN
+}
 
 /// Epay's MD5 signature: every parameter except `sign`, `sign_type` and empty values, sorted
 /// by key (byte order), joined as `k=v` with `&`, the merchant key appended, MD5, lower hex.
@@ -98,6 +107,9 @@ pub fn verify_epusdt_callback(
     fields: &[JsonField],
     token: &str,
 ) -> Result<EpusdtCallback, Rejection> {
+    if !secret_strong_enough(token) {
+        return Err(Rejection::BadSignature);
+    }
     if fields.len() > EPAY_PARAMS_COUNT_MAX {
         return Err(Rejection::MalformedNotify("too many fields"));
     }
@@ -158,6 +170,9 @@ pub fn verify_stripe_signature(
     now_secs: u64,
 ) -> Result<(), Rejection> {
     use hmac::{Hmac, Mac};
+    if !secret_strong_enough(secret) {
+        return Err(Rejection::BadSignature);
+    }
     let mut timestamp = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
@@ -222,6 +237,9 @@ pub fn verify_epay_notify(
     merchant_pid: &str,
     merchant_key: &str,
 ) -> Result<EpayNotify, Rejection> {
+    if !secret_strong_enough(merchant_key) {
+        return Err(Rejection::BadSignature);
+    }
     if params.len() > EPAY_PARAMS_COUNT_MAX {
         return Err(Rejection::MalformedNotify("too many parameters"));
     }
@@ -306,6 +324,10 @@ pub fn epay_submit_url(gateway_url: &str, merchant_key: &str, fields: &[(&str, &
 
 #[cfg(test)]
 mod tests {
+    /// Test keys at least `GATEWAY_SECRET_LEN_MIN` long.
+    const KEY: &str = "K-merchant-key-0";
+    const WHSEC: &str = "whsec_0123456789ab";
+
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -407,12 +429,12 @@ mod tests {
     }
 
     /// Vector computed from the published rule with coreutils' md5sum:
-    /// printf 'amount=28.88&order_id=o1&status=2&trade_id=T1TOKEN' | md5sum
+    /// printf 'amount=28.88&order_id=o1&status=2&trade_id=T1TOKEN-0123456789' | md5sum
     #[test]
     fn epusdt_callbacks_verify_with_numbers_in_shortest_form() {
-        let plain = "amount=28.88&order_id=o1&status=2&trade_id=T1TOKEN";
+        let plain = "amount=28.88&order_id=o1&status=2&trade_id=T1TOKEN-0123456789";
         let want = hex_lower(&Md5::digest(plain.as_bytes()));
-        assert_eq!(want, "60906a6544262f2a4caf53a881d00703");
+        assert_eq!(want, "fb905614d024e82ba2dd2de628735e6b");
         let fields = vec![
             field("trade_id", "T1", false),
             field("order_id", "o1", false),
@@ -421,16 +443,16 @@ mod tests {
             field("status", "2", true),
             field("signature", &want, false),
         ];
-        let got = verify_epusdt_callback(&fields, "TOKEN").unwrap();
+        let got = verify_epusdt_callback(&fields, "TOKEN-0123456789").unwrap();
         assert_eq!((got.amount_cents, got.paid), (2888, true));
         assert_eq!(
-            verify_epusdt_callback(&fields, "OTHER"),
+            verify_epusdt_callback(&fields, "OTHER-0123456789ab"),
             Err(Rejection::BadSignature)
         );
         let mut tampered = fields.clone();
         tampered[2].text = "0.01".into();
         assert_eq!(
-            verify_epusdt_callback(&tampered, "TOKEN"),
+            verify_epusdt_callback(&tampered, "TOKEN-0123456789"),
             Err(Rejection::BadSignature)
         );
     }
@@ -439,33 +461,33 @@ mod tests {
     fn stripe_signatures_follow_the_published_scheme() {
         use hmac::{Hmac, Mac};
         let body = br#"{"id":"evt_1"}"#;
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"whsec").unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(WHSEC.as_bytes()).unwrap();
         mac.update(b"1700000000.");
         mac.update(body);
         let good = hex_lower(&mac.finalize().into_bytes());
         let header = format!("t=1700000000,v1=deadbeef,v1={good}");
         assert_eq!(
-            verify_stripe_signature(&header, body, "whsec", 1_700_000_100),
+            verify_stripe_signature(&header, body, WHSEC, 1_700_000_100),
             Ok(())
         );
         assert_eq!(
-            verify_stripe_signature(&header, body, "whsec", 1_700_000_301),
+            verify_stripe_signature(&header, body, WHSEC, 1_700_000_301),
             Err(Rejection::StaleSignature)
         );
         assert_eq!(
-            verify_stripe_signature(&header, b"{}", "whsec", 1_700_000_000),
+            verify_stripe_signature(&header, b"{}", WHSEC, 1_700_000_000),
             Err(Rejection::BadSignature)
         );
         assert_eq!(
-            verify_stripe_signature(&header, body, "other", 1_700_000_000),
+            verify_stripe_signature(&header, body, "whsec_other_0123456", 1_700_000_000),
             Err(Rejection::BadSignature)
         );
-        assert!(verify_stripe_signature("v1=aa", body, "whsec", 0).is_err());
+        assert!(verify_stripe_signature("v1=aa", body, WHSEC, 0).is_err());
     }
 
     #[test]
     fn a_signed_notify_verifies() {
-        let got = verify_epay_notify(&signed(notify("12.5"), "K"), "1001", "K").unwrap();
+        let got = verify_epay_notify(&signed(notify("12.5"), KEY), "1001", KEY).unwrap();
         assert_eq!(got.amount_cents, 1250);
         assert_eq!(got.order_id.as_str(), "o1");
         assert!(got.paid);
@@ -474,33 +496,73 @@ mod tests {
     #[test]
     fn forged_and_malformed_notifies_are_rejected() {
         assert_eq!(
-            verify_epay_notify(&signed(notify("12.50"), "other"), "1001", "K"),
+            verify_epay_notify(&signed(notify("12.50"), "other"), "1001", KEY),
             Err(Rejection::BadSignature)
         );
-        let mut tampered = signed(notify("12.50"), "K");
+        let mut tampered = signed(notify("12.50"), KEY);
         tampered[5].1 = "0.01".into();
         assert_eq!(
-            verify_epay_notify(&tampered, "1001", "K"),
+            verify_epay_notify(&tampered, "1001", KEY),
             Err(Rejection::BadSignature)
         );
         assert_eq!(
-            verify_epay_notify(&signed(notify("12.50"), "K"), "1002", "K"),
+            verify_epay_notify(&signed(notify("12.50"), KEY), "1002", KEY),
             Err(Rejection::WrongMerchant)
         );
-        let mut twice = signed(notify("12.50"), "K");
+        let mut twice = signed(notify("12.50"), KEY);
         twice.push(("money".into(), "1".into()));
         assert!(matches!(
-            verify_epay_notify(&twice, "1001", "K"),
+            verify_epay_notify(&twice, "1001", KEY),
             Err(Rejection::MalformedNotify(_))
         ));
         let unsigned = notify("12.50");
         assert!(matches!(
-            verify_epay_notify(&unsigned, "1001", "K"),
+            verify_epay_notify(&unsigned, "1001", KEY),
             Err(Rejection::MalformedNotify(_))
         ));
         assert!(matches!(
-            verify_epay_notify(&signed(notify("12.505"), "K"), "1001", "K"),
+            verify_epay_notify(&signed(notify("12.505"), KEY), "1001", KEY),
             Err(Rejection::MalformedNotify(_))
         ));
+    }
+
+    /// Postmortem: `PANSHI_EPAY__KEY=` made the Epay signature md5(params), which anyone
+    /// computes; an empty epusdt token or Stripe secret did the same. Verification now
+    /// refuses a short key whatever the configuration says.
+    #[test]
+    fn an_empty_or_short_key_verifies_nothing() {
+        for key in ["", "fifteen-bytes!!"] {
+            assert!(!secret_strong_enough(key));
+            assert_eq!(
+                verify_epay_notify(&signed(notify("12.5"), key), "1001", key),
+                Err(Rejection::BadSignature)
+            );
+            let fields = vec![
+                field("order_id", "o1", false),
+                field("amount", "1", true),
+                field("status", "2", true),
+                field("trade_id", "T", false),
+            ];
+            let pairs: Vec<(&str, String)> = fields
+                .iter()
+                .map(|f| (f.name.as_str(), f.text.clone()))
+                .collect();
+            let signature = epusdt_sign(pairs.iter().map(|(k, v)| (*k, v.as_str())), key);
+            let mut signed_fields = fields.clone();
+            signed_fields.push(field("signature", &signature, false));
+            assert_eq!(
+                verify_epusdt_callback(&signed_fields, key),
+                Err(Rejection::BadSignature)
+            );
+            use hmac::{Hmac, Mac};
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+            mac.update(b"100.{}");
+            let header = format!("t=100,v1={}", hex_lower(&mac.finalize().into_bytes()));
+            assert_eq!(
+                verify_stripe_signature(&header, b"{}", key, 100),
+                Err(Rejection::BadSignature)
+            );
+        }
+        assert!(secret_strong_enough(KEY));
     }
 }

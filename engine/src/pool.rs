@@ -28,6 +28,11 @@ impl Shard {
         self.available.len()
     }
 
+    /// The keys this shard holds, oldest first.
+    pub fn cards(&self) -> impl Iterator<Item = &CardId> {
+        self.available.iter()
+    }
+
     /// Adds freshly imported keys at the back (they are the newest).
     pub fn add(&mut self, cards: impl IntoIterator<Item = CardId>) {
         self.available.extend(cards);
@@ -38,6 +43,21 @@ impl Shard {
     pub fn take(&mut self, quantity: usize, into: &mut Vec<CardId>) {
         let count = quantity.min(self.available.len());
         into.extend(self.available.drain(..count));
+    }
+
+    /// Removes the given keys (an operator deletes them); returns those this shard held.
+    /// Keys it did not hold are reserved or in a reservation under way: not deletable now.
+    pub fn remove(&mut self, cards: &[CardId]) -> Vec<CardId> {
+        let wanted: std::collections::HashSet<CardId> = cards.iter().copied().collect();
+        let mut removed = Vec::new();
+        self.available.retain(|card| {
+            let keep = !wanted.contains(card);
+            if !keep {
+                removed.push(*card);
+            }
+            keep
+        });
+        removed
     }
 
     /// Returns keys (a lapsed reservation, or an incomplete one) to the front, oldest first.

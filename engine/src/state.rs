@@ -7,9 +7,21 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bincode::{Decode, Encode};
 
-use crate::events::{Event, Fulfilment, NewOrder, Payment, Product, ReviewReason};
+use crate::events::{
+    Event, Fulfilment, NewOrder, Payment, PlacedOrder, Product, ReviewReason, SealedCard,
+};
 use crate::ids::{CardId, OrderId, ResellerId, Sku};
+use crate::listing::{ProductDetails, ShopIdentity};
 use crate::order::{transition, Order, OrderEventKind, OrderStatus};
+
+/// Whether the idempotency key of `first` still stands at `now_ms` (its window is open).
+pub fn idempotency_live(first: &OrderRecord, now_ms: u64) -> bool {
+    now_ms
+        < first
+            .created
+            .created_at_ms
+            .saturating_add(crate::order::IDEMPOTENCY_WINDOW_MS)
+}
 
 /// An event that must never have been committed, or a broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,8 +36,12 @@ macro_rules! ensure {
     };
 }
 
+mod coupons;
+mod listings;
 mod mail;
 mod resellers;
+pub use coupons::{contact_key, CouponState, OrderTerms};
+pub use listings::CARDS_PER_DELETION_MAX;
 pub use mail::{MailTries, Outbox};
 pub use resellers::{
     api_key_sha256, ResellerState, StreamEntry, StreamItem, RESELLER_CHANNEL,
@@ -51,13 +67,50 @@ impl Stock {
 pub struct ProductState {
     pub product: Product,
     pub stock: Stock,
-    keys: HashSet<Box<str>>,
+    /// The listing beyond what creation fixed (`ProductEdited`).
+    pub details: ProductDetails,
+    /// Keys deleted by operators: no longer in `stock.imported`, never sold.
+    pub deleted: u64,
+    /// Every key ever imported (deleted ones too, so a deleted key is not imported again).
+    /// What deduplicates them: a key in the clear, or a sealed key's digest.
+    keys: HashSet<KeyId>,
+    /// The SKU's cards in import order, for operators' listings.
+    cards: Vec<CardId>,
+}
+
+/// A key's identity for deduplication.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
+enum KeyId {
+    /// A key an older version imported in the clear.
+    Clear(Box<str>),
+    /// A sealed key's keyed digest (`SealedCard::digest`).
+    Digest([u8; 32]),
 }
 
 impl ProductState {
+    /// Whether a key imported in the clear (by an older version) is this one.
     pub fn has_key(&self, key: &str) -> bool {
-        self.keys.contains(key)
+        self.keys.contains(&KeyId::Clear(key.into()))
     }
+
+    /// The SKU's cards, oldest first, deleted ones included.
+    pub fn card_ids(&self) -> &[CardId] {
+        &self.cards
+    }
+
+    /// Whether a sealed key with this digest is the product's.
+    pub fn has_digest(&self, digest: &[u8; 32]) -> bool {
+        self.keys.contains(&KeyId::Digest(*digest))
+    }
+}
+
+/// A card key as the state keeps it: sealed (every key imported now), or in the clear as
+/// an older version imported it, until a `CardsSealed` seals it. The engine never opens a
+/// sealed key.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum CardKey {
+    Clear(String),
+    Sealed(Vec<u8>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -65,12 +118,14 @@ pub enum Holder {
     Available,
     Reserved(u32),
     Sold(u32),
+    /// Deleted by an operator while available: out of the stock for good.
+    Deleted,
 }
 
 #[derive(Encode, Decode)]
 pub struct CardSlot {
     pub sku_index: u32,
-    pub key: Box<str>,
+    pub key: CardKey,
     pub holder: Holder,
 }
 
@@ -124,6 +179,14 @@ pub struct Touched {
     pub ledger_entry: Option<u64>,
     /// The reseller stream event this event added: (reseller, seq).
     pub stream: Option<(ResellerId, u64)>,
+    /// The product whose listing (details, deleted count) changed.
+    pub listing: Option<Sku>,
+    /// The coupon whose row (uses, status) changed.
+    pub coupon: Option<String>,
+    /// The order (`order`) has terms: a coupon or a lookup password.
+    pub order_terms: bool,
+    /// The shop's identity changed.
+    pub identity: bool,
 }
 
 /// The whole state is `Encode`/`Decode`: a snapshot is this struct, indexes included
@@ -142,6 +205,10 @@ pub struct ShopState {
     resellers: resellers::Resellers,
     /// Delivery mails waiting, sent and given up (`mail.rs`).
     outbox: mail::Outbox,
+    /// Coupons, order terms and the lookup index (`coupons.rs`).
+    terms: coupons::Terms,
+    /// The shop's name, logo, banner and footer.
+    identity: ShopIdentity,
 }
 
 impl ShopState {
@@ -179,8 +246,19 @@ impl ShopState {
             .map(|slot| self.skus[slot.sku_index as usize].clone())
     }
 
-    pub fn card_key(&self, card: CardId) -> Option<&str> {
-        self.card(card).map(|slot| &*slot.key)
+    pub fn card_key(&self, card: CardId) -> Option<&CardKey> {
+        self.card(card).map(|slot| &slot.key)
+    }
+
+    /// Cards whose key is still in the clear (imported by an older version), in id order.
+    pub fn clear_cards(&self) -> impl Iterator<Item = (CardId, &str)> {
+        self.cards
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| match &slot.key {
+                CardKey::Clear(key) => Some((CardId(index as u64 + 1), key.as_str())),
+                CardKey::Sealed(_) => None,
+            })
     }
 
     pub fn cards_count(&self) -> u64 {
@@ -214,8 +292,25 @@ impl ShopState {
                 sku,
                 first_card_id,
                 keys,
-            } => self.apply_import(sku, *first_card_id, keys),
-            Event::OrderCreated(order) => self.apply_order_created(order),
+            } => {
+                let keys = keys
+                    .iter()
+                    .map(|k| (KeyId::Clear(k.as_str().into()), CardKey::Clear(k.clone())));
+                self.apply_import(sku, *first_card_id, keys.collect())
+            }
+            Event::SealedCardsImported {
+                sku,
+                first_card_id,
+                cards,
+            } => {
+                let keys = cards
+                    .iter()
+                    .map(|c| (KeyId::Digest(c.digest), CardKey::Sealed(c.sealed.clone())));
+                self.apply_import(sku, *first_card_id, keys.collect())
+            }
+            Event::CardsSealed { cards } => self.apply_cards_sealed(cards),
+            Event::OrderCreated(order) => self.apply_order_created(order, None),
+            Event::OrderPlaced(placed) => self.apply_order_created(&placed.order, Some(placed)),
             Event::PaymentApplied {
                 order_id,
                 payment,
@@ -263,6 +358,11 @@ impl ShopState {
                 error,
                 at_ms,
             } => self.apply_mail_failed(order_id, *attempt, error, *at_ms),
+            Event::ProductEdited { sku, changes, .. } => self.apply_product_edited(sku, changes),
+            Event::CardsDeleted { sku, cards, .. } => self.apply_cards_deleted(sku, cards),
+            Event::CouponCreated(coupon) => self.apply_coupon_created(coupon),
+            Event::CouponDisabled { code, at_ms } => self.apply_coupon_disabled(code, *at_ms),
+            Event::ShopIdentitySet { changes, .. } => self.apply_identity(changes),
         }
     }
 
@@ -278,7 +378,10 @@ impl ShopState {
             ProductState {
                 product: product.clone(),
                 stock: Stock::default(),
+                details: ProductDetails::default(),
+                deleted: 0,
                 keys: HashSet::new(),
+                cards: Vec::new(),
             },
         );
         Ok(Touched {
@@ -291,7 +394,7 @@ impl ShopState {
         &mut self,
         sku: &Sku,
         first_card_id: CardId,
-        keys: &[String],
+        keys: Vec<(KeyId, CardKey)>,
     ) -> Result<Touched, Violation> {
         ensure!(
             first_card_id == self.next_card_id(),
@@ -303,13 +406,10 @@ impl ShopState {
             return Err(Violation(format!("import into unknown sku {sku}")));
         };
         let mut fresh = HashSet::with_capacity(keys.len());
-        for key in keys {
+        for (id, _) in &keys {
+            ensure!(!product.keys.contains(id), "key imported twice into {sku}");
             ensure!(
-                !product.keys.contains(key.as_str()),
-                "key imported twice into {sku}"
-            );
-            ensure!(
-                fresh.insert(key.as_str()),
+                fresh.insert(id),
                 "key repeated inside one import into {sku}"
             );
         }
@@ -317,17 +417,61 @@ impl ShopState {
             sku: Some(sku.clone()),
             ..Touched::default()
         };
-        for key in keys {
-            touched.cards.push(CardId(self.cards.len() as u64 + 1));
-            product.keys.insert(key.as_str().into());
+        let count = keys.len() as u64;
+        for (id, key) in keys {
+            let card = CardId(self.cards.len() as u64 + 1);
+            touched.cards.push(card);
+            product.cards.push(card);
+            product.keys.insert(id);
             self.cards.push(CardSlot {
                 sku_index: sku_index as u32,
-                key: key.as_str().into(),
+                key,
                 holder: Holder::Available,
             });
         }
-        product.stock.imported += keys.len() as u64;
-        product.stock.available += keys.len() as u64;
+        product.stock.imported += count;
+        product.stock.available += count;
+        Ok(touched)
+    }
+
+    /// Seals keys an older version imported in the clear: each card must hold a clear key,
+    /// and its digest must be new to its product. Nothing else about the card changes.
+    fn apply_cards_sealed(&mut self, cards: &[(CardId, SealedCard)]) -> Result<Touched, Violation> {
+        let (mut seen, mut digests) = (HashSet::new(), HashSet::new());
+        for (card, sealed) in cards {
+            ensure!(
+                seen.insert(*card),
+                "card {card:?} sealed twice in one event"
+            );
+            let slot = self
+                .card(*card)
+                .ok_or_else(|| Violation(format!("sealing unknown card {card:?}")))?;
+            ensure!(
+                matches!(slot.key, CardKey::Clear(_)),
+                "card {card:?} is sealed already"
+            );
+            let product = &self.products[&self.skus[slot.sku_index as usize]];
+            ensure!(
+                !product.has_digest(&sealed.digest)
+                    && digests.insert((slot.sku_index, sealed.digest)),
+                "card {card:?}'s key is imported twice (sealed)"
+            );
+        }
+        let mut touched = Touched::default();
+        for (card, sealed) in cards {
+            let index = (card.0 - 1) as usize;
+            let sku = self.skus[self.cards[index].sku_index as usize].clone();
+            let key = std::mem::replace(
+                &mut self.cards[index].key,
+                CardKey::Sealed(sealed.sealed.clone()),
+            );
+            let product = self.products.get_mut(&sku).expect("card's sku");
+            if let CardKey::Clear(clear) = key {
+                product.keys.remove(&KeyId::Clear(clear.into()));
+            }
+            product.keys.insert(KeyId::Digest(sealed.digest));
+            touched.cards.push(*card);
+        }
         Ok(touched)
     }
 
@@ -360,7 +504,11 @@ impl ShopState {
         }
     }
 
-    fn apply_order_created(&mut self, order: &NewOrder) -> Result<Touched, Violation> {
+    fn apply_order_created(
+        &mut self,
+        order: &NewOrder,
+        placed: Option<&PlacedOrder>,
+    ) -> Result<Touched, Violation> {
         let id = &order.order_id;
         ensure!(
             !self.order_index.contains_key(id),
@@ -378,13 +526,25 @@ impl ShopState {
             order.quantity
         );
         ensure!(
-            order.amount_cents == product.product.price_cents * u64::from(order.quantity),
-            "order {id} amount is not price x quantity"
+            !product.details.hidden,
+            "order {id} of hidden {}",
+            order.sku
         );
+        ensure!(
+            order.quantity <= product.details.order_quantity_max(),
+            "order {id} is over the purchase limit of {}",
+            order.sku
+        );
+        let gross_cents = product.product.price_cents * u64::from(order.quantity);
+        let coupon = placed.and_then(|p| p.coupon.as_ref());
+        self.check_coupon_use(order, coupon, gross_cents)?;
         if let Some(idempotency) = &order.idempotency {
+            // A key is remembered for `IDEMPOTENCY_WINDOW_MS`; after that it may start a
+            // new order.
+            let earlier = self.order_by_idempotency_key(&idempotency.key);
             ensure!(
-                !self.idempotency.contains_key(&idempotency.key),
-                "idempotency key of order {id} used twice"
+                earlier.is_none_or(|first| !idempotency_live(first, order.created_at_ms)),
+                "idempotency key of order {id} used twice within its window"
             );
         }
         self.check_cards(&order.sku, &order.cards, Holder::Available)?;
@@ -397,8 +557,12 @@ impl ShopState {
             self.idempotency.insert(idempotency.key.clone(), index);
         }
         self.order_index.insert(id.clone(), index);
+        let mut created = order.clone();
+        // Only the token's digest is kept (an older version's event holds it in the clear).
+        created.token = crate::ids::stored_token(&order.token);
+        let terms = placed.map(|p| self.add_terms(index, p));
         self.orders.push(OrderRecord {
-            created: order.clone(),
+            created,
             status: OrderStatus::AwaitingPayment,
             cards: order.cards.clone(),
             payment: None,
@@ -410,6 +574,8 @@ impl ShopState {
             sku: Some(order.sku.clone()),
             order: Some(id.clone()),
             order_created: true,
+            order_terms: terms.is_some(),
+            coupon: terms.flatten(),
             ..Touched::default()
         })
     }
@@ -464,11 +630,26 @@ impl ShopState {
                 (to, None)
             }
             Fulfilment::ManualReview { reason } => {
-                ensure!(lapsed, "order {order_id} sent to review while holding keys");
+                // Only a foreign channel's payment reviews an order that holds its keys
+                // (they go back to the pool); a sold-out late payment has none.
+                ensure!(
+                    lapsed || *reason == ReviewReason::ForeignChannel,
+                    "order {order_id} sent to review while holding keys"
+                );
+                if !lapsed {
+                    self.check_cards(&sku, &held, Holder::Reserved(index))?;
+                }
                 let to = transition(paid, OrderEventKind::SendToReview).expect("paid -> review");
                 (to, Some(*reason))
             }
         };
+        if let (Fulfilment::ManualReview { .. }, false) = (fulfilment, lapsed) {
+            self.set_holders(&held, Holder::Available);
+            let stock = &mut self.products.get_mut(&sku).expect("order's sku").stock;
+            stock.reserved -= held.len() as u64;
+            stock.available += held.len() as u64;
+            self.orders[index as usize].cards.clear();
+        }
         if let Fulfilment::Delivered { newly_reserved } = fulfilment {
             let cards: Vec<CardId> = if lapsed { newly_reserved.clone() } else { held };
             self.set_holders(&cards, Holder::Sold(index));
@@ -552,6 +733,7 @@ impl ShopState {
     pub fn check(&self) -> Vec<Violation> {
         let mut violations = Vec::new();
         let mut recount: Vec<Stock> = vec![Stock::default(); self.skus.len()];
+        let mut deleted: Vec<u64> = vec![0; self.skus.len()];
         for slot in &self.cards {
             let stock = &mut recount[slot.sku_index as usize];
             stock.imported += 1;
@@ -559,6 +741,11 @@ impl ShopState {
                 Holder::Available => stock.available += 1,
                 Holder::Reserved(_) => stock.reserved += 1,
                 Holder::Sold(_) => stock.sold += 1,
+                Holder::Deleted => {
+                    // A deleted key left the stock: it is not counted as imported.
+                    stock.imported -= 1;
+                    deleted[slot.sku_index as usize] += 1;
+                }
             }
         }
         for (sku_index, sku) in self.skus.iter().enumerate() {
@@ -576,7 +763,13 @@ impl ShopState {
                     product.stock
                 )));
             }
-            if product.keys.len() as u64 != counted.imported {
+            if product.deleted != deleted[sku_index] {
+                violations.push(Violation(format!(
+                    "{sku}: {} keys deleted but the keys say {}",
+                    product.deleted, deleted[sku_index]
+                )));
+            }
+            if product.keys.len() as u64 != counted.imported + deleted[sku_index] {
                 violations.push(Violation(format!("{sku}: duplicate keys imported")));
             }
         }
@@ -587,6 +780,7 @@ impl ShopState {
         }
         self.check_resellers(&mut violations);
         self.check_outbox(&mut violations);
+        self.check_coupons(&mut violations);
         violations
     }
 
@@ -636,6 +830,15 @@ impl ShopState {
                 )));
             }
             None => {}
+        }
+        if !record
+            .created
+            .token
+            .starts_with(crate::ids::TOKEN_DIGEST_PREFIX)
+        {
+            violations.push(Violation(format!(
+                "order {id} keeps its token in the clear"
+            )));
         }
         if record.status.is_paid() && record.payment.is_none() {
             violations.push(Violation(format!("order {id} is paid without a payment")));

@@ -13,6 +13,36 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// Days since 1970-01-01 of a (year, month, day), the inverse of `civil_from_days`.
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The start of a `YYYY-MM-DD` day, `offset_minutes` east of UTC, in Unix ms; `None` for
+/// anything else or a day before 1970.
+pub fn parse_day_ms(text: &str, offset_minutes: i16) -> Option<u64> {
+    let mut parts = text.trim().splitn(3, '-');
+    let (year, month, day) = (parts.next()?, parts.next()?, parts.next()?);
+    if year.len() != 4 || month.len() != 2 || day.len() != 2 {
+        return None;
+    }
+    let year: i64 = year.parse().ok()?;
+    let (month, day): (u32, u32) = (month.parse().ok()?, day.parse().ok()?);
+    let days = days_from_civil(year, month, day);
+    // A 31 February or a 13th month reads back as another day: refuse it.
+    if civil_from_days(days) != (year, month, day) {
+        return None;
+    }
+    let ms = days * 86_400_000 - i64::from(offset_minutes) * 60_000;
+    u64::try_from(ms).ok()
+}
+
 /// `2026-11-26T13:09:45.123Z`.
 pub fn format_rfc3339_ms(ms: u64) -> String {
     let (year, month, day) = civil_from_days((ms / 86_400_000) as i64);
@@ -31,6 +61,22 @@ pub fn month_of(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_round_trip_and_bad_dates_are_refused() {
+        for days in [0, 59, 60, 11_016, 20_000, 40_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(parse_day_ms("2000-02-29", 0), Some(951_782_400_000));
+        assert_eq!(
+            parse_day_ms("2000-02-29", 480),
+            Some(951_782_400_000 - 8 * 3_600_000)
+        );
+        assert_eq!(parse_day_ms("2001-02-29", 0), None);
+        assert_eq!(parse_day_ms("2001-13-01", 0), None);
+        assert_eq!(parse_day_ms("yesterday", 0), None);
+    }
 
     #[test]
     fn formats_utc_timestamps() {

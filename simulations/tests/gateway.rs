@@ -14,8 +14,8 @@ use panshi_simulations::gateway::{self, json_fields, Config, Faults, Gateway, No
 use serde_json::Value;
 
 const PID: &str = "1001";
-const KEY: &str = "merchant-key";
-const TOKEN: &str = "epusdt-token";
+const KEY: &str = "merchant-key-0123";
+const TOKEN: &str = "epusdt-token-0123";
 /// Longest wait for a notify that should arrive.
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to watch for a notify that should not arrive.

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -201,7 +201,7 @@ pub fn recover(
     mut visit: impl FnMut(Lsn, &[u8]) -> Result<(), Error>,
 ) -> Result<(Recovery, LogIndex), Error> {
     if repair {
-        fs::create_dir_all(dir)?;
+        crate::private::create_dir(dir)?;
     } else if !dir.exists() {
         // Read-only (audit): a missing log is an empty one, and is not created.
         return Ok((Recovery::default(), LogIndex::default()));
@@ -325,7 +325,11 @@ struct Writer {
 
 fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, u64), Error> {
     let path = segment_path(dir, first_lsn);
-    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(crate::private::FILE_MODE)
+        .open(&path)?;
     let len = file.metadata()?.len();
     File::open(dir)?.sync_all()?;
     Ok((file, len))
@@ -493,7 +497,9 @@ impl Writer {
             }
             Op::SaveHint { name, bytes, done } => {
                 // A hint that fails to write is only a lost hint: not sticky.
-                done(fs::write(self.dir.join(name), &bytes).map_err(Error::from))
+                let written = crate::private::create_file(&self.dir.join(name))
+                    .and_then(|mut file| file.write_all(&bytes));
+                done(written.map_err(Error::from))
             }
         }
     }
@@ -569,7 +575,7 @@ impl Writer {
 
 fn save_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
     let temporary = dir.join(format!("{name}.tmp"));
-    let mut file = File::create(&temporary)?;
+    let mut file = crate::private::create_file(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&temporary, dir.join(name))?;

@@ -184,6 +184,8 @@ pub(crate) struct MirrorBatch {
     /// Reseller, ledger and stream rows, already in row form (few, and never coalesced
     /// away: a later row for the same key is written after the earlier one).
     reseller_rows: Vec<Row>,
+    /// Listing, coupon, order-terms and identity rows, in commit order.
+    encoded_rows: Vec<Row>,
     changes_count: usize,
     last_lsn: u64,
     started: Option<Instant>,
@@ -224,6 +226,7 @@ impl MirrorBatch {
                 self.reseller_rows
                     .push(crate::resellers::stream_row(id, seq, &row));
             }
+            Change::Encoded(row) => self.encoded_rows.push(row),
         }
     }
 
@@ -381,6 +384,7 @@ pub(crate) fn run_mirror(
             rows.push(rows::product_row(&products[&sku], stock));
         }
         rows.extend(batch.reseller_rows);
+        rows.extend(batch.encoded_rows);
         if let Err(error) = write_rows(&db, &mut trees, rows, Lsn(batch.last_lsn)) {
             poisoned.store(true, Ordering::Release);
             tracing::error!(%error, "sled mirror write failed; store poisoned (the log holds everything)");

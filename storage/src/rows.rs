@@ -61,13 +61,17 @@ pub struct ProductRow {
 pub enum HolderRow {
     Unsold,
     Sold(OrderId),
+    /// Deleted by an operator; never sold.
+    Deleted,
 }
 
 /// A card's sled row.
 #[derive(Encode, Decode, Debug, PartialEq, Eq)]
 pub struct CardRow {
     pub sku: Sku,
-    pub key: String,
+    /// The sealed key. `None` for a key still in the clear (an older version's, between an
+    /// upgrade's open and the start-up sealing): sled never holds a key in the clear.
+    pub sealed_key: Option<Vec<u8>>,
     pub holder: HolderRow,
 }
 
@@ -88,6 +92,14 @@ pub enum TreeName {
     Ledger,
     /// Reseller stream events, by (reseller id, seq).
     ResellerStream,
+    /// Product listings beyond creation (details, deleted count), by SKU.
+    Listings,
+    /// Coupons and their use counts, by code.
+    Coupons,
+    /// Orders' coupon and lookup-password terms, by order id.
+    OrderTerms,
+    /// The shop's identity, one row.
+    Shop,
     Orders(String),
 }
 
@@ -103,6 +115,10 @@ impl TreeName {
             TreeName::Resellers => "resellers".into(),
             TreeName::Ledger => "ledger".into(),
             TreeName::ResellerStream => "reseller_stream".into(),
+            TreeName::Listings => "listings".into(),
+            TreeName::Coupons => "coupons".into(),
+            TreeName::OrderTerms => "order_terms".into(),
+            TreeName::Shop => "shop".into(),
             TreeName::Orders(month) => format!("orders/{month}"),
         }
     }
@@ -125,6 +141,7 @@ pub fn holder_row(state: &ShopState, holder: Holder) -> HolderRow {
     match holder {
         Holder::Available | Holder::Reserved(_) => HolderRow::Unsold,
         Holder::Sold(index) => HolderRow::Sold(id(index)),
+        Holder::Deleted => HolderRow::Deleted,
     }
 }
 
@@ -193,6 +210,8 @@ pub enum Change {
         seq: u64,
         row: crate::resellers::StreamRow,
     },
+    /// A listing, coupon, order-terms or identity row: few and small, encoded at once.
+    Encoded(Row),
 }
 
 /// The changes an applied event made, as the state now has them.
@@ -201,6 +220,12 @@ pub fn changes(state: &ShopState, event: &Event, touched: Touched, out: &mut Vec
     if let Event::ProductCreated(product) = event {
         out.push(Change::Product(product.clone()));
     }
+    if let Event::ProductEdited { sku, .. } = event {
+        // The mirror keeps each product to write beside its stock: give it the new one.
+        let product = &state.product(sku).expect("edited sku exists").product;
+        out.push(Change::Product(product.clone()));
+    }
+    crate::listings::changes(state, &touched, out);
     if let (Event::OperatorAction(action), Some(number)) = (event, touched.audit) {
         out.push(Change::Audit {
             number,
@@ -264,8 +289,16 @@ pub fn card_record(state: &ShopState, card: CardId) -> CardRow {
     let slot = state.card(card).expect("touched card exists");
     CardRow {
         sku: state.sku_of(card).expect("card has a sku"),
-        key: slot.key.to_string(),
+        sealed_key: sealed_key_row(&slot.key),
         holder: holder_row(state, slot.holder),
+    }
+}
+
+/// What sled keeps of a card's key: the sealed bytes, never a clear key.
+pub fn sealed_key_row(key: &engine::CardKey) -> Option<Vec<u8>> {
+    match key {
+        engine::CardKey::Sealed(sealed) => Some(sealed.clone()),
+        engine::CardKey::Clear(_) => None,
     }
 }
 

@@ -70,10 +70,10 @@ fn config() -> bincode::config::Configuration {
 /// Writes `state` as the snapshot through `header.last_index` into `dir` (atomically), and
 /// removes older snapshots. Returns the new file.
 pub fn write(dir: &Path, header: &SnapshotHeader, state: &ShopState) -> Result<PathBuf, Error> {
-    fs::create_dir_all(dir)?;
+    crate::private::create_dir(dir)?;
     let name = file_name(header.last_index, header.last_term);
     let temporary = dir.join(format!("{name}.tmp"));
-    write_to(File::create(&temporary)?, header, state)?;
+    write_to(crate::private::create_file(&temporary)?, header, state)?;
     let path = dir.join(&name);
     fs::rename(&temporary, &path)?;
     File::open(dir)?.sync_all()?;

@@ -31,6 +31,10 @@ use crate::rows::{self, Change, Row, TreeName};
 use crate::Error;
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
+/// The version of the rows' format in sled; a sled written in another is rebuilt whole
+/// from the log at open. 2: card keys sealed, order tokens kept as digests only.
+const ROWS_FORMAT_KEY: &[u8] = b"rows_format";
+pub const ROWS_FORMAT: u32 = 2;
 /// Cache sled may use, in bytes.
 pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
@@ -128,6 +132,10 @@ pub(crate) struct TouchedSet {
     pub(crate) resellers: BTreeSet<engine::ResellerId>,
     pub(crate) ledger_entries: BTreeSet<u64>,
     pub(crate) streams: BTreeSet<(engine::ResellerId, u64)>,
+    pub(crate) listings: BTreeSet<Sku>,
+    pub(crate) coupons: BTreeSet<String>,
+    pub(crate) order_terms: BTreeSet<OrderId>,
+    pub(crate) identity: bool,
 }
 
 impl TouchedSet {
@@ -136,6 +144,12 @@ impl TouchedSet {
         self.resellers.extend(touched.reseller);
         self.ledger_entries.extend(touched.ledger_entry);
         self.streams.extend(touched.stream);
+        self.listings.extend(touched.listing);
+        self.coupons.extend(touched.coupon);
+        if touched.order_terms {
+            self.order_terms.extend(touched.order.clone());
+        }
+        self.identity |= touched.identity;
         self.skus.extend(touched.sku);
         self.orders.extend(touched.order);
         self.cards.extend(touched.cards);
@@ -182,6 +196,7 @@ impl TouchedSet {
             rows.push(rows::audit_row(*number, action));
         }
         self.reseller_rows(state, &mut rows);
+        crate::listings::replayed_rows(state, self, &mut rows);
         rows
     }
 
@@ -237,6 +252,27 @@ pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
             other => return Ok(other?),
         }
     }
+}
+
+/// Where a sled in an older format is set aside until it is deleted.
+fn stale_sled_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state.stale")
+}
+
+/// Deletes a sled set aside (at this open, once rebuilt, or at the next one).
+fn remove_stale_sled(data_dir: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(stale_sled_dir(data_dir)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The rows' format sled was written in (`None` before formats were recorded).
+pub fn rows_format(db: &sled::Db) -> Result<Option<u32>, Error> {
+    let meta = db.open_tree(TreeName::Meta.as_string())?;
+    Ok(meta
+        .get(ROWS_FORMAT_KEY)?
+        .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes)))
 }
 
 /// The last log index whose rows sled holds.
@@ -323,8 +359,20 @@ impl Store {
         log_last: u64,
         observer: Arc<dyn CommitObserver>,
     ) -> Result<Self, Error> {
-        std::fs::create_dir_all(data_dir)?;
-        let (db, mirrored) = crate::sled_dir::open_or_set_aside(data_dir)?;
+        crate::private::create_dir(data_dir)?;
+        remove_stale_sled(data_dir)?;
+        let (mut db, mut mirrored) = crate::sled_dir::open_or_set_aside(data_dir)?;
+        let old_format = rows_format(&db)? != Some(ROWS_FORMAT);
+        if old_format && mirrored > 0 {
+            // Rows an older version wrote (card keys, tokens in the clear) stay in sled's
+            // files whatever is dropped: set the whole sled aside and rebuild it.
+            tracing::warn!("sled holds rows in an older format; rebuilding it");
+            drop(db);
+            std::fs::rename(sled_dir(data_dir), stale_sled_dir(data_dir))?;
+            db = open_sled(data_dir)?;
+            mirrored = 0;
+        }
+        crate::private::restrict_tree(data_dir)?;
         if mirrored < applied || mirrored > log_last.max(applied) {
             // sled misses rows the snapshot covers (or was set aside), or holds rows of
             // entries the log no longer has: rewrite it whole from the snapshot (the log's
@@ -337,6 +385,13 @@ impl Store {
             );
             rewrite_sled(&db, &state, applied)?;
         }
+        if old_format {
+            // A fresh sled (new, or the old one set aside): its rows are this format's.
+            let meta = db.open_tree(TreeName::Meta.as_string())?;
+            meta.insert(ROWS_FORMAT_KEY, &ROWS_FORMAT.to_be_bytes())?;
+            db.flush()?;
+        }
+        remove_stale_sled(data_dir)?;
         let products = state
             .products()
             .map(|p| (p.product.sku.clone(), p.product.clone()))

@@ -16,7 +16,8 @@ import { chromium } from "playwright-core";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SCREENSHOTS = path.resolve(HERE, "../../target/browser-screenshots");
-const ADMIN_TOKEN = "demo-admin";
+// The operator token every test server gets (demo mode generates one otherwise).
+const ADMIN_TOKEN = "browser-test-admin-token-0123456789";
 const SERVER_START_MS = 60_000;
 const STEP_TIMEOUT_MS = 15_000;
 const CHROMIUM_ARGS = [
@@ -25,15 +26,21 @@ const CHROMIUM_ARGS = [
 ];
 
 const binary = path.resolve(process.cwd(), process.argv[2] || "../../target/release/panshi");
+// However this script ends, the servers go with it (one listener for them all).
+const servers = new Set();
+process.on("exit", () => { for (const child of servers) child.kill("SIGKILL"); });
 
 /**
- * Starts `panshi serve --demo` (port 0 and a fresh data dir unless given); resolves once it
- * prints its address. `crash()` kills it with SIGKILL and keeps the data dir.
+ * Starts `panshi serve --demo` (port 0 and a fresh data dir unless given; without the demo
+ * when `demo` is false); resolves once it prints its address. `crash()` kills it with
+ * SIGKILL and keeps the data dir.
  */
-function startServer(extraEnv = {}, { listen = "127.0.0.1:0", data } = {}) {
+function startServer(extraEnv = {}, { listen = "127.0.0.1:0", data, demo = true } = {}) {
   data = data || mkdtempSync(path.join(tmpdir(), "panshi-browser-"));
-  const child = spawn(binary, ["serve", "--demo", "--listen", listen, "--data", data], {
-    env: { ...process.env, PANSHI_LOG__LEVEL: "warn", ...extraEnv },
+  const args = ["serve", ...(demo ? ["--demo"] : []), "--listen", listen, "--data", data];
+  const child = spawn(binary, args, {
+    // Errors only: operators' actions log at warn, and a test's output is its own.
+    env: { ...process.env, PANSHI_LOG__LEVEL: "error", PANSHI_ADMIN_TOKEN: ADMIN_TOKEN, ...extraEnv },
     stdio: ["ignore", "pipe", "inherit"],
   });
   const exited = new Promise((resolve) => child.on("exit", resolve));
@@ -42,8 +49,8 @@ function startServer(extraEnv = {}, { listen = "127.0.0.1:0", data } = {}) {
     try { rmSync(data, { recursive: true, force: true, maxRetries: 5 }); } catch { /* ignored */ }
   };
   const crash = async () => { child.kill("SIGKILL"); await exited; };
-  // However this script ends, the server goes with it.
-  process.on("exit", () => child.kill("SIGKILL"));
+  servers.add(child);
+  child.on("exit", () => servers.delete(child));
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => { stop(); reject(new Error("server did not start")); }, SERVER_START_MS);
     exited.then((code) => reject(new Error(`server exited early (${code})`)));
@@ -162,11 +169,15 @@ async function buyerSeesKeyLive() {
 
 // (2) An operator signs in, imports keys and confirms a manual-payment order.
 async function operatorImportsAndConfirms() {
-  // epusdt points at a closed port, so a USDT order falls to the manual payment queue.
+  // epusdt points at a closed port, so a USDT order falls to the manual payment queue. Demo
+  // mode refuses to run beside a real gateway's settings: this shop is a plain one.
   const server = await startServer({
     PANSHI_EPUSDT__GATEWAY_URL: "http://127.0.0.1:9",
     PANSHI_EPUSDT__TOKEN: "browser-test-token",
-  });
+  }, { demo: false });
+  const product = await api(server.base, "POST", "/api/v1/admin/products",
+    { sku: "vpn-30d", name: "VPN 30-day pass", price_cents: 1500, currency: "CNY" }, ADMIN_TOKEN);
+  check(product.status === 201, `product created: ${JSON.stringify(product.json)}`);
   const { context, page, problems } = await newPage({ viewport: { width: 1100, height: 900 } });
   try {
     await signIn(page, server.base);
@@ -194,7 +205,8 @@ async function operatorImportsAndConfirms() {
     await screenshot(page, "2b-operator-manual-payment-queue");
     await row.getByRole("button", { name: "Confirm payment" }).click();
     await page.locator("#result-status").waitFor();
-    check((await page.locator("#result-status").textContent()) === "delivered", "confirmed order delivered");
+    check((await page.locator("#result-status").getAttribute("data-status")) === "delivered", "confirmed order delivered");
+    check((await page.locator("#result-status").textContent()) === "Delivered", "the status in words");
     await screenshot(page, "2c-operator-confirmed");
     const lookup = await api(server.base, "GET", `/api/v1/orders/${orderId}?token=${order.json.token}`);
     check(lookup.json.status === "delivered" && lookup.json.cards.length === 1, "the buyer sees the key");
@@ -294,9 +306,11 @@ async function flashSaleWithBuyersAhead(perSecond, ahead) {
 // (5) In a flash sale the buyer waits in line on a page that counts down live, then lands
 // on the order page by itself when admitted.
 async function flashSaleBuyerWaitsInLine() {
-  // 18 buyers ahead (the demo stock is 20 keys), ten admissions a second: about 1.8 s in line.
-  const server = await flashSaleWithBuyersAhead(10, 18);
+  // 18 buyers ahead (the demo stock is 20 keys), four admissions a second: about 4.5 s in
+  // line, long enough to see the place advance even when the browser is slow to load the page.
+  // Chromium starts first: on a loaded machine its start alone can outlast the line.
   const { context, page, problems } = await newPage({ viewport: { width: 800, height: 700 } });
+  const server = await flashSaleWithBuyersAhead(4, 18);
   try {
     await page.goto(`${server.base}/product/vpn-30d`);
     await page.getByLabel("Contact (e-mail or phone)").fill("patient@example.com");
@@ -341,6 +355,223 @@ async function queuePageAfterRestart() {
   }
 }
 
+// (7) An operator edits a product's listing; the storefront shows it at once.
+async function operatorEditsProduct() {
+  const server = await startServer();
+  const { context, page, problems } = await newPage({ viewport: { width: 1100, height: 900 } });
+  try {
+    await signIn(page, server.base);
+    await page.getByRole("link", { name: "Products" }).click();
+    await page.locator("#products tr", { hasText: "vpn-30d" }).getByRole("link", { name: "Edit" }).click();
+    await page.getByRole("heading", { name: /Edit product/ }).waitFor();
+    await page.getByLabel("Name").fill("VPN 30-day pass, all regions");
+    await page.getByLabel(/^Price/).fill("12.80");
+    await page.getByLabel("Category").fill("Network");
+    await page.getByLabel("Description").fill("Works on phones and computers.");
+    await page.getByLabel(/^Usage note/).fill("Open the app and paste the key.");
+    await page.getByLabel(/^Most keys per order/).fill("2");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator("#saved").waitFor();
+    check((await page.getByLabel(/^Price/).inputValue()) === "12.80", "the new price kept in the form");
+    await screenshot(page, "7a-operator-product-edit");
+    await page.goto(`${server.base}/`);
+    await page.getByRole("heading", { name: "Network" }).waitFor();
+    const item = page.locator('li.product[data-sku="vpn-30d"]');
+    check((await item.locator(".name").textContent()) === "VPN 30-day pass, all regions", "the new name listed");
+    check((await item.locator(".price").textContent()) === "12.80 CNY", "the new price listed");
+    await screenshot(page, "7b-catalogue-after-edit");
+    const order = await api(server.base, "POST", "/api/v1/orders",
+      { sku: "vpn-30d", quantity: 2, contact: "e@example.com", channel: "alipay" });
+    check(order.status === 201 && order.json.amount_cents === 2560, `the next order pays the new price: ${JSON.stringify(order.json)}`);
+    const over = await api(server.base, "POST", "/api/v1/orders",
+      { sku: "vpn-30d", quantity: 3, contact: "e@example.com", channel: "alipay" });
+    check(over.status === 400, "over the purchase limit");
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
+// (8) An operator searches a product's keys, exports them as CSV and deletes one.
+async function operatorExportsAndDeletesKeys() {
+  const server = await startServer();
+  const { context, page, problems } = await newPage({ viewport: { width: 1100, height: 900 }, acceptDownloads: true });
+  try {
+    await signIn(page, server.base);
+    await page.goto(`${server.base}/admin/products/vpn-30d/keys`);
+    check((await page.locator("#keys-total").textContent()).startsWith("Matching keys: 20"), "twenty demo keys");
+    await page.getByLabel("Search keys").fill("DEMO-0007");
+    await page.getByRole("button", { name: "Search" }).click();
+    await page.waitForURL(/q=DEMO-0007/);
+    check((await page.locator("#keys-total").textContent()).startsWith("Matching keys: 1"), "one key found");
+    const key = await page.locator("#keys-table code.key").first().textContent();
+    await screenshot(page, "8a-operator-keys-search");
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      page.getByRole("link", { name: "Export CSV" }).click(),
+    ]);
+    const csv = await (await download.createReadStream()).toArray();
+    const lines = Buffer.concat(csv).toString("utf8").trim().split("\n");
+    check(lines[0] === "card_id,key,status,order_id", `CSV header: ${lines[0]}`);
+    check(lines.length === 2 && lines[1].includes(`,${key},available,`), `CSV row: ${lines[1]}`);
+    await page.getByRole("checkbox", { name: `Select ${key}` }).check();
+    await page.getByRole("button", { name: "Delete selected keys" }).click();
+    await page.locator("#deleted").waitFor();
+    check((await page.locator("#deleted").textContent()) === "Deleted: 1", "one key deleted");
+    await screenshot(page, "8b-operator-key-deleted");
+    const stock = await api(server.base, "GET", "/api/v1/admin/products/vpn-30d/stock", undefined, ADMIN_TOKEN);
+    check(stock.json.available === 19 && stock.json.deleted === 1, `stock after the deletion: ${JSON.stringify(stock.json)}`);
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
+// (9) An operator finds a buyer's order by contact and reads its keys and link.
+async function operatorSearchesOrders() {
+  const server = await startServer();
+  const { context, page, problems } = await newPage({ viewport: { width: 1200, height: 900 } });
+  try {
+    for (const contact of ["lost@example.com", "other@example.com", "third@example.com"]) {
+      const made = await api(server.base, "POST", "/api/v1/orders",
+        { sku: "steam-10", quantity: 1, contact, channel: "alipay" });
+      check(made.status === 201, `order for ${contact}`);
+      if (contact === "lost@example.com") {
+        const paid = await fetch(made.json.payment.url, { method: "POST" });
+        check(paid.ok, "paid at the demo gateway");
+      }
+    }
+    await signIn(page, server.base);
+    await page.getByRole("link", { name: "Orders" }).first().click();
+    await page.getByRole("heading", { name: "Orders", exact: true }).waitFor();
+    await page.getByLabel("Order id or contact").fill("lost@");
+    await page.getByRole("button", { name: "Search" }).click();
+    await page.waitForURL(/q=lost/);
+    check((await page.locator("#orders-total").textContent()).startsWith("Matching orders: 1"), "one order found");
+    const row = page.locator("tbody tr");
+    check((await row.count()) === 1, "one row");
+    check((await row.locator("[data-status]").textContent()) === "Delivered", "the status in words");
+    await screenshot(page, "9a-operator-order-search");
+    await row.getByRole("link").first().click();
+    await page.locator("#buyer-link").waitFor();
+    const link = await page.locator("#buyer-link").getAttribute("href");
+    check(/\/order\/[0-9a-f]+\?token=[0-9a-f]{32}$/.test(link), `the buyer's link: ${link}`);
+    check((await page.locator("#order-keys code.key").count()) === 1, "the delivered key shown");
+    await screenshot(page, "9b-operator-order-detail");
+    await page.getByRole("link", { name: "中文" }).click();
+    await page.getByRole("heading", { name: "买家的订单页面" }).waitFor();
+    await screenshot(page, "9c-operator-order-detail-chinese");
+    await page.getByRole("link", { name: "English" }).click();
+    await page.getByRole("link", { name: "Dashboard" }).click();
+    check((await page.locator("#revenue-days").textContent()).includes("72.00 CNY"), "today's revenue");
+    check((await page.locator("#revenue-products").textContent()).includes("steam-10"), "revenue per product");
+    await screenshot(page, "9d-operator-dashboard-revenue");
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
+// (10) A buyer who lost the order link finds the order again by contact and lookup
+// password; the demo gateway brought them back to the order page after paying.
+async function buyerFindsOrderByContact() {
+  const server = await startServer();
+  const buyer = await newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const later = await newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  try {
+    const { context, page } = buyer;
+    await page.goto(`${server.base}/product/office-365`);
+    await page.getByLabel("Contact (e-mail or phone)").fill("forgetful@example.com");
+    await page.getByLabel("Lookup password (optional)").fill("blue horse 42");
+    await page.getByRole("button", { name: "Buy and pay" }).click();
+    await page.getByRole("heading", { name: "Your order" }).waitFor();
+    check(/^\d+:\d\d$/.test(await page.locator("#time-left").textContent()), "a countdown to expiry");
+    await screenshot(page, "10a-order-countdown-phone");
+    const orderUrl = page.url();
+    const payUrl = await page.getByRole("link", { name: "Pay now" }).getAttribute("href");
+    const [gateway] = await Promise.all([
+      context.waitForEvent("page"),
+      page.getByRole("link", { name: "Pay now" }).click(),
+    ]);
+    await gateway.getByRole("button", { name: "Pay" }).click();
+    await gateway.getByRole("link", { name: "Back to your order" }).click();
+    await gateway.getByRole("heading", { name: "Your order" }).waitFor();
+    check(gateway.url() === orderUrl, `the gateway returns to the order page: ${gateway.url()}`);
+    await gateway.locator("#keys code.key").first().waitFor();
+    const key = await gateway.locator("#keys code.key").first().textContent();
+    await gateway.goto(payUrl);
+    check((await gateway.content()).includes("already paid"), "the cashier knows it is paid");
+    check((await gateway.locator("button").count()) === 0, "no Pay button once paid");
+    // Another day, another browser, no link: the contact and the password find it.
+    const { page: lost, problems } = later;
+    await lost.goto(`${server.base}/`);
+    await lost.getByRole("link", { name: "Find my order" }).click();
+    await lost.getByLabel("Contact (e-mail or phone)").fill("Forgetful@example.com");
+    await lost.getByLabel("Lookup password", { exact: true }).fill("wrong horse");
+    await lost.getByRole("button", { name: "Find my orders" }).click();
+    await lost.locator("#found-none").waitFor();
+    await lost.getByLabel("Lookup password", { exact: true }).fill("blue horse 42");
+    await lost.getByRole("button", { name: "Find my orders" }).click();
+    await lost.locator("#found a").first().waitFor();
+    check((await lost.locator("#found li").count()) === 1, "exactly the buyer's order");
+    await screenshot(lost, "10b-buyer-lookup-by-contact-phone");
+    await lost.locator("#found a").first().click();
+    await lost.locator("#keys code.key").first().waitFor();
+    check((await lost.locator("#keys code.key").first().textContent()) === key, "the same key, found again");
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+    check(buyer.problems.length === 0, `buyer: ${buyer.problems.join("; ")}`);
+  } finally {
+    await buyer.context.close();
+    await later.context.close();
+    server.stop();
+  }
+}
+
+// (11) The operator names the shop and makes a coupon; the storefront wears the name, the
+// banner and the footer, and a buyer's order takes the coupon.
+async function operatorSetsIdentityAndCoupon() {
+  const server = await startServer();
+  const { context, page, problems } = await newPage({ viewport: { width: 1100, height: 900 } });
+  try {
+    await signIn(page, server.base);
+    await page.getByRole("link", { name: "Shop settings" }).click();
+    await page.getByLabel("Shop name").fill("Moon Keys");
+    await page.getByLabel(/^Announcement banner/).fill("Double keys this weekend!");
+    await page.getByLabel("Support contact").fill("help@moon.example");
+    await page.getByLabel("Footer text").fill("Moon Keys Ltd. · since 2026");
+    await page.getByLabel(/^Terms of sale/).fill("Keys are not refundable once shown.");
+    await page.getByLabel(/^Time zone/).fill("480");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator("#saved").waitFor();
+    await screenshot(page, "11a-operator-shop-settings");
+    await page.getByRole("link", { name: "Coupons" }).click();
+    await page.getByLabel(/^Code/).fill("MOON10");
+    await page.getByLabel(/^Percent/).fill("10");
+    await page.getByLabel("Uses at most").fill("5");
+    await page.getByLabel(/^Valid through/).fill("2999-12-31");
+    await page.getByRole("button", { name: "Create coupon" }).click();
+    await page.locator("#coupon-result").waitFor();
+    await screenshot(page, "11b-operator-coupons");
+    await page.goto(`${server.base}/product/steam-10`);
+    check((await page.locator("#announcement").textContent()) === "Double keys this weekend!", "the banner");
+    check((await page.locator("header .brand").textContent()).includes("Moon Keys"), "the shop's name");
+    check((await page.locator("#support").textContent()).includes("help@moon.example"), "the support contact");
+    await page.getByLabel("Contact (e-mail or phone)").fill("c@example.com");
+    await page.getByLabel("Coupon code (optional)").fill("moon10");
+    await page.getByRole("button", { name: "Buy and pay" }).click();
+    await page.locator("#coupon-used").waitFor();
+    check((await page.locator("#coupon-used").textContent()).includes("MOON10"), "the coupon on the order");
+    await screenshot(page, "11c-storefront-identity-coupon-order");
+    check(problems.length === 0, `no console errors, CSP reports or dialogs: ${problems.join("; ")}`);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+}
+
 const TESTS = [
   ["buyer buys through the demo gateway and sees the key live", buyerSeesKeyLive],
   ["operator signs in, imports keys and confirms a manual payment", operatorImportsAndConfirms],
@@ -348,6 +579,11 @@ const TESTS = [
   ["the order page reconnects after the socket drops", orderPageReconnects],
   ["a flash-sale buyer waits in line live and lands on the order", flashSaleBuyerWaitsInLine],
   ["a buyer in line is told the place is gone after a restart", queuePageAfterRestart],
+  ["an operator edits a product and the storefront shows it", operatorEditsProduct],
+  ["an operator searches, exports and deletes keys", operatorExportsAndDeletesKeys],
+  ["an operator finds a buyer's order by contact", operatorSearchesOrders],
+  ["a buyer finds a lost order by contact and lookup password", buyerFindsOrderByContact],
+  ["the operator names the shop and makes a coupon a buyer uses", operatorSetsIdentityAndCoupon],
 ];
 
 async function main() {

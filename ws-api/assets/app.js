@@ -1,5 +1,7 @@
 // Panshi pages: the live parts. Plain JavaScript, no build step, no other origin.
-// - order page: follows the order over its WebSocket, shows keys as they arrive, reconnects;
+// - order page: follows the order over its WebSocket, shows keys as they arrive, reconnects,
+//   counts down the time left to pay;
+// - every page: times in `<time data-local>` shown in the reader's local time;
 // - queue page: follows a waiting-room ticket, then goes to the order (or reloads to show
 //   the outcome);
 // - catalogue: refreshes the stock counts;
@@ -76,6 +78,8 @@
     }
     var pay = document.getElementById("pay");
     if (pay && status !== "awaiting_payment") pay.hidden = true;
+    var left = document.getElementById("countdown");
+    if (left && status !== "awaiting_payment") left.hidden = true;
     var cards = update.cards || [];
     var list = document.getElementById("keys");
     if (cards.length > 0 && list.children.length < cards.length) {
@@ -83,6 +87,8 @@
       cards.forEach(function (key) { list.appendChild(keyItem(order, key)); });
       var empty = document.getElementById("keys-empty");
       if (empty) empty.hidden = true;
+      var usage = document.getElementById("usage-note");
+      if (usage) usage.hidden = false;
     }
   }
 
@@ -180,7 +186,45 @@
       .catch(function () { /* the next refresh tries again */ });
   }
 
+  // Times the server wrote in the shop's time zone, shown in the reader's own.
+  function localTimes() {
+    var times = document.querySelectorAll("time[data-local]");
+    for (var i = 0; i < times.length; i++) {
+      var at = new Date(times[i].getAttribute("datetime"));
+      if (!isNaN(at.getTime())) {
+        times[i].textContent = at.toLocaleString(document.documentElement.lang, {
+          year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+        });
+        times[i].title = times[i].getAttribute("datetime");
+      }
+    }
+  }
+
+  // The time left to pay, by the second; the socket says when the order really expired.
+  function countdown(box) {
+    var expiresAt = Number(box.getAttribute("data-expires-at"));
+    var left = document.getElementById("time-left");
+    var order = document.getElementById("order");
+    function tick() {
+      if (order && order.getAttribute("data-status") !== "awaiting_payment") {
+        box.hidden = true;
+        return;
+      }
+      var secs = Math.max(0, Math.floor((expiresAt - Date.now()) / 1000));
+      left.textContent = Math.floor(secs / 60) + ":" + String(secs % 60).padStart(2, "0");
+      if (secs === 0) {
+        box.textContent = box.getAttribute("data-expired");
+        return;
+      }
+      setTimeout(tick, 1000);
+    }
+    tick();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    localTimes();
+    var box = document.getElementById("countdown");
+    if (box) countdown(box);
     var order = document.getElementById("order");
     if (order) followOrder(order);
     var queue = document.getElementById("queue");

@@ -97,6 +97,11 @@ impl From<Rejection> for ApiError {
             Rejection::InsufficientBalance => (StatusCode::CONFLICT, "insufficient_balance"),
             Rejection::UnknownReseller => (StatusCode::NOT_FOUND, "not_found"),
             Rejection::ResellerRevoked => (StatusCode::CONFLICT, "reseller_revoked"),
+            Rejection::CouponExists => (StatusCode::CONFLICT, "coupon_exists"),
+            Rejection::Coupon(engine::coupon::CouponRefusal::Unknown) => {
+                (StatusCode::NOT_FOUND, "coupon_unknown")
+            }
+            Rejection::Coupon(refusal) => (StatusCode::CONFLICT, refusal.code()),
             Rejection::Risk(rule) => return risk_refusal(rule, message),
         };
         Self::new(status, code, message)
@@ -113,6 +118,17 @@ fn risk_refusal(rule: engine::risk::RiskRule, message: String) -> ApiError {
     ApiError {
         retry_after_secs,
         ..ApiError::new(status, rule.code(), message)
+    }
+}
+
+/// What a client is told of a storage failure: a stable code and sentence. The detail
+/// (which may name files and paths) goes to the log only.
+pub const STORAGE_UNAVAILABLE_MESSAGE: &str = "the shop cannot read or write its data right now";
+
+impl From<storage::Error> for ApiError {
+    fn from(error: storage::Error) -> Self {
+        tracing::error!(%error, "storage failure");
+        Self::unavailable("storage_unavailable", STORAGE_UNAVAILABLE_MESSAGE)
     }
 }
 
@@ -134,10 +150,7 @@ impl From<ShopError> for ApiError {
                 "idempotency_mismatch",
                 error.to_string(),
             ),
-            ShopError::Storage(ref inner) => {
-                tracing::error!(error = %inner, "storage failure");
-                Self::unavailable("storage_unavailable", "the shop cannot commit right now")
-            }
+            ShopError::Storage(inner) => inner.into(),
             ShopError::Unavailable(_) => Self::unavailable("unavailable", error.to_string()),
             // Refused before the upgrade, with a wait long enough that a client does not
             // loop reconnecting (a socket refused after its upgrade reconnects at once).
@@ -151,6 +164,29 @@ impl From<ShopError> for ApiError {
             },
             ShopError::NotLeader { .. } => Self::unavailable("no_leader", error.to_string()),
             ShopError::OutcomeUnknown => Self::unavailable("not_committed", error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Postmortem: storage errors passed `e.to_string()`, with file paths, to clients.
+    #[test]
+    fn storage_failures_tell_clients_a_stable_code_and_no_paths() {
+        let io = std::io::Error::other("open /srv/panshi-data/log/0000000042.seg: EIO");
+        for error in [
+            ApiError::from(storage::Error::Io(io)),
+            ApiError::from(ShopError::Storage(storage::Error::Corrupt(
+                "/srv/panshi-data/sled/db".into(),
+            ))),
+        ] {
+            assert_eq!(
+                (error.status.as_u16(), error.code),
+                (503, "storage_unavailable")
+            );
+            assert_eq!(error.message, STORAGE_UNAVAILABLE_MESSAGE);
         }
     }
 }

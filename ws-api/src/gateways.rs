@@ -25,7 +25,7 @@ pub struct EpayClient {
     key: String,
 }
 
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(GATEWAY_CALL_TIMEOUT_MS))
         .pool_max_idle_per_host(8)
@@ -33,7 +33,7 @@ fn http_client() -> reqwest::Client {
         .expect("an HTTP client without TLS builds")
 }
 
-fn failed(error: reqwest::Error) -> GatewayError {
+pub(crate) fn failed(error: reqwest::Error) -> GatewayError {
     if error.is_timeout() {
         GatewayError::Timeout
     } else {
@@ -41,17 +41,42 @@ fn failed(error: reqwest::Error) -> GatewayError {
     }
 }
 
+/// A gateway's answer, its body read up to [`GATEWAY_ANSWER_BYTES_MAX`].
+pub(crate) struct Answer {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Sends a request and reads its answer whatever the status, refusing one that is too large.
+pub(crate) async fn bounded_answer(
+    request: reqwest::RequestBuilder,
+) -> Result<Answer, GatewayError> {
+    let mut response = request.send().await.map_err(failed)?;
+    let status = response.status();
+    let headers = std::mem::take(response.headers_mut());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > GATEWAY_ANSWER_BYTES_MAX {
+            return Err(GatewayError::Failed("answer too large".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
 /// Sends a request and reads a bounded JSON answer; a non-2xx status is a failure.
 async fn json_answer(request: reqwest::RequestBuilder) -> Result<Value, GatewayError> {
-    let response = request.send().await.map_err(failed)?;
-    if !response.status().is_success() {
-        return Err(GatewayError::Failed(format!("HTTP {}", response.status())));
+    let answer = bounded_answer(request).await?;
+    if !answer.status.is_success() {
+        return Err(GatewayError::Failed(format!("HTTP {}", answer.status)));
     }
-    let body = response.bytes().await.map_err(failed)?;
-    if body.len() > GATEWAY_ANSWER_BYTES_MAX {
-        return Err(GatewayError::Failed("answer too large".into()));
-    }
-    serde_json::from_slice(&body).map_err(|_| GatewayError::Failed("answer is not JSON".into()))
+    serde_json::from_slice(&answer.body)
+        .map_err(|_| GatewayError::Failed("answer is not JSON".into()))
 }
 
 impl EpayClient {
@@ -407,6 +432,7 @@ mod tests {
             name: "x".into(),
             notify_url: "http://shop/n".into(),
             return_url: "http://shop/".into(),
+            phone: false,
         };
         let body: Value = serde_json::from_str(&client.create_body(&request)).unwrap();
         assert_eq!(body["amount"].to_string(), "28.8");

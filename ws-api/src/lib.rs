@@ -8,14 +8,21 @@
 //! Design decision: request bodies are read by hand up to a limit and parsed with serde, so
 //! every failure, including an oversized or malformed body, gets the contract's error shape.
 
+pub mod auth_backoff;
 pub mod backup;
+pub mod client;
 pub mod client_faults;
 pub mod cluster;
 pub mod connections;
+pub mod contact_lookup;
+pub mod direct;
 pub mod drain;
+pub mod edge;
 pub mod error;
+pub mod export;
 pub mod gateways;
 pub mod limits;
+pub mod log_gate;
 pub mod mail;
 pub mod notify;
 pub mod observe;
@@ -26,6 +33,7 @@ pub mod routes;
 pub mod sentry_transport;
 pub mod settings;
 pub mod socket;
+pub mod ssrf;
 pub mod watch;
 pub mod webhooks;
 pub mod wire;
@@ -36,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::Service;
 use actix_web::web;
+use actix_web::ResponseError;
 use actors::{EpaySettings, Shop};
 use futures_util::{FutureExt, StreamExt};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -63,10 +72,22 @@ pub struct AppState {
     pub stripe_events: parking_lot::Mutex<routes::payments::RecentIds>,
     /// Buyer-side rate limits (never applied to payment callbacks).
     pub limits: limits::EdgeLimits,
+    /// The payment channels configured (by name): only these get a callback route.
+    pub payment_channels: Vec<String>,
+    /// Proxies whose forwarding headers name the client (`client.rs`).
+    pub proxies: client::TrustedProxies,
+    /// The shop's public URL is `https://`: cookies get `Secure` (never from a header).
+    pub public_https: bool,
+    /// Back-off on failed operator authentication, per address.
+    pub auth_backoff: auth_backoff::AuthBackoff,
+    /// When set, `/metrics` needs this bearer token (or the operator token).
+    pub metrics_token: Option<String>,
     /// Serving, or draining towards a stop (`drain.rs`).
     pub lifecycle: Arc<drain::Lifecycle>,
     /// Below this many free bytes on the data dir's disk the server is not ready.
     pub free_bytes_min: u64,
+    /// Alipay and WeChat Pay direct, where configured (their notifies' keys).
+    pub direct: direct::DirectChannels,
     /// This node and the others (a single node is a cluster of one).
     pub cluster: Arc<cluster::Cluster>,
 }
@@ -76,6 +97,11 @@ impl AppState {
     /// leader to pass them to.
     pub fn is_ready(&self) -> bool {
         self.shop.is_ready() && self.cluster.node.is_ready()
+    }
+
+    /// The client's key for limits, risk rules and idempotency scopes (`client.rs`).
+    pub fn client(&self, request: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
+        client::client_of(request, &self.proxies)
     }
 }
 
@@ -140,11 +166,6 @@ pub fn payload_too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Registers every route. Request metrics are recorded per route pattern, never per id.
-pub fn configure(config: &mut web::ServiceConfig) {
-    routes::configure(config);
-}
-
 /// Wraps an app with per-route request metrics.
 pub fn app(
     state: web::Data<AppState>,
@@ -158,6 +179,7 @@ pub fn app(
     >,
 > {
     let observatory = state.observatory.clone();
+    let routes_state = state.clone();
     let lifecycle = state.lifecycle.clone();
     actix_web::App::new()
         .app_data(state)
@@ -194,8 +216,18 @@ pub fn app(
             let observatory = observatory.clone();
             let started = Instant::now();
             let route = request.match_pattern().unwrap_or_else(|| "unmatched".into());
-            let method = request.method().as_str().to_owned();
-            service.call(request).map(move |result| {
+            let method = edge::method_label(request.method());
+            let answer = match edge::refusal(&request) {
+                Some(refusal) => {
+                    let response = request.into_response(refusal.error_response());
+                    futures_util::future::Either::Left(futures_util::future::ready(Ok(response)))
+                }
+                None => futures_util::future::Either::Right(service.call(request)),
+            };
+            answer.map(move |mut result| {
+                if let Ok(response) = &mut result {
+                    edge::harden(response);
+                }
                 let status = match &result {
                     Ok(response) => response.status().as_u16(),
                     Err(error) => error.as_response_error().status_code().as_u16(),
@@ -206,7 +238,7 @@ pub fn app(
                     400..=499 => "4xx",
                     _ => "5xx",
                 };
-                metrics::counter!("panshi_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => class).increment(1);
+                metrics::counter!("panshi_http_requests_total", "route" => route.clone(), "method" => method, "status" => class).increment(1);
                 let elapsed = started.elapsed();
                 metrics::histogram!("panshi_http_request_duration_seconds", "route" => route, "method" => method)
                     .record(elapsed.as_secs_f64());
@@ -214,7 +246,7 @@ pub fn app(
                 result
             })
         })
-        .configure(configure)
+        .configure(|config| routes::configure(config, &routes_state))
         .configure(edge_answers)
 }
 

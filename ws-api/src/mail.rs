@@ -105,6 +105,9 @@ pub fn delivery_message_id(order_id: &str, from: &Mailbox) -> String {
 
 /// The order page's link, as the buyer's mail shows it.
 pub fn order_link(public_url: &str, mail: &DeliveryMail) -> String {
+    if mail.token.is_empty() {
+        return format!("{public_url}/lookup");
+    }
     format!("{public_url}/order/{}?token={}", mail.order_id, mail.token)
 }
 

@@ -464,6 +464,36 @@ fn rand_u128() -> u128 {
     OsEntropy.random_u128()
 }
 
+/// Where a generated operator token is written (owner-only), when none is configured.
+const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
+/// The configured operator token, else a fresh one written to an owner-only file in the
+/// data dir (never to a log or a terminal, which others may read).
+fn operator_token(settings: &ServerSettings) -> anyhow::Result<String> {
+    if let Some(token) = &settings.admin_token {
+        return Ok(token.0.trim().to_owned());
+    }
+    let token = random_token();
+    let path = settings.data.join(OPERATOR_TOKEN_FILE);
+    storage::keyfile::create(&path, &token)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "panshi: no admin_token configured; this run's operator token is in {} (owner-only)",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// Says, where nobody can miss it, that this server takes no real money: on stdout (beside
+/// the address it prints) and in the log (info: a demo is no fault to warn about).
+fn announce_demo(bound: &std::net::SocketAddr) {
+    println!(
+        "panshi: DEMO MODE: a built-in fake gateway pays every order for free; no real payment \
+         is taken or checked. Never expose this server."
+    );
+    tracing::info!(%bound, "demo mode: the built-in fake gateway pays every order for free");
+}
+
 /// The sealing key's file in the data dir, when none is configured.
 const SEALING_KEY_FILE: &str = "sealing.key";
 
@@ -492,14 +522,18 @@ fn sealing_key(
         return SealingKey::parse(&text)
             .with_context(|| format!("{} must hold 64 hex digits", path.display()));
     }
-    let sealed = store
-        .state()
-        .resellers()
-        .any(|account| is_sealed(&account.reseller.webhook_secret));
+    let sealed = {
+        let state = store.state();
+        let secrets = state
+            .resellers()
+            .any(|account| is_sealed(&account.reseller.webhook_secret));
+        secrets || state.clear_cards().count() < state.cards_count() as usize
+    };
     if sealed {
         anyhow::bail!(
-            "the data dir holds sealed webhook secrets but neither resellers.sealing_key nor \
-             {SEALING_KEY_FILE} is there; set the key they were sealed with"
+            "the data dir holds sealed card keys or webhook secrets but neither \
+             resellers.sealing_key nor {SEALING_KEY_FILE} is there; set the key they were \
+             sealed with"
         );
     }
     let fresh = SealingKey(
@@ -526,6 +560,9 @@ fn sealing_key(
 const SETUP_LOG_TARGET: &str = "panshi::setup";
 
 fn serve(settings: ServerSettings) -> anyhow::Result<()> {
+    // Whatever this process creates (the data dir, sled's files, the token file) is the
+    // owner's alone; storage also sets its own files' modes explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let sentry = init_sentry(&settings)?;
     init_tracing(&settings, sentry.is_some());
     for warning in settings.warnings() {
@@ -548,36 +585,12 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
-    let admin_token = match (&settings.admin_token, settings.demo) {
-        (Some(token), _) if !token.0.is_empty() => token.0.clone(),
-        (_, true) => "demo-admin".to_owned(),
-        _ => {
-            let token = random_token();
-            eprintln!("panshi: no admin_token configured; this run's operator token is {token}");
-            token
-        }
-    };
-    let epay = match (
-        &settings.epay.pid,
-        &settings.epay.key,
-        &settings.epay.gateway_url,
-    ) {
-        (Some(pid), Some(key), Some(url)) => Some(EpaySettings {
-            pid: pid.clone(),
-            key: key.0.clone(),
-            gateway_url: url.clone(),
-            create_via_mapi: settings.epay.create_via_mapi,
-        }),
-        _ if settings.demo => Some(EpaySettings {
-            pid: "1000".into(),
-            key: "demo-merchant-key".into(),
-            gateway_url: format!("{public_url}/demo/gateway"),
-            create_via_mapi: false,
-        }),
-        _ => None,
-    };
-    std::fs::create_dir_all(&settings.data)
+    storage::private::create_dir(&settings.data)
         .with_context(|| format!("creating {}", settings.data.display()))?;
+    let admin_token = operator_token(&settings)?;
+    if settings.demo {
+        announce_demo(&bound);
+    }
     let (node_config, cluster_secret) =
         ws_api::cluster::node_config(&settings.cluster, &public_url)?;
     anyhow::ensure!(
@@ -608,6 +621,33 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         "log recovered"
     );
     let sealing_key = sealing_key(&settings, &store)?;
+    let epay = match (
+        &settings.epay.pid,
+        &settings.epay.key,
+        &settings.epay.gateway_url,
+    ) {
+        (Some(pid), Some(key), Some(url)) => Some(EpaySettings {
+            pid: pid.clone(),
+            key: key.0.clone(),
+            gateway_url: url.clone(),
+            create_via_mapi: settings.epay.create_via_mapi,
+        }),
+        // The demo gateway signs with a key of this data dir's own (derived from its sealing
+        // key, so a payment page survives a restart), never a well-known one.
+        _ if settings.demo => Some(EpaySettings {
+            pid: "1000".into(),
+            key: actors::seal::Sealer::new(&sealing_key).derive_token("demo-epay-key", ""),
+            gateway_url: format!("{public_url}/demo/gateway"),
+            create_via_mapi: false,
+        }),
+        _ => None,
+    };
+    let direct = ws_api::direct::DirectChannels {
+        alipay: ws_api::direct::alipay::AlipayConfig::from_settings(&settings.alipay)?
+            .map(Arc::new),
+        wechat: ws_api::direct::wechat::WechatConfig::from_settings(&settings.wechat)?
+            .map(Arc::new),
+    };
     let shop_settings = Settings {
         sealing_key,
         flash: settings.flash.settings(&settings.overload),
@@ -640,8 +680,14 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             shop_settings,
             Arc::new(SystemClock),
             Arc::new(OsEntropy),
-            gateways(&settings, epay.as_ref()),
+            gateways(&settings, epay.as_ref(), &direct),
         );
+        shop.check_sealed_cards().map_err(|error| {
+            anyhow::anyhow!(
+                "card keys: {error}; set resellers.sealing_key (or restore the data dir's \
+                 {SEALING_KEY_FILE}) to the key they were sealed with"
+            )
+        })?;
         shop.check_sealed_secrets().map_err(|error| {
             anyhow::anyhow!(
                 "{error}; set resellers.sealing_key (or restore the data dir's {SEALING_KEY_FILE}) \
@@ -682,9 +728,22 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             stripe_webhook_secret: settings.stripe.webhook_secret.as_ref().map(|s| s.0.clone()),
             stripe_events: parking_lot::Mutex::default(),
             limits: ws_api::limits::EdgeLimits::new(&settings.limits),
+            payment_channels: settings.callback_channels(),
+            proxies: settings.trusted_proxies.clone(),
+            public_https: settings
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://")),
+            auth_backoff: Default::default(),
+            metrics_token: settings
+                .metrics
+                .token
+                .as_ref()
+                .map(|t| t.0.trim().to_owned()),
             lifecycle: lifecycle.clone(),
             free_bytes_min: settings.storage.free_bytes_min,
             cluster,
+            direct,
         });
         ws_api::observe::start_evaluator(
             state.clone(),
@@ -791,6 +850,14 @@ async fn on_activation(
              the log's older records hold them until purged"
         );
     }
+    let sealed_cards = shop.seal_legacy_cards().await?;
+    if sealed_cards > 0 {
+        tracing::warn!(
+            sealed_cards,
+            "card keys stored in the clear by an older version are sealed now; the log's \
+             older records hold them until purged"
+        );
+    }
     if settings.demo && !demo_seeded.swap(true, std::sync::atomic::Ordering::AcqRel) {
         seed_demo(shop).await?;
     }
@@ -825,10 +892,12 @@ fn listen(address: &str) -> anyhow::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The gateways the shop queries to reconcile orders. The demo gateway has no query API.
+/// The gateways the shop creates payments at and queries to reconcile orders. The demo
+/// gateway has no query API.
 fn gateways(
     settings: &ServerSettings,
     epay: Option<&EpaySettings>,
+    direct: &ws_api::direct::DirectChannels,
 ) -> Vec<(String, Arc<dyn actors::channel::GatewayClient>)> {
     let mut gateways: Vec<(String, Arc<dyn actors::channel::GatewayClient>)> = Vec::new();
     if let (Some(epay), false) = (epay, settings.demo) {
@@ -845,12 +914,22 @@ fn gateways(
         let client = ws_api::gateways::StripeClient::new(&settings.stripe.api_base, &secret_key.0);
         gateways.push(("stripe".to_owned(), Arc::new(client)));
     }
+    if let Some(config) = &direct.alipay {
+        let client =
+            ws_api::direct::alipay::AlipayClient::new(config.clone(), Arc::new(SystemClock));
+        gateways.push(("alipay".to_owned(), Arc::new(client)));
+    }
+    if let Some(config) = &direct.wechat {
+        let client =
+            ws_api::direct::wechat::WechatClient::new(config.clone(), Arc::new(SystemClock));
+        gateways.push(("wechat".to_owned(), Arc::new(client)));
+    }
     gateways
 }
 
 /// A small demo catalogue, seeded once into an empty shop.
 async fn seed_demo(shop: &Shop) -> anyhow::Result<()> {
-    if !shop.products().is_empty() {
+    if !shop.products().list().is_empty() {
         return Ok(());
     }
     let catalogue = [
@@ -866,13 +945,14 @@ async fn seed_demo(shop: &Shop) -> anyhow::Result<()> {
             currency: shop.settings().currency,
             created_at_ms: shop.now_ms(),
         };
-        shop.create_product(product).await?;
+        shop.products().create(product).await?;
         let keys: String = (1..=20)
             .map(|n| format!("{prefix}-DEMO-{n:04}-{:08X}\n", rand_u128() as u32))
             .collect();
-        shop.import_cards(engine::Sku::parse(sku)?, keys.into_bytes())
+        shop.products()
+            .import_cards(engine::Sku::parse(sku)?, keys.into_bytes())
             .await?;
     }
-    println!("panshi: demo catalogue seeded (operator token: demo-admin)");
+    println!("panshi: demo catalogue seeded");
     Ok(())
 }

@@ -40,6 +40,10 @@ pub fn describe_metrics() {
         "Open live-order WebSocket connections."
     );
     describe_counter!(
+        "panshi_operator_auth_failures_total",
+        "Wrong operator tokens (bearer or sign-in); each one lengthens its address's lockout."
+    );
+    describe_counter!(
         "panshi_http_body_timeouts_total",
         "Requests answered 408 because their body arrived too slowly."
     );
@@ -265,7 +269,8 @@ impl Observatory {
 
     /// Reads the shop, the cluster and the HTTP totals at `shop.now_ms()`.
     pub fn sample(&self, shop: &Shop, cluster: &replication::ClusterStatus) -> Sample {
-        let (manual_review_count, oldest_undelivered_paid_at_ms) = shop.delivery_backlog();
+        let (manual_review_count, oldest_undelivered_paid_at_ms) =
+            shop.order_book().delivery_backlog();
         let lag = shop.store().mirror_lag();
         let now_ms = shop.now_ms();
         let first = self.leader_seen_ms.load(Ordering::Relaxed) == 0;
@@ -296,9 +301,10 @@ impl Observatory {
             // A product never stocked is not "running low": it is being set up.
             stock: shop
                 .products()
+                .list()
                 .into_iter()
-                .filter(|(_, stock)| stock.imported > 0)
-                .map(|(product, stock)| (product.sku.as_str().to_owned(), stock.available))
+                .filter(|p| p.stock.imported > 0)
+                .map(|p| (p.product.sku.as_str().to_owned(), p.stock.available))
                 .collect(),
             oldest_undelivered_paid_at_ms,
             manual_review_count,

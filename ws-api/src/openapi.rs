@@ -11,6 +11,7 @@
 //! so the handlers (and their wire conversions) stay as they are; the price is that a route
 //! change must be mirrored here, which the path test catches for added or renamed paths.
 
+mod manage;
 mod resellers;
 mod shop;
 
@@ -34,6 +35,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
 pub fn api() -> Document {
     let mut document = shop::ShopApi::openapi();
     document.merge(resellers::ResellerApi::openapi());
+    document.merge(manage::ManageApi::openapi());
     document.info.title = "Panshi API".into();
     document.info.description = Some(
         "An auto-delivery card shop: buyers, operators, payment gateways, resellers and ops. \

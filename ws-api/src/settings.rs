@@ -36,22 +36,33 @@ impl std::fmt::Debug for Secret {
 #[derive(Deserialize, Serialize, Debug, Clone)]
 #[serde(default)]
 pub struct ServerSettings {
-    /// Operator bearer token. When unset, a random one is generated and printed at start.
+    /// Operator bearer token, at least 32 characters. When unset, a random one is generated
+    /// at each start and written to the data dir's `operator.token` (owner-only).
     pub admin_token: Option<Secret>,
     pub listen: String,
     pub data: PathBuf,
     /// Base URL gateways and buyers reach this shop at; defaults to `http://{listen}`.
+    /// When it is `https://`, cookies are marked `Secure`.
     pub public_url: Option<String>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` / `Forwarded`
+    /// name the client. Empty (the default): the TCP peer is the client.
+    pub trusted_proxies: crate::client::TrustedProxies,
     pub order_ttl_secs: u64,
     pub shards_per_sku: usize,
     pub shop: ShopSection,
     pub epay: EpaySection,
     pub epusdt: EpusdtSection,
     pub stripe: StripeSection,
+    /// Alipay direct (Open Platform, RSA2).
+    pub alipay: AlipaySection,
+    /// WeChat Pay direct (API v3).
+    pub wechat: WechatSection,
     /// Payment method -> ordered channels (primary first), for example
     /// `alipay = ["epay"]`, `usdt = ["epusdt"]`, `card = ["stripe", "epay"]`.
     pub payment_methods: std::collections::BTreeMap<String, Vec<String>>,
     pub http: HttpSection,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsSection,
     pub log: LogSection,
     pub alerts: AlertsSection,
     pub sentry: SentrySection,
@@ -182,6 +193,8 @@ pub struct FlashSection {
     pub admit_per_second: u32,
     /// Share of admissions reserved for the VIP lane, in percent.
     pub vip_share_percent: u32,
+    /// No longer honoured (a buyer types any contact): must be empty. The VIP lane is for
+    /// holders of an invite code (`POST /api/v1/admin/vip-invites`).
     pub vip_contacts: Vec<String>,
 }
 
@@ -191,7 +204,7 @@ impl Default for FlashSection {
         Self {
             admit_per_second: flash.admit_per_second,
             vip_share_percent: flash.vip_share_percent,
-            vip_contacts: flash.vip_contacts,
+            vip_contacts: Vec::new(),
         }
     }
 }
@@ -201,7 +214,6 @@ impl FlashSection {
         actors::flash::FlashSettings {
             admit_per_second: self.admit_per_second.max(1),
             vip_share_percent: self.vip_share_percent.min(100),
-            vip_contacts: self.vip_contacts.clone(),
             overload: overload.settings(),
         }
     }
@@ -269,6 +281,75 @@ impl Default for StripeSection {
             api_base: "https://api.stripe.com".into(),
             secret_key: None,
             webhook_secret: None,
+        }
+    }
+}
+
+/// Alipay direct. Keys are PEM (or the bare base64 body Alipay's key tool writes), inline or
+/// from a file (`*_file`), one or the other; checked at start.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct AlipaySection {
+    pub app_id: Option<String>,
+    /// The merchant's application private key (PKCS#1 or PKCS#8).
+    pub private_key: Option<Secret>,
+    pub private_key_file: Option<PathBuf>,
+    /// Alipay's public key (not the application's own public key).
+    pub alipay_public_key: Option<Secret>,
+    pub alipay_public_key_file: Option<PathBuf>,
+    pub gateway_url: String,
+    /// `page` (desktop cashier; phones get wap), `wap`, or `precreate` (a QR code).
+    pub product: String,
+}
+
+impl Default for AlipaySection {
+    fn default() -> Self {
+        Self {
+            app_id: None,
+            private_key: None,
+            private_key_file: None,
+            alipay_public_key: None,
+            alipay_public_key_file: None,
+            gateway_url: crate::direct::alipay::ALIPAY_GATEWAY_URL_DEFAULT.into(),
+            product: "page".into(),
+        }
+    }
+}
+
+/// WeChat Pay direct (API v3, Native payments). Keys as for Alipay.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(default)]
+pub struct WechatSection {
+    pub mch_id: Option<String>,
+    /// The AppID bound to the merchant (an official account's or a website application's).
+    pub app_id: Option<String>,
+    /// The APIv3 key: 32 characters.
+    pub api_v3_key: Option<Secret>,
+    pub api_v3_key_file: Option<PathBuf>,
+    /// The merchant's API private key (`apiclient_key.pem`).
+    pub merchant_private_key: Option<Secret>,
+    pub merchant_private_key_file: Option<PathBuf>,
+    /// The serial number of the merchant's API certificate.
+    pub merchant_serial_no: Option<String>,
+    /// WeChat Pay's public key (the merchant platform's "WeChat Pay public key").
+    pub platform_public_key: Option<Secret>,
+    pub platform_public_key_file: Option<PathBuf>,
+    pub api_base: String,
+}
+
+impl Default for WechatSection {
+    fn default() -> Self {
+        Self {
+            mch_id: None,
+            app_id: None,
+            api_v3_key: None,
+            api_v3_key_file: None,
+            merchant_private_key: None,
+            merchant_private_key_file: None,
+            merchant_serial_no: None,
+            platform_public_key: None,
+            platform_public_key_file: None,
+            api_base: crate::direct::wechat::WECHAT_API_BASE_DEFAULT.into(),
         }
     }
 }
@@ -353,6 +434,15 @@ pub struct HttpSection {
     /// Addresses never capped: a reverse proxy or load balancer in front carries every
     /// client's connections.
     pub connection_cap_exempt: Vec<std::net::IpAddr>,
+}
+
+/// `/metrics` lists per-SKU stock and payment counters. Public by default (the contract's
+/// scrape); with `token` set, a scrape must send `Authorization: Bearer <token>` (or the
+/// operator token).
+#[derive(Deserialize, Serialize, Debug, Clone, Default)]
+#[serde(default)]
+pub struct MetricsSection {
+    pub token: Option<Secret>,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone)]
@@ -604,14 +694,18 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             data: PathBuf::from("./panshi-data"),
             public_url: None,
+            trusted_proxies: Default::default(),
             order_ttl_secs: engine::order::ORDER_TTL_MS_DEFAULT / 1000,
             shards_per_sku: engine::pool::SHARDS_PER_SKU_DEFAULT,
             shop: ShopSection::default(),
             epay: EpaySection::default(),
             epusdt: EpusdtSection::default(),
             stripe: StripeSection::default(),
+            alipay: AlipaySection::default(),
+            wechat: WechatSection::default(),
             payment_methods: actors::payment::default_methods(),
             http: HttpSection::default(),
+            metrics: MetricsSection::default(),
             log: LogSection::default(),
             alerts: AlertsSection::default(),
             sentry: SentrySection::default(),
@@ -911,6 +1005,7 @@ impl ServerSettings {
             }
         }
         self.payment_problems(problems);
+        self.security_problems(problems);
     }
 
     fn payment_problems(&self, problems: &mut Vec<String>) {
@@ -935,6 +1030,115 @@ impl ServerSettings {
         if self.epusdt.gateway_url.is_some() != self.epusdt.token.is_some() {
             problems.push("epusdt.gateway_url and epusdt.token go together".into());
         }
+        // A signature keyed with an empty secret is one anyone computes: a present secret
+        // must be long enough; an absent one means the channel is not configured. Stripe's
+        // two stand alone (the API key's queries find payments without webhooks).
+        for (name, value) in [
+            ("epay.key", secret(&self.epay.key)),
+            ("epusdt.token", secret(&self.epusdt.token)),
+            ("stripe.secret_key", secret(&self.stripe.secret_key)),
+            ("stripe.webhook_secret", secret(&self.stripe.webhook_secret)),
+        ] {
+            if let Some(problem) = value.and_then(|v| weak_secret(name, v)) {
+                problems.push(problem);
+            }
+        }
+        // The direct channels' keys are parsed here, so a malformed or missing one stops the
+        // start (and `config check`), named; the error never quotes a key.
+        if let Err(error) = crate::direct::alipay::AlipayConfig::from_settings(&self.alipay) {
+            problems.push(format!("{error:#}"));
+        }
+        if let Err(error) = crate::direct::wechat::WechatConfig::from_settings(&self.wechat) {
+            problems.push(format!("{error:#}"));
+        }
+    }
+
+    /// The operator and scrape tokens' floors, demo mode's bounds, the retired VIP list.
+    fn security_problems(&self, problems: &mut Vec<String>) {
+        for (name, token) in [
+            ("admin_token", secret(&self.admin_token)),
+            ("metrics.token", secret(&self.metrics.token)),
+        ] {
+            if token.is_some_and(|t| t.trim().len() < ADMIN_TOKEN_LEN_MIN) {
+                problems.push(format!(
+                    "{name} is shorter than {ADMIN_TOKEN_LEN_MIN} characters (an empty one \
+                     counts too): set a long random one, or leave it out"
+                ));
+            }
+        }
+        if !self.flash.vip_contacts.is_empty() {
+            problems.push(
+                "flash.vip_contacts is no longer supported: a buyer's contact proves nothing, \
+                 anyone can type a VIP's address. Give VIPs invite codes \
+                 (POST /api/v1/admin/vip-invites)"
+                    .into(),
+            );
+        }
+        if self.demo {
+            self.demo_problems(problems);
+        }
+    }
+
+    /// Demo mode signs its own notifies: it must never run beside real gateway settings
+    /// or where anyone but this machine can reach it.
+    fn demo_problems(&self, problems: &mut Vec<String>) {
+        let real = self.configured_gateways();
+        if !real.is_empty() {
+            problems.push(format!(
+                "demo mode refuses to start beside real gateway settings ({}): the demo \
+                 gateway would pay orders for free",
+                real.join(", ")
+            ));
+        }
+        if !listen_is_loopback(&self.listen) {
+            problems.push(format!(
+                "demo mode listens on loopback addresses only (127.0.0.1, [::1], localhost), \
+                 not {}",
+                self.listen
+            ));
+        }
+    }
+
+    /// The real gateways with any setting present, by channel name.
+    pub fn configured_gateways(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.epay.pid.is_some() || self.epay.key.is_some() || self.epay.gateway_url.is_some() {
+            names.push("epay");
+        }
+        if self.epusdt.token.is_some() || self.epusdt.gateway_url.is_some() {
+            names.push("epusdt");
+        }
+        if self.stripe.secret_key.is_some() || self.stripe.webhook_secret.is_some() {
+            names.push("stripe");
+        }
+        if self.alipay.app_id.is_some()
+            || self.alipay.private_key.is_some()
+            || self.alipay.private_key_file.is_some()
+        {
+            names.push("alipay");
+        }
+        if self.wechat.mch_id.is_some()
+            || self.wechat.api_v3_key.is_some()
+            || self.wechat.api_v3_key_file.is_some()
+        {
+            names.push("wechat");
+        }
+        names
+    }
+
+    /// The channels whose gateway calls back, by name: each gets its callback route.
+    pub fn callback_channels(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.epay.key.is_some() || self.demo {
+            names.push("epay".to_owned());
+        }
+        if self.epusdt.token.is_some() {
+            names.push("epusdt".to_owned());
+        }
+        if self.stripe.webhook_secret.is_some() {
+            names.push("stripe".to_owned());
+        }
+        names
     }
 
     /// Whether any payment channel is configured (the demo brings its own).
@@ -943,6 +1147,8 @@ impl ServerSettings {
             || self.epay.pid.is_some()
             || self.epusdt.gateway_url.is_some()
             || self.stripe.secret_key.is_some()
+            || self.alipay.app_id.is_some()
+            || self.wechat.mch_id.is_some()
     }
 
     /// Settings that work but are probably not what the operator wants; each is logged at
@@ -951,8 +1157,8 @@ impl ServerSettings {
         let mut warnings = Vec::new();
         if !self.payment_configured() {
             warnings.push(
-                "no payment channel is configured ([epay], [epusdt] or [stripe]): buyers see \
-                 products as temporarily unavailable and cannot order"
+                "no payment channel is configured ([alipay], [wechat], [epay], [epusdt] or \
+                 [stripe]): buyers see products as temporarily unavailable and cannot order"
                     .to_owned(),
             );
         }
@@ -979,4 +1185,39 @@ fn is_host_name(listen: &str) -> bool {
     let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.parse::<std::net::IpAddr>().is_err() && host != "localhost" && !host.is_empty()
+}
+
+/// Shortest operator (and scrape) token accepted; the generated one has 32 hex digits.
+pub const ADMIN_TOKEN_LEN_MIN: usize = 32;
+
+fn secret(value: &Option<Secret>) -> Option<&str> {
+    value.as_ref().map(|s| s.0.as_str())
+}
+
+/// What is wrong with a gateway secret, if anything (never the secret itself).
+fn weak_secret(name: &str, value: &str) -> Option<String> {
+    if value.trim().is_empty() {
+        return Some(format!(
+            "{name} is empty (an unset variable in a service file?): set it, or leave the \
+             whole section out to run without this channel"
+        ));
+    }
+    (!engine::payment::secret_strong_enough(value)).then(|| {
+        format!(
+            "{name} is shorter than {} bytes",
+            engine::payment::GATEWAY_SECRET_LEN_MIN
+        )
+    })
+}
+
+/// Whether every address `listen` resolves to is a loopback address.
+fn listen_is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addresses) => {
+            let addresses: Vec<_> = addresses.collect();
+            !addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
 }

@@ -9,7 +9,9 @@
 //!
 //! Key decision: the line is printed (and flushed) before the cursor is saved, so a crash
 //! can at worst repeat the one event in between, never skip one: at least once, with `seq`
-//! to deduplicate by. A refused key (401) ends the watcher: retrying cannot fix it.
+//! to deduplicate by. A refused key (401) or a TLS failure (an untrusted or mismatched
+//! certificate) ends the watcher: retrying cannot fix either. `wss://` (and `https://`)
+//! speak TLS through rustls with the Mozilla roots compiled in.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -101,6 +103,9 @@ pub async fn run(options: WatchOptions) -> anyhow::Result<()> {
                 if is_refused(&error) {
                     return Err(error).context("the server refused the API key");
                 }
+                if is_tls_failure(&error) {
+                    return Err(error).context("TLS failed (is the certificate trusted?)");
+                }
                 failures = failures.saturating_add(1);
                 eprintln!("panshi watch: {error:#}; reconnecting from cursor {cursor}");
             }
@@ -115,6 +120,17 @@ fn is_refused(error: &anyhow::Error) -> bool {
         error.downcast_ref::<WsError>(),
         Some(WsError::Http(response)) if response.status() == 401
     )
+}
+
+/// A TLS failure: the handshake refused (rustls reports it as invalid data), a name that
+/// cannot be a certificate's, or a build without TLS.
+fn is_tls_failure(error: &anyhow::Error) -> bool {
+    use tokio_tungstenite::tungstenite::error::UrlError;
+    match error.downcast_ref::<WsError>() {
+        Some(WsError::Tls(_)) | Some(WsError::Url(UrlError::TlsFeatureNotEnabled)) => true,
+        Some(WsError::Io(io)) => io.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    }
 }
 
 /// One connection: prints events until the socket closes (`Ok`) or fails (`Err`).

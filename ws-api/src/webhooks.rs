@@ -1,21 +1,26 @@
 //! Reseller webhooks: one worker task per reseller with a `webhook_url` POSTs each stream
-//! event, in seq order, as its JSON frame plus an `"id"` (`<reseller id>-<seq>`), signed
+//! event as its JSON frame plus an `"id"` (`<reseller id>-<seq>`), signed
 //! `Panshi-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 //!
-//! Invariants: an event is settled (delivered on a 2xx, or parked after `ATTEMPTS_MAX`
-//! tries) before the next one is tried; every try has a timeout (`TIMEOUT_MS`); at most
-//! `DELIVERIES_IN_FLIGHT_MAX` tries are in flight across all resellers; the worker only
-//! reads the stream and commits small settlement facts, so a slow or failing receiver
-//! never slows a purchase.
+//! Invariants: each event has its own retry schedule (a task of its own, up to
+//! `PENDING_PER_RESELLER_MAX` at once per reseller), so a failing event never holds back
+//! the first try of later ones; an event is settled (delivered on a 2xx, or parked after
+//! `ATTEMPTS_MAX` tries) exactly once; every try has a timeout (`TIMEOUT_MS`); at most
+//! `DELIVERIES_IN_FLIGHT_MAX` tries are in flight across all resellers (a task waiting
+//! for its next retry holds no slot); the worker only reads the stream and commits small
+//! settlement facts, so a slow or failing receiver never slows a purchase. No redirect is
+//! followed; with private addresses forbidden, the address connected to is checked
+//! (`ssrf.rs`); URLs (which may carry secrets) stay out of log lines.
 //!
 //! Key decision: the retry schedule is exponential with "equal jitter" (half the delay
 //! fixed, half random) from `webhook_retry_first_ms`, capped at `RETRY_DELAY_CAP_FACTOR`
 //! times it. With the 30 s default the `ATTEMPTS_MAX` tries span at least ~1.6 hours, which
-//! the contract's "10 tries over an hour" needs; the cursor and the parked list are log
-//! events (actors/src/webhook.rs), so pending deliveries resume after a restart. The try
-//! count restarts at 1 after a restart: a crash only ever adds tries, never skips one.
+//! the contract's "10 tries over an hour" needs; the cursor, the events settled ahead of it
+//! and the parked list are log events (actors/src/webhook.rs), so pending deliveries resume
+//! after a restart. The try count restarts at 1 after a restart: a crash only ever adds
+//! tries, never skips one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +45,9 @@ pub const RETRY_DELAY_CAP_FACTOR: u64 = 128;
 pub const TIMEOUT_MS: u64 = 10_000;
 /// Tries in flight at once, across all resellers.
 pub const DELIVERIES_IN_FLIGHT_MAX: usize = 32;
+/// Events one reseller's worker delivers at once (each on its own retry schedule); more
+/// wait until one settles.
+pub const PENDING_PER_RESELLER_MAX: usize = 1_000;
 /// Worker tasks at most (one per reseller with a webhook).
 pub const WORKERS_MAX: usize = 10_000;
 /// An idle worker re-reads its cursor this often even without a wake-up.
@@ -86,6 +94,8 @@ fn jittered_ms(first_ms: u64, retry: u32) -> u64 {
 struct Dispatcher {
     retry_first_ms: u64,
     client: reqwest::Client,
+    /// Loopback and private addresses allowed (else refused at connect time).
+    private_allowed: bool,
     in_flight: Semaphore,
     /// Resellers whose worker runs (a worker is started once per process).
     /// The worker of each reseller, by the shop generation it runs under.
@@ -99,14 +109,19 @@ fn dispatcher() -> &'static Dispatcher {
 }
 
 fn dispatcher_with(settings: &ResellerSettings) -> Dispatcher {
-    let client = reqwest::Client::builder()
+    let private_allowed = settings.webhook_private_addresses_allowed;
+    let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_millis(TIMEOUT_MS))
         .connect_timeout(Duration::from_millis(TIMEOUT_MS))
-        .build()
-        .expect("a client without TLS always builds");
+        .redirect(reqwest::redirect::Policy::none());
+    if !private_allowed {
+        builder = builder.dns_resolver(std::sync::Arc::new(crate::ssrf::GuardedResolver));
+    }
+    let client = builder.build().expect("the webhook client builds");
     Dispatcher {
         retry_first_ms: settings.webhook_retry_first_ms.max(1),
         client,
+        private_allowed,
         in_flight: Semaphore::new(DELIVERIES_IN_FLIGHT_MAX),
         running: Mutex::default(),
     }
@@ -139,11 +154,14 @@ pub fn watch(shop: &Shop, id: ResellerId) {
     actix_web::rt::spawn(run(shop.clone(), id));
 }
 
-/// A reseller's worker: deliver the event after the cursor, settle it, repeat; sleep until
-/// woken when the stream has nothing new.
+/// A reseller's worker: starts a delivery task for every unsettled event (up to
+/// `PENDING_PER_RESELLER_MAX` at once), each on its own retry schedule; sleeps until woken
+/// when there is nothing new.
 async fn run(shop: Shop, id: ResellerId) {
     let waker = shop.webhook_waker(id);
     let generation = shop.generation();
+    let (done_sender, mut done) = tokio::sync::mpsc::channel::<u64>(PENDING_PER_RESELLER_MAX);
+    let mut running: BTreeSet<u64> = BTreeSet::new();
     loop {
         // Only the active leader delivers; a new activation starts new workers.
         if !shop.has_webhook(id) || !shop.is_active() || shop.generation() != generation {
@@ -153,16 +171,40 @@ async fn run(shop: Shop, id: ResellerId) {
             }
             return;
         }
-        let Some(event) = shop.webhook_next(id).await else {
-            let idle = Duration::from_millis(IDLE_RECHECK_MS);
-            let _ = tokio::time::timeout(idle, waker.notified()).await;
-            continue;
-        };
-        let settlement = deliver(&shop, id, &event).await;
-        if let Err(error) = shop.webhook_settle(id, event.seq, settlement).await {
-            tracing::error!(reseller = %id, seq = event.seq, %error, "webhook settlement not committed");
-            tokio::time::sleep(Duration::from_millis(SETTLE_RETRY_MS)).await;
+        while let Ok(seq) = done.try_recv() {
+            running.remove(&seq);
         }
+        let room = PENDING_PER_RESELLER_MAX - running.len();
+        let pending = shop.webhook_pending(id, room, &running).await;
+        for event in pending {
+            running.insert(event.seq);
+            let (shop, done) = (shop.clone(), done_sender.clone());
+            actix_web::rt::spawn(async move {
+                let seq = event.seq;
+                deliver_and_settle(&shop, id, &event).await;
+                let _ = done.send(seq).await;
+            });
+        }
+        let idle = Duration::from_millis(IDLE_RECHECK_MS);
+        tokio::select! {
+            _ = waker.notified() => {}
+            Some(seq) = done.recv() => { running.remove(&seq); }
+            _ = tokio::time::sleep(idle) => {}
+        }
+    }
+}
+
+/// Delivers one event on its own schedule, then commits how it ended (retrying the commit
+/// while the log refuses writes: an unsettled event would be sent again after a restart).
+async fn deliver_and_settle(shop: &Shop, id: ResellerId, event: &StreamEvent) {
+    let settlement = deliver(shop, id, event).await;
+    while let Err(error) = shop.webhook_settle(id, event.seq, settlement).await {
+        tracing::error!(reseller = %id, seq = event.seq, %error, "webhook settlement not committed");
+        // A node that no longer leads leaves the settlement to the next leader's worker.
+        if !shop.has_webhook(id) || !shop.is_active() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(SETTLE_RETRY_MS)).await;
     }
 }
 
@@ -215,9 +257,13 @@ pub fn signature(secret: &str, unix_secs: u64, body: &str) -> String {
     format!("t={unix_secs},v1={hex}")
 }
 
-/// One try: a 2xx is `Ok`; anything else (status, timeout, refused) is `Err`.
+/// One try: a 2xx is `Ok`; anything else (status, timeout, refused, a redirect, a private
+/// address where they are forbidden) is `Err`, whose text never holds the URL.
 pub async fn attempt_once(target: &WebhookTarget, body: &str) -> Result<(), String> {
     let config = dispatcher();
+    if !config.private_allowed {
+        crate::ssrf::check_literal(&target.url)?;
+    }
     let _permit = config
         .in_flight
         .acquire()
@@ -237,11 +283,23 @@ pub async fn attempt_once(target: &WebhookTarget, body: &str) -> Result<(), Stri
         .body(body.to_owned())
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_text(e.without_url()))?;
     match response.status() {
         status if status.is_success() => Ok(()),
         status => Err(format!("answered {status}")),
     }
+}
+
+/// A failed try as text, with the causes (a refused resolution says why) and no URL.
+fn error_text(error: reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

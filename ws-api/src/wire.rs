@@ -39,49 +39,81 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Deserialize, Hash)]
+#[derive(Deserialize)]
 pub struct OrderBody {
     pub sku: String,
     #[serde(default = "one")]
     pub quantity: u32,
     pub contact: String,
     pub channel: String,
+    /// A coupon code (any case).
+    #[serde(default)]
+    pub coupon: Option<String>,
+    /// A password to find the order again by contact; only its slow hash is kept.
+    #[serde(default)]
+    pub lookup_password: Option<String>,
+    /// A VIP invite code (`POST /api/v1/admin/vip-invites`): queues in the VIP lane.
+    #[serde(default)]
+    pub vip_code: Option<String>,
 }
 
+/// The request's fingerprint (kept in the log with an idempotency key) covers every field
+/// but the lookup password: even a fast hash of it must never be stored.
+impl std::hash::Hash for OrderBody {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.sku, self.quantity, &self.contact, &self.channel).hash(state);
+        // Absent and empty hash alike, so the contract's four-field body keeps its print.
+        if let Some(coupon) = self.coupon.as_deref().filter(|c| !c.is_empty()) {
+            coupon.hash(state);
+        }
+    }
+}
+
+/// A SKU's keys by state. `imported` counts the keys in the stock (imported less deleted):
+/// imported = available + reserved + sold; `deleted` counts the keys operators removed.
 #[derive(Serialize)]
 pub struct StockBody {
     pub imported: u64,
     pub available: u64,
     pub reserved: u64,
     pub sold: u64,
+    pub deleted: u64,
 }
 
-impl From<Stock> for StockBody {
-    fn from(s: Stock) -> Self {
+impl StockBody {
+    pub fn new(s: Stock, deleted: u64) -> Self {
         Self {
             imported: s.imported,
             available: s.available,
             reserved: s.reserved,
             sold: s.sold,
+            deleted,
         }
     }
 }
 
-pub fn catalogue_item(product: &Product, available: u64) -> Value {
+/// A product as buyers see it: the contract's fields, then the listing's.
+pub fn catalogue_item(listing: &actors::products::ProductListing) -> Value {
+    let (product, details) = (&listing.product, &listing.details);
     json!({
         "sku": product.sku.as_str(),
         "name": product.name,
         "price_cents": product.price_cents,
         "currency": product.currency.as_str(),
-        "available": available,
+        "available": listing.stock.available,
+        "description": details.description,
+        "category": details.category,
+        "image_url": details.image_url,
+        "quantity_max": details.order_quantity_max(),
     })
 }
 
-/// The answer to a created order (and to its idempotent retries).
-pub fn created_order(order: &NewOrder) -> Value {
+/// The answer to a created order (and to its idempotent retries); `token` is the buyer's
+/// (the order keeps only its digest).
+pub fn created_order(order: &NewOrder, token: &str) -> Value {
     json!({
         "order_id": order.order_id.as_str(),
-        "token": order.token,
+        "token": token,
         "status": "awaiting_payment",
         "sku": order.sku.as_str(),
         "quantity": order.quantity,

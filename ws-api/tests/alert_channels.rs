@@ -5,53 +5,46 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// One HTTP request as a stand-in saw it.
+/// One alert post as a stand-in saw it.
 #[derive(Debug)]
-struct Seen {
+struct Post {
     path: String,
     body: Value,
 }
 
 /// A minimal HTTP receiver: answers the first `failures` requests 502, then
 /// `{"ok":true,...}` (the Bot API's shape), and reports every request it read.
-async fn stand_in(failures: usize) -> (String, mpsc::Receiver<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+async fn stand_in(failures: usize) -> (String, mpsc::Receiver<Post>) {
     let (sender, receiver) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut answered = 0;
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let Some((head, request)) = read_request(&mut socket).await else {
-                continue;
-            };
-            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-            answered += 1;
-            let (status, body) = if answered <= failures {
-                ("502 Bad Gateway", "")
-            } else {
-                ("200 OK", r#"{"ok":true,"result":{"message_id":1}}"#)
-            };
-            let answer = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
-            let seen = serde_json::from_str(&request).unwrap_or(Value::Null);
-            let _ = sender.send(Seen { path, body: seen }).await;
+    let answered = AtomicUsize::new(0);
+    let base = stand_in_with(Arc::new(move |seen: &Seen| {
+        let path = seen.line.split(' ').nth(1).unwrap_or_default().to_owned();
+        let body = serde_json::from_str(&seen.body).unwrap_or(Value::Null);
+        let _ = sender.try_send(Post { path, body });
+        let (status, body) = if answered.fetch_add(1, Ordering::SeqCst) < failures {
+            (502, "")
+        } else {
+            (200, r#"{"ok":true,"result":{"message_id":1}}"#)
+        };
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.to_owned(),
         }
-    });
+    }))
+    .await;
     (base, receiver)
 }
 
-async fn next(receiver: &mut mpsc::Receiver<Seen>, what: &str) -> Seen {
+async fn next(receiver: &mut mpsc::Receiver<Post>, what: &str) -> Post {
     tokio::time::timeout(Duration::from_secs(20), receiver.recv())
         .await
         .unwrap_or_else(|_| panic!("{what}: nothing within 20 s"))

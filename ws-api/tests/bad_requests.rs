@@ -62,6 +62,8 @@ async fn every_error_has_the_contract_shape_and_unknown_methods_are_405() {
         ("POST", "/livez"),
         ("PATCH", "/api/v1/orders/o1"),
         ("DELETE", "/api/v1/payments/epay/notify"),
+        ("GET", "/api/v1/payments/alipay/notify"),
+        ("GET", "/api/v1/payments/wechat/notify"),
     ] {
         let answer = send(&server, method, path).await;
         assert_error_shape(&answer, 405, "method_not_allowed");

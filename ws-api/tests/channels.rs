@@ -11,61 +11,9 @@ use common::*;
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
-
-/// A stand-in HTTP server: `handler(request line, body)` answers each request.
-async fn stand_in(handler: Handler) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 65536];
-                let mut read = 0;
-                loop {
-                    let n = socket.read(&mut buffer[read..]).await.unwrap_or(0);
-                    read += n;
-                    let text = String::from_utf8_lossy(&buffer[..read]);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if read >= end + 4 + length || n == 0 {
-                            break;
-                        }
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let text = String::from_utf8_lossy(&buffer[..read]).into_owned();
-                let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-                let line = head.lines().next().unwrap_or("").to_owned();
-                let (status, answer) = handler(&line, body);
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    url
-}
 
 const EPUSDT_TOKEN: &str = "epusdt-test-token";
-const STRIPE_WEBHOOK_SECRET: &str = "whsec_test";
+const STRIPE_WEBHOOK_SECRET: &str = "whsec_test_0123456789";
 
 fn epusdt_callback(order: &Value, amount: &str, token: &str) -> String {
     let id = order["order_id"].as_str().unwrap();
@@ -218,7 +166,7 @@ async fn stripe_checkout_and_its_webhook_as_stripe_sends_it() {
         dir.path(),
         &[
             ("PANSHI_STRIPE__API_BASE", api.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
             ("PANSHI_STRIPE__WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET),
         ],
     );
@@ -347,7 +295,7 @@ async fn a_failing_primary_falls_back_then_everything_down_goes_to_the_manual_qu
         &dir.path().join("data"),
         &[
             ("PANSHI_STRIPE__API_BASE", api.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
             ("PANSHI_STRIPE__WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET),
             ("PANSHI_EPUSDT__GATEWAY_URL", api.as_str()),
             ("PANSHI_EPUSDT__TOKEN", EPUSDT_TOKEN),
@@ -489,7 +437,7 @@ async fn orders_return_to_the_primary_when_it_heals() {
         &dir.path().join("data"),
         &[
             ("PANSHI_STRIPE__API_BASE", api.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
         ],
         &["--config", config.to_str().unwrap()],
     );
@@ -554,7 +502,7 @@ async fn an_unpaid_stripe_session_is_closed_before_its_keys_are_released() {
         dir.path(),
         &[
             ("PANSHI_STRIPE__API_BASE", api.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
             ("PANSHI_ORDER_TTL_SECS", "1"),
         ],
     );

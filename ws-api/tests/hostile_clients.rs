@@ -214,9 +214,15 @@ async fn slow_body(
     let started = Instant::now();
     let stream = raw::connect_from(address, Some(source)).await;
     let (mut reader, mut writer) = stream.into_split();
+    // The type each route takes (a JSON route refuses any other before reading the body).
+    let content_type = if path.starts_with("/api/v1/payments/") {
+        "application/x-www-form-urlencoded"
+    } else {
+        "application/json"
+    };
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: panshi\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+         Content-Type: {content_type}\r\nContent-Length: 1000\r\n\r\n"
     );
     writer.write_all(head.as_bytes()).await.ok()?;
     let trickle = tokio::spawn(async move {

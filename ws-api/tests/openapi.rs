@@ -11,7 +11,15 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_served_and_every_operation_in_it_is_routed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    // Every callback channel configured: an unconfigured one's callback route is absent.
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("PANSHI_EPUSDT__GATEWAY_URL", "http://127.0.0.1:9/epusdt"),
+            ("PANSHI_EPUSDT__TOKEN", "epusdt-test-token"),
+            ("PANSHI_STRIPE__WEBHOOK_SECRET", "whsec_test_0123456789"),
+        ],
+    );
     let (code, document) = answer(
         server
             .http

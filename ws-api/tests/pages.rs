@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Server, ADMIN};
+use common::{keys, Server, ADMIN};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 use serde_json::json;
@@ -148,7 +148,6 @@ async fn every_buyer_page_answers_and_its_links_resolve() {
         "/product/vpn-30d",
         "/lookup",
         "/status",
-        "/pay/manual/some-order",
         order_page.as_str(),
     ]
     .map(String::from);
@@ -346,10 +345,11 @@ async fn an_operator_confirms_a_manual_payment_from_the_queue_page() {
         data.path(),
         &[
             ("PANSHI_EPUSDT__GATEWAY_URL", "http://127.0.0.1:9"),
-            ("PANSHI_EPUSDT__TOKEN", "t"),
+            ("PANSHI_EPUSDT__TOKEN", "epusdt-test-token-0123"),
         ],
-        &["--demo"],
+        &[],
     );
+    server.product("vpn-30d", 1500, &keys("VPN", 3)).await;
     let (code, order) = server
         .admin_post(
             "/api/v1/orders",
@@ -444,4 +444,59 @@ async fn without_payment_channels_buyers_wait_and_the_operator_is_told_why() {
     let (session, _) = sign_in(&paid).await;
     let dashboard = operator_page(&paid, "/admin", &session).await;
     assert!(!dashboard.contains("Payments are not set up"));
+}
+
+/// The operator pages speak people's words in both languages: statuses, alerts (without
+/// repeating their subject), local times, and a heading over the confirm-payment form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_pages_speak_in_words_and_local_times() {
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        ("PANSHI_ALERTS__EVALUATION_INTERVAL_SECS", "1"),
+        ("PANSHI_ALERTS__STOCK_MIN", "5"),
+        ("PANSHI_LOG__LEVEL", "error"),
+    ];
+    let server = Server::start_with(data.path(), &env);
+    server.product("game-1", 100, &common::keys("G", 4)).await;
+    let (_, order) = server.order("game-1", 1).await;
+    let mut alerted = false;
+    for _ in 0..100 {
+        let (_, alerts) = server.admin_get("/api/v1/ops/alerts").await;
+        if alerts["active"].to_string().contains("stock_low") {
+            alerted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(alerted, "the stock_low alert fired");
+    let (session, _) = sign_in(&server).await;
+    let english = format!("{session}; panshi_lang=en");
+    let chinese_cookie = format!("{session}; panshi_lang=zh");
+    let dashboard = operator_page(&server, "/admin", &english).await;
+    assert!(
+        dashboard.contains("Stock running low</strong>: game-1: 3 keys available"),
+        "{dashboard}"
+    );
+    assert!(!dashboard.contains("game-1: game-1"));
+    assert!(dashboard.contains(">Awaiting payment<") && !dashboard.contains(">awaiting_payment<"));
+    assert!(dashboard.contains("<time datetime=\"") && dashboard.contains("data-local"));
+    let chinese = operator_page(&server, "/admin", &chinese_cookie).await;
+    assert!(
+        chinese.contains("库存不足") && chinese.contains(">待付款<"),
+        "{chinese}"
+    );
+    let order_path = format!("/admin/orders/{}", order["order_id"].as_str().unwrap());
+    let order_page = operator_page(&server, &order_path, &english).await;
+    assert!(order_page.contains("<h2 id=\"confirm-h\">Confirm a payment received by hand</h2>"));
+    assert!(
+        order_page.contains(&format!("token={}", order["token"].as_str().unwrap())),
+        "the buyer's link"
+    );
+    let orders_zh = operator_page(
+        &server,
+        "/admin/orders?status=awaiting_payment",
+        &chinese_cookie,
+    )
+    .await;
+    assert!(orders_zh.contains("订单号或联系方式") && orders_zh.contains("导出 CSV"));
 }

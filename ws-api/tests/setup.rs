@@ -64,7 +64,11 @@ fn documented(text: &str) -> BTreeMap<String, Option<String>> {
         let Some((key, value)) = body.split_once(" = ") else {
             continue;
         };
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             continue;
         }
         let path = if section.is_empty() {

@@ -50,8 +50,8 @@ async fn https_gateways_and_webhooks_are_called_over_tls() {
         dir.path(),
         &[
             ("PANSHI_STRIPE__API_BASE", https.as_str()),
-            ("PANSHI_STRIPE__SECRET_KEY", "sk_test"),
-            ("PANSHI_STRIPE__WEBHOOK_SECRET", "whsec_test"),
+            ("PANSHI_STRIPE__SECRET_KEY", "sk_test_0123456789abcdef"),
+            ("PANSHI_STRIPE__WEBHOOK_SECRET", "whsec_test_0123456789"),
         ],
     );
     server.product("tls", 100, &keys("TLS", 3)).await;

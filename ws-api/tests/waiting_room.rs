@@ -18,6 +18,21 @@ async fn join_sku(server: &Server, sku: &str, contact: &str) -> Value {
     ticket
 }
 
+/// Joins `rush`'s queue with a VIP invite code.
+async fn join_vip(server: &Server, contact: &str, code: &str) -> Value {
+    let body = json!({"sku": "rush", "quantity": 1, "contact": contact, "channel": "epay", "vip_code": code});
+    let r = server
+        .http
+        .post(server.url("/api/v1/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, ticket) = answer(r).await;
+    assert_eq!(status, 202, "{ticket}");
+    ticket
+}
+
 /// A server configured by `config` (TOML) with `sku` (3 keys) on flash sale.
 async fn flash_sale(dir: &std::path::Path, config: &str, sku: &str) -> Server {
     let path = dir.join("panshi.toml");
@@ -45,7 +60,7 @@ async fn buyers_queue_advance_live_and_are_admitted_in_order_or_told_sold_out() 
     let dir = tempfile::tempdir().unwrap();
     let server = flash_sale(
         dir.path(),
-        "[flash]\nadmit_per_second = 4\nvip_share_percent = 50\nvip_contacts = [\"vip@x.com\"]\n\
+        "[flash]\nadmit_per_second = 4\nvip_share_percent = 50\n\
          [risk]\nblocked_contacts = [\"banned@x.com\"]\n",
         "rush",
     )
@@ -63,7 +78,14 @@ async fn buyers_queue_advance_live_and_are_admitted_in_order_or_told_sold_out() 
         (403, Some("blocked_contact")),
         "{refused}"
     );
-    let vip = join(&server, "VIP@x.com").await;
+    let (code, invite) = server
+        .admin_post(
+            "/api/v1/admin/vip-invites",
+            json!({"label": "big-customer"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{invite}");
+    let vip = join_vip(&server, "vip@x.com", invite["code"].as_str().unwrap()).await;
     assert_eq!(vip["position"], 1, "the VIP lane has its own queue");
     let watchers: Vec<_> = tickets
         .iter()

@@ -53,9 +53,13 @@ pub struct ResellerState {
     idempotency: HashMap<String, (u32, u64)>,
     /// The stream; entry `i` has seq `i + 1`.
     pub stream: Vec<StreamEntry>,
-    /// The last stream seq whose webhook delivery settled (delivered or parked); 0 at first.
-    /// Only moves forward, one seq at a time, and never past the stream.
+    /// Every stream seq up to here has its webhook delivery settled (delivered or parked);
+    /// 0 at first. Only moves forward, and never past the stream.
     pub webhook_cursor: u64,
+    /// Seqs past the cursor whose delivery settled already: each event has its own retry
+    /// schedule, so a later one may settle while an earlier one still waits for its retry.
+    /// The cursor absorbs them as the gap before them closes.
+    pub webhook_settled_ahead: BTreeSet<u64>,
     /// Stream seqs whose webhook exhausted its retries and awaits an operator's replay.
     pub webhook_parked: BTreeSet<u64>,
 }
@@ -198,6 +202,7 @@ impl ShopState {
                 idempotency: HashMap::new(),
                 stream: Vec::new(),
                 webhook_cursor: 0,
+                webhook_settled_ahead: BTreeSet::new(),
                 webhook_parked: BTreeSet::new(),
             },
         );
@@ -376,8 +381,10 @@ impl ShopState {
         })
     }
 
-    /// A webhook delivery settled: the cursor moves to `seq` (its successor), and a parked
-    /// event joins the parked list. Touches no row: the webhook state lives in the log only.
+    /// A webhook delivery settled: any unsettled seq of the stream (each event has its own
+    /// retry schedule); the cursor then moves past every settled seq right after it, and a
+    /// parked event joins the parked list. Touches no row: the webhook state lives in the
+    /// log only.
     pub(super) fn apply_webhook_settled(
         &mut self,
         id: ResellerId,
@@ -386,15 +393,21 @@ impl ShopState {
     ) -> Result<Touched, Violation> {
         let state = self.account_mut(id, "webhook of unknown reseller")?;
         ensure!(
-            seq == state.webhook_cursor + 1,
-            "webhook {id}-{seq} settled out of order (cursor {})",
+            seq > state.webhook_cursor && !state.webhook_settled_ahead.contains(&seq),
+            "webhook {id}-{seq} settled twice (cursor {})",
             state.webhook_cursor
         );
         ensure!(
             seq <= state.stream.len() as u64,
             "webhook {id}-{seq} is past the stream"
         );
-        state.webhook_cursor = seq;
+        state.webhook_settled_ahead.insert(seq);
+        while state
+            .webhook_settled_ahead
+            .remove(&(state.webhook_cursor + 1))
+        {
+            state.webhook_cursor += 1;
+        }
         if parked {
             state.webhook_parked.insert(seq);
         }
@@ -476,10 +489,27 @@ impl ShopState {
                 state.webhook_cursor
             )));
         }
-        if let Some(last) = state.webhook_parked.last() {
-            if *last > state.webhook_cursor {
+        if let Some(last) = state.webhook_settled_ahead.last() {
+            if *last > state.stream.len() as u64 {
                 violations.push(Violation(format!(
-                    "{reseller}: parked webhook {last} past the cursor"
+                    "{reseller}: webhook {last} settled past the stream"
+                )));
+            }
+        }
+        let cursor = state.webhook_cursor;
+        if state
+            .webhook_settled_ahead
+            .first()
+            .is_some_and(|first| *first <= cursor + 1)
+        {
+            violations.push(Violation(format!(
+                "{reseller}: a webhook settled ahead is not past the cursor's gap"
+            )));
+        }
+        for seq in &state.webhook_parked {
+            if *seq > state.webhook_cursor && !state.webhook_settled_ahead.contains(seq) {
+                violations.push(Violation(format!(
+                    "{reseller}: parked webhook {seq} never settled"
                 )));
             }
         }
@@ -512,7 +542,7 @@ fn reseller_order_record(order: &ResellerOrder, currency: crate::Currency) -> Or
     OrderRecord {
         created: NewOrder {
             order_id: order.order_id.clone(),
-            token: order.token.clone(),
+            token: crate::ids::stored_token(&order.token),
             trace_id: order.trace_id.clone(),
             sku: order.sku.clone(),
             quantity: order.cards.len() as u32,

@@ -18,6 +18,10 @@ use storage::Store;
 enum Layer {
     Actors,
     Store,
+    /// The per-order cost of data at rest alone: derive the order's token and hash it
+    /// (creation), open one sealed key (delivery), hash a presented token (lookup); and per
+    /// imported key: its keyed digest and its seal. Single-threaded, no I/O.
+    AtRest,
 }
 
 #[derive(Parser, Debug)]
@@ -59,6 +63,10 @@ impl actors::Entropy for SeededEntropy {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Layer::AtRest = args.layer {
+        at_rest(args.orders);
+        return Ok(());
+    }
     let dir = tempfile::tempdir()?;
     let data = args.data.clone().unwrap_or_else(|| dir.path().to_owned());
     println!("panshi-bench {args:?}");
@@ -71,6 +79,7 @@ fn main() -> anyhow::Result<()> {
     let (elapsed, latencies) = match args.layer {
         Layer::Actors => actix::System::new().block_on(run_actors(store.clone(), &args))?,
         Layer::Store => run_store(store.clone(), &args)?,
+        Layer::AtRest => unreachable!("measured before the store opens"),
     };
     node.shutdown();
     report(&args, elapsed, &latencies);
@@ -87,6 +96,50 @@ fn main() -> anyhow::Result<()> {
         &violations[..violations.len().min(5)]
     );
     Ok(())
+}
+
+/// Times the cryptography data at rest adds, per order and per imported key.
+fn at_rest(count: u64) {
+    use actors::cards::{open_key, seal_key};
+    let sealer = actors::seal::Sealer::new(&actors::seal::SealingKey([3; 32]));
+    let sku = Sku::parse(SKU).unwrap();
+    let sealed: Vec<engine::CardKey> = (0..count)
+        .map(|i| {
+            let card = engine::CardId(i + 1);
+            let key = format!("BENCH-KEY-{i:012}");
+            engine::CardKey::Sealed(seal_key(&sealer, &sku, card, &key, [7; 12]).sealed)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut opened = 0usize;
+    for (i, key) in sealed.iter().enumerate() {
+        let order_id = format!("{i:027x}");
+        let token = sealer.derive_token("order", &order_id);
+        let stored = engine::ids::token_digest(&token);
+        opened += open_key(&sealer, engine::CardId(i as u64 + 1), key)
+            .unwrap()
+            .len();
+        assert!(engine::ids::token_matches(&stored, &token));
+    }
+    let per_order = started.elapsed();
+    let started = std::time::Instant::now();
+    for i in 0..count {
+        let key = format!("BENCH-KEY-{i:012}");
+        std::hint::black_box(seal_key(
+            &sealer,
+            &sku,
+            engine::CardId(i + 1),
+            &key,
+            [7; 12],
+        ));
+    }
+    let per_key = started.elapsed();
+    println!(
+        "at rest: {:.2} us per order (token derived and hashed, a key opened, a lookup's \
+         hash), {:.2} us per imported key (digest and seal); {count} of each, {opened} bytes opened",
+        per_order.as_secs_f64() * 1e6 / count as f64,
+        per_key.as_secs_f64() * 1e6 / count as f64,
+    );
 }
 
 fn report(args: &Args, elapsed: Duration, latencies: &Histogram<u64>) {
@@ -152,11 +205,12 @@ async fn run_actors(store: Arc<Store>, args: &Args) -> anyhow::Result<(Duration,
     };
     let entropy = Arc::new(SeededEntropy(std::sync::atomic::AtomicU64::new(42)));
     let shop = Shop::start(store, settings, Arc::new(SystemClock), entropy);
-    shop.create_product(product()).await?;
+    shop.products().create(product()).await?;
     let mut imported = 0;
     while imported < args.orders {
         let count = IMPORT_BATCH_KEYS.min(args.orders - imported);
-        shop.import_cards(Sku::parse(SKU)?, key_batch(imported, count))
+        shop.products()
+            .import_cards(Sku::parse(SKU)?, key_batch(imported, count))
             .await?;
         imported += count;
     }
@@ -187,6 +241,9 @@ async fn buy(shop: Shop, count: u64) -> anyhow::Result<Histogram<u64>> {
             idempotency_key: None,
             fingerprint: n,
             client_ip: None,
+            terms: Default::default(),
+            vip: false,
+            phone: false,
         };
         let order = shop.create_order(request).await?;
         let payment = Payment {

@@ -1,4 +1,5 @@
-//! `panshi-gateway`: a payment gateway simulator (Epay and epusdt) with fault injection.
+//! `panshi-gateway`: a payment gateway simulator (Epay, epusdt, Alipay and WeChat Pay) with
+//! fault injection. Alipay and WeChat Pay use the test keys in `simulations/keys/`.
 //! Everything lives in `panshi_simulations::gateway`; this file parses the command line,
 //! prints the seed and the address, and serves until SIGINT or SIGTERM.
 
@@ -12,7 +13,7 @@ use panshi_simulations::gateway::{self, Config};
 #[derive(Parser, Debug)]
 #[command(
     name = "panshi-gateway",
-    about = "Simulates Epay and epusdt gateways over HTTP"
+    about = "Simulates Epay, epusdt, Alipay and WeChat Pay gateways over HTTP"
 )]
 struct Cli {
     /// Address to listen on; port 0 picks a free one.
@@ -39,6 +40,15 @@ struct Cli {
     /// Base URL for payment links, when buyers reach the simulator by another address.
     #[arg(long)]
     public_url: Option<String>,
+    /// The Alipay application id the shop uses.
+    #[arg(long, default_value = gateway::keys::ALIPAY_APP_ID)]
+    alipay_app_id: String,
+    /// The WeChat Pay merchant id the shop uses.
+    #[arg(long, default_value = gateway::keys::WECHAT_MCH_ID)]
+    wechat_mch_id: String,
+    /// The WeChat Pay AppID the shop uses.
+    #[arg(long, default_value = gateway::keys::WECHAT_APP_ID)]
+    wechat_app_id: String,
 }
 
 fn clock_seed() -> u64 {
@@ -60,6 +70,12 @@ async fn main() -> anyhow::Result<()> {
         notify_backoff_first_ms: cli.notify_backoff_ms,
         public_url: cli.public_url,
         handle_signals: true,
+        direct: std::sync::Arc::new(gateway::keys::DirectIdentity {
+            alipay_app_id: cli.alipay_app_id,
+            wechat_mch_id: cli.wechat_mch_id,
+            wechat_app_id: cli.wechat_app_id,
+            ..gateway::keys::DirectIdentity::test()
+        }),
         ..Config::new(&cli.pid, &cli.key, &cli.epusdt_token)
     };
     let gateway = gateway::start(config)

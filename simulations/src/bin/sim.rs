@@ -43,12 +43,13 @@ fn main() -> ExitCode {
             println!("  violation: {violation}");
         }
         println!(
-            "  seed {seed}: {} orders, {} reseller orders, {} mails sent ({} given up), {} notifies, {} crashes, {} violations{}",
+            "  seed {seed}: {} orders, {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} violations{}",
             outcome.orders,
             outcome.reseller_orders,
             outcome.mails_sent,
             outcome.mails_given_up,
             outcome.notifies,
+            outcome.notifies_refused,
             outcome.crashes,
             outcome.violations.len(),
             if outcome.violations.is_empty() {

@@ -43,7 +43,8 @@ pub struct PayQuery {
     channel: Option<Channel>,
 }
 
-/// `POST /control/pay?out_trade_no=X[&channel=epusdt]`: pays as the buyer's click would.
+/// `POST /control/pay?out_trade_no=X[&channel=epusdt|alipay|wechat]`: pays as the buyer's
+/// click (or scan) would.
 pub async fn pay(query: web::Query<PayQuery>, shared: web::Data<Shared>) -> HttpResponse {
     let channel = query.channel.unwrap_or(Channel::Epay);
     let trade_no = shared
@@ -59,6 +60,13 @@ pub async fn pay(query: web::Query<PayQuery>, shared: web::Data<Shared>) -> Http
         Payment::AlreadyPaid => (true, 0),
         Payment::Unknown => {
             return error(StatusCode::NOT_FOUND, "unknown_order", "evicted");
+        }
+        Payment::Closed => {
+            return error(
+                StatusCode::CONFLICT,
+                "closed",
+                "the merchant closed this order",
+            );
         }
     };
     HttpResponse::Ok().json(json!({

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::notify::{self, Payment};
 use super::store::{Channel, Details, EpayDetails, Order};
-use super::{outage_answer, page, Shared, PARAMS_COUNT_MAX, URL_BYTES_MAX};
+use super::{outage_answer, page, query_faults, Shared, PARAMS_COUNT_MAX, URL_BYTES_MAX};
 
 /// Longest `out_trade_no`; real Epay columns are 64 characters.
 pub const OUT_TRADE_NO_BYTES_MAX: usize = 64;
@@ -22,10 +22,10 @@ pub const OUT_TRADE_NO_BYTES_MAX: usize = 64;
 pub const TEXT_BYTES_MAX: usize = 256;
 
 /// Request parameters, each name at most once.
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(pub(crate) Vec<(String, String)>);
 
 impl Params {
-    fn parse(query: &str, body: &[u8]) -> Result<Self, &'static str> {
+    pub(crate) fn parse(query: &str, body: &[u8]) -> Result<Self, &'static str> {
         let mut pairs: Vec<(String, String)> =
             serde_urlencoded::from_str(query).map_err(|_| "the query string is malformed")?;
         if !body.is_empty() {
@@ -45,7 +45,7 @@ impl Params {
     }
 
     /// The value, or "" when absent (which Epay treats the same as empty).
-    fn get(&self, name: &str) -> &str {
+    pub(crate) fn get(&self, name: &str) -> &str {
         self.0
             .iter()
             .find(|(k, _)| k == name)
@@ -120,25 +120,21 @@ pub(crate) fn is_http_url(text: &str) -> bool {
 /// merchant retrying, or the buyer reloading the cashier). Returns its `trade_no`.
 fn create_or_reuse(shared: &Shared, params: &Params) -> Result<String, &'static str> {
     let new = check_create(shared, params)?;
-    let mut world = shared.world();
-    if let Some(existing) = world.store.find(Channel::Epay, &new.out_trade_no) {
-        if existing.amount_cents != new.amount_cents {
-            return Err("订单号已存在 (out_trade_no already used with another amount)");
-        }
-        return Ok(existing.trade_no.clone());
-    }
-    let trade_no = world.next_trade_no();
-    world.store.insert(Order {
-        trade_no: trade_no.clone(),
-        out_trade_no: new.out_trade_no,
-        money: new.money,
-        amount_cents: new.amount_cents,
-        notify_url: new.notify_url,
-        paid: false,
-        deliveries: Vec::new(),
-        details: Details::Epay(new.details),
-    });
-    Ok(trade_no)
+    let key = (Channel::Epay, new.out_trade_no.as_str());
+    let order = |trade_no| {
+        Order::new(
+            trade_no,
+            new.out_trade_no.clone(),
+            new.amount_cents,
+            new.money.clone(),
+            new.notify_url.clone(),
+            Details::Epay(new.details.clone()),
+        )
+    };
+    shared
+        .world()
+        .create_or_reuse(key, new.amount_cents, order)
+        .ok_or("订单号已存在 (out_trade_no already used with another amount)")
 }
 
 /// `GET|POST /submit.php`: the buyer's cashier, and its Pay button.
@@ -175,13 +171,12 @@ pub async fn submit(
         Payment::AlreadyPaid => page::paid("Epay cashier", true, return_url),
         // Evicted between the two locks: only under a flood of new orders.
         Payment::Unknown => refusal_page("the order was evicted; create it again"),
+        Payment::Closed => refusal_page("the order is closed"),
     }
 }
 
 fn refusal_page(message: &str) -> HttpResponse {
-    HttpResponse::BadRequest()
-        .content_type("text/plain; charset=utf-8")
-        .body(format!("gateway simulator: {message}"))
+    page::refusal("gateway simulator", message)
 }
 
 /// `GET|POST /mapi.php`: the server-side create; answers the cashier's URL.
@@ -224,12 +219,8 @@ pub async fn query(request: HttpRequest, shared: web::Data<Shared>) -> HttpRespo
     if let Some(answer) = outage_answer(&shared) {
         return answer;
     }
-    let delay_ms = shared.world().faults.query_delay_ms;
-    if delay_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-    }
-    if shared.world().chance_of(|f| f.query_fail_percent) {
-        return HttpResponse::InternalServerError().body("query failed (fault injected)");
+    if let Some(answer) = query_faults(&shared).await {
+        return answer;
     }
     let answer = Params::parse(request.query_string(), &[])
         .and_then(|params| order_status(&shared, &params));

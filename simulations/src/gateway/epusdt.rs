@@ -5,8 +5,6 @@
 //! (200 success, 401 bad signature, 10002 order exists, 10004 bad amount, 10009 unreadable
 //! request). Numbers are read and written by their exact text, never through a float.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use actix_web::{web, HttpResponse};
 use engine::money::{parse_decimal_cents, AMOUNT_CENTS_MAX};
 use engine::payment::{epusdt_sign, shortest_decimal, signatures_equal, JsonField};
@@ -17,7 +15,7 @@ use super::epay::is_http_url;
 use super::json::json_fields;
 use super::notify::{self, Payment};
 use super::store::{Channel, Details, EpusdtDetails, Order};
-use super::{outage_answer, page, Shared};
+use super::{now_secs, outage_answer, page, Shared};
 
 /// epusdt's `order_id` holds at most 32 characters.
 pub const ORDER_ID_BYTES_MAX: usize = 32;
@@ -152,12 +150,6 @@ pub fn usdt_due(amount_cents: u64) -> String {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
-}
-
 /// `POST /api/v1/order/create-transaction`.
 pub async fn create(body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     if let Some(answer) = outage_answer(&shared) {
@@ -189,6 +181,7 @@ pub async fn create(body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse
             amount_cents: new.amount_cents,
             notify_url: new.notify_url,
             paid: false,
+            closed: false,
             deliveries: Vec::new(),
             details: Details::Epusdt(EpusdtDetails {
                 actual_amount: usdt_due(new.amount_cents),
@@ -258,6 +251,7 @@ pub async fn pay(trade_id: web::Path<String>, shared: web::Data<Shared>) -> Http
         Payment::Paid { .. } => page::paid("epusdt cashier", false, &redirect_url),
         Payment::AlreadyPaid => page::paid("epusdt cashier", true, &redirect_url),
         Payment::Unknown => HttpResponse::NotFound().body("订单不存在 (unknown order)"),
+        Payment::Closed => HttpResponse::Conflict().body("订单已关闭 (closed)"),
     }
 }
 

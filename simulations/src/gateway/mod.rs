@@ -1,17 +1,23 @@
-//! A payment gateway simulator that speaks Epay (易支付) and epusdt over real HTTP, with
-//! switches that inject the faults real gateways show: lost, duplicated and late notifies,
-//! failing or slow create and query calls, and whole outages.
+//! A payment gateway simulator that speaks Epay (易支付), epusdt, Alipay (Open Platform,
+//! RSA2) and WeChat Pay (API v3) over real HTTP, with switches that inject the faults real
+//! gateways show: lost, duplicated, late and forged notifies, failing or slow create and
+//! query calls, and whole outages.
 //!
 //! Surface (relative to the base URL):
 //! - Epay: `GET|POST /submit.php` (buyer cashier), `GET|POST /mapi.php` (server-side
 //!   create), `GET /api.php?act=order` (order query).
 //! - epusdt: `POST /api/v1/order/create-transaction`, `GET|POST /pay/{trade_id}`.
+//! - Alipay: `GET|POST /gateway.do` (page, wap, precreate, query, close),
+//!   `GET /alipay/qr/{trade_no}`, `POST /alipay/pay/{trade_no}`.
+//! - WeChat Pay: `POST /v3/pay/transactions/native`,
+//!   `GET /v3/pay/transactions/out-trade-no/{id}`, `POST .../{id}/close`.
 //! - Control (never affected by faults): `GET|POST /control/faults`, `POST /control/pay`,
 //!   `GET /control/orders`.
 //!
 //! Invariants:
-//! - Every signature is made and checked by `engine::payment`, never by a copy of its rules,
-//!   so the simulator and the shop cannot drift apart silently.
+//! - Every signature is made and checked by the engine (`engine::payment`, `engine::alipay`,
+//!   `engine::wechatpay`), never by a copy of its rules, so the simulator and the shop cannot
+//!   drift apart silently; the providers' own SDKs check both (tests/sdk).
 //! - An order is paid at most once; paying it again sends nothing new.
 //! - Everything is bounded by a named constant: orders kept (oldest evicted), request body
 //!   size, parameters per request, notifies queued, in flight and being sent at once, and
@@ -25,13 +31,16 @@
 //! runtime (not from actix's worker threads), so their HTTP client and retries outlive any
 //! single request and stop with the gateway.
 
+mod alipay;
 mod control;
 mod epay;
 mod epusdt;
 mod json;
+pub mod keys;
 mod notify;
 mod page;
 mod store;
+mod wechat;
 
 use std::io;
 use std::net::SocketAddr;
@@ -87,6 +96,8 @@ pub struct Config {
     /// Whether SIGINT/SIGTERM stop the server (the binary), or only [`Gateway::stop`] does
     /// (tests, which must not steal the test harness's signals).
     pub handle_signals: bool,
+    /// Alipay's and WeChat Pay's keys and merchant ids ([`keys::DirectIdentity::test`]).
+    pub direct: Arc<keys::DirectIdentity>,
 }
 
 impl Config {
@@ -101,6 +112,7 @@ impl Config {
             notify_backoff_first_ms: 1_000,
             public_url: None,
             handle_signals: false,
+            direct: Arc::new(keys::DirectIdentity::test()),
         }
     }
 }
@@ -110,6 +122,7 @@ pub(crate) struct Shared {
     pub(crate) pid: String,
     pub(crate) key: String,
     pub(crate) epusdt_token: String,
+    pub(crate) direct: Arc<keys::DirectIdentity>,
     /// The base URL for payment links, without a trailing slash.
     pub(crate) base_url: String,
     /// Orders, faults and the random generator, behind one lock so that a run's random
@@ -198,6 +211,7 @@ pub async fn start(config: Config) -> io::Result<Gateway> {
         pid: config.pid,
         key: config.key,
         epusdt_token: config.epusdt_token,
+        direct: config.direct,
         base_url,
         world: Mutex::new(World::new(config.seed)),
         notifier,
@@ -248,6 +262,21 @@ fn routes(config: &mut web::ServiceConfig) {
         )
         .route("/pay/{trade_id}", web::get().to(epusdt::cashier))
         .route("/pay/{trade_id}", web::post().to(epusdt::pay))
+        .route("/gateway.do", get_or_post().to(alipay::gateway))
+        .route("/alipay/qr/{trade_no}", web::get().to(alipay::qr))
+        .route("/alipay/pay/{trade_no}", web::post().to(alipay::pay))
+        .route(
+            "/v3/pay/transactions/native",
+            web::post().to(wechat::native),
+        )
+        .route(
+            "/v3/pay/transactions/out-trade-no/{out_trade_no}",
+            web::get().to(wechat::query),
+        )
+        .route(
+            "/v3/pay/transactions/out-trade-no/{out_trade_no}/close",
+            web::post().to(wechat::close),
+        )
         .route("/control/faults", web::get().to(control::faults))
         .route("/control/faults", web::post().to(control::set_faults))
         .route("/control/pay", web::post().to(control::pay))
@@ -255,6 +284,25 @@ fn routes(config: &mut web::ServiceConfig) {
         .default_service(web::to(|| async {
             HttpResponse::NotFound().body("not found")
         }));
+}
+
+/// Unix seconds by the wall clock: the providers stamp their answers with it.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// The query faults: the configured delay, then maybe an injected failure.
+pub(crate) async fn query_faults(shared: &Shared) -> Option<HttpResponse> {
+    let delay_ms = shared.world().faults.query_delay_ms;
+    if delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+    }
+    shared
+        .world()
+        .chance_of(|f| f.query_fail_percent)
+        .then(|| HttpResponse::InternalServerError().body("query failed (fault injected)"))
 }
 
 /// The answer every protocol endpoint gives during an outage.

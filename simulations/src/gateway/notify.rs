@@ -1,6 +1,11 @@
 //! Paying an order and telling the shop: the Epay notify (a signed GET, as real gateways
-//! send it) and the epusdt callback (a signed JSON POST), each retried with doubling backoff
-//! until the shop answers the expected body or the attempts run out.
+//! send it), the epusdt callback (a signed JSON POST), Alipay's notify (a form POST signed
+//! RSA2) and WeChat Pay's (a JSON POST with signed headers and an encrypted resource), each
+//! retried with doubling backoff until the shop answers what means "received" or the
+//! attempts run out. A forged copy, where the fault asks for one, goes once and first.
+//!
+//! Each attempt is built when it is sent, so a WeChat Pay notify carries a fresh timestamp
+//! on every retry, as the real one does.
 //!
 //! Handlers only enqueue (`try_send`, never waiting); one dispatcher task on the runtime that
 //! called `start` runs the deliveries, so a full queue sheds visibly instead of stalling a
@@ -15,7 +20,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use super::store::{Details, NotifyOutcome, Order};
+use super::store::{Details, NotifyOutcome, Order, PayRefusal};
 use super::Shared;
 
 /// Most attempts per notify copy, the first included.
@@ -40,20 +45,37 @@ const _: () = assert!(NOTIFY_ATTEMPTS_MAX >= 1);
 
 /// One copy of one order's notify, ready to send.
 pub struct Job {
-    trade_no: String,
-    /// Which copy (0, or 1 for a duplicate): the index of its delivery record.
+    /// The order as it was paid.
+    order: Order,
+    /// Which copy: the index of its delivery record.
     copy: usize,
-    request: Request,
+    /// A forged copy: sent once; the shop must refuse it.
+    forged: bool,
     delay_ms: u64,
 }
 
-#[derive(Clone)]
+/// One attempt on the wire.
 struct Request {
     url: String,
-    /// A JSON body to POST; a GET when `None`.
-    json_body: Option<String>,
-    /// The answer body that means "received"; anything else is retried.
-    success_body: &'static str,
+    body: Body,
+    headers: Vec<(&'static str, String)>,
+    /// What the shop answers when it took the notify.
+    success: Success,
+}
+
+enum Body {
+    /// A GET, everything in the query string.
+    None,
+    Json(String),
+    Form(String),
+}
+
+#[derive(Clone, Copy)]
+enum Success {
+    /// Exactly this body.
+    Word(&'static str),
+    /// Any 2xx status (WeChat Pay: 200 or 204).
+    Status2xx,
 }
 
 /// The sending side, held by the request handlers.
@@ -72,6 +94,8 @@ impl Notifier {
 pub enum Payment {
     Unknown,
     AlreadyPaid,
+    /// Closed by the merchant: it can no longer be paid.
+    Closed,
     /// Paid now; `copies` notifies went out (0 when the drop fault fired).
     Paid {
         copies: usize,
@@ -80,23 +104,25 @@ pub enum Payment {
 
 /// Pays an order, as the buyer's click or `POST /control/pay` does, and queues its notify.
 pub fn pay(shared: &Shared, trade_no: &str) -> Payment {
-    let paid = {
-        let mut world = shared.world();
-        if world.store.get(trade_no).is_none() {
-            return Payment::Unknown;
-        }
-        match world.mark_paid(trade_no) {
-            Some(paid) => paid,
-            None => return Payment::AlreadyPaid,
-        }
+    let paid = match shared.world().mark_paid(trade_no) {
+        Ok(paid) => paid,
+        Err(PayRefusal::Unknown) => return Payment::Unknown,
+        Err(PayRefusal::AlreadyPaid) => return Payment::AlreadyPaid,
+        Err(PayRefusal::Closed) => return Payment::Closed,
     };
-    let request = request_for(shared, &paid.order);
-    for copy in 0..paid.copies {
+    let genuine_first = usize::from(paid.forged);
+    let jobs = paid
+        .forged
+        .then_some((0, true))
+        .into_iter()
+        .chain((0..paid.copies).map(|n| (genuine_first + n, false)));
+    for (copy, forged) in jobs {
         let job = Job {
-            trade_no: paid.order.trade_no.clone(),
+            order: paid.order.clone(),
             copy,
-            request: request.clone(),
-            delay_ms: paid.delay_ms,
+            forged,
+            // The forged copy races ahead of the genuine one.
+            delay_ms: if forged { 0 } else { paid.delay_ms },
         };
         if shared.notifier.queue.try_send(job).is_err() {
             shared
@@ -112,23 +138,47 @@ pub fn pay(shared: &Shared, trade_no: &str) -> Payment {
     }
 }
 
-fn request_for(shared: &Shared, order: &Order) -> Request {
+/// The notify for `order`, built now; `forged` signs it with a key that is not the
+/// gateway's and lowers the amount.
+fn request_for(shared: &Shared, order: &Order, forged: bool) -> Request {
+    let mut order = order.clone();
+    if forged {
+        order.money = "0.01".into();
+        order.amount_cents = 1;
+    }
     match &order.details {
         Details::Epay(_) => Request {
-            url: epay_notify_url(shared, order),
-            json_body: None,
-            success_body: "success",
+            url: epay_notify_url(shared, &order, forged),
+            body: Body::None,
+            headers: Vec::new(),
+            success: Success::Word("success"),
         },
         Details::Epusdt(_) => Request {
             url: order.notify_url.clone(),
-            json_body: Some(epusdt_callback_body(shared, order)),
-            success_body: "ok",
+            body: Body::Json(epusdt_callback_body(shared, &order, forged)),
+            headers: Vec::new(),
+            success: Success::Word("ok"),
         },
+        Details::Alipay(_) => Request {
+            url: order.notify_url.clone(),
+            body: Body::Form(super::alipay::notify_form(shared, &order, forged)),
+            headers: Vec::new(),
+            success: Success::Word("success"),
+        },
+        Details::Wechat(_) => {
+            let (body, headers) = super::wechat::notify(shared, &order, forged);
+            Request {
+                url: order.notify_url.clone(),
+                body: Body::Json(body),
+                headers,
+                success: Success::Status2xx,
+            }
+        }
     }
 }
 
 /// The order's `notify_url` with the signed Epay notify parameters in its query string.
-fn epay_notify_url(shared: &Shared, order: &Order) -> String {
+fn epay_notify_url(shared: &Shared, order: &Order, forged: bool) -> String {
     let Details::Epay(details) = &order.details else {
         unreachable!("an Epay order");
     };
@@ -142,7 +192,12 @@ fn epay_notify_url(shared: &Shared, order: &Order) -> String {
         ("trade_status", "TRADE_SUCCESS"),
         ("param", details.param.as_str()),
     ];
-    let sign = epay_sign(params, &shared.key);
+    let key = if forged {
+        FORGED_SECRET
+    } else {
+        shared.key.as_str()
+    };
+    let sign = epay_sign(params, key);
     let mut url = order.notify_url.clone();
     url.push(if url.contains('?') { '&' } else { '?' });
     // Real gateways leave empty parameters out, which the signature skips anyway.
@@ -158,8 +213,11 @@ fn epay_notify_url(shared: &Shared, order: &Order) -> String {
     url
 }
 
+/// The secret a forger signs Epay and epusdt notifies with.
+const FORGED_SECRET: &str = "not-the-merchant-key";
+
 /// The epusdt callback as JSON, numbers written as JSON numbers in shortest decimal form.
-fn epusdt_callback_body(shared: &Shared, order: &Order) -> String {
+fn epusdt_callback_body(shared: &Shared, order: &Order, forged: bool) -> String {
     let Details::Epusdt(details) = &order.details else {
         unreachable!("an epusdt order");
     };
@@ -176,6 +234,11 @@ fn epusdt_callback_body(shared: &Shared, order: &Order) -> String {
     }
     const STATUS_PAID: u8 = 2;
     let status = STATUS_PAID.to_string();
+    let token = if forged {
+        FORGED_SECRET
+    } else {
+        shared.epusdt_token.as_str()
+    };
     let signature = epusdt_sign(
         [
             ("trade_id", order.trade_no.as_str()),
@@ -189,7 +252,7 @@ fn epusdt_callback_body(shared: &Shared, order: &Order) -> String {
             ),
             ("status", status.as_str()),
         ],
-        &shared.epusdt_token,
+        token,
     );
     let number = |text: &str| RawValue::from_string(text.to_owned()).expect("a JSON number");
     let amount = number(&order.money);
@@ -250,20 +313,25 @@ impl Delivery {
     async fn run(self, job: Job) {
         tokio::time::sleep(Duration::from_millis(job.delay_ms)).await;
         let mut backoff_ms = self.backoff_first_ms.min(NOTIFY_BACKOFF_MS_MAX);
-        for attempt in 1..=NOTIFY_ATTEMPTS_MAX {
+        // A forged copy goes once: its only right answer is a refusal.
+        let attempts_max = if job.forged { 1 } else { NOTIFY_ATTEMPTS_MAX };
+        for attempt in 1..=attempts_max {
+            let request = request_for(&self.shared, &job.order, job.forged);
             let result = {
                 let _permit = self.sends.acquire().await.expect("never closed");
-                send_once(&self.client, &job.request).await
+                send_once(&self.client, &request).await
             };
-            let outcome = match &result {
-                Ok(()) => NotifyOutcome::Delivered,
-                Err(_) if attempt == NOTIFY_ATTEMPTS_MAX => NotifyOutcome::GaveUp,
-                Err(_) => NotifyOutcome::Pending,
+            let outcome = match (&result, job.forged) {
+                (Ok(()), true) => NotifyOutcome::Accepted,
+                (Err(_), true) => NotifyOutcome::Refused,
+                (Ok(()), false) => NotifyOutcome::Delivered,
+                (Err(_), false) if attempt == attempts_max => NotifyOutcome::GaveUp,
+                (Err(_), false) => NotifyOutcome::Pending,
             };
             self.shared
                 .world()
                 .store
-                .record(&job.trade_no, job.copy, |d| {
+                .record(&job.order.trade_no, job.copy, |d| {
                     d.attempts = attempt;
                     d.outcome = outcome;
                     d.last_error = result.err();
@@ -277,15 +345,25 @@ impl Delivery {
     }
 }
 
-/// One attempt: `Ok` only when the shop's body is exactly the expected word.
+/// One attempt: `Ok` only when the shop's answer means "received".
 async fn send_once(client: &reqwest::Client, request: &Request) -> Result<(), String> {
-    let builder = match &request.json_body {
-        None => client.get(&request.url),
-        Some(body) => client
+    let mut builder = match &request.body {
+        Body::None => client.get(&request.url),
+        Body::Json(body) => client
             .post(&request.url)
             .header("content-type", "application/json")
             .body(body.clone()),
+        Body::Form(body) => client
+            .post(&request.url)
+            .header(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .body(body.clone()),
     };
+    for (name, value) in &request.headers {
+        builder = builder.header(*name, value);
+    }
     let mut response = builder.send().await.map_err(error_text)?;
     let status = response.status();
     let mut body = Vec::new();
@@ -297,7 +375,11 @@ async fn send_once(client: &reqwest::Client, request: &Request) -> Result<(), St
         }
         body.extend_from_slice(&chunk);
     }
-    if body == request.success_body.as_bytes() {
+    let received = match request.success {
+        Success::Word(word) => body == word.as_bytes(),
+        Success::Status2xx => status.is_success(),
+    };
+    if received {
         Ok(())
     } else {
         let text = String::from_utf8_lossy(&body);

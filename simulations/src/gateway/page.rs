@@ -63,3 +63,10 @@ pub fn paid(title: &str, already: bool, return_url: &str) -> HttpResponse {
     }
     page(title, &body)
 }
+
+/// A request the gateway refuses, said in plain text (HTTP 400).
+pub fn refusal(who: &str, message: &str) -> HttpResponse {
+    HttpResponse::BadRequest()
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{who}: {message}"))
+}

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 pub const ORDERS_MAX: usize = 100_000;
 /// Longest injected delay, for notifies and queries alike.
 pub const FAULT_DELAY_MS_MAX: u64 = 10 * 60 * 1000;
-/// Most deliveries recorded per order: one, or two when duplicated.
-pub const DELIVERIES_PER_ORDER_MAX: usize = 2;
+/// Most deliveries recorded per order: one, two when duplicated, and a forged copy.
+pub const DELIVERIES_PER_ORDER_MAX: usize = 3;
 
 /// Which protocol an order came through.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -19,6 +19,8 @@ pub const DELIVERIES_PER_ORDER_MAX: usize = 2;
 pub enum Channel {
     Epay,
     Epusdt,
+    Alipay,
+    Wechat,
 }
 
 /// The fault switches; every one is off by default. Percentages are 0 to 100.
@@ -31,6 +33,9 @@ pub struct Faults {
     pub notify_duplicate_percent: u32,
     /// How long each notify copy waits before its first attempt.
     pub notify_delay_ms: u64,
+    /// Share of payments whose notify is preceded by a forged copy (signed with a key that
+    /// is not the gateway's, the amount lowered to 0.01): the shop must refuse it.
+    pub notify_forge_percent: u32,
     /// Share of create calls (`mapi.php`, epusdt create) answered with HTTP 500.
     pub create_fail_percent: u32,
     /// Share of order queries (`api.php`) answered with HTTP 500.
@@ -46,6 +51,7 @@ impl Faults {
         let percents = [
             self.notify_drop_percent,
             self.notify_duplicate_percent,
+            self.notify_forge_percent,
             self.create_fail_percent,
             self.query_fail_percent,
         ];
@@ -73,11 +79,18 @@ pub enum NotifyOutcome {
     GaveUp,
     /// The notify queue was full: never sent.
     Shed,
+    /// A forged copy that the shop refused, as it must.
+    Refused,
+    /// A forged copy that the shop accepted: a bug in the shop.
+    Accepted,
 }
 
 /// One copy of an order's notify, as `GET /control/orders` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryView {
+    /// A forged copy (sent once, never retried).
+    #[serde(default)]
+    pub forged: bool,
     pub attempts: u32,
     pub outcome: NotifyOutcome,
     /// Why the last attempt failed, while it is pending or after giving up.
@@ -87,6 +100,7 @@ pub struct DeliveryView {
 impl DeliveryView {
     fn new(outcome: NotifyOutcome) -> Self {
         Self {
+            forged: false,
             attempts: 0,
             outcome,
             last_error: None,
@@ -105,8 +119,18 @@ pub struct OrderView {
     /// The amount as the merchant sent it (epusdt: in shortest decimal form).
     pub money: String,
     pub notify_url: String,
+    /// How the merchant created it: Alipay's method, WeChat Pay's `NATIVE`; empty for the
+    /// aggregators.
+    #[serde(default)]
+    pub product: String,
+    /// What was sold: Epay's `name`, Alipay's `subject`, WeChat Pay's `description`.
+    #[serde(default)]
+    pub subject: String,
     pub paid: bool,
-    /// Empty until paid; then one entry per notify copy.
+    /// Closed by the merchant (Alipay's and WeChat Pay's close): it can no longer be paid.
+    #[serde(default)]
+    pub closed: bool,
+    /// Empty until paid; then one entry per notify copy, a forged copy first.
     pub deliveries: Vec<DeliveryView>,
 }
 
@@ -133,10 +157,27 @@ pub struct EpusdtDetails {
     pub block_transaction_id: String,
 }
 
+/// What only Alipay orders carry.
+#[derive(Clone, Debug)]
+pub struct AlipayDetails {
+    pub subject: String,
+    /// The method that created it: `alipay.trade.page.pay`, `.wap.pay` or `.precreate`.
+    pub method: String,
+    pub return_url: String,
+}
+
+/// What only WeChat Pay orders carry.
+#[derive(Clone, Debug)]
+pub struct WechatDetails {
+    pub description: String,
+}
+
 #[derive(Clone, Debug)]
 pub enum Details {
     Epay(EpayDetails),
     Epusdt(EpusdtDetails),
+    Alipay(AlipayDetails),
+    Wechat(WechatDetails),
 }
 
 #[derive(Clone, Debug)]
@@ -147,15 +188,40 @@ pub struct Order {
     pub amount_cents: u64,
     pub notify_url: String,
     pub paid: bool,
+    pub closed: bool,
     pub deliveries: Vec<DeliveryView>,
     pub details: Details,
 }
 
 impl Order {
+    /// A new, unpaid order.
+    pub fn new(
+        trade_no: String,
+        out_trade_no: String,
+        amount_cents: u64,
+        money: String,
+        notify_url: String,
+        details: Details,
+    ) -> Self {
+        Self {
+            trade_no,
+            out_trade_no,
+            money,
+            amount_cents,
+            notify_url,
+            paid: false,
+            closed: false,
+            deliveries: Vec::new(),
+            details,
+        }
+    }
+
     pub fn channel(&self) -> Channel {
         match self.details {
             Details::Epay(_) => Channel::Epay,
             Details::Epusdt(_) => Channel::Epusdt,
+            Details::Alipay(_) => Channel::Alipay,
+            Details::Wechat(_) => Channel::Wechat,
         }
     }
 
@@ -166,7 +232,19 @@ impl Order {
             out_trade_no: self.out_trade_no.clone(),
             money: self.money.clone(),
             notify_url: self.notify_url.clone(),
+            product: match &self.details {
+                Details::Alipay(details) => details.method.clone(),
+                Details::Wechat(_) => "NATIVE".into(),
+                _ => String::new(),
+            },
+            subject: match &self.details {
+                Details::Epay(details) => details.name.clone(),
+                Details::Alipay(details) => details.subject.clone(),
+                Details::Wechat(details) => details.description.clone(),
+                Details::Epusdt(_) => String::new(),
+            },
             paid: self.paid,
+            closed: self.closed,
             deliveries: self.deliveries.clone(),
         }
     }
@@ -340,6 +418,11 @@ impl World {
         address
     }
 
+    /// 32 upper-case hexadecimal digits: a WeChat Pay nonce.
+    pub fn nonce(&mut self) -> String {
+        format!("{:016X}{:016X}", self.rng.next_u64(), self.rng.next_u64())
+    }
+
     pub fn transaction_id(&mut self) -> String {
         let mut id = String::with_capacity(TRANSACTION_ID_HEX_LEN);
         while id.len() < TRANSACTION_ID_HEX_LEN {
@@ -348,15 +431,20 @@ impl World {
         id
     }
 
-    /// Marks an order paid and decides, by the faults, how many notify copies go out
-    /// (0 when dropped). `None` when the order is unknown or already paid.
-    pub fn mark_paid(&mut self, trade_no: &str) -> Option<PaidOrder> {
-        if self.store.get(trade_no)?.paid {
-            return None;
+    /// Marks an order paid and decides, by the faults, how many notify copies go out (0
+    /// when dropped) and whether a forged copy goes first.
+    pub fn mark_paid(&mut self, trade_no: &str) -> Result<PaidOrder, PayRefusal> {
+        let order = self.store.get(trade_no).ok_or(PayRefusal::Unknown)?;
+        if order.paid {
+            return Err(PayRefusal::AlreadyPaid);
+        }
+        if order.closed {
+            return Err(PayRefusal::Closed);
         }
         // Draw before borrowing the order, and the same values for every payment.
         let dropped = self.chance(self.faults.notify_drop_percent);
         let duplicated = self.chance(self.faults.notify_duplicate_percent);
+        let forged = self.chance(self.faults.notify_forge_percent);
         let transaction_id = self.transaction_id();
         let delay_ms = self.faults.notify_delay_ms;
         let order = self.store.get_mut(trade_no).expect("looked up above");
@@ -369,24 +457,76 @@ impl World {
             (false, true) => 2,
             (false, false) => 1,
         };
-        order.deliveries = if copies == 0 {
-            vec![DeliveryView::new(NotifyOutcome::Dropped)]
-        } else {
-            vec![DeliveryView::new(NotifyOutcome::Pending); copies]
-        };
+        order.deliveries = Vec::with_capacity(DELIVERIES_PER_ORDER_MAX);
+        if forged {
+            order.deliveries.push(DeliveryView {
+                forged: true,
+                ..DeliveryView::new(NotifyOutcome::Pending)
+            });
+        }
+        if copies == 0 {
+            order
+                .deliveries
+                .push(DeliveryView::new(NotifyOutcome::Dropped));
+        }
+        for _ in 0..copies {
+            order
+                .deliveries
+                .push(DeliveryView::new(NotifyOutcome::Pending));
+        }
         assert!(order.deliveries.len() <= DELIVERIES_PER_ORDER_MAX);
-        Some(PaidOrder {
+        Ok(PaidOrder {
             order: order.clone(),
             copies,
+            forged,
             delay_ms,
         })
     }
+
+    /// The order `out_trade_no` of `channel` when it exists with the same amount (a merchant
+    /// retrying, a buyer reloading the cashier), else a new one made by `build` from a new
+    /// gateway id. `None` when the id was used with another amount.
+    pub fn create_or_reuse(
+        &mut self,
+        (channel, out_trade_no): (Channel, &str),
+        amount_cents: u64,
+        build: impl FnOnce(String) -> Order,
+    ) -> Option<String> {
+        if let Some(existing) = self.store.find(channel, out_trade_no) {
+            return (existing.amount_cents == amount_cents).then(|| existing.trade_no.clone());
+        }
+        let trade_no = self.next_trade_no();
+        let order = build(trade_no.clone());
+        assert_eq!(order.channel(), channel);
+        self.store.insert(order);
+        Some(trade_no)
+    }
+
+    /// Closes an unpaid order (the merchant's close call): it can no longer be paid.
+    pub fn close(&mut self, trade_no: &str) -> Result<(), PayRefusal> {
+        let order = self.store.get_mut(trade_no).ok_or(PayRefusal::Unknown)?;
+        if order.paid {
+            return Err(PayRefusal::AlreadyPaid);
+        }
+        order.closed = true;
+        Ok(())
+    }
+}
+
+/// Why an order cannot be paid (or closed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayRefusal {
+    Unknown,
+    AlreadyPaid,
+    Closed,
 }
 
 /// An order just paid, and how its notify goes out.
 pub struct PaidOrder {
     pub order: Order,
     pub copies: usize,
+    /// A forged copy goes out first (it is `deliveries[0]`).
+    pub forged: bool,
     pub delay_ms: u64,
 }
 
@@ -402,6 +542,7 @@ mod tests {
             amount_cents: 100,
             notify_url: "http://shop/notify".into(),
             paid: false,
+            closed: false,
             deliveries: Vec::new(),
             details: Details::Epay(EpayDetails {
                 pay_type: "alipay".into(),
@@ -433,6 +574,44 @@ mod tests {
         assert_eq!(a.tron_address(), b.tron_address());
         assert_eq!(a.transaction_id(), b.transaction_id());
         assert_ne!(World::new(8).next_trade_no(), World::new(7).next_trade_no());
+    }
+
+    #[test]
+    fn a_closed_order_cannot_be_paid_and_a_paid_one_cannot_be_closed() {
+        let mut world = World::new(1);
+        let build = |trade_no: String| Order {
+            trade_no,
+            ..order(1)
+        };
+        let first = world
+            .create_or_reuse((Channel::Epay, "o1"), 100, build)
+            .unwrap();
+        assert_eq!(
+            world.create_or_reuse((Channel::Epay, "o1"), 100, |_| unreachable!()),
+            Some(first.clone()),
+            "the same id and amount is the same order"
+        );
+        assert_eq!(
+            world.create_or_reuse((Channel::Epay, "o1"), 101, |_| unreachable!()),
+            None
+        );
+        world.close(&first).unwrap();
+        assert_eq!(world.mark_paid(&first).err(), Some(PayRefusal::Closed));
+        let second = world
+            .create_or_reuse((Channel::Epay, "o2"), 100, |trade_no| Order {
+                trade_no,
+                out_trade_no: "o2".into(),
+                ..order(2)
+            })
+            .unwrap();
+        world.faults.notify_forge_percent = 100;
+        let paid = world.mark_paid(&second).unwrap();
+        assert!(paid.forged && paid.order.deliveries[0].forged);
+        assert_eq!(world.close(&second), Err(PayRefusal::AlreadyPaid));
+        assert_eq!(
+            world.mark_paid(&second).err(),
+            Some(PayRefusal::AlreadyPaid)
+        );
     }
 
     #[test]

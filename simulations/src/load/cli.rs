@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 /// Operator token the harness passes to a server it spawns, and uses by default.
-pub const ADMIN_TOKEN_DEFAULT: &str = "load-admin-token";
+pub const ADMIN_TOKEN_DEFAULT: &str = "load-admin-token-0123456789abcdef";
 /// Epay merchant id the harness passes to a server it spawns, and signs notifies with.
 pub const EPAY_PID_DEFAULT: &str = "1001";
 /// Epay merchant key the harness passes to a server it spawns, and signs notifies with.

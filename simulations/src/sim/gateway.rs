@@ -1,6 +1,7 @@
-//! The simulated Epay gateway: it takes payments, sends signed notifies (delayed,
-//! duplicated, reordered by their delays, sometimes forged), and retries with backoff until
-//! the shop answers `success`, as real gateways do.
+//! The simulated gateways (Epay, Alipay and WeChat Pay direct): they take payments, send
+//! signed notifies (delayed, duplicated, reordered by their delays, sometimes forged,
+//! sometimes replayed later by someone who captured one), and retry with backoff until the
+//! shop answers `success`, as real gateways do. The wire forms are in `direct.rs`.
 
 use std::collections::BTreeMap;
 
@@ -14,15 +15,49 @@ use super::{Faults, Rng, MERCHANT_KEY, MERCHANT_PID};
 pub const RETRY_MS_FIRST: u64 = 5_000;
 pub const RETRY_MS_MAX: u64 = 10 * 60 * 1000;
 
+/// The protocol an order pays through (its `payment_channel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Epay,
+    Alipay,
+    Wechat,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Epay, Protocol::Alipay, Protocol::Wechat];
+
+    pub fn channel(self) -> &'static str {
+        match self {
+            Protocol::Epay => "epay",
+            Protocol::Alipay => "alipay",
+            Protocol::Wechat => "wechat",
+        }
+    }
+
+    pub fn of_channel(channel: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.channel() == channel)
+            .unwrap_or(Protocol::Epay)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Notify {
     pub order_id: OrderId,
+    pub protocol: Protocol,
     pub trade_no: String,
     pub amount_cents: u64,
     /// Signed with the wrong key or carrying a tampered amount: must be refused.
     pub forged: bool,
+    /// A genuine notify captured when it was signed (at this simulated time) and replayed
+    /// unchanged by someone else: WeChat Pay's refuse it once its timestamp is stale.
+    pub replay_signed_at_ms: Option<u64>,
     pub attempt: u32,
 }
+
+/// How late a captured notify may be replayed.
+pub const REPLAY_DELAY_MS_MAX: u64 = 15 * 60 * 1000;
 
 #[derive(Default)]
 pub struct Gateway {
@@ -51,18 +86,28 @@ impl Gateway {
         rng: &mut Rng,
         faults: &Faults,
         now_ms: u64,
-        id: &OrderId,
+        (id, protocol): (&OrderId, Protocol),
         amount_cents: u64,
     ) {
         let trade_no = format!("T{id}");
         self.paid.insert(id.clone(), trade_no.clone());
         let notify = Notify {
             order_id: id.clone(),
+            protocol,
             trade_no,
             amount_cents,
             forged: false,
+            replay_signed_at_ms: None,
             attempt: 0,
         };
+        if rng.percent(faults.notify_replay_percent) {
+            let signed_at_ms = now_ms + rng.below(faults.notify_delay_ms_max + 1);
+            let replay = Notify {
+                replay_signed_at_ms: Some(signed_at_ms),
+                ..notify.clone()
+            };
+            self.schedule(signed_at_ms + rng.below(REPLAY_DELAY_MS_MAX + 1), replay);
+        }
         let copies = if rng.percent(faults.notify_duplicate_percent) {
             2 + rng.below(2)
         } else {
@@ -112,7 +157,7 @@ impl Gateway {
     }
 }
 
-/// The notify's parameters as the gateway sends them, signed per the Epay rule.
+/// The Epay notify's parameters as the gateway sends them, signed per the Epay rule.
 pub fn signed_params(notify: &Notify) -> Vec<(String, String)> {
     let money = format_cents(notify.amount_cents);
     let mut params: Vec<(String, String)> = [

@@ -1,6 +1,8 @@
 //! The deterministic simulator. One `u64` seed drives everything: the fault settings, the
-//! buyers (bursty, flash-sale shaped), the gateway (dropped, duplicated, delayed, reordered
-//! and forged notifies), the clock, and crashes with the unsynced log tail lost or torn.
+//! buyers (bursty, flash-sale shaped), the gateways (Epay, Alipay and WeChat Pay direct:
+//! dropped, duplicated, delayed, reordered, forged and replayed notifies, each in its
+//! protocol's wire form and verified as the edge verifies it), the clock, and crashes with
+//! the unsynced log tail lost or torn.
 //!
 //! It drives the real engine (decisions, `ShopState` validation) and the real storage (log,
 //! fdatasync, recovery, sled mirror, audit). The order flow follows the actors' sequence:
@@ -8,7 +10,10 @@
 //! Every step waits for its own commit, so results do not depend on thread timing and a
 //! failing seed replays exactly.
 
+mod cards;
+mod direct;
 mod gateway;
+mod listings;
 mod mail;
 mod resellers;
 mod rng;
@@ -22,7 +27,7 @@ use engine::{
     CardId, Currency, Event, Fulfilment, NewOrder, Order, OrderId, OrderStatus, Payment, Product,
     ReviewReason, Sku,
 };
-use gateway::{Gateway, Notify};
+use gateway::{Gateway, Notify, Protocol};
 use replication::Node;
 pub use rng::Rng;
 use storage::Store;
@@ -44,6 +49,8 @@ pub struct Faults {
     pub notify_duplicate_percent: u64,
     pub notify_delay_ms_max: u64,
     pub notify_forge_percent: u64,
+    /// Share of payments one of whose genuine notifies is captured and replayed later.
+    pub notify_replay_percent: u64,
     pub crash_per_mille: u64,
     pub torn_tail_percent: u64,
     pub sync_failure_per_mille: u64,
@@ -58,6 +65,7 @@ impl Faults {
             notify_duplicate_percent: rng.below(40),
             notify_delay_ms_max: rng.below(120_000),
             notify_forge_percent: rng.below(15),
+            notify_replay_percent: rng.below(20),
             crash_per_mille: rng.below(25),
             torn_tail_percent: rng.below(100),
             sync_failure_per_mille: rng.below(8),
@@ -71,6 +79,7 @@ impl Faults {
             notify_duplicate_percent: 0,
             notify_delay_ms_max: 1_000,
             notify_forge_percent: 0,
+            notify_replay_percent: 0,
             crash_per_mille: 0,
             torn_tail_percent: 0,
             sync_failure_per_mille: 0,
@@ -83,11 +92,12 @@ impl fmt::Display for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%",
+            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%, replayed {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%",
             self.notify_drop_percent,
             self.notify_duplicate_percent,
             self.notify_delay_ms_max,
             self.notify_forge_percent,
+            self.notify_replay_percent,
             self.crash_per_mille,
             self.torn_tail_percent,
             self.sync_failure_per_mille,
@@ -115,6 +125,8 @@ pub struct Outcome {
     pub mails_given_up: u64,
     pub crashes: u64,
     pub notifies: u64,
+    /// Forged and stale replayed notifies the shop refused, as it must.
+    pub notifies_refused: u64,
     pub violations: Vec<String>,
 }
 
@@ -153,13 +165,18 @@ struct World {
     live: BTreeMap<OrderId, Order>,
     acked: BTreeMap<OrderId, Acked>,
     gateway: Gateway,
+    /// The direct channels' keys (parsed once).
+    direct_keys: direct::Keys,
     outcome: Outcome,
     keys_imported: u64,
+    /// The first card imported sealed (every one after the setup's legacy import).
+    first_sealed_card: CardId,
     resellers: resellers::Model,
     mail: mail::Model,
     /// The highest log index of an acknowledged event: a crash can damage only what lies
     /// beyond it (what was acknowledged was synced).
     acked_through: u64,
+    listings: listings::Model,
 }
 
 pub fn run(options: &Options) -> Outcome {
@@ -183,11 +200,14 @@ pub fn run(options: &Options) -> Outcome {
         live: BTreeMap::new(),
         acked: BTreeMap::new(),
         gateway: Gateway::default(),
+        direct_keys: direct::Keys::new(),
         outcome: Outcome::default(),
         keys_imported: 0,
+        first_sealed_card: CardId(1),
         resellers: resellers::Model::default(),
         mail: mail::Model::default(),
         acked_through: 0,
+        listings: listings::Model::default(),
     };
     world.setup();
     for step in 0..options.steps {
@@ -263,28 +283,14 @@ impl World {
                 product.sku.clone(),
                 (0..SHARDS).map(|_| Shard::default()).collect(),
             );
-            self.import(&product.sku, 40);
+            // As an older version imported them: in the clear, sealed by the next start.
+            self.import_keys(&product.sku, 40, true);
         }
+        self.seal_legacy_cards();
+        let first_sealed_card = self.store().state().next_card_id();
+        self.first_sealed_card = first_sealed_card;
         self.setup_resellers();
-    }
-
-    fn import(&mut self, sku: &Sku, count: u64) {
-        let first_card_id = self.store().state().next_card_id();
-        let keys = (0..count)
-            .map(|i| format!("{sku}-KEY-{:06}", self.keys_imported + i))
-            .collect();
-        let event = Event::CardsImported {
-            sku: sku.clone(),
-            first_card_id,
-            keys,
-        };
-        if self.commit(&event).is_ok() {
-            self.keys_imported += count;
-            let shards = self.pools.get_mut(sku).expect("pool");
-            for id in first_card_id.0..first_card_id.0 + count {
-                shards[shard_of(CardId(id), SHARDS)].add([CardId(id)]);
-            }
-        }
+        self.setup_listings();
     }
 
     fn step(&mut self) {
@@ -311,11 +317,15 @@ impl World {
                 self.advance(advance);
             }
             80..=84 => self.mail_step(),
-            85..=94 => self.reseller_step(),
+            85..=91 => self.reseller_step(),
+            92..=95 => self.listing_step(),
             _ => {
                 let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
                 let count = 1 + self.rng.below(15);
-                self.import(&sku, count);
+                self.import_keys(&sku, count, false);
+                if self.rng.percent(10) {
+                    self.import_duplicate(&sku);
+                }
             }
         }
     }
@@ -334,7 +344,24 @@ impl World {
         Some(got)
     }
 
-    fn new_order(&mut self, sku: &Sku, quantity: u32, cards: Vec<CardId>) -> NewOrder {
+    /// An order's stored token: its digest, as the actors commit it; one in ten in the
+    /// clear, as an older version committed it (the state keeps only the digest).
+    fn new_token(&mut self) -> String {
+        let token = engine::ids::hex128(u128::from(self.rng.next()));
+        if self.rng.percent(10) {
+            token
+        } else {
+            engine::ids::token_digest(&token)
+        }
+    }
+
+    fn new_order(
+        &mut self,
+        sku: &Sku,
+        quantity: u32,
+        cards: Vec<CardId>,
+        protocol: Protocol,
+    ) -> NewOrder {
         let price = self
             .store()
             .state()
@@ -344,7 +371,7 @@ impl World {
             .price_cents;
         NewOrder {
             order_id: OrderId::generate(self.now_ms, self.rng.next()),
-            token: engine::ids::hex128(u128::from(self.rng.next())),
+            token: self.new_token(),
             trace_id: engine::ids::hex128(u128::from(self.rng.next())),
             sku: sku.clone(),
             quantity,
@@ -355,9 +382,9 @@ impl World {
             } else {
                 "13800138000".into()
             },
-            channel: "epay".into(),
-            payment_channel: "epay".into(),
-            payment_url: "http://gateway.invalid/submit.php".into(),
+            channel: protocol.channel().into(),
+            payment_channel: protocol.channel().into(),
+            payment_url: format!("http://gateway.invalid/{}", protocol.channel()),
             payment_ref: String::new(),
             created_at_ms: self.now_ms,
             expires_at_ms: self.now_ms + ORDER_TTL_MS,
@@ -369,21 +396,24 @@ impl World {
     fn buy(&mut self) {
         let sku = Sku::parse(PRODUCTS[self.rng.below(2) as usize].0).unwrap();
         let quantity = 1 + self.rng.below(3) as u32;
+        if self.rng.percent(5) {
+            self.try_coupon_past_limit(&sku);
+        }
         let Some(cards) = self.reserve(&sku, quantity as usize) else {
             return;
         };
-        let created = self.new_order(&sku, quantity, cards.clone());
+        // On a crash the pools were rebuilt from the recovered log; nothing to give back.
+        let protocol = Protocol::ALL[self.rng.below(Protocol::ALL.len() as u64) as usize];
+        let with_coupon = self.rng.percent(30);
+        self.commit_order(&sku, cards, with_coupon, protocol);
+    }
+
+    /// An order's creation was acknowledged: it is live and awaits payment.
+    fn order_acknowledged(&mut self, created: NewOrder) {
         let id = created.order_id.clone();
-        match self.commit(&Event::OrderCreated(Box::new(created.clone()))) {
-            Ok(()) => {
-                self.acked.insert(id.clone(), Acked::Created);
-                self.live.insert(id, order_of(&created));
-                self.outcome.orders += 1;
-            }
-            Err(Crashed) => {
-                // Pools were rebuilt from the recovered log; nothing to give back.
-            }
-        }
+        self.acked.insert(id.clone(), Acked::Created);
+        self.live.insert(id, order_of(&created));
+        self.outcome.orders += 1;
     }
 
     /// A buyer pays at the gateway: a live order mostly, sometimes one that lapsed.
@@ -404,15 +434,23 @@ impl World {
         if self.gateway.is_paid(&id) {
             return;
         }
-        let amount = self
-            .store()
-            .state()
-            .order(&id)
-            .map(|r| r.created.amount_cents);
-        let Some(amount_cents) = amount else { return };
+        let order = self.store().state().order(&id).map(|r| {
+            (
+                r.created.amount_cents,
+                Protocol::of_channel(&r.created.payment_channel),
+            )
+        });
+        let Some((amount_cents, protocol)) = order else {
+            return;
+        };
         let faults = self.faults.clone();
-        self.gateway
-            .pay(&mut self.rng, &faults, self.now_ms, &id, amount_cents);
+        self.gateway.pay(
+            &mut self.rng,
+            &faults,
+            self.now_ms,
+            (&id, protocol),
+            amount_cents,
+        );
     }
 
     fn advance(&mut self, by_ms: u64) {
@@ -474,38 +512,57 @@ impl World {
     }
 
     /// The gateway's notify reaches the shop: verify as the edge does, then apply as the
-    /// order actor does. The gateway retries until it hears `success`.
+    /// order actor does. The gateway retries until it hears `success`; forged notifies and
+    /// stale replays must be refused, and are never retried.
     fn deliver_notify(&mut self, notify: Notify) {
         self.outcome.notifies += 1;
-        if !notify.forged && self.rng.percent(self.faults.notify_drop_percent) {
+        let attacker = notify.forged || notify.replay_signed_at_ms.is_some();
+        if !attacker && self.rng.percent(self.faults.notify_drop_percent) {
             self.gateway.retry(notify, self.now_ms);
             return;
         }
-        let params = gateway::signed_params(&notify);
-        let verified = engine::payment::verify_epay_notify(&params, MERCHANT_PID, MERCHANT_KEY);
-        let verified = match (verified, notify.forged) {
-            (Err(_), true) => return,
+        let signed_at_ms = notify.replay_signed_at_ms.unwrap_or(self.now_ms);
+        // The shop's own rule, in whole seconds as the headers carry them.
+        let stale = notify.protocol == Protocol::Wechat
+            && (self.now_ms / 1000).abs_diff(signed_at_ms / 1000)
+                > engine::wechatpay::WECHATPAY_TOLERANCE_SECS;
+        let must_refuse = notify.forged || stale;
+        let nonce = self.rng.next();
+        let verified = direct::verify(
+            &self.direct_keys,
+            &notify,
+            nonce,
+            (signed_at_ms, self.now_ms),
+        );
+        let verified = match (verified, must_refuse) {
+            (Err(_), true) => {
+                self.outcome.notifies_refused += 1;
+                return;
+            }
             (Ok(_), true) => {
-                self.violation(format!("a forged notify for {} verified", notify.order_id));
+                self.violation(format!(
+                    "a forged or stale {:?} notify for {} verified",
+                    notify.protocol, notify.order_id
+                ));
                 return;
             }
             (Err(e), false) => {
                 self.violation(format!(
-                    "a genuine notify for {} failed: {e}",
-                    notify.order_id
+                    "a genuine {:?} notify for {} failed: {e}",
+                    notify.protocol, notify.order_id
                 ));
                 return;
             }
             (Ok(v), false) => v,
         };
         let payment = Payment {
-            channel: "epay".into(),
+            channel: notify_channel(&verified.order_id, notify.protocol.channel()).into(),
             gateway_trade_no: verified.trade_no,
             amount_cents: verified.amount_cents,
         };
         if self.apply_payment(&verified.order_id, &payment).is_ok() {
             self.gateway.acknowledged(&notify);
-        } else {
+        } else if !attacker {
             self.gateway.retry(notify, self.now_ms);
         }
     }
@@ -521,8 +578,16 @@ impl World {
                 }
             },
         };
-        let fulfilment = match order.decide_payment(payment) {
+        // An order may be paid through the channel it was created on (no simulated method
+        // has fallbacks): any other is a foreign one.
+        let channel_allowed = self
+            .store()
+            .state()
+            .order(id)
+            .is_some_and(|record| record.created.payment_channel == payment.channel);
+        let fulfilment = match order.decide_payment(payment, channel_allowed) {
             Ok(PaymentDecision::AlreadyApplied) => return Ok(()),
+            Ok(PaymentDecision::Review(reason)) => Fulfilment::ManualReview { reason },
             Ok(PaymentDecision::DeliverReserved) => Fulfilment::Delivered {
                 newly_reserved: vec![],
             },
@@ -551,6 +616,9 @@ impl World {
         };
         self.commit(&event)?;
         self.live.remove(id);
+        // As the order actor does: keys a reviewed order held go back once durable.
+        let released = order.clone().apply_payment(payment, &fulfilment);
+        give_back(self.pools.get_mut(&order.sku).expect("pool"), &released);
         let acked = match fulfilment {
             Fulfilment::Delivered { .. } => Acked::Delivered,
             Fulfilment::ManualReview { .. } => Acked::Review,
@@ -568,12 +636,15 @@ impl World {
         self.outcome.crashes += 1;
         let mut unacked = None;
         let mut reseller_in_flight = None;
+        let mut listing_in_flight = false;
         if in_flight.is_some() && self.rng.percent(30) {
             reseller_in_flight = self.top_up_in_flight();
+        } else if in_flight.is_some() && self.rng.percent(30) {
+            listing_in_flight = self.listing_in_flight();
         } else if in_flight.is_some() {
             let sku = Sku::parse(PRODUCTS[0].0).unwrap();
             if let Some(cards) = self.reserve(&sku, 1) {
-                let created = self.new_order(&sku, 1, cards);
+                let created = self.new_order(&sku, 1, cards, Protocol::Epay);
                 if let Ok(durable) = self
                     .store()
                     .commit(&Event::OrderCreated(Box::new(created.clone())))
@@ -589,7 +660,7 @@ impl World {
             node.quiesce();
             node.shutdown();
         }
-        let in_flight_now = unacked.is_some() || reseller_in_flight.is_some();
+        let in_flight_now = unacked.is_some() || reseller_in_flight.is_some() || listing_in_flight;
         if in_flight_now && self.rng.percent(self.faults.torn_tail_percent) {
             self.damage_tail();
         }
@@ -662,6 +733,8 @@ impl World {
         self.node = Some(node);
         self.adopt_unacknowledged();
         self.adopt_mails();
+        // As the server does at every start.
+        self.seal_legacy_cards();
     }
 
     /// Work whose acknowledgement was lost may or may not have survived: take the log's word.
@@ -720,8 +793,10 @@ impl World {
         for problem in lost {
             self.violation(problem);
         }
+        self.check_card_keys(step);
         self.check_resellers(step);
         self.check_mail(step);
+        self.check_listings(step);
     }
 
     /// Faults off: let time run until the gateway has nothing left to send (bounded).
@@ -760,6 +835,7 @@ impl World {
         if self.outcome.violations.len() > last {
             return;
         }
+        self.check_keys_at_rest(self.first_sealed_card);
         if let Some(node) = self.node.take() {
             node.shutdown();
         }
@@ -836,5 +912,37 @@ fn describe(event: &Event) -> String {
         Event::MailFailed {
             order_id, attempt, ..
         } => format!("mail of {order_id} failed try {attempt}"),
+        Event::ProductEdited { sku, .. } => format!("edit of {sku}"),
+        Event::CardsDeleted { sku, cards, .. } => {
+            format!("deletion of {} keys of {sku}", cards.len())
+        }
+        Event::OrderPlaced(placed) => format!("order {} with terms", placed.order.order_id),
+        Event::CouponCreated(coupon) => format!("coupon {}", coupon.code),
+        Event::CouponDisabled { code, .. } => format!("withdrawal of coupon {code}"),
+        Event::ShopIdentitySet { .. } => "shop identity".into(),
+        Event::SealedCardsImported { sku, cards, .. } => {
+            format!("sealed import of {} keys into {sku}", cards.len())
+        }
+        Event::CardsSealed { cards } => format!("sealing of {} keys", cards.len()),
+    }
+}
+
+/// Percent of orders whose genuine payment arrives through another channel than the one
+/// they were created on (a verified payment from a foreign gateway): it must end in review.
+const FOREIGN_CHANNEL_PERCENT: u64 = 3;
+
+/// The channel an order's (every) notify arrives through: fixed per order, so that the
+/// gateway's retries are replays of one transaction.
+fn notify_channel(order_id: &OrderId, own: &'static str) -> &'static str {
+    let hash = order_id
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    if hash % 100 < FOREIGN_CHANNEL_PERCENT {
+        "stripe"
+    } else {
+        own
     }
 }

@@ -10,21 +10,20 @@
 //! state must be exactly the account before that event or exactly after it, never anything
 //! else (a half-applied purchase, a lost top-up, a gap in the stream).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use actors::seal::{Sealer, SealingKey};
+use actors::seal::Sealer;
 use engine::events::{BalanceChange, NewReseller, ResellerChange, ResellerOrder};
 use engine::ledger::wholesale_charge_cents;
 use engine::{Event, OrderId, ResellerId, Sku};
 
+use super::cards::SEALING_KEY;
 use super::{give_back, Crashed, World, PRODUCTS};
 
 /// Accounts the simulator opens.
 const RESELLERS: u64 = 2;
 /// The largest bulk purchase it tries.
 const QUANTITY_MAX: u64 = 5;
-/// The simulated operator's sealing key.
-const SEALING_KEY: SealingKey = SealingKey([7; 32]);
 
 /// One account as acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +31,8 @@ pub(super) struct Account {
     balance_cents: u64,
     stream_seq: u64,
     webhook_cursor: u64,
+    /// Settled seqs past the cursor (each event has its own retry schedule).
+    settled_ahead: BTreeSet<u64>,
     parked: u64,
     /// The API key hash's first 8 bytes (enough to tell keys apart, short to print).
     key: u64,
@@ -67,6 +68,7 @@ impl World {
             balance_cents: state.ledger().balance_cents(id)?,
             stream_seq: state.stream_seq(id),
             webhook_cursor: account.webhook_cursor,
+            settled_ahead: account.webhook_settled_ahead.clone(),
             parked: account.webhook_parked.len() as u64,
             key: key_id(&account.reseller.api_key_sha256),
             webhook_secret: Sealer::new(&SEALING_KEY)
@@ -201,7 +203,16 @@ impl World {
             }
             35..=74 if !account.revoked => self.bulk_purchase(id, account),
             75..=89 if account.webhook_cursor < account.stream_seq => {
-                let seq = account.webhook_cursor + 1;
+                // Half the time the next seq, else any unsettled one: deliveries settle in
+                // any order.
+                let unsettled: Vec<u64> = (account.webhook_cursor + 1..=account.stream_seq)
+                    .filter(|seq| !account.settled_ahead.contains(seq))
+                    .collect();
+                let seq = if self.rng.percent(50) {
+                    unsettled[0]
+                } else {
+                    unsettled[self.rng.below(unsettled.len() as u64) as usize]
+                };
                 let parked = self.rng.percent(20);
                 let event = if parked {
                     Event::WebhookParked {
@@ -217,8 +228,15 @@ impl World {
                         at_ms,
                     }
                 };
+                let mut settled_ahead = account.settled_ahead.clone();
+                settled_ahead.insert(seq);
+                let mut webhook_cursor = account.webhook_cursor;
+                while settled_ahead.remove(&(webhook_cursor + 1)) {
+                    webhook_cursor += 1;
+                }
                 let after = Account {
-                    webhook_cursor: seq,
+                    webhook_cursor,
+                    settled_ahead,
                     parked: account.parked + u64::from(parked),
                     ..account
                 };
@@ -301,7 +319,7 @@ impl World {
         let order = ResellerOrder {
             order_id: OrderId::generate(self.now_ms, self.rng.next()),
             reseller_id: id,
-            token: engine::ids::hex128(u128::from(self.rng.next())),
+            token: engine::ids::token_digest(&engine::ids::hex128(u128::from(self.rng.next()))),
             trace_id: engine::ids::hex128(u128::from(self.rng.next())),
             sku: sku.clone(),
             cards: cards.clone(),

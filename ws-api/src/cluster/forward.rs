@@ -224,7 +224,12 @@ async fn forward_inner(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let client_ip = client_ip(request.request()).map_or_else(String::new, |ip| ip.to_string());
+    // The client as this node sees it: its trusted proxies' header counted.
+    let client_ip = request
+        .app_data::<actix_web::web::Data<crate::AppState>>()
+        .and_then(|state| state.client(request.request()))
+        .or_else(|| client_ip(request.request()))
+        .map_or_else(String::new, |ip| ip.to_string());
     let method = request.method().clone();
     let signature = cluster
         .sign(&[

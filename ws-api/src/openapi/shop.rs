@@ -32,6 +32,8 @@ use utoipa::{OpenApi, ToSchema};
         epay_notify_post,
         epusdt_notify,
         stripe_webhook,
+        alipay_notify,
+        wechat_notify,
         livez,
         readyz,
         metrics,
@@ -56,7 +58,8 @@ use utoipa::{OpenApi, ToSchema};
         OrderStatusAnswer,
         AuditEntry,
         IncidentBody,
-        Incident
+        Incident,
+        WechatFail
     ))
 )]
 pub struct ShopApi;
@@ -451,6 +454,59 @@ fn epusdt_notify() {}
     responses(CallbackAnswer))]
 #[allow(dead_code)]
 fn stripe_webhook() {}
+
+#[utoipa::path(post, path = "/api/v1/payments/alipay/notify", tag = "gateway",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "Alipay's asynchronous notify, signed RSA2 with Alipay's key (at most \
+            16 KiB)"),
+    responses(CallbackAnswer))]
+#[allow(dead_code)]
+fn alipay_notify() {}
+
+#[utoipa::path(post, path = "/api/v1/payments/wechat/notify", tag = "gateway",
+    params(
+        ("Wechatpay-Timestamp" = Option<String>, Header, description = "unix seconds"),
+        ("Wechatpay-Nonce" = Option<String>, Header),
+        ("Wechatpay-Signature" = Option<String>, Header,
+            description = "base64 SHA256withRSA by WeChat Pay's key"),
+        ("Wechatpay-Serial" = Option<String>, Header)),
+    request_body(content = serde_json::Value, description = "WeChat Pay's notification, its \
+        resource encrypted with the APIv3 key (at most 32 KiB)"),
+    responses(WechatAnswer))]
+#[allow(dead_code)]
+fn wechat_notify() {}
+
+/// WeChat Pay's failure answer (it retries on anything but 2xx).
+#[derive(Serialize, ToSchema)]
+pub struct WechatFail {
+    #[schema(example = "FAIL")]
+    pub code: String,
+    pub message: String,
+}
+
+/// A WeChat Pay notify's answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum WechatAnswer {
+    /// applied, already applied, or pays nothing
+    #[response(status = 204)]
+    Applied,
+    /// rejected: malformed, foreign, mismatched, or WeChat Pay is not configured
+    #[response(status = 400)]
+    Rejected(WechatFail),
+    /// the signature does not verify or its timestamp is stale
+    #[response(status = 401)]
+    Forged(WechatFail),
+    /// the body arrived too slowly
+    #[response(status = 408)]
+    TooSlow(WechatFail),
+    /// the body is over its limit
+    #[response(status = 413)]
+    TooLarge(WechatFail),
+    /// not applied now; WeChat Pay retries
+    #[response(status = 503)]
+    Later(WechatFail),
+}
 
 #[utoipa::path(get, path = "/livez", tag = "ops",
     responses((status = 200, body = String, content_type = "text/plain", example = "ok")))]

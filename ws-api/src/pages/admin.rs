@@ -1,26 +1,32 @@
 //! The operator pages under `/admin`: sign-in with the operator token, the dashboard
-//! (orders, open alerts, payment channel health, the status page's incident note), products
-//! and key imports, an order's trace, and the manual-review and manual-payment queues.
+//! (orders, revenue per day and per product, open alerts, payment channel health, the status
+//! page's incident note), an order in full (keys, the buyer's link, trace), and the
+//! manual-review and manual-payment queues. Products and keys (`products.rs`), the order
+//! search (`orders.rs`), coupons and the shop's identity (`settings.rs`) have their own
+//! modules. Statuses, channels and alerts are shown in words, times in local time.
 //!
 //! Invariants: every page but the sign-in form refuses without a session (401); every form
 //! carries its session's CSRF token and a POST without it changes nothing (403); the
 //! sign-in form itself is protected by a double-submit cookie. Actions call the same `Shop`
 //! methods as the operator API and land in the same durable audit trail.
 
+mod orders;
+mod products;
+mod settings;
+
 use std::time::Instant;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use engine::money::{format_cents, parse_decimal_cents};
+use engine::money::format_cents;
 use engine::payment::signatures_equal;
-use engine::time::format_rfc3339_ms;
-use engine::{OrderId, OrderRecord, OrderStatus, Sku};
+use engine::{OrderId, OrderRecord, OrderStatus};
 use maud::{html, Markup};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::pages::i18n::Lang;
+use crate::pages::i18n::{alert_word, channel_word, local_time, status_word, Lang};
 use crate::pages::session::{
     random_hex128, sessions, OperatorSession, SESSION_COOKIE, SESSION_LIFETIME, SIGN_IN_CSRF_COOKIE,
 };
@@ -33,19 +39,22 @@ pub const FORM_BYTES_MAX: usize = 16 * 1024;
 pub const IMPORT_FORM_BYTES_MAX: usize = engine::import::IMPORT_BODY_BYTES_MAX;
 /// Orders the dashboard lists, newest first.
 pub const DASHBOARD_ORDERS_MAX: usize = 30;
+/// Days of revenue the dashboard shows.
+pub const REVENUE_DAYS: u32 = 14;
 /// Orders each queue lists.
 pub const QUEUE_ORDERS_MAX: usize = 200;
 /// Longest operator note on a confirmation or refund.
 pub const NOTE_BYTES_MAX: usize = 200;
 
 pub fn configure(config: &mut web::ServiceConfig) {
+    // Fixed paths (`/admin/orders/export`) before the patterns they would match.
+    orders::configure(config);
+    products::configure(config);
+    settings::configure(config);
     config
         .route("/admin", web::get().to(dashboard))
         .route("/admin/sign-in", web::post().to(sign_in))
         .route("/admin/sign-out", web::post().to(sign_out))
-        .route("/admin/products", web::get().to(products))
-        .route("/admin/products", web::post().to(create_product))
-        .route("/admin/import", web::post().to(import))
         .route("/admin/queues", web::get().to(queues))
         .route("/admin/order", web::get().to(find_order))
         .route("/admin/orders/{order_id}", web::get().to(order_trace))
@@ -58,8 +67,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
 pub fn nav(lang: Lang, session: &OperatorSession) -> Markup {
     html! {
         a href="/admin" { (lang.pick("Dashboard", "概览")) }
+        a href="/admin/orders" { (lang.pick("Orders", "订单")) }
         a href="/admin/products" { (lang.pick("Products", "商品")) }
+        a href="/admin/coupons" { (lang.pick("Coupons", "优惠码")) }
         a href="/admin/queues" { (lang.pick("Queues", "待处理")) }
+        a href="/admin/shop" { (lang.pick("Shop settings", "店铺设置")) }
         form.inline method="post" action="/admin/sign-out" {
             (csrf_field(session))
             button.link type="submit" { (lang.pick("Sign out", "退出")) }
@@ -224,9 +236,10 @@ async fn sign_in(
     if form.csrf.is_empty() || !signatures_equal(&expected_csrf, &form.csrf) {
         return forbidden(&request);
     }
-    if !signatures_equal(form.token.trim(), &state.admin_token) {
-        tracing::warn!(peer = ?crate::cluster::forward::client_ip(&request), "operator sign-in refused");
-        return sign_in_page(&request, true);
+    if let Err(error) = crate::routes::operator_token_ok(&request, &state, form.token.trim()) {
+        let mut page = sign_in_page(&request, true);
+        *page.status_mut() = error.status;
+        return page;
     }
     let session = sessions().create(Instant::now());
     tracing::info!(peer = ?crate::cluster::forward::client_ip(&request), "operator signed in");
@@ -265,6 +278,15 @@ async fn sign_out(request: HttpRequest, payload: web::Payload) -> HttpResponse {
     response
 }
 
+/// Every product's SKU, for the filters and forms that pick one.
+fn skus(state: &AppState) -> Vec<String> {
+    let products = state.shop.products().list();
+    products
+        .into_iter()
+        .map(|l| l.product.sku.as_str().to_owned())
+        .collect()
+}
+
 fn money(record: &OrderRecord) -> String {
     format!(
         "{} {}",
@@ -277,9 +299,11 @@ fn order_link(order_id: &str) -> Markup {
     html! { a href=(format!("/admin/orders/{}", url_encode(order_id))) { code { (order_id) } } }
 }
 
-/// A table of orders, each row ending with `actions`.
+/// A table of orders, each row ending with `actions`; times in the shop's time zone
+/// (`offset_minutes`), then the reader's.
 fn orders_table(
     lang: Lang,
+    offset_minutes: i16,
     records: &[OrderRecord],
     actions: impl Fn(&OrderRecord) -> Markup,
 ) -> Markup {
@@ -290,6 +314,8 @@ fn orders_table(
                 th scope="col" { (lang.pick("Status", "状态")) }
                 th scope="col" { (lang.pick("Product", "商品")) }
                 th scope="col" { (lang.pick("Amount", "金额")) }
+                th scope="col" { (lang.pick("Contact", "联系方式")) }
+                th scope="col" { (lang.pick("Payment", "支付方式")) }
                 th scope="col" { (lang.pick("Created", "创建时间")) }
                 th scope="col" { (lang.pick("Action", "操作")) }
             } }
@@ -297,10 +323,12 @@ fn orders_table(
                 @for record in records {
                     tr {
                         td { (order_link(record.created.order_id.as_str())) }
-                        td { span.tag { (record.status.as_str()) } }
+                        td { span.tag data-status=(record.status.as_str()) { (status_word(lang, record.status)) } }
                         td { (record.created.sku.as_str()) " × " (record.created.quantity) }
                         td { (money(record)) }
-                        td { (format_rfc3339_ms(record.created.created_at_ms)) }
+                        td { (record.created.contact) }
+                        td { (channel_word(lang, &record.created.payment_channel)) }
+                        td { (local_time(record.created.created_at_ms, offset_minutes)) }
                         td { (actions(record)) }
                     }
                 }
@@ -316,10 +344,12 @@ async fn dashboard(request: HttpRequest, state: web::Data<AppState>) -> HttpResp
     let lang = Lang::of(&request);
     let (recent, counts) = recent_orders(&state);
     let unpayable = payments_missing(lang, &state).await;
+    let offset = crate::routes::manage::utc_offset(&state);
     let main = html! {
         h1 { (lang.pick("Dashboard", "概览")) }
         (unpayable)
         (status_counts(lang, &counts))
+        (revenue_section(lang, &state, offset))
         (alerts_section(lang, &state))
         (channels_section(lang, &state).await)
         (incident_section(lang, &state, &session))
@@ -328,9 +358,10 @@ async fn dashboard(request: HttpRequest, state: web::Data<AppState>) -> HttpResp
             form.inline-form method="get" action="/admin/order" {
                 label for="find" { (lang.pick("Order id", "订单号")) }
                 input #find type="text" name="order_id" required maxlength="32";
-                button type="submit" { (lang.pick("Show trace", "查看追踪")) }
+                button type="submit" { (lang.pick("Show order", "查看订单")) }
             }
-            (orders_table(lang, &recent, |_| html! {}))
+            p { a href="/admin/orders" { (lang.pick("Search all orders", "搜索全部订单")) } }
+            (orders_table(lang, offset, &recent, |_| html! {}))
         }
     };
     admin_page(
@@ -352,10 +383,10 @@ async fn payments_missing(lang: Lang, state: &AppState) -> Markup {
     html! {
         p.error #payments-missing role="alert" { (lang.pick(
             "Payments are not set up: buyers see every product as temporarily unavailable. \
-             Configure a payment channel ([epay], [epusdt] or [stripe]; see \
-             panshi.example.toml) and restart.",
-            "尚未配置支付：买家看到所有商品都暂时无法购买。请配置支付渠道（[epay]、[epusdt] 或 \
-             [stripe]，见 panshi.example.toml）后重启。")) }
+             Configure a payment channel ([alipay], [wechat], [epay], [epusdt] or [stripe]; \
+             see panshi.example.toml) and restart.",
+            "尚未配置支付：买家看到所有商品都暂时无法购买。请配置支付渠道（[alipay]、[wechat]、\
+             [epay]、[epusdt] 或 [stripe]，见 panshi.example.toml）后重启。")) }
     }
 }
 
@@ -380,7 +411,7 @@ fn status_counts(lang: Lang, counts: &[(OrderStatus, usize)]) -> Markup {
         section aria-labelledby="counts-h" {
             h2 #counts-h { (lang.pick("Orders by status", "订单状态")) }
             ul.counts { @for (status, count) in counts {
-                li { span.count { (count) } " " (status.as_str()) }
+                li { span.count { (count) } " " (status_word(lang, *status)) }
             } }
         }
     }
@@ -395,9 +426,13 @@ fn alerts_section(lang: Lang, state: &AppState) -> Markup {
             h2 #alerts-h { (lang.pick("Open alerts", "未解决告警")) }
             @if active.is_empty() { p.ok { (lang.pick("None.", "无。")) } }
             ul.alerts { @for alert in &active {
+                // The message names its subject already (`game-1: 3 keys available`).
                 li.alert {
-                    strong { (text(&alert["rule"])) } " " (text(&alert["subject"])) ": "
-                    (text(&alert["message"])) " " small { "(" (text(&alert["since"])) ")" }
+                    strong { (alert_word(lang, &text(&alert["rule"]))) } ": "
+                    (text(&alert["message"])) " " small {
+                        "(" (lang.pick("since ", "始于 "))
+                        time datetime=(text(&alert["since"])) data-local="" { (text(&alert["since"])) } ")"
+                    }
                 }
             } }
         }
@@ -415,18 +450,65 @@ async fn channels_section(lang: Lang, state: &AppState) -> Markup {
         section aria-labelledby="channels-h" {
             h2 #channels-h { (lang.pick("Payment channels", "支付通道")) }
             ul { @for (name, level) in &components {
-                li { (name) ": " span class=(level.as_str()) { (level.as_str()) } }
+                li { (name) ": " span class=(level.as_str()) { (crate::routes::pages::level_label(lang, *level)) } }
             } }
             @if !channels.is_empty() {
                 div.scroll { table {
-                    thead { tr { th scope="col" { "Channel" } th scope="col" { "Breaker" }
-                                 th scope="col" { "Success %" } th scope="col" { "Calls" }
-                                 th scope="col" { "Failures" } } }
+                    thead { tr { th scope="col" { (lang.pick("Channel", "通道")) }
+                                 th scope="col" { (lang.pick("Circuit breaker", "熔断器")) }
+                                 th scope="col" { (lang.pick("Success %", "成功率 %")) }
+                                 th scope="col" { (lang.pick("Calls", "调用次数")) }
+                                 th scope="col" { (lang.pick("Failures", "失败次数")) } } }
                     tbody { @for c in &channels { tr {
-                        td { (c.name) } td { (c.breaker) } td { (c.success_percent) }
-                        td { (c.calls) } td { (c.failures) }
+                        td { (channel_word(lang, &c.name)) } td { (breaker_word(lang, c.breaker)) }
+                        td { (c.success_percent) } td { (c.calls) } td { (c.failures) }
                     } } }
                 } }
+            }
+        }
+    }
+}
+
+fn breaker_word(lang: Lang, breaker: &str) -> String {
+    let word = match breaker {
+        "closed" => lang.pick("Working", "正常"),
+        "open" => lang.pick("Paused after failures", "故障暂停"),
+        "half_open" => lang.pick("Testing again", "试探恢复中"),
+        other => return other.to_owned(),
+    };
+    word.to_owned()
+}
+
+/// Revenue per day (the last `REVENUE_DAYS` days) and per product, in the shop's time zone.
+fn revenue_section(lang: Lang, state: &AppState, offset_minutes: i16) -> Markup {
+    let revenue =
+        state
+            .shop
+            .order_book()
+            .revenue(REVENUE_DAYS, state.shop.now_ms(), offset_minutes);
+    let table = |id: &str, head: &str, lines: &[actors::order_book::RevenueLine]| {
+        html! {
+            div.scroll { table id=(id) {
+                thead { tr {
+                    th scope="col" { (head) } th scope="col" { (lang.pick("Orders", "订单数")) }
+                    th scope="col" { (lang.pick("Revenue", "收入")) }
+                } }
+                tbody { @for line in lines { tr {
+                    td { (line.key) } td { (line.orders_count) }
+                    td { (format_cents(line.amount_cents)) " " (line.currency.as_str()) }
+                } } }
+            } }
+        }
+    };
+    html! {
+        section aria-labelledby="revenue-h" {
+            h2 #revenue-h { (lang.pick("Revenue, last 14 days", "近 14 天收入")) }
+            p.help { (lang.pick("Paid orders (refunds left out), by the day they were paid.",
+                                "已付款订单（不含退款），按付款日期统计。")) }
+            @if revenue.per_day.is_empty() { p { (lang.pick("No sales yet.", "暂无销售。")) } }
+            @else {
+                (table("revenue-days", lang.pick("Day", "日期"), &revenue.per_day))
+                (table("revenue-products", lang.pick("Product", "商品"), &revenue.per_product))
             }
         }
     }
@@ -481,178 +563,6 @@ async fn incident(
             text,
         ),
     }
-}
-
-async fn products(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let Some(session) = operator(&request) else {
-        return refuse(&request);
-    };
-    let lang = Lang::of(&request);
-    let mut products = state.shop.products();
-    products.sort_by(|a, b| a.0.sku.cmp(&b.0.sku));
-    let unpayable = payments_missing(lang, &state).await;
-    let main = html! {
-        h1 { (lang.pick("Products", "商品")) }
-        (unpayable)
-        div.scroll { table {
-            thead { tr {
-                th scope="col" { "SKU" } th scope="col" { (lang.pick("Name", "名称")) }
-                th scope="col" { (lang.pick("Price", "价格")) }
-                th scope="col" { (lang.pick("Available", "可售")) }
-                th scope="col" { (lang.pick("Reserved", "预留")) }
-                th scope="col" { (lang.pick("Sold", "已售")) }
-            } }
-            tbody { @for (product, stock) in &products { tr {
-                td { code { (product.sku.as_str()) } } td { (product.name) }
-                td { (format_cents(product.price_cents)) " " (product.currency.as_str()) }
-                td { (stock.available) } td { (stock.reserved) } td { (stock.sold) }
-            } } }
-        } }
-        (import_form(lang, &session, &products))
-        (product_form(lang, &session, state.shop.settings().currency.as_str()))
-    };
-    admin_page(
-        &request,
-        &session,
-        lang.pick("Products", "商品"),
-        StatusCode::OK,
-        main,
-    )
-}
-
-fn import_form(
-    lang: Lang,
-    session: &OperatorSession,
-    products: &[(engine::Product, engine::Stock)],
-) -> Markup {
-    html! {
-        section aria-labelledby="import-h" {
-            h2 #import-h { (lang.pick("Import keys", "导入卡密")) }
-            form.stack method="post" action="/admin/import" {
-                (csrf_field(session))
-                label for="import-sku" { (lang.pick("Product", "商品")) }
-                select #import-sku name="sku" required {
-                    @for (product, _) in products {
-                        option value=(product.sku.as_str()) { (product.sku.as_str()) " — " (product.name) }
-                    }
-                }
-                label for="keys" { (lang.pick("Keys, one per line", "卡密，每行一个")) }
-                textarea #keys name="keys" rows="8" required spellcheck="false" {}
-                button type="submit" { (lang.pick("Import", "导入")) }
-            }
-        }
-    }
-}
-
-fn product_form(lang: Lang, session: &OperatorSession, currency: &str) -> Markup {
-    html! {
-        section aria-labelledby="new-h" {
-            h2 #new-h { (lang.pick("New product", "新建商品")) }
-            form.stack method="post" action="/admin/products" {
-                (csrf_field(session))
-                label for="new-sku" { "SKU" }
-                input #new-sku type="text" name="sku" required maxlength="64";
-                label for="new-name" { (lang.pick("Name", "名称")) }
-                input #new-name type="text" name="name" required maxlength="200";
-                label for="new-price" { (lang.pick("Price (e.g. 12.50)", "价格（如 12.50）")) }
-                input #new-price type="text" name="price" required inputmode="decimal";
-                label for="new-currency" { (lang.pick("Currency", "币种")) }
-                input #new-currency type="text" name="currency" required maxlength="3" value=(currency);
-                button type="submit" { (lang.pick("Create", "创建")) }
-            }
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct ProductForm {
-    sku: String,
-    name: String,
-    price: String,
-    currency: String,
-}
-
-async fn create_product(
-    request: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    let (session, form): (_, ProductForm) =
-        match signed_form(&request, payload, FORM_BYTES_MAX).await {
-            Ok(signed) => signed,
-            Err(refusal) => return refusal,
-        };
-    let body = crate::wire::ProductBody {
-        sku: form.sku.trim().to_owned(),
-        name: form.name.trim().to_owned(),
-        price_cents: parse_decimal_cents(form.price.trim()).unwrap_or(0),
-        currency: form.currency.trim().to_owned(),
-    };
-    let created = match body.into_product(state.shop.now_ms()) {
-        Ok(product) => state
-            .shop
-            .create_product(product)
-            .await
-            .map_err(ApiError::from),
-        Err(error) => Err(error),
-    };
-    match created {
-        Ok(()) => see_other("/admin/products"),
-        Err(error) => message(
-            &request,
-            &session,
-            error.status,
-            "Product not created",
-            &error.message,
-        ),
-    }
-}
-
-#[derive(Deserialize)]
-struct ImportForm {
-    sku: String,
-    keys: String,
-}
-
-async fn import(
-    request: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    let (session, form): (_, ImportForm) =
-        match signed_form(&request, payload, IMPORT_FORM_BYTES_MAX).await {
-            Ok(signed) => signed,
-            Err(refusal) => return refusal,
-        };
-    let lang = Lang::of(&request);
-    let outcome = match Sku::parse(form.sku.trim()) {
-        Ok(sku) => state
-            .shop
-            .import_cards(sku, form.keys.into_bytes())
-            .await
-            .map_err(ApiError::from),
-        Err(rejection) => Err(ApiError::from(rejection)),
-    };
-    let title = lang.pick("Import result", "导入结果");
-    let (status, imported, duplicates, rejected) = match &outcome {
-        Ok(o) => (StatusCode::OK, o.imported, o.duplicates, None),
-        Err(e) => (e.status, 0, 0, Some(e.message.as_str())),
-    };
-    let main = html! {
-        h1 { (title) }
-        dl.facts #import-result {
-            dt { (lang.pick("Product", "商品")) } dd { code { (form.sku) } }
-            dt { (lang.pick("Imported", "已导入")) } dd #imported { (imported) }
-            dt { (lang.pick("Duplicates skipped", "重复跳过")) } dd #duplicates { (duplicates) }
-            dt { (lang.pick("Rejected", "被拒")) }
-            dd #rejected { @match rejected {
-                None => "0",
-                Some(reason) => { (lang.pick("the whole upload, nothing imported: ", "整批被拒，未导入：")) (reason) },
-            } }
-        }
-        p { a href="/admin/products" { (lang.pick("Back to products", "返回商品")) } }
-    };
-    admin_page(&request, &session, title, status, main)
 }
 
 /// Orders waiting for an operator: paid but in review, and unpaid in the manual queue.
@@ -710,6 +620,7 @@ async fn queues(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     };
     let lang = Lang::of(&request);
     let (review, manual) = queue_orders(&state);
+    let offset = crate::routes::manage::utc_offset(&state);
     let main = html! {
         h1 { (lang.pick("Queues", "待处理")) }
         section aria-labelledby="manual-h" {
@@ -717,14 +628,14 @@ async fn queues(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
             p.help { (lang.pick("Every channel was down when these were made; confirm once the money is in.",
                                 "下单时所有支付通道都不可用；确认收到款项后再确认收款。")) }
             @if manual.is_empty() { p { (lang.pick("Empty.", "无。")) } }
-            @else { (orders_table(lang, &manual, |r| action_form(lang, &session, r, "confirm"))) }
+            @else { (orders_table(lang, offset, &manual, |r| action_form(lang, &session, r, "confirm"))) }
         }
         section aria-labelledby="review-h" {
             h2 #review-h { (lang.pick("Manual review", "人工审核")) }
             p.help { (lang.pick("Paid orders that could not be delivered; refund at the gateway, then here.",
                                 "已付款但无法发货的订单；先在支付平台退款，再在此登记。")) }
             @if review.is_empty() { p { (lang.pick("Empty.", "无。")) } }
-            @else { (orders_table(lang, &review, |r| action_form(lang, &session, r, "refund"))) }
+            @else { (orders_table(lang, offset, &review, |r| action_form(lang, &session, r, "refund"))) }
         }
     };
     admin_page(
@@ -762,11 +673,19 @@ async fn order_trace(
     };
     let lang = Lang::of(&request);
     let found = OrderId::parse(&path).ok().and_then(|id| {
-        let record = state.shop.store().order(&id).ok().flatten()?;
+        let view = state.shop.order_book().order(&id).ok().flatten()?;
         let trace = state.shop.order_trace(&id).ok()?;
-        Some((record, trace))
+        Some((view, trace))
     });
-    let Some((record, trace)) = found else {
+    let Some((
+        actors::OrderView {
+            record,
+            keys,
+            coupon,
+        },
+        trace,
+    )) = found
+    else {
         return message(
             &request,
             &session,
@@ -775,19 +694,49 @@ async fn order_trace(
             &path,
         );
     };
+    let offset = crate::routes::manage::utc_offset(&state);
+    let link = crate::routes::manage::buyer_link(&state, &record);
     let main = html! {
         h1 { (lang.pick("Order", "订单")) " " code { (record.created.order_id.as_str()) } }
-        (order_facts(lang, &record, &trace.trace_id))
+        (order_facts(lang, offset, &record, coupon.as_ref(), &trace.trace_id))
+        section aria-labelledby="buyer-h" {
+            h2 #buyer-h { (lang.pick("The buyer's order page", "买家的订单页面")) }
+            p.help { (lang.pick("Send this link to a buyer who lost theirs: it shows the order and its keys.",
+                                "把此链接发给丢失链接的买家：可查看订单及卡密。")) }
+            p { a #buyer-link href=(link) { (link) } " "
+                button.copy type="button" data-copy-text=(link) { (lang.pick("Copy", "复制")) } }
+        }
+        section aria-labelledby="keys-h" {
+            h2 #keys-h { (lang.pick("Delivered keys", "已发卡密")) }
+            @if keys.is_empty() { p { (lang.pick("None delivered.", "尚未发货。")) } }
+            ul.keys #order-keys { @for key in &keys { li { code.key { (key) } } } }
+        }
+        @if record.status == OrderStatus::AwaitingPayment {
+            section aria-labelledby="confirm-h" {
+                h2 #confirm-h { (lang.pick("Confirm a payment received by hand", "确认人工收款")) }
+                p.help { (lang.pick("Only once the money is in: the keys are delivered at once.",
+                                    "确认款项到账后再操作：卡密会立即发出。")) }
+                (action_form(lang, &session, &record, "confirm"))
+            }
+        }
+        @if record.status == OrderStatus::ManualReview {
+            section aria-labelledby="refund-h" {
+                h2 #refund-h { (lang.pick("Record a refund", "登记退款")) }
+                p.help { (lang.pick("Refund at the gateway first, then record it here.",
+                                    "请先在支付平台退款，再在此登记。")) }
+                (action_form(lang, &session, &record, "refund"))
+            }
+        }
         h2 { (lang.pick("Trace", "追踪")) }
         div.scroll { table #trace {
-            thead { tr { th scope="col" { "Stage" } th scope="col" { "At" } th scope="col" { "Duration (µs)" } } }
+            thead { tr { th scope="col" { (lang.pick("Stage", "阶段")) } th scope="col" { (lang.pick("At", "时间")) }
+                         th scope="col" { (lang.pick("Duration (µs)", "耗时（微秒）")) } } }
             tbody { @for stage in &trace.stages { tr {
-                td { (stage.stage.as_str()) } td { (format_rfc3339_ms(stage.at_ms)) }
+                td data-stage=(stage.stage.as_str()) { (crate::pages::i18n::stage_word(lang, stage.stage)) }
+                td { (local_time(stage.at_ms, offset)) }
                 td { @if let Some(us) = stage.duration_us { (us) } @else { "—" } }
             } } }
         } }
-        @if record.status == OrderStatus::AwaitingPayment { (action_form(lang, &session, &record, "confirm")) }
-        @if record.status == OrderStatus::ManualReview { (action_form(lang, &session, &record, "refund")) }
     };
     admin_page(
         &request,
@@ -798,25 +747,51 @@ async fn order_trace(
     )
 }
 
-fn order_facts(lang: Lang, record: &OrderRecord, trace_id: &str) -> Markup {
+fn order_facts(
+    lang: Lang,
+    offset: i16,
+    record: &OrderRecord,
+    coupon: Option<&engine::coupon::CouponUse>,
+    trace_id: &str,
+) -> Markup {
     let created = &record.created;
-    let time = |ms: Option<u64>| ms.map_or_else(|| "—".to_owned(), format_rfc3339_ms);
+    let time =
+        |ms: Option<u64>| html! { @match ms { Some(ms) => (local_time(ms, offset)), None => "—" } };
     html! {
         dl.facts {
-            dt { (lang.pick("Status", "状态")) } dd #order-status { (record.status.as_str()) }
+            dt { (lang.pick("Status", "状态")) }
+            dd #order-status data-status=(record.status.as_str()) { (status_word(lang, record.status)) }
             dt { (lang.pick("Product", "商品")) } dd { (created.sku.as_str()) " × " (created.quantity) }
             dt { (lang.pick("Amount", "金额")) } dd { (money(record)) }
+            @if let Some(coupon) = coupon {
+                dt { (lang.pick("Coupon", "优惠码")) }
+                dd { code { (coupon.code) } " −" (format_cents(coupon.discount_cents)) }
+            }
             dt { (lang.pick("Contact", "联系方式")) } dd { (created.contact) }
-            dt { (lang.pick("Payment", "支付")) } dd { (created.channel) " → " (created.payment_channel) }
-            dt { (lang.pick("Created", "创建")) } dd { (format_rfc3339_ms(created.created_at_ms)) }
-            dt { (lang.pick("Expires", "过期")) } dd { (format_rfc3339_ms(created.expires_at_ms)) }
+            dt { (lang.pick("Payment", "支付")) }
+            dd { (channel_word(lang, &created.channel)) " → " (channel_word(lang, &created.payment_channel)) }
+            dt { (lang.pick("Created", "创建")) } dd { (local_time(created.created_at_ms, offset)) }
+            dt { (lang.pick("Expires", "过期")) } dd { (local_time(created.expires_at_ms, offset)) }
             dt { (lang.pick("Paid", "付款")) } dd { (time(record.paid_at_ms)) }
             dt { (lang.pick("Settled", "结束")) } dd { (time(record.settled_at_ms)) }
             @if let Some(reason) = record.review_reason {
-                dt { (lang.pick("Review reason", "审核原因")) } dd { (reason.as_str()) }
+                dt { (lang.pick("Review reason", "审核原因")) } dd { (review_word(lang, reason)) }
             }
-            dt { "Trace id" } dd { code { (trace_id) } }
+            dt { (lang.pick("Trace id", "追踪号")) } dd { code { (trace_id) } }
         }
+    }
+}
+
+fn review_word(lang: Lang, reason: engine::ReviewReason) -> &'static str {
+    match reason {
+        engine::ReviewReason::SoldOutAfterLapse => lang.pick(
+            "Paid after it expired, and the stock was gone",
+            "过期后才付款，且库存已售完",
+        ),
+        engine::ReviewReason::ForeignChannel => lang.pick(
+            "Paid through a channel the order was not made for",
+            "付款渠道与订单所选渠道不符",
+        ),
     }
 }
 
@@ -856,7 +831,7 @@ async fn apply_confirmation(state: &AppState, order_id: &OrderId) -> Result<(), 
         .shop
         .store()
         .order(order_id)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("unknown order"))?;
     let payment = engine::Payment {
         channel: actors::payment::MANUAL_CHANNEL.into(),
@@ -893,14 +868,17 @@ async fn operator_action(
         }
         record_action(&state, &request, action, order_id.as_str(), note).await?;
         let record = state.shop.store().order(&order_id).ok().flatten();
-        Ok::<_, ApiError>(record.map_or("unknown", |r| r.status.as_str()))
+        record
+            .map(|r| r.status)
+            .ok_or_else(|| ApiError::not_found("unknown order"))
     }
     .await;
     let title = lang.pick("Operator action", "运营操作");
     let main = match &result {
         Ok(status) => html! {
             h1 { (title) }
-            p.result role="status" { (order_link(&path)) ": " span #result-status { (status) } }
+            p.result role="status" { (order_link(&path)) ": "
+                span #result-status data-status=(status.as_str()) { (status_word(lang, *status)) } }
             p { a href="/admin/queues" { (lang.pick("Back to the queues", "返回待处理")) } }
         },
         Err(error) => html! {

@@ -122,6 +122,100 @@ pub fn status_label(lang: Lang, status: OrderStatus) -> &'static str {
     }
 }
 
+/// An operator-facing name for an order status.
+pub fn status_word(lang: Lang, status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::AwaitingPayment => lang.pick("Awaiting payment", "待付款"),
+        OrderStatus::Paid => lang.pick("Paid, delivering", "已付款，发货中"),
+        OrderStatus::Delivered => lang.pick("Delivered", "已发货"),
+        OrderStatus::Expired => lang.pick("Expired", "已过期"),
+        OrderStatus::ManualReview => lang.pick("Needs review", "待人工处理"),
+        OrderStatus::Refunded => lang.pick("Refunded", "已退款"),
+        OrderStatus::Cancelled => lang.pick("Cancelled", "已取消"),
+    }
+}
+
+/// A payment channel or method by the name people know it.
+pub fn channel_word(lang: Lang, channel: &str) -> String {
+    let word = match channel {
+        "epay" => lang.pick("Epay", "易支付"),
+        "epusdt" => "USDT (epusdt)",
+        "stripe" => "Stripe",
+        "alipay" => lang.pick("Alipay", "支付宝"),
+        "wxpay" | "wechat" => lang.pick("WeChat Pay", "微信支付"),
+        "qqpay" => lang.pick("QQ Pay", "QQ 钱包"),
+        "usdt" => "USDT",
+        "card" => lang.pick("Bank card", "银行卡"),
+        "manual" => lang.pick("Paid by hand (manual queue)", "人工收款"),
+        "reseller" => lang.pick("Reseller", "代理商"),
+        other => return other.to_owned(),
+    };
+    word.to_owned()
+}
+
+/// An alert rule in words.
+pub fn alert_word(lang: Lang, rule: &str) -> String {
+    let word = match rule {
+        "latency_rising" => lang.pick("Responses getting slower", "响应变慢"),
+        "error_rate" => lang.pick("Many failed requests", "请求失败率高"),
+        "payment_success" => lang.pick("Fewer orders paid", "支付成功率下降"),
+        "stock_low" => lang.pick("Stock running low", "库存不足"),
+        "delivery_overdue" => lang.pick("Paid orders waiting", "已付款订单待处理"),
+        other => return other.to_owned(),
+    };
+    word.to_owned()
+}
+
+/// A stage of an order's trace in words.
+pub fn stage_word(lang: Lang, stage: actors::trace::Stage) -> &'static str {
+    use actors::trace::Stage;
+    match stage {
+        Stage::Create => lang.pick("Order received", "收到订单"),
+        Stage::Reserve => lang.pick("Keys reserved", "预留卡密"),
+        Stage::Commit => lang.pick("Saved durably", "持久保存"),
+        Stage::Notify => lang.pick("Payment notice received", "收到支付通知"),
+        Stage::Deliver => lang.pick("Keys delivered", "卡密已发"),
+        Stage::ManualReview => lang.pick("Sent to manual review", "转人工处理"),
+        Stage::Push => lang.pick("Buyer's page updated", "买家页面已更新"),
+        Stage::Expire => lang.pick("Expired unpaid", "未付款过期"),
+    }
+}
+
+/// A key's state in words.
+pub fn card_word(lang: Lang, status: actors::products::CardStatus) -> &'static str {
+    use actors::products::CardStatus;
+    match status {
+        CardStatus::Available => lang.pick("Available", "可售"),
+        CardStatus::Reserved => lang.pick("Reserved by an order", "订单预留中"),
+        CardStatus::Sold => lang.pick("Sold", "已售"),
+        CardStatus::Deleted => lang.pick("Deleted", "已删除"),
+        CardStatus::Elsewhere => lang.pick("Not this product's", "不属于该商品"),
+    }
+}
+
+/// A time for operators: `YYYY-MM-DD HH:MM` in the shop's time zone, in a `<time>` element
+/// whose `datetime` the script turns into the reader's own local time.
+pub fn local_time(ms: u64, offset_minutes: i16) -> maud::Markup {
+    let local = (ms as i64 + i64::from(offset_minutes) * 60_000).max(0) as u64;
+    let text = engine::time::format_rfc3339_ms(local);
+    let shown = format!("{} {}", &text[..10], &text[11..16]);
+    let zone = match offset_minutes {
+        0 => "UTC".to_owned(),
+        m => format!(
+            "UTC{}{}{}",
+            if m > 0 { "+" } else { "-" },
+            m.unsigned_abs() / 60,
+            match m.unsigned_abs() % 60 {
+                0 => String::new(),
+                rest => format!(":{rest:02}"),
+            }
+        ),
+    };
+    maud::html! {
+        time datetime=(engine::time::format_rfc3339_ms(ms)) data-local="" { (shown) " " (zone) }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct NextQuery {
     #[serde(default)]

@@ -3,13 +3,19 @@
 //! escaped); the live parts (order status, stock, copy buttons) are one small plain
 //! JavaScript file served from the binary.
 //!
-//! Invariants: no page loads anything from another origin, and no page holds inline script:
-//! the Content-Security-Policy on every page forbids both. Pages that show keys or operator
-//! data are never cached.
+//! Invariants: no page loads script, styles or anything but images from another origin, and
+//! no page holds inline script: the Content-Security-Policy on every page forbids both.
+//! Images (a product's picture, the shop's logo, set by the operator) may come from https
+//! origins; the pages send no referrer, so an image host never learns an order's address.
+//! Pages that show keys or operator data are never cached.
+//!
+//! Every page carries the shop's identity as its operator set it (name, logo, announcement
+//! on the storefront, footer with the support contact and the terms).
 
 pub mod admin;
 pub mod assets;
 pub mod i18n;
+pub mod qr;
 pub mod session;
 pub mod shop;
 
@@ -17,12 +23,13 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
 
+use engine::listing::ShopIdentity;
 use i18n::Lang;
 
 /// Every page's policy: scripts, styles, images and sockets from this origin only, forms
 /// post only here, nothing frames the page.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
+     style-src 'self'; img-src 'self' https:; connect-src 'self'; form-action 'self'; \
      base-uri 'none'; frame-ancestors 'none'";
 
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -44,10 +51,12 @@ pub fn cookie(request: &HttpRequest, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Whether the buyer reached us over TLS (directly or through a proxy that says so), so
-/// that cookies get `Secure`.
+/// Whether cookies get `Secure`: decided by configuration (`public_url` is `https://`),
+/// never by a header a client could send (`X-Forwarded-Proto`, `Forwarded`).
 pub fn is_secure(request: &HttpRequest) -> bool {
-    request.connection_info().scheme() == "https"
+    request
+        .app_data::<web::Data<crate::AppState>>()
+        .is_some_and(|state| state.public_https)
 }
 
 /// What the frame of a page needs.
@@ -58,15 +67,47 @@ pub struct Frame<'a> {
     pub path: &'a str,
     /// Operator pages get the operators' navigation.
     pub admin_nav: Option<&'a session::OperatorSession>,
+    /// The shop as its operator named it.
+    pub identity: ShopIdentity,
 }
 
 impl<'a> Frame<'a> {
     pub fn new(request: &'a HttpRequest, lang: Lang, title: &'a str) -> Self {
+        let identity = request
+            .app_data::<web::Data<crate::AppState>>()
+            .map(|state| state.shop.storefront().identity())
+            .unwrap_or_default();
         Frame {
             lang,
             title,
             path: request.uri().path_and_query().map_or("/", |p| p.as_str()),
             admin_nav: None,
+            identity,
+        }
+    }
+
+    /// The shop's name: the operator's, else the default.
+    pub fn shop_name(&self) -> &str {
+        match self.identity.name.as_str() {
+            "" => self.lang.pick("Panshi shop", "磐石发卡"),
+            name => name,
+        }
+    }
+}
+
+/// The storefront's footer: the operator's text, support contact and terms.
+fn shop_footer(frame: &Frame<'_>) -> Markup {
+    let (lang, identity) = (frame.lang, &frame.identity);
+    html! {
+        @if !identity.footer.is_empty() { p #footer-text { (identity.footer) } }
+        @if !identity.support_contact.is_empty() {
+            p #support { (lang.pick("Support: ", "客服：")) (identity.support_contact) }
+        }
+        p {
+            @if !identity.terms.is_empty() {
+                a href="/terms" { (lang.pick("Terms of sale", "购买须知")) } " · "
+            }
+            a href="/status" { (lang.pick("Service status", "服务状态")) }
         }
     }
 }
@@ -83,7 +124,7 @@ pub fn document(frame: &Frame<'_>, main: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width,initial-scale=1";
                 meta name="referrer" content="no-referrer";
-                title { (frame.title) " · " (lang.pick("Panshi shop", "磐石发卡")) }
+                title { (frame.title) " · " (frame.shop_name()) }
                 link rel="stylesheet" href=(assets::css_url());
                 link rel="icon" type="image/svg+xml" href=(assets::icon_url());
                 script src=(assets::js_url()) defer {}
@@ -94,7 +135,12 @@ pub fn document(frame: &Frame<'_>, main: Markup) -> Markup {
                     @if frame.admin_nav.is_some() {
                         a.brand href="/admin" { (lang.pick("Panshi operators", "磐石 · 运营")) }
                     } @else {
-                        a.brand href="/" { (lang.pick("Panshi shop", "磐石发卡")) }
+                        a.brand href="/" {
+                            @if !frame.identity.logo_url.is_empty() {
+                                img.logo src=(frame.identity.logo_url) alt="" width="32" height="32";
+                            }
+                            (frame.shop_name())
+                        }
                     }
                     nav aria-label=(lang.pick("Site", "站点")) {
                         @if let Some(session) = frame.admin_nav {
@@ -108,9 +154,16 @@ pub fn document(frame: &Frame<'_>, main: Markup) -> Markup {
                         }
                     }
                 }
+                @if frame.admin_nav.is_none() && !frame.identity.announcement.is_empty() {
+                    div.banner #announcement role="note" { (frame.identity.announcement) }
+                }
                 main #main tabindex="-1" { (main) }
                 footer.foot {
-                    a href="/status" { (lang.pick("Service status", "服务状态")) }
+                    @if frame.admin_nav.is_some() {
+                        a href="/status" { (lang.pick("Service status", "服务状态")) }
+                    } @else {
+                        (shop_footer(frame))
+                    }
                 }
             }
         }

@@ -1,5 +1,7 @@
-//! The storefront: the catalogue with live stock, a product page with the buy form, the
-//! order page that follows the order live, and the lookup by order id and token.
+//! The storefront: the catalogue with live stock (by category, hidden products left out), a
+//! product page with the buy form (coupon, lookup password), the order page that follows the
+//! order live and counts down to its expiry, the lookup by order id and token or by contact
+//! and lookup password, and the shop's terms.
 //!
 //! Buying posts a form here; the order is made exactly as `POST /api/v1/orders` makes it
 //! (with an idempotency key from the form, so a double submit makes one order), and the
@@ -13,10 +15,11 @@ use std::hash::{Hash, Hasher};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::flash::TicketUpdate;
-use actors::OrderRequest;
+use actors::products::ProductListing;
+use actors::{BuyerTerms, OrderRequest};
 use engine::money::format_cents;
 use engine::order::{CONTACT_LEN_MAX, ORDER_QUANTITY_MAX};
-use engine::{OrderId, OrderRecord, OrderStatus, Product, Sku, Stock};
+use engine::{OrderId, OrderRecord, OrderStatus, Product, Sku};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -36,7 +39,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/buy", web::post().to(buy))
         .route("/order/{order_id}", web::get().to(order_page))
         .route("/queue/{ticket}", web::get().to(queue_page))
-        .route("/lookup", web::get().to(lookup));
+        .route("/lookup", web::get().to(lookup))
+        .route("/lookup", web::post().to(lookup_by_contact))
+        .route("/terms", web::get().to(terms));
 }
 
 fn price(product: &Product) -> String {
@@ -56,16 +61,47 @@ fn stock_text(lang: Lang, available: u64) -> Markup {
     }
 }
 
-/// Products sorted by name, so the catalogue reads the same on every visit.
-fn sorted_products(state: &AppState) -> Vec<(Product, Stock)> {
-    let mut products = state.shop.products();
-    products.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.0.sku.cmp(&b.0.sku)));
+/// Listed products by category (uncategorised first), then name, so the catalogue reads
+/// the same on every visit.
+fn sorted_products(state: &AppState) -> Vec<ProductListing> {
+    let mut products = state.shop.products().listed();
+    products.sort_by(|a, b| {
+        (&a.details.category, &a.product.name, &a.product.sku).cmp(&(
+            &b.details.category,
+            &b.product.name,
+            &b.product.sku,
+        ))
+    });
     products
+}
+
+fn catalogue_item(lang: Lang, listing: &ProductListing) -> Markup {
+    let product = &listing.product;
+    html! {
+        li.product data-sku=(product.sku.as_str()) {
+            @if !listing.details.image_url.is_empty() {
+                img.thumb src=(listing.details.image_url) alt="" loading="lazy" width="64" height="64";
+            }
+            a href=(format!("/product/{}", product.sku.as_str())) {
+                span.name { (product.name) }
+            }
+            span.price { (price(product)) }
+            (stock_text(lang, listing.stock.available))
+        }
+    }
 }
 
 async fn catalogue(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let lang = Lang::of(&request);
     let products = sorted_products(&state);
+    let mut categories: Vec<(&str, Vec<&ProductListing>)> = Vec::new();
+    for listing in &products {
+        let category = listing.details.category.as_str();
+        match categories.last_mut() {
+            Some((name, items)) if *name == category => items.push(listing),
+            _ => categories.push((category, vec![listing])),
+        }
+    }
     let main = html! {
         h1 { (lang.pick("Catalogue", "商品列表")) }
         p.lead { (lang.pick("Pay, and your keys appear on your order page at once.",
@@ -73,15 +109,12 @@ async fn catalogue(request: HttpRequest, state: web::Data<AppState>) -> HttpResp
         @if products.is_empty() {
             p { (lang.pick("Nothing for sale yet.", "暂无商品。")) }
         }
-        ul.products #catalogue data-sold-out=(lang.pick("Sold out", "已售罄"))
+        div #catalogue data-sold-out=(lang.pick("Sold out", "已售罄"))
             data-in-stock=(lang.pick("In stock: ", "库存：")) {
-            @for (product, stock) in &products {
-                li.product data-sku=(product.sku.as_str()) {
-                    a href=(format!("/product/{}", product.sku.as_str())) {
-                        span.name { (product.name) }
-                    }
-                    span.price { (price(product)) }
-                    (stock_text(lang, stock.available))
+            @for (category, items) in &categories {
+                @if !category.is_empty() { h2.category { (category) } }
+                ul.products {
+                    @for listing in items { (catalogue_item(lang, listing)) }
                 }
             }
         }
@@ -130,7 +163,7 @@ fn method_label(lang: Lang, method: &str) -> String {
 }
 
 /// What the buy form sends back, also used to fill it again after a refusal.
-#[derive(Deserialize, Default, Hash)]
+#[derive(Deserialize, Default)]
 struct BuyForm {
     #[serde(default)]
     sku: String,
@@ -143,9 +176,35 @@ struct BuyForm {
     /// A random key per rendering of the form: a double submit makes one order.
     #[serde(default)]
     key: String,
+    #[serde(default)]
+    coupon: String,
+    /// Never shown again, never hashed into the fingerprint.
+    #[serde(default)]
+    lookup_password: String,
+    /// A VIP invite code, if the buyer has one.
+    #[serde(default)]
+    vip_code: String,
+}
+
+/// The form's fingerprint (kept in the log with the idempotency key) leaves the lookup
+/// password out: even a fast hash of it must never be stored.
+impl Hash for BuyForm {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (
+            &self.sku,
+            &self.quantity,
+            &self.contact,
+            &self.method,
+            &self.key,
+        )
+            .hash(state);
+        self.coupon.hash(state);
+        self.vip_code.hash(state);
+    }
 }
 
 struct ProductView {
+    listing: ProductListing,
     product: Product,
     available: u64,
     methods: Vec<String>,
@@ -153,12 +212,15 @@ struct ProductView {
 
 async fn product_view(state: &AppState, sku: &str) -> Option<ProductView> {
     let sku = Sku::parse(sku).ok()?;
-    let stock = state.shop.stock(&sku).ok()?;
-    let product = stored_product(state, &sku)?;
+    let listing = state.shop.products().get(&sku)?;
+    if listing.details.hidden {
+        return None;
+    }
     Some(ProductView {
-        product,
-        available: stock.available,
+        product: listing.product.clone(),
+        available: listing.stock.available,
         methods: payment_methods(state).await,
+        listing,
     })
 }
 
@@ -189,7 +251,15 @@ fn render_product(
     let main = html! {
         p.crumbs { a href="/" { "← " (lang.pick("Catalogue", "商品列表")) } }
         h1 { (product.name) }
+        @if !view.listing.details.image_url.is_empty() {
+            img.picture src=(view.listing.details.image_url) alt="" width="320" height="180";
+        }
         p.price-line { span.price { (price(product)) } " " (stock_text(lang, view.available)) }
+        @if !view.listing.details.description.is_empty() {
+            div.description #description { @for line in view.listing.details.description.lines() {
+                @if !line.trim().is_empty() { p { (line) } }
+            } }
+        }
         @if let Some(error) = &error {
             p.error role="alert" { (error) }
         }
@@ -202,7 +272,10 @@ fn render_product(
 }
 
 fn buy_form(lang: Lang, view: &ProductView, form: &BuyForm) -> Markup {
-    let quantity_max = view.available.clamp(1, u64::from(ORDER_QUANTITY_MAX));
+    let limit = view.listing.details.order_quantity_max();
+    let quantity_max = view
+        .available
+        .clamp(1, u64::from(limit.min(ORDER_QUANTITY_MAX)));
     // No way to pay is not "sold out": the buyer may come back, the keys are there.
     let unpayable = view.methods.is_empty();
     let sold_out = view.available == 0;
@@ -218,11 +291,24 @@ fn buy_form(lang: Lang, view: &ProductView, form: &BuyForm) -> Markup {
             label for="contact" { (lang.pick("Contact (e-mail or phone)", "联系方式（邮箱或手机）")) }
             input #contact type="text" name="contact" required maxlength=(CONTACT_LEN_MAX)
                 autocomplete="email" value=(form.contact) aria-describedby="contact-help";
-            p.help #contact-help { (lang.pick("To find your order again if you lose its link.",
-                                              "丢失订单链接时用于找回订单。")) }
+            p.help #contact-help { (lang.pick("With the lookup password below, it finds your order again if you lose its link.",
+                                              "配合下方的查询密码，丢失订单链接时可凭此找回订单。")) }
+            label for="lookup_password" { (lang.pick("Lookup password (optional)", "查询密码（可选）")) }
+            input #lookup_password type="password" name="lookup_password" minlength="4" maxlength="64"
+                autocomplete="new-password" aria-describedby="password-help";
+            p.help #password-help { (lang.pick("4 to 64 characters. Only a scrambled form is kept; we cannot tell it to you.",
+                                               "4 到 64 个字符。店家只保存其加密摘要，无法告诉您原文。")) }
             label for="quantity" { (lang.pick("Quantity", "数量")) }
             input #quantity type="number" name="quantity" required min="1"
                 max=(quantity_max) inputmode="numeric" value=(form.quantity);
+            @if limit < ORDER_QUANTITY_MAX {
+                p.help #limit-help { (lang.pick("At most ", "每单最多 ")) (limit) (lang.pick(" per order.", " 件。")) }
+            }
+            label for="coupon" { (lang.pick("Coupon code (optional)", "优惠码（可选）")) }
+            input #coupon type="text" name="coupon" maxlength="32" autocomplete="off" value=(form.coupon);
+            label for="vip_code" { (lang.pick("VIP invite code (optional)", "VIP 邀请码（可选）")) }
+            input #vip_code type="text" name="vip_code" maxlength="200" autocomplete="off"
+                value=(form.vip_code);
             fieldset {
                 legend { (lang.pick("Payment method", "支付方式")) }
                 @for method in &view.methods {
@@ -246,16 +332,6 @@ fn buy_form(lang: Lang, view: &ProductView, form: &BuyForm) -> Markup {
     }
 }
 
-/// A product as stored, by SKU.
-fn stored_product(state: &AppState, sku: &Sku) -> Option<Product> {
-    state
-        .shop
-        .store()
-        .state()
-        .product(sku)
-        .map(|p| p.product.clone())
-}
-
 fn not_found(request: &HttpRequest) -> HttpResponse {
     let lang = Lang::of(request);
     message_page(
@@ -274,6 +350,15 @@ fn refusal_text(lang: Lang, error: &ApiError) -> String {
     let text = match error.code {
         "sold_out" => lang.pick("Not enough keys left for that quantity.", "库存不足。"),
         "unknown_sku" => lang.pick("This product is no longer sold.", "该商品已下架。"),
+        "coupon_unknown" => lang.pick("That coupon code does not exist.", "优惠码不存在。"),
+        "coupon_disabled" | "coupon_expired" => {
+            lang.pick("That coupon is no longer valid.", "该优惠码已失效。")
+        }
+        "coupon_used_up" => lang.pick("That coupon has been used up.", "该优惠码已被用完。"),
+        "coupon_other_product" => lang.pick(
+            "That coupon is for another product.",
+            "该优惠码不适用于此商品。",
+        ),
         "unknown_channel" | "channel_unavailable" => lang.pick(
             "That payment method is not available; choose another.",
             "该支付方式暂不可用，请选择其他方式。",
@@ -324,7 +409,7 @@ async fn buy(
         return Ok(not_found(&request));
     };
     let lang = Lang::of(&request);
-    let client = crate::cluster::forward::client_ip(&request);
+    let client = state.client(&request);
     // The buy form makes orders like the API does, so the same per-client limit applies.
     if let Err(error) = state.limits.check(crate::limits::Lane::Create, client) {
         let text = refusal_text(lang, &error);
@@ -357,9 +442,21 @@ async fn buy(
         quantity,
         contact: form.contact.trim().to_owned(),
         channel: form.method.clone(),
-        idempotency_key: (!form.key.is_empty()).then(|| format!("page:{}", form.key)),
+        idempotency_key: match form.key.is_empty() {
+            true => None,
+            false => Some(crate::routes::orders::scoped_idempotency_key(
+                client,
+                &format!("page:{}", form.key),
+            )?),
+        },
         fingerprint: fingerprint(&form),
         client_ip: client.map(|ip| ip.to_string()),
+        terms: BuyerTerms {
+            coupon: Some(form.coupon.trim().to_owned()).filter(|c| !c.is_empty()),
+            lookup_password: Some(form.lookup_password.clone()).filter(|p| !p.is_empty()),
+        },
+        vip: crate::routes::orders::vip_lane(&state, Some(form.vip_code.trim()))?,
+        phone: crate::direct::from_phone(&request),
     };
     let order_request = match state.shop.queue_if_needed(order_request) {
         Ok(Ok(queued)) => {
@@ -381,7 +478,7 @@ async fn buy(
     match state.shop.create_order(order_request).await {
         Ok(order) => Ok(see_other(&order_path(
             order.order_id.as_str(),
-            &order.token,
+            &state.shop.order_token(&order.order_id),
         ))),
         Err(error) => {
             let error = ApiError::from(error);
@@ -440,7 +537,8 @@ async fn queue_page(
             );
         }
         Ok(TicketUpdate::Admitted(order)) => {
-            return see_other(&order_path(order.order_id.as_str(), &order.token));
+            let token = state.shop.order_token(&order.order_id);
+            return see_other(&order_path(order.order_id.as_str(), &token));
         }
         Ok(TicketUpdate::SoldOut) => {
             return message_page(
@@ -506,19 +604,61 @@ async fn order_page(
     let Ok(order_id) = OrderId::parse(&path) else {
         return not_found(&request);
     };
-    let Ok(view) = state.shop.lookup(&order_id, &query.token) else {
+    // The link's token, or the one this browser kept when it first opened the order (a
+    // gateway returns the buyer to the page without one).
+    let token = match query.token.as_str() {
+        "" => super::cookie(&request, ORDER_TOKEN_COOKIE).unwrap_or_default(),
+        token => token.to_owned(),
+    };
+    let Ok(view) = state.shop.lookup(&order_id, &token) else {
         return not_found(&request);
     };
-    let name = stored_product(&state, &view.record.created.sku)
-        .map_or_else(|| view.record.created.sku.as_str().to_owned(), |p| p.name);
+    let listing = state.shop.products().get(&view.record.created.sku);
+    let name = listing.as_ref().map_or_else(
+        || view.record.created.sku.as_str().to_owned(),
+        |l| l.product.name.clone(),
+    );
+    let usage_note = listing.map(|l| l.details.usage_note).unwrap_or_default();
     let lang = Lang::of(&request);
-    let main = order_main(lang, &view.record, &name, &view.keys);
+    let shown = OrderShown {
+        record: &view.record,
+        token: &token,
+        name: &name,
+        keys: &view.keys,
+        usage_note: &usage_note,
+        coupon: view.coupon.as_ref(),
+        now_ms: state.shop.now_ms(),
+    };
+    let main = order_main(lang, &shown);
     let title = lang.pick("Your order", "您的订单");
-    respond(
+    let mut response = respond(
         StatusCode::OK,
         document(&Frame::new(&request, lang, title), main),
-    )
+    );
+    // Tokens are hex: nothing to escape in the cookie.
+    let secure = if super::is_secure(&request) {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{ORDER_TOKEN_COOKIE}={token}; Path=/order/{}; Max-Age={ORDER_TOKEN_COOKIE_SECS}; \
+         HttpOnly; SameSite=Lax{secure}",
+        order_id.as_str()
+    );
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&cookie) {
+        response
+            .headers_mut()
+            .append(actix_web::http::header::SET_COOKIE, value);
+    }
+    response
 }
+
+/// The cookie that keeps an order's token for its page only (`Path=/order/{id}`), so that a
+/// gateway returns the buyer there with no token in any URL. `SameSite=Lax`: sent on the
+/// gateway's redirect (a top-level navigation), never on another site's requests.
+const ORDER_TOKEN_COOKIE: &str = "order_token";
+const ORDER_TOKEN_COOKIE_SECS: u64 = 30 * 24 * 3600;
 
 /// Every status's label, for the script to show what the socket says.
 fn status_labels(lang: Lang) -> String {
@@ -529,7 +669,33 @@ fn status_labels(lang: Lang) -> String {
     serde_json::Value::Object(labels).to_string()
 }
 
-fn order_main(lang: Lang, record: &OrderRecord, name: &str, keys: &[String]) -> Markup {
+/// What the order page shows.
+struct OrderShown<'a> {
+    record: &'a OrderRecord,
+    /// The token the buyer proved (the record keeps only its digest), for the live
+    /// status script.
+    token: &'a str,
+    name: &'a str,
+    keys: &'a [String],
+    /// The product's note on using the keys, shown with them.
+    usage_note: &'a str,
+    coupon: Option<&'a engine::coupon::CouponUse>,
+    now_ms: u64,
+}
+
+/// Time left to pay, counted down by the script from `data-expires-at`.
+fn countdown(lang: Lang, expires_at_ms: u64, now_ms: u64) -> Markup {
+    let left_secs = expires_at_ms.saturating_sub(now_ms) / 1000;
+    html! {
+        p.countdown #countdown data-expires-at=(expires_at_ms) data-expired=(lang.pick("Time is up: the order has expired.", "时间已到：订单已过期。")) {
+            (lang.pick("Time left to pay: ", "剩余付款时间："))
+            strong #time-left { (format!("{}:{:02}", left_secs / 60, left_secs % 60)) }
+        }
+    }
+}
+
+fn order_main(lang: Lang, shown: &OrderShown<'_>) -> Markup {
+    let (record, token, name, keys) = (shown.record, shown.token, shown.name, shown.keys);
     let created = &record.created;
     let status = record.status;
     html! {
@@ -541,8 +707,12 @@ fn order_main(lang: Lang, record: &OrderRecord, name: &str, keys: &[String]) -> 
             dt { (lang.pick("Product", "商品")) } dd { (name) " × " (created.quantity) }
             dt { (lang.pick("Amount", "金额")) }
             dd { (format_cents(created.amount_cents)) " " (created.currency.as_str()) }
+            @if let Some(coupon) = shown.coupon {
+                dt { (lang.pick("Coupon", "优惠码")) }
+                dd #coupon-used { code { (coupon.code) } " −" (format_cents(coupon.discount_cents)) " " (created.currency.as_str()) }
+            }
         }
-        section #order data-order=(created.order_id.as_str()) data-token=(created.token)
+        section #order data-order=(created.order_id.as_str()) data-token=(token)
             data-status=(status.as_str()) data-labels=(status_labels(lang))
             data-copy=(lang.pick("Copy", "复制")) data-copied=(lang.pick("Copied", "已复制"))
             aria-labelledby="status-heading" {
@@ -550,6 +720,10 @@ fn order_main(lang: Lang, record: &OrderRecord, name: &str, keys: &[String]) -> 
             p.status #status role="status" aria-live="polite" { (status_label(lang, status)) }
             p.conn #conn hidden { (lang.pick("Connection lost; reconnecting…", "连接中断，正在重新连接…")) }
             (steps(lang, status))
+            @if status == OrderStatus::AwaitingPayment {
+                (countdown(lang, created.expires_at_ms, shown.now_ms))
+                (payment_qr(lang, &created.payment_channel, &created.payment_url))
+            }
             @if status == OrderStatus::AwaitingPayment && is_web_url(&created.payment_url) {
                 p #pay {
                     a.button href=(created.payment_url) target="_blank" rel="noopener noreferrer" {
@@ -567,7 +741,43 @@ fn order_main(lang: Lang, record: &OrderRecord, name: &str, keys: &[String]) -> 
                 p.help #keys-empty { (lang.pick("Keys appear here as soon as the payment is confirmed.",
                                                 "付款确认后，卡密会立即显示在这里。")) }
             }
+            @if !shown.usage_note.is_empty() {
+                section.usage #usage-note hidden[keys.is_empty()] aria-labelledby="usage-h" {
+                    h3 #usage-h { (lang.pick("How to use your keys", "使用说明")) }
+                    @for line in shown.usage_note.lines() {
+                        @if !line.trim().is_empty() { p { (line) } }
+                    }
+                }
+            }
         }
+    }
+}
+
+/// The QR code a buyer scans with WeChat or Alipay, drawn here, for the payments that are
+/// scanned (WeChat Pay Native, Alipay precreate); nothing for the others.
+fn payment_qr(lang: Lang, channel: &str, url: &str) -> Markup {
+    if !super::qr::is_scanned(channel, url) {
+        return html! {};
+    }
+    let (label, caption) = if channel == "wechat" {
+        (
+            lang.pick("WeChat Pay QR code", "微信支付二维码"),
+            lang.pick("Scan with WeChat to pay.", "请使用微信扫码付款。"),
+        )
+    } else {
+        (
+            lang.pick("Alipay QR code", "支付宝二维码"),
+            lang.pick("Scan with Alipay to pay.", "请使用支付宝扫码付款。"),
+        )
+    };
+    match super::qr::svg(url, label) {
+        Some(code) => html! {
+            figure #pay-qr data-channel=(channel) {
+                (code)
+                figcaption.help { (caption) }
+            }
+        },
+        None => html! {},
     }
 }
 
@@ -620,29 +830,161 @@ struct LookupQuery {
     token: String,
 }
 
-/// `GET /lookup`: the form, or, with both fields, the way to the order page.
+/// `GET /lookup`: the forms, or, with both fields, the way to the order page.
 async fn lookup(request: HttpRequest, query: web::Query<LookupQuery>) -> HttpResponse {
-    let lang = Lang::of(&request);
     let (order_id, token) = (query.order_id.trim(), query.token.trim());
     if !order_id.is_empty() && !token.is_empty() {
         return see_other(&order_path(order_id, token));
     }
+    lookup_page(&request, order_id, token, None, StatusCode::OK)
+}
+
+/// What a lookup by contact found, to show under the forms.
+enum Found {
+    /// Each order with the token that opens it.
+    Orders(Vec<(OrderRecord, String)>),
+    Refused(String),
+}
+
+fn lookup_page(
+    request: &HttpRequest,
+    order_id: &str,
+    token: &str,
+    found: Option<(&str, Found)>,
+    status: StatusCode,
+) -> HttpResponse {
+    let lang = Lang::of(request);
+    let contact = found.as_ref().map_or("", |(contact, _)| *contact);
     let main = html! {
         h1 { (lang.pick("Find my order", "查询订单")) }
-        p { (lang.pick("Enter the order number and the access code from your order link \
-                        (the part after token=).",
-                       "请输入订单号和订单链接中的访问码（token= 后面的部分）。")) }
-        form.lookup method="get" action="/lookup" {
-            label for="order_id" { (lang.pick("Order number", "订单号")) }
-            input #order_id type="text" name="order_id" required maxlength="32"
-                autocomplete="off" value=(order_id);
-            label for="token" { (lang.pick("Access code", "访问码")) }
-            input #token type="text" name="token" required maxlength="64"
-                autocomplete="off" value=(token);
-            button type="submit" { (lang.pick("Show my order", "查看订单")) }
+        section aria-labelledby="by-contact-h" {
+            h2 #by-contact-h { (lang.pick("With your contact and lookup password", "凭联系方式和查询密码")) }
+            p.help { (lang.pick("The contact and the lookup password you gave when buying.",
+                                "购买时填写的联系方式和查询密码。")) }
+            form.lookup method="post" action="/lookup" {
+                label for="contact" { (lang.pick("Contact (e-mail or phone)", "联系方式（邮箱或手机）")) }
+                input #contact type="text" name="contact" required maxlength=(CONTACT_LEN_MAX)
+                    autocomplete="email" value=(contact);
+                label for="lookup_password" { (lang.pick("Lookup password", "查询密码")) }
+                input #lookup_password type="password" name="lookup_password" required
+                    maxlength="64" autocomplete="current-password";
+                button type="submit" { (lang.pick("Find my orders", "查找订单")) }
+            }
+            @if let Some((_, found)) = &found { (found_orders(lang, found)) }
+        }
+        section aria-labelledby="by-token-h" {
+            h2 #by-token-h { (lang.pick("With the order number and access code", "凭订单号和访问码")) }
+            p.help { (lang.pick("Both are in your order link (the access code is the part after token=).",
+                                "两者都在订单链接中（访问码是 token= 后面的部分）。")) }
+            form.lookup method="get" action="/lookup" {
+                label for="order_id" { (lang.pick("Order number", "订单号")) }
+                input #order_id type="text" name="order_id" required maxlength="32"
+                    autocomplete="off" value=(order_id);
+                label for="token" { (lang.pick("Access code", "访问码")) }
+                input #token type="text" name="token" required maxlength="64"
+                    autocomplete="off" value=(token);
+                button type="submit" { (lang.pick("Show my order", "查看订单")) }
+            }
         }
     };
     let title = lang.pick("Find my order", "查询订单");
+    respond(status, document(&Frame::new(request, lang, title), main))
+}
+
+fn found_orders(lang: Lang, found: &Found) -> Markup {
+    match found {
+        Found::Refused(text) => html! { p.error role="alert" { (text) } },
+        Found::Orders(orders) if orders.is_empty() => html! {
+            p.error #found-none role="alert" { (lang.pick(
+                "No order matches that contact and password.",
+                "没有与该联系方式和密码匹配的订单。")) }
+        },
+        Found::Orders(orders) => html! {
+            ul.found #found role="status" {
+                @for (record, token) in orders {
+                    li {
+                        a href=(order_path(record.created.order_id.as_str(), token)) {
+                            code { (record.created.order_id.as_str()) }
+                        }
+                        " · " (record.created.sku.as_str()) " × " (record.created.quantity)
+                        " · " (status_label(lang, record.status))
+                    }
+                }
+            }
+        },
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ContactLookupForm {
+    #[serde(default)]
+    contact: String,
+    #[serde(default)]
+    lookup_password: String,
+}
+
+/// `POST /lookup`: the orders of that contact whose lookup password this is, rate-limited.
+async fn lookup_by_contact(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let lang = Lang::of(&request);
+    let form: ContactLookupForm =
+        match read_body(payload, BUY_FORM_BYTES_MAX, payload_too_large).await {
+            Ok(body) => serde_urlencoded::from_bytes(&body).unwrap_or_default(),
+            Err(_) => ContactLookupForm::default(),
+        };
+    let contact = form.contact.trim();
+    let client = request.peer_addr().map(|a| a.ip());
+    if let Err(error) = state.limits.contact_lookup.check(client, contact) {
+        let text = lang
+            .pick(
+                "Too many tries; wait a minute and try again.",
+                "尝试次数过多，请一分钟后再试。",
+            )
+            .to_owned();
+        return lookup_page(
+            &request,
+            "",
+            "",
+            Some((contact, Found::Refused(text))),
+            error.status,
+        );
+    }
+    let found = match state
+        .shop
+        .find_orders_by_contact(contact, &form.lookup_password)
+        .await
+    {
+        Ok(orders) => Found::Orders(
+            orders
+                .into_iter()
+                .map(|record| {
+                    let token = state.shop.buyer_token(&record);
+                    (record, token)
+                })
+                .collect(),
+        ),
+        Err(error) => Found::Refused(refusal_text(lang, &ApiError::from(error))),
+    };
+    lookup_page(&request, "", "", Some((contact, found)), StatusCode::OK)
+}
+
+/// `GET /terms`: the shop's terms of sale as its operator wrote them.
+async fn terms(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let lang = Lang::of(&request);
+    let identity = state.shop.storefront().identity();
+    if identity.terms.is_empty() {
+        return not_found(&request);
+    }
+    let title = lang.pick("Terms of sale", "购买须知");
+    let main = html! {
+        h1 { (title) }
+        div #terms { @for line in identity.terms.lines() {
+            @if !line.trim().is_empty() { p { (line) } }
+        } }
+    };
     respond(
         StatusCode::OK,
         document(&Frame::new(&request, lang, title), main),

@@ -31,6 +31,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::post().to(refund),
         )
         .route("/api/v1/admin/audit", web::get().to(audit_trail))
+        .route("/api/v1/admin/vip-invites", web::post().to(vip_invite))
         .route(
             "/api/v1/admin/manual-payments",
             web::get().to(manual_payments),
@@ -52,7 +53,7 @@ async fn create_product(
         "price_cents": product.price_cents,
         "currency": product.currency.as_str(),
     });
-    state.shop.create_product(product).await?;
+    state.shop.products().create(product).await?;
     Ok(HttpResponse::Created().json(answer))
 }
 
@@ -65,7 +66,11 @@ async fn import_cards(
     require_operator(&request, &state)?;
     let sku = Sku::parse(&path)?;
     let body = read_body(payload, IMPORT_REQUEST_BYTES_MAX, payload_too_large).await?;
-    let outcome = state.shop.import_cards(sku, body.to_vec()).await?;
+    let outcome = state
+        .shop
+        .products()
+        .import_cards(sku, body.to_vec())
+        .await?;
     Ok(HttpResponse::Ok()
         .json(json!({"imported": outcome.imported, "duplicates": outcome.duplicates})))
 }
@@ -77,8 +82,31 @@ async fn stock(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let sku = Sku::parse(&path)?;
-    let stock = state.shop.stock(&sku)?;
-    Ok(HttpResponse::Ok().json(StockBody::from(stock)))
+    let listing = state
+        .shop
+        .products()
+        .get(&sku)
+        .ok_or(engine::Rejection::UnknownSku)?;
+    Ok(HttpResponse::Ok().json(StockBody::new(listing.stock, listing.deleted)))
+}
+
+#[derive(serde::Deserialize)]
+struct InviteBody {
+    /// Who the invite is for (kept in the audit trail), `^[A-Za-z0-9._-]{1,64}$`.
+    label: String,
+}
+
+/// An operator mints a VIP invite code: a buyer who presents it queues in the VIP lane.
+async fn vip_invite(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&request, &state)?;
+    let body: InviteBody = crate::json_body(payload, &state).await?;
+    let code = state.shop.vip_invite(body.label.trim())?;
+    record_action(&state, &request, "vip_invite", body.label.trim(), "").await?;
+    Ok(HttpResponse::Created().json(json!({"label": body.label.trim(), "code": code})))
 }
 
 #[derive(serde::Deserialize)]
@@ -109,7 +137,7 @@ async fn confirm_payment(
         .shop
         .store()
         .order(&order_id)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("unknown order"))?;
     let payment = engine::Payment {
         channel: actors::payment::MANUAL_CHANNEL.into(),
@@ -134,7 +162,7 @@ pub const AUDIT_ENTRIES_MAX: usize = 500;
 pub const QUEUE_ENTRIES_MAX: usize = 1_000;
 
 /// Appends an operator action to the durable audit trail.
-async fn record_action(
+pub async fn record_action(
     state: &AppState,
     request: &HttpRequest,
     action: &str,
@@ -194,7 +222,7 @@ async fn audit_trail(
         .shop
         .store()
         .audit_trail(AUDIT_ENTRIES_MAX)
-        .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?;
+        .map_err(ApiError::from)?;
     let entries: Vec<_> = entries
         .iter()
         .map(|e| {
@@ -235,5 +263,5 @@ async fn manual_review(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
-    Ok(queue_json(state.shop.manual_review_orders().iter()))
+    Ok(queue_json(state.shop.order_book().manual_review().iter()))
 }

@@ -1,6 +1,8 @@
 //! The demo gateway, mounted only with `--demo`: a stand-in Epay cashier at
-//! `/demo/gateway/submit.php`. GET shows the payment; POST pays it by sending the shop a
-//! signed notify through the same verification as a real gateway's.
+//! `/demo/gateway/submit.php`. GET shows the payment (or, for an order already paid, says so
+//! and offers no Pay button); POST pays it by sending the shop a signed notify through the
+//! same verification as a real gateway's, then shows the outcome with a link back to the
+//! buyer's order page (the signed `return_url`), as a real cashier returns the buyer.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use engine::payment::{epay_sign, signatures_equal};
@@ -38,11 +40,22 @@ async fn submit(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     if !signatures_equal(&expected, get("sign")) || get("pid") != epay.pid {
         return HttpResponse::BadRequest().body("demo gateway: bad signature");
     }
+    let back = format!(
+        "<p><a id=\"back\" href=\"{}\">Back to your order</a></p>",
+        escape_html(get("return_url"))
+    );
+    let order = format!("<code>{}</code>", escape_html(get("out_trade_no")));
+    if is_paid(&state, get("out_trade_no")) {
+        let body = format!("<h1>Demo gateway</h1><p>Order {order} is already paid.</p>{back}");
+        return page("Demo gateway: paid", &body);
+    }
     if request.method() == actix_web::http::Method::GET {
         let body = format!(
-            "<h1>Demo gateway</h1><p>Order <code>{}</code>: {} for {}</p>\
-             <form method=\"post\"><button type=\"submit\">Pay</button></form>",
-            escape_html(get("out_trade_no")),
+            "<h1>DEMO gateway: no real money</h1>\
+             <p role=\"alert\"><strong>DEMO MODE.</strong> This stand-in pays every order \
+             for free; nothing is charged and nothing is checked.</p>\
+             <p>Order {order}: {} for {}</p>\
+             <form method=\"post\"><button type=\"submit\">Pay (demo)</button></form>",
             escape_html(get("name")),
             escape_html(get("money"))
         );
@@ -68,5 +81,21 @@ async fn submit(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     );
     notify.push(("sign".into(), sign));
     notify.push(("sign_type".into(), "MD5".into()));
-    apply_epay_params(&state, &notify).await
+    let applied = apply_epay_params(&state, &notify).await;
+    if !applied.status().is_success() {
+        return applied;
+    }
+    let body = format!(
+        "<h1>Demo gateway</h1><p id=\"paid\">Paid: success. Order {order} is paid; \
+         the shop delivers its keys now.</p>{back}"
+    );
+    page("Demo gateway: paid", &body)
+}
+
+/// Whether the order a cashier shows was paid already (then it offers no Pay button).
+fn is_paid(state: &AppState, order_id: &str) -> bool {
+    engine::OrderId::parse(order_id)
+        .ok()
+        .and_then(|id| state.shop.store().order(&id).ok().flatten())
+        .is_some_and(|record| record.status.is_paid())
 }

@@ -26,7 +26,7 @@ async fn live(
 ) -> Result<HttpResponse, actix_web::Error> {
     socket::verify(&request)?;
     let order_id = OrderId::parse(&path).map_err(|_| ApiError::not_found("unknown order"))?;
-    let client = crate::cluster::forward::client_ip(&request);
+    let client = state.client(&request);
     state.limits.check(crate::limits::Lane::Websocket, client)?;
     let guard = socket::open_socket(&state)?;
     let feed = state

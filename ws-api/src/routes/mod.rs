@@ -2,7 +2,9 @@
 
 pub mod admin;
 pub mod demo;
+pub mod direct_notify;
 pub mod live;
+pub mod manage;
 pub mod observability;
 pub mod ops;
 pub mod orders;
@@ -20,12 +22,14 @@ use crate::AppState;
 
 /// Routes are tried in registration order, and every dynamic pattern passed costs a regex
 /// match: the buyer's hot path (orders, payment callbacks, live sockets) goes first.
-pub fn configure(config: &mut web::ServiceConfig) {
+pub fn configure(config: &mut web::ServiceConfig, state: &AppState) {
     orders::configure(config);
-    payments::configure(config);
+    payments::configure(config, state);
+    direct_notify::configure(config);
     crate::cluster::routes::configure(config);
     live::configure(config);
     admin::configure(config);
+    manage::configure(config);
     queue::configure(config);
     resellers::configure(config);
     webhooks::configure(config);
@@ -33,7 +37,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
     ops::configure(config);
     observability::configure(config);
     pages::configure(config);
-    demo::configure(config);
+    if state.demo {
+        demo::configure(config);
+    }
 }
 
 /// The bearer token of a request, if any: exactly `Bearer <token>`, one space and a token
@@ -49,10 +55,42 @@ pub fn bearer(request: &HttpRequest) -> Option<&str> {
     well_formed.then_some(token)
 }
 
-/// Refuses anything but the operator token (compared in constant time).
+/// Refuses anything but the operator token (compared in constant time); an address that
+/// sent too many wrong tokens is refused before its token is looked at (`auth_backoff`).
 pub fn require_operator(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    match bearer(request) {
-        Some(token) if signatures_equal(token, &state.admin_token) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
+    operator_token_ok(request, state, bearer(request).unwrap_or(""))
+}
+
+/// Checks `token` as the operator token from `request`'s address, with the back-off.
+pub fn operator_token_ok(
+    request: &HttpRequest,
+    state: &AppState,
+    token: &str,
+) -> Result<(), ApiError> {
+    let client = state.client(request);
+    let now = std::time::Instant::now();
+    if let Err(wait) = state.auth_backoff.check(client, now) {
+        return Err(locked_out(wait));
+    }
+    if !token.is_empty() && signatures_equal(token, &state.admin_token) {
+        state.auth_backoff.succeeded(client);
+        return Ok(());
+    }
+    // No token at all is no guess: only a wrong one counts towards the lockout.
+    if !token.is_empty() {
+        metrics::counter!("panshi_operator_auth_failures_total").increment(1);
+        state.auth_backoff.failed(client, now);
+    }
+    Err(ApiError::unauthorized())
+}
+
+fn locked_out(wait: std::time::Duration) -> ApiError {
+    ApiError {
+        retry_after_secs: Some(wait.as_secs().max(1) as u32),
+        ..ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            "too many wrong operator tokens from this address; wait before trying again",
+        )
     }
 }

@@ -1,7 +1,9 @@
 //! Liveness, readiness, metrics.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use engine::payment::signatures_equal;
 
+use crate::error::ApiError;
 use crate::AppState;
 
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -47,7 +49,25 @@ pub fn free_bytes(state: &AppState) -> Option<u64> {
     storage::disk::free_bytes(state.shop.store().data_dir()).ok()
 }
 
-async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+/// With `metrics.token` set, a scrape must carry it (or the operator token) as a bearer
+/// token: the text names SKUs, their stock and payment counts.
+fn scrape_allowed(request: &HttpRequest, state: &AppState) -> bool {
+    let Some(required) = &state.metrics_token else {
+        return true;
+    };
+    let presented = crate::routes::bearer(request).unwrap_or("");
+    !presented.is_empty()
+        && (signatures_equal(presented, required)
+            || signatures_equal(presented, &state.admin_token))
+}
+
+async fn metrics_text(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !scrape_allowed(&request, &state) {
+        return Err(ApiError::unauthorized());
+    }
     let mut text = state
         .metrics
         .as_ref()
@@ -57,7 +77,8 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
     text.push_str(
         "# HELP panshi_stock_keys Card keys per SKU and state.\n# TYPE panshi_stock_keys gauge\n",
     );
-    for (product, stock) in state.shop.products() {
+    for listing in state.shop.products().list() {
+        let (product, stock) = (&listing.product, listing.stock);
         let sku = product.sku.as_str();
         for (name, value) in [
             ("available", stock.available),
@@ -70,9 +91,9 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
         }
     }
     storage_gauges(&state, &mut text);
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(text)
+        .body(text))
 }
 
 /// The data dir's free space and sled's lag behind the log, read at scrape time.

@@ -19,9 +19,29 @@ pub fn configure(config: &mut web::ServiceConfig) {
 }
 
 /// Where a buyer lands when every payment channel of the method was down: the order is
-/// held and an operator confirms the payment by hand.
-async fn manual_payment(request: HttpRequest, path: web::Path<String>) -> HttpResponse {
+/// held and an operator confirms the payment by hand. Only a real order in the manual
+/// queue gets the page; any other text in the path is 404 (the page must never carry a
+/// stranger's words inside the shop's payment instructions).
+async fn manual_payment(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let lang = Lang::of(&request);
+    let in_manual_queue =
+        engine::OrderId::parse(&path).ok().is_some_and(|id| {
+            state.shop.store().state().order(&id).is_some_and(|record| {
+                record.created.payment_channel == actors::payment::MANUAL_CHANNEL
+            })
+        });
+    if !in_manual_queue {
+        let title = lang.pick("Unknown order", "订单不存在");
+        let text = lang.pick(
+            "There is no order waiting for payment by hand at this address.",
+            "此地址没有等待人工付款的订单。",
+        );
+        return crate::pages::message_page(&request, StatusCode::NOT_FOUND, title, text);
+    }
     let title = lang.pick("Payment by hand", "人工付款");
     let main = html! {
         h1 { (title) }
@@ -74,7 +94,7 @@ pub fn page(title: &str, body: &str) -> HttpResponse {
     respond(StatusCode::OK, markup)
 }
 
-fn level_label(lang: Lang, level: Level) -> &'static str {
+pub fn level_label(lang: Lang, level: Level) -> &'static str {
     match level {
         Level::Operational => lang.pick("Operational", "正常"),
         Level::Degraded => lang.pick("Degraded", "性能下降"),

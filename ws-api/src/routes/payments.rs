@@ -7,27 +7,68 @@ use actors::{PayOutcome, ShopError};
 use engine::payment::verify_epay_notify;
 use engine::Payment;
 
+use crate::log_gate::LogGate;
 use crate::{read_body, AppState};
+
+// Anyone can send these callbacks: their refusals are logged sampled (`log_gate`), and
+// counted in full by `panshi_payment_notifies_total`.
+static EPAY_REJECTED: LogGate = LogGate::new();
+static EPUSDT_REJECTED: LogGate = LogGate::new();
+static STRIPE_REJECTED: LogGate = LogGate::new();
+static PAYMENT_REFUSED: LogGate = LogGate::new();
 
 /// Largest notify body.
 pub const NOTIFY_BODY_BYTES_MAX: usize = 8 * 1024;
 
-pub fn configure(config: &mut web::ServiceConfig) {
-    config
-        .route(
-            "/api/v1/payments/epay/notify",
-            web::route()
-                .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Post()))
-                .to(epay_notify),
-        )
-        .route(
-            "/api/v1/payments/epusdt/notify",
-            web::post().to(epusdt_notify),
-        )
-        .route(
-            "/api/v1/payments/stripe/webhook",
-            web::post().to(stripe_webhook),
-        );
+/// One gateway's callback route. Mounted only when its channel is configured: a channel
+/// that is not configured has no callback to forge.
+struct CallbackRoute {
+    channel: &'static str,
+    mount: fn(&mut web::ServiceConfig),
+}
+
+/// Every gateway's callback, by channel name. A new channel adds its line here.
+const CALLBACK_ROUTES: [CallbackRoute; 3] = [
+    CallbackRoute {
+        channel: "epay",
+        mount: |config| {
+            config.route(
+                "/api/v1/payments/epay/notify",
+                web::route()
+                    .guard(
+                        actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Post()),
+                    )
+                    .to(epay_notify),
+            );
+        },
+    },
+    CallbackRoute {
+        channel: "epusdt",
+        mount: |config| {
+            config.route(
+                "/api/v1/payments/epusdt/notify",
+                web::post().to(epusdt_notify),
+            );
+        },
+    },
+    CallbackRoute {
+        channel: "stripe",
+        mount: |config| {
+            config.route(
+                "/api/v1/payments/stripe/webhook",
+                web::post().to(stripe_webhook),
+            );
+        },
+    },
+];
+
+/// Mounts the callback of every configured channel (`AppState::payment_channels`).
+pub fn configure(config: &mut web::ServiceConfig, state: &AppState) {
+    for route in &CALLBACK_ROUTES {
+        if state.payment_channels.iter().any(|c| c == route.channel) {
+            (route.mount)(config);
+        }
+    }
 }
 
 /// Stripe event ids remembered for deduplication.
@@ -69,7 +110,7 @@ fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
-fn counted_for(channel: &'static str, outcome: &'static str, reason: &'static str) {
+pub(crate) fn counted_for(channel: &'static str, outcome: &'static str, reason: &'static str) {
     metrics::counter!("panshi_payment_notifies_total", "channel" => channel, "outcome" => outcome, "reason" => reason)
         .increment(1);
 }
@@ -118,14 +159,17 @@ async fn epusdt_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
     let callback = match engine::payment::verify_epusdt_callback(&fields, token) {
         Ok(callback) => callback,
         Err(rejection) => {
-            tracing::warn!(%rejection, "epusdt callback rejected");
+            if let Some(held_back) = EPUSDT_REJECTED.admit() {
+                tracing::warn!(%rejection, held_back, "epusdt callback rejected");
+            }
             counted_for("epusdt", "rejected", "verification");
             return plain(StatusCode::BAD_REQUEST, "fail");
         }
     };
     if !callback.paid {
-        counted_for("epusdt", "ignored", "not_paid");
-        return plain(StatusCode::OK, "ok");
+        // `ok` means applied or already applied; a status that pays nothing is neither.
+        counted_for("epusdt", "rejected", "not_paid");
+        return plain(StatusCode::BAD_REQUEST, "fail");
     }
     let payment = Payment {
         channel: "epusdt".into(),
@@ -134,24 +178,57 @@ async fn epusdt_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
     };
     match apply(&state, "epusdt", &callback.order_id, payment).await {
         Applied::Yes => plain(StatusCode::OK, "ok"),
-        Applied::Refused => plain(StatusCode::BAD_REQUEST, "fail"),
+        Applied::Refused | Applied::SecondPayment => plain(StatusCode::BAD_REQUEST, "fail"),
         Applied::Later => plain(StatusCode::SERVICE_UNAVAILABLE, "fail"),
     }
 }
 
-enum Applied {
+pub(crate) enum Applied {
     Yes,
     Refused,
+    /// The order was paid by another transaction before: this money must go back. An
+    /// operator is alerted; what the gateway is answered is the channel's rule.
+    SecondPayment,
     Later,
 }
 
-async fn apply(
+/// Who the audit trail names for what the shop noticed by itself.
+const SYSTEM_ACTOR: &str = "system";
+
+/// A second, different payment for a paid order: the buyer paid twice. Nothing changes on
+/// the order; operators are alerted (log, metric, and a durable audit-trail entry) so that
+/// the second payment is refunded at the gateway.
+async fn second_payment(
+    state: &AppState,
+    channel: &'static str,
+    order_id: &engine::OrderId,
+    payment: &Payment,
+) {
+    metrics::counter!("panshi_payments_second_total", "channel" => channel).increment(1);
+    tracing::error!(channel, %order_id, alert = true, "a second payment for a paid order: refund it at the gateway");
+    let action = engine::OperatorAction {
+        by: SYSTEM_ACTOR.to_owned(),
+        action: "refund_second_payment".to_owned(),
+        subject: order_id.as_str().to_owned(),
+        note: format!(
+            "{channel} transaction {} paid {} again",
+            payment.gateway_trade_no,
+            engine::money::format_cents(payment.amount_cents)
+        ),
+        at_ms: state.shop.now_ms(),
+    };
+    if let Err(error) = state.shop.record_operator_action(action).await {
+        tracing::error!(%order_id, %error, "the second payment's audit entry was not recorded");
+    }
+}
+
+pub(crate) async fn apply(
     state: &AppState,
     channel: &'static str,
     order_id: &engine::OrderId,
     payment: Payment,
 ) -> Applied {
-    match state.shop.apply_payment(order_id, payment).await {
+    match state.shop.apply_payment(order_id, payment.clone()).await {
         Ok(outcome) => {
             let outcome = if outcome == PayOutcome::AlreadyApplied {
                 "replayed"
@@ -161,8 +238,15 @@ async fn apply(
             counted_for(channel, outcome, "ok");
             Applied::Yes
         }
+        Err(ShopError::Rejected(engine::Rejection::PaidByOtherTransaction)) => {
+            counted_for(channel, "rejected", "second_payment");
+            second_payment(state, channel, order_id, &payment).await;
+            Applied::SecondPayment
+        }
         Err(ShopError::Rejected(rejection)) => {
-            tracing::warn!(channel, %order_id, %rejection, "payment refused");
+            if let Some(held_back) = PAYMENT_REFUSED.admit() {
+                tracing::warn!(channel, %order_id, %rejection, held_back, "payment refused");
+            }
             counted_for(channel, "rejected", "order");
             Applied::Refused
         }
@@ -229,7 +313,9 @@ async fn stripe_webhook(
     if let Err(rejection) =
         engine::payment::verify_stripe_signature(header, &body, secret, now_secs)
     {
-        tracing::warn!(%rejection, "stripe webhook rejected");
+        if let Some(held_back) = STRIPE_REJECTED.admit() {
+            tracing::warn!(%rejection, held_back, "stripe webhook rejected");
+        }
         counted_for("stripe", "rejected", "verification");
         return plain(StatusCode::BAD_REQUEST, "bad signature");
     }
@@ -283,6 +369,9 @@ async fn stripe_apply(state: &AppState, event: &serde_json::Value) -> HttpRespon
     };
     match apply(state, "stripe", &order_id, payment).await {
         Applied::Yes => plain(StatusCode::OK, "applied"),
+        // Stripe retries anything but a 2xx for days: a second payment changes nothing
+        // here, operators are alerted to refund it.
+        Applied::SecondPayment => plain(StatusCode::OK, "already paid; refund alerted"),
         Applied::Refused => plain(StatusCode::BAD_REQUEST, "refused"),
         Applied::Later => plain(StatusCode::SERVICE_UNAVAILABLE, "retry"),
     }
@@ -329,14 +418,15 @@ async fn epay_notify(
 /// Verifies and applies Epay notify parameters; the answer is the gateway's.
 pub async fn apply_epay_params(state: &AppState, params: &[(String, String)]) -> HttpResponse {
     let Some(epay) = &state.epay else {
-        tracing::warn!("epay notify received but epay is not configured");
         counted("rejected", "not_configured");
         return fail(StatusCode::BAD_REQUEST);
     };
     let notify = match verify_epay_notify(params, &epay.pid, &epay.key) {
         Ok(notify) => notify,
         Err(rejection) => {
-            tracing::warn!(%rejection, "epay notify rejected");
+            if let Some(held_back) = EPAY_REJECTED.admit() {
+                tracing::warn!(%rejection, held_back, "epay notify rejected");
+            }
             counted("rejected", "verification");
             return fail(StatusCode::BAD_REQUEST);
         }
@@ -352,29 +442,11 @@ pub async fn apply_epay_params(state: &AppState, params: &[(String, String)]) ->
         gateway_trade_no: notify.trade_no,
         amount_cents: notify.amount_cents,
     };
-    match state.shop.apply_payment(&notify.order_id, payment).await {
-        Ok(outcome) => {
-            counted(
-                if outcome == PayOutcome::AlreadyApplied {
-                    "replayed"
-                } else {
-                    "applied"
-                },
-                "ok",
-            );
-            HttpResponse::Ok()
-                .content_type("text/plain")
-                .body("success")
-        }
-        Err(ShopError::Rejected(rejection)) => {
-            tracing::warn!(order_id = %notify.order_id, %rejection, "epay notify refused");
-            counted("rejected", "order");
-            fail(StatusCode::BAD_REQUEST)
-        }
-        Err(error) => {
-            tracing::error!(order_id = %notify.order_id, %error, "epay notify not applied; the gateway will retry");
-            counted("error", "unavailable");
-            fail(StatusCode::SERVICE_UNAVAILABLE)
-        }
+    match apply(state, "epay", &notify.order_id, payment).await {
+        Applied::Yes => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("success"),
+        Applied::Refused | Applied::SecondPayment => fail(StatusCode::BAD_REQUEST),
+        Applied::Later => fail(StatusCode::SERVICE_UNAVAILABLE),
     }
 }

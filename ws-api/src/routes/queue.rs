@@ -56,13 +56,13 @@ pub fn queued(queued: &actors::flash::Queued) -> HttpResponse {
     }))
 }
 
-fn frame(ticket: TicketId, update: &TicketUpdate) -> String {
+fn frame(shop: &actors::Shop, ticket: TicketId, update: &TicketUpdate) -> String {
     let id = ticket.0.to_string();
     match update {
         TicketUpdate::Queued { position, estimated_wait_secs } => {
             json!({"ticket": id, "status": "queued", "position": position, "estimated_wait_secs": estimated_wait_secs})
         }
-        TicketUpdate::Admitted(order) => json!({"ticket": id, "status": "admitted", "order": created_order(order)}),
+        TicketUpdate::Admitted(order) => json!({"ticket": id, "status": "admitted", "order": created_order(order, &shop.order_token(&order.order_id))}),
         TicketUpdate::SoldOut => json!({"ticket": id, "status": "sold_out"}),
         TicketUpdate::Failed(reason) => json!({"ticket": id, "status": "failed", "message": reason}),
     }
@@ -81,7 +81,7 @@ async fn watch(
         .parse::<u64>()
         .map(TicketId)
         .map_err(|_| ApiError::not_found("unknown ticket"))?;
-    let client = crate::cluster::forward::client_ip(&request);
+    let client = state.client(&request);
     state.limits.check(crate::limits::Lane::Websocket, client)?;
     let guard = socket::open_socket(&state)?;
     let feed = state
@@ -92,13 +92,24 @@ async fn watch(
     let lifecycle = state.lifecycle.clone();
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        socket::pump(session, frames, TicketFeed { ticket, feed }, lifecycle).await;
+        socket::pump(
+            session,
+            frames,
+            TicketFeed {
+                shop: state.shop.clone(),
+                ticket,
+                feed,
+            },
+            lifecycle,
+        )
+        .await;
     });
     Ok(response)
 }
 
 /// A ticket's updates as socket frames: closed normally after its outcome.
 struct TicketFeed {
+    shop: actors::Shop,
     ticket: TicketId,
     feed: tokio::sync::mpsc::Receiver<TicketUpdate>,
 }
@@ -107,10 +118,10 @@ impl Feed for TicketFeed {
     async fn next(&mut self) -> Outgoing {
         match self.feed.recv().await {
             Some(update) if update.is_final() => Outgoing::Last(
-                frame(self.ticket, &update),
+                frame(&self.shop, self.ticket, &update),
                 CloseReason::from(CloseCode::Normal),
             ),
-            Some(update) => Outgoing::Text(frame(self.ticket, &update)),
+            Some(update) => Outgoing::Text(frame(&self.shop, self.ticket, &update)),
             None => Outgoing::Close(CloseReason {
                 code: CloseCode::Again,
                 description: Some("fell behind; reconnect".into()),

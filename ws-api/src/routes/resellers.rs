@@ -276,7 +276,7 @@ fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
     let Some(host) = parsed.host() else {
         return Err(bad("webhook_url needs a host and no credentials"));
     };
-    if !private_allowed && is_private_host(&host) {
+    if !private_allowed && is_private_host(&host.to_string(), url) {
         return Err(bad(
             "webhook_url may not point at a loopback or private address",
         ));
@@ -284,14 +284,12 @@ fn check_webhook_url(url: &str, private_allowed: bool) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn is_private_host(host: &url::Host<&str>) -> bool {
-    match host {
-        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
-        url::Host::Ipv4(ip) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        url::Host::Ipv6(ip) => ip.is_loopback() || ip.is_unspecified(),
-    }
+/// A first, early refusal of what is private by its spelling (every form the URL parser
+/// normalises, `localhost` and its subdomains); names are checked again on each
+/// connection (`ssrf.rs`), where the resolved address is what counts.
+fn is_private_host(host: &str, url: &str) -> bool {
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || crate::ssrf::check_literal(url).is_err()
 }
 
 async fn revoke(

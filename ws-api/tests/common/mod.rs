@@ -7,15 +7,16 @@ pub mod raw;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-pub const ADMIN: &str = "test-admin-token";
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 pub const PID: &str = "2001";
 pub const KEY: &str = "test-merchant-key";
 
@@ -110,6 +111,20 @@ impl Server {
         self.child.is_some()
     }
 
+    /// A server whose logs stay out of the test output (operators' actions log at warn).
+    pub fn start_quiet(data: &Path) -> Server {
+        Self::start_with(data, &[("PANSHI_LOG__LEVEL", "error")])
+    }
+
+    /// `serve --demo` with its own demo gateway (no Epay settings from the harness), its
+    /// logs kept out of the test output.
+    pub fn start_demo_gateway(data: &Path) -> Server {
+        let mut server = Self::unstarted(data, &[("PANSHI_LOG__LEVEL", "error")], &["--demo"]);
+        server.payments = false;
+        server.spawn();
+        server
+    }
+
     fn spawn(&mut self) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_panshi"));
         command
@@ -147,7 +162,9 @@ impl Server {
                 None if std::env::var_os("PANSHI_TEST_SERVER_LOGS").is_some() => Stdio::inherit(),
                 None => Stdio::null(),
             });
-        if self.payments {
+        // Demo mode refuses to start beside real gateway settings.
+        let demo = self.args.iter().any(|a| a == "--demo");
+        if self.payments && !demo {
             command
                 .env("PANSHI_EPAY__PID", PID)
                 .env("PANSHI_EPAY__KEY", KEY)
@@ -226,9 +243,14 @@ impl Server {
     }
 
     pub fn audit(&self) -> (bool, String) {
+        Self::audit_of(&self.data)
+    }
+
+    /// `panshi audit` of a data dir no server uses.
+    pub fn audit_of(data: &Path) -> (bool, String) {
         let output = Command::new(env!("CARGO_BIN_EXE_panshi"))
             .args(["audit", "--data"])
-            .arg(&self.data)
+            .arg(data)
             .output()
             .unwrap();
         (
@@ -709,4 +731,175 @@ pub async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String,
     }
     let body = String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned();
     Some((head, body))
+}
+
+/// Runs `panshi serve` on port 0 with only `env` (and the operator token) and `args`, and
+/// expects it to refuse to start: returns what it said on stderr. Panics if it listens.
+pub fn refused_start(data: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_panshi"));
+    command.arg("serve");
+    if !args.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    command
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env("PANSHI_ADMIN_TOKEN", ADMIN)
+        .env("PANSHI_LOG__LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("panshi starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("panshi was expected to refuse to start, but it kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !status.success() && !stdout.contains("listening on"),
+        "panshi was expected to refuse to start: {status}\n{stdout}\n{stderr}"
+    );
+    stderr
+}
+
+/// HMAC-SHA256 Stripe-Signature for `body` at unix time `t`.
+pub fn stripe_signature(body: &str, t: u64, secret: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!(
+        "t={t},v1={}",
+        engine::payment::hex_lower(&mac.finalize().into_bytes())
+    )
+}
+
+/// A paid `checkout.session.completed` event for `order`.
+pub fn stripe_paid_event(event_id: &str, session_id: &str, order: &Value) -> String {
+    json!({
+        "id": event_id,
+        "type": "checkout.session.completed",
+        "data": {"object": {
+            "id": session_id, "payment_status": "paid",
+            "client_reference_id": order["order_id"],
+            "amount_total": order["amount_cents"], "currency": "cny",
+        }},
+    })
+    .to_string()
+}
+
+/// An epusdt callback for `order` at its amount, signed with `token`, with `status`.
+pub fn epusdt_callback_with(order: &Value, token: &str, status: u32, trade_id: &str) -> String {
+    let id = order["order_id"].as_str().unwrap();
+    let cents = order["amount_cents"].as_u64().unwrap();
+    let amount = engine::payment::shortest_decimal(&money(cents)).unwrap();
+    let status_text = status.to_string();
+    let fields = [
+        ("amount", amount.as_str()),
+        ("block_transaction_id", "0xabc"),
+        ("order_id", id),
+        ("status", status_text.as_str()),
+        ("trade_id", trade_id),
+    ];
+    let signature = engine::payment::epusdt_sign(fields, token);
+    format!(
+        r#"{{"trade_id":"{trade_id}","order_id":"{id}","amount":{amount},"block_transaction_id":"0xabc","signature":"{signature}","status":{status}}}"#
+    )
+}
+
+/// Unix seconds now.
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A request a stand-in server received.
+pub struct Seen {
+    /// `POST /path HTTP/1.1`.
+    pub line: String,
+    /// The header lines, as received.
+    pub head: String,
+    pub body: String,
+}
+
+impl Seen {
+    /// A header's value (names compared without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// A stand-in server's answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+pub type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
+
+/// A stand-in HTTP server: `handler(request line, body)` answers each request with JSON.
+pub async fn stand_in(handler: Handler) -> String {
+    stand_in_with(Arc::new(move |seen: &Seen| {
+        let (status, body) = handler(&seen.line, &seen.body);
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }))
+    .await
+}
+
+/// A stand-in HTTP server that sees every request whole and answers with any headers.
+pub async fn stand_in_with(handler: Arc<dyn Fn(&Seen) -> Reply + Send + Sync>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let Some((head, body)) = read_request(&mut socket).await else {
+                    return;
+                };
+                let (line, head) = head.split_once("\r\n").unwrap_or((&head, ""));
+                let reply = handler(&Seen {
+                    line: line.to_owned(),
+                    head: head.trim_end().to_owned(),
+                    body,
+                });
+                let mut response = format!(
+                    "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    reply.status,
+                    reply.body.len()
+                );
+                for (name, value) in &reply.headers {
+                    response.push_str(&format!("{name}: {value}\r\n"));
+                }
+                response.push_str("\r\n");
+                response.push_str(&reply.body);
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
 }

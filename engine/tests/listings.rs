@@ -1,0 +1,296 @@
+//! Operators' edits as `ShopState` sees them: key deletion (only available keys, never sold
+//! again, stock conserved), listing edits (hidden products and purchase limits refuse
+//! orders, a new price prices the next order), coupons (exact discount, never past the
+//! limit, expiry, other products), and the shop identity. A refused event leaves no trace.
+
+use engine::coupon::{Coupon, CouponUse, Discount};
+use engine::listing::{IdentityChange, ProductChange};
+use engine::state::ShopState;
+use engine::{CardId, Currency, Event, NewOrder, OrderId, PlacedOrder, Product, Sku};
+
+const PRICE_CENTS: u64 = 1_000;
+
+fn sku() -> Sku {
+    Sku::parse("game-1").unwrap()
+}
+
+fn shop(keys: u64) -> ShopState {
+    let mut state = ShopState::default();
+    let product = Product {
+        sku: sku(),
+        name: "Game".into(),
+        price_cents: PRICE_CENTS,
+        currency: Currency::parse("CNY").unwrap(),
+        created_at_ms: 1,
+    };
+    state.apply(&Event::ProductCreated(product)).unwrap();
+    let keys = (0..keys).map(|i| format!("KEY-{i}")).collect();
+    let import = Event::CardsImported {
+        sku: sku(),
+        first_card_id: CardId(1),
+        keys,
+    };
+    state.apply(&import).unwrap();
+    state
+}
+
+fn order(n: u64, cards: &[u64], amount_cents: u64) -> NewOrder {
+    NewOrder {
+        order_id: OrderId::parse(&format!("o{n}")).unwrap(),
+        token: "t".into(),
+        trace_id: "x".into(),
+        sku: sku(),
+        quantity: cards.len() as u32,
+        amount_cents,
+        currency: Currency::parse("CNY").unwrap(),
+        contact: "buyer@example.com".into(),
+        channel: "epay".into(),
+        payment_channel: "epay".into(),
+        payment_url: "https://pay.example/".into(),
+        payment_ref: String::new(),
+        created_at_ms: 100,
+        expires_at_ms: 1_000,
+        cards: cards.iter().copied().map(CardId).collect(),
+        idempotency: None,
+    }
+}
+
+fn created(order: NewOrder) -> Event {
+    Event::OrderCreated(Box::new(order))
+}
+
+fn with_coupon(order: NewOrder, code: &str, discount_cents: u64) -> Event {
+    Event::OrderPlaced(Box::new(PlacedOrder {
+        order,
+        coupon: Some(CouponUse {
+            code: code.into(),
+            discount_cents,
+        }),
+        lookup_password_hash: None,
+    }))
+}
+
+fn deleted(cards: &[u64]) -> Event {
+    Event::CardsDeleted {
+        sku: sku(),
+        cards: cards.iter().copied().map(CardId).collect(),
+        at_ms: 5,
+    }
+}
+
+/// Applies an event that must be refused, and checks that it left the state as it was.
+fn refused(state: &mut ShopState, event: &Event) {
+    let before = (state.product(&sku()).unwrap().stock, state.orders().len());
+    assert!(state.apply(event).is_err(), "{event:?} was accepted");
+    let after = (state.product(&sku()).unwrap().stock, state.orders().len());
+    assert_eq!(before, after, "a refused event left a trace");
+    assert!(state.check().is_empty(), "{:?}", state.check());
+}
+
+#[test]
+fn deleted_keys_leave_the_stock_and_are_never_sold() {
+    let mut state = shop(5);
+    state.apply(&created(order(1, &[1], PRICE_CENTS))).unwrap();
+    // Reserved (key 1) and unknown keys are refused, as is a deletion listing a key twice.
+    refused(&mut state, &deleted(&[1]));
+    refused(&mut state, &deleted(&[2, 2]));
+    refused(&mut state, &deleted(&[99]));
+    state.apply(&deleted(&[2, 3])).unwrap();
+    let product = state.product(&sku()).unwrap();
+    assert_eq!(
+        (
+            product.stock.imported,
+            product.stock.available,
+            product.stock.reserved,
+            product.deleted
+        ),
+        (3, 2, 1, 2)
+    );
+    assert!(product.stock.is_conserved());
+    assert!(state.is_deleted(CardId(2)));
+    assert_eq!(state.available_cards(&sku()), vec![CardId(4), CardId(5)]);
+    // Never reserved again, never deleted twice, never imported again.
+    refused(&mut state, &created(order(2, &[2], PRICE_CENTS)));
+    refused(&mut state, &deleted(&[3]));
+    assert!(state.product(&sku()).unwrap().has_key("KEY-2"));
+    assert!(state.check().is_empty(), "{:?}", state.check());
+}
+
+#[test]
+fn sold_keys_are_never_deleted() {
+    let mut state = shop(2);
+    state.apply(&created(order(1, &[1], PRICE_CENTS))).unwrap();
+    let payment = engine::Payment {
+        channel: "epay".into(),
+        gateway_trade_no: "T1".into(),
+        amount_cents: PRICE_CENTS,
+    };
+    let paid = Event::PaymentApplied {
+        order_id: OrderId::parse("o1").unwrap(),
+        payment,
+        at_ms: 200,
+        fulfilment: engine::Fulfilment::Delivered {
+            newly_reserved: vec![],
+        },
+    };
+    state.apply(&paid).unwrap();
+    refused(&mut state, &deleted(&[1]));
+    refused(&mut state, &deleted(&[1, 2]));
+    assert_eq!(state.product(&sku()).unwrap().stock.sold, 1);
+}
+
+fn edit(changes: Vec<ProductChange>) -> Event {
+    Event::ProductEdited {
+        sku: sku(),
+        changes,
+        at_ms: 3,
+    }
+}
+
+#[test]
+fn listing_edits_price_the_next_order_and_gate_buyers() {
+    let mut state = shop(6);
+    state
+        .apply(&edit(vec![
+            ProductChange::PriceCents(800),
+            ProductChange::QuantityMax(2),
+            ProductChange::Name("Game, new edition".into()),
+        ]))
+        .unwrap();
+    // The old price, and three keys over the limit of two, are refused.
+    refused(&mut state, &created(order(1, &[1], PRICE_CENTS)));
+    refused(&mut state, &created(order(1, &[1, 2, 3], 2_400)));
+    state.apply(&created(order(1, &[1, 2], 1_600))).unwrap();
+    state
+        .apply(&edit(vec![ProductChange::Hidden(true)]))
+        .unwrap();
+    refused(&mut state, &created(order(2, &[3], 800)));
+    state
+        .apply(&edit(vec![ProductChange::Hidden(false)]))
+        .unwrap();
+    state.apply(&created(order(2, &[3], 800))).unwrap();
+    // The first order keeps its amount; out-of-bounds edits change nothing.
+    assert_eq!(state.orders()[0].created.amount_cents, 1_600);
+    refused(&mut state, &edit(vec![ProductChange::PriceCents(0)]));
+    refused(&mut state, &edit(vec![]));
+    assert_eq!(
+        state.product(&sku()).unwrap().product.name,
+        "Game, new edition"
+    );
+}
+
+fn coupon(uses_max: u32, discount: Discount, only: Option<Sku>) -> Event {
+    Event::CouponCreated(Coupon {
+        code: "SPRING".into(),
+        discount,
+        sku: only,
+        uses_max,
+        expires_at_ms: 500,
+        created_at_ms: 10,
+    })
+}
+
+#[test]
+fn a_coupon_is_never_used_past_its_limit_and_gives_exactly_its_discount() {
+    let mut state = shop(6);
+    state
+        .apply(&coupon(
+            2,
+            Discount::Percent {
+                basis_points: 2_500,
+            },
+            None,
+        ))
+        .unwrap();
+    refused(
+        &mut state,
+        &coupon(2, Discount::Fixed { amount_cents: 1 }, None),
+    );
+    // A discount it does not give, and an amount that does not match, are refused.
+    refused(&mut state, &with_coupon(order(1, &[1], 700), "SPRING", 300));
+    refused(&mut state, &with_coupon(order(1, &[1], 800), "SPRING", 250));
+    state
+        .apply(&with_coupon(order(1, &[1], 750), "SPRING", 250))
+        .unwrap();
+    state
+        .apply(&with_coupon(order(2, &[2, 3], 1_500), "SPRING", 500))
+        .unwrap();
+    // The third use is one too many, however it is priced.
+    refused(&mut state, &with_coupon(order(3, &[4], 750), "SPRING", 250));
+    refused(&mut state, &with_coupon(order(3, &[4], 1_000), "NOSUCH", 0));
+    assert_eq!(state.coupon("SPRING").unwrap().used, 2);
+    assert!(state.check().is_empty(), "{:?}", state.check());
+}
+
+#[test]
+fn a_coupon_keeps_to_its_product_its_expiry_and_its_withdrawal() {
+    let mut state = shop(6);
+    let other = Sku::parse("other").unwrap();
+    // A coupon for a product that does not exist is refused.
+    assert!(state
+        .apply(&coupon(
+            5,
+            Discount::Fixed { amount_cents: 100 },
+            Some(other.clone())
+        ))
+        .is_err());
+    let product = Product {
+        sku: other.clone(),
+        name: "Other".into(),
+        price_cents: 10,
+        currency: Currency::parse("CNY").unwrap(),
+        created_at_ms: 1,
+    };
+    state.apply(&Event::ProductCreated(product)).unwrap();
+    state
+        .apply(&coupon(
+            5,
+            Discount::Fixed { amount_cents: 100 },
+            Some(other),
+        ))
+        .unwrap();
+    refused(&mut state, &with_coupon(order(1, &[1], 900), "SPRING", 100));
+    let mut late = order(1, &[1], 900);
+    late.created_at_ms = 500;
+    refused(&mut state, &with_coupon(late, "SPRING", 100));
+    let withdraw = Event::CouponDisabled {
+        code: "SPRING".into(),
+        at_ms: 20,
+    };
+    state.apply(&withdraw).unwrap();
+    assert!(state.apply(&withdraw).is_err());
+}
+
+#[test]
+fn the_identity_changes_field_by_field() {
+    let mut state = shop(0);
+    let set = |changes| Event::ShopIdentitySet { changes, at_ms: 1 };
+    state
+        .apply(&set(vec![
+            IdentityChange::Name("Moon Keys".into()),
+            IdentityChange::UtcOffsetMinutes(480),
+        ]))
+        .unwrap();
+    state
+        .apply(&set(vec![IdentityChange::Announcement("Sale!".into())]))
+        .unwrap();
+    let identity = state.identity();
+    assert_eq!(
+        (
+            identity.name.as_str(),
+            identity.announcement.as_str(),
+            identity.utc_offset_minutes
+        ),
+        ("Moon Keys", "Sale!", 480)
+    );
+    assert!(state
+        .apply(&set(vec![
+            IdentityChange::Name("A".into()),
+            IdentityChange::Name("B".into())
+        ]))
+        .is_err());
+    assert!(state
+        .apply(&set(vec![IdentityChange::UtcOffsetMinutes(2_000)]))
+        .is_err());
+    assert_eq!(state.identity().name, "Moon Keys");
+}
