@@ -1,8 +1,8 @@
 //! Checks every request meets before routing, and headers every API answer carries.
 //!
-//! - Methods: only `KNOWN_METHODS` are served; any other token is refused with 501 before
-//!   it reaches routing, and metrics label it `other`, so a flood of made-up methods
-//!   neither grows a label set nor memory.
+//! - Methods: metrics name a method outside `KNOWN_METHODS` `other`, so a flood of made-up
+//!   methods neither grows a label set nor memory; like any method a path does not take, it
+//!   is answered 405 with `Allow` (the API document's methods).
 //! - Bodies: an `/api/` request with a body must declare it `application/json` (415
 //!   otherwise), so a cross-site form or `text/plain` POST, which a browser sends without
 //!   asking, never creates an order. Gateway callbacks (their own formats) and the card
@@ -18,7 +18,7 @@ use actix_web::http::{Method, StatusCode};
 
 use crate::error::ApiError;
 
-/// The methods this server speaks; metrics name any other `other`.
+/// The methods metrics name; any other is `other`.
 pub const KNOWN_METHODS: [Method; 7] = [
     Method::GET,
     Method::HEAD,
@@ -45,13 +45,6 @@ pub fn method_label(method: &Method) -> &'static str {
 
 /// Why a request is refused before routing, if it is.
 pub fn refusal(request: &ServiceRequest) -> Option<ApiError> {
-    if !KNOWN_METHODS.contains(request.method()) {
-        return Some(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "method_not_implemented",
-            "this method is not served here",
-        ));
-    }
     let path = request.path();
     if path.starts_with("/api/") {
         return undeclared_body(request, path);

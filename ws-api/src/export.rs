@@ -62,9 +62,10 @@ pub struct CardsQueryText {
     pub q: String,
     #[serde(default)]
     pub status: String,
-    #[serde(default)]
+    /// 0 to `i32::MAX`, as the API document says: anything else is a bad query (400).
+    #[serde(default, deserialize_with = "u32_count")]
     pub offset: usize,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "u32_count_opt")]
     pub limit: Option<usize>,
 }
 
@@ -128,10 +129,26 @@ pub struct OrdersQueryText {
     pub until: String,
     #[serde(default)]
     pub q: String,
-    #[serde(default)]
+    /// 0 to `i32::MAX`, as the API document says: anything else is a bad query (400).
+    #[serde(default, deserialize_with = "u32_count")]
     pub offset: usize,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "u32_count_opt")]
     pub limit: Option<usize>,
+}
+
+/// A count in a query string: 0 to `i32::MAX`, what the API document promises (int32).
+fn u32_count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let n = <i64 as serde::Deserialize>::deserialize(deserializer)?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= i32::MAX as usize)
+        .ok_or_else(|| serde::de::Error::custom("a count is 0 to 2147483647"))
+}
+
+fn u32_count_opt<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<usize>, D::Error> {
+    u32_count(deserializer).map(Some)
 }
 
 fn day(text: &str, name: &str, offset_minutes: i16) -> Result<Option<u64>, ApiError> {

@@ -50,7 +50,7 @@ fn edit_product() {}
     params(("sku" = String, Path),
         ("status" = Option<String>, Query, description = "available, reserved, sold or deleted"),
         ("q" = Option<String>, Query, description = "a part of the key, any case"),
-        ("offset" = Option<u64>, Query), ("limit" = Option<u64>, Query)),
+        ("offset" = Option<u32>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, description = "a page of keys and how many match",
             body = serde_json::Value),
         (status = 400, body = Error), (status = 404, body = Error)))]
@@ -82,7 +82,7 @@ fn delete_cards() {}
         ("from" = Option<String>, Query, description = "YYYY-MM-DD, the shop's time zone"),
         ("until" = Option<String>, Query, description = "YYYY-MM-DD, the shop's time zone"),
         ("q" = Option<String>, Query, description = "order id or contact"),
-        ("offset" = Option<u64>, Query), ("limit" = Option<u64>, Query)),
+        ("offset" = Option<u32>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, description = "a page of orders, newest first",
             body = serde_json::Value),
         (status = 400, body = Error)))]
@@ -110,7 +110,8 @@ fn export_orders() {}
 fn order() {}
 
 #[utoipa::path(get, path = "/api/v1/admin/revenue", tag = "operator",
-    params(("days" = Option<u32>, Query, description = "1 to 366, 30 by default")),
+    params(("days" = Option<u32>, Query, minimum = 1, maximum = 366,
+        description = "1 to 366, 30 by default")),
     responses((status = 200, description = "revenue and orders per day in the shop's time zone",
             body = serde_json::Value),
         (status = 400, body = Error)))]
@@ -132,7 +133,9 @@ fn create_coupon() {}
 
 #[utoipa::path(post, path = "/api/v1/admin/coupons/{code}/disable", tag = "operator",
     params(("code" = String, Path)),
-    responses((status = 200, body = serde_json::Value), (status = 404, body = Error)))]
+    responses((status = 200, body = serde_json::Value),
+        (status = 400, description = "not a coupon code", body = Error),
+        (status = 404, body = Error)))]
 #[allow(dead_code)]
 fn disable_coupon() {}
 

@@ -59,7 +59,8 @@ use utoipa::{OpenApi, ToSchema};
         AuditEntry,
         IncidentBody,
         Incident,
-        WechatFail
+        WechatFail,
+        AlipayNotifyForm
     ))
 )]
 pub struct ShopApi;
@@ -456,7 +457,7 @@ fn epusdt_notify() {}
 fn stripe_webhook() {}
 
 #[utoipa::path(post, path = "/api/v1/payments/alipay/notify", tag = "gateway",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+    request_body(content = AlipayNotifyForm, content_type = "application/x-www-form-urlencoded",
         description = "Alipay's asynchronous notify, signed RSA2 with Alipay's key (at most \
             16 KiB)"),
     responses(CallbackAnswer))]
@@ -475,6 +476,19 @@ fn alipay_notify() {}
     responses(WechatAnswer))]
 #[allow(dead_code)]
 fn wechat_notify() {}
+
+/// Alipay's notify form: the fields Panshi reads (Alipay sends more; all are signed).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct AlipayNotifyForm {
+    pub app_id: Option<String>,
+    pub out_trade_no: Option<String>,
+    pub trade_no: Option<String>,
+    pub trade_status: Option<String>,
+    pub total_amount: Option<String>,
+    pub sign: Option<String>,
+    pub sign_type: Option<String>,
+}
 
 /// WeChat Pay's failure answer (it retries on anything but 2xx).
 #[derive(Serialize, ToSchema)]

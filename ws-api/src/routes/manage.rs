@@ -376,6 +376,12 @@ async fn revenue(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
+    if !(1..=actors::order_book::REVENUE_DAYS_MAX).contains(&query.days) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("days is 1 to {}", actors::order_book::REVENUE_DAYS_MAX),
+        ));
+    }
     let revenue =
         state
             .shop
