@@ -619,6 +619,16 @@ impl Node {
         let raft = self.inner.raft.clone();
         let through = self.inner.store.applied_index();
         self.on_runtime(async move {
+            // The store may have applied the leader's own batch before openraft counts it
+            // applied: a snapshot triggered earlier would stop short of `through`, and no
+            // later one would come. Wait for openraft to have applied it first.
+            raft.wait(Some(Duration::from_secs(600)))
+                .metrics(
+                    |m| m.last_applied.is_some_and(|l| l.index >= through) || through == 0,
+                    "applied",
+                )
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
             raft.trigger()
                 .snapshot()
                 .await
