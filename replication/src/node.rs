@@ -257,6 +257,10 @@ pub fn open_storage(data_dir: &Path) -> Result<(LogStore, ShopMachine), Error> {
     Ok((log, ShopMachine { machine }))
 }
 
+/// How long `snapshot_now` waits in all, and how long before it asks again.
+const SNAPSHOT_WAIT_SECS: u64 = 600;
+const SNAPSHOT_ASK_AGAIN_MS: u64 = 2_000;
+
 impl Node {
     /// Opens a data dir and starts the node: recovers the log, loads the newest snapshot,
     /// starts openraft on its own runtime, and forms the cluster on a pristine data dir.
@@ -615,6 +619,8 @@ impl Node {
     }
 
     /// Takes a snapshot now and waits for it; returns its file.
+    ///
+    /// Bounded: `SNAPSHOT_WAIT_SECS` in all.
     pub async fn snapshot_now(&self) -> Result<PathBuf, Error> {
         let raft = self.inner.raft.clone();
         let through = self.inner.store.applied_index();
@@ -629,18 +635,28 @@ impl Node {
                 )
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?;
-            raft.trigger()
-                .snapshot()
-                .await
-                .map_err(|e| Error::Raft(e.to_string()))?;
-            raft.wait(Some(Duration::from_secs(600)))
-                .metrics(
-                    |m| m.snapshot.is_some_and(|s| s.index >= through),
-                    "snapshot",
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| Error::Raft(e.to_string()))
+            // A trigger that comes while a snapshot is being built (or installed) is
+            // dropped by openraft: ask again until one covers `through`.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(SNAPSHOT_WAIT_SECS);
+            loop {
+                raft.trigger()
+                    .snapshot()
+                    .await
+                    .map_err(|e| Error::Raft(e.to_string()))?;
+                let covered = raft
+                    .wait(Some(Duration::from_millis(SNAPSHOT_ASK_AGAIN_MS)))
+                    .metrics(
+                        |m| m.snapshot.is_some_and(|s| s.index >= through),
+                        "snapshot",
+                    )
+                    .await;
+                if covered.is_ok() {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Raft(format!("no snapshot through {through}")));
+                }
+            }
         })
         .await?;
         storage::snapshot::latest(&storage::snapshot::snapshot_dir(&self.inner.data_dir))?

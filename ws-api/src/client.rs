@@ -156,9 +156,10 @@ pub fn client_of(request: &HttpRequest, proxies: &TrustedProxies) -> Option<IpAd
     // A request another node of the cluster passed on names its client in a signed header
     // (verified before the request got here): that client, not the node, is the buyer.
     use actix_web::HttpMessage;
-    if let Some(crate::cluster::forward::ForwardedFor(ip)) =
-        request.extensions().get::<crate::cluster::forward::ForwardedFor>()
-    {
+    if let Some(crate::cluster::forward::ForwardedFor(ip)) = request
+        .extensions()
+        .get::<crate::cluster::forward::ForwardedFor>(
+    ) {
         return Some(client_key(*ip));
     }
     proxies.client_ip(request).map(client_key)

@@ -68,7 +68,14 @@ pub fn stop_signal(
             tracing::error!("cannot listen for SIGINT and SIGTERM; stop the server with SIGKILL");
             return std::future::pending().await;
         };
-        drain_on(lifecycle, drain, shutdown_timeout_secs, interrupt, terminate).await;
+        drain_on(
+            lifecycle,
+            drain,
+            shutdown_timeout_secs,
+            interrupt,
+            terminate,
+        )
+        .await;
     }
 }
 
