@@ -50,15 +50,35 @@ impl Lifecycle {
 /// SIGTERM or SIGINT (Ctrl-C) and the drain; actix then closes the listener and lets requests
 /// in flight finish for up to `shutdown_timeout_secs`, and the log is closed cleanly. (actix's
 /// own handler treats SIGINT as a forced stop, which would cut requests in flight.)
-pub async fn stop_signal(lifecycle: Arc<Lifecycle>, drain: Duration, shutdown_timeout_secs: u64) {
+///
+/// The handlers are installed when this is called, not when the future is first polled: a
+/// signal sent as soon as "listening on" is printed must already stop gracefully.
+pub fn stop_signal(
+    lifecycle: Arc<Lifecycle>,
+    drain: Duration,
+    shutdown_timeout_secs: u64,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot listen for SIGINT and SIGTERM; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
+    );
+    async move {
+        let (Ok(interrupt), Ok(terminate)) = signals else {
+            tracing::error!("cannot listen for SIGINT and SIGTERM; stop the server with SIGKILL");
+            return std::future::pending().await;
+        };
+        drain_on(lifecycle, drain, shutdown_timeout_secs, interrupt, terminate).await;
+    }
+}
+
+async fn drain_on(
+    lifecycle: Arc<Lifecycle>,
+    drain: Duration,
+    shutdown_timeout_secs: u64,
+    mut interrupt: tokio::signal::unix::Signal,
+    mut terminate: tokio::signal::unix::Signal,
+) {
     let name = tokio::select! {
         _ = interrupt.recv() => "Ctrl-C (SIGINT)",
         _ = terminate.recv() => "SIGTERM",
