@@ -59,7 +59,7 @@ pub(crate) fn migrate_if_needed(data_dir: &Path, config: &NodeConfig) -> Result<
     snapshot::write(&snapshot::snapshot_dir(data_dir), &header, &state)?;
     let old = data_dir.join(PRE_REPLICATION_LOG_DIR);
     std::fs::rename(&dir, &old)?;
-    std::fs::create_dir_all(&dir)?;
+    storage::private::create_dir(&dir)?;
     let vote = openraft::Vote::new_committed(1, me);
     write_synced(
         &dir.join("vote"),
@@ -116,10 +116,10 @@ pub fn restore(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, 
         meta: serde_json::to_vec(&meta).expect("snapshot metadata encodes"),
         ..header
     };
-    std::fs::create_dir_all(data_dir)?;
+    storage::private::create_dir(data_dir)?;
     snapshot::write(&snapshot::snapshot_dir(data_dir), &restored, &state)?;
     let dir = log_dir(data_dir);
-    std::fs::create_dir_all(&dir)?;
+    storage::private::create_dir(&dir)?;
     // A vote past the snapshot's term: this node's first election starts a new term.
     let vote = openraft::Vote::new_committed(log_id.leader_id.term + 1, node_id);
     write_synced(
