@@ -90,10 +90,30 @@ pub async fn run(
     plan: &FailoverArgs,
 ) -> anyhow::Result<bool> {
     let mut nodes = start_nodes(binary, &credentials).await?;
-    let leader = wait_leader(&nodes.shops, &[]).await?;
+    // A new cluster may change leaders once while its nodes come up: the set-up retries
+    // until one leader takes it.
+    let started = Instant::now();
+    let leader = loop {
+        let leader = wait_leader(&nodes.shops, &[]).await?;
+        match nodes.shops[leader].create_product(SKU, 1_000).await {
+            Ok(()) => break leader,
+            // An earlier try whose answer was lost (503 not_committed) did commit.
+            Err(error) if format!("{error:#}").contains("sku_exists") => break leader,
+            Err(error) if started.elapsed() < SETTLE_MAX => {
+                println!("set-up: {error:#}; again");
+                tokio::time::sleep(POLL).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let shop = &nodes.shops[leader];
-    shop.create_product(SKU, 1_000).await?;
-    shop.import_keys(SKU, 0, plan.keys).await?;
+    // Keys already imported by a try whose answer was lost come back as duplicates.
+    let started = Instant::now();
+    while let Err(error) = shop.import_keys(SKU, 0, plan.keys).await {
+        anyhow::ensure!(started.elapsed() < SETTLE_MAX, "importing keys: {error:#}");
+        println!("set-up: {error:#}; again");
+        tokio::time::sleep(POLL).await;
+    }
     println!(
         "cluster: {NODES} nodes, node {} leads; {} keys; {} buyers at {} purchases/s",
         leader + 1,
