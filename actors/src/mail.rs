@@ -77,18 +77,6 @@ impl Shop {
         self.commit(&event).await.map(|_| ())
     }
 
-    /// The token for a mail's order link: derived again (only its digest is stored). An
-    /// order from before tokens were derived has a token only its buyer holds: empty, and
-    /// the mail links to the lookup page instead.
-    fn mail_token(&self, order_id: &engine::OrderId, stored: &str) -> String {
-        let token = self.order_token(order_id);
-        if engine::ids::token_matches(stored, &token) {
-            token
-        } else {
-            String::new()
-        }
-    }
-
     /// Mails due at `now_ms`, at most `count_max`, oldest order first; and when the next
     /// one not yet due will be (`None` when nothing else waits).
     pub fn mails_due(
@@ -115,7 +103,9 @@ impl Shop {
             };
             due.push(DeliveryMail {
                 order_id: order_id.clone(),
-                token: self.mail_token(order_id, &record.created.token),
+                // Empty for an order from before tokens were derived: the mail links to
+                // the lookup page instead.
+                token: self.buyer_token(record),
                 to: record.created.contact.clone(),
                 product_name: state
                     .product(&record.created.sku)
