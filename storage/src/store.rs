@@ -165,24 +165,40 @@ impl TouchedSet {
         self.cards.extend(touched.cards);
     }
 
-    /// Every row the state has: for rebuilding sled whole.
+    /// Every row the state has: for rebuilding sled whole. A struct literal, not `default()`
+    /// and extends: a new kind of row cannot be left out of a rewrite unnoticed (listings,
+    /// coupons, terms and the identity once were, and a rewritten sled lacked them).
     pub(crate) fn everything(state: &ShopState) -> Self {
-        let mut all = Self::default();
-        all.skus
-            .extend(state.products().map(|p| p.product.sku.clone()));
-        all.orders
-            .extend(state.orders().iter().map(|r| r.created.order_id.clone()));
-        all.cards.extend((1..=state.cards_count()).map(CardId));
-        all.audits.extend(1..=state.audit_count());
+        let mut resellers = BTreeSet::new();
+        let mut streams = BTreeSet::new();
         for account in state.resellers() {
             let id = account.reseller.reseller_id;
-            all.resellers.insert(id);
-            all.streams
-                .extend((1..=account.stream.len() as u64).map(|seq| (id, seq)));
+            resellers.insert(id);
+            streams.extend((1..=account.stream.len() as u64).map(|seq| (id, seq)));
         }
-        all.ledger_entries
-            .extend(1..=state.ledger().entries().len() as u64);
-        all
+        let skus: BTreeSet<Sku> = state.products().map(|p| p.product.sku.clone()).collect();
+        let orders: BTreeSet<OrderId> = state
+            .orders()
+            .iter()
+            .map(|r| r.created.order_id.clone())
+            .collect();
+        Self {
+            listings: skus.clone(),
+            order_terms: orders
+                .iter()
+                .filter(|id| state.terms_of(id).is_some())
+                .cloned()
+                .collect(),
+            skus,
+            orders,
+            cards: (1..=state.cards_count()).map(CardId).collect(),
+            audits: (1..=state.audit_count()).collect(),
+            resellers,
+            ledger_entries: (1..=state.ledger().entries().len() as u64).collect(),
+            streams,
+            coupons: state.coupons().map(|c| c.coupon.code.clone()).collect(),
+            identity: true,
+        }
     }
 
     fn rows(&self, state: &ShopState) -> Vec<Row> {
