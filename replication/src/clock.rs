@@ -140,7 +140,8 @@ impl Sleep {
     fn until(deadline: Instant) -> Sleep {
         Sleep {
             deadline,
-            real: (!is_simulated()).then(|| Box::pin(tokio::time::sleep_until(deadline.to_tokio()))),
+            real: (!is_simulated())
+                .then(|| Box::pin(tokio::time::sleep_until(deadline.to_tokio()))),
             registered: None,
         }
     }
@@ -241,14 +242,20 @@ impl AsyncRuntime for PanshiRuntime {
         Sleep::until(deadline)
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Timeout<F> {
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Timeout<F> {
         Timeout {
             future: Box::pin(future),
             sleep: sleep(duration),
         }
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Instant, future: F) -> Timeout<F> {
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Instant,
+        future: F,
+    ) -> Timeout<F> {
         Timeout {
             future: Box::pin(future),
             sleep: Sleep::until(deadline),

@@ -839,9 +839,8 @@ impl Node {
     pub fn trigger(&self, what: Trigger) -> Result<(), Error> {
         let raft = self.inner.raft.clone();
         match what {
-            Trigger::Election => self.block_on_runtime(async move {
-                raft.trigger().elect().await.map_err(Error::from)
-            }),
+            Trigger::Election => self
+                .block_on_runtime(async move { raft.trigger().elect().await.map_err(Error::from) }),
             Trigger::Heartbeat => self.block_on_runtime(async move {
                 raft.trigger().heartbeat().await.map_err(Error::from)
             }),
@@ -891,7 +890,13 @@ impl Node {
                 progress = progress.wrapping_mul(31).wrapping_add(parks);
             }
         }
-        let applied = self.inner.machine.applied.lock().last.map_or(0, |l| l.index);
+        let applied = self
+            .inner
+            .machine
+            .applied
+            .lock()
+            .last
+            .map_or(0, |l| l.index);
         busy |= self.inner.store.applied_index() < applied;
         progress = progress
             .wrapping_mul(31)

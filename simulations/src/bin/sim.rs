@@ -2,7 +2,9 @@
 //! last line reads `sim: <N> seeds, <orders> orders, <V> violations`; exits non-zero when
 //! V > 0. `--seed S` replays one seed exactly. `--nodes 3` runs the shop on a cluster of
 //! three voters over a simulated network; each seed's line then ends with the digest of its
-//! committed history, equal on every run of that seed.
+//! committed history. On three nodes a seed replays its faults and workload, but thread
+//! timing inside a node can still change what a message carries: two runs whose digests
+//! differ diverged (docs/ARCHITECTURE.md, simulations/).
 
 use std::process::ExitCode;
 

@@ -299,7 +299,29 @@ impl Cluster {
     }
 
     pub fn dirs(&self) -> Vec<std::path::PathBuf> {
-        self.slots.values().map(|s| s.dir.path().to_owned()).collect()
+        self.slots
+            .values()
+            .map(|s| s.dir.path().to_owned())
+            .collect()
+    }
+
+    /// Whether every write node `id` took is decided: nothing of its own queued or in flight,
+    /// and its whole log committed and applied. A write answered "outcome unknown" may
+    /// still sit uncommitted in the log and commit later (as the contract allows); until
+    /// it is decided one way or the other, the state is not the last word on it.
+    pub fn decided(&self, id: NodeId) -> bool {
+        let Some(node) = self.node(id) else {
+            return false;
+        };
+        let bounds = node.log_bounds();
+        node.proposals_unsettled() == 0
+            && bounds.last.unwrap_or(0) <= bounds.committed
+            && node.store().applied_index() >= bounds.committed
+    }
+
+    /// A line of the simulator's own in the trace.
+    pub fn note(&self, what: std::fmt::Arguments<'_>) {
+        self.trace(what);
     }
 
     /// The store of the node the shop runs on.
@@ -524,8 +546,7 @@ impl Cluster {
                 self.heal(rng);
             }
             if let Some((id, term)) = self.active_leader() {
-                let node = self.node(id).expect("running");
-                if node.proposals_unsettled() == 0 {
+                if self.decided(id) {
                     return Some((id, term));
                 }
                 without = 0;
@@ -568,11 +589,14 @@ impl Cluster {
             Err(_) => return Commit::Unknown,
         };
         self.settle();
-        self.trace(format_args!("commit on {id}"));
+        self.trace(format_args!("commit on {id}: {}", super::describe(event)));
         for _ in 0..COMMIT_MOVES_MAX {
             self.settle();
             if let Some(outcome) = durable.try_outcome() {
-                self.trace(format_args!("commit outcome {:?}", outcome.as_ref().map(|l| l.0)));
+                self.trace(format_args!(
+                    "commit outcome {:?}",
+                    outcome.as_ref().map(|l| l.0)
+                ));
                 return match outcome {
                     Ok(lsn) => {
                         self.note_acked(id, lsn.0);
@@ -588,7 +612,11 @@ impl Cluster {
 
     fn note_acked(&mut self, id: NodeId, index: u64) {
         let node = self.node(id).expect("the acknowledging node runs");
-        match node.log_entries(index, index).ok().and_then(|e| e.into_iter().next()) {
+        match node
+            .log_entries(index, index)
+            .ok()
+            .and_then(|e| e.into_iter().next())
+        {
             Some(entry) => {
                 self.acked.insert(index, (entry.term, digest(&entry.bytes)));
             }
@@ -611,10 +639,7 @@ impl Cluster {
             self.shop = None;
         }
         let slot = &self.slots[&id];
-        let floor = slot
-            .reported
-            .max(committed)
-            .max(slot.verified.unwrap_or(0));
+        let floor = slot.reported.max(committed).max(slot.verified.unwrap_or(0));
         if damage {
             damage_tail(slot.dir.path(), floor, rng);
         }
@@ -788,8 +813,7 @@ impl Cluster {
                     .unwrap_or(0),
             );
             for (index, entry) in &pending {
-                if *index <= covered
-                    && self.history.get(*index).is_some_and(|h| h == *entry)
+                if *index <= covered && self.history.get(*index).is_some_and(|h| h == *entry)
                     || held.get(index) == Some(entry)
                 {
                     *holders.entry(*index).or_insert(0) += 1;
@@ -879,17 +903,13 @@ fn damage_tail(data_dir: &std::path::Path, floor: u64, rng: &mut Rng) {
 /// The entries of a stopped node's log after `after`, as recovery would read them.
 fn read_log(data_dir: &std::path::Path, after: u64) -> BTreeMap<u64, (u64, u64)> {
     let mut entries = BTreeMap::new();
-    let _ = storage::log::recover(
-        &storage::store::log_dir(data_dir),
-        false,
-        |lsn, payload| {
-            if lsn.0 > after {
-                if let Ok(entry) = storage::entry::decode_entry(payload) {
-                    entries.insert(lsn.0, (entry.term, digest(payload)));
-                }
+    let _ = storage::log::recover(&storage::store::log_dir(data_dir), false, |lsn, payload| {
+        if lsn.0 > after {
+            if let Ok(entry) = storage::entry::decode_entry(payload) {
+                entries.insert(lsn.0, (entry.term, digest(payload)));
             }
-            Ok(())
-        },
-    );
+        }
+        Ok(())
+    });
     entries
 }

@@ -12,7 +12,6 @@ use replication::LoggedEntry;
 use storage::entry::EntryPayload;
 use storage::replay::{self, Chains};
 
-
 /// A digest of an entry's log bytes.
 pub fn digest(bytes: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();

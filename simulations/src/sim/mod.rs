@@ -25,13 +25,13 @@ mod rng;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use cluster::{Cluster, ClusterFaults};
 use engine::order::PaymentDecision;
 use engine::pool::{shard_of, Shard};
 use engine::{
     CardId, Currency, Event, Fulfilment, NewOrder, Order, OrderId, OrderStatus, Payment, Product,
     ReviewReason, Sku,
 };
-use cluster::{Cluster, ClusterFaults};
 use gateway::{Gateway, Notify, Protocol};
 use replication::Node;
 pub use rng::Rng;

@@ -115,8 +115,9 @@ impl Net {
     /// Takes every message with `key` (for delivery or loss).
     pub fn take(&self, key: Key) -> Vec<(Vec<u8>, Answer)> {
         let mut state = self.state.lock();
-        let (taken, kept): (Vec<Held>, Vec<Held>) =
-            std::mem::take(&mut state.held).into_iter().partition(|h| h.key == key);
+        let (taken, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut state.held)
+            .into_iter()
+            .partition(|h| h.key == key);
         state.held = kept;
         taken
             .into_iter()
@@ -173,9 +174,9 @@ pub struct Answer(oneshot::Sender<Result<Vec<u8>, TransportError>>);
 
 impl Answer {
     pub fn lose(self) {
-        let _ = self
-            .0
-            .send(Err(TransportError::Unreachable("lost by the simulated network".into())));
+        let _ = self.0.send(Err(TransportError::Unreachable(
+            "lost by the simulated network".into(),
+        )));
     }
 
     pub fn give(self, answer: Result<Vec<u8>, TransportError>) {

@@ -16,7 +16,10 @@ impl World {
     }
 
     /// The cluster and the seed's generator, borrowed together.
-    fn with_cluster<'a, T: 'a>(&'a mut self, work: impl FnOnce(&'a mut Cluster, &'a mut Rng) -> T) -> T {
+    fn with_cluster<'a, T: 'a>(
+        &'a mut self,
+        work: impl FnOnce(&'a mut Cluster, &'a mut Rng) -> T,
+    ) -> T {
         match &mut self.backend {
             Backend::Cluster(cluster) => work(cluster, &mut self.rng),
             Backend::Single { .. } => unreachable!("only on a cluster"),
@@ -35,11 +38,7 @@ impl World {
         }
         let leader = self.with_cluster(|cluster, rng| {
             let current = cluster.active_leader();
-            let settled = current.is_some_and(|(id, _)| {
-                cluster
-                    .node(id)
-                    .is_some_and(|n| n.proposals_unsettled() == 0)
-            });
+            let settled = current.is_some_and(|(id, _)| cluster.decided(id));
             if settled && current == cluster.shop {
                 current
             } else {
@@ -56,6 +55,11 @@ impl World {
         };
         if self.cluster().shop != Some(leader) {
             self.cluster().shop = Some(leader);
+            let step = self.step;
+            let applied = self.cluster().shop_store().applied_index();
+            self.cluster().note(format_args!(
+                "step {step}: the shop reseeds on {leader:?} at applied {applied}"
+            ));
             self.reseed();
         }
         true
@@ -156,9 +160,7 @@ impl World {
         let cluster = self.cluster();
         let problems = cluster.check(step);
         let shop_settled = cluster.shop.is_some_and(|(id, _)| {
-            cluster
-                .node(id)
-                .is_some_and(|n| n.is_active() && n.proposals_unsettled() == 0)
+            cluster.node(id).is_some_and(|n| n.is_active()) && cluster.decided(id)
         });
         for problem in problems {
             self.violation(problem);
