@@ -7,6 +7,7 @@
 //! - `node`: a running node: cluster formation, the readiness gate, status, membership.
 //! - `network`: node-to-node messages as bytes over a `Transport` (HTTP in ws-api).
 //! - `migrate`: a data dir from before replication becomes a one-node cluster's snapshot.
+//! - `clock`: openraft's runtime: tokio, with a clock the simulator can take over.
 //!
 //! Invariants: a state change is acknowledged only once its entry is fdatasync'd on a
 //! majority of the voters, committed and applied; only a leader past its readiness gate
@@ -18,6 +19,7 @@
 //! skipped by every node alike instead of being applied to a state it was not checked
 //! against. Every openraft type stays inside this crate.
 
+pub mod clock;
 pub mod log_store;
 mod migrate;
 pub use migrate::restore;
@@ -28,7 +30,10 @@ pub mod state_machine;
 pub mod types;
 
 pub use network::{Rpc, Transport, TransportError, TransportFuture};
-pub use node::{ClusterStatus, Leadership, MemberStatus, Node, NodeConfig, Role};
+pub use node::{
+    Activity, ClusterStatus, Leadership, LogBounds, LoggedEntry, MemberStatus, Node, NodeConfig,
+    Role, Trigger,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

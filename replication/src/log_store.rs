@@ -142,6 +142,16 @@ impl LogStore {
         self.shared.tail.lock().last_log
     }
 
+    /// The last entry purged (covered by a snapshot), if any.
+    pub fn last_purged(&self) -> Option<LogId<NodeId>> {
+        self.shared.tail.lock().last_purged
+    }
+
+    /// The entries the log holds in `range` (appended ones included, flushed or not).
+    pub fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, storage::Error> {
+        self.entries_in(range)
+    }
+
     /// Waits for the writer to run `op`, returning its result.
     async fn run(&self, op: impl FnOnce(log::Done) -> Op) -> Result<(), storage::Error> {
         let (sender, receiver) = oneshot::channel();

@@ -51,9 +51,20 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// A snapshot is taken after this many entries since the last.
     pub snapshot_every_entries: u64,
+    /// Log entries kept after a snapshot (older ones are purged): a follower less far behind
+    /// catches up from the log, one further behind by the snapshot.
+    pub kept_after_snapshot_entries: u64,
     /// Skip the readiness gate (only the simulator's canary, which must then find a
     /// double sale).
     pub unsafe_skip_readiness_gate: bool,
+    /// Elections, heartbeats and snapshots happen only when asked (`Node::trigger`), never
+    /// on openraft's timers, whose election timeouts draw from an unseeded RNG. For the
+    /// simulator, which also runs on simulated time (`clock::simulate`) and so replays a
+    /// seed exactly.
+    pub manual_ticks: bool,
+    /// Tells this process's chains from an earlier run's (`storage::entry::Origin`); `None`
+    /// draws it at random (the simulator derives it from its seed).
+    pub incarnation: Option<u64>,
 }
 
 impl NodeConfig {
@@ -66,7 +77,10 @@ impl NodeConfig {
             heartbeat_ms: 100,
             election_timeout_ms: 500,
             snapshot_every_entries: 20_000,
+            kept_after_snapshot_entries: 1_000,
             unsafe_skip_readiness_gate: false,
+            manual_ticks: false,
+            incarnation: None,
         }
     }
 
@@ -77,9 +91,16 @@ impl NodeConfig {
             election_timeout_min: self.election_timeout_ms,
             election_timeout_max: self.election_timeout_ms * 2,
             max_payload_entries: 64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: if self.manual_ticks {
+                SnapshotPolicy::Never
+            } else {
+                SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries)
+            },
+            max_in_snapshot_log_to_keep: self.kept_after_snapshot_entries,
             install_snapshot_timeout: 5_000,
+            enable_tick: !self.manual_ticks,
+            enable_heartbeat: !self.manual_ticks,
+            enable_elect: !self.manual_ticks,
             ..Config::default()
         };
         config
@@ -134,6 +155,41 @@ pub struct MemberStatus {
     pub role: Role,
     /// The last index known replicated to it (on the leader; `None` elsewhere).
     pub matched_index: Option<u64>,
+}
+
+/// What `Node::trigger` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Election,
+    Heartbeat,
+    Snapshot,
+}
+
+/// See `Node::activity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    pub busy: bool,
+    pub progress: u64,
+}
+
+/// See `Node::log_bounds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The last entry purged: the log holds `purged + 1 ..= last`.
+    pub purged: Option<u64>,
+    /// The last entry the log holds (or the last purged).
+    pub last: Option<u64>,
+    /// The last entry the current snapshot covers.
+    pub snapshot: Option<u64>,
+    pub committed: u64,
+}
+
+/// See `Node::log_entries`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedEntry {
+    pub index: u64,
+    pub term: u64,
+    pub bytes: Vec<u8>,
 }
 
 struct Inner {
@@ -245,6 +301,7 @@ pub(crate) fn open_machine(
         diverged: AtomicBool::new(false),
         applied: Mutex::new(applied),
         apply_lock: Mutex::new(()),
+        busy: std::sync::atomic::AtomicUsize::new(0),
     }))
 }
 
@@ -279,7 +336,9 @@ impl Node {
         std::fs::create_dir_all(data_dir)?;
         crate::migrate::migrate_if_needed(data_dir, &config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            // One worker under the simulator: a node's tasks then take turns in an order
+            // that depends less on thread timing.
+            .worker_threads(if config.manual_ticks { 1 } else { 2 })
             .thread_name("raft")
             .enable_all()
             .build()?;
@@ -298,7 +357,7 @@ impl Node {
             &runtime,
             Raft::new(config.node_id, raft_config, network, log.clone(), sm),
         )?;
-        let incarnation = rand::random::<u64>() | 1;
+        let incarnation = config.incarnation.unwrap_or_else(rand::random::<u64>) | 1;
         let proposer = Proposer::start(
             config.node_id,
             incarnation,
@@ -774,6 +833,109 @@ impl Node {
         }
     }
 
+    /// Starts what a timer would have started (with `NodeConfig::manual_ticks`): an election
+    /// on this node, a heartbeat from this leader, or a snapshot (waited for). Returns once
+    /// openraft has taken the command; its effects follow (`activity` tells when they end).
+    pub fn trigger(&self, what: Trigger) -> Result<(), Error> {
+        let raft = self.inner.raft.clone();
+        match what {
+            Trigger::Election => self
+                .block_on_runtime(async move { raft.trigger().elect().await.map_err(Error::from) }),
+            Trigger::Heartbeat => self.block_on_runtime(async move {
+                raft.trigger().heartbeat().await.map_err(Error::from)
+            }),
+            Trigger::Snapshot => self.block_on_runtime(self.snapshot_now()).map(|_| ()),
+        }
+    }
+
+    /// Runs `future` on this node's runtime and waits for it (without holding the runtime's
+    /// slot, which the future may need).
+    fn block_on_runtime<T: Send>(
+        &self,
+        future: impl std::future::Future<Output = Result<T, Error>> + Send,
+    ) -> Result<T, Error> {
+        let handle = self
+            .runtime
+            .lock()
+            .as_ref()
+            .map(|r| r.handle().clone())
+            .ok_or(Error::Stopped)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return handle.block_on(future);
+        }
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| handle.block_on(future))
+                .join()
+                .expect("the node's runtime thread")
+        })
+    }
+
+    /// What this node is doing, for a caller that waits until every node is idle (the
+    /// simulator, between its steps): `busy` while any of its tasks is runnable or running,
+    /// its log writer or its state machine has work, or an event awaits proposal; `progress`
+    /// changes whenever any of them made progress.
+    pub fn activity(&self) -> Activity {
+        let mut busy = self.inner.proposer.queued_count() > 0
+            || self.inner.log.log().unfinished_count() > 0
+            || self.inner.machine.busy.load(Ordering::Acquire) > 0;
+        let mut progress = self.inner.log.log().finished_count();
+        if let Some(runtime) = self.runtime.lock().as_ref() {
+            let metrics = runtime.handle().metrics();
+            busy |= metrics.global_queue_depth() > 0;
+            for worker in 0..metrics.num_workers() {
+                let parks = metrics.worker_park_unpark_count(worker);
+                // An even count: the worker is awake (running a task or about to).
+                busy |= parks % 2 == 0;
+                progress = progress.wrapping_mul(31).wrapping_add(parks);
+            }
+        }
+        let applied = self
+            .inner
+            .machine
+            .applied
+            .lock()
+            .last
+            .map_or(0, |l| l.index);
+        busy |= self.inner.store.applied_index() < applied;
+        progress = progress
+            .wrapping_mul(31)
+            .wrapping_add(self.inner.store.applied_index());
+        Activity { busy, progress }
+    }
+
+    /// The log's bounds and this node's snapshot, for checks that read the log.
+    pub fn log_bounds(&self) -> LogBounds {
+        LogBounds {
+            purged: self.inner.log.last_purged().map(|l| l.index),
+            last: self.inner.log.last_log_id().map(|l| l.index),
+            snapshot: self.inner.raft.metrics().borrow().snapshot.map(|l| l.index),
+            committed: self.commit_index(),
+        }
+    }
+
+    /// Log entries `from..=through` that this node holds, as (index, term, their log bytes).
+    pub fn log_entries(&self, from: u64, through: u64) -> Result<Vec<LoggedEntry>, Error> {
+        Ok(self
+            .inner
+            .log
+            .entries(from..=through)?
+            .into_iter()
+            .map(|entry| LoggedEntry {
+                index: entry.log_id.index,
+                term: entry.log_id.leader_id.term,
+                bytes: crate::types::encode_entry(&entry),
+            })
+            .collect())
+    }
+
+    /// Whether this node's storage failed (a failed sync is sticky: it must restart).
+    pub fn has_failed(&self) -> bool {
+        self.inner.log.log().has_failed()
+            || !self.inner.store.is_healthy()
+            || self.inner.raft.metrics().borrow().running_state.is_err()
+    }
+
     /// What opening the log found.
     pub fn log_recovery(&self) -> &storage::log::Recovery {
         &self.inner.recovery
@@ -782,6 +944,11 @@ impl Node {
     /// Events waiting to be proposed.
     pub fn proposals_queued(&self) -> usize {
         self.inner.proposer.queued_count()
+    }
+
+    /// This node's events not yet applied or failed: queued, or proposed and in flight.
+    pub fn proposals_unsettled(&self) -> usize {
+        self.inner.proposer.queued_count() + self.inner.machine.in_flight.lock().len()
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -832,7 +999,9 @@ async fn watch_leadership(node: Node) {
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            // On the node's clock: the fence is re-checked at the same simulated moments on
+            // every run of a simulator's seed.
+            _ = crate::clock::sleep(Duration::from_millis(50)) => {}
         }
     }
 }

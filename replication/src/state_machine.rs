@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -63,6 +63,25 @@ pub(crate) struct Machine {
     pub(crate) applied: Mutex<Applied>,
     /// Held while an entry is applied or the state rebuilt: they never interleave.
     pub(crate) apply_lock: Mutex<()>,
+    /// Snapshot work under way on threads the async runtime does not count (blocking file
+    /// I/O): `Node::activity` reports the node busy meanwhile.
+    pub(crate) busy: AtomicUsize,
+}
+
+/// Counts one piece of snapshot work in `Machine::busy` while it lives.
+struct Busy(Arc<Machine>);
+
+impl Busy {
+    fn new(machine: &Arc<Machine>) -> Busy {
+        machine.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(machine.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Snapshot metadata as written into the snapshot file's `meta` section.
@@ -223,6 +242,7 @@ const INCOMING_SNAPSHOT: &str = "incoming.part";
 
 impl RaftSnapshotBuilder<PanshiRaft> for ShopMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<PanshiRaft>, StorageError> {
+        let _busy = Busy::new(&self.machine);
         let machine = self.machine.clone();
         let (meta, path) = tokio::task::spawn_blocking(move || machine.build_snapshot())
             .await
@@ -260,6 +280,7 @@ impl RaftStateMachine<PanshiRaft> for ShopMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let _busy = Busy::new(&self.machine);
         let dir = snapshot::snapshot_dir(&self.machine.data_dir);
         tokio::fs::create_dir_all(&dir)
             .await
@@ -275,6 +296,7 @@ impl RaftStateMachine<PanshiRaft> for ShopMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
+        let _busy = Busy::new(&self.machine);
         let mut snapshot = snapshot;
         snapshot.sync_all().await.map_err(snapshot_error)?;
         let incoming = snapshot::snapshot_dir(&self.machine.data_dir).join(INCOMING_SNAPSHOT);
@@ -303,6 +325,7 @@ impl RaftStateMachine<PanshiRaft> for ShopMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<PanshiRaft>>, StorageError> {
+        let _busy = Busy::new(&self.machine);
         let dir = snapshot::snapshot_dir(&self.machine.data_dir);
         let Some(path) = snapshot::latest(&dir).map_err(snapshot_error)? else {
             return Ok(None);

@@ -19,7 +19,7 @@ openraft::declare_raft_types!(
         Node = PeerNode,
         Entry = openraft::Entry<PanshiRaft>,
         SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::clock::PanshiRuntime,
 );
 
 pub type Entry = openraft::Entry<PanshiRaft>;

@@ -9,6 +9,7 @@ fn seeds_run_clean() {
         let outcome = run(&Options {
             seed,
             steps: 400,
+            nodes: 1,
             canary: false,
         });
         assert!(
@@ -25,6 +26,7 @@ fn the_canary_is_caught() {
     let outcome = run(&Options {
         seed: 7,
         steps: 400,
+        nodes: 1,
         canary: true,
     });
     assert!(
@@ -38,11 +40,13 @@ fn a_seed_replays_exactly() {
     let first = run(&Options {
         seed: 11,
         steps: 300,
+        nodes: 1,
         canary: false,
     });
     let second = run(&Options {
         seed: 11,
         steps: 300,
+        nodes: 1,
         canary: false,
     });
     assert_eq!(

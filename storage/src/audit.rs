@@ -429,7 +429,7 @@ fn state_at(dir: &Path, through: u64) -> Result<engine::state::ShopState, Error>
 
 /// A checksum of what the state means (orders, every key's holder, stock, balances), the
 /// same for equal states whatever order their maps were filled in.
-fn fingerprint(state: &engine::state::ShopState) -> u32 {
+pub fn fingerprint(state: &engine::state::ShopState) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     for record in state.orders() {
         hasher.update(&rows::encode(record));

@@ -19,7 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -321,6 +321,7 @@ struct Writer {
     index: Arc<RwLock<LogIndex>>,
     failed: Arc<AtomicBool>,
     faults: Arc<Faults>,
+    ops: Arc<OpsCount>,
 }
 
 fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, u64), Error> {
@@ -352,6 +353,7 @@ impl Writer {
                 }
             }
             let mut appends: Vec<Done> = Vec::new();
+            let finished = group.len() as u64;
             for op in group.drain(..) {
                 match op {
                     Op::Append { records, done } => {
@@ -371,6 +373,7 @@ impl Writer {
                 }
             }
             self.flush_appends(&mut appends);
+            self.ops.finished.fetch_add(finished, Ordering::AcqRel);
         }
     }
 
@@ -591,6 +594,15 @@ pub struct Log {
     index: Arc<RwLock<LogIndex>>,
     failed: Arc<AtomicBool>,
     pub faults: Arc<Faults>,
+    /// Operations submitted and finished (their `done` returned), counted for callers that
+    /// wait until the writer is idle (the simulator).
+    ops: Arc<OpsCount>,
+}
+
+#[derive(Default)]
+struct OpsCount {
+    submitted: AtomicU64,
+    finished: AtomicU64,
 }
 
 impl Log {
@@ -609,6 +621,7 @@ impl Log {
         let index = Arc::new(RwLock::new(index));
         let failed = Arc::new(AtomicBool::new(false));
         let faults = Arc::new(Faults::default());
+        let ops = Arc::new(OpsCount::default());
         let writer = Writer {
             dir: dir.to_owned(),
             file,
@@ -621,6 +634,7 @@ impl Log {
             index: index.clone(),
             failed: failed.clone(),
             faults: faults.clone(),
+            ops: ops.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("log-writer".into())
@@ -632,6 +646,7 @@ impl Log {
             index,
             failed,
             faults,
+            ops,
         })
     }
 
@@ -642,11 +657,14 @@ impl Log {
         }
         let sender = self.sender.read();
         let sender = sender.as_ref().ok_or(Error::Closed)?;
-        match sender.try_send(op) {
-            Ok(()) => Ok(()),
+        self.ops.submitted.fetch_add(1, Ordering::AcqRel);
+        let result = match sender.try_send(op) {
+            Ok(()) => return Ok(()),
             Err(TrySendError::Full(_)) => Err(Error::Busy),
             Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
-        }
+        };
+        self.ops.finished.fetch_add(1, Ordering::AcqRel);
+        result
     }
 
     /// Queues an operation, waiting while the queue is full.
@@ -656,7 +674,11 @@ impl Log {
         }
         let sender = self.sender.read();
         let sender = sender.as_ref().ok_or(Error::Closed)?;
-        sender.send(op).map_err(|_| Error::Closed)
+        self.ops.submitted.fetch_add(1, Ordering::AcqRel);
+        sender.send(op).map_err(|_| {
+            self.ops.finished.fetch_add(1, Ordering::AcqRel);
+            Error::Closed
+        })
     }
 
     /// The payloads of records `from..=through` that the writer has written (a record still
@@ -697,6 +719,18 @@ impl Log {
     /// Operations queued for the writer, approximately.
     pub fn queued_count(&self) -> usize {
         self.sender.read().as_ref().map_or(0, Sender::len)
+    }
+
+    /// Operations submitted and not yet finished (their `done` has not returned): zero means
+    /// the writer is idle and every completion has been delivered.
+    pub fn unfinished_count(&self) -> u64 {
+        let finished = self.ops.finished.load(Ordering::Acquire);
+        self.ops.submitted.load(Ordering::Acquire) - finished
+    }
+
+    /// Operations finished since the log was opened.
+    pub fn finished_count(&self) -> u64 {
+        self.ops.finished.load(Ordering::Acquire)
     }
 
     /// Stops accepting operations, lets the writer finish everything queued, and waits for it.

@@ -97,6 +97,16 @@ impl Durable {
     pub fn wait_blocking(self) -> Result<Lsn, Error> {
         self.0.blocking_recv().unwrap_or(Err(Error::Closed))
     }
+
+    /// The outcome if it is known, without waiting (for the simulator, which moves the
+    /// cluster's messages itself between looks).
+    pub fn try_outcome(&mut self) -> Option<Result<Lsn, Error>> {
+        match self.0.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Closed)),
+        }
+    }
 }
 
 /// Who may commit: only a leader past its readiness gate.

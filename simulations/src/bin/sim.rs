@@ -1,6 +1,10 @@
 //! `panshi-sim`: the deterministic simulator. Prints each seed and its faults first; the
 //! last line reads `sim: <N> seeds, <orders> orders, <V> violations`; exits non-zero when
-//! V > 0. `--seed S` replays one seed exactly.
+//! V > 0. `--seed S` replays one seed exactly. `--nodes 3` runs the shop on a cluster of
+//! three voters over a simulated network; each seed's line then ends with the digest of its
+//! committed history. On three nodes a seed replays its faults and workload, but thread
+//! timing inside a node can still change what a message carries: two runs whose digests
+//! differ diverged (docs/ARCHITECTURE.md, simulations/).
 
 use std::process::ExitCode;
 
@@ -22,6 +26,17 @@ struct Args {
     /// Run with a deliberately broken rule: must report violations.
     #[arg(long)]
     canary: bool,
+    /// 1: one node; 3: a cluster of three voters.
+    #[arg(long, default_value_t = 1, value_parser = parse_nodes)]
+    nodes: u64,
+}
+
+fn parse_nodes(text: &str) -> Result<u64, String> {
+    match text {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err("one node (1) or a cluster of three (3)".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -37,13 +52,30 @@ fn main() -> ExitCode {
         let outcome = sim::run(&Options {
             seed,
             steps: args.steps,
+            nodes: args.nodes,
             canary: args.canary,
         });
         for violation in &outcome.violations {
             println!("  violation: {violation}");
         }
+        if let Some(net) = &outcome.cluster {
+            println!(
+                "  seed {seed}: cluster: {} moves ({} delivered, {} lost, {} answers lost), {} elections, {} heartbeats, {} snapshots, {} node crashes, {} sync failures, {} partitions, {} writes of unknown outcome",
+                net.moves,
+                net.delivered,
+                net.lost,
+                net.answers_lost,
+                net.elections,
+                net.heartbeats,
+                net.snapshots,
+                net.node_crashes,
+                net.sync_failures,
+                net.partitions,
+                outcome.unknown_outcomes
+            );
+        }
         println!(
-            "  seed {seed}: {} orders, {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} violations{}",
+            "  seed {seed}: {} orders, {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} violations{}{}",
             outcome.orders,
             outcome.reseller_orders,
             outcome.mails_sent,
@@ -52,10 +84,14 @@ fn main() -> ExitCode {
             outcome.notifies_refused,
             outcome.crashes,
             outcome.violations.len(),
-            if outcome.violations.is_empty() {
-                String::new()
+            match outcome.first_violation_step {
+                Some(step) => format!(" (first at step {step}; replay: panshi-sim --seed {seed} --steps {} --nodes {})", args.steps, args.nodes),
+                None => String::new(),
+            },
+            if args.nodes > 1 {
+                format!(", history {:016x}", outcome.digest)
             } else {
-                format!(" (replay: panshi-sim --seed {seed} --steps {})", args.steps)
+                String::new()
             }
         );
         orders += outcome.orders;

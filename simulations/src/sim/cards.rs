@@ -170,9 +170,14 @@ impl World {
         }
     }
 
-    /// At the end: no key of a card imported sealed is readable anywhere in the data dir.
+    /// At the end: no key of a card imported sealed is readable anywhere in the data dir
+    /// (every node's, on a cluster).
     pub(super) fn check_keys_at_rest(&mut self, first_sealed: CardId) {
-        let bytes = files_bytes(self.dir.path());
+        let bytes: Vec<u8> = self
+            .data_dirs()
+            .iter()
+            .flat_map(|dir| files_bytes(dir))
+            .collect();
         let state = self.store().state();
         let mut leaked = Vec::new();
         for id in first_sealed.0..=state.cards_count() {

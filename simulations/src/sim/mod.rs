@@ -11,16 +11,21 @@
 //! failing seed replays exactly.
 
 mod cards;
+mod cluster;
 mod direct;
 mod gateway;
+mod history;
 mod listings;
 mod mail;
+mod net;
+mod on_cluster;
 mod resellers;
 mod rng;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use cluster::{Cluster, ClusterFaults};
 use engine::order::PaymentDecision;
 use engine::pool::{shard_of, Shard};
 use engine::{
@@ -110,8 +115,10 @@ impl fmt::Display for Faults {
 pub struct Options {
     pub seed: u64,
     pub steps: u64,
-    /// Compile in a broken rule (keys released without a committed expiry) to prove the
-    /// checks can fail.
+    /// 1: one node (`Node::start_single`); 3: a cluster of three voters (`cluster`).
+    pub nodes: u64,
+    /// Run with a deliberately broken rule to prove the checks can fail: on one node, keys
+    /// released without a committed expiry; on three, no readiness gate.
     pub canary: bool,
 }
 
@@ -124,10 +131,19 @@ pub struct Outcome {
     pub mails_sent: u64,
     pub mails_given_up: u64,
     pub crashes: u64,
+    /// Writes whose outcome the client never learned (three nodes: the leader changed or the
+    /// network held them too long).
+    pub unknown_outcomes: u64,
     pub notifies: u64,
     /// Forged and stale replayed notifies the shop refused, as it must.
     pub notifies_refused: u64,
     pub violations: Vec<String>,
+    /// The cluster's moves, elections and faults (three nodes only).
+    pub cluster: Option<cluster::NetStats>,
+    /// A digest of the committed history (three nodes only): equal on every run of a seed.
+    pub digest: u64,
+    /// The step at which the first violation was found.
+    pub first_violation_step: Option<u64>,
 }
 
 /// What the simulation was told was durable.
@@ -153,14 +169,26 @@ impl Acked {
 /// A commit that did not come back acknowledged: the process "crashed" around it.
 struct Crashed;
 
+/// Where the shop runs.
+enum Backend {
+    /// One node, leading.
+    Single {
+        dir: tempfile::TempDir,
+        node: Option<Node>,
+    },
+    /// Three voters; the shop runs on the active leader (`Cluster::shop`).
+    Cluster(Box<Cluster>),
+}
+
 struct World {
     rng: Rng,
     now_ms: u64,
     faults: Faults,
     canary: bool,
-    dir: tempfile::TempDir,
-    /// The shop's node (one, leading): its store is what the steps commit to.
-    node: Option<Node>,
+    backend: Backend,
+    step: u64,
+    /// No leader could be had even with every fault healed: the run stops.
+    stuck: bool,
     pools: BTreeMap<Sku, Vec<Shard>>,
     live: BTreeMap<OrderId, Order>,
     acked: BTreeMap<OrderId, Acked>,
@@ -187,15 +215,30 @@ pub fn run(options: &Options) -> Outcome {
         options.seed,
         if options.canary { " [canary]" } else { "" }
     );
-    let dir = tempfile::tempdir().expect("temporary dir");
-    let node = Node::start_single(dir.path()).expect("a fresh node");
+    let backend = if options.nodes > 1 {
+        let cluster_faults = ClusterFaults::from_rng(&mut rng);
+        println!("  cluster: {cluster_faults}");
+        Backend::Cluster(Box::new(Cluster::start(
+            options.seed,
+            options.canary,
+            cluster_faults,
+        )))
+    } else {
+        let dir = tempfile::tempdir().expect("temporary dir");
+        let node = Node::start_single(dir.path()).expect("a fresh node");
+        Backend::Single {
+            dir,
+            node: Some(node),
+        }
+    };
     let mut world = World {
         rng,
         now_ms: 1_790_000_000_000,
         faults,
         canary: options.canary,
-        dir,
-        node: Some(node),
+        backend,
+        step: 0,
+        stuck: false,
         pools: BTreeMap::new(),
         live: BTreeMap::new(),
         acked: BTreeMap::new(),
@@ -209,15 +252,20 @@ pub fn run(options: &Options) -> Outcome {
         acked_through: 0,
         listings: listings::Model::default(),
     };
+    world.ensure_shop();
     world.setup();
     for step in 0..options.steps {
+        world.step = step;
         world.step();
         world.check(step);
-        if world.outcome.violations.len() > 20 {
+        if world.outcome.violations.len() > 20 || world.stuck {
             break;
         }
     }
     world.faults = Faults::none();
+    if let Backend::Cluster(cluster) = &mut world.backend {
+        cluster.faults = cluster.faults.none();
+    }
     world.settle();
     world.finish();
     world.outcome
@@ -225,21 +273,31 @@ pub fn run(options: &Options) -> Outcome {
 
 impl World {
     fn store(&self) -> &Store {
-        self.node.as_ref().expect("node running").store()
-    }
-
-    fn node(&self) -> &Node {
-        self.node.as_ref().expect("node running")
+        match &self.backend {
+            Backend::Single { node, .. } => node.as_ref().expect("node running").store(),
+            Backend::Cluster(cluster) => cluster.shop_store(),
+        }
     }
 
     fn violation(&mut self, text: String) {
+        if self.outcome.first_violation_step.is_none() {
+            self.outcome.first_violation_step = Some(self.step);
+        }
         self.outcome.violations.push(text);
     }
 
     /// Commits and waits. A refused event is a violation; an unacknowledged one a crash.
     fn commit(&mut self, event: &Event) -> Result<(), Crashed> {
+        if let Backend::Cluster(_) = self.backend {
+            return self.commit_to_cluster(event);
+        }
         if self.rng.per_mille(self.faults.sync_failure_per_mille) {
-            self.node().inject_sync_failure();
+            if let Backend::Single {
+                node: Some(node), ..
+            } = &self.backend
+            {
+                node.inject_sync_failure();
+            }
         }
         match self
             .store()
@@ -294,6 +352,19 @@ impl World {
     }
 
     fn step(&mut self) {
+        if self.is_cluster() {
+            let faulted = self.cluster_fault();
+            if faulted || !self.ensure_shop() {
+                return;
+            }
+            self.workload_step();
+            self.run_network();
+        } else {
+            self.workload_step();
+        }
+    }
+
+    fn workload_step(&mut self) {
         if self.rng.per_mille(self.faults.crash_per_mille) {
             let in_flight = self.rng.percent(50);
             self.crash(in_flight.then_some(()));
@@ -654,23 +725,46 @@ impl World {
                 }
             }
         }
-        if let Some(node) = self.node.take() {
-            // The commit in flight reaches the log (unacknowledged) before the "crash", as
-            // it would have with a slower process death: what follows depends only on the seed.
-            node.quiesce();
-            node.shutdown();
-        }
         let in_flight_now = unacked.is_some() || reseller_in_flight.is_some() || listing_in_flight;
-        if in_flight_now && self.rng.percent(self.faults.torn_tail_percent) {
-            self.damage_tail();
+        if self.is_cluster() {
+            let torn = in_flight_now && self.rng.percent(self.faults.torn_tail_percent);
+            self.crash_leader(torn);
+        } else {
+            if let Backend::Single { node, .. } = &mut self.backend {
+                if let Some(node) = node.take() {
+                    // The commit in flight reaches the log (unacknowledged) before the
+                    // "crash", as it would have with a slower process death: what follows
+                    // depends only on the seed.
+                    node.quiesce();
+                    node.shutdown();
+                }
+            }
+            if in_flight_now && self.rng.percent(self.faults.torn_tail_percent) {
+                self.damage_tail();
+            }
+            self.restart();
         }
-        self.restart();
         self.adopt_in_flight(reseller_in_flight);
+    }
+
+    /// Every data dir the shop's history lives in: one, or each voter's.
+    fn data_dirs(&self) -> Vec<std::path::PathBuf> {
+        match &self.backend {
+            Backend::Single { dir, .. } => vec![dir.path().to_path_buf()],
+            Backend::Cluster(cluster) => cluster.dirs(),
+        }
+    }
+
+    fn single_dir(&self) -> &std::path::Path {
+        match &self.backend {
+            Backend::Single { dir, .. } => dir.path(),
+            Backend::Cluster(_) => unreachable!("one node only"),
+        }
     }
 
     /// Cuts the newest record whole or tears it mid-frame, or appends garbage.
     fn damage_tail(&mut self) {
-        let log = storage::store::log_dir(self.dir.path());
+        let log = storage::store::log_dir(self.single_dir());
         let Ok(Some((path, ends))) = storage::log::tail_frames(&log) else {
             return;
         };
@@ -703,16 +797,25 @@ impl World {
     }
 
     fn restart(&mut self) {
-        let node = match Node::start_single(self.dir.path()) {
+        let node = match Node::start_single(self.single_dir()) {
             Ok(node) => node,
             Err(error) => {
                 self.violation(format!("restart failed: {error}"));
                 panic!("the simulated shop cannot restart: {error}");
             }
         };
+        if let Backend::Single { node: slot, .. } = &mut self.backend {
+            *slot = Some(node);
+        }
+        self.reseed();
+    }
+
+    /// The shop's working memory starts over from the state (after a restart, or on a new
+    /// leader), and takes the state's word on work whose acknowledgement was lost.
+    fn reseed(&mut self) {
         self.pools.clear();
         self.live.clear();
-        let store = node.store().clone();
+        let store = self.store_handle();
         {
             let state = store.state();
             for product in state.products() {
@@ -730,11 +833,17 @@ impl World {
             }
         }
         self.keys_imported = store.state().cards_count();
-        self.node = Some(node);
         self.adopt_unacknowledged();
         self.adopt_mails();
         // As the server does at every start.
         self.seal_legacy_cards();
+    }
+
+    fn store_handle(&self) -> std::sync::Arc<Store> {
+        match &self.backend {
+            Backend::Single { node, .. } => node.as_ref().expect("node running").store().clone(),
+            Backend::Cluster(cluster) => cluster.shop_store().clone(),
+        }
     }
 
     /// Work whose acknowledgement was lost may or may not have survived: take the log's word.
@@ -766,6 +875,9 @@ impl World {
 
     /// After each step: the invariants, and everything acknowledged is there as acknowledged.
     fn check(&mut self, step: u64) {
+        if self.is_cluster() && !self.check_cluster(step) {
+            return;
+        }
         let problems: Vec<String> = self
             .store()
             .state()
@@ -801,6 +913,9 @@ impl World {
 
     /// Faults off: let time run until the gateway has nothing left to send (bounded).
     fn settle(&mut self) {
+        if !self.ensure_shop() {
+            return;
+        }
         let deadline = self.now_ms + LIVENESS_MS_MAX;
         while self.gateway.has_pending() && self.now_ms < deadline {
             self.advance(60_000);
@@ -836,10 +951,16 @@ impl World {
             return;
         }
         self.check_keys_at_rest(self.first_sealed_card);
-        if let Some(node) = self.node.take() {
-            node.shutdown();
+        if self.is_cluster() {
+            self.finish_cluster();
+            return;
         }
-        match storage::audit::audit(self.dir.path()) {
+        if let Backend::Single { node, .. } = &mut self.backend {
+            if let Some(node) = node.take() {
+                node.shutdown();
+            }
+        }
+        match storage::audit::audit(self.single_dir()) {
             Ok(report) => {
                 for violation in report.violations {
                     self.violation(format!("audit: {violation}"));
