@@ -302,6 +302,7 @@ pub(crate) fn open_machine(
         applied: Mutex::new(applied),
         apply_lock: Mutex::new(()),
         busy: std::sync::atomic::AtomicUsize::new(0),
+        own_batch_refused: AtomicBool::new(false),
     }))
 }
 
@@ -801,6 +802,19 @@ impl Node {
             }
         }
         let base = machine.applied.lock().last.map_or(0, |l| l.index);
+        // Entries of this node's earlier chain may still sit in its log uncommitted (the
+        // gate closed when a majority stopped answering, and reopens in the same term, where
+        // no blank entry commits them first). They will commit, and a new chain based below
+        // them would never be admitted: every later write would commit as a no-op and fail
+        // (seen by the three-node simulator). Open only once the whole log is applied.
+        if self
+            .inner
+            .log
+            .last_log_id()
+            .is_some_and(|last| last.index > base)
+        {
+            return false;
+        }
         // Everything applied is also published (readable) before this node leads: an actor
         // loading an order must not find an older record than the state holds.
         let started = std::time::Instant::now();
@@ -967,8 +981,16 @@ async fn watch_leadership(node: Node) {
         node.inner.store.set_leader_hint(m.current_leader);
         let heard = m.millis_since_quorum_ack.is_none_or(|ms| ms <= fence_ms);
         let leads = m.state == ServerState::Leader && heard && m.running_state.is_ok();
+        // A halted chain (a batch failed, or committed without being admitted) takes no
+        // more writes: close the gate and open it again with a new chain.
+        let chain_broken = node.inner.proposer.is_halted()
+            || node
+                .inner
+                .machine
+                .own_batch_refused
+                .swap(false, Ordering::AcqRel);
         match active_term {
-            Some(term) if !leads || m.current_term != term => {
+            Some(term) if !leads || m.current_term != term || chain_broken => {
                 node.close_gate();
                 node.abandon_in_flight();
                 active_term = None;

@@ -108,6 +108,11 @@ impl Proposer {
         self.end_chain();
     }
 
+    /// Whether the current chain stopped taking events (failed, or ended with the gate).
+    pub(crate) fn is_halted(&self) -> bool {
+        self.chain.lock().halted
+    }
+
     pub(crate) fn queued_count(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }

@@ -66,6 +66,9 @@ pub(crate) struct Machine {
     /// Snapshot work under way on threads the async runtime does not count (blocking file
     /// I/O): `Node::activity` reports the node busy meanwhile.
     pub(crate) busy: AtomicUsize,
+    /// A batch of this node's own was committed but not admitted (its chain is broken):
+    /// the leadership watcher starts a new chain.
+    pub(crate) own_batch_refused: AtomicBool,
 }
 
 /// Counts one piece of snapshot work in `Machine::busy` while it lives.
@@ -166,6 +169,7 @@ impl Machine {
                 self.store.complete_own(index, batch.pendings)?;
             }
             (Some(batch), false) => {
+                self.own_batch_refused.store(true, Ordering::Release);
                 for pending in batch.pendings {
                     pending.fail(storage::Error::NotLeader { leader: None });
                 }

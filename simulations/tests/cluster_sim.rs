@@ -20,7 +20,10 @@ fn three_voters_run_clean_and_the_readiness_gate_canary_is_caught() {
         );
         assert!(outcome.orders > 0);
         let cluster = outcome.cluster.expect("three nodes report their network");
-        assert!(cluster.elections > 0 && cluster.delivered > 0, "{cluster:?}");
+        assert!(
+            cluster.elections > 0 && cluster.delivered > 0,
+            "{cluster:?}"
+        );
     }
     let canary = run(&Options {
         seed: 1,

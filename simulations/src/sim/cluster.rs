@@ -165,7 +165,6 @@ pub struct Cluster {
     /// Record every move (`PANSHI_SIM_TRACE`: `full` adds each node's view), to compare two
     /// runs of a seed line by line.
     trace: Option<bool>,
-    trace_lines: parking_lot::Mutex<Vec<String>>,
 }
 
 fn sim_ms() -> u64 {
@@ -194,7 +193,6 @@ impl Cluster {
             leaders: BTreeMap::new(),
             stats: NetStats::default(),
             trace: std::env::var("PANSHI_SIM_TRACE").ok().map(|v| v == "full"),
-            trace_lines: parking_lot::Mutex::default(),
         };
         for id in VOTERS {
             cluster.slots.insert(
@@ -270,12 +268,8 @@ impl Cluster {
                 None => line.push_str(&format!(" {id}:down")),
             }
         }
-        self.trace_lines.lock().push(line);
-    }
-
-    /// The trace so far (empty unless `PANSHI_SIM_TRACE` is set).
-    pub fn take_trace(&self) -> Vec<String> {
-        std::mem::take(&mut self.trace_lines.lock())
+        // At once, to standard error: a run that never ends still shows where it is.
+        eprintln!("{line}");
     }
 
     pub fn node(&self, id: NodeId) -> Option<&Node> {
@@ -850,6 +844,9 @@ impl Cluster {
                 return true;
             }
             self.tick(rng);
+            // A sync that failed now (one injected before the faults stopped) stops its
+            // node: the supervisor restarts it, as during the run.
+            self.reap_failed(rng);
         }
         false
     }

@@ -187,8 +187,11 @@ struct World {
     canary: bool,
     backend: Backend,
     step: u64,
-    /// No leader could be had even with every fault healed: the run stops.
+    /// No leader could be had even with every fault healed, or no write went through for
+    /// too long: the run stops.
     stuck: bool,
+    /// Writes to the cluster whose outcome stayed unknown since the last acknowledged one.
+    failed_writes_in_a_row: u64,
     pools: BTreeMap<Sku, Vec<Shard>>,
     live: BTreeMap<OrderId, Order>,
     acked: BTreeMap<OrderId, Acked>,
@@ -239,6 +242,7 @@ pub fn run(options: &Options) -> Outcome {
         backend,
         step: 0,
         stuck: false,
+        failed_writes_in_a_row: 0,
         pools: BTreeMap::new(),
         live: BTreeMap::new(),
         acked: BTreeMap::new(),
@@ -526,7 +530,7 @@ impl World {
 
     fn advance(&mut self, by_ms: u64) {
         let until = self.now_ms + by_ms;
-        loop {
+        while !self.stuck {
             let next_notify = self.gateway.next_due().unwrap_or(u64::MAX);
             let next_expiry = self
                 .live

@@ -7,6 +7,9 @@
 use super::cluster::{Cluster, Commit};
 use super::{describe, Backend, Crashed, Rng, World};
 
+/// Writes in a row whose outcome stays unknown before liveness is declared lost (a leader
+/// is re-found, and every fault healed after `cluster::LEADER_MOVES_HEAL`, between them).
+const FAILED_WRITES_IN_A_ROW_MAX: u64 = 200;
 /// Network ticks after each step, at most (the cluster keeps moving between requests).
 const TICKS_PER_STEP_MAX: u64 = 4;
 
@@ -73,6 +76,9 @@ impl World {
     }
 
     pub(super) fn commit_to_cluster(&mut self, event: &engine::Event) -> Result<(), Crashed> {
+        if self.stuck {
+            return Err(Crashed);
+        }
         let sync_failure_per_mille = self.faults.sync_failure_per_mille;
         let outcome = self.with_cluster(|cluster, rng| {
             if rng.per_mille(sync_failure_per_mille) {
@@ -86,6 +92,7 @@ impl World {
         });
         match outcome {
             Commit::Acked(index) => {
+                self.failed_writes_in_a_row = 0;
                 self.acked_through = self.acked_through.max(index);
                 Ok(())
             }
@@ -95,6 +102,17 @@ impl World {
             }
             Commit::Unknown => {
                 self.outcome.unknown_outcomes += 1;
+                self.failed_writes_in_a_row += 1;
+                if self.failed_writes_in_a_row > FAILED_WRITES_IN_A_ROW_MAX {
+                    // A leader that takes no write at all is an outage, not bad luck (a
+                    // broken chain once made every write commit as a no-op, for ever).
+                    self.violation(format!(
+                        "liveness: {} writes in a row failed",
+                        self.failed_writes_in_a_row
+                    ));
+                    self.stuck = true;
+                    return Err(Crashed);
+                }
                 self.resync();
                 Err(Crashed)
             }
@@ -179,9 +197,6 @@ impl World {
         let cluster = self.cluster();
         let problems = cluster.check(step);
         let stats = cluster.stats.clone();
-        for line in cluster.take_trace() {
-            eprintln!("{line}");
-        }
         let digest = cluster.digest();
         cluster.stop();
         let dirs = cluster.dirs();
