@@ -6,72 +6,25 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use engine::coupon::{Coupon, CouponUse, Discount};
-use engine::{CardId, Currency, Event, NewOrder, OrderId, PlacedOrder, Product, Sku};
+mod common;
+
+use common::{once_coupon, order, product, sku, with_coupon};
+use engine::{CardId, Event};
 use replication::Node;
 use storage::entry::{self, EntryPayload, EntryRef, PayloadRef};
-
-fn sku() -> Sku {
-    Sku::parse("game").unwrap()
-}
-
-fn order(n: u64, card: u64, amount_cents: u64) -> NewOrder {
-    NewOrder {
-        order_id: OrderId::parse(&format!("o{n}")).unwrap(),
-        token: "t".into(),
-        trace_id: "x".into(),
-        sku: sku(),
-        quantity: 1,
-        amount_cents,
-        currency: Currency::parse("CNY").unwrap(),
-        contact: "c@example.com".into(),
-        channel: "epay".into(),
-        payment_channel: "epay".into(),
-        payment_url: "https://pay.example/".into(),
-        payment_ref: String::new(),
-        created_at_ms: 10,
-        expires_at_ms: 1_000,
-        cards: vec![CardId(card)],
-        idempotency: None,
-    }
-}
-
-fn with_coupon(n: u64, card: u64) -> Event {
-    Event::OrderPlaced(Box::new(PlacedOrder {
-        order: order(n, card, 900),
-        coupon: Some(CouponUse {
-            code: "ONCE".into(),
-            discount_cents: 100,
-        }),
-        lookup_password_hash: None,
-    }))
-}
 
 /// A shop with three keys, key 3 deleted, and a one-use coupon used once.
 fn honest_log(dir: &Path) {
     let node = Node::start_single(dir).unwrap();
     let store = node.store().clone();
     let events = [
-        Event::ProductCreated(Product {
-            sku: sku(),
-            name: "Game".into(),
-            price_cents: 1_000,
-            currency: Currency::parse("CNY").unwrap(),
-            created_at_ms: 1,
-        }),
+        product(),
         Event::CardsImported {
             sku: sku(),
             first_card_id: CardId(1),
             keys: vec!["K1".into(), "K2".into(), "K3".into()],
         },
-        Event::CouponCreated(Coupon {
-            code: "ONCE".into(),
-            discount: Discount::Fixed { amount_cents: 100 },
-            sku: None,
-            uses_max: 1,
-            expires_at_ms: 5_000,
-            created_at_ms: 1,
-        }),
+        once_coupon(),
         with_coupon(1, 1),
         Event::CardsDeleted {
             sku: sku(),

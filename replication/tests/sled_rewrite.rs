@@ -2,42 +2,16 @@
 //! installs a snapshot) holds every row the log implies: listings, coupons, orders' terms
 //! and the shop's identity included, so `panshi audit` finds it clean.
 
-use engine::coupon::{Coupon, CouponUse, Discount};
+mod common;
+
+use common::{once_coupon, product, sku, with_coupon};
 use engine::listing::{IdentityChange, ProductChange};
-use engine::{CardId, Currency, Event, NewOrder, OrderId, PlacedOrder, Product, Sku};
+use engine::{CardId, Event};
 use replication::Node;
 
-fn sku() -> Sku {
-    Sku::parse("game").unwrap()
-}
-
 fn events() -> Vec<Event> {
-    let order = NewOrder {
-        order_id: OrderId::parse("o1").unwrap(),
-        token: "t".into(),
-        trace_id: "x".into(),
-        sku: sku(),
-        quantity: 1,
-        amount_cents: 900,
-        currency: Currency::parse("CNY").unwrap(),
-        contact: "c@example.com".into(),
-        channel: "epay".into(),
-        payment_channel: "epay".into(),
-        payment_url: "https://pay.example/".into(),
-        payment_ref: String::new(),
-        created_at_ms: 10,
-        expires_at_ms: 1_000,
-        cards: vec![CardId(1)],
-        idempotency: None,
-    };
     vec![
-        Event::ProductCreated(Product {
-            sku: sku(),
-            name: "Game".into(),
-            price_cents: 1_000,
-            currency: Currency::parse("CNY").unwrap(),
-            created_at_ms: 1,
-        }),
+        product(),
         Event::ProductEdited {
             sku: sku(),
             changes: vec![ProductChange::Description("A game key".into())],
@@ -48,22 +22,8 @@ fn events() -> Vec<Event> {
             first_card_id: CardId(1),
             keys: vec!["K1".into(), "K2".into()],
         },
-        Event::CouponCreated(Coupon {
-            code: "ONCE".into(),
-            discount: Discount::Fixed { amount_cents: 100 },
-            sku: None,
-            uses_max: 1,
-            expires_at_ms: 5_000,
-            created_at_ms: 3,
-        }),
-        Event::OrderPlaced(Box::new(PlacedOrder {
-            order,
-            coupon: Some(CouponUse {
-                code: "ONCE".into(),
-                discount_cents: 100,
-            }),
-            lookup_password_hash: None,
-        })),
+        once_coupon(),
+        with_coupon(1, 1),
         Event::ShopIdentitySet {
             changes: vec![IdentityChange::Name("Rock shop".into())],
             at_ms: 4,
