@@ -249,7 +249,10 @@ fn stop_runtime(runtime: Runtime) {
 
 /// Runs `future` to completion on the node's runtime, from a thread of its own when the
 /// caller is itself inside a runtime (tokio forbids blocking on one runtime inside another).
-fn block_on_outside<F: std::future::Future + Send>(runtime: &Runtime, future: F) -> F::Output
+fn block_on_outside<F: std::future::Future + Send>(
+    runtime: &tokio::runtime::Handle,
+    future: F,
+) -> F::Output
 where
     F::Output: Send,
 {
@@ -355,7 +358,7 @@ impl Node {
             machine: machine.clone(),
         };
         let raft = block_on_outside(
-            &runtime,
+            runtime.handle(),
             Raft::new(config.node_id, raft_config, network, log.clone(), sm),
         )?;
         let incarnation = config.incarnation.unwrap_or_else(rand::random::<u64>) | 1;
@@ -482,7 +485,7 @@ impl Node {
     {
         let runtime = self.runtime.lock();
         let runtime = runtime.as_ref().expect("running");
-        block_on_outside(runtime, future)
+        block_on_outside(runtime.handle(), future)
     }
 
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
@@ -747,7 +750,7 @@ impl Node {
         let runtime = self.runtime.lock().take();
         if let Some(runtime) = runtime {
             let raft = self.inner.raft.clone();
-            let _ = block_on_outside(&runtime, async move {
+            let _ = block_on_outside(runtime.handle(), async move {
                 tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await
             });
             stop_runtime(runtime);
@@ -874,15 +877,7 @@ impl Node {
             .as_ref()
             .map(|r| r.handle().clone())
             .ok_or(Error::Stopped)?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            return handle.block_on(future);
-        }
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| handle.block_on(future))
-                .join()
-                .expect("the node's runtime thread")
-        })
+        block_on_outside(&handle, future)
     }
 
     /// What this node is doing, for a caller that waits until every node is idle (the
