@@ -138,6 +138,10 @@ impl Shop {
         }
     }
 
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     pub fn create_order_request(&self, sku: &str, quantity: u32) -> Vec<u8> {
         self.create_request(sku, quantity, None)
     }

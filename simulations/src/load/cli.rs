@@ -95,6 +95,17 @@ pub enum Scenario {
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
+    /// Closed loop: every connection buys back to back (create, notify, lookup that must
+    /// show exactly one key); reports purchases/s and the server's CPU and context
+    /// switches per purchase. With --versus, the no-work server first, then Panshi.
+    Closed {
+        /// Seconds of each run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// The `panshi-nowork` binary: run the same probe against it first.
+        #[arg(long)]
+        versus: Option<PathBuf>,
+    },
     /// Raises the rate step by step until throughput stops rising; reports the knee.
     Ramp {
         /// Rate of the first step.
@@ -211,6 +222,7 @@ impl Cli {
                 check_rate(*max_rate)?;
                 check_duration(*step_duration)
             }
+            Scenario::Closed { duration, .. } => check_duration(*duration),
             Scenario::Flash { keys, buyers, .. } => {
                 anyhow::ensure!(
                     (1..=FLASH_KEYS_MAX).contains(keys),

@@ -156,3 +156,20 @@ pub fn overflows_since(before: Option<u64>) -> String {
         _ => "n/a".to_owned(),
     }
 }
+
+/// Context switches (voluntary and not) of every thread of `pid` alive now, from
+/// `/proc/<pid>/task/*/status`: the process's own status file counts its main thread only.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(text) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue; // the thread exited since the listing
+        };
+        total += text
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}

@@ -1,7 +1,8 @@
 //! `panshi-load`: drives a running Panshi server over real HTTP and WebSocket, measures it,
 //! and checks afterwards that nothing was oversold or lost.
 //!
-//! Scenarios (`scenarios`): `steady` (a fixed purchase rate), `ramp` (rising rates until
+//! Scenarios (`scenarios`): `steady` (a fixed purchase rate), `closed` (back to back,
+//! optionally against the no-work server), `ramp` (rising rates until
 //! throughput stops rising), `flash` (K keys, M buyers at once, live sockets, optionally through a waiting room) and `phases`
 //! (2x baseline, 3x historical peak, then `kill -9` and restart of a spawned server) and
 //! `failover` (three spawned nodes, the leader killed again and again under load).
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod closed;
 pub mod cpu;
 pub mod failover;
 pub mod flash;
@@ -147,6 +149,10 @@ async fn run_scenario(
 ) -> anyhow::Result<ScenarioOutcome> {
     match *scenario {
         Scenario::Steady { rate, duration } => scenarios::steady(ctx, rate, secs(duration)).await,
+        Scenario::Closed {
+            duration,
+            ref versus,
+        } => scenarios::closed(ctx, secs(duration), versus.as_deref()).await,
         Scenario::Ramp {
             start,
             step,

@@ -1,4 +1,4 @@
-//! The scenarios: `steady`, `ramp`, `flash` and `phases`. Each creates its own product,
+//! The scenarios: `steady`, `closed`, `ramp`, `flash` and `phases`. Each creates its own product,
 //! imports the keys it needs through the operator API, runs, prints its section of the
 //! report, and hands back what the final checks need.
 
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::api::Shop;
 use super::check::ImportedProduct;
 use super::cli::LoadArgs;
+use super::closed::{against_nowork, print_ratio, run_closed};
 use super::cpu::ServerPid;
 use super::flash::{run_flash, FlashPlan};
 use super::purchase::Ledger;
@@ -142,6 +143,61 @@ pub async fn steady(
         ledger: outcome.ledger,
         exact_paid: None,
         checks: Vec::new(),
+    })
+}
+
+/// Keys per second of a closed-loop run: above what this machine can sell.
+const CLOSED_KEYS_PER_SEC: u64 = 25_000;
+
+/// The closed-loop probe, after the no-work server's run when `versus` names its binary.
+pub async fn closed(
+    ctx: &Context,
+    duration: Duration,
+    versus: Option<&std::path::Path>,
+) -> anyhow::Result<ScenarioOutcome> {
+    let connections = ctx.load.connections;
+    let ceiling = match versus {
+        Some(binary) => {
+            let outcome = against_nowork(
+                binary,
+                ctx.shop.credentials().clone(),
+                connections,
+                duration,
+            )
+            .await?;
+            outcome.print();
+            Some(outcome)
+        }
+        None => None,
+    };
+    let keys = CLOSED_KEYS_PER_SEC * duration.as_secs() + KEYS_SLACK;
+    let product = ctx.stocked_product("closed", keys).await?;
+    ctx.settle().await?;
+    let outcome = run_closed(
+        "panshi",
+        &ctx.shop,
+        &product.sku,
+        connections,
+        duration,
+        &ctx.server_pid,
+    )
+    .await;
+    outcome.print();
+    if let Some(ceiling) = &ceiling {
+        print_ratio(&outcome, ceiling);
+    }
+    let errors = outcome.stats.errors_total()
+        + outcome
+            .stats
+            .note_count("lookups without exactly the keys bought");
+    Ok(ScenarioOutcome {
+        products: vec![product],
+        ledger: outcome.ledger,
+        exact_paid: None,
+        checks: vec![(
+            errors == 0,
+            format!("closed loop: {errors} errors or lookups without exactly the keys bought"),
+        )],
     })
 }
 
