@@ -406,10 +406,12 @@ impl Shop {
         for (name, client) in gateways {
             let (clock, health, actor_name) = (clock.clone(), health.clone(), name.clone());
             let config = settings.breaker;
+            let usability = Arc::new(channel::Usability::default());
+            let published = usability.clone();
             let addr = Supervisor::start(move |_| {
-                channel::ChannelActor::new(&actor_name, client, config, clock, health)
+                channel::ChannelActor::new(&actor_name, client, config, clock, health, published)
             });
-            channels.insert(&name, addr);
+            channels.insert(&name, addr, usability);
         }
         assert!(
             settings.shards_per_sku >= 1

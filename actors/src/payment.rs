@@ -11,7 +11,7 @@ use engine::money::format_cents;
 use engine::payment::epay_submit_url;
 use engine::{Currency, OrderId, Rejection};
 
-use crate::channel::{Create, CreateRequest, Usable};
+use crate::channel::{Create, CreateRequest};
 use crate::Shop;
 
 /// The channel of orders that no gateway could take: an operator confirms them by hand.
@@ -94,11 +94,8 @@ impl Shop {
                 .is_ok_and(|candidates| candidates.iter().any(|(c, _)| c == channel))
     }
 
-    async fn usable(&self, channel: &str) -> bool {
-        match self.channel(channel) {
-            Some(addr) => addr.send(Usable).await.unwrap_or(false),
-            None => true,
-        }
+    fn usable(&self, channel: &str) -> bool {
+        self.0.channels.is_usable(channel, self.now_ms())
     }
 
     /// Picks the channel and creates the payment there; falls back along the method's list,
@@ -113,7 +110,7 @@ impl Shop {
             let link = match channel.as_str() {
                 "epay" if self.settings().epay.is_some() => {
                     configured = true;
-                    if !self.usable("epay").await {
+                    if !self.usable("epay") {
                         continue;
                     }
                     let via_mapi = self

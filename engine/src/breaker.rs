@@ -112,6 +112,23 @@ impl Breaker {
         }
     }
 
+    /// The earliest time at which `is_usable` answers true if nothing else happens: 0 when
+    /// usable now, the end of the cool-down when open, `u64::MAX` when half-open with every
+    /// probe taken (only an outcome frees one). Published for readers that must not wait
+    /// for the channel's actor: `is_usable(now) == (now >= usable_from_ms())`.
+    pub fn usable_from_ms(&self) -> u64 {
+        match self.state {
+            BreakerState::Closed => 0,
+            BreakerState::Open { since_ms } => since_ms.saturating_add(self.config.cooldown_ms),
+            BreakerState::HalfOpen { probes_in_flight } => {
+                match probes_in_flight < self.config.half_open_probes_max {
+                    true => 0,
+                    false => u64::MAX,
+                }
+            }
+        }
+    }
+
     pub fn record(&mut self, now_ms: u64, succeeded: bool) {
         self.remember(now_ms, succeeded);
         match (self.state(now_ms), succeeded) {
@@ -185,6 +202,46 @@ mod tests {
             error_rate_percent_max: 50,
             cooldown_ms: 5_000,
             half_open_probes_max: 1,
+        }
+    }
+
+    /// `usable_from_ms` answers as `is_usable` does, at every time after any history of
+    /// calls, probes and outcomes (the published copy readers use instead of asking).
+    #[test]
+    fn usable_from_agrees_with_is_usable() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for _ in 0..200 {
+            let mut breaker = Breaker::new(BreakerConfig {
+                half_open_probes_max: 1 + next(3) as u32,
+                ..config()
+            });
+            let mut now = 0;
+            for _ in 0..200 {
+                now += next(3_000);
+                match next(3) {
+                    0 => breaker.record(now, next(4) == 0),
+                    1 => drop(breaker.allow(now)),
+                    _ => {}
+                }
+                let from = breaker.usable_from_ms();
+                for probe in [now, now + 1, now + 2_500, now + 5_000, now + 60_000] {
+                    let mut copy = Breaker {
+                        window: breaker.window.clone(),
+                        ..breaker
+                    };
+                    assert_eq!(
+                        copy.is_usable(probe),
+                        probe >= from,
+                        "at {probe}, from {from}"
+                    );
+                }
+            }
         }
     }
 
