@@ -593,7 +593,7 @@ impl Shop {
         &self.0.traces
     }
 
-    /// Records an order stage in the trace ring and the structured log.
+    /// Records an order stage in the trace ring and the structured log (at `debug`).
     pub(crate) fn trace_stage(
         &self,
         order_id: &OrderId,

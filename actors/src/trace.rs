@@ -82,7 +82,9 @@ pub struct Traces {
 }
 
 impl Traces {
-    /// Appends a stage to an order's trace (starting the trace if new) and logs it.
+    /// Appends a stage to an order's trace (starting the trace if new) and logs it at
+    /// `debug`: six lines per purchase cost 10% of throughput at `info`, and the ring
+    /// (`GET /api/v1/admin/orders/{order_id}/trace`) already answers for every recent order.
     pub fn record(
         &self,
         order_id: &OrderId,
@@ -92,7 +94,7 @@ impl Traces {
         duration: Duration,
     ) {
         let duration_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        tracing::info!(
+        tracing::debug!(
             trace_id,
             order_id = %order_id,
             stage = stage.as_str(),

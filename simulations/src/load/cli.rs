@@ -66,6 +66,9 @@ pub struct TargetArgs {
     /// Keep the spawned server's data dir instead of deleting it.
     #[arg(long, global = true)]
     pub keep_data: bool,
+    /// Log level of a spawned server (its `log.level`); its log goes to a file.
+    #[arg(long, global = true, default_value = "warn")]
+    pub server_log_level: String,
 }
 
 #[derive(Args, Debug, Clone)]

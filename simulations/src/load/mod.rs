@@ -66,7 +66,11 @@ pub async fn run(cli: Cli, command_line: String) -> anyhow::Result<bool> {
     let server_pid = ServerPid::default();
     let mut server = match &cli.target.spawn {
         Some(binary) => {
-            let env = server_env(&cli.scenario);
+            let mut env = server_env(&cli.scenario);
+            env.push((
+                "PANSHI_LOG__LEVEL".to_owned(),
+                cli.target.server_log_level.clone(),
+            ));
             Some(SpawnedServer::start(binary, credentials.clone(), server_pid.clone(), env).await?)
         }
         None => None,
@@ -90,7 +94,7 @@ pub async fn run(cli: Cli, command_line: String) -> anyhow::Result<bool> {
     check_outcome(&ctx, outcome, &mut checks).await?;
     if let Some(server) = server.as_mut() {
         check::finish_server(server, &mut checks).await;
-        report_server_log(server);
+        report_server_log(server, &cli.target.server_log_level);
         if cli.target.keep_data {
             println!("data kept in {}", server.keep().display());
         }
@@ -226,10 +230,10 @@ async fn check_outcome(
     Ok(())
 }
 
-fn report_server_log(server: &SpawnedServer) {
+fn report_server_log(server: &SpawnedServer, level: &str) {
     let (lines, tail) = server.log_tail();
     println!(
-        "\nserver log: {lines} lines (level warn) in {}",
+        "\nserver log: {lines} lines (level {level}) in {}",
         server.log_path.display()
     );
     for line in tail {

@@ -110,7 +110,7 @@ impl SpawnedServer {
             .env("PANSHI_EPAY__PID", &self.credentials.epay_pid)
             .env("PANSHI_EPAY__KEY", &self.credentials.epay_key)
             .env("PANSHI_EPAY__GATEWAY_URL", "http://127.0.0.1:9/epay")
-            .env("PANSHI_LOG__LEVEL", "warn")
+            .env("PANSHI_LOG__LEVEL", "warn") // unless `env` says otherwise
             // All load comes from one host: per-client limits and risk rules would measure
             // themselves, not the shop. They are raised here and only here.
             .env("PANSHI_LIMITS__CREATE__PER_SECOND", "1000000")
