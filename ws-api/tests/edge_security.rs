@@ -207,3 +207,57 @@ async fn forged_notifies_are_counted_in_full_and_logged_sampled() {
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(counted, Some(FORGED as f64), "{scrape}");
 }
+
+/// The request metrics label each answer with its route's pattern, read after routing
+/// (the buyer's and gateways' routes carry it; others are matched again); a path no route
+/// takes is `unmatched`, and a method a labelled route does not take still falls through to
+/// the contract's 405 or 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_label_every_answer_with_its_route_pattern() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    server.product("labels", 500, &keys("LBL", 2)).await;
+    let (status, order) = server.order("labels", 1).await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(server.pay(&order).await.0, 200);
+    assert_eq!(server.lookup(&order).await.0, 200);
+    assert!(!server.get_text("/livez").await.is_empty());
+    let lookup_as_get = server
+        .http
+        .get(server.url("/api/v1/orders/lookup"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lookup_as_get.status().as_u16(), 404, "GET of the POST-only path");
+    let create_as_get = server
+        .http
+        .get(server.url("/api/v1/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create_as_get.status().as_u16(), 405);
+    let body: serde_json::Value = create_as_get.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed", "{body}");
+    let _ = server.get_text("/no/such/path").await;
+    let scrape = server.get_text("/metrics").await;
+    for series in [
+        r#"route="/api/v1/orders",method="POST",status="2xx""#,
+        r#"route="/api/v1/payments/epay/notify",method="POST",status="2xx""#,
+        r#"route="/api/v1/orders/{order_id}",method="GET",status="2xx""#,
+        r#"route="/livez",method="GET",status="2xx""#,
+        r#"route="/api/v1/orders/{order_id}",method="GET",status="4xx""#,
+        r#"route="unmatched",method="GET",status="4xx""#,
+    ] {
+        let line = format!("panshi_http_requests_total{{{series}}} ");
+        assert!(
+            scrape.lines().any(|l| l.starts_with(&line)),
+            "no {line} in\n{}",
+            scrape
+                .lines()
+                .filter(|l| l.starts_with("panshi_http_requests_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    promtool_check(&scrape);
+}

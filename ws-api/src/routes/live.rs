@@ -11,10 +11,14 @@ use crate::error::ApiError;
 use crate::routes::orders::TokenQuery;
 use crate::socket::{self, Feed, Outgoing};
 use crate::wire::order_update;
-use crate::AppState;
+use crate::{resource, AppState};
 
 pub fn configure(config: &mut web::ServiceConfig) {
-    config.route("/api/v1/orders/{order_id}/live", web::get().to(live));
+    config.service(
+        resource("/api/v1/orders/{order_id}/live")
+            .guard(actix_web::guard::Get())
+            .to(live),
+    );
 }
 
 async fn live(

@@ -3,6 +3,7 @@
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
+use actix_web::guard::{Get, Post};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::OrderRequest;
 use engine::{OrderId, Sku};
@@ -10,14 +11,22 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::wire::{catalogue_item, created_order, order_view, parse_json, OrderBody};
-use crate::{payload_too_large, read_body, AppState};
+use crate::{payload_too_large, read_body, resource, AppState};
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .route("/api/v1/products", web::get().to(products))
-        .route("/api/v1/orders", web::post().to(create_order))
-        .route("/api/v1/orders/lookup", web::post().to(lookup_by_contact))
-        .route("/api/v1/orders/{order_id}", web::get().to(lookup));
+        .service(resource("/api/v1/products").guard(Get()).to(products))
+        .service(resource("/api/v1/orders").guard(Post()).to(create_order))
+        .service(
+            resource("/api/v1/orders/lookup")
+                .guard(Post())
+                .to(lookup_by_contact),
+        )
+        .service(
+            resource("/api/v1/orders/{order_id}")
+                .guard(Get())
+                .to(lookup),
+        );
 }
 
 async fn products(state: web::Data<AppState>) -> HttpResponse {

@@ -1,6 +1,7 @@
 //! Gateway callbacks. A notify is answered `success` only once its effect is durable (or it
 //! was applied before); anything forged or mismatched changes nothing and is counted.
 
+use actix_web::guard;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::{PayOutcome, ShopError};
@@ -8,7 +9,7 @@ use engine::payment::verify_epay_notify;
 use engine::Payment;
 
 use crate::log_gate::LogGate;
-use crate::{read_body, AppState};
+use crate::{read_body, resource, AppState};
 
 // Anyone can send these callbacks: their refusals are logged sampled (`log_gate`), and
 // counted in full by `panshi_payment_notifies_total`.
@@ -32,12 +33,9 @@ const CALLBACK_ROUTES: [CallbackRoute; 3] = [
     CallbackRoute {
         channel: "epay",
         mount: |config| {
-            config.route(
-                "/api/v1/payments/epay/notify",
-                web::route()
-                    .guard(
-                        actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Post()),
-                    )
+            config.service(
+                resource("/api/v1/payments/epay/notify")
+                    .guard(guard::Any(guard::Get()).or(guard::Post()))
                     .to(epay_notify),
             );
         },
@@ -45,18 +43,20 @@ const CALLBACK_ROUTES: [CallbackRoute; 3] = [
     CallbackRoute {
         channel: "epusdt",
         mount: |config| {
-            config.route(
-                "/api/v1/payments/epusdt/notify",
-                web::post().to(epusdt_notify),
+            config.service(
+                resource("/api/v1/payments/epusdt/notify")
+                    .guard(guard::Post())
+                    .to(epusdt_notify),
             );
         },
     },
     CallbackRoute {
         channel: "stripe",
         mount: |config| {
-            config.route(
-                "/api/v1/payments/stripe/webhook",
-                web::post().to(stripe_webhook),
+            config.service(
+                resource("/api/v1/payments/stripe/webhook")
+                    .guard(guard::Post())
+                    .to(stripe_webhook),
             );
         },
     },
