@@ -362,12 +362,19 @@ impl Node {
             Raft::new(config.node_id, raft_config, network, log.clone(), sm),
         )?;
         let incarnation = config.incarnation.unwrap_or_else(rand::random::<u64>) | 1;
+        // Decided from the configuration at start: a voter alone has no round trip to
+        // overlap (a cluster grown at run time keeps this until its next start).
+        let batches_in_flight = match config.voters.len() {
+            0 | 1 => crate::proposer::BATCHES_IN_FLIGHT_ALONE,
+            _ => crate::proposer::BATCHES_IN_FLIGHT_MAX,
+        };
         let proposer = Proposer::start(
             config.node_id,
             incarnation,
             raft.clone(),
             machine.clone(),
             runtime.handle(),
+            batches_in_flight,
         );
         store.set_sink(proposer.clone());
         let node = Node {

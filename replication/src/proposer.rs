@@ -3,7 +3,8 @@
 //! `Store::commit` hands each event here under the state's write lock (so queue order is
 //! apply order). One task drains the queue into a batch of up to `BATCH_EVENTS_MAX` events
 //! or `BATCH_BYTES_MAX` bytes and proposes it as one entry, with at most
-//! `BATCHES_IN_FLIGHT_MAX` entries not yet applied; while they are in flight the next batch
+//! `BATCHES_IN_FLIGHT_MAX` entries not yet applied (`BATCHES_IN_FLIGHT_ALONE` for a voter
+//! without peers); while they are in flight the next batch
 //! grows, which is group commit carried over to consensus (openraft 0.9 syncs once per
 //! entry).
 //!
@@ -28,8 +29,15 @@ pub const PROPOSAL_QUEUE_EVENTS: usize = 65_536;
 pub const BATCH_EVENTS_MAX: usize = 8_192;
 /// Most event bytes in one entry.
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Entries proposed and not yet applied.
+/// Entries proposed and not yet applied, when there are other voters: their round trips
+/// overlap.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Entries proposed and not yet applied by a voter alone (a cluster of one): there is no
+/// round trip to overlap, openraft 0.9 flushes one append at a time anyway, and every entry
+/// costs its own append, flush callback and apply. One in flight makes the next batch as
+/// large as possible: +18% full purchases over HTTP, -10% CPU and -0.5 context switches
+/// per purchase against 4 (closed-loop probe, 64 in flight; 2 in flight kept little of it).
+pub const BATCHES_IN_FLIGHT_ALONE: usize = 1;
 const _: () = assert!(BATCH_EVENTS_MAX <= PROPOSAL_QUEUE_EVENTS);
 const _: () = assert!(BATCH_BYTES_MAX < storage::log::RECORD_BYTES_MAX);
 
@@ -68,7 +76,9 @@ impl Proposer {
         raft: Raft,
         machine: Arc<Machine>,
         runtime: &tokio::runtime::Handle,
+        batches_in_flight: usize,
     ) -> Arc<Self> {
+        assert!(batches_in_flight >= 1);
         let (queue, receiver) = mpsc::channel(PROPOSAL_QUEUE_EVENTS);
         let proposer = Arc::new(Self {
             queue,
@@ -79,7 +89,13 @@ impl Proposer {
             incarnation,
             closed: AtomicBool::new(false),
         });
-        runtime.spawn(run(proposer.clone(), receiver, raft, machine));
+        runtime.spawn(run(
+            proposer.clone(),
+            receiver,
+            raft,
+            machine,
+            batches_in_flight,
+        ));
         proposer
     }
 
@@ -162,8 +178,9 @@ async fn run(
     mut receiver: mpsc::Receiver<Queued>,
     raft: Raft,
     machine: Arc<Machine>,
+    batches_in_flight: usize,
 ) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    let slots = Arc::new(Semaphore::new(batches_in_flight));
     while let Some(first) = receiver.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
