@@ -383,6 +383,11 @@ impl World {
                     1 + self.rng.below(4)
                 };
                 for _ in 0..burst {
+                    // A failed commit in the burst crashes the leader: the rest of the
+                    // burst waits for the next step's leader.
+                    if !self.shop_runs() {
+                        break;
+                    }
                     self.buy();
                 }
             }

@@ -33,6 +33,15 @@ impl World {
         matches!(self.backend, Backend::Cluster(_))
     }
 
+    /// Whether the shop has a node to run on now (a crash of its leader takes it away
+    /// until the next step's `ensure_shop`).
+    pub(super) fn shop_runs(&self) -> bool {
+        match &self.backend {
+            Backend::Cluster(cluster) => cluster.shop.is_some(),
+            Backend::Single { .. } => true,
+        }
+    }
+
     /// Makes the shop run on the active leader, with nothing of its own in flight; when the
     /// leader changed, the shop starts over from its state. False: no leader could be had.
     pub(super) fn ensure_shop(&mut self) -> bool {
