@@ -228,7 +228,11 @@ async fn request_metrics_label_every_answer_with_its_route_pattern() {
         .send()
         .await
         .unwrap();
-    assert_eq!(lookup_as_get.status().as_u16(), 404, "GET of the POST-only path");
+    assert_eq!(
+        lookup_as_get.status().as_u16(),
+        404,
+        "GET of the POST-only path"
+    );
     let create_as_get = server
         .http
         .get(server.url("/api/v1/orders"))
