@@ -258,7 +258,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
     pools: RwLock<HashMap<Sku, Arc<SkuPool>>>,
-    pool_arbiter: Arbiter,
+    shard_hosts: pool::ShardHosts,
     directory: Directory,
     catalog: OnceLock<Addr<catalog::Catalog>>,
     idempotency_in_flight: Mutex<HashSet<String>>,
@@ -425,7 +425,7 @@ impl Shop {
             clock,
             entropy,
             pools: RwLock::default(),
-            pool_arbiter: Arbiter::new(),
+            shard_hosts: pool::ShardHosts::new(),
             directory: Directory::default(),
             catalog: OnceLock::new(),
             idempotency_in_flight: Mutex::default(),
@@ -674,7 +674,7 @@ impl Shop {
     }
 
     pub(crate) fn open_pool(&self, sku: &Sku) {
-        let pool = SkuPool::start(self, sku, &self.0.pool_arbiter.handle());
+        let pool = SkuPool::start(self, sku, &self.0.shard_hosts);
         self.0.pools.write().insert(sku.clone(), Arc::new(pool));
     }
 
@@ -685,6 +685,18 @@ impl Shop {
             .get(sku)
             .cloned()
             .ok_or(Rejection::UnknownSku.into())
+    }
+
+    /// Offers the calling thread's arbiter (an HTTP worker's) as a home for pool shards:
+    /// pools opened afterwards place shards on the registered workers, and a create
+    /// reserves from its own worker's shards first. Returns the workers registered so far.
+    pub fn host_pool_shards(&self) -> usize {
+        self.0.shard_hosts.register_current()
+    }
+
+    /// HTTP workers registered as shard hosts.
+    pub fn pool_shard_hosts(&self) -> usize {
+        self.0.shard_hosts.registered_count()
     }
 
     pub(crate) async fn reserve(

@@ -1,9 +1,17 @@
 //! Card-pool shard actors. Each owns a disjoint slice of one SKU's available keys (a key
 //! belongs to shard `card_id % shards`). A reservation starts at a home shard and tries the
 //! others before answering sold out; what it gathered but cannot use goes back.
+//!
+//! Where shards live (`ShardHosts`): the HTTP workers' arbiters, once they registered, shard
+//! `i` on worker `i % workers`; a reservation asks the shards on its own thread first, so a
+//! create normally reserves with a message that never leaves its thread (no wake-up of
+//! another thread, and none back), and reaches the other workers' shards only when its own
+//! are empty. Without registered workers (tools, tests, the simulator) every shard lives on
+//! the shop's own pool arbiter, as before.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::ThreadId;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -14,6 +22,57 @@ use crate::{ActorKind, Clock, Health, Shop, ShopError};
 
 /// Messages a shard may hold before senders wait.
 pub const POOL_MAILBOX_CAPACITY: usize = 1024;
+/// Most arbiters that may host shards (one per HTTP worker).
+pub const SHARD_HOSTS_MAX: usize = 64;
+
+/// The arbiters pool shards are started on: the HTTP workers' (each with its thread),
+/// or the shop's pool arbiter while none registered.
+pub struct ShardHosts {
+    workers: parking_lot::RwLock<Vec<(ThreadId, ArbiterHandle)>>,
+    fallback: Arbiter,
+}
+
+impl ShardHosts {
+    pub fn new() -> Self {
+        Self {
+            workers: parking_lot::RwLock::default(),
+            fallback: Arbiter::new(),
+        }
+    }
+
+    /// Registers the arbiter of the calling thread (an HTTP worker); pools opened from now
+    /// on place shards on it. Once per thread; at most `SHARD_HOSTS_MAX`; a thread without
+    /// an arbiter registers nothing.
+    pub fn register_current(&self) -> usize {
+        let thread = std::thread::current().id();
+        let mut workers = self.workers.write();
+        if let Some(arbiter) = Arbiter::try_current() {
+            if workers.len() < SHARD_HOSTS_MAX && workers.iter().all(|(t, _)| *t != thread) {
+                workers.push((thread, arbiter));
+            }
+        }
+        workers.len()
+    }
+
+    pub fn registered_count(&self) -> usize {
+        self.workers.read().len()
+    }
+
+    /// Where shard `index` goes: its arbiter, and its thread when it is a worker's.
+    fn place(&self, index: usize) -> (ArbiterHandle, Option<ThreadId>) {
+        let workers = self.workers.read();
+        match workers.get(index % workers.len().max(1)) {
+            Some((thread, arbiter)) => (arbiter.clone(), Some(*thread)),
+            None => (self.fallback.handle(), None),
+        }
+    }
+}
+
+impl Default for ShardHosts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 #[derive(Message)]
 #[rtype(result = "Vec<CardId>")]
@@ -146,10 +205,23 @@ impl Handler<Remove> for PoolShard {
     }
 }
 
+/// The order a reservation on thread `here` asks shards in (`threads`: where each runs):
+/// those on `here` first, then the others, each group from `home` on.
+fn ask_order(threads: &[Option<ThreadId>], here: ThreadId, home: usize) -> Vec<usize> {
+    let count = threads.len();
+    let rotated = (0..count).map(|step| (home + step) % count);
+    let (mut local, remote): (Vec<usize>, Vec<usize>) =
+        rotated.partition(|index| threads[*index] == Some(here));
+    local.extend(remote);
+    local
+}
+
 /// One SKU's shards.
 pub struct SkuPool {
     shards: Vec<Addr<PoolShard>>,
     hints: Vec<Arc<AtomicUsize>>,
+    /// The thread each shard runs on, when it is an HTTP worker's.
+    threads: Vec<Option<ThreadId>>,
     /// Counts the messages sent to the shards (mailbox depth) and their failures.
     health: Arc<Health>,
     /// The shop's clock, for the time of a failure (not the shop itself: the shop owns this).
@@ -157,12 +229,16 @@ pub struct SkuPool {
 }
 
 impl SkuPool {
-    /// Starts the SKU's shard actors, supervised, on `arbiter`, each loaded from the store.
-    pub fn start(shop: &Shop, sku: &Sku, arbiter: &ArbiterHandle) -> Self {
+    /// Starts the SKU's shard actors, supervised, where `hosts` places them, each loaded
+    /// from the store.
+    pub fn start(shop: &Shop, sku: &Sku, hosts: &ShardHosts) -> Self {
         let shards_count = shop.settings().shards_per_sku;
         let mut shards = Vec::with_capacity(shards_count);
         let mut hints = Vec::with_capacity(shards_count);
+        let mut threads = Vec::with_capacity(shards_count);
         for index in 0..shards_count {
+            let (arbiter, thread) = hosts.place(index);
+            threads.push(thread);
             let hint = Arc::new(AtomicUsize::new(0));
             let mut actor = PoolShard {
                 shop: shop.clone(),
@@ -172,12 +248,13 @@ impl SkuPool {
                 available_hint: hint.clone(),
             };
             actor.reload();
-            shards.push(Supervisor::start_in_arbiter(arbiter, move |_| actor));
+            shards.push(Supervisor::start_in_arbiter(&arbiter, move |_| actor));
             hints.push(hint);
         }
         Self {
             shards,
             hints,
+            threads,
             health: shop.health_handle(),
             clock: shop.clock_handle(),
         }
@@ -187,15 +264,14 @@ impl SkuPool {
         self.hints.iter().map(|h| h.load(Ordering::Acquire)).sum()
     }
 
-    /// Reserves `quantity` keys, all or none, starting at shard `home`.
+    /// Reserves `quantity` keys, all or none, asking the shards on this thread first, from
+    /// shard `home` on.
     pub async fn reserve(&self, quantity: usize, home: usize) -> Result<Vec<CardId>, ShopError> {
         if self.available_hint() < quantity {
             return Err(Rejection::SoldOut.into());
         }
-        let count = self.shards.len();
         let mut got = Vec::with_capacity(quantity);
-        for step in 0..count {
-            let index = (home + step) % count;
+        for index in ask_order(&self.threads, std::thread::current().id(), home) {
             let want = quantity - got.len();
             if want == 0 {
                 break;
@@ -306,5 +382,25 @@ impl From<GiveBack> for Routed {
 impl From<Add> for Routed {
     fn from(m: Add) -> Self {
         Routed::Add(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reservation asks its own thread's shards first and every shard once.
+    #[test]
+    fn a_reservation_asks_its_own_threads_shards_first() {
+        let here = std::thread::current().id();
+        let other = std::thread::spawn(|| std::thread::current().id())
+            .join()
+            .unwrap();
+        let threads = [Some(here), Some(other), Some(here), Some(other)];
+        assert_eq!(ask_order(&threads, here, 0), vec![0, 2, 1, 3]);
+        assert_eq!(ask_order(&threads, here, 1), vec![2, 0, 1, 3]);
+        assert_eq!(ask_order(&threads, other, 3), vec![3, 1, 0, 2]);
+        // Shards on the shop's own arbiter (no worker registered): from home, in turn.
+        assert_eq!(ask_order(&[None; 4], here, 2), vec![2, 3, 0, 1]);
     }
 }

@@ -694,23 +694,11 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
                  to the key it was sealed with"
             )
         })?;
-        let duties_started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        node.set_leadership(Arc::new(Leading {
-            shop: shop.clone(),
-            arbiter: actix::Arbiter::current(),
-            settings: settings.clone(),
-            demo_seeded: Arc::default(),
-            duties_started: duties_started.clone(),
-            mailer: mailer.clone(),
-        }));
-        if !cluster.is_replicated() {
-            // A single node leads at once: answer nothing before it does, as always.
-            wait_leading(&duties_started).await?;
-        }
+        let cluster_replicated = cluster.is_replicated();
         let observatory = observatory(&settings, mailer.as_ref())?;
         let lifecycle = Arc::new(ws_api::drain::Lifecycle::default());
         let state = web::Data::new(AppState {
-            shop,
+            shop: shop.clone(),
             admin_token,
             epay,
             metrics: Some(metrics),
@@ -759,19 +747,43 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             Duration::from_millis(settings.http.drain_ms),
             settings.http.shutdown_timeout_secs,
         );
-        let server = HttpServer::new(move || ws_api::app(state.clone()))
-            .shutdown_signal(stop)
-            .on_connect(move |connection, data| cap.on_connect(connection, data))
-            .workers(workers)
-            .max_connections(settings.http.connections_per_worker_max)
-            .shutdown_timeout(settings.http.shutdown_timeout_secs)
-            .backlog(LISTEN_BACKLOG as u32)
-            .keep_alive(Duration::from_secs(settings.http.keep_alive_secs))
-            .listen(listener)?
-            .run();
+        let replicated = cluster_replicated;
+        let server = HttpServer::new(move || {
+            // Each worker hosts pool shards, so that a create reserves on its own thread.
+            state.shop.host_pool_shards();
+            ws_api::app(state.clone())
+        })
+        .shutdown_signal(stop)
+        .on_connect(move |connection, data| cap.on_connect(connection, data))
+        .workers(workers)
+        .max_connections(settings.http.connections_per_worker_max)
+        .shutdown_timeout(settings.http.shutdown_timeout_secs)
+        .backlog(LISTEN_BACKLOG as u32)
+        .keep_alive(Duration::from_secs(settings.http.keep_alive_secs))
+        .listen(listener)?
+        .run();
+        // Polled from here on: the workers start.
+        let server = actix_web::rt::spawn(server);
+        // The workers register as shard hosts as they start; the pools are seeded when the
+        // shop activates, so it activates after them (or after a bounded wait).
+        wait_shard_hosts(&shop, workers).await;
+        let duties_started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        node.set_leadership(Arc::new(Leading {
+            shop: shop.clone(),
+            arbiter: actix::Arbiter::current(),
+            settings: settings.clone(),
+            demo_seeded: Arc::default(),
+            duties_started: duties_started.clone(),
+            mailer: mailer.clone(),
+        }));
+        if !replicated {
+            // A single node leads at once: say where it listens only once it does (until
+            // then it answers 503, as a node that does not lead).
+            wait_leading(&duties_started).await?;
+        }
         println!("panshi: listening on http://{bound}");
         tracing::info!(%bound, workers, "listening");
-        server.await?;
+        server.await.context("the HTTP server task")??;
         anyhow::Ok(())
     })?;
     node.shutdown();
@@ -783,6 +795,19 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
 
 /// How long a single node may take to lead after start.
 const LEAD_WAIT_MS: u64 = 30_000;
+/// How long the shop waits for the HTTP workers to offer themselves as pool shard hosts
+/// before it activates with those that did (shards then start on the shop's own arbiter
+/// where no worker registered).
+const SHARD_HOSTS_WAIT_MS: u64 = 5_000;
+
+async fn wait_shard_hosts(shop: &Shop, workers: usize) {
+    let started = std::time::Instant::now();
+    while shop.pool_shard_hosts() < workers
+        && started.elapsed() < Duration::from_millis(SHARD_HOSTS_WAIT_MS)
+    {
+        actix_web::rt::time::sleep(Duration::from_millis(1)).await;
+    }
+}
 
 async fn wait_leading(duties_started: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
