@@ -747,7 +747,6 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             Duration::from_millis(settings.http.drain_ms),
             settings.http.shutdown_timeout_secs,
         );
-        let replicated = cluster_replicated;
         let server = HttpServer::new(move || {
             // Each worker hosts pool shards, so that a create reserves on its own thread.
             state.shop.host_pool_shards();
@@ -776,7 +775,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
             duties_started: duties_started.clone(),
             mailer: mailer.clone(),
         }));
-        if !replicated {
+        if !cluster_replicated {
             // A single node leads at once: say where it listens only once it does (until
             // then it answers 503, as a node that does not lead).
             wait_leading(&duties_started).await?;
