@@ -193,6 +193,9 @@ struct World {
     /// Writes to the cluster whose outcome stayed unknown since the last acknowledged one.
     failed_writes_in_a_row: u64,
     pools: BTreeMap<Sku, Vec<Shard>>,
+    /// Times the pools were rebuilt from a store's state (a restart, a new leader): keys
+    /// taken out before a rebuild are already back in them.
+    pool_rebuilds: u64,
     live: BTreeMap<OrderId, Order>,
     acked: BTreeMap<OrderId, Acked>,
     gateway: Gateway,
@@ -244,6 +247,7 @@ pub fn run(options: &Options) -> Outcome {
         stuck: false,
         failed_writes_in_a_row: 0,
         pools: BTreeMap::new(),
+        pool_rebuilds: 0,
         live: BTreeMap::new(),
         acked: BTreeMap::new(),
         gateway: Gateway::default(),
@@ -822,6 +826,7 @@ impl World {
     /// The shop's working memory starts over from the state (after a restart, or on a new
     /// leader), and takes the state's word on work whose acknowledgement was lost.
     fn reseed(&mut self) {
+        self.pool_rebuilds += 1;
         self.pools.clear();
         self.live.clear();
         let store = self.store_handle();

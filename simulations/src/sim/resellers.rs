@@ -334,12 +334,13 @@ impl World {
             ..account
         };
         let event = Event::ResellerOrderPlaced(Box::new(order));
-        let crashes = self.outcome.crashes;
+        let (crashes, rebuilds) = (self.outcome.crashes, self.pool_rebuilds);
         if self.commit_reseller(id, &event, after) {
             self.outcome.reseller_orders += 1;
-        } else if self.outcome.crashes == crashes {
-            // Refused (already a violation): the cards go back. After a crash the restart
-            // rebuilt the pools from the log instead.
+        } else if self.outcome.crashes == crashes && self.pool_rebuilds == rebuilds {
+            // Refused, or of unknown outcome on the same leader: the cards go back. After a
+            // crash or a change of leader the pools were rebuilt from the state instead, and
+            // hold them already (giving them back again returned a key twice).
             let shards = self.pools.get_mut(&sku).expect("pool");
             give_back(shards, &cards);
         }
