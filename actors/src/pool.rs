@@ -206,14 +206,19 @@ impl Handler<Remove> for PoolShard {
 }
 
 /// The order a reservation on thread `here` asks shards in (`threads`: where each runs):
-/// those on `here` first, then the others, each group from `home` on.
-fn ask_order(threads: &[Option<ThreadId>], here: ThreadId, home: usize) -> Vec<usize> {
+/// those on `here` first, then the others, each group from `home` on. No allocation: it
+/// runs on every create.
+fn ask_order(
+    threads: &[Option<ThreadId>],
+    here: ThreadId,
+    home: usize,
+) -> impl Iterator<Item = usize> + '_ {
     let count = threads.len();
-    let rotated = (0..count).map(|step| (home + step) % count);
-    let (mut local, remote): (Vec<usize>, Vec<usize>) =
-        rotated.partition(|index| threads[*index] == Some(here));
-    local.extend(remote);
-    local
+    let rotated = move || (0..count).map(move |step| (home + step) % count);
+    let local = move |index: &usize| threads[*index] == Some(here);
+    rotated()
+        .filter(local)
+        .chain(rotated().filter(move |index| !local(index)))
 }
 
 /// One SKU's shards.
@@ -397,10 +402,22 @@ mod tests {
             .join()
             .unwrap();
         let threads = [Some(here), Some(other), Some(here), Some(other)];
-        assert_eq!(ask_order(&threads, here, 0), vec![0, 2, 1, 3]);
-        assert_eq!(ask_order(&threads, here, 1), vec![2, 0, 1, 3]);
-        assert_eq!(ask_order(&threads, other, 3), vec![3, 1, 0, 2]);
+        assert_eq!(
+            ask_order(&threads, here, 0).collect::<Vec<_>>(),
+            vec![0, 2, 1, 3]
+        );
+        assert_eq!(
+            ask_order(&threads, here, 1).collect::<Vec<_>>(),
+            vec![2, 0, 1, 3]
+        );
+        assert_eq!(
+            ask_order(&threads, other, 3).collect::<Vec<_>>(),
+            vec![3, 1, 0, 2]
+        );
         // Shards on the shop's own arbiter (no worker registered): from home, in turn.
-        assert_eq!(ask_order(&[None; 4], here, 2), vec![2, 3, 0, 1]);
+        assert_eq!(
+            ask_order(&[None; 4], here, 2).collect::<Vec<_>>(),
+            vec![2, 3, 0, 1]
+        );
     }
 }

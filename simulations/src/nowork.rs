@@ -13,15 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
+use crate::load::server::LISTENING_PREFIX;
+
 /// Most worker threads; Panshi's default is one per core.
 pub const WORKERS_MAX: usize = 64;
 /// Largest request body read; the probe's are a few hundred bytes.
 const BODY_BYTES_MAX: usize = 64 * 1024;
 /// Pending connections the kernel queues, as Panshi's listener.
 const LISTEN_BACKLOG: u32 = 4_096;
-
-/// The line Panshi prints once it listens; the harness waits for it.
-pub const LISTENING_PREFIX: &str = "panshi: listening on http://";
 
 /// Order ids handed out, so that every answer differs as Panshi's do.
 static ORDERS: AtomicU64 = AtomicU64::new(0);

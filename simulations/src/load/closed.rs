@@ -14,12 +14,9 @@ use super::cpu::{context_switches, cpu_time, ServerPid};
 use super::http::Connection;
 use super::progress::Progress;
 use super::purchase::{self, Created, Ledger};
-use super::rate::{CONNECT_BACKOFF, DRAIN_MAX};
+use super::rate::{CONNECT_BACKOFF, DRAIN_MAX, START_DELAY};
 use super::server::SpawnedServer;
 use super::stats::{lock, Endpoint, ErrorKind, SharedStats, Stats};
-
-/// Workers start this long after they are spawned, so spawning is not measured.
-const START_DELAY: Duration = Duration::from_millis(50);
 
 /// What one closed-loop run measured, with the server's counters over the run.
 pub struct ClosedOutcome {

@@ -26,7 +26,7 @@ pub const LATE_START: Duration = Duration::from_millis(10);
 /// After a failed connect a worker waits this long, so a dead server is not hammered.
 pub const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// Workers start this long after they are spawned, so spawning is not measured.
-const START_DELAY: Duration = Duration::from_millis(50);
+pub const START_DELAY: Duration = Duration::from_millis(50);
 /// The longest one purchase can take: create, every notify attempt, lookup.
 pub const PURCHASE_TIME_MAX: Duration = Duration::from_secs(
     REQUEST_TIMEOUT.as_secs() * (2 + NOTIFY_ATTEMPTS_MAX as u64)

@@ -25,7 +25,8 @@ pub const STOP_WAIT_MAX: Duration = Duration::from_secs(30);
 pub const AUDIT_WAIT_MAX: Duration = Duration::from_secs(300);
 /// Log lines shown in the report.
 pub const LOG_TAIL_LINES: usize = 8;
-const LISTENING_PREFIX: &str = "panshi: listening on http://";
+/// What `panshi serve` (and `panshi-nowork`) print once they listen, before the address.
+pub const LISTENING_PREFIX: &str = "panshi: listening on http://";
 
 pub struct SpawnedServer {
     binary: PathBuf,
