@@ -89,6 +89,16 @@ impl LogStore {
         let (recovery, index) = log::recover(dir, true, |_, _| Ok(()))?;
         let log = Log::start(dir, &recovery, index)?;
         let last_purged: Option<LogId<NodeId>> = read_json(dir, PURGED_FILE)?;
+        if let (Some(purged), Some(_)) = (last_purged, recovery.last_lsn()) {
+            // Purging deletes whole segments up to the mark: the log may start at or before
+            // the entry after it, never later.
+            if recovery.first_lsn > purged.index + 1 {
+                return Err(storage::Error::Corrupt(format!(
+                    "the log starts at entry {} but was purged only through {}",
+                    recovery.first_lsn, purged.index
+                )));
+            }
+        }
         let last_log = match recovery.last_lsn() {
             Some(last) => {
                 let (_, payload) = log

@@ -149,3 +149,42 @@ fn the_engine_refuses_bad_events_before_they_reach_the_log() {
     let folded = storage::replay::from_snapshot(dir.path()).unwrap();
     assert_eq!(folded.last_index, 0, "no snapshot yet");
 }
+
+/// A log whose first entry lies beyond its purge mark has lost entries in between: it
+/// refuses to start rather than serve a history with a hole.
+#[test]
+fn a_log_starting_after_its_purge_mark_refuses_to_start() {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use replication::types::{encode_entry, Entry};
+    use storage::log::{self, Op};
+
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let (recovery, index) = log::recover(&log_dir, true, |_, _| Ok(())).unwrap();
+    let writer = log::Log::start(&log_dir, &recovery, index).unwrap();
+    let records = (113..=115)
+        .map(|index| {
+            let entry = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+                payload: EntryPayload::Blank,
+            };
+            (index, encode_entry(&entry))
+        })
+        .collect();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    writer
+        .submit_waiting(Op::Append {
+            records,
+            done: Box::new(move |result| sender.send(result).unwrap()),
+        })
+        .unwrap();
+    receiver.recv().unwrap().unwrap();
+    writer.close();
+    let purged = LogId::new(CommittedLeaderId::new(2, 1), 109);
+    fs::write(log_dir.join("purged"), serde_json::to_vec(&purged).unwrap()).unwrap();
+    match replication::log_store::LogStore::open(&log_dir) {
+        Err(Error::Corrupt(what)) => assert!(what.contains("purged only through 109"), "{what}"),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a log with a hole after its purge mark started"),
+    }
+}

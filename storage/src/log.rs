@@ -206,7 +206,16 @@ pub fn recover(
         // Read-only (audit): a missing log is an empty one, and is not created.
         return Ok((Recovery::default(), LogIndex::default()));
     }
-    let segments = list_segments(dir)?;
+    let mut segments = list_segments(dir)?;
+    // An empty segment before others holds no record. Writers before this check left one
+    // behind when a follower's log was purged beyond its end twice in a row; it is no hole.
+    while segments.len() > 1 && fs::metadata(&segments[0].1)?.len() == 0 {
+        let (_, path) = segments.remove(0);
+        if repair {
+            fs::remove_file(&path)?;
+            sync_dir(dir)?;
+        }
+    }
     let first_lsn = segments.first().map_or(0, |(first, _)| *first);
     let mut recovery = Recovery {
         first_lsn,
@@ -549,13 +558,25 @@ impl Writer {
     fn purge(&mut self, through: u64) -> Result<(), Error> {
         self.write_buffer()?;
         if through + 1 >= self.next_lsn {
-            // Everything goes (a snapshot beyond the log, on a follower): start afresh.
-            self.file.sync_data()?;
-            let mut index = self.index.write();
-            for (_, segment) in std::mem::take(&mut index.segments) {
-                fs::remove_file(&segment.path)?;
+            // Everything goes (a snapshot beyond the log, on a follower): start afresh. The
+            // current segment goes too, even when it is empty and so not indexed (a purge
+            // beyond the log right after another one): left behind, it would read as a hole
+            // before the new one. Oldest first, so a crash part-way leaves a suffix.
+            let mut doomed: Vec<PathBuf> = std::mem::take(&mut self.index.write().segments)
+                .into_values()
+                .map(|segment| segment.path)
+                .collect();
+            doomed.push(segment_path(&self.dir, self.segment_first));
+            doomed.dedup();
+            for path in doomed {
+                match fs::remove_file(&path) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error.into())
+                    }
+                    _ => {}
+                }
             }
-            drop(index);
+            sync_dir(&self.dir)?;
             self.next_lsn = through + 1;
             let (file, len) = open_segment(&self.dir, self.next_lsn)?;
             self.file = file;
@@ -780,4 +801,74 @@ pub fn tail_frames(dir: &Path) -> Result<Option<(PathBuf, Vec<(u64, u64)>)>, Err
         offset = range.end;
     }
     Ok(Some((path, ends)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `make(done)` on the writer and waits for its result.
+    fn run(log: &Log, make: impl FnOnce(Done) -> Op) -> Result<(), Error> {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        log.submit_waiting(make(Box::new(move |result| {
+            let _ = sender.send(result);
+        })))?;
+        receiver.recv().expect("the writer answers")
+    }
+
+    fn append(log: &Log, lsns: std::ops::RangeInclusive<u64>) {
+        let records = lsns.map(|lsn| (lsn, lsn.to_le_bytes().to_vec())).collect();
+        run(log, |done| Op::Append { records, done }).expect("append");
+    }
+
+    fn open(dir: &Path) -> Log {
+        let (recovery, index) = recover(dir, true, |_, _| Ok(())).expect("recover");
+        Log::start(dir, &recovery, index).expect("start")
+    }
+
+    /// A follower installs two snapshots beyond its log in a row (the second before any
+    /// append): the log must go on at the second one, with no leftover segment of the first
+    /// that reads as a hole (it was "segment 113 where lsn 110 is next" in the simulator).
+    #[test]
+    fn purges_beyond_the_log_twice_leave_no_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        append(&log, 1..=75);
+        run(&log, |done| Op::Purge { through: 109, done }).unwrap();
+        run(&log, |done| Op::Purge { through: 112, done }).unwrap();
+        append(&log, 113..=131);
+        log.close();
+        let mut seen = Vec::new();
+        let (recovery, _) = recover(dir.path(), false, |lsn, _| {
+            seen.push(lsn.0);
+            Ok(())
+        })
+        .expect("the log reads back whole");
+        assert_eq!(seen, (113..=131).collect::<Vec<_>>());
+        assert_eq!(recovery.next_lsn, 132);
+        let log = open(dir.path());
+        append(&log, 132..=132);
+        log.close();
+    }
+
+    /// A data dir that an older writer left with an empty segment before the log's first
+    /// record reads whole, and opening it for writing removes the empty segment.
+    #[test]
+    fn an_empty_leading_segment_is_no_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        append(&log, 113..=120);
+        log.close();
+        File::create(segment_path(dir.path(), 110)).unwrap();
+        let (recovery, _) = recover(dir.path(), false, |_, _| Ok(())).expect("reads whole");
+        assert_eq!((recovery.first_lsn, recovery.next_lsn), (113, 121));
+        assert!(
+            segment_path(dir.path(), 110).exists(),
+            "an audit changes nothing"
+        );
+        let log = open(dir.path());
+        append(&log, 121..=121);
+        log.close();
+        assert!(!segment_path(dir.path(), 110).exists());
+    }
 }
