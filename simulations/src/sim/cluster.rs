@@ -106,6 +106,20 @@ impl std::fmt::Display for ClusterFaults {
     }
 }
 
+/// The messages a move chose from, for the trace (two runs of a seed diverge first here).
+struct Movable<'a>(&'a [super::net::Key]);
+
+impl std::fmt::Display for Movable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, k) in self.0.iter().enumerate() {
+            let separator = if n == 0 { "" } else { " " };
+            let short = k.digest >> 48;
+            write!(f, "{separator}{}>{}{:?}{short:04x}", k.from, k.to, k.rpc())?;
+        }
+        Ok(())
+    }
+}
+
 /// A client's write, as the client saw it end.
 pub enum Commit {
     /// Committed and applied as log entry `index`.
@@ -397,7 +411,7 @@ impl Cluster {
         self.stats.moves += 1;
         let messages = self.net.take(key);
         self.trace(format_args!(
-            "move {}->{} {:?} {:016x} x{} {}",
+            "move {}->{} {:?} {:016x} x{} {} of [{}]",
             key.from,
             key.to,
             key.rpc(),
@@ -407,7 +421,8 @@ impl Cluster {
                 Fate::Lose => "lost",
                 Fate::Deliver { lose_answer: true } => "delivered, answer lost",
                 Fate::Deliver { .. } => "delivered",
-            }
+            },
+            Movable(&keys)
         ));
         match fate {
             Fate::Lose => {
@@ -415,6 +430,9 @@ impl Cluster {
                 for (_, answer) in messages {
                     answer.lose();
                 }
+                // The senders see the loss at this moment, not after the latency below: a
+                // retry backoff must start from the same simulated instant on every run.
+                self.settle();
             }
             Fate::Deliver { lose_answer } => {
                 for (body, answer) in messages {
