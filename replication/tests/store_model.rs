@@ -216,3 +216,65 @@ proptest! {
         prop_assert_eq!(report.orders_count, model.orders.len() as u64);
     }
 }
+
+/// A follower installing a snapshot rewrites sled whole. A reader that has passed a read
+/// barrier (the store's applied index reached the snapshot) must find every order as of the
+/// snapshot meanwhile: none missing while sled's trees are dropped and rewritten, none as it
+/// was before.
+#[test]
+fn reads_during_a_snapshot_install_see_every_order_as_of_the_snapshot() {
+    const ORDERS: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), engine::ShopState::default(), 0, 0).unwrap();
+    let mut events = vec![
+        Event::ProductCreated(Product {
+            sku: sku(),
+            name: "Snapshot".into(),
+            price_cents: PRICE_CENTS,
+            currency: Currency::parse("CNY").unwrap(),
+            created_at_ms: 1,
+        }),
+        Event::CardsImported {
+            sku: sku(),
+            first_card_id: CardId(1),
+            keys: (0..ORDERS).map(|n| format!("K{n}")).collect(),
+        },
+    ];
+    let ids: Vec<OrderId> = (0..ORDERS).map(|n| OrderId::generate(2, n)).collect();
+    for (n, id) in ids.iter().enumerate() {
+        events.push(new_order(id, 1, vec![CardId(n as u64 + 1)], 2));
+    }
+    let mut index = 0;
+    for chunk in events.chunks(100) {
+        index += 1;
+        store.apply_committed(index, chunk).unwrap();
+    }
+    let started = std::time::Instant::now();
+    while store.applied_index() < index || store.unmirrored_orders_count() > 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "never mirrored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut snapshot = engine::ShopState::default();
+    for event in &events {
+        snapshot.apply(event).unwrap();
+    }
+    snapshot
+        .apply(&Event::OrderExpired {
+            order_id: ids[0].clone(),
+            at_ms: 20,
+        })
+        .unwrap();
+    store.replace_state(snapshot, index + 1, true).unwrap();
+    while store.applied_index() < index + 1 {
+        std::hint::spin_loop();
+    }
+    let expired = store.order(&ids[0]).unwrap().expect("the expired order");
+    assert_eq!(expired.status, OrderStatus::Expired);
+    for id in &ids {
+        assert!(store.order(id).unwrap().is_some(), "{id} went missing");
+    }
+    store.close().unwrap();
+}

@@ -7,7 +7,8 @@
 //! `applied_lsn` last, and then evicts from the view what sled now holds.
 //!
 //! Reads of an order go to the view first, then to sled: both hold only durable state, and
-//! together they hold all of it. sled's writes are off the acknowledgement path, so sled
+//! together they hold all of it. An installed snapshot puts every order in the view before
+//! sled is rewritten, and the applied index moves only then. sled's writes are off the acknowledgement path, so sled
 //! costs throughput only as CPU, never as latency; its lag is bounded by the channel.
 
 use std::collections::{HashMap, VecDeque};
@@ -29,14 +30,23 @@ pub(crate) enum Applied {
     Own { index: u64, pendings: Vec<Pending> },
     /// Changes of an entry applied from elsewhere.
     Foreign { index: u64, changes: Vec<Change> },
-    /// sled is to hold exactly `rows`, as of `index` (an installed snapshot).
-    Reset { index: u64, rows: Vec<Row> },
+    /// sled is to hold exactly `rows`, as of `index` (an installed snapshot); `orders` are
+    /// every order record among them, served from the view while sled is rewritten.
+    Reset {
+        index: u64,
+        rows: Vec<Row>,
+        orders: Vec<Arc<OrderRecord>>,
+    },
 }
 
 /// What the mirror thread is told.
 pub(crate) enum MirrorWork {
     Batch(MirrorBatch),
-    Reset { index: u64, rows: Vec<Row> },
+    Reset {
+        index: u64,
+        rows: Vec<Row>,
+        orders: Vec<OrderId>,
+    },
 }
 
 pub(crate) struct ApplierContext {
@@ -69,12 +79,16 @@ pub struct DurableView {
 }
 
 impl DurableView {
-    fn shard(&self, order_id: &OrderId) -> &Mutex<HashMap<OrderId, (u64, Arc<OrderRecord>)>> {
+    fn shard_index(&self, order_id: &OrderId) -> usize {
         let hash = order_id
             .as_str()
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        &self.shards[(hash % VIEW_SHARDS as u64) as usize]
+        (hash % VIEW_SHARDS as u64) as usize
+    }
+
+    fn shard(&self, order_id: &OrderId) -> &Mutex<HashMap<OrderId, (u64, Arc<OrderRecord>)>> {
+        &self.shards[self.shard_index(order_id)]
     }
 
     pub fn get(&self, order_id: &OrderId) -> Option<Arc<OrderRecord>> {
@@ -89,6 +103,24 @@ impl DurableView {
         self.shard(&id).lock().insert(id, (lsn, record));
     }
 
+    /// Replaces every record with `records`, as of `lsn`, one shard at a time: a reader
+    /// sees each order either as it was or as it is now, never missing.
+    fn replace_all(&self, lsn: u64, records: &[Arc<OrderRecord>]) {
+        let mut by_shard: Vec<Vec<&Arc<OrderRecord>>> = vec![Vec::new(); VIEW_SHARDS];
+        for record in records {
+            let shard = self.shard_index(&record.created.order_id);
+            by_shard[shard].push(record);
+        }
+        for (shard, records) in self.shards.iter().zip(by_shard) {
+            let mut shard = shard.lock();
+            shard.clear();
+            for record in records {
+                let id = record.created.order_id.clone();
+                shard.insert(id, (lsn, record.clone()));
+            }
+        }
+    }
+
     /// Forgets records sled now holds (written at or before `through`).
     fn evict(&self, orders: &[OrderId], through: u64) {
         for id in orders {
@@ -101,12 +133,6 @@ impl DurableView {
 
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
-    }
-
-    fn clear(&self) {
-        for shard in &self.shards {
-            shard.lock().clear();
-        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -253,14 +279,26 @@ pub(crate) fn run_applier(applied: Receiver<Applied>, context: ApplierContext) {
     let mut batch = MirrorBatch::default();
     loop {
         match applied.recv_timeout(batch.wait_for_next()) {
-            Ok(Applied::Reset { index, rows }) => {
+            Ok(Applied::Reset {
+                index,
+                rows,
+                orders,
+            }) => {
                 if batch.changes_count > 0 && !send_batch(&context, &mut batch) {
                     return;
                 }
-                context.view.clear();
+                // Every order is served from the view until sled holds the new history (a
+                // reader that passed a read barrier before must not find its order missing
+                // or older); the mirror evicts them once it has rewritten sled.
+                context.view.replace_all(index, &orders);
+                let orders = orders.iter().map(|r| r.created.order_id.clone()).collect();
                 if context
                     .mirror
-                    .send(MirrorWork::Reset { index, rows })
+                    .send(MirrorWork::Reset {
+                        index,
+                        rows,
+                        orders,
+                    })
                     .is_err()
                 {
                     return;
@@ -353,7 +391,11 @@ pub(crate) fn run_mirror(
     for work in work {
         let batch = match work {
             MirrorWork::Batch(batch) => batch,
-            MirrorWork::Reset { index, rows } => {
+            MirrorWork::Reset {
+                index,
+                rows,
+                orders,
+            } => {
                 products = rows
                     .iter()
                     .filter(|row| row.tree == TreeName::Products)
@@ -363,7 +405,9 @@ pub(crate) fn run_mirror(
                 if let Err(error) = crate::store::reset_sled(&db, &mut trees, rows, index) {
                     poisoned.store(true, Ordering::Release);
                     tracing::error!(%error, "sled rewrite failed; store poisoned (the log holds everything)");
+                    continue;
                 }
+                view.evict(&orders, index);
                 lag.written(index);
                 continue;
             }

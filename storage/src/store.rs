@@ -597,9 +597,11 @@ impl Store {
             // Through the applier and the mirror, after everything queued before it; sent
             // without the state lock (the applier's live feeds read the state).
             let rows = TouchedSet::everything(&state).rows(&state);
+            let orders = state.orders().iter().cloned().map(Arc::new).collect();
             self.send_applied(Applied::Reset {
                 index: applied,
                 rows,
+                orders,
             })?;
         }
         *self.state.write() = state;
