@@ -122,7 +122,8 @@ pub struct ClusterSection {
     pub secret: Option<Secret>,
     /// How often the leader tells the others it is alive.
     pub heartbeat_ms: u64,
-    /// A follower that has not heard from the leader for this long (up to twice it, at
+    /// The election timeout: a follower that has not heard from the leader for three to
+    /// four times this (openraft's leader lease of twice it, then one to two times it at
     /// random) stands for election.
     pub election_timeout_ms: u64,
     /// A snapshot of the state is taken after this many log entries (each a batch of
