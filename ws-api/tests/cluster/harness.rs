@@ -34,12 +34,10 @@ pub struct Cluster {
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
-/// A free port on 127.0.0.1 (the listener is closed again; the node binds it next).
+/// A free port on 127.0.0.1 that the node binds next (`common::free_port`: outside the
+/// ephemeral range, so no client connection takes it meanwhile, nor while the node is down).
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()))
 }
 
 impl Cluster {
