@@ -566,7 +566,14 @@ impl Cluster {
                 without += 1;
                 if without % ELECTION_EVERY_MOVES == 0 || (without == 1 && self.leader().is_none())
                 {
-                    let running = self.running();
+                    // Once healed, a node that has seen a longer log stands only after twice
+                    // the longest election timeout more (openraft's `smaller_log_timeout`):
+                    // the first to stand is one of the most up-to-date. Before, any node may.
+                    let running = if moves >= LEADER_MOVES_HEAL {
+                        self.most_up_to_date()
+                    } else {
+                        self.running()
+                    };
                     if !running.is_empty() {
                         let id = running[rng.below(running.len() as u64) as usize];
                         self.elect(id, true);
@@ -576,6 +583,32 @@ impl Cluster {
             self.tick(rng);
         }
         None
+    }
+
+    /// The running nodes whose logs end highest, by (last term, last index): those that can
+    /// win an election.
+    fn most_up_to_date(&self) -> Vec<NodeId> {
+        let last_of = |id: NodeId| {
+            let node = self.node(id)?;
+            let last = node.log_bounds().last?;
+            let term = node
+                .log_entries(last, last)
+                .ok()?
+                .first()
+                .map_or(0, |e| e.term);
+            Some((term, last))
+        };
+        let lasts: Vec<(NodeId, Option<(u64, u64)>)> = self
+            .running()
+            .into_iter()
+            .map(|id| (id, last_of(id)))
+            .collect();
+        let highest = lasts.iter().map(|(_, last)| *last).max().flatten();
+        lasts
+            .into_iter()
+            .filter(|(_, last)| *last == highest)
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Heals every link and restarts every node that is down.
