@@ -131,5 +131,9 @@ pub fn restore(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, 
         &serde_json::to_vec(&log_id).expect("a log id encodes"),
     )?;
     std::fs::File::open(data_dir)?.sync_all()?;
-    Ok((state.orders().len() as u64, state.cards_count(), last))
+    let counts = (state.orders().len() as u64, state.cards_count(), last);
+    // sled is derived, but building it here (a minute for a million orders) lets the node
+    // start in seconds and keeps that minute out of the restore drill's downtime.
+    storage::Store::open(data_dir, state, last, last)?.close()?;
+    Ok(counts)
 }

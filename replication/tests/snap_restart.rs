@@ -1,15 +1,14 @@
 //! A snapshot asked for right after a restart (nothing new since the last one) completes.
 
+mod common;
+
 use engine::{Currency, Event, Product, Sku};
 use replication::Node;
 
 #[test]
 fn a_snapshot_after_a_restart_with_nothing_new_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let node = Node::start_single(dir.path()).unwrap();
     let product = Product {
         sku: Sku::parse("snap").unwrap(),

@@ -40,6 +40,8 @@ pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
 /// rare flush only costs catch-up work after a crash.
 pub const SLED_FLUSH_EVERY_MS: u64 = 500;
+/// Rows per sled batch when sled is rewritten whole (a snapshot installed or restored).
+const RESET_SLICE_ROWS: usize = 16_384;
 /// Applied groups waiting for the applier thread.
 pub const APPLIED_QUEUE_GROUPS: usize = 1_024;
 
@@ -315,6 +317,20 @@ pub(crate) fn write_rows(
     rows: impl IntoIterator<Item = Row>,
     applied: Lsn,
 ) -> Result<(), Error> {
+    let mut batches = batches_of(rows);
+    let mut meta = batches.remove(&TreeName::Meta).unwrap_or_default();
+    meta.insert(APPLIED_LSN_KEY, &applied.0.to_be_bytes());
+    // Meta goes last (BTreeMap order puts it first otherwise): a crash in between leaves
+    // applied_lsn behind, and the next start rewrites those rows from the log.
+    apply_batches(
+        db,
+        trees,
+        batches.into_iter().chain([(TreeName::Meta, meta)]),
+    )
+}
+
+/// Rows grouped into one sled batch per tree.
+fn batches_of(rows: impl IntoIterator<Item = Row>) -> BTreeMap<TreeName, sled::Batch> {
     let mut batches: BTreeMap<TreeName, sled::Batch> = BTreeMap::new();
     for row in rows {
         batches
@@ -322,13 +338,16 @@ pub(crate) fn write_rows(
             .or_default()
             .insert(row.key, row.value);
     }
-    let mut meta = sled::Batch::default();
-    meta.insert(APPLIED_LSN_KEY, &applied.0.to_be_bytes());
-    batches.insert(TreeName::Meta, meta);
-    // Meta goes last (BTreeMap order puts it first otherwise): a crash in between leaves
-    // applied_lsn behind, and the next start rewrites those rows from the log.
-    let meta = batches.remove(&TreeName::Meta).expect("inserted");
-    for (name, batch) in batches.into_iter().chain([(TreeName::Meta, meta)]) {
+    batches
+}
+
+/// Applies each tree's batch, in the order given, opening trees as needed.
+fn apply_batches(
+    db: &sled::Db,
+    trees: &mut HashMap<TreeName, sled::Tree>,
+    batches: impl IntoIterator<Item = (TreeName, sled::Batch)>,
+) -> Result<(), Error> {
+    for (name, batch) in batches {
         let tree = match trees.get(&name) {
             Some(tree) => tree,
             None => trees
@@ -359,7 +378,18 @@ pub(crate) fn reset_sled(
             db.drop_tree(name)?;
         }
     }
-    write_rows(db, trees, rows, Lsn(applied))?;
+    // In slices: one sled batch of a million orders' rows held 20 GB and took over a
+    // minute. Atomicity is not needed here: `applied_lsn` is written with the last slice,
+    // and a crash before it leaves sled behind the log, so the next start rewrites it all.
+    let mut rows = rows.into_iter();
+    loop {
+        let slice: Vec<Row> = rows.by_ref().take(RESET_SLICE_ROWS).collect();
+        if slice.is_empty() {
+            break;
+        }
+        apply_batches(db, trees, batches_of(slice))?;
+    }
+    write_rows(db, trees, Vec::new(), Lsn(applied))?;
     db.flush()?;
     Ok(())
 }

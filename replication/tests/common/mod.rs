@@ -1,4 +1,6 @@
-//! Fixtures shared by the replication tests: one product, its orders, a one-use coupon.
+//! Fixtures shared by the replication tests: one product, its orders, a one-use coupon,
+//! a runtime to wait on. Each test binary uses part of them.
+#![allow(dead_code)]
 
 use engine::coupon::{Coupon, CouponUse, Discount};
 use engine::{CardId, Currency, Event, NewOrder, OrderId, PlacedOrder, Product, Sku};
@@ -60,4 +62,12 @@ pub fn with_coupon(n: u64, card: u64) -> Event {
         }),
         lookup_password_hash: None,
     }))
+}
+
+/// A runtime to wait on a node's async calls (`snapshot_now`) from a plain test thread.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
