@@ -720,9 +720,20 @@ impl Shop {
         }
     }
 
-    /// Available keys of a SKU as the pool shards count them now.
+    /// Available keys of a SKU as the pool shards published them (one load, no message).
     pub fn available_hint(&self, sku: &Sku) -> Option<usize> {
-        self.pool(sku).ok().map(|pool| pool.available_hint())
+        self.pool(sku).ok().map(|pool| pool.available())
+    }
+
+    /// Refuses a create for fewer keys than it wants before any work is done for it (a
+    /// coupon, a lookup password's hash, a risk hold): sold out needs no commit, and in a
+    /// flash sale most buyers hear it.
+    fn refuse_if_sold_out(&self, sku: &Sku, quantity: u32) -> Result<(), ShopError> {
+        if self.pool(sku)?.available() < quantity as usize {
+            metrics::counter!("panshi_orders_sold_out_at_once_total").increment(1);
+            return Err(Rejection::SoldOut.into());
+        }
+        Ok(())
     }
 
     /// The order an `Idempotency-Key` made, while its window is open
@@ -898,6 +909,8 @@ impl Shop {
             Ok(guard) => guard,
             Err(first) => return Ok(first),
         };
+        // After the idempotency check: a retry of an order made gets that order.
+        self.refuse_if_sold_out(&request.sku, request.quantity)?;
         let now_ms = self.now_ms();
         let order_id = OrderId::generate(now_ms, self.0.entropy.random_u64());
         let buyer = engine::risk::Buyer {

@@ -97,6 +97,7 @@ impl Shop {
     pub(crate) async fn hash_lookup_password(&self, password: String) -> Result<String, ShopError> {
         check_password(&password)?;
         let salt = self.0.entropy.random_u128();
+        metrics::counter!("panshi_lookup_password_hashes_total").increment(1);
         tokio::task::spawn_blocking(move || hash_password(&password, salt))
             .await
             .map_err(|_| ShopError::Unavailable("password hashing"))

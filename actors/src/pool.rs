@@ -8,6 +8,13 @@
 //! another thread, and none back), and reaches the other workers' shards only when its own
 //! are empty. Without registered workers (tools, tests, the simulator) every shard lives on
 //! the shop's own pool arbiter, as before.
+//!
+//! Sold out without a message: each SKU has one published count of its available keys
+//! (`SkuPool::available`), changed by a shard in the same handler that changes its keys. A
+//! create that reads fewer than it wants is answered sold out at once; the count was that
+//! low at that instant, so the pool held fewer keys then (a key is offered from the moment
+//! its shard counts it). A reservation walk that comes back short while the count says
+//! enough keys exist (keys given back behind it) walks again, a bounded number of times.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -103,6 +110,9 @@ pub struct PoolShard {
     shard: Shard,
     /// The shard's available count, readable without a message (a hint: it may lag).
     available_hint: Arc<AtomicUsize>,
+    /// The SKU's published available count, shared by its shards: each adds what it gains
+    /// and subtracts what it loses, so one load reads the whole pool at one instant.
+    available: Arc<AtomicUsize>,
 }
 
 impl PoolShard {
@@ -125,9 +135,16 @@ impl PoolShard {
             .handled(ActorKind::PoolShard, started.elapsed());
     }
 
+    /// Publishes the shard's count, and its change to the SKU's count. Only this shard's
+    /// handlers write its hint, so the previous value is what the SKU's count holds for it.
     fn publish(&self) {
-        self.available_hint
-            .store(self.shard.available_count(), Ordering::Release);
+        let now = self.shard.available_count();
+        let before = self.available_hint.swap(now, Ordering::AcqRel);
+        if now > before {
+            self.available.fetch_add(now - before, Ordering::AcqRel);
+        } else if before > now {
+            self.available.fetch_sub(before - now, Ordering::AcqRel);
+        }
     }
 }
 
@@ -221,10 +238,16 @@ fn ask_order(
         .chain(rotated().filter(move |index| !local(index)))
 }
 
+/// Walks over the shards one reservation makes at most: a walk that comes back short
+/// while the SKU's count says enough keys exist (given back behind it) walks again.
+pub const RESERVE_WALKS_MAX: usize = 3;
+
 /// One SKU's shards.
 pub struct SkuPool {
     shards: Vec<Addr<PoolShard>>,
     hints: Vec<Arc<AtomicUsize>>,
+    /// Available keys over all shards, as the shards published them (see the module doc).
+    available: Arc<AtomicUsize>,
     /// The thread each shard runs on, when it is an HTTP worker's.
     threads: Vec<Option<ThreadId>>,
     /// Counts the messages sent to the shards (mailbox depth) and their failures.
@@ -241,6 +264,7 @@ impl SkuPool {
         let mut shards = Vec::with_capacity(shards_count);
         let mut hints = Vec::with_capacity(shards_count);
         let mut threads = Vec::with_capacity(shards_count);
+        let available = Arc::new(AtomicUsize::new(0));
         for index in 0..shards_count {
             let (arbiter, thread) = hosts.place(index);
             threads.push(thread);
@@ -251,6 +275,7 @@ impl SkuPool {
                 index,
                 shard: Shard::default(),
                 available_hint: hint.clone(),
+                available: available.clone(),
             };
             actor.reload();
             shards.push(Supervisor::start_in_arbiter(&arbiter, move |_| actor));
@@ -259,23 +284,43 @@ impl SkuPool {
         Self {
             shards,
             hints,
+            available,
             threads,
             health: shop.health_handle(),
             clock: shop.clock_handle(),
         }
     }
 
-    pub fn available_hint(&self) -> usize {
-        self.hints.iter().map(|h| h.load(Ordering::Acquire)).sum()
+    /// Available keys as the shards published them: one load, no message.
+    pub fn available(&self) -> usize {
+        self.available.load(Ordering::Acquire)
     }
 
     /// Reserves `quantity` keys, all or none, asking the shards on this thread first, from
-    /// shard `home` on.
+    /// shard `home` on. Sold out only once the published count was below `quantity`, or
+    /// after `RESERVE_WALKS_MAX` walks came back short.
     pub async fn reserve(&self, quantity: usize, home: usize) -> Result<Vec<CardId>, ShopError> {
-        if self.available_hint() < quantity {
-            return Err(Rejection::SoldOut.into());
-        }
         let mut got = Vec::with_capacity(quantity);
+        for _ in 0..RESERVE_WALKS_MAX {
+            if self.available() < quantity - got.len() {
+                break;
+            }
+            got = self.walk(quantity, home, got).await?;
+            if got.len() == quantity {
+                return Ok(got);
+            }
+        }
+        self.give_back(got).await;
+        Err(Rejection::SoldOut.into())
+    }
+
+    /// One walk over the shards, adding to `got` until it holds `quantity` keys.
+    async fn walk(
+        &self,
+        quantity: usize,
+        home: usize,
+        mut got: Vec<CardId>,
+    ) -> Result<Vec<CardId>, ShopError> {
         for index in ask_order(&self.threads, std::thread::current().id(), home) {
             let want = quantity - got.len();
             if want == 0 {
@@ -295,10 +340,6 @@ impl SkuPool {
                     return Err(ShopError::Unavailable("card pool shard"));
                 }
             }
-        }
-        if got.len() < quantity {
-            self.give_back(got).await;
-            return Err(Rejection::SoldOut.into());
         }
         Ok(got)
     }

@@ -133,6 +133,14 @@ pub fn describe_metrics() {
     );
     describe_counter!("panshi_orders_created_total", "Orders created.");
     describe_counter!(
+        "panshi_orders_sold_out_at_once_total",
+        "Creates answered sold out from the published stock count, before any work for the order."
+    );
+    describe_counter!(
+        "panshi_lookup_password_hashes_total",
+        "Buyers' lookup passwords hashed for new orders (PBKDF2: CPU-heavy)."
+    );
+    describe_counter!(
         "panshi_orders_paid_total",
         "Orders paid, by payment channel."
     );

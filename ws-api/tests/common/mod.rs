@@ -347,6 +347,11 @@ impl Server {
     ) -> (u16, Value) {
         let body =
             json!({"sku": sku, "quantity": quantity, "contact": contact, "channel": channel});
+        self.order_with(body).await
+    }
+
+    /// `POST /api/v1/orders` with this body as it is.
+    pub async fn order_with(&self, body: Value) -> (u16, Value) {
         let r = self
             .http
             .post(self.url("/api/v1/orders"))

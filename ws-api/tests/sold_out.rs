@@ -1,0 +1,111 @@
+//! Sold out, answered from the published stock count: at once and without work for the
+//! order, and never once a key is back (a restock, an order that lapsed).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A counter's value in the `/metrics` scrape (0 while it was never incremented).
+async fn counter(server: &Server, name: &str) -> f64 {
+    let text = server.get_text("/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn order_with_password(server: &Server, sku: &str) -> (u16, Value) {
+    let body = json!({
+        "sku": sku,
+        "quantity": 1,
+        "contact": "buyer@example.com",
+        "channel": "epay",
+        "lookup_password": "a long lookup password",
+    });
+    server.order_with(body).await
+}
+
+/// A sold-out create costs no password hash (100,000 PBKDF2 rounds): in a flash sale most
+/// buyers are told sold out, and each used to pay for a hash first.
+#[tokio::test]
+async fn a_sold_out_create_hashes_no_lookup_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_quiet(dir.path());
+    server.product("gone", 100, &keys("GONE", 1)).await;
+    let (code, first) = order_with_password(&server, "gone").await;
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(
+        counter(&server, "panshi_lookup_password_hashes_total").await,
+        1.0
+    );
+    for _ in 0..3 {
+        let (code, body) = order_with_password(&server, "gone").await;
+        assert_eq!(code, 409, "{body}");
+        assert_eq!(body["error"], "sold_out");
+    }
+    assert_eq!(
+        counter(&server, "panshi_lookup_password_hashes_total").await,
+        1.0,
+        "a sold-out create hashed a lookup password"
+    );
+    assert_eq!(
+        counter(&server, "panshi_orders_sold_out_at_once_total").await,
+        3.0
+    );
+}
+
+/// Keys imported into a sold-out product are for sale as soon as the import is answered.
+#[tokio::test]
+async fn a_restock_clears_sold_out_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_quiet(dir.path());
+    server.product("again", 100, &keys("AGAIN", 1)).await;
+    assert_eq!(server.order("again", 1).await.0, 201);
+    let (code, body) = server.order("again", 1).await;
+    assert_eq!((code, &body["error"]), (409, &json!("sold_out")));
+    let (code, body) = server.import("again", "AGAIN-NEW-1\nAGAIN-NEW-2").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = server.order("again", 2).await;
+    assert_eq!(
+        code, 201,
+        "a restocked product still answered sold out: {body}"
+    );
+    let (code, body) = server.order("again", 1).await;
+    assert_eq!((code, &body["error"]), (409, &json!("sold_out")));
+}
+
+/// The key of an order that lapsed unpaid is offered again: sold out does not stick.
+#[tokio::test]
+async fn a_lapsed_orders_key_clears_sold_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("PANSHI_ORDER_TTL_SECS", "1"),
+            ("PANSHI_LOG__LEVEL", "error"),
+        ],
+    );
+    server.product("lapse", 100, &keys("LAPSE", 1)).await;
+    let (code, first) = server.order("lapse", 1).await;
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(server.order("lapse", 1).await.0, 409);
+    // The expiry is committed, then the key goes back to its shard: bounded by the TTL
+    // and the expiry sweep, so this waits for the order's status, then for the key.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = server.order("lapse", 1).await;
+        if code == 201 {
+            break;
+        }
+        assert_eq!(body["error"], "sold_out", "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the lapsed order's key never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, view) = server.lookup(&first).await;
+    assert_eq!(view["status"], "expired", "{view}");
+}
