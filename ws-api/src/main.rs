@@ -162,6 +162,7 @@ enum ResellerCommand {
 const EXIT_CONFIGURATION: u8 = 2;
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     match Cli::parse().command {
         Command::Serve {
             listen,
@@ -554,6 +555,15 @@ fn sealing_key(
         );
     }
     Ok(fresh)
+}
+
+/// No transparent huge pages for this process. mimalloc asks for them on its arenas, so
+/// each first touch of 2 MiB made the kernel zero 2 MiB: in a flash sale's opening, with
+/// thousands of requests in flight at once, that zeroing was a fifth of the server's CPU
+/// (docs/BENCHMARKS.md, "Flash sale (issue 19)"). First thing in `main`, before most
+/// memory is touched; where the kernel refuses, the process runs as before.
+fn disable_transparent_huge_pages() {
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
 /// The log target of advice about the set-up (tests silence it).
