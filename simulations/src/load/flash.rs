@@ -88,6 +88,8 @@ pub struct FlashOutcome {
     pub last_win_after: Duration,
     /// From the opening to the last `delivered` frame.
     pub last_delivery_after: Duration,
+    /// From the opening to the first sold-out answer (all keys taken).
+    pub last_key_seen_after: Option<Duration>,
     pub cpu: CpuShare,
     /// Listen-queue overflows on the machine from the opening to the end.
     pub listen_overflows: String,
@@ -131,6 +133,11 @@ struct Shared {
     ready: AtomicUsize,
     go: watch::Receiver<bool>,
     opened_at: OnceLock<Instant>,
+    /// When the first sold-out answer arrived. The server answers sold out only once its
+    /// pool was empty, and in this sale no key comes back (every winner pays; a refused
+    /// create's keys would, and it counts as an error), so every create sent from then
+    /// on was sent after the last key was taken.
+    last_key_seen: OnceLock<Instant>,
     last_win_us: AtomicU64,
     last_delivery_us: AtomicU64,
     tickets: [AtomicU64; 7],
@@ -211,6 +218,7 @@ pub async fn run_flash(
         ready: AtomicUsize::new(0),
         go,
         opened_at: OnceLock::new(),
+        last_key_seen: OnceLock::new(),
         last_win_us: AtomicU64::new(0),
         last_delivery_us: AtomicU64::new(0),
         tickets: Default::default(),
@@ -246,6 +254,7 @@ pub async fn run_flash(
     progress.finish();
     let mut outcome = outcome(plan, &shared, ends, connections_max, preconnect, wall, cpu);
     outcome.preconnected = preconnected;
+    outcome.last_key_seen_after = shared.last_key_seen.get().map(|seen| *seen - opened);
     outcome.server_peak_rss_kib = server.get().and_then(|pid| peak_rss_kib(Some(pid)));
     outcome.listen_overflows = format!(
         "{overflows_while_connecting} while buyers connected, {} during the sale",
@@ -308,6 +317,7 @@ fn outcome(
         wall,
         last_win_after: Duration::from_micros(shared.last_win_us.load(Ordering::Acquire)),
         last_delivery_after: Duration::from_micros(shared.last_delivery_us.load(Ordering::Acquire)),
+        last_key_seen_after: None,
         cpu,
         listen_overflows: String::new(),
         tickets: shared.ticket_counts(),
@@ -356,9 +366,16 @@ async fn buyer(shared: Arc<Shared>, index: usize) -> (BuyerEnd, Ledger) {
         return (BuyerEnd::Failed, ledger);
     }
     let started = Instant::now();
-    let order = match purchase::create(&mut connection, &shared.create_request, &shared.stats, true)
-        .await
-    {
+    let after_last_key = shared.last_key_seen.get().is_some();
+    let created =
+        purchase::create(&mut connection, &shared.create_request, &shared.stats, true).await;
+    if after_last_key {
+        note_after_last_key(&shared, &created, started.elapsed());
+    }
+    if matches!(created, Created::SoldOut) {
+        let _ = shared.last_key_seen.set(Instant::now());
+    }
+    let order = match created {
         Created::Order(order) => order,
         Created::Queued(ticket) => match wait_ticket(&shared, source, &ticket).await {
             TicketEnd::Admitted(order) => order,
@@ -467,6 +484,18 @@ async fn wait_ticket(shared: &Shared, source: IpAddr, ticket: &Ticket) -> Ticket
     end
 }
 
+/// A create sent after the last key was seen taken: sold out is the answer to time; a
+/// win would be a key sold after a sold-out answer (counted, for the checks to see).
+fn note_after_last_key(shared: &Shared, created: &Created, latency: Duration) {
+    let mut stats = lock(&shared.stats);
+    match created {
+        Created::SoldOut => stats.record(Endpoint::CreateAfterLastKey, latency),
+        Created::Order(_) => stats.note("orders won after a sold-out answer", 1),
+        Created::Queued(_) => stats.note("tickets after a sold-out answer", 1),
+        Created::Failed(kind) => stats.error(Endpoint::CreateAfterLastKey, *kind),
+    }
+}
+
 fn note_stale(shared: &Shared, connection: &Connection) {
     if connection.stale_replaced > 0 {
         lock(&shared.stats).note("closed by the server before use", connection.stale_replaced);
@@ -560,6 +589,13 @@ impl FlashOutcome {
             self.won, self.sold_out, self.failed, self.unpaid
         );
         print!("{}", self.stats.table(self.wall));
+        match self.last_key_seen_after {
+            Some(seen) => println!(
+                "after last: creates sent after the first sold-out answer ({:.3} s after the opening), answered sold out",
+                seen.as_secs_f64()
+            ),
+            None => println!("after last: no sold-out answer"),
+        }
         println!("cpu share of the machine: {}", self.cpu);
         println!(
             "listen queue overflows (dropped SYNs): {}",

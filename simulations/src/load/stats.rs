@@ -22,6 +22,9 @@ pub enum Endpoint {
     /// A TCP connect made ahead of use (the flash sale's buyers).
     Connect,
     Create,
+    /// A create sent once the harness saw the stock at 0 (the last key taken), answered
+    /// sold out (the flash sale's); these are in `Create` too.
+    CreateAfterLastKey,
     Notify,
     Lookup,
     WsConnect,
@@ -34,9 +37,10 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 9] = [
         Endpoint::Connect,
         Endpoint::Create,
+        Endpoint::CreateAfterLastKey,
         Endpoint::Notify,
         Endpoint::Lookup,
         Endpoint::WsConnect,
@@ -53,6 +57,7 @@ impl Endpoint {
         match self {
             Endpoint::Connect => "connect",
             Endpoint::Create => "create",
+            Endpoint::CreateAfterLastKey => "after last",
             Endpoint::Notify => "notify",
             Endpoint::Lookup => "lookup",
             Endpoint::WsConnect => "ws connect",
