@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::api::{parse_admitted, Order, Shop, Ticket};
 use super::cpu::{listen_overflows, overflows_since, peak_rss_kib, CpuMark, CpuShare, ServerPid};
-use super::http::{loopback_source, Connection};
+use super::http::{loopback_source, Connection, Retry};
 use super::progress::Progress;
 use super::purchase::{self, Created, Ledger};
 use super::stats::{lock, Endpoint, ErrorKind, SharedStats, Stats};
@@ -49,6 +49,8 @@ pub const FLASH_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest the sale may run after it opens.
 pub const SALE_TIME_MAX: Duration = Duration::from_secs(300);
 const PRECONNECT_POLL: Duration = Duration::from_millis(10);
+/// Creates sent one at a time after the sale, to time the server's own sold-out answer.
+pub const QUIET_PROBES: usize = 1_000;
 /// Most frames read from one ticket's socket (positions come once a second).
 pub const TICKET_FRAMES_MAX: usize = 1_000;
 
@@ -252,6 +254,7 @@ pub async fn run_flash(
     let wall = opened.elapsed();
     let cpu = cpu_mark.share_since(server);
     progress.finish();
+    probe_quiet_sold_out(&shared).await;
     let mut outcome = outcome(plan, &shared, ends, connections_max, preconnect, wall, cpu);
     outcome.preconnected = preconnected;
     outcome.last_key_seen_after = shared.last_key_seen.get().map(|seen| *seen - opened);
@@ -261,6 +264,32 @@ pub async fn run_flash(
         overflows_since(overflows_before)
     );
     Ok(outcome)
+}
+
+/// After the sale: `QUIET_PROBES` creates one after another on one keep-alive connection,
+/// each answered sold out; their latency is the server's, with nobody queued in front.
+async fn probe_quiet_sold_out(shared: &Shared) {
+    let mut connection = Connection::with_timeout(shared.shop.addr, FLASH_REQUEST_TIMEOUT);
+    if connection.connect().await.is_err() {
+        lock(&shared.stats).error(Endpoint::CreateSoldOutQuiet, ErrorKind::Connect);
+        return;
+    }
+    for _ in 0..QUIET_PROBES {
+        let sent = Instant::now();
+        let answer = connection.send(&shared.create_request, Retry::Never).await;
+        let latency = sent.elapsed();
+        let mut stats = lock(&shared.stats);
+        match answer {
+            Ok(answer) if answer.status == 409 => {
+                stats.record(Endpoint::CreateSoldOutQuiet, latency)
+            }
+            Ok(answer) => stats.error(
+                Endpoint::CreateSoldOutQuiet,
+                ErrorKind::Status(answer.status),
+            ),
+            Err(error) => stats.error(Endpoint::CreateSoldOutQuiet, error.kind()),
+        }
+    }
 }
 
 async fn wait_preconnected(shared: &Shared, expected: usize) {
@@ -596,6 +625,9 @@ impl FlashOutcome {
             ),
             None => println!("after last: no sold-out answer"),
         }
+        println!(
+            "quiet 409: {QUIET_PROBES} creates one at a time on one connection after the sale"
+        );
         println!("cpu share of the machine: {}", self.cpu);
         println!(
             "listen queue overflows (dropped SYNs): {}",

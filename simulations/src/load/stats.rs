@@ -25,6 +25,9 @@ pub enum Endpoint {
     /// A create sent once the harness saw the stock at 0 (the last key taken), answered
     /// sold out (the flash sale's); these are in `Create` too.
     CreateAfterLastKey,
+    /// A create after the sale ended, one at a time on one connection: the server's own
+    /// time to answer sold out, with no crowd queued in front.
+    CreateSoldOutQuiet,
     Notify,
     Lookup,
     WsConnect,
@@ -37,10 +40,11 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::Connect,
         Endpoint::Create,
         Endpoint::CreateAfterLastKey,
+        Endpoint::CreateSoldOutQuiet,
         Endpoint::Notify,
         Endpoint::Lookup,
         Endpoint::WsConnect,
@@ -58,6 +62,7 @@ impl Endpoint {
             Endpoint::Connect => "connect",
             Endpoint::Create => "create",
             Endpoint::CreateAfterLastKey => "after last",
+            Endpoint::CreateSoldOutQuiet => "quiet 409",
             Endpoint::Notify => "notify",
             Endpoint::Lookup => "lookup",
             Endpoint::WsConnect => "ws connect",
