@@ -843,26 +843,36 @@ impl Shop {
         Ok(product.product.clone())
     }
 
-    /// The coupon's discount and the lookup password's hash of a new order.
-    async fn order_terms(
+    /// The coupon's discount of a new order (a lookup of the state: cheap).
+    fn order_coupon(
         &self,
         request: &OrderRequest,
         gross_cents: u64,
         now_ms: u64,
-    ) -> Result<(Option<CouponUse>, Option<String>), ShopError> {
-        let coupon = match request.terms.coupon.as_deref().map(str::trim) {
-            Some(code) if !code.is_empty() => {
-                Some(self.price_with_coupon(code, &request.sku, gross_cents, now_ms)?)
-            }
-            _ => None,
-        };
-        let hash = match &request.terms.lookup_password {
+    ) -> Result<Option<CouponUse>, ShopError> {
+        match request.terms.coupon.as_deref().map(str::trim) {
+            Some(code) if !code.is_empty() => Ok(Some(self.price_with_coupon(
+                code,
+                &request.sku,
+                gross_cents,
+                now_ms,
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The lookup password's hash of a new order: 100,000 PBKDF2 rounds, so it is computed
+    /// only once the order has its keys (a buyer told sold out costs none).
+    async fn order_password_hash(
+        &self,
+        request: &OrderRequest,
+    ) -> Result<Option<String>, ShopError> {
+        match &request.terms.lookup_password {
             Some(password) if !password.is_empty() => {
-                Some(self.hash_lookup_password(password.clone()).await?)
+                Ok(Some(self.hash_lookup_password(password.clone()).await?))
             }
-            _ => None,
-        };
-        Ok((coupon, hash))
+            _ => Ok(None),
+        }
     }
 
     /// Why the engine refused a new order that passed every check here: another order took
@@ -917,8 +927,7 @@ impl Shop {
             contact: request.contact.clone(),
             ip: request.client_ip.clone(),
         };
-        let (coupon, lookup_password_hash) =
-            self.order_terms(&request, amount_cents, now_ms).await?;
+        let coupon = self.order_coupon(&request, amount_cents, now_ms)?;
         let amount_cents = amount_cents - coupon.as_ref().map_or(0, |c| c.discount_cents);
         let mut hold = self.hold_risk(&order_id, &buyer, &request.sku, request.quantity, now_ms)?;
         // Keys first: a gateway payment is created only for an order that has its keys.
@@ -927,6 +936,13 @@ impl Shop {
         let reserved = self.reserve(&request.sku, request.quantity as usize).await;
         let reserve_elapsed = reserve_started.1.elapsed();
         let cards = reserved.inspect_err(|_| in_flight.measured(reserve_elapsed))?;
+        let lookup_password_hash = match self.order_password_hash(&request).await {
+            Ok(hash) => hash,
+            Err(error) => {
+                self.give_back(&request.sku, cards).await;
+                return Err(error);
+            }
+        };
         let subject = payment::PaymentSubject {
             order_id: &order_id,
             name: &product.name,

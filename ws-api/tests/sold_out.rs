@@ -56,6 +56,38 @@ async fn a_sold_out_create_hashes_no_lookup_password() {
     );
 }
 
+/// Buyers racing for the last key while it is still there: only the winner's password is
+/// hashed. (The hash used to come before the reservation, so every buyer in the race paid
+/// for one and the winner was found only after all of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_for_the_last_key_hashes_only_the_winners_password() {
+    const BUYERS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let server = std::sync::Arc::new(Server::start_quiet(dir.path()));
+    server.product("last", 100, &keys("LAST", 1)).await;
+    let tasks: Vec<_> = (0..BUYERS)
+        .map(|_| {
+            let server = server.clone();
+            tokio::spawn(async move { order_with_password(&server, "last").await })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        let (code, body) = task.await.unwrap();
+        match code {
+            201 => won += 1,
+            409 => assert_eq!(body["error"], "sold_out", "{body}"),
+            other => panic!("unexpected answer {other}: {body}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(
+        counter(&server, "panshi_lookup_password_hashes_total").await,
+        1.0,
+        "buyers who did not get the key had their passwords hashed"
+    );
+}
+
 /// Keys imported into a sold-out product are for sale as soon as the import is answered.
 #[tokio::test]
 async fn a_restock_clears_sold_out_at_once() {
