@@ -151,14 +151,28 @@ impl Shop {
         self.create_request(sku, 1, Some(key))
     }
 
-    fn create_request(&self, sku: &str, quantity: u32, key: Option<&str>) -> Vec<u8> {
-        let body = serde_json::json!({
+    /// One key, with the optional lookup password set.
+    pub fn create_request_with_password(&self, sku: &str, password: &str) -> Vec<u8> {
+        let mut body = Self::create_body(sku, 1);
+        body["lookup_password"] = password.into();
+        self.create_request_for(&body, None)
+    }
+
+    fn create_body(sku: &str, quantity: u32) -> serde_json::Value {
+        serde_json::json!({
             "sku": sku,
             "quantity": quantity,
             "contact": "load@example.com",
             "channel": "epay",
         })
-        .to_string();
+    }
+
+    fn create_request(&self, sku: &str, quantity: u32, key: Option<&str>) -> Vec<u8> {
+        self.create_request_for(&Self::create_body(sku, quantity), key)
+    }
+
+    fn create_request_for(&self, body: &serde_json::Value, key: Option<&str>) -> Vec<u8> {
+        let body = body.to_string();
         let key = key.map(|key| format!("Idempotency-Key: {key}"));
         let mut headers = vec!["Content-Type: application/json"];
         headers.extend(key.as_deref());

@@ -134,6 +134,10 @@ pub enum Scenario {
         /// switch), auto (the server's overload detection at its default thresholds).
         #[arg(long, value_enum, default_value_t = super::flash::RoomMode::Off)]
         waiting_room: super::flash::RoomMode,
+        /// Every buyer sets the optional lookup password (the server hashes it for an
+        /// order it makes).
+        #[arg(long)]
+        lookup_password: bool,
     },
     /// Twice a baseline rate, three times a historical peak, then a kill -9 and restart
     /// mid-run (with --spawn).

@@ -49,6 +49,8 @@ pub const FLASH_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest the sale may run after it opens.
 pub const SALE_TIME_MAX: Duration = Duration::from_secs(300);
 const PRECONNECT_POLL: Duration = Duration::from_millis(10);
+/// The lookup password buyers set with `--lookup-password`.
+pub const FLASH_LOOKUP_PASSWORD: &str = "flash-sale lookup password";
 /// Creates sent one at a time after the sale, to time the server's own sold-out answer.
 pub const QUIET_PROBES: usize = 1_000;
 /// Most frames read from one ticket's socket (positions come once a second).
@@ -70,6 +72,8 @@ pub struct FlashPlan {
     pub keys: usize,
     pub buyers: usize,
     pub room: RoomMode,
+    /// Buyers set a lookup password on their orders.
+    pub lookup_password: bool,
 }
 
 pub struct FlashOutcome {
@@ -214,7 +218,10 @@ pub async fn run_flash(
     let shared = Arc::new(Shared {
         shop: shop.clone(),
         stats: Stats::shared(),
-        create_request: shop.create_order_request(sku, 1),
+        create_request: match plan.lookup_password {
+            true => shop.create_request_with_password(sku, FLASH_LOOKUP_PASSWORD),
+            false => shop.create_order_request(sku, 1),
+        },
         connections: Semaphore::new(connections_max),
         connecting: Semaphore::new(CONNECT_PARALLEL),
         ready: AtomicUsize::new(0),
@@ -602,8 +609,12 @@ async fn open_live(shared: &Shared, source: IpAddr, order: &Order) -> Option<Liv
 impl FlashOutcome {
     pub fn print(&self) {
         println!(
-            "\n== flash: {} keys, {} buyers, waiting room {:?}, at most {} buyers connected at once ==",
-            self.plan.keys, self.plan.buyers, self.plan.room, self.connections_max
+            "\n== flash: {} keys, {} buyers{}, waiting room {:?}, at most {} buyers connected at once ==",
+            self.plan.keys,
+            self.plan.buyers,
+            if self.plan.lookup_password { " with lookup passwords" } else { "" },
+            self.plan.room,
+            self.connections_max
         );
         println!(
             "{} buyers connected in {:.2} s before the opening; sale wall {:.2} s; last win at {:.3} s, last delivery at {:.3} s",

@@ -175,11 +175,13 @@ async fn run_scenario(
             keys,
             buyers,
             waiting_room,
+            lookup_password,
         } => {
             let plan = FlashPlan {
                 keys,
                 buyers,
                 room: waiting_room,
+                lookup_password,
             };
             scenarios::flash(ctx, plan).await
         }
