@@ -24,6 +24,10 @@ pub const THREADS_MAX: usize = 16;
 pub const FLASH_BUYERS_MAX: usize = 100_000;
 /// Most keys of a flash sale.
 pub const FLASH_KEYS_MAX: usize = 1_000_000;
+/// Most live sockets of a `watchers` run.
+pub const WATCHERS_SOCKETS_MAX: usize = 200_000;
+/// Longest idle measurement of a `watchers` run.
+pub const IDLE_SECS_MAX: u64 = 600;
 /// Most leader kills of one failover run.
 pub const KILLS_MAX: u32 = 1_000;
 /// Most buyers of a failover run.
@@ -152,10 +156,46 @@ pub enum Scenario {
         #[arg(long, default_value_t = 10)]
         phase_duration: u64,
     },
+    /// N buyers watch N unpaid orders over live sockets: the server's RSS per socket, its
+    /// CPU while they idle, then R deliveries a second and the push latency to the sockets.
+    Watchers(WatchersArgs),
     /// Three nodes (with --spawn) under a steady load; the leader is killed with kill -9
     /// again and again and restarted after a pause. Reports how long writes took to resume
     /// after each kill and the acknowledged work lost (must be 0), then audits and compares.
     Failover(FailoverArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchersArgs {
+    /// Order sockets held open at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub sockets: usize,
+    /// Orders paid per second once the sockets are open (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub deliveries_per_sec: f64,
+    /// Seconds of deliveries.
+    #[arg(long, default_value_t = 5)]
+    pub duration: u64,
+    /// Seconds of CPU measurement with every socket open and idle.
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
+}
+
+impl WatchersArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=WATCHERS_SOCKETS_MAX).contains(&self.sockets),
+            "--sockets must be 1 to {WATCHERS_SOCKETS_MAX}"
+        );
+        anyhow::ensure!(
+            (1..=IDLE_SECS_MAX).contains(&self.idle_secs),
+            "--idle-secs must be 1 to {IDLE_SECS_MAX}"
+        );
+        if self.deliveries_per_sec != 0.0 {
+            check_rate(self.deliveries_per_sec)?;
+        }
+        check_duration(self.duration)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -241,6 +281,7 @@ impl Cli {
                 );
                 Ok(())
             }
+            Scenario::Watchers(args) => args.validate(),
             Scenario::Phases {
                 baseline,
                 peak,

@@ -31,12 +31,22 @@ pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
 
 /// Peak resident memory (`VmHWM`) of `pid`, or of this process when `None`, in KiB.
 pub fn peak_rss_kib(pid: Option<u32>) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident memory now (`VmRSS`) of `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(Some(pid), "VmRSS:")
+}
+
+/// A KiB field of `/proc/<pid>/status` (this process's when `None`).
+fn status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/self/status".to_owned(),
     };
     let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = text.lines().find(|line| line.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

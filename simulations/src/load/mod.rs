@@ -4,8 +4,9 @@
 //! Scenarios (`scenarios`): `steady` (a fixed purchase rate), `closed` (back to back,
 //! optionally against the no-work server), `ramp` (rising rates until
 //! throughput stops rising), `flash` (K keys, M buyers at once, live sockets, optionally through a waiting room) and `phases`
-//! (2x baseline, 3x historical peak, then `kill -9` and restart of a spawned server) and
-//! `failover` (three spawned nodes, the leader killed again and again under load).
+//! (2x baseline, 3x historical peak, then `kill -9` and restart of a spawned server),
+//! `watchers` (N order sockets held open: server memory per socket, idle CPU, push latency)
+//! and `failover` (three spawned nodes, the leader killed again and again under load).
 //! Each prints a report with the exact command line, per-endpoint throughput and
 //! percentiles (hdrhistogram), errors by kind, and the CPU share of the generator and the
 //! server; a progress line goes to stderr every second.
@@ -30,10 +31,12 @@ pub mod http;
 pub mod progress;
 pub mod purchase;
 pub mod rate;
+pub mod raw_ws;
 pub mod scenarios;
 pub mod server;
 pub mod settle;
 pub mod stats;
+pub mod watchers;
 pub mod ws;
 
 use std::sync::Arc;
@@ -46,10 +49,12 @@ use cpu::{cores, load_average, ServerPid};
 use flash::FlashPlan;
 use scenarios::{Context, PhasesPlan, RampPlan, ScenarioOutcome};
 use server::{loopback_address, SpawnedServer};
+use watchers::WatchersPlan;
 
 /// Runs the chosen scenario and the checks; `Ok(false)` when a check failed.
 pub async fn run(cli: Cli, command_line: String) -> anyhow::Result<bool> {
     println!("command: {command_line}");
+    raise_open_files_limit();
     println!(
         "machine: {} cores, load average {} at start",
         cores(),
@@ -108,6 +113,7 @@ pub async fn run(cli: Cli, command_line: String) -> anyhow::Result<bool> {
 /// room is off (its thresholds out of reach) unless a flash sale asks for it, since the
 /// paced scenarios measure the order pipeline itself and count a 202 as an error.
 fn server_env(scenario: &Scenario) -> Vec<(String, String)> {
+    let mut env = watchers_env(scenario);
     let auto = matches!(
         scenario,
         Scenario::Flash {
@@ -115,16 +121,57 @@ fn server_env(scenario: &Scenario) -> Vec<(String, String)> {
             ..
         }
     );
-    if auto {
-        return Vec::new();
+    if !auto {
+        env.extend(
+            [
+                "PANSHI_OVERLOAD__INFLIGHT_HIGH",
+                "PANSHI_OVERLOAD__LATENCY_HIGH_MS",
+            ]
+            .iter()
+            .map(|key| (key.to_string(), u32::MAX.to_string())),
+        );
     }
-    [
-        "PANSHI_OVERLOAD__INFLIGHT_HIGH",
-        "PANSHI_OVERLOAD__LATENCY_HIGH_MS",
+    env
+}
+
+/// Room for `watchers`' sockets (all from this host) beyond the production defaults: every
+/// socket may land on one worker, and the harness's own HTTP connections come on top.
+fn watchers_env(scenario: &Scenario) -> Vec<(String, String)> {
+    let Scenario::Watchers(args) = scenario else {
+        return Vec::new();
+    };
+    let room = (args.sockets + WATCHERS_CONNECTIONS_SLACK).to_string();
+    vec![
+        ("PANSHI_HTTP__WEBSOCKETS_MAX".to_owned(), room.clone()),
+        ("PANSHI_HTTP__CONNECTIONS_PER_WORKER_MAX".to_owned(), room),
     ]
-    .iter()
-    .map(|key| (key.to_string(), u32::MAX.to_string()))
-    .collect()
+}
+
+/// Connections beyond `watchers`' sockets: order creation, payments, checks.
+const WATCHERS_CONNECTIONS_SLACK: usize = 1_024;
+
+/// Raises this process's open-file limit to its hard limit, as a deployment would for a
+/// server holding many sockets; a spawned server inherits it. Failure only costs sockets.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        eprintln!("panshi-load: raising the open-file limit: {error}");
+    }
+    let limit = getrlimit(Resource::Nofile);
+    println!(
+        "open files: limit {} (hard {})",
+        limit
+            .current
+            .map_or("unlimited".to_owned(), |n| n.to_string()),
+        limit
+            .maximum
+            .map_or("unlimited".to_owned(), |n| n.to_string())
+    );
 }
 
 fn describe_server(server: Option<&SpawnedServer>, addr: std::net::SocketAddr) {
@@ -197,6 +244,15 @@ async fn run_scenario(
             };
             scenarios::phases(ctx, plan, server).await
         }
+        Scenario::Watchers(ref args) => {
+            let plan = WatchersPlan {
+                sockets: args.sockets,
+                deliveries_per_sec: args.deliveries_per_sec,
+                duration: secs(args.duration),
+                idle: secs(args.idle_secs),
+            };
+            scenarios::watchers(ctx, plan).await
+        }
         Scenario::Failover(_) => anyhow::bail!("failover starts its own nodes (--spawn)"),
     }
 }
@@ -212,8 +268,9 @@ async fn check_outcome(
     }
     check::reconcile(&ctx.shop, &mut outcome.ledger, checks).await;
     let paid = outcome.ledger.paid.len();
+    // A run that planned no payment (`watchers` without deliveries) measured its sockets.
     checks.add(
-        paid > 0,
+        paid > 0 || outcome.exact_paid == Some(0),
         format!("{paid} orders paid: the run measured something"),
     );
     if let Some(expected) = outcome.exact_paid {

@@ -1,4 +1,4 @@
-//! The scenarios: `steady`, `closed`, `ramp`, `flash` and `phases`. Each creates its own product,
+//! The scenarios: `steady`, `closed`, `ramp`, `flash`, `phases` and `watchers`. Each creates its own product,
 //! imports the keys it needs through the operator API, runs, prints its section of the
 //! report, and hands back what the final checks need.
 
@@ -16,6 +16,7 @@ use super::rate::{run_rate, RateOutcome, RatePlan};
 use super::server::SpawnedServer;
 use super::settle::{wait_quiet, Probe, PROBE_PURCHASES_MAX};
 use super::stats::{ms, Endpoint};
+use super::watchers::{run_watchers, WatchersPlan};
 
 /// Keys imported beyond the planned purchases, as a fraction of them.
 const KEYS_HEADROOM: f64 = 0.05;
@@ -345,6 +346,19 @@ pub async fn flash(ctx: &Context, plan: FlashPlan) -> anyhow::Result<ScenarioOut
         ledger: outcome.ledger,
         exact_paid: Some(plan.keys.min(plan.buyers) as u64),
         checks,
+    })
+}
+
+/// N sockets on N unpaid orders (`watchers`); the product holds a key for each.
+pub async fn watchers(ctx: &Context, plan: WatchersPlan) -> anyhow::Result<ScenarioOutcome> {
+    let product = ctx.stocked_product("watchers", plan.sockets as u64).await?;
+    ctx.settle().await?;
+    let outcome = run_watchers(&ctx.shop, &product.sku, plan, &ctx.server_pid).await?;
+    Ok(ScenarioOutcome {
+        products: vec![product],
+        ledger: outcome.ledger,
+        exact_paid: Some(outcome.deliveries),
+        checks: outcome.checks,
     })
 }
 
