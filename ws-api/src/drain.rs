@@ -7,23 +7,56 @@
 //! A second signal cuts the drain short.
 //!
 //! Invariant: a request that reached the server before the listener closed is answered.
+//!
+//! The lifecycle also carries the live sockets' heartbeat: one task per server (`beat`)
+//! ticks every `http.websocket_ping_secs` and bumps a `watch` epoch that every socket awaits
+//! (`beats`), so idle sockets hold no timer of their own and cost no CPU between beats.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// The server's stage of life, shared by the readiness check, the answers and live sockets.
-#[derive(Default)]
 pub struct Lifecycle {
     draining: AtomicBool,
     /// Set once live sockets must close (the end of the drain).
     closing: AtomicBool,
     close_sockets: Notify,
+    /// Bumped at every heartbeat; each live socket pings its client when it changes.
+    beats: watch::Sender<()>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            close_sockets: Notify::new(),
+            beats: watch::Sender::new(()),
+        }
+    }
 }
 
 impl Lifecycle {
+    /// The shared heartbeat: every `interval`, every live socket is told to ping its client.
+    /// Runs until the runtime stops; spawn it once per server.
+    pub async fn beat(self: Arc<Self>, interval: Duration) {
+        let first = tokio::time::Instant::now() + interval;
+        let mut ticks = tokio::time::interval_at(first, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.beats.send_replace(());
+        }
+    }
+
+    /// The heartbeat as one socket sees it: the next beat is the first after this call.
+    pub fn beats(&self) -> watch::Receiver<()> {
+        self.beats.subscribe()
+    }
+
     /// Whether a stop was asked for: not ready, and every answer closes its connection.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)

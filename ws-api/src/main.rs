@@ -578,6 +578,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     for warning in settings.warnings() {
         tracing::warn!(target: SETUP_LOG_TARGET, "{warning}");
     }
+    raise_open_files_limit(settings.http.websockets_max);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
             0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -707,6 +708,11 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         let cluster_replicated = cluster.is_replicated();
         let observatory = observatory(&settings, mailer.as_ref())?;
         let lifecycle = Arc::new(ws_api::drain::Lifecycle::default());
+        actix_web::rt::spawn(
+            lifecycle
+                .clone()
+                .beat(Duration::from_secs(settings.http.websocket_ping_secs)),
+        );
         let state = web::Data::new(AppState {
             shop: shop.clone(),
             admin_token,
@@ -804,6 +810,35 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
 
 /// How long a single node may take to lead after start.
 const LEAD_WAIT_MS: u64 = 30_000;
+/// Open files beyond the WebSocket cap: HTTP connections, the log, sled, the listener.
+const OPEN_FILES_BESIDE_SOCKETS: u64 = 1_024;
+
+/// Raises the soft open-file limit to the hard one: every connection is a file, and the
+/// usual soft default (1,024) would refuse connections far below `http.websockets_max`.
+/// Warns when even the hard limit is below what the caps allow.
+fn raise_open_files_limit(websockets_max: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!(target: SETUP_LOG_TARGET, %error, "could not raise the open-file limit");
+    }
+    let needed = websockets_max as u64 + OPEN_FILES_BESIDE_SOCKETS;
+    let current = getrlimit(Resource::Nofile).current;
+    if current.is_some_and(|files| files < needed) {
+        tracing::warn!(
+            target: SETUP_LOG_TARGET,
+            open_files_max = current,
+            needed,
+            "the open-file limit is below http.websockets_max plus room for other files: \
+             raise it (LimitNOFILE= in systemd, ulimit -n) or lower http.websockets_max"
+        );
+    }
+}
+
 /// How long the shop waits for the HTTP workers to offer themselves as pool shard hosts
 /// before it activates with those that did (shards then start on the shop's own arbiter
 /// where no worker registered).

@@ -420,6 +420,8 @@ pub struct HttpSection {
     pub json_body_bytes_max: usize,
     /// Open WebSocket connections, across workers.
     pub websockets_max: usize,
+    /// How often every live WebSocket's client is pinged (one heartbeat for all sockets).
+    pub websocket_ping_secs: u64,
     /// After the drain, how long requests in flight may take before the process stops.
     pub shutdown_timeout_secs: u64,
     /// On SIGTERM/SIGINT, how long the server goes on serving with `/readyz` at 503 and
@@ -746,6 +748,7 @@ impl Default for HttpSection {
             connections_per_worker_max: 25_000,
             json_body_bytes_max: 64 * 1024,
             websockets_max: 50_000,
+            websocket_ping_secs: crate::socket::PING_INTERVAL_SECS_DEFAULT,
             shutdown_timeout_secs: 10,
             drain_ms: DRAIN_MS_DEFAULT,
             keep_alive_secs: 75,
@@ -970,6 +973,12 @@ impl ServerSettings {
         }
         if self.http.body_read_timeout_secs < 1 {
             problems.push("http.body_read_timeout_secs must be at least 1".into());
+        }
+        if !(1..=crate::socket::PING_INTERVAL_SECS_MAX).contains(&self.http.websocket_ping_secs) {
+            problems.push(format!(
+                "http.websocket_ping_secs must be 1 to {}",
+                crate::socket::PING_INTERVAL_SECS_MAX
+            ));
         }
         if !(1..=engine::pool::SHARDS_PER_SKU_MAX).contains(&self.shards_per_sku) {
             problems.push(format!(

@@ -8,12 +8,12 @@
 //!
 //! Invariants: a socket holds at most one frame limit of client bytes plus one read chunk;
 //! a client's Close is answered at once with its own code (RFC 6455 5.5.1); a text frame
-//! that is not UTF-8 closes with 1007; pings are answered.
+//! that is not UTF-8 closes with 1007; pings are answered; a socket holds no timer of its
+//! own: it pings its client at each beat of the server's one heartbeat (`Lifecycle::beat`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_codec::Decoder;
 use actix_http::ws::{Codec, Frame, ProtocolError};
@@ -28,8 +28,10 @@ use crate::AppState;
 
 /// Largest frame a client may send (they only need pings and closes).
 pub const CLIENT_FRAME_BYTES_MAX: usize = 4 * 1024;
-/// A silent client is pinged this often.
-pub const PING_INTERVAL_SECS: u64 = 30;
+/// Every client is pinged this often by default (`http.websocket_ping_secs`).
+pub const PING_INTERVAL_SECS_DEFAULT: u64 = 30;
+/// The longest ping interval a setting may ask for.
+pub const PING_INTERVAL_SECS_MAX: u64 = 3_600;
 /// The longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const FRAME_HEADER_BYTES_MAX: usize = 14;
 
@@ -185,15 +187,14 @@ pub trait Feed {
 }
 
 /// Sends `feed` to the socket until either side ends or the server stops, answering the
-/// client's pings and closes, and pinging a silent client.
+/// client's pings and closes, and pinging the client at each heartbeat.
 pub async fn pump(
     mut session: Session,
     mut frames: ClientFrames,
     mut feed: impl Feed,
     lifecycle: Arc<Lifecycle>,
 ) {
-    let mut ping = actix_web::rt::time::interval(Duration::from_secs(PING_INTERVAL_SECS));
-    ping.tick().await;
+    let mut beats = lifecycle.beats();
     let close = loop {
         tokio::select! {
             // The server is stopping: the client reconnects (elsewhere).
@@ -229,7 +230,7 @@ pub async fn pump(
                 Some(Err(reason)) => break Some(reason),
                 None => break None,
             },
-            _ = ping.tick() => {
+            () = next_beat(&mut beats) => {
                 if session.ping(b"").await.is_err() {
                     return;
                 }
@@ -237,6 +238,13 @@ pub async fn pump(
         }
     };
     let _ = session.close(close).await;
+}
+
+/// Resolves at the next heartbeat; never, should the heartbeat be gone (no busy loop).
+async fn next_beat(beats: &mut tokio::sync::watch::Receiver<()>) {
+    if beats.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 #[cfg(test)]
