@@ -1204,7 +1204,7 @@ impl Shop {
         &self,
         order_id: &OrderId,
         token: &str,
-    ) -> Result<mpsc::Receiver<OrderUpdate>, ShopError> {
+    ) -> Result<mpsc::Receiver<live::BoxedUpdate>, ShopError> {
         self.authorised(order_id, token)?;
         let mut failure = None;
         let receiver = self

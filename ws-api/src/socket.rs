@@ -1,5 +1,10 @@
 //! The server side of every live WebSocket (an order, a queue ticket, a reseller's stream):
-//! the upgrade, the client's frames, and the loop that pushes a feed to the socket.
+//! the upgrade, the client's frames, and the pump that turns a feed into the socket's frames.
+//!
+//! A socket is its connection's response body (`serve`): the connection asks the pump for
+//! its next frame, and the pump waits on the feed, the client's frames, the drain and the
+//! server's one heartbeat. So an open socket costs its connection and this state alone: no
+//! task, channel or timer of its own (issue 19: 10,000 sockets at most 16 KiB each).
 //!
 //! The client's frames are read here rather than by actix-ws's `MessageStream`, because
 //! actix-http's codec buffers a frame until it is complete whatever length its header
@@ -11,15 +16,17 @@
 //! that is not UTF-8 closes with 1007; pings are answered; a socket holds no timer of its
 //! own: it pings its client at each beat of the server's one heartbeat (`Lifecycle::beat`).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix_codec::Decoder;
+use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{Codec, Frame, ProtocolError};
-use actix_web::web::BytesMut;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message, Session};
+use actix_web::body::{BodyStream, MessageBody};
+use actix_web::web::{Bytes, BytesMut};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message};
 use futures_util::StreamExt;
 
 use crate::drain::Lifecycle;
@@ -42,17 +49,31 @@ pub fn verify(request: &HttpRequest) -> Result<(), ApiError> {
         .map_err(|error| ApiError::bad_request("not_a_websocket", error.to_string()))
 }
 
-/// Answers the upgrade and splits the socket into its sending half and the client's frames.
-pub async fn upgrade(
+/// Answers the upgrade with `feed` as the socket. The socket's frames are the response
+/// body itself, made as the connection asks for them (`Pump`): a socket has no task, no
+/// channel and no timer of its own, only this state inside its connection. `guard` is held
+/// until the connection ends.
+pub fn serve(
     request: &HttpRequest,
     body: web::Payload,
-) -> Result<(HttpResponse, Session, ClientFrames), actix_web::Error> {
-    // actix-ws takes the request body for its own reader; it gets an empty one, and the real
-    // one goes to `ClientFrames`.
-    verify(request)?;
-    let unused = web::Payload::from_request(request, &mut actix_web::dev::Payload::None).await?;
-    let (response, session, _) = actix_ws::handle(request, unused)?;
-    Ok((response, session, ClientFrames::new(body)))
+    feed: impl Feed + 'static,
+    guard: OpenSocket,
+    lifecycle: Arc<Lifecycle>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let mut response = actix_http::ws::handshake(request.head())?;
+    let pump = Pump {
+        beats: lifecycle.beats(),
+        lifecycle,
+        frames: ClientFrames::new(body),
+        feed,
+        codec: Codec::new(),
+        stage: Stage::Open,
+        _guard: guard,
+    };
+    let frames = futures_util::stream::unfold(pump, Pump::next_bytes);
+    Ok(response
+        .message_body(BodyStream::new(frames).boxed())?
+        .into())
 }
 
 /// The client's frames, each checked against the frame limit as soon as its header is in.
@@ -186,58 +207,90 @@ pub trait Feed {
     fn next(&mut self) -> impl Future<Output = Outgoing>;
 }
 
-/// Sends `feed` to the socket until either side ends or the server stops, answering the
+/// Where a socket is in its life.
+enum Stage {
+    Open,
+    /// The last text frame went out; the close follows.
+    Closing(CloseReason),
+    /// The close went out: the body (and the connection) ends.
+    Ended,
+}
+
+/// One socket: sends `feed` until either side ends or the server stops, answering the
 /// client's pings and closes, and pinging the client at each heartbeat.
-pub async fn pump(
-    mut session: Session,
-    mut frames: ClientFrames,
-    mut feed: impl Feed,
+struct Pump<F> {
+    frames: ClientFrames,
+    feed: F,
     lifecycle: Arc<Lifecycle>,
-) {
-    let mut beats = lifecycle.beats();
-    let close = loop {
-        tokio::select! {
-            // The server is stopping: the client reconnects (elsewhere).
-            _ = lifecycle.sockets_closing() => break Some(CloseReason {
-                code: CloseCode::Away,
-                description: Some("the server is restarting; reconnect".into()),
-            }),
-            outgoing = feed.next() => match outgoing {
-                Outgoing::Text(text) => {
-                    if session.text(text).await.is_err() {
-                        return;
+    beats: tokio::sync::watch::Receiver<()>,
+    codec: Codec,
+    stage: Stage,
+    _guard: OpenSocket,
+}
+
+/// What woke a socket.
+enum Wake {
+    Frame(Message),
+    /// A last text frame, then the close.
+    Last(String, CloseReason),
+    Close(Option<CloseReason>),
+    Nothing,
+}
+
+impl<F: Feed> Pump<F> {
+    /// The next frame's bytes, for the response body; `None` once the close went out.
+    async fn next_bytes(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        let message = match std::mem::replace(&mut self.stage, Stage::Ended) {
+            Stage::Ended => return None,
+            Stage::Closing(reason) => Message::Close(Some(reason)),
+            Stage::Open => self.next_message().await,
+        };
+        let mut bytes = BytesMut::new();
+        // Only a close reason over 123 bytes fails to encode; none is that long.
+        self.codec.encode(message, &mut bytes).ok()?;
+        Some((Ok(bytes.freeze()), self))
+    }
+
+    /// The next message to send; sets the stage that follows it.
+    async fn next_message(&mut self) -> Message {
+        loop {
+            let wake = tokio::select! {
+                // The server is stopping: the client reconnects (elsewhere).
+                _ = self.lifecycle.sockets_closing() => Wake::Close(Some(CloseReason {
+                    code: CloseCode::Away,
+                    description: Some("the server is restarting; reconnect".into()),
+                })),
+                outgoing = self.feed.next() => match outgoing {
+                    Outgoing::Text(text) => Wake::Frame(Message::Text(text.into())),
+                    Outgoing::Last(text, reason) => Wake::Last(text, reason),
+                    Outgoing::Close(reason) => Wake::Close(Some(reason)),
+                },
+                inbound = self.frames.recv() => match inbound {
+                    Some(Ok(Message::Ping(bytes))) => Wake::Frame(Message::Pong(bytes)),
+                    // RFC 6455 5.5.1: answer at once, echoing the client's code.
+                    Some(Ok(Message::Close(reason))) => {
+                        Wake::Close(reason.map(|r| CloseReason::from(r.code)))
                     }
+                    Some(Ok(_)) => Wake::Nothing,
+                    Some(Err(reason)) => Wake::Close(Some(reason)),
+                    None => Wake::Close(None),
+                },
+                () = next_beat(&mut self.beats) => Wake::Frame(Message::Ping(Bytes::new())),
+            };
+            match wake {
+                Wake::Frame(message) => {
+                    self.stage = Stage::Open;
+                    return message;
                 }
-                Outgoing::Last(text, reason) => {
-                    if session.text(text).await.is_err() {
-                        return;
-                    }
-                    break Some(reason);
+                Wake::Last(text, reason) => {
+                    self.stage = Stage::Closing(reason);
+                    return Message::Text(text.into());
                 }
-                Outgoing::Close(reason) => break Some(reason),
-            },
-            inbound = frames.recv() => match inbound {
-                Some(Ok(Message::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                // RFC 6455 5.5.1: answer at once, echoing the client's code.
-                Some(Ok(Message::Close(reason))) => {
-                    break reason.map(|r| CloseReason::from(r.code));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(reason)) => break Some(reason),
-                None => break None,
-            },
-            () = next_beat(&mut beats) => {
-                if session.ping(b"").await.is_err() {
-                    return;
-                }
+                Wake::Close(reason) => return Message::Close(reason),
+                Wake::Nothing => {}
             }
         }
-    };
-    let _ = session.close(close).await;
+    }
 }
 
 /// Resolves at the next heartbeat; never, should the heartbeat be gone (no busy loop).

@@ -37,17 +37,17 @@ async fn live(
         .shop
         .subscribe(&order_id, &query.token)
         .map_err(ApiError::from)?;
-    let (response, session, frames) = socket::upgrade(&request, body).await?;
-    let lifecycle = state.lifecycle.clone();
-    actix_web::rt::spawn(async move {
-        let _guard = guard;
-        socket::pump(session, frames, OrderFeed(feed), lifecycle).await;
-    });
-    Ok(response)
+    socket::serve(
+        &request,
+        body,
+        OrderFeed(feed),
+        guard,
+        state.lifecycle.clone(),
+    )
 }
 
 /// An order's updates as socket frames: closed normally after a terminal status.
-struct OrderFeed(mpsc::Receiver<OrderUpdate>);
+struct OrderFeed(mpsc::Receiver<Box<OrderUpdate>>);
 
 impl Feed for OrderFeed {
     async fn next(&mut self) -> Outgoing {

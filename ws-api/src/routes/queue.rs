@@ -88,23 +88,12 @@ async fn watch(
         .shop
         .watch_ticket(ticket, &query.token)
         .map_err(ApiError::from)?;
-    let (response, session, frames) = socket::upgrade(&request, body).await?;
-    let lifecycle = state.lifecycle.clone();
-    actix_web::rt::spawn(async move {
-        let _guard = guard;
-        socket::pump(
-            session,
-            frames,
-            TicketFeed {
-                shop: state.shop.clone(),
-                ticket,
-                feed,
-            },
-            lifecycle,
-        )
-        .await;
-    });
-    Ok(response)
+    let feed = TicketFeed {
+        shop: state.shop.clone(),
+        ticket,
+        feed,
+    };
+    socket::serve(&request, body, feed, guard, state.lifecycle.clone())
 }
 
 /// A ticket's updates as socket frames: closed normally after its outcome.

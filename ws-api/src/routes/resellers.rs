@@ -490,13 +490,13 @@ async fn stream(
         .reseller_stream(who, cursor)
         .await
         .map_err(reseller_error)?;
-    let (response, session, frames) = socket::upgrade(&request, body).await?;
-    let lifecycle = state.lifecycle.clone();
-    actix_web::rt::spawn(async move {
-        let _guard = guard;
-        socket::pump(session, frames, StreamFeed(feed), lifecycle).await;
-    });
-    Ok(response)
+    socket::serve(
+        &request,
+        body,
+        StreamFeed(feed),
+        guard,
+        state.lifecycle.clone(),
+    )
 }
 
 /// A reseller's stream as socket frames; a reader that fell behind is closed with code 1013
