@@ -580,7 +580,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     for warning in settings.warnings() {
         tracing::warn!(target: SETUP_LOG_TARGET, "{warning}");
     }
-    raise_open_files_limit(settings.http.websockets_max);
+    raise_open_files_limit(settings.http.websockets_max, !settings.demo);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
             0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -817,8 +817,8 @@ const OPEN_FILES_BESIDE_SOCKETS: u64 = 1_024;
 
 /// Raises the soft open-file limit to the hard one: every connection is a file, and the
 /// usual soft default (1,024) would refuse connections far below `http.websockets_max`.
-/// Warns when even the hard limit is below what the caps allow.
-fn raise_open_files_limit(websockets_max: usize) {
+/// With `advise` (not the demo), warns when even the hard limit is below what the caps allow.
+fn raise_open_files_limit(websockets_max: usize, advise: bool) {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     let raised = Rlimit {
@@ -830,7 +830,7 @@ fn raise_open_files_limit(websockets_max: usize) {
     }
     let needed = websockets_max as u64 + OPEN_FILES_BESIDE_SOCKETS;
     let current = getrlimit(Resource::Nofile).current;
-    if current.is_some_and(|files| files < needed) {
+    if advise && current.is_some_and(|files| files < needed) {
         tracing::warn!(
             target: SETUP_LOG_TARGET,
             open_files_max = current,

@@ -246,7 +246,7 @@ impl<F: Feed> Pump<F> {
             Stage::Open => self.next_message().await,
         };
         let mut bytes = BytesMut::new();
-        // Only a close reason over 123 bytes fails to encode; none is that long.
+        // Only a continuation frame fails to encode, and the pump sends none.
         self.codec.encode(message, &mut bytes).ok()?;
         Some((Ok(bytes.freeze()), self))
     }
