@@ -156,7 +156,7 @@ fn frame_at(buffer: &[u8]) -> Result<Option<(u8, Range<usize>)>, ErrorKind> {
         return Err(ErrorKind::Protocol);
     }
     let end = header + length as usize;
-    Ok((buffer.len() >= end).then(|| (first & 0x0f, header..end)))
+    Ok((buffer.len() >= end).then_some((first & 0x0f, header..end)))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

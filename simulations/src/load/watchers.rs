@@ -278,10 +278,8 @@ async fn watch(mut socket: RawSocket, index: usize, board: &Board) {
             break;
         };
         match frame.opcode {
-            OPCODE_TEXT => {
-                if is_delivered(socket.payload(&frame)) {
-                    board.stamp(&board.delivered_us[index]);
-                }
+            OPCODE_TEXT if is_delivered(socket.payload(&frame)) => {
+                board.stamp(&board.delivered_us[index]);
             }
             OPCODE_PING => {
                 board.pings.fetch_add(1, Ordering::Relaxed);
