@@ -115,12 +115,9 @@ async fn sigterm_drains_keep_alive_clients_answers_what_is_in_flight_then_stops(
         assert_ne!(raw::header(&head, "connection"), Some("close"));
         idle.push(stream);
     }
-    let live = format!(
-        "/api/v1/orders/{}/live?token={}",
-        order["order_id"].as_str().unwrap(),
-        order["token"].as_str().unwrap()
-    );
-    let mut socket = RawSocket::open(&server.base, &live, "").await.unwrap();
+    let mut socket = RawSocket::open(&server.base, &live_path(&order), "")
+        .await
+        .unwrap();
     assert_eq!(socket.read_frame(wait).await.unwrap().opcode, 0x1);
     // A request in flight across the end of the drain: its body's second half arrives
     // after the listener closed.

@@ -13,14 +13,6 @@ use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn live_path(order: &Value) -> String {
-    format!(
-        "/api/v1/orders/{}/live?token={}",
-        order["order_id"].as_str().unwrap(),
-        order["token"].as_str().unwrap()
-    )
-}
-
 async fn watched_order(server: &Server, sku: &str) -> Value {
     server.product(sku, 100, &keys(sku, 4)).await;
     let (code, order) = server.order(sku, 1).await;

@@ -22,14 +22,6 @@ const BEAT_SPREAD_MAX: Duration = Duration::from_millis(300);
 /// How long pings are collected once every socket is open.
 const WINDOW: Duration = Duration::from_millis(4_500);
 
-fn live_path(order: &Value) -> String {
-    format!(
-        "/api/v1/orders/{}/live?token={}",
-        order["order_id"].as_str().unwrap(),
-        order["token"].as_str().unwrap()
-    )
-}
-
 async fn open_wave(server: &Server, orders: &[Value], sockets: &mut Vec<RawSocket>) {
     for _ in 0..WAVE_SOCKETS {
         let order = &orders[sockets.len() % orders.len()];

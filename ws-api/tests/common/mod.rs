@@ -489,13 +489,18 @@ pub enum Frame {
     Closed(Option<u16>),
 }
 
+/// The path of an order's live socket: `/api/v1/orders/{id}/live?token=`.
+pub fn live_path(order: &Value) -> String {
+    format!(
+        "/api/v1/orders/{}/live?token={}",
+        order["order_id"].as_str().unwrap(),
+        order["token"].as_str().unwrap()
+    )
+}
+
 impl Live {
     pub async fn connect(server: &Server, order: &Value) -> Live {
-        let url = server.ws_url(&format!(
-            "/api/v1/orders/{}/live?token={}",
-            order["order_id"].as_str().unwrap(),
-            order["token"].as_str().unwrap()
-        ));
+        let url = server.ws_url(&live_path(order));
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(4096);
