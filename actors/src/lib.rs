@@ -720,11 +720,6 @@ impl Shop {
         }
     }
 
-    /// Available keys of a SKU as the pool shards published them (one load, no message).
-    pub fn available_hint(&self, sku: &Sku) -> Option<usize> {
-        self.pool(sku).ok().map(|pool| pool.available())
-    }
-
     /// Refuses a create for fewer keys than it wants before any work is done for it (a
     /// coupon, a lookup password's hash, a risk hold): sold out needs no commit, and in a
     /// flash sale most buyers hear it.

@@ -8,8 +8,9 @@
 //!
 //! Reads of an order go to the view first, then to sled: both hold only durable state, and
 //! together they hold all of it. An installed snapshot puts every order in the view before
-//! sled is rewritten, and the applied index moves only then. sled's writes are off the acknowledgement path, so sled
-//! costs throughput only as CPU, never as latency; its lag is bounded by the channel.
+//! sled is rewritten, and the applied index moves only then. sled's writes are off the
+//! acknowledgement path, so sled costs throughput only as CPU, never as latency; its lag is
+//! bounded by the channel.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

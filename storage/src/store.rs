@@ -379,8 +379,9 @@ pub(crate) fn reset_sled(
         }
     }
     // In slices: one sled batch of a million orders' rows held 20 GB and took over a
-    // minute. Atomicity is not needed here: `applied_lsn` is written with the last slice,
-    // and a crash before it leaves sled behind the log, so the next start rewrites it all.
+    // minute. Atomicity is not needed here: the trees, `meta` with them, were dropped above
+    // and `applied_lsn` is written after the last slice, so a crash part-way leaves sled
+    // behind the log and the next start rewrites it all.
     let mut rows = rows.into_iter();
     loop {
         let slice: Vec<Row> = rows.by_ref().take(RESET_SLICE_ROWS).collect();

@@ -561,9 +561,9 @@ fn sealing_key(
 /// each first touch of 2 MiB made the kernel zero 2 MiB: in a flash sale's opening, with
 /// thousands of requests in flight at once, that zeroing was a fifth of the server's CPU
 /// (docs/BENCHMARKS.md, "Flash sale (issue 19)"). And sparsely touched pages were resident
-/// 2 MiB at a time: 27.8 KiB of RSS per open socket with them, 19.8 without ("Live
-/// sockets (issue 19)"). First thing in `main`, before most
-/// memory is touched; where the kernel refuses, the process runs as before.
+/// 2 MiB at a time: 27.8 KiB of RSS per open socket with them, 19.8 without ("Live sockets
+/// (issue 19)"). First thing in `main`, before most memory is touched; where the kernel
+/// refuses, the process runs as before.
 fn disable_transparent_huge_pages() {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
