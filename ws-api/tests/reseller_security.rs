@@ -292,13 +292,13 @@ fn watch(base: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// Waits for the watcher to exit; its stderr.
-fn exited(mut child: std::process::Child, within: Duration) -> Option<(bool, String)> {
+/// Waits for the watcher to exit: (success, its stderr); or kills it: `Err(its stderr)`.
+fn exited(mut child: std::process::Child, within: Duration) -> Result<(bool, String), String> {
     let started = Instant::now();
     while started.elapsed() < within {
         if child.try_wait().unwrap().is_some() {
             let output = child.wait_with_output().unwrap();
-            return Some((
+            return Ok((
                 output.status.success(),
                 String::from_utf8_lossy(&output.stderr).into_owned(),
             ));
@@ -306,8 +306,8 @@ fn exited(mut child: std::process::Child, within: Duration) -> Option<(bool, Str
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
-    let _ = child.wait();
-    None
+    let output = child.wait_with_output().unwrap();
+    Err(String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// Postmortem: `watch` could not speak `wss://` (no TLS in the client), and retried
@@ -361,11 +361,11 @@ async fn watch_speaks_tls_and_stops_on_a_tls_failure() {
         eprintln!("note: openssl is not available; the untrusted-certificate half is skipped");
         return;
     }
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port below the ephemeral range (a bind(0) port can be taken by any client socket
+    // before openssl binds it), and the watcher starts only once openssl listens: a refused
+    // connection is retried, so a slow openssl must not read as a watcher that never stops.
+    let tls_port = free_port();
+    let server_log = dir.path().join("s_server.log");
     let mut server = Command::new("openssl")
         .args([
             "s_server",
@@ -379,17 +379,31 @@ async fn watch_speaks_tls_and_stops_on_a_tls_failure() {
         .arg(&key)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&server_log).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let listening = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        if let Some(status) = server.try_wait().unwrap() {
+            panic!(
+                "openssl s_server exited ({status}): {}",
+                std::fs::read_to_string(&server_log).unwrap_or_default()
+            );
+        }
+        assert!(
+            listening.elapsed() < Duration::from_secs(20),
+            "openssl s_server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let outcome = exited(
         watch(&format!("https://127.0.0.1:{tls_port}")),
         Duration::from_secs(20),
     );
     let _ = server.kill();
     let _ = server.wait();
-    let (success, said) = outcome.expect("the watcher stopped instead of retrying forever");
+    let (success, said) =
+        outcome.unwrap_or_else(|said| panic!("the watcher retried instead of stopping: {said}"));
     assert!(!success, "{said}");
     assert!(said.contains("TLS"), "{said}");
 }

@@ -230,11 +230,9 @@ async fn every_event_arrives_signed_after_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_deliveries_survive_kill9() {
-    // A port whose receiver is down while the events are bought.
-    let address = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    // A port whose receiver is down while the events are bought: below the ephemeral
+    // range, so no client socket takes it before the receiver binds it.
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let url = format!("http://{address}/hook");
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(&dir, "100");
