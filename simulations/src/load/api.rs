@@ -272,17 +272,7 @@ impl Shop {
     /// Sends one operator request on a fresh connection; anything but `expected` fails.
     async fn operator_call(&self, request: &[u8], expected: u16, what: &str) -> anyhow::Result<()> {
         let mut connection = self.operator_connection();
-        let answer = connection
-            .send(request, Retry::Never)
-            .await
-            .with_context(|| what.to_owned())?;
-        if answer.status != expected {
-            bail!(
-                "{what}: HTTP {} {}",
-                answer.status,
-                String::from_utf8_lossy(answer.body)
-            );
-        }
+        operator_exchange(&mut connection, request, expected, what).await?;
         Ok(())
     }
 
@@ -344,6 +334,49 @@ impl Shop {
         self.operator_get("/api/v1/ops/pipeline").await
     }
 
+    /// Creates a reseller on `connection` and funds it with `balance_cents`: (its id, its
+    /// API key).
+    pub async fn create_reseller(
+        &self,
+        connection: &mut Connection,
+        name: &str,
+        balance_cents: u64,
+    ) -> anyhow::Result<(String, String)> {
+        #[derive(Deserialize)]
+        struct Created {
+            reseller_id: String,
+            api_key: String,
+        }
+        let body = serde_json::json!({ "name": name }).to_string();
+        let request = self.operator_request(
+            "POST",
+            "/api/v1/admin/resellers",
+            "application/json",
+            body.as_bytes(),
+        );
+        let answer = operator_exchange(connection, &request, 201, "creating a reseller").await?;
+        let created: Created = serde_json::from_slice(&answer).context("reseller answer")?;
+        let body = serde_json::json!({ "amount_cents": balance_cents, "note": "load" }).to_string();
+        let path = format!("/api/v1/admin/resellers/{}/balance", created.reseller_id);
+        let request = self.operator_request("POST", &path, "application/json", body.as_bytes());
+        operator_exchange(connection, &request, 200, "funding a reseller").await?;
+        Ok((created.reseller_id, created.api_key))
+    }
+
+    /// A reseller's bulk purchase of `quantity` keys of `sku`, with its API key.
+    pub fn reseller_buy_request(&self, api_key: &str, sku: &str, quantity: u32) -> Vec<u8> {
+        let body = format!(r#"{{"sku":"{sku}","quantity":{quantity}}}"#);
+        let authorization = format!("Authorization: Bearer {api_key}");
+        let headers = [authorization.as_str(), "Content-Type: application/json"];
+        request(
+            "POST",
+            "/api/v1/reseller/orders",
+            &self.host,
+            &headers,
+            body.as_bytes(),
+        )
+    }
+
     async fn operator_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let request = self.operator_request("GET", path, "application/json", b"");
         let mut connection = self.operator_connection();
@@ -391,6 +424,28 @@ impl Shop {
         }
         bail!("the server was not ready within {READY_WAIT_MAX:?}")
     }
+}
+
+/// Sends one operator request on `connection`: the answer's body, or an error when its
+/// status is not `expected`.
+async fn operator_exchange(
+    connection: &mut Connection,
+    request: &[u8],
+    expected: u16,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let answer = connection
+        .send(request, Retry::Never)
+        .await
+        .with_context(|| what.to_owned())?;
+    if answer.status != expected {
+        bail!(
+            "{what}: HTTP {} {}",
+            answer.status,
+            String::from_utf8_lossy(answer.body)
+        );
+    }
+    Ok(answer.body.to_vec())
 }
 
 fn keys_body(sku: &str, first: u64, count: u64) -> String {

@@ -26,6 +26,11 @@ pub const FLASH_BUYERS_MAX: usize = 100_000;
 pub const FLASH_KEYS_MAX: usize = 1_000_000;
 /// Most live sockets of a `watchers` run.
 pub const WATCHERS_SOCKETS_MAX: usize = 200_000;
+/// Most reseller streams of a `resellers` run (each reseller may open 16; one is enough).
+pub const RESELLER_STREAMS_MAX: usize = 20_000;
+/// Most keys per reseller purchase in a `resellers` run: an event of 50 keys of about 40
+/// bytes fits the raw client's 4 KiB frame buffer.
+pub const RESELLER_QUANTITY_MAX: u32 = 50;
 /// Longest idle measurement of a `watchers` run.
 pub const IDLE_SECS_MAX: u64 = 600;
 /// Most leader kills of one failover run.
@@ -159,6 +164,10 @@ pub enum Scenario {
     /// N buyers watch N unpaid orders over live sockets: the server's RSS per socket, its
     /// CPU while they idle, then R deliveries a second and the push latency to the sockets.
     Watchers(WatchersArgs),
+    /// N resellers hold their streams open while bulk purchases flow through them at R a
+    /// second, and one more reseller's stream reads nothing: push latency to the streams,
+    /// no gap and no repeat on any, the slow reader cut off and resumed from its cursor.
+    Resellers(ResellersArgs),
     /// Three nodes (with --spawn) under a steady load; the leader is killed with kill -9
     /// again and again and restarted after a pause. Reports how long writes took to resume
     /// after each kill and the acknowledged work lost (must be 0), then audits and compares.
@@ -179,6 +188,58 @@ pub struct WatchersArgs {
     /// Seconds of CPU measurement with every socket open and idle.
     #[arg(long, default_value_t = 10)]
     pub idle_secs: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ResellersArgs {
+    /// Resellers, each with one stream open and read.
+    #[arg(long, default_value_t = 1_000)]
+    pub streams: usize,
+    /// Purchases a second, round-robin over those resellers.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+    /// Keys per purchase.
+    #[arg(long, default_value_t = 10)]
+    pub quantity: u32,
+    /// Seconds of purchases.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Purchases a second of one more reseller whose stream reads nothing (0: none). The
+    /// kernel holds up to 4 MiB of its events before the server's own queue fills, so the
+    /// default buys enough (3,000 events of about 2 KB) to be cut off within 10 s.
+    #[arg(long, default_value_t = 300.0)]
+    pub slow_rate: f64,
+    /// Keys per purchase of that reseller.
+    #[arg(long, default_value_t = 50)]
+    pub slow_quantity: u32,
+    /// The control run: that reseller's stream is read like the others (same load, no
+    /// stalled reader), to tell what the stall costs the others from what its load costs.
+    #[arg(long)]
+    pub slow_reader_reads: bool,
+}
+
+impl ResellersArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=RESELLER_STREAMS_MAX).contains(&self.streams),
+            "--streams must be 1 to {RESELLER_STREAMS_MAX}"
+        );
+        for (name, quantity) in [
+            ("--quantity", self.quantity),
+            ("--slow-quantity", self.slow_quantity),
+        ] {
+            anyhow::ensure!(
+                (1..=RESELLER_QUANTITY_MAX).contains(&quantity),
+                "{name} must be 1 to {RESELLER_QUANTITY_MAX} (each event must fit the raw \
+                 client's frame buffer)"
+            );
+        }
+        check_rate(self.rate)?;
+        if self.slow_rate != 0.0 {
+            check_rate(self.slow_rate)?;
+        }
+        check_duration(self.duration)
+    }
 }
 
 impl WatchersArgs {
@@ -282,6 +343,7 @@ impl Cli {
                 Ok(())
             }
             Scenario::Watchers(args) => args.validate(),
+            Scenario::Resellers(args) => args.validate(),
             Scenario::Phases {
                 baseline,
                 peak,

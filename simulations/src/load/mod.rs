@@ -5,7 +5,8 @@
 //! optionally against the no-work server), `ramp` (rising rates until
 //! throughput stops rising), `flash` (K keys, M buyers at once, live sockets, optionally through a waiting room) and `phases`
 //! (2x baseline, 3x historical peak, then `kill -9` and restart of a spawned server),
-//! `watchers` (N order sockets held open: server memory per socket, idle CPU, push latency)
+//! `watchers` (N order sockets held open: server memory per socket, idle CPU, push latency),
+//! `resellers` (N reseller streams read while bulk purchases flow, and one slow reader)
 //! and `failover` (three spawned nodes, the leader killed again and again under load).
 //! Each prints a report with the exact command line, per-endpoint throughput and
 //! percentiles (hdrhistogram), errors by kind, and the CPU share of the generator and the
@@ -32,6 +33,7 @@ pub mod progress;
 pub mod purchase;
 pub mod rate;
 pub mod raw_ws;
+pub mod resellers;
 pub mod scenarios;
 pub mod server;
 pub mod settle;
@@ -47,6 +49,7 @@ use check::Checks;
 use cli::{secs, Cli, Scenario};
 use cpu::{cores, load_average, ServerPid};
 use flash::FlashPlan;
+use resellers::ResellersPlan;
 use scenarios::{Context, PhasesPlan, RampPlan, ScenarioOutcome};
 use server::{loopback_address, SpawnedServer};
 use watchers::WatchersPlan;
@@ -134,20 +137,35 @@ fn server_env(scenario: &Scenario) -> Vec<(String, String)> {
     env
 }
 
-/// Room for `watchers`' sockets (all from this host) beyond the production defaults: every
-/// socket may land on one worker, and the harness's own HTTP connections come on top.
+/// Room for `watchers`' and `resellers`' sockets (all from this host) beyond the
+/// production defaults: every socket may land on one worker, and the harness's own HTTP
+/// connections come on top. `resellers` also lifts the per-key purchase limit, which its
+/// slow reader's own purchases (one key, many a second) would otherwise hit.
 fn watchers_env(scenario: &Scenario) -> Vec<(String, String)> {
-    let Scenario::Watchers(args) = scenario else {
-        return Vec::new();
+    let (sockets, mut env) = match scenario {
+        Scenario::Watchers(args) => (args.sockets, Vec::new()),
+        Scenario::Resellers(args) => {
+            let per_key = (args.slow_rate.max(1.0) * 2.0).ceil().to_string();
+            let env = vec![
+                (
+                    "PANSHI_RESELLERS__RATE_PER_SECOND".to_owned(),
+                    per_key.clone(),
+                ),
+                ("PANSHI_RESELLERS__RATE_BURST".to_owned(), per_key),
+            ];
+            (args.streams + 1, env)
+        }
+        _ => return Vec::new(),
     };
-    let room = (args.sockets + WATCHERS_CONNECTIONS_SLACK).to_string();
-    vec![
+    let room = (sockets + WATCHERS_CONNECTIONS_SLACK).to_string();
+    env.extend([
         ("PANSHI_HTTP__WEBSOCKETS_MAX".to_owned(), room.clone()),
         ("PANSHI_HTTP__CONNECTIONS_PER_WORKER_MAX".to_owned(), room),
-    ]
+    ]);
+    env
 }
 
-/// Connections beyond `watchers`' sockets: order creation, payments, checks.
+/// Connections beyond the sockets: order creation, payments, checks.
 const WATCHERS_CONNECTIONS_SLACK: usize = 1_024;
 
 /// Raises this process's open-file limit to its hard limit, as a deployment would for a
@@ -252,6 +270,18 @@ async fn run_scenario(
                 idle: secs(args.idle_secs),
             };
             scenarios::watchers(ctx, plan).await
+        }
+        Scenario::Resellers(ref args) => {
+            let plan = ResellersPlan {
+                streams: args.streams,
+                rate: args.rate,
+                quantity: args.quantity,
+                duration: secs(args.duration),
+                slow_rate: args.slow_rate,
+                slow_quantity: args.slow_quantity,
+                slow_reads: args.slow_reader_reads,
+            };
+            scenarios::resellers(ctx, plan).await
         }
         Scenario::Failover(_) => anyhow::bail!("failover starts its own nodes (--spawn)"),
     }

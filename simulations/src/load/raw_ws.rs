@@ -50,14 +50,30 @@ impl RawSocket {
         source: Option<IpAddr>,
         path: &str,
     ) -> Result<RawSocket, ErrorKind> {
-        let mut stream = open_stream(addr, source)
+        let stream = open_stream(addr, source)
             .await
             .map_err(|_| ErrorKind::Connect)?;
-        let request = format!(
+        Self::upgrade(stream, addr, path, &[]).await
+    }
+
+    /// Upgrades `path` over `stream`, a connection to `addr`, sending `headers` (whole
+    /// header lines without their CRLF) with the upgrade.
+    pub async fn upgrade(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[&str],
+    ) -> Result<RawSocket, ErrorKind> {
+        let mut request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\n"
         );
+        for header in headers {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
         stream
             .write_all(request.as_bytes())
             .await

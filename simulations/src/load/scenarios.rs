@@ -13,6 +13,7 @@ use super::cpu::ServerPid;
 use super::flash::{run_flash, FlashPlan};
 use super::purchase::Ledger;
 use super::rate::{run_rate, RateOutcome, RatePlan};
+use super::resellers::{run_resellers, ResellersPlan};
 use super::server::SpawnedServer;
 use super::settle::{wait_quiet, Probe, PROBE_PURCHASES_MAX};
 use super::stats::{ms, Endpoint};
@@ -359,6 +360,45 @@ pub async fn watchers(ctx: &Context, plan: WatchersPlan) -> anyhow::Result<Scena
         ledger: outcome.ledger,
         exact_paid: Some(outcome.deliveries),
         checks: outcome.checks,
+    })
+}
+
+/// Resellers' streams under bulk purchases. The reseller orders are not buyer orders, so
+/// the product's books are checked here (every key imported is available, reserved or
+/// sold; sold = the keys in the 201s) rather than against the buyer ledger.
+pub async fn resellers(ctx: &Context, plan: ResellersPlan) -> anyhow::Result<ScenarioOutcome> {
+    let product = ctx.stocked_product("resellers", plan.keys()).await?;
+    ctx.settle().await?;
+    let outcome = run_resellers(
+        &ctx.shop,
+        &product.sku,
+        plan,
+        ctx.load.price_cents,
+        &ctx.server_pid,
+    )
+    .await?;
+    let mut checks = outcome.checks;
+    let stock = ctx.shop.stock(&product.sku).await?;
+    checks.push((
+        product.imported == stock.available + stock.reserved + stock.sold,
+        format!(
+            "{}: imported {} = available {} + reserved {} + sold {}",
+            product.sku, product.imported, stock.available, stock.reserved, stock.sold
+        ),
+    ));
+    checks.push((
+        stock.sold == outcome.keys && outcome.keys > 0,
+        format!(
+            "{}: sold {} == keys in the resellers' 201s {}",
+            product.sku, stock.sold, outcome.keys
+        ),
+    ));
+    Ok(ScenarioOutcome {
+        products: Vec::new(),
+        ledger: Ledger::default(),
+        // No buyer order: nothing for the buyer checks to find.
+        exact_paid: Some(0),
+        checks,
     })
 }
 

@@ -37,10 +37,12 @@ pub enum Endpoint {
     Purchase,
     /// From a waiting-room ticket (202) to its outcome frame (admitted, sold out, failed).
     QueueWait,
+    /// A reseller's bulk purchase (201 with its keys).
+    ResellerBuy,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 10] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::Connect,
         Endpoint::Create,
         Endpoint::CreateAfterLastKey,
@@ -51,6 +53,7 @@ impl Endpoint {
         Endpoint::WsPush,
         Endpoint::Purchase,
         Endpoint::QueueWait,
+        Endpoint::ResellerBuy,
     ];
 
     fn index(self) -> usize {
@@ -69,6 +72,7 @@ impl Endpoint {
             Endpoint::WsPush => "ws push",
             Endpoint::Purchase => "purchase",
             Endpoint::QueueWait => "queue wait",
+            Endpoint::ResellerBuy => "reseller",
         }
     }
 }
