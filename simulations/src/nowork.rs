@@ -19,8 +19,9 @@ use crate::load::server::LISTENING_PREFIX;
 pub const WORKERS_MAX: usize = 64;
 /// Largest request body read; the probe's are a few hundred bytes.
 const BODY_BYTES_MAX: usize = 64 * 1024;
-/// Pending connections the kernel queues, as Panshi's listener.
-const LISTEN_BACKLOG: u32 = 4_096;
+/// Pending connections the kernel queues, as Panshi's listener (std's `bind` gives 128,
+/// and actix's `backlog` only applies to sockets actix binds itself).
+const LISTEN_BACKLOG: i32 = 4_096;
 
 /// Order ids handed out, so that every answer differs as Panshi's do.
 static ORDERS: AtomicU64 = AtomicU64::new(0);
@@ -59,6 +60,19 @@ async fn ready() -> HttpResponse {
     HttpResponse::Ok().body("ready")
 }
 
+/// A listener on `address` with Panshi's backlog.
+pub fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Serves until SIGINT or SIGTERM; prints `LISTENING_PREFIX` and the address once bound.
 pub fn serve(listener: TcpListener, workers: usize) -> std::io::Result<()> {
     let bound = listener.local_addr()?;
@@ -72,10 +86,32 @@ pub fn serve(listener: TcpListener, workers: usize) -> std::io::Result<()> {
                 .route("/api/v1/orders/{order_id}", web::get().to(lookup))
         })
         .workers(workers)
-        .backlog(LISTEN_BACKLOG)
         .listen(listener)?
         .run();
         println!("{LISTENING_PREFIX}{bound}");
         server.await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Postmortem: the no-work server took std's backlog of 128 (actix's `backlog` does not
+    /// apply to a listener it is handed), so a flash sale's buyers had their SYNs dropped
+    /// and waited 1 s to retry, and its storm was no floor at all.
+    #[test]
+    fn the_listener_queues_more_than_std_s_128_connections() {
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        // Nobody accepts: every connection beyond the backlog would wait for a SYN retry.
+        let queued: Vec<TcpStream> = (0..300)
+            .map(|n| {
+                TcpStream::connect_timeout(&address, Duration::from_millis(500))
+                    .unwrap_or_else(|error| panic!("connection {n} was not queued: {error}"))
+            })
+            .collect();
+        assert_eq!(queued.len(), 300);
+    }
 }

@@ -2,7 +2,7 @@
 //! measured against (`panshi_simulations::nowork`). Takes `serve --listen ADDR` like
 //! `panshi`, so `panshi-load` can spawn either; other arguments (`--data`) are ignored.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -33,13 +33,15 @@ struct Cli {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Like `panshi`: no transparent huge pages (their zeroing cost a fifth of the CPU in a
+    // flash sale's opening), so the ceiling is measured on equal terms.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     let workers = match cli.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n as usize,
     };
-    let served =
-        TcpListener::bind(cli.listen).and_then(|listener| nowork::serve(listener, workers));
+    let served = nowork::listen(cli.listen).and_then(|listener| nowork::serve(listener, workers));
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
