@@ -147,6 +147,11 @@ pub enum Scenario {
         /// order it makes).
         #[arg(long)]
         lookup_password: bool,
+        /// First run the opening storm alone (every buyer's create at the same instant,
+        /// nothing after) against this no-work server binary (`panshi-nowork`), then
+        /// against Panshi: the floor of the create latency on this machine.
+        #[arg(long)]
+        versus: Option<std::path::PathBuf>,
     },
     /// Twice a baseline rate, three times a historical peak, then a kill -9 and restart
     /// mid-run (with --spawn).

@@ -162,6 +162,28 @@ enum TicketCount {
 }
 
 impl Shared {
+    fn new(
+        shop: &Arc<Shop>,
+        create_request: Vec<u8>,
+        connections_max: usize,
+        go: watch::Receiver<bool>,
+    ) -> Self {
+        Shared {
+            shop: shop.clone(),
+            stats: Stats::shared(),
+            create_request,
+            connections: Semaphore::new(connections_max),
+            connecting: Semaphore::new(CONNECT_PARALLEL),
+            ready: AtomicUsize::new(0),
+            go,
+            opened_at: OnceLock::new(),
+            last_key_seen: OnceLock::new(),
+            last_win_us: AtomicU64::new(0),
+            last_delivery_us: AtomicU64::new(0),
+            tickets: Default::default(),
+        }
+    }
+
     fn count(&self, which: TicketCount, n: u64) {
         self.tickets[which as usize].fetch_add(n, Ordering::Relaxed);
     }
@@ -214,24 +236,12 @@ pub async fn run_flash(
     server: &ServerPid,
 ) -> anyhow::Result<FlashOutcome> {
     let connections_max = connection_budget(&plan)?;
+    let create_request = match plan.lookup_password {
+        true => shop.create_request_with_password(sku, FLASH_LOOKUP_PASSWORD),
+        false => shop.create_order_request(sku, 1),
+    };
     let (go_sender, go) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        shop: shop.clone(),
-        stats: Stats::shared(),
-        create_request: match plan.lookup_password {
-            true => shop.create_request_with_password(sku, FLASH_LOOKUP_PASSWORD),
-            false => shop.create_order_request(sku, 1),
-        },
-        connections: Semaphore::new(connections_max),
-        connecting: Semaphore::new(CONNECT_PARALLEL),
-        ready: AtomicUsize::new(0),
-        go,
-        opened_at: OnceLock::new(),
-        last_key_seen: OnceLock::new(),
-        last_win_us: AtomicU64::new(0),
-        last_delivery_us: AtomicU64::new(0),
-        tickets: Default::default(),
-    });
+    let shared = Arc::new(Shared::new(shop, create_request, connections_max, go));
     let preconnect_started = Instant::now();
     let overflows_at_start = listen_overflows();
     let handles: Vec<JoinHandle<(BuyerEnd, Ledger)>> = (0..plan.buyers)
@@ -295,6 +305,117 @@ async fn probe_quiet_sold_out(shared: &Shared) {
                 ErrorKind::Status(answer.status),
             ),
             Err(error) => stats.error(Endpoint::CreateSoldOutQuiet, error.kind()),
+        }
+    }
+}
+
+/// The opening storm alone, against any server of the contract's create endpoint: `buyers`
+/// connect first (as a sale's buyers do), then all write one create at the same instant and
+/// hang up after its answer. Run against the no-work server (`--versus`), it is the floor
+/// of a flash sale's create latency on this machine and HTTP stack: what the TCP and HTTP
+/// work of that many buyers at once costs when the server does nothing else.
+pub async fn run_storm(
+    shop: &Arc<Shop>,
+    sku: &str,
+    buyers: usize,
+    server: &ServerPid,
+) -> anyhow::Result<StormOutcome> {
+    let plan = FlashPlan {
+        keys: 0,
+        buyers,
+        room: RoomMode::Off,
+        lookup_password: false,
+    };
+    let connections_max = connection_budget(&plan)?;
+    let (go_sender, go) = watch::channel(false);
+    let request = shop.create_order_request(sku, 1);
+    let shared = Arc::new(Shared::new(shop, request, connections_max, go));
+    let handles: Vec<JoinHandle<bool>> = (0..buyers)
+        .map(|index| tokio::spawn(storm_buyer(shared.clone(), index)))
+        .collect();
+    wait_preconnected(&shared, connections_max).await;
+    let preconnected = shared.ready.load(Ordering::Acquire);
+    let cpu_mark = CpuMark::now(server);
+    let opened = Instant::now();
+    go_sender.send_replace(true);
+    let mut answered = 0;
+    for mut handle in handles {
+        let deadline = (opened + SALE_TIME_MAX).into();
+        match tokio::time::timeout_at(deadline, &mut handle).await {
+            Ok(Ok(true)) => answered += 1,
+            Ok(_) => {}
+            Err(_) => handle.abort(),
+        }
+    }
+    let wall = opened.elapsed();
+    let cpu = cpu_mark.share_since(server);
+    let stats = std::mem::take(&mut *lock(&shared.stats));
+    Ok(StormOutcome {
+        buyers,
+        preconnected,
+        answered,
+        wall,
+        cpu,
+        stats,
+    })
+}
+
+/// What a storm measured.
+pub struct StormOutcome {
+    pub buyers: usize,
+    pub preconnected: usize,
+    /// Creates answered 201 or 409.
+    pub answered: usize,
+    /// From the opening to the last answer.
+    pub wall: Duration,
+    pub cpu: CpuShare,
+    pub stats: Stats,
+}
+
+impl StormOutcome {
+    pub fn print(&self, label: &str) {
+        println!(
+            "\n== {label}: the opening storm alone ==\n{} buyers ({} connected before the \
+             opening), one create each at the same instant: {} answered in {:.2} s; {}",
+            self.buyers,
+            self.preconnected,
+            self.answered,
+            self.wall.as_secs_f64(),
+            self.cpu
+        );
+        println!("{}", self.stats.table(self.wall));
+    }
+}
+
+/// One storm buyer: connects, waits for the opening, sends its create; true when answered
+/// 201 or 409.
+async fn storm_buyer(shared: Arc<Shared>, index: usize) -> bool {
+    let Ok(_permit) = shared.connections.acquire().await else {
+        return false;
+    };
+    let mut connection = Connection::with_timeout(shared.shop.addr, FLASH_REQUEST_TIMEOUT)
+        .from_source(loopback_source(index));
+    let connected = connect(&shared, &mut connection).await;
+    shared.ready.fetch_add(1, Ordering::AcqRel);
+    let mut go = shared.go.clone();
+    if connected.is_err() || go.wait_for(|open| *open).await.is_err() {
+        return false;
+    }
+    let sent = Instant::now();
+    let answer = connection.send(&shared.create_request, Retry::Never).await;
+    let mut stats = lock(&shared.stats);
+    match answer {
+        Ok(answer) if matches!(answer.status, 201 | 409) => {
+            stats.record(Endpoint::Create, sent.elapsed());
+            true
+        }
+        Ok(answer) => {
+            stats.error(Endpoint::Create, ErrorKind::Status(answer.status));
+            false
+        }
+        Err(error) => {
+            stats.error(Endpoint::Create, error.kind());
+            false
         }
     }
 }

@@ -241,6 +241,7 @@ async fn run_scenario(
             buyers,
             waiting_room,
             lookup_password,
+            ref versus,
         } => {
             let plan = FlashPlan {
                 keys,
@@ -248,7 +249,7 @@ async fn run_scenario(
                 room: waiting_room,
                 lookup_password,
             };
-            scenarios::flash(ctx, plan).await
+            scenarios::flash(ctx, plan, versus.as_deref()).await
         }
         Scenario::Phases {
             baseline,

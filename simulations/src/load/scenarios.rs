@@ -10,7 +10,7 @@ use super::check::ImportedProduct;
 use super::cli::LoadArgs;
 use super::closed::{against_nowork, print_ratio, run_closed};
 use super::cpu::ServerPid;
-use super::flash::{run_flash, FlashPlan};
+use super::flash::{run_flash, run_storm, FlashPlan};
 use super::purchase::Ledger;
 use super::rate::{run_rate, RateOutcome, RatePlan};
 use super::resellers::{run_resellers, ResellersPlan};
@@ -330,7 +330,20 @@ fn print_ramp_summary(rows: &[RampRow], stop: &str) {
     }
 }
 
-pub async fn flash(ctx: &Context, plan: FlashPlan) -> anyhow::Result<ScenarioOutcome> {
+/// A flash sale; with `versus`, first the opening storm alone against the no-work server,
+/// then against this server, so that the sale's create latency has its floor beside it.
+pub async fn flash(
+    ctx: &Context,
+    plan: FlashPlan,
+    versus: Option<&std::path::Path>,
+) -> anyhow::Result<ScenarioOutcome> {
+    if let Some(binary) = versus {
+        storm_against_nowork(binary, ctx, plan.buyers).await?;
+        let product = ctx.stocked_product("storm", 0).await?;
+        ctx.settle().await?;
+        let storm = run_storm(&ctx.shop, &product.sku, plan.buyers, &ctx.server_pid).await?;
+        storm.print("Panshi, every create answered sold out");
+    }
     let product = ctx.stocked_product("flash", plan.keys as u64).await?;
     ctx.settle().await?;
     if plan.room == super::flash::RoomMode::Flash {
@@ -400,6 +413,24 @@ pub async fn resellers(ctx: &Context, plan: ResellersPlan) -> anyhow::Result<Sce
         exact_paid: Some(0),
         checks,
     })
+}
+
+/// The opening storm alone against a spawned no-work server.
+async fn storm_against_nowork(
+    binary: &std::path::Path,
+    ctx: &Context,
+    buyers: usize,
+) -> anyhow::Result<()> {
+    let pid = ServerPid::default();
+    let credentials = ctx.shop.credentials().clone();
+    let mut server =
+        SpawnedServer::start(binary, credentials.clone(), pid.clone(), Vec::new()).await?;
+    let shop = Arc::new(Shop::new(server.addr, credentials));
+    shop.wait_ready().await?;
+    let storm = run_storm(&shop, "nowork", buyers, &pid).await?;
+    server.stop().await?;
+    storm.print("the no-work server");
+    Ok(())
 }
 
 /// After a sale that saturated the pipeline: it must leave the saturated state and close
