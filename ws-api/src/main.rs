@@ -593,6 +593,10 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
     ws_api::observe::describe_metrics();
     let listener = listen(&settings.listen)?;
+    let somaxconn = std::fs::read_to_string(SOMAXCONN_PATH).ok();
+    if let Some(advice) = listen_backlog_advice(somaxconn.as_deref()) {
+        tracing::warn!(target: SETUP_LOG_TARGET, "{advice}");
+    }
     let bound = listener.local_addr()?;
     let public_url = settings
         .public_url
@@ -939,9 +943,29 @@ async fn on_activation(
     Ok(())
 }
 
-/// Connections the kernel queues before `accept`; std's default of 128 drops SYNs in a
-/// flash sale's opening second (measured with panshi-load).
-const LISTEN_BACKLOG: i32 = 4096;
+/// Connections the kernel queues before `accept`. std's default of 128 dropped SYNs in a
+/// flash sale's opening second, and so did 4,096 once in four runs: 9,244 buyers
+/// connecting within 0.3 s left up to 4,571 connections waiting for the accept loop
+/// (panshi-load flash, docs/BENCHMARKS.md). The kernel caps it at `net.core.somaxconn`
+/// (4,096 by default), so this asks for the most and `listen_backlog_advice` says when
+/// the kernel gives less.
+const LISTEN_BACKLOG: i32 = 65_535;
+/// Where the kernel's cap on every listen backlog is read.
+const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
+
+/// Advice when the kernel caps the listen backlog below `LISTEN_BACKLOG` (`somaxconn`, as
+/// read from `SOMAXCONN_PATH`); `None` when it does not, or cannot be read.
+fn listen_backlog_advice(somaxconn: Option<&str>) -> Option<String> {
+    let cap: i64 = somaxconn?.trim().parse().ok()?;
+    (cap < i64::from(LISTEN_BACKLOG)).then(|| {
+        format!(
+            "net.core.somaxconn is {cap}: at most {cap} connections wait for the accept loop, \
+             and a flash-sale crowd connecting faster than that is dropped (SYN retried after \
+             1 s); raise it for a shop that runs flash sales (sysctl -w \
+             net.core.somaxconn={LISTEN_BACKLOG})"
+        )
+    })
+}
 
 fn listen(address: &str) -> anyhow::Result<TcpListener> {
     use std::net::ToSocketAddrs;
@@ -1026,4 +1050,20 @@ async fn seed_demo(shop: &Shop) -> anyhow::Result<()> {
     }
     println!("panshi: demo catalogue seeded");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_cap_below_the_backlog_is_advised_and_nothing_else() {
+        let advice = listen_backlog_advice(Some("4096\n")).expect("4,096 caps the backlog");
+        assert!(advice.contains("net.core.somaxconn is 4096"), "{advice}");
+        assert!(advice.contains("somaxconn=65535"), "{advice}");
+        assert_eq!(listen_backlog_advice(Some("65535\n")), None);
+        assert_eq!(listen_backlog_advice(Some("1000000")), None);
+        assert_eq!(listen_backlog_advice(Some("not a number")), None);
+        assert_eq!(listen_backlog_advice(None), None);
+    }
 }
