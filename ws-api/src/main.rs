@@ -593,9 +593,12 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
     ws_api::observe::describe_metrics();
     let listener = listen(&settings.listen)?;
-    let somaxconn = std::fs::read_to_string(SOMAXCONN_PATH).ok();
-    if let Some(advice) = listen_backlog_advice(somaxconn.as_deref()) {
-        tracing::warn!(target: SETUP_LOG_TARGET, "{advice}");
+    // Production advice; the demo gives none (it takes no crowd).
+    if !settings.demo {
+        let somaxconn = std::fs::read_to_string(SOMAXCONN_PATH).ok();
+        if let Some(advice) = listen_backlog_advice(somaxconn.as_deref()) {
+            tracing::warn!(target: SETUP_LOG_TARGET, "{advice}");
+        }
     }
     let bound = listener.local_addr()?;
     let public_url = settings
