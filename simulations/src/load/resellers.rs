@@ -195,13 +195,24 @@ pub async fn run_resellers(
         plan.rate,
         plan.quantity,
         purchases.failed,
-        if plan.slow_reads { "read" } else { "stalled" },
+        match (slow, plan.slow_reads) {
+            (false, _) => "none",
+            (true, true) => "read",
+            (true, false) => "stalled",
+        },
         purchases.bought.len() - expected,
         plan.slow_rate,
         plan.slow_quantity,
         mark.share_since(server)
     );
     report_latency(&board, &purchases, plan.streams);
+    checks.push((
+        purchases.failed == 0,
+        format!(
+            "{} purchases failed (anything but a 201 with its keys)",
+            purchases.failed
+        ),
+    ));
     check_streams(&board, &purchases, plan.streams, &mut checks);
     let unique: HashSet<&str> = purchases.cards.iter().map(String::as_str).collect();
     checks.push((
