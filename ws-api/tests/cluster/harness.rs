@@ -189,6 +189,34 @@ impl Cluster {
         }
     }
 
+    /// An order on whichever of `among` leads, as a client following the contract writes
+    /// it: a 503 refusal (leadership moved, or the leader lost its lease on a loaded
+    /// machine, between `wait_leader` and the write) is retried with the same
+    /// Idempotency-Key on whoever leads then, within `SETTLE_MAX`. The last answer.
+    pub async fn order_on_leader(&self, among: &[u64], sku: &str, key: &str) -> (u16, Value) {
+        let started = Instant::now();
+        loop {
+            let leader = self.wait_leader(among).await;
+            let server = self.node(leader);
+            let body = serde_json::json!({"sku": sku, "quantity": 1, "contact": format!("{key}@example.com"), "channel": "epay"});
+            let response = server
+                .http
+                .post(server.url("/api/v1/orders"))
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await;
+            let answer = match response {
+                Ok(response) => crate::common::answer(response).await,
+                Err(error) => (0, serde_json::json!({ "unanswered": error.to_string() })),
+            };
+            if !matches!(answer.0, 0 | 503) || started.elapsed() > SETTLE_MAX {
+                return answer;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     async fn agreed_leader(&self, among: &[u64]) -> Option<u64> {
         let mut leading = Vec::new();
         for &id in among {

@@ -109,8 +109,9 @@ async fn a_learner_is_added_promoted_and_a_dead_voter_removed_at_run_time() {
     // a majority of the new three.
     cluster.kill9(leader);
     let rest: Vec<u64> = voters.iter().copied().filter(|&id| id != leader).collect();
-    let next = cluster.wait_leader(&rest).await;
-    let (code, order) = cluster.node(next).order("mem", 1).await;
+    let (code, order) = cluster
+        .order_on_leader(&rest, "mem", "after-promotion")
+        .await;
     assert_eq!(code, 201, "the new voters serve writes: {order}");
     cluster.relaunch(leader);
     let leader = cluster.wait_leader(&voters).await;
