@@ -289,8 +289,29 @@ impl Shop {
     }
 
     /// Imports keys `first..first + count` of `sku` (`<sku>-<index>`); returns how many
-    /// the server counted as imported.
+    /// the server counted as imported. A key the server already holds is an error.
     pub async fn import_keys(&self, sku: &str, first: u64, count: u64) -> anyhow::Result<u64> {
+        self.import(sku, first, count, false).await
+    }
+
+    /// `import_keys` again after a try whose answer was lost (a 503 `not_committed` may
+    /// have committed): keys the server already holds count as imported.
+    pub async fn import_keys_again(
+        &self,
+        sku: &str,
+        first: u64,
+        count: u64,
+    ) -> anyhow::Result<u64> {
+        self.import(sku, first, count, true).await
+    }
+
+    async fn import(
+        &self,
+        sku: &str,
+        first: u64,
+        count: u64,
+        duplicates_imported: bool,
+    ) -> anyhow::Result<u64> {
         let mut connection = self.operator_connection();
         let path = format!("/api/v1/admin/products/{sku}/cards");
         let mut imported = 0;
@@ -311,14 +332,18 @@ impl Shop {
                 );
             }
             let outcome: Imported = serde_json::from_slice(answer.body).context("import answer")?;
-            if outcome.imported != chunk || outcome.duplicates != 0 {
+            let held = match duplicates_imported {
+                true => outcome.imported + outcome.duplicates,
+                false => outcome.imported,
+            };
+            if held != chunk || (!duplicates_imported && outcome.duplicates != 0) {
                 bail!(
                     "import of {chunk} keys answered imported {} duplicates {}",
                     outcome.imported,
                     outcome.duplicates
                 );
             }
-            imported += outcome.imported;
+            imported += held;
             next += chunk;
         }
         Ok(imported)

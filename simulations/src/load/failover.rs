@@ -27,7 +27,7 @@ use super::check::Checks;
 use super::cli::{secs, FailoverArgs};
 use super::cpu::{load_average, ServerPid};
 use super::http::{Connection, Retry};
-use super::server::SpawnedServer;
+use super::server::{free_port, SpawnedServer};
 
 /// Voters the scenario runs.
 pub const NODES: u64 = 3;
@@ -109,7 +109,7 @@ pub async fn run(
     let shop = &nodes.shops[leader];
     // Keys already imported by a try whose answer was lost come back as duplicates.
     let started = Instant::now();
-    while let Err(error) = shop.import_keys(SKU, 0, plan.keys).await {
+    while let Err(error) = shop.import_keys_again(SKU, 0, plan.keys).await {
         anyhow::ensure!(started.elapsed() < SETTLE_MAX, "importing keys: {error:#}");
         println!("set-up: {error:#}; again");
         tokio::time::sleep(POLL).await;
@@ -146,16 +146,15 @@ pub async fn run(
     Ok(checks.passed())
 }
 
-/// Picks three free ports, then starts a node on each with the others as peers.
+/// Picks three free ports (below the ephemeral range: a killed node's port must still be
+/// free when it is relaunched), then starts a node on each with the others as peers.
 async fn start_nodes(binary: &Path, credentials: &Credentials) -> anyhow::Result<Nodes> {
-    let listeners: Vec<std::net::TcpListener> = (0..NODES)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<Result<_, _>>()?;
-    drop(listeners);
+    let addrs: Vec<SocketAddr> = (0..NODES)
+        .map(|_| {
+            let port = free_port().context("no free port below the ephemeral range")?;
+            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let peers = addrs
         .iter()
         .enumerate()

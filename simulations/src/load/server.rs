@@ -1,6 +1,7 @@
 //! The server under test when the harness spawns it: a temporary data dir, a free port on
-//! 127.0.0.1, the settings it needs from the environment, `kill -9` and a restart on the
-//! same port and data dir, a graceful SIGTERM stop and `panshi audit` at the end.
+//! 127.0.0.1 below the ephemeral range (`free_port`), the settings it needs from the
+//! environment, `kill -9` and a restart on the same port and data dir, a graceful SIGTERM
+//! stop and `panshi audit` at the end.
 //! Its stderr (the log) goes to a file next to the data dir, so it cannot drown the
 //! progress lines.
 
@@ -28,6 +29,29 @@ pub const LOG_TAIL_LINES: usize = 8;
 /// What `panshi serve` (and `panshi-nowork`) print once they listen, before the address.
 pub const LISTENING_PREFIX: &str = "panshi: listening on http://";
 
+/// Ports handed out for servers that bind later: below Linux's ephemeral range (32768 and
+/// up by default), where `bind(0)` and every outgoing connection take their ports. A port
+/// from the ephemeral range, free now, can be taken by a client connection's source port
+/// before the server binds it (or while a killed server is down).
+pub const RESERVED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port of `RESERVED_PORTS` nothing listens on now, never the same twice in one process
+/// (while the range lasts); `None` when every one is taken.
+pub fn free_port() -> Option<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = RESERVED_PORTS.end - RESERVED_PORTS.start;
+    // Processes of one run start at different places (their pids differ).
+    let start = (std::process::id() % u32::from(span)) as u16;
+    (0..span).find_map(|_| {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span;
+        let port = RESERVED_PORTS.start + offset;
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .is_ok()
+            .then_some(port)
+    })
+}
+
 pub struct SpawnedServer {
     binary: PathBuf,
     credentials: Credentials,
@@ -51,8 +75,9 @@ impl SpawnedServer {
         pid: ServerPid,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::start_at(binary, credentials, pid, env, any_port).await
+        let port = free_port().context("no free port below the ephemeral range")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Self::start_at(binary, credentials, pid, env, addr).await
     }
 
     /// Starts the server on `addr` (a cluster's nodes must know each other's addresses

@@ -696,27 +696,11 @@ impl Drop for Sink {
     }
 }
 
-/// Ports handed out for servers that bind later: below Linux's ephemeral range (32768 and
-/// up by default), where `bind(0)` and every outgoing connection take their ports. A port
-/// from the ephemeral range, free now, can be taken by a client connection's source port
-/// before the server binds it (or while a killed node is down).
-const RESERVED_PORTS: std::ops::Range<u16> = 20_000..32_000;
-
-/// A port nothing listens on now, outside the ephemeral range, never the same twice in one
-/// test process.
+/// A port nothing listens on now, below the ephemeral range (a port from `bind(0)` can be
+/// taken by a client connection's source port before the server binds it), never the same
+/// twice in one test process.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let span = RESERVED_PORTS.end - RESERVED_PORTS.start;
-    // Test processes of one run start at different places (their pids differ).
-    let start = (std::process::id() % u32::from(span)) as u16;
-    loop {
-        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span;
-        let port = RESERVED_PORTS.start + offset;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    simulations::load::server::free_port().expect("a free port below the ephemeral range")
 }
 
 /// Reads one HTTP/1.1 request: (head, body).
