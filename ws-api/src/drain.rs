@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 /// The server's stage of life, shared by the readiness check, the answers and live sockets.
+#[derive(Default)]
 pub struct Lifecycle {
     draining: AtomicBool,
     /// Set once live sockets must close (the end of the drain).
@@ -26,17 +27,6 @@ pub struct Lifecycle {
     close_sockets: Notify,
     /// Bumped at every heartbeat; each live socket pings its client when it changes.
     beats: watch::Sender<()>,
-}
-
-impl Default for Lifecycle {
-    fn default() -> Self {
-        Self {
-            draining: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            close_sockets: Notify::new(),
-            beats: watch::Sender::new(()),
-        }
-    }
 }
 
 impl Lifecycle {

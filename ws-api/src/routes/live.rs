@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason};
-use actors::OrderUpdate;
+use actors::live::BoxedUpdate;
 use engine::OrderId;
 use tokio::sync::mpsc;
 
@@ -47,7 +47,7 @@ async fn live(
 }
 
 /// An order's updates as socket frames: closed normally after a terminal status.
-struct OrderFeed(mpsc::Receiver<Box<OrderUpdate>>);
+struct OrderFeed(mpsc::Receiver<BoxedUpdate>);
 
 impl Feed for OrderFeed {
     async fn next(&mut self) -> Outgoing {
