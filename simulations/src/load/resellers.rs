@@ -382,19 +382,14 @@ async fn open_streams(
 /// and arrival time logged; pings answered.
 async fn read_stream(mut socket: RawSocket, index: usize, board: &Board) {
     let closed = loop {
-        let Ok(frame) = socket.next_frame().await else {
-            break 0;
+        let record = |payload: &[u8]| {
+            let at_us = board.at_us();
+            record_event(&mut board.log(index), payload, at_us);
         };
-        match frame.opcode {
-            OPCODE_TEXT => {
-                let at_us = board.at_us();
-                let mut log = board.log(index);
-                record_event(&mut log, socket.payload(&frame), at_us);
-            }
-            // A ping answered; a pong that cannot be written ends the stream.
-            OPCODE_PING if socket.pong(&frame).await.is_err() => break 0,
-            OPCODE_CLOSE => break close_code(socket.payload(&frame)),
-            _ => {}
+        match read_one(&mut socket, record).await {
+            Ok(None) => {}
+            Ok(Some(code)) => break code,
+            Err(_) => break 0,
         }
     };
     board.log(index).closed = Some(closed);
@@ -671,7 +666,7 @@ async fn resume_slow(
             RawSocket::upgrade(stream, addr, &path, &[&authorization(reseller)]).await?;
         log.closed = None;
         while log.last_seq < bought && log.closed.is_none() {
-            read_one(&mut socket, &mut log).await?;
+            read_into(&mut socket, &mut log).await?;
         }
         Ok::<_, ErrorKind>(())
     };
@@ -697,7 +692,7 @@ async fn resume_slow(
 /// that was never cut off).
 async fn drain(socket: &mut RawSocket, log: &mut StreamLog) {
     while log.closed.is_none() {
-        match tokio::time::timeout(DRAIN_SILENCE_MAX, read_one(socket, log)).await {
+        match tokio::time::timeout(DRAIN_SILENCE_MAX, read_into(socket, log)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => log.closed = Some(0),
             Err(_) => return,
@@ -705,14 +700,26 @@ async fn drain(socket: &mut RawSocket, log: &mut StreamLog) {
     }
 }
 
-/// Reads one frame into `log` (answering a ping); a close frame sets `log.closed`.
-async fn read_one(socket: &mut RawSocket, log: &mut StreamLog) -> Result<(), ErrorKind> {
-    let frame = socket.next_frame().await?;
-    match frame.opcode {
-        OPCODE_TEXT => record_event(log, socket.payload(&frame), 0),
-        OPCODE_PING => socket.pong(&frame).await?,
-        OPCODE_CLOSE => log.closed = Some(close_code(socket.payload(&frame))),
-        _ => {}
+/// Reads one frame into `log` (untimed); a close frame sets `log.closed`.
+async fn read_into(socket: &mut RawSocket, log: &mut StreamLog) -> Result<(), ErrorKind> {
+    if let Some(code) = read_one(socket, |payload| record_event(log, payload, 0)).await? {
+        log.closed = Some(code);
     }
     Ok(())
+}
+
+/// Reads one frame: hands a text frame's payload to `event`, answers a ping; the close
+/// code (0 when none was given) once the server closed.
+async fn read_one(
+    socket: &mut RawSocket,
+    event: impl FnOnce(&[u8]),
+) -> Result<Option<u16>, ErrorKind> {
+    let frame = socket.next_frame().await?;
+    match frame.opcode {
+        OPCODE_TEXT => event(socket.payload(&frame)),
+        OPCODE_PING => socket.pong(&frame).await?,
+        OPCODE_CLOSE => return Ok(Some(close_code(socket.payload(&frame)))),
+        _ => {}
+    }
+    Ok(None)
 }
