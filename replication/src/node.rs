@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::{InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy, StoredMembership};
 use parking_lot::Mutex;
 use storage::replay;
@@ -428,20 +429,40 @@ impl Node {
             .store(true, Ordering::Release);
     }
 
-    /// Forms the cluster on a pristine voter (every voter does this with the same peers,
+    /// Forms the cluster on a pristine voter (every voter may do this with the same peers,
     /// which openraft allows), and elects a sole voter at once instead of after a timeout.
+    ///
+    /// openraft's `initialize` stands for election at once, in term 1. A voter that starts
+    /// after the others formed the cluster would stand in the leader's own term with a
+    /// higher node id, which outranks the leader's vote and deposes it (a second or more
+    /// without a leader). So the voters initialize in turn: the lowest id at once, each
+    /// next one an election timeout's maximum later, and only if no leader has reached it
+    /// by then (openraft refuses `initialize` on a node that has a vote or a log).
     fn form(&self, is_pristine: bool) -> Result<(), Error> {
         let config = &self.inner.config;
         let raft = &self.inner.raft;
         if is_pristine && config.is_voter() {
-            let members: BTreeMap<NodeId, PeerNode> = config
+            let rank = config
                 .voters
-                .iter()
-                .map(|(id, url)| (*id, PeerNode { url: url.clone() }))
-                .collect();
-            self.block_on(raft.initialize(members))
-                .map_err(|e| Error::Raft(e.to_string()))?;
-            tracing::info!(node = config.node_id, voters = ?config.voters.keys().collect::<Vec<_>>(), "formed the cluster");
+                .keys()
+                .position(|id| *id == config.node_id)
+                .unwrap_or(0) as u64;
+            // The simulator starts elections itself and replays seeds: no timers there.
+            let wait_ms = match config.manual_ticks {
+                true => 0,
+                false => rank * config.election_timeout_ms * 2,
+            };
+            if wait_ms == 0 {
+                self.block_on(self.initialize())?;
+            } else {
+                let node = self.clone();
+                self.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    if let Err(error) = node.initialize().await {
+                        tracing::error!(%error, "could not form the cluster");
+                    }
+                });
+            }
         } else if !is_pristine {
             self.check_membership()?;
         }
@@ -450,6 +471,31 @@ impl Node {
             let _ = self.block_on(raft.trigger().elect());
         }
         Ok(())
+    }
+
+    /// `form`'s step: the configured voters as the first membership, unless a leader has
+    /// reached this node already.
+    async fn initialize(&self) -> Result<(), Error> {
+        let config = &self.inner.config;
+        let members: BTreeMap<NodeId, PeerNode> = config
+            .voters
+            .iter()
+            .map(|(id, url)| (*id, PeerNode { url: url.clone() }))
+            .collect();
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(node = config.node_id, voters = ?config.voters.keys().collect::<Vec<_>>(), "formed the cluster");
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                tracing::info!(
+                    node = config.node_id,
+                    "joined the cluster another voter formed"
+                );
+                Ok(())
+            }
+            Err(error) => Err(Error::Raft(error.to_string())),
+        }
     }
 
     /// Refuses to start a node whose data dir belongs to another node id.

@@ -90,7 +90,7 @@ pub async fn run(
     plan: &FailoverArgs,
 ) -> anyhow::Result<bool> {
     let mut nodes = start_nodes(binary, &credentials).await?;
-    // A new cluster may change leaders once while its nodes come up: the set-up retries
+    // A leader may still move while the nodes come up (a slow start): the set-up retries
     // until one leader takes it.
     let started = Instant::now();
     let leader = loop {

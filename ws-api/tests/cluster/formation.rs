@@ -101,6 +101,37 @@ async fn three_voters_and_a_learner_form_a_cluster_that_reports_itself() {
     );
 }
 
+/// A voter whose first start comes after the others formed the cluster joins it without
+/// standing against their leader. (openraft's `initialize` elects at once, and a late
+/// voter's first vote, of the leader's term and a higher node id, outranked the leader's:
+/// about 1.5 s without a leader at every staggered formation.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_started_late_joins_without_deposing_the_leader() {
+    let mut cluster = Cluster::start_some(&[1, 2, 3], &[1, 2]);
+    let leader = cluster.wait_leader(&[1, 2]).await;
+    let term = cluster.status(leader).await.unwrap()["term"].clone();
+    cluster.relaunch(3);
+    let started = Instant::now();
+    let mut joined = false;
+    // Watched until node 3 has followed the leader for 3 s.
+    while started.elapsed() < Duration::from_secs(3) || !joined {
+        assert!(started.elapsed() < SETTLE_MAX, "node 3 never joined");
+        let status = cluster.status(leader).await;
+        let status = status.as_ref().unwrap_or(&Value::Null);
+        assert!(
+            status["role"] == "leader" && status["term"] == term,
+            "node {leader} led in term {term} until node 3 started; now: {status}\n{}",
+            cluster.log_tail(3)
+        );
+        if !joined {
+            let third = cluster.status(3).await.unwrap_or(Value::Null);
+            joined = third["leader_id"] == leader && third["term"] == term;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop_and_audit();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_and_the_learner_pass_writes_on_and_show_them_at_once() {
     let mut cluster = Cluster::start(&[1, 2, 3], &[4], &[]);

@@ -54,6 +54,29 @@ impl Cluster {
         spares: &[u64],
         env: &[(&str, &str)],
     ) -> Cluster {
+        let mut cluster = Self::prepare_all(voters, learners, spares, env);
+        for id in voters.iter().chain(learners) {
+            cluster.relaunch(*id);
+        }
+        cluster
+    }
+
+    /// Prepares `voters` and starts only those of them in `started`: the others wait,
+    /// pristine, for `relaunch`.
+    pub fn start_some(voters: &[u64], started: &[u64]) -> Cluster {
+        let mut cluster = Self::prepare_all(voters, &[], &[], &[]);
+        for id in started {
+            cluster.relaunch(*id);
+        }
+        cluster
+    }
+
+    fn prepare_all(
+        voters: &[u64],
+        learners: &[u64],
+        spares: &[u64],
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -82,9 +105,6 @@ impl Cluster {
             let own_learner = spares.contains(&id).then_some(id);
             let server = cluster.prepare(id, addrs[&id], own_learner);
             cluster.nodes.insert(id, server);
-        }
-        for id in voters.iter().chain(learners) {
-            cluster.nodes.get_mut(id).unwrap().relaunch();
         }
         cluster
     }
