@@ -477,6 +477,19 @@ impl Node {
     /// reached this node already.
     async fn initialize(&self) -> Result<(), Error> {
         let config = &self.inner.config;
+        let reached = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.vote != openraft::Vote::default() || metrics.last_log_index.is_some()
+        };
+        if reached {
+            // Asking anyway would be refused, with an ERROR line of openraft's.
+            tracing::info!(
+                node = config.node_id,
+                "joined the cluster another voter formed"
+            );
+            return Ok(());
+        }
         let members: BTreeMap<NodeId, PeerNode> = config
             .voters
             .iter()

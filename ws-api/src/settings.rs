@@ -124,7 +124,8 @@ pub struct ClusterSection {
     pub heartbeat_ms: u64,
     /// The election timeout: a follower that has not heard from the leader for three to
     /// four times this (openraft's leader lease of twice it, then one to two times it at
-    /// random) stands for election.
+    /// random) stands for election, and a leader that has not heard from a majority within
+    /// it stops acknowledging. 300 ms: writes resume about 1.2 s after a leader dies.
     pub election_timeout_ms: u64,
     /// A snapshot of the state is taken after this many log entries (each a batch of
     /// events); the log before it is then purged, so restarts replay little.
@@ -143,7 +144,7 @@ impl Default for ClusterSection {
             learners: None,
             secret: None,
             heartbeat_ms: 100,
-            election_timeout_ms: 500,
+            election_timeout_ms: 300,
             snapshot_every_entries: 20_000,
             source_address: None,
         }
