@@ -486,6 +486,7 @@ impl Store {
                 "sled does not match the snapshot and the log; rewriting it from the snapshot"
             );
             rewrite_sled(&db, &state, applied)?;
+            mirrored = applied;
         }
         if old_format {
             // A fresh sled (new, or the old one set aside): its rows are this format's.
@@ -524,7 +525,7 @@ impl Store {
             std::thread::Builder::new()
                 .name("sled-mirror".into())
                 .spawn(move || {
-                    mirror::run_mirror(db, HashMap::new(), products, batches, view, poisoned, lag)
+                    mirror::run_mirror(db, mirrored, products, batches, view, poisoned, lag)
                 })?
         };
         Ok(Self {
