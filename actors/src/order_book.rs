@@ -115,7 +115,7 @@ impl OrderBook<'_> {
         while end > 0 {
             let state = self.shop.store().state();
             let start = end.saturating_sub(ORDER_SCAN_CHUNK);
-            for record in state.orders()[start..end].iter().rev() {
+            for record in state.orders().range(start..end).rev() {
                 if !visit(record) {
                     return;
                 }

@@ -14,6 +14,7 @@
 
 pub mod alipay;
 pub mod breaker;
+pub mod chunked;
 pub mod coupon;
 pub mod error;
 pub mod events;

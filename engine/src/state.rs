@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bincode::{Decode, Encode};
 
+use crate::chunked::Chunked;
 use crate::events::{
     Event, Fulfilment, NewOrder, Payment, PlacedOrder, Product, ReviewReason, SealedCard,
 };
@@ -195,8 +196,9 @@ pub struct Touched {
 pub struct ShopState {
     products: BTreeMap<Sku, ProductState>,
     skus: Vec<Sku>,
-    cards: Vec<CardSlot>,
-    orders: Vec<OrderRecord>,
+    /// Every card and every order, by index (`Chunked`: growing never copies them).
+    cards: Chunked<CardSlot>,
+    orders: Chunked<OrderRecord>,
     order_index: HashMap<OrderId, u32>,
     idempotency: HashMap<String, u32>,
     /// The operators' audit trail, oldest first (few entries: operators' actions).
@@ -226,7 +228,7 @@ impl ShopState {
             .map(|index| &self.orders[*index as usize])
     }
 
-    pub fn orders(&self) -> &[OrderRecord] {
+    pub fn orders(&self) -> &Chunked<OrderRecord> {
         &self.orders
     }
 
