@@ -285,7 +285,7 @@ pub(crate) fn run_applier(applied: Receiver<Applied>, context: ApplierContext) {
                 rows,
                 orders,
             }) => {
-                if batch.changes_count > 0 && !send_batch(&context, &mut batch) {
+                if batch.last_lsn > 0 && !send_batch(&context, &mut batch) {
                     return;
                 }
                 // Every order is served from the view until sled holds the new history (a
@@ -315,7 +315,7 @@ pub(crate) fn run_applier(applied: Receiver<Applied>, context: ApplierContext) {
             return;
         }
     }
-    if batch.changes_count > 0 {
+    if batch.last_lsn > 0 {
         send_batch(&context, &mut batch);
     }
 }
@@ -362,6 +362,7 @@ fn apply(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
                 }
                 dones.push(pending.done);
             }
+            batch.last_lsn = index;
             context.applied_index.store(index, Ordering::Release);
             context.lag.durable_lsn.store(index, Ordering::Release);
             for done in dones {
@@ -372,6 +373,8 @@ fn apply(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
             for change in changes {
                 publish(index, change);
             }
+            // An entry that changed nothing moves sled's `applied_lsn` all the same.
+            batch.last_lsn = index;
             context.applied_index.store(index, Ordering::Release);
             context.lag.durable_lsn.store(index, Ordering::Release);
         }

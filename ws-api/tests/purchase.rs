@@ -374,3 +374,16 @@ async fn acknowledged_state_survives_a_restart_and_audits_clean() {
         "{report}"
     );
 }
+
+/// A graceful stop leaves sled holding everything the log does, even when the last entry
+/// changed nothing (the blank entry a leader writes when it takes office): `audit` has
+/// nothing to note. (It noted "sled is 1 entries behind the log (an unclean stop ...)".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_leaves_nothing_for_the_audit_to_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    server.stop();
+    let (clean, report) = server.audit();
+    assert!(clean, "{report}");
+    assert!(!report.contains("note:"), "{report}");
+}
