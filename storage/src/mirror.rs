@@ -389,7 +389,7 @@ fn apply(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
 /// most of its time rewriting rows sled had).
 pub(crate) fn run_mirror(
     db: sled::Db,
-    held_through: u64,
+    mut held_through: u64,
     mut products: HashMap<Sku, Product>,
     work: Receiver<MirrorWork>,
     view: Arc<DurableView>,
@@ -418,6 +418,8 @@ pub(crate) fn run_mirror(
                 }
                 view.evict(&orders, index);
                 lag.written(index);
+                // sled now holds exactly this history: whatever follows is written.
+                held_through = 0;
                 continue;
             }
         };
