@@ -30,6 +30,7 @@ pub mod overload;
 pub mod payment;
 pub mod pool;
 pub mod risk;
+pub mod sharded;
 pub mod state;
 pub mod time;
 pub mod waiting_room;

@@ -14,6 +14,7 @@ use crate::events::{
 use crate::ids::{CardId, OrderId, ResellerId, Sku};
 use crate::listing::{ProductDetails, ShopIdentity};
 use crate::order::{transition, Order, OrderEventKind, OrderStatus};
+use crate::sharded::ShardedMap;
 
 /// Whether the idempotency key of `first` still stands at `now_ms` (its window is open).
 pub fn idempotency_live(first: &OrderRecord, now_ms: u64) -> bool {
@@ -199,8 +200,9 @@ pub struct ShopState {
     /// Every card and every order, by index (`Chunked`: growing never copies them).
     cards: Chunked<CardSlot>,
     orders: Chunked<OrderRecord>,
-    order_index: HashMap<OrderId, u32>,
-    idempotency: HashMap<String, u32>,
+    /// Grow per order (`ShardedMap`: growing never rehashes them all at once).
+    order_index: ShardedMap<OrderId, u32>,
+    idempotency: ShardedMap<String, u32>,
     /// The operators' audit trail, oldest first (few entries: operators' actions).
     audit_trail: Vec<crate::events::OperatorAction>,
     /// Reseller accounts, their ledger and streams (`resellers.rs`).
