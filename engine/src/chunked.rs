@@ -176,17 +176,13 @@ impl<Context, T: Decode<Context>> Decode<Context> for Chunked<T> {
     }
 }
 
-impl<'de, Context, T: BorrowDecode<'de, Context>> BorrowDecode<'de, Context> for Chunked<T> {
+/// The same decoding (nothing is borrowed); the derived `Decode` of a struct that holds a
+/// `Chunked` asks for it.
+impl<'de, Context, T: Decode<Context>> BorrowDecode<'de, Context> for Chunked<T> {
     fn borrow_decode<D: BorrowDecoder<'de, Context = Context>>(
         decoder: &mut D,
     ) -> Result<Self, DecodeError> {
-        let len = decode_len::<T, D>(decoder)?;
-        let mut chunked = Chunked::default();
-        for _ in 0..len {
-            decoder.unclaim_bytes_read(std::mem::size_of::<T>());
-            chunked.push(T::borrow_decode(decoder)?);
-        }
-        Ok(chunked)
+        Self::decode(decoder)
     }
 }
 

@@ -39,6 +39,13 @@ impl<K, V> Default for ShardedMap<K, V> {
     }
 }
 
+impl<K, V> ShardedMap<K, V> {
+    /// Every entry, shard by shard (no order to rely on, as in a `HashMap`).
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flatten()
+    }
+}
+
 fn shard_of<Q: Hash + ?Sized>(key: &Q) -> usize {
     let mut hasher = DefaultHasher::new();
     key.hash(&mut hasher);
@@ -89,16 +96,12 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         }
         replaced
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards.iter().flatten()
-    }
 }
 
 impl<K: Encode, V: Encode> Encode for ShardedMap<K, V> {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
         (self.len as u64).encode(encoder)?;
-        for (key, value) in self.shards.iter().flatten() {
+        for (key, value) in self.iter() {
             key.encode(encoder)?;
             value.encode(encoder)?;
         }
@@ -132,23 +135,17 @@ where
     }
 }
 
+/// The same decoding (nothing is borrowed); the derived `Decode` of a struct that holds a
+/// `ShardedMap` asks for it.
 impl<'de, Context, K, V> BorrowDecode<'de, Context> for ShardedMap<K, V>
 where
-    K: BorrowDecode<'de, Context> + Hash + Eq,
-    V: BorrowDecode<'de, Context>,
+    K: Decode<Context> + Hash + Eq,
+    V: Decode<Context>,
 {
     fn borrow_decode<D: BorrowDecoder<'de, Context = Context>>(
         decoder: &mut D,
     ) -> Result<Self, DecodeError> {
-        let len = decode_len::<K, V, D>(decoder)?;
-        let mut map = ShardedMap::with_capacity(len);
-        for _ in 0..len {
-            decoder.unclaim_bytes_read(std::mem::size_of::<(K, V)>());
-            let key = K::borrow_decode(decoder)?;
-            let value = V::borrow_decode(decoder)?;
-            map.insert(key, value);
-        }
-        Ok(map)
+        Self::decode(decoder)
     }
 }
 
