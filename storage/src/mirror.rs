@@ -222,14 +222,14 @@ pub(crate) struct MirrorBatch {
 }
 
 impl MirrorBatch {
-    fn add(&mut self, lsn: u64, change: Change, lag: &MirrorLag) {
+    /// Adds one change (the caller moves `last_lsn` once per entry, changes or none).
+    fn add(&mut self, change: Change, lag: &MirrorLag) {
         if self.started.is_none() {
             let now = Instant::now();
             self.started = Some(now);
             lag.batch_started(now);
         }
         self.changes_count += 1;
-        self.last_lsn = lsn;
         match change {
             Change::Order { record, created } => {
                 let id = record.created.order_id.clone();
@@ -346,7 +346,7 @@ fn apply(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
             }
             _ => {}
         }
-        batch.add(index, change, &context.lag);
+        batch.add(change, &context.lag);
     };
     match work {
         Applied::Own { index, pendings } => {
@@ -398,7 +398,7 @@ pub(crate) fn run_mirror(
 ) {
     let mut trees = HashMap::new();
     for work in work {
-        let batch = match work {
+        let mut batch = match work {
             MirrorWork::Batch(batch) => batch,
             MirrorWork::Reset {
                 index,
@@ -423,38 +423,45 @@ pub(crate) fn run_mirror(
                 continue;
             }
         };
-        for product in batch.products {
+        for product in std::mem::take(&mut batch.products) {
             products.insert(product.sku.clone(), product);
         }
-        if batch.last_lsn <= held_through {
-            let orders: Vec<OrderId> = batch.orders.into_keys().collect();
-            view.evict(&orders, batch.last_lsn);
-            lag.written(batch.last_lsn);
-            continue;
-        }
-        let mut rows: Vec<Row> = Vec::with_capacity(batch.orders.len() * 2 + batch.cards.len());
-        let mut orders = Vec::with_capacity(batch.orders.len());
-        for (id, (record, created)) in batch.orders {
-            rows::order_rows(&record, created, &mut rows);
-            orders.push(id);
-        }
-        for (card, row) in &batch.cards {
-            rows.push(rows::card_row(*card, row));
-        }
-        for (number, action) in &batch.audits {
-            rows.push(rows::audit_row(*number, action));
-        }
-        for (sku, stock) in batch.stocks {
-            rows.push(rows::product_row(&products[&sku], stock));
-        }
-        rows.extend(batch.reseller_rows);
-        rows.extend(batch.encoded_rows);
-        if let Err(error) = write_rows(&db, &mut trees, rows, Lsn(batch.last_lsn)) {
-            poisoned.store(true, Ordering::Release);
-            tracing::error!(%error, "sled mirror write failed; store poisoned (the log holds everything)");
-            continue;
-        }
-        view.evict(&orders, batch.last_lsn);
-        lag.written(batch.last_lsn);
+        let last_lsn = batch.last_lsn;
+        let orders = if last_lsn <= held_through {
+            // Applied again at start: sled held these rows already.
+            batch.orders.into_keys().collect()
+        } else {
+            let (rows, orders) = batch_rows(batch, &products);
+            if let Err(error) = write_rows(&db, &mut trees, rows, Lsn(last_lsn)) {
+                poisoned.store(true, Ordering::Release);
+                tracing::error!(%error, "sled mirror write failed; store poisoned (the log holds everything)");
+                continue;
+            }
+            orders
+        };
+        view.evict(&orders, last_lsn);
+        lag.written(last_lsn);
     }
+}
+
+/// A batch's rows, and the orders among them (to evict from the view once written).
+fn batch_rows(batch: MirrorBatch, products: &HashMap<Sku, Product>) -> (Vec<Row>, Vec<OrderId>) {
+    let mut rows: Vec<Row> = Vec::with_capacity(batch.orders.len() * 2 + batch.cards.len());
+    let mut orders = Vec::with_capacity(batch.orders.len());
+    for (id, (record, created)) in batch.orders {
+        rows::order_rows(&record, created, &mut rows);
+        orders.push(id);
+    }
+    for (card, row) in &batch.cards {
+        rows.push(rows::card_row(*card, row));
+    }
+    for (number, action) in &batch.audits {
+        rows.push(rows::audit_row(*number, action));
+    }
+    for (sku, stock) in batch.stocks {
+        rows.push(rows::product_row(&products[&sku], stock));
+    }
+    rows.extend(batch.reseller_rows);
+    rows.extend(batch.encoded_rows);
+    (rows, orders)
 }

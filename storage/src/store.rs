@@ -40,7 +40,11 @@ pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
 /// rare flush only costs catch-up work after a crash.
 pub const SLED_FLUSH_EVERY_MS: u64 = 500;
-/// Rows per sled batch when sled is rewritten whole (a snapshot installed or restored).
+/// Rows per sled batch when sled is rewritten whole (a snapshot installed or restored):
+/// one batch of a million orders' rows held 20 GB and took over a minute. Atomicity is not
+/// needed: the trees, `meta` with them, are dropped first and `applied_lsn` is written
+/// after the last slice, so a crash part-way leaves sled behind the log and the next start
+/// rewrites it all.
 const RESET_SLICE_ROWS: usize = 16_384;
 /// Applied groups waiting for the applier thread.
 pub const APPLIED_QUEUE_GROUPS: usize = 1_024;
@@ -414,11 +418,6 @@ pub(crate) fn reset_sled(
     }
     finish_reset(db, trees, applied)
 }
-
-// A reset writes in slices: one sled batch of a million orders' rows held 20 GB and took
-// over a minute. Atomicity is not needed: the trees, `meta` with them, are dropped first
-// and `applied_lsn` is written after the last slice, so a crash part-way leaves sled
-// behind the log and the next start rewrites it all.
 
 fn drop_trees(db: &sled::Db, trees: &mut HashMap<TreeName, sled::Tree>) -> Result<(), Error> {
     trees.clear();
