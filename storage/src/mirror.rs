@@ -1,10 +1,12 @@
 //! The path from an applied log entry to its callers and to sled.
 //!
-//! The applier thread takes each applied entry's changes in log order, publishes its order
-//! records in the `DurableView` (memory), completes the callers (on the leader), tells the
-//! live feeds, and gathers the changes into a `MirrorBatch`, coalescing by key. Every `MIRROR_BATCH_MS` (or `MIRROR_BATCH_CHANGES_MAX`
-//! changes) the batch goes to the mirror thread, which writes it to sled, records
-//! `applied_lsn` last, and then evicts from the view what sled now holds.
+//! The `Applier` runs on the thread that applies each entry (openraft's state machine task),
+//! in log order: it publishes the entry's order records in the `DurableView` (memory),
+//! completes the callers (on the leader), tells the live feeds, and gathers the changes into
+//! a `MirrorBatch`, coalescing by key. No thread is woken per entry: the mirror thread takes
+//! the batch `MIRROR_BATCH_MS` after its first change (a full one, `MIRROR_BATCH_CHANGES_MAX`
+//! changes, is sent at once), writes it to sled, records `applied_lsn` last, and then
+//! evicts from the view what sled now holds.
 //!
 //! Reads of an order go to the view first, then to sled: both hold only durable state, and
 //! together they hold all of it. An installed snapshot puts every order in the view before
@@ -42,6 +44,8 @@ pub(crate) enum Applied {
 
 /// What the mirror thread is told.
 pub(crate) enum MirrorWork {
+    /// A batch began to be gathered: it falls due within `MIRROR_BATCH_MS`.
+    Started,
     Batch(MirrorBatch),
     Reset {
         index: u64,
@@ -142,7 +146,7 @@ impl DurableView {
 }
 
 /// How far sled is behind the log: durable records not yet written to sled, and since when.
-/// Shared by the applier (durable groups, batches started and sent) and the mirror thread
+/// Shared by the applier (applied entries, batches started and sent) and the mirror thread
 /// (batches written).
 #[derive(Default)]
 pub struct MirrorLag {
@@ -275,61 +279,88 @@ impl MirrorBatch {
     }
 }
 
-/// Publishes applied entries, completes their callers, and feeds the mirror.
-pub(crate) fn run_applier(applied: Receiver<Applied>, context: ApplierContext) {
-    let mut batch = MirrorBatch::default();
-    loop {
-        match applied.recv_timeout(batch.wait_for_next()) {
-            Ok(Applied::Reset {
+/// Publishes applied entries, completes their callers, and gathers the mirror's batch, on
+/// the thread that applies them (openraft's state machine task): no thread hand-off per
+/// entry. Calls are serialised by the store (one applier, behind a lock).
+pub(crate) struct Applier {
+    context: ApplierContext,
+    /// The batch being gathered, shared with the mirror thread, which takes it once due.
+    gathering: Arc<Mutex<MirrorBatch>>,
+}
+
+impl Applier {
+    pub(crate) fn new(context: ApplierContext, gathering: Arc<Mutex<MirrorBatch>>) -> Self {
+        Self { context, gathering }
+    }
+
+    /// Takes `work` in log order; false once the mirror thread is gone.
+    pub(crate) fn apply(&mut self, work: Applied) -> bool {
+        let full = match work {
+            Applied::Reset {
                 index,
                 rows,
                 orders,
-            }) => {
-                if batch.last_lsn > 0 && !send_batch(&context, &mut batch) {
-                    return;
+            } => {
+                if !self.send_gathered() {
+                    return false;
                 }
                 // Every order is served from the view until sled holds the new history (a
                 // reader that passed a read barrier before must not find its order missing
                 // or older); the mirror evicts them once it has rewritten sled.
-                context.view.replace_all(index, &orders);
+                self.context.view.replace_all(index, &orders);
                 let orders = orders.iter().map(|r| r.created.order_id.clone()).collect();
-                if context
-                    .mirror
-                    .send(MirrorWork::Reset {
-                        index,
-                        rows,
-                        orders,
-                    })
-                    .is_err()
-                {
-                    return;
+                let reset = MirrorWork::Reset {
+                    index,
+                    rows,
+                    orders,
+                };
+                if self.context.mirror.send(reset).is_err() {
+                    return false;
                 }
-                context.applied_index.store(index, Ordering::Release);
-                context.lag.durable_lsn.store(index, Ordering::Release);
+                self.context.applied_index.store(index, Ordering::Release);
+                self.context.lag.durable_lsn.store(index, Ordering::Release);
+                return true;
             }
-            Ok(work) => apply(work, &context, &mut batch),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if batch.is_due() && !send_batch(&context, &mut batch) {
-            return;
-        }
+            work => {
+                let mut batch = self.gathering.lock();
+                let started = batch.started.is_some();
+                publish(work, &self.context, &mut batch);
+                if !started && batch.started.is_some() {
+                    // The mirror thread sleeps until a batch is gathered: tell it when this
+                    // one falls due. A full queue means it is awake anyway.
+                    let _ = self.context.mirror.try_send(MirrorWork::Started);
+                }
+                (batch.changes_count >= MIRROR_BATCH_CHANGES_MAX)
+                    .then(|| take_batch(&mut batch, &self.context.lag))
+            }
+        };
+        // Sent without the batch's lock: the mirror thread takes that lock, and a full queue
+        // waits for the mirror thread (back-pressure on acknowledgements).
+        full.is_none_or(|batch| self.context.mirror.send(MirrorWork::Batch(batch)).is_ok())
     }
-    if batch.last_lsn > 0 {
-        send_batch(&context, &mut batch);
+
+    /// Hands what is gathered (changes, or only an applied index) to the mirror thread.
+    fn send_gathered(&mut self) -> bool {
+        let gathered = {
+            let mut batch = self.gathering.lock();
+            (batch.last_lsn > 0).then(|| take_batch(&mut batch, &self.context.lag))
+        };
+        gathered.is_none_or(|batch| self.context.mirror.send(MirrorWork::Batch(batch)).is_ok())
+    }
+
+    /// Sends the last batch; the mirror thread ends once it has written everything.
+    pub(crate) fn finish(mut self) {
+        self.send_gathered();
     }
 }
 
-/// Hands the gathered batch to the mirror thread; false once it is gone.
-fn send_batch(context: &ApplierContext, batch: &mut MirrorBatch) -> bool {
-    context.lag.batch_sent(batch.last_lsn);
-    context
-        .mirror
-        .send(MirrorWork::Batch(std::mem::take(batch)))
-        .is_ok()
+/// Takes the gathered batch, leaving an empty one (never due) in its place.
+fn take_batch(batch: &mut MirrorBatch, lag: &MirrorLag) -> MirrorBatch {
+    lag.batch_sent(batch.last_lsn);
+    std::mem::take(batch)
 }
 
-fn apply(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
+fn publish(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
     let listener = context.listener.get();
     let mut publish = |index: u64, change: Change| {
         match &change {
@@ -378,69 +409,101 @@ fn apply(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
             context.applied_index.store(index, Ordering::Release);
             context.lag.durable_lsn.store(index, Ordering::Release);
         }
-        Applied::Reset { .. } => unreachable!("handled by the loop"),
+        Applied::Reset { .. } => unreachable!("handled by Applier::apply"),
     }
 }
 
 /// Writes batches into sled, then evicts what sled now holds from the view.
 ///
+/// Batches come through `work` (full ones, and the last before a reset or a close) or are
+/// taken from `gathering` once due. A gathered batch is taken only while `work` is empty:
+/// the applier sends before it gathers again, so a batch sent is always written before the
+/// ones gathered after it.
+///
 /// sled held every row through `held_through` when it was opened: the entries a start
 /// applies again up to there are not written again (a start after a million orders spent
 /// most of its time rewriting rows sled had).
+pub(crate) struct Mirror {
+    pub(crate) db: sled::Db,
+    pub(crate) held_through: u64,
+    pub(crate) products: HashMap<Sku, Product>,
+    pub(crate) view: Arc<DurableView>,
+    pub(crate) poisoned: Arc<AtomicBool>,
+    pub(crate) lag: Arc<MirrorLag>,
+}
+
 pub(crate) fn run_mirror(
-    db: sled::Db,
-    mut held_through: u64,
-    mut products: HashMap<Sku, Product>,
+    mut mirror: Mirror,
     work: Receiver<MirrorWork>,
-    view: Arc<DurableView>,
-    poisoned: Arc<AtomicBool>,
-    lag: Arc<MirrorLag>,
+    gathering: Arc<Mutex<MirrorBatch>>,
 ) {
     let mut trees = HashMap::new();
-    for work in work {
-        let mut batch = match work {
-            MirrorWork::Batch(batch) => batch,
-            MirrorWork::Reset {
+    loop {
+        let wait = gathering.lock().wait_for_next();
+        match work.recv_timeout(wait) {
+            Ok(MirrorWork::Batch(batch)) => mirror.write(&mut trees, batch),
+            Ok(MirrorWork::Reset {
                 index,
                 rows,
                 orders,
-            } => {
-                products = rows
-                    .iter()
-                    .filter(|row| row.tree == TreeName::Products)
-                    .filter_map(|row| rows::decode::<rows::ProductRow>(&row.value).ok())
-                    .map(|row| (row.product.sku.clone(), row.product))
-                    .collect();
-                if let Err(error) = crate::store::reset_sled(&db, &mut trees, rows, index) {
-                    poisoned.store(true, Ordering::Release);
-                    tracing::error!(%error, "sled rewrite failed; store poisoned (the log holds everything)");
-                    continue;
-                }
-                view.evict(&orders, index);
-                lag.written(index);
-                // sled now holds exactly this history: whatever follows is written.
-                held_through = 0;
-                continue;
-            }
+            }) => mirror.reset(&mut trees, index, rows, &orders),
+            Ok(MirrorWork::Started) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let due = {
+            let mut batch = gathering.lock();
+            (batch.is_due() && work.is_empty()).then(|| take_batch(&mut batch, &mirror.lag))
         };
+        if let Some(batch) = due {
+            mirror.write(&mut trees, batch);
+        }
+    }
+}
+
+impl Mirror {
+    fn reset(
+        &mut self,
+        trees: &mut HashMap<TreeName, sled::Tree>,
+        index: u64,
+        rows: Vec<Row>,
+        orders: &[OrderId],
+    ) {
+        self.products = rows
+            .iter()
+            .filter(|row| row.tree == TreeName::Products)
+            .filter_map(|row| rows::decode::<rows::ProductRow>(&row.value).ok())
+            .map(|row| (row.product.sku.clone(), row.product))
+            .collect();
+        if let Err(error) = crate::store::reset_sled(&self.db, trees, rows, index) {
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(%error, "sled rewrite failed; store poisoned (the log holds everything)");
+            return;
+        }
+        self.view.evict(orders, index);
+        self.lag.written(index);
+        // sled now holds exactly this history: whatever follows is written.
+        self.held_through = 0;
+    }
+
+    fn write(&mut self, trees: &mut HashMap<TreeName, sled::Tree>, mut batch: MirrorBatch) {
         for product in std::mem::take(&mut batch.products) {
-            products.insert(product.sku.clone(), product);
+            self.products.insert(product.sku.clone(), product);
         }
         let last_lsn = batch.last_lsn;
-        let orders = if last_lsn <= held_through {
+        let orders = if last_lsn <= self.held_through {
             // Applied again at start: sled held these rows already.
             batch.orders.into_keys().collect()
         } else {
-            let (rows, orders) = batch_rows(batch, &products);
-            if let Err(error) = write_rows(&db, &mut trees, rows, Lsn(last_lsn)) {
-                poisoned.store(true, Ordering::Release);
+            let (rows, orders) = batch_rows(batch, &self.products);
+            if let Err(error) = write_rows(&self.db, trees, rows, Lsn(last_lsn)) {
+                self.poisoned.store(true, Ordering::Release);
                 tracing::error!(%error, "sled mirror write failed; store poisoned (the log holds everything)");
-                continue;
+                return;
             }
             orders
         };
-        view.evict(&orders, last_lsn);
-        lag.written(last_lsn);
+        self.view.evict(&orders, last_lsn);
+        self.lag.written(last_lsn);
     }
 }
 

@@ -46,8 +46,6 @@ pub const SLED_FLUSH_EVERY_MS: u64 = 500;
 /// after the last slice, so a crash part-way leaves sled behind the log and the next start
 /// rewrites it all.
 const RESET_SLICE_ROWS: usize = 16_384;
-/// Applied groups waiting for the applier thread.
-pub const APPLIED_QUEUE_GROUPS: usize = 1_024;
 
 /// Observes commit latency and group sizes (metrics live in the caller's crate).
 pub trait CommitObserver: Send + Sync + 'static {
@@ -129,8 +127,8 @@ pub struct Store {
     /// `None` once closed: sled's file lock goes with the last handle.
     db: RwLock<Option<sled::Db>>,
     view: Arc<DurableView>,
-    /// `None` once closed.
-    applier: RwLock<Option<crossbeam_channel::Sender<Applied>>>,
+    /// `None` once closed. Its lock keeps applied entries in log order.
+    applier: parking_lot::Mutex<Option<mirror::Applier>>,
     threads: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     poisoned: Arc<AtomicBool>,
     applied_index: Arc<AtomicU64>,
@@ -502,30 +500,32 @@ impl Store {
         let view = Arc::new(DurableView::default());
         let applied_index = Arc::new(AtomicU64::new(applied));
         let listener: Arc<OnceLock<Arc<dyn ChangeListener>>> = Arc::default();
-        let (applier, applied_groups) = crossbeam_channel::bounded(APPLIED_QUEUE_GROUPS);
         let (to_mirror, batches) = crossbeam_channel::bounded(mirror::MIRROR_QUEUE_BATCHES);
         let lag = Arc::new(MirrorLag::new(applied));
-        let applier_thread = {
-            let context = mirror::ApplierContext {
+        let gathering = Arc::new(parking_lot::Mutex::new(mirror::MirrorBatch::default()));
+        let applier = mirror::Applier::new(
+            mirror::ApplierContext {
                 view: view.clone(),
                 mirror: to_mirror,
                 observer,
                 applied_index: applied_index.clone(),
                 listener: listener.clone(),
                 lag: lag.clone(),
+            },
+            gathering.clone(),
+        );
+        let mirror_thread = {
+            let mirror = mirror::Mirror {
+                db: db.clone(),
+                held_through: mirrored,
+                products,
+                view: view.clone(),
+                poisoned: poisoned.clone(),
+                lag: lag.clone(),
             };
             std::thread::Builder::new()
-                .name("log-applier".into())
-                .spawn(move || mirror::run_applier(applied_groups, context))?
-        };
-        let mirror_thread = {
-            let (db, view, poisoned, lag) =
-                (db.clone(), view.clone(), poisoned.clone(), lag.clone());
-            std::thread::Builder::new()
                 .name("sled-mirror".into())
-                .spawn(move || {
-                    mirror::run_mirror(db, mirrored, products, batches, view, poisoned, lag)
-                })?
+                .spawn(move || mirror::run_mirror(mirror, batches, gathering))?
         };
         Ok(Self {
             state: Arc::new(RwLock::new(state)),
@@ -536,8 +536,8 @@ impl Store {
             },
             db: RwLock::new(Some(db)),
             view,
-            applier: RwLock::new(Some(applier)),
-            threads: parking_lot::Mutex::new(vec![applier_thread, mirror_thread]),
+            applier: parking_lot::Mutex::new(Some(applier)),
+            threads: parking_lot::Mutex::new(vec![mirror_thread]),
             poisoned,
             applied_index,
             listener,
@@ -630,9 +630,13 @@ impl Store {
     }
 
     fn send_applied(&self, work: Applied) -> Result<(), Error> {
-        let applier = self.applier.read();
-        let applier = applier.as_ref().ok_or(Error::Closed)?;
-        applier.send(work).map_err(|_| Error::Closed)
+        let mut applier = self.applier.lock();
+        let applier = applier.as_mut().ok_or(Error::Closed)?;
+        if applier.apply(work) {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
     }
 
     /// Committed events of entry `index` proposed elsewhere (or by an earlier run of this
@@ -754,8 +758,10 @@ impl Store {
         if threads.is_empty() {
             return Ok(());
         }
-        // The applier ends once its sender is gone, after everything queued.
-        self.applier.write().take();
+        // The mirror thread ends once the applier is gone, after everything it was sent.
+        if let Some(applier) = self.applier.lock().take() {
+            applier.finish();
+        }
         for thread in threads {
             let _ = thread.join();
         }
@@ -798,27 +804,59 @@ mod tests {
         };
         state.apply(&import).unwrap();
         for n in 1..=orders {
-            let order = NewOrder {
-                order_id: OrderId::parse(&format!("o{n}")).unwrap(),
-                token: "t".into(),
-                trace_id: "x".into(),
-                sku: sku.clone(),
-                quantity: 1,
-                amount_cents: 1_000,
-                currency,
-                contact: "buyer@example.com".into(),
-                channel: "epay".into(),
-                payment_channel: "epay".into(),
-                payment_url: "https://pay.example/".into(),
-                payment_ref: String::new(),
-                created_at_ms: 100,
-                expires_at_ms: 1_000,
-                cards: vec![CardId(n)],
-                idempotency: None,
-            };
-            state.apply(&Event::OrderCreated(Box::new(order))).unwrap();
+            let order = order_created(&format!("o{n}"), CardId(n));
+            state.apply(&order).unwrap();
         }
         state
+    }
+
+    fn order_created(id: &str, card: CardId) -> Event {
+        Event::OrderCreated(Box::new(NewOrder {
+            order_id: OrderId::parse(id).unwrap(),
+            token: "t".into(),
+            trace_id: "x".into(),
+            sku: Sku::parse("game-1").unwrap(),
+            quantity: 1,
+            amount_cents: 1_000,
+            currency: Currency::parse("CNY").unwrap(),
+            contact: "buyer@example.com".into(),
+            channel: "epay".into(),
+            payment_channel: "epay".into(),
+            payment_url: "https://pay.example/".into(),
+            payment_ref: String::new(),
+            created_at_ms: 100,
+            expires_at_ms: 1_000,
+            cards: vec![card],
+            idempotency: None,
+        }))
+    }
+
+    /// The applier gathers on the applying thread and wakes nobody per entry: the mirror
+    /// thread, asleep while nothing is gathered, must still take a lone entry's changes once
+    /// due, write them to sled and let the view forget them.
+    #[test]
+    fn a_lone_entry_reaches_sled_without_another_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), shop(0), 1, 1).unwrap();
+        let event = order_created("lone", CardId(1));
+        store.apply_committed(2, &[event]).unwrap();
+        assert_eq!(store.applied_index(), 2, "applied on the caller's thread");
+        assert_eq!(
+            store.unmirrored_orders_count(),
+            1,
+            "readable from the view at once"
+        );
+        let started = Instant::now();
+        while store.unmirrored_orders_count() > 0 || store.mirror_lag().records > 0 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "the mirror never took the gathered batch: {:?}",
+                store.mirror_lag()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let order = store.order(&OrderId::parse("lone").unwrap()).unwrap();
+        assert_eq!(order.expect("in sled").created.contact, "buyer@example.com");
     }
 
     /// A whole state's rows are made and handed over a slice at a time (a restore of a
