@@ -25,6 +25,7 @@ pub mod listings;
 pub mod log;
 pub mod mirror;
 pub mod private;
+mod queue;
 pub mod replay;
 pub mod resellers;
 pub mod rows;

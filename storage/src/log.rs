@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 
+use crate::queue::{Queue, Refused};
 use crate::Error;
 
 /// Frame header: length, CRC, lsn.
@@ -284,11 +284,21 @@ pub fn recover(
     Ok((recovery, index))
 }
 
-/// The commit hint's file in the log dir: `term node index`, as text.
+/// The commit hint's file in the log dir: `term node index`, as text padded with spaces to
+/// `COMMITTED_HINT_BYTES`.
 pub const COMMITTED_FILE: &str = "committed";
+/// Every commit hint is this long, so each one is written over the last in place.
+/// Truncating the file for each entry freed its block, and the device's discard made that
+/// a synchronous wait on the log writer for every entry.
+pub const COMMITTED_HINT_BYTES: usize = 64;
+// Three u64s of 20 digits, two spaces and a newline fit.
+const _: () = assert!(3 * 20 + 2 + 1 <= COMMITTED_HINT_BYTES);
 
 pub fn committed_hint(term: u64, node: u64, index: u64) -> Vec<u8> {
-    format!("{term} {node} {index}\n").into_bytes()
+    let mut hint = format!("{term} {node} {index}").into_bytes();
+    hint.resize(COMMITTED_HINT_BYTES - 1, b' ');
+    hint.push(b'\n');
+    hint
 }
 
 /// The last commit a node heard of, `(term, leader, index)`: a hint (written without a
@@ -326,11 +336,20 @@ struct Writer {
     buffer: Vec<u8>,
     /// Offsets of the frames in `buffer`, indexed once written.
     unindexed: Vec<u64>,
-    receiver: Receiver<Op>,
+    queue: Arc<Queue<Op>>,
     index: Arc<RwLock<LogIndex>>,
     failed: Arc<AtomicBool>,
     faults: Arc<Faults>,
     ops: Arc<OpsCount>,
+    /// The hint file written last, kept open.
+    hint: Option<OpenHint>,
+}
+
+struct OpenHint {
+    name: &'static str,
+    file: File,
+    /// Bytes written at its start by the last write.
+    len: usize,
 }
 
 fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, u64), Error> {
@@ -353,14 +372,7 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 impl Writer {
     fn run(mut self) {
         let mut group: Vec<Op> = Vec::with_capacity(GROUP_OPS_MAX);
-        while let Ok(first) = self.receiver.recv() {
-            group.push(first);
-            while group.len() < GROUP_OPS_MAX {
-                match self.receiver.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
-                }
-            }
+        while self.queue.recv_group(GROUP_OPS_MAX, &mut group) {
             let mut appends: Vec<Done> = Vec::new();
             let finished = group.len() as u64;
             for op in group.drain(..) {
@@ -509,11 +521,30 @@ impl Writer {
             }
             Op::SaveHint { name, bytes, done } => {
                 // A hint that fails to write is only a lost hint: not sticky.
-                let written = crate::private::create_file(&self.dir.join(name))
-                    .and_then(|mut file| file.write_all(&bytes));
-                done(written.map_err(Error::from))
+                done(self.save_hint(name, &bytes).map_err(Error::from))
             }
         }
+    }
+
+    /// Writes a hint over the last one of the same file in place when it covers it (no
+    /// truncation: see `COMMITTED_HINT_BYTES`); otherwise creates the file afresh.
+    fn save_hint(&mut self, name: &'static str, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(hint) = &mut self.hint {
+            if hint.name == name && bytes.len() >= hint.len {
+                hint.file.write_all_at(bytes, 0)?;
+                hint.len = bytes.len();
+                return Ok(());
+            }
+        }
+        self.hint = None;
+        let mut file = crate::private::create_file(&self.dir.join(name))?;
+        file.write_all(bytes)?;
+        self.hint = Some(OpenHint {
+            name,
+            file,
+            len: bytes.len(),
+        });
+        Ok(())
     }
 
     fn truncate(&mut self, from: u64) -> Result<(), Error> {
@@ -609,8 +640,8 @@ fn save_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
 /// The writing half of an open log, and its reader.
 pub struct Log {
     dir: PathBuf,
-    /// `None` once closed.
-    sender: RwLock<Option<Sender<Op>>>,
+    /// Closed by `close`.
+    queue: Arc<Queue<Op>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     index: Arc<RwLock<LogIndex>>,
     failed: Arc<AtomicBool>,
@@ -638,7 +669,7 @@ impl Log {
             .copied()
             .unwrap_or(next_lsn);
         let (file, segment_bytes) = open_segment(dir, segment_first)?;
-        let (sender, receiver) = crossbeam_channel::bounded(OPS_QUEUE_CAPACITY);
+        let queue = Arc::new(Queue::new(OPS_QUEUE_CAPACITY));
         let index = Arc::new(RwLock::new(index));
         let failed = Arc::new(AtomicBool::new(false));
         let faults = Arc::new(Faults::default());
@@ -651,18 +682,19 @@ impl Log {
             next_lsn,
             buffer: Vec::with_capacity(1 << 20),
             unindexed: Vec::new(),
-            receiver,
+            queue: queue.clone(),
             index: index.clone(),
             failed: failed.clone(),
             faults: faults.clone(),
             ops: ops.clone(),
+            hint: None,
         };
         let writer = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run())?;
         Ok(Self {
             dir: dir.to_owned(),
-            sender: RwLock::new(Some(sender)),
+            queue,
             writer: Mutex::new(Some(writer)),
             index,
             failed,
@@ -676,13 +708,11 @@ impl Log {
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::LogFailed);
         }
-        let sender = self.sender.read();
-        let sender = sender.as_ref().ok_or(Error::Closed)?;
         self.ops.submitted.fetch_add(1, Ordering::AcqRel);
-        let result = match sender.try_send(op) {
+        let result = match self.queue.try_send(op) {
             Ok(()) => return Ok(()),
-            Err(TrySendError::Full(_)) => Err(Error::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
+            Err(Refused::Full(_)) => Err(Error::Busy),
+            Err(Refused::Closed(_)) => Err(Error::Closed),
         };
         self.ops.finished.fetch_add(1, Ordering::AcqRel);
         result
@@ -693,10 +723,8 @@ impl Log {
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::LogFailed);
         }
-        let sender = self.sender.read();
-        let sender = sender.as_ref().ok_or(Error::Closed)?;
         self.ops.submitted.fetch_add(1, Ordering::AcqRel);
-        sender.send(op).map_err(|_| {
+        self.queue.send(op).map_err(|_| {
             self.ops.finished.fetch_add(1, Ordering::AcqRel);
             Error::Closed
         })
@@ -739,7 +767,7 @@ impl Log {
 
     /// Operations queued for the writer, approximately.
     pub fn queued_count(&self) -> usize {
-        self.sender.read().as_ref().map_or(0, Sender::len)
+        self.queue.len()
     }
 
     /// Operations submitted and not yet finished (their `done` has not returned): zero means
@@ -756,7 +784,7 @@ impl Log {
 
     /// Stops accepting operations, lets the writer finish everything queued, and waits for it.
     pub fn close(&self) {
-        self.sender.write().take();
+        self.queue.close();
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
@@ -824,6 +852,36 @@ mod tests {
     fn open(dir: &Path) -> Log {
         let (recovery, index) = recover(dir, true, |_, _| Ok(())).expect("recover");
         Log::start(dir, &recovery, index).expect("start")
+    }
+
+    /// Hints are written over each other in place (never truncated): a smaller index after
+    /// a larger one, and an empty hint after both, still read back as the last one written.
+    #[test]
+    fn a_hint_written_in_place_reads_back_as_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let save = |bytes: Vec<u8>| {
+            run(&log, |done| Op::SaveHint {
+                name: COMMITTED_FILE,
+                bytes,
+                done,
+            })
+            .unwrap()
+        };
+        save(committed_hint(u64::MAX, u64::MAX, u64::MAX));
+        assert_eq!(
+            read_committed_hint(dir.path()).unwrap(),
+            Some((u64::MAX, u64::MAX, u64::MAX))
+        );
+        save(committed_hint(2, 1, 5));
+        assert_eq!(read_committed_hint(dir.path()).unwrap(), Some((2, 1, 5)));
+        let on_disk = std::fs::read(dir.path().join(COMMITTED_FILE)).unwrap();
+        assert_eq!(on_disk.len(), COMMITTED_HINT_BYTES);
+        save(Vec::new());
+        assert_eq!(read_committed_hint(dir.path()).unwrap(), None);
+        save(committed_hint(3, 1, 9));
+        log.close();
+        assert_eq!(read_committed_hint(dir.path()).unwrap(), Some((3, 1, 9)));
     }
 
     /// A follower installs two snapshots beyond its log in a row (the second before any
