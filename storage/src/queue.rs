@@ -1,9 +1,9 @@
 //! A bounded queue whose receiver parks at once when it finds nothing.
 //!
 //! crossbeam's `recv` spins, then calls `sched_yield` four times, before it parks. The log
-//! writer waits once per Raft entry, and on a busy two-core machine each of those yields
-//! was a context switch of its own: about 6.7 a entry, where parking costs one. The queue
-//! is a `VecDeque` under a lock; senders never wait for the receiver, only (`send`, not
+//! writer waits once per Raft entry, and on a busy two-core machine those yields were
+//! context switches of their own (1.7 an entry, beside the one of parking). The queue is a
+//! `VecDeque` under a lock; senders never wait for the receiver, only (`send`, not
 //! `try_send`) for room.
 
 use std::collections::VecDeque;
