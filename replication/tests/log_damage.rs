@@ -2,7 +2,7 @@
 //! damage before acknowledged records refuses to start; a failed sync is sticky.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use engine::{Currency, Event, Product, Sku};
@@ -49,14 +49,16 @@ fn segment(dir: &Path) -> PathBuf {
 fn a_torn_tail_is_cut_and_never_applied() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path(), 5);
-    let path = segment(dir.path());
-    let len = fs::metadata(&path).unwrap().len();
-    // Tear the last record: drop its final 3 bytes, as a crash mid-write would.
+    // Tear the last record: the file ends 3 bytes before it does, as a crash mid-write
+    // into a file that grew with its frames would leave it.
+    let (path, ends) = storage::log::tail_frames(&dir.path().join("log"))
+        .unwrap()
+        .unwrap();
     OpenOptions::new()
         .write(true)
         .open(&path)
         .unwrap()
-        .set_len(len - 3)
+        .set_len(ends.last().unwrap().1 - 3)
         .unwrap();
     let node = Node::start_single(dir.path()).unwrap();
     assert!(node.log_recovery().truncated_bytes > 0);
@@ -80,11 +82,13 @@ fn a_torn_tail_is_cut_and_never_applied() {
 fn garbage_after_the_last_record_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path(), 3);
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(segment(dir.path()))
+    // Right after the last record, over the zeros the writer wrote ahead.
+    let (path, ends) = storage::log::tail_frames(&dir.path().join("log"))
+        .unwrap()
         .unwrap();
-    file.write_all(&[0xAB; 40]).unwrap();
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&[0xAB; 40], ends.last().unwrap().1)
+        .unwrap();
     drop(file);
     let node = Node::start_single(dir.path()).unwrap();
     assert_eq!(node.log_recovery().truncated_bytes, 40);

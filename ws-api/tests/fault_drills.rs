@@ -10,17 +10,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::Value;
 
-/// The newest log segment of a data dir.
-fn last_segment(data: &Path) -> PathBuf {
-    let mut files: Vec<_> = fs::read_dir(data.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files.pop().expect("a log segment")
-}
-
 /// The JSON log lines of a server at `level` (as `"WARN"`), parsed.
 fn log_lines(text: &str, level: &str) -> Vec<Value> {
     text.lines()
@@ -40,16 +29,17 @@ async fn a_torn_tail_is_cut_with_a_warning_naming_the_bytes_and_the_last_record(
     server.product("t1", 100, &keys("T", 1)).await;
     server.product("t2", 100, &[]).await;
     server.stop();
-    // Tear the last record as a crash mid-write would: its final 5 bytes never landed.
-    let segment = last_segment(&data);
+    // Tear the last record as a crash mid-write would: the log writes over zeros it wrote
+    // ahead, so its final bytes read as zeros, and the zeros ahead follow.
+    let log = data.join("log");
+    let (segment, ends) = storage::log::tail_frames(&log).unwrap().unwrap();
+    let torn_end = ends.last().unwrap().1;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = fs::OpenOptions::new().write(true).open(&segment).unwrap();
+        file.write_all_at(&[0; 5], torn_end - 5).unwrap();
+    }
     let len = fs::metadata(&segment).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
-    let torn_bytes = fs::metadata(&segment).unwrap().len();
     server.restart();
     let warnings = log_lines(&server.log_text(), "WARN");
     let cut = warnings
@@ -62,13 +52,14 @@ async fn a_torn_tail_is_cut_with_a_warning_naming_the_bytes_and_the_last_record(
         .unwrap_or_else(|| panic!("no WARN about the cut among {warnings:?}"));
     let fields = &cut["fields"];
     let kept = fields["kept_bytes"].as_u64().unwrap();
-    assert_eq!(
-        fields["truncated_bytes"].as_u64().unwrap() + kept,
-        torn_bytes,
-        "{cut}"
-    );
+    let truncated = fields["truncated_bytes"].as_u64().unwrap();
+    assert_eq!(kept, ends[ends.len() - 2].1, "{cut}");
+    assert!(truncated > 0 && kept + truncated <= torn_end - 5, "{cut}");
     assert!(fields["last_lsn_kept"].as_u64().unwrap() >= 2, "{cut}");
-    assert_eq!(fs::metadata(&segment).unwrap().len(), kept);
+    // The damage is zeroed in place: the zeros ahead stay for the writer.
+    let bytes = fs::read(&segment).unwrap();
+    assert_eq!(bytes.len() as u64, len);
+    assert!(bytes[kept as usize..].iter().all(|byte| *byte == 0));
     // The torn record (t2's creation) is gone; everything before it is there.
     let products: Value = server
         .http

@@ -917,9 +917,11 @@ impl Cluster {
     }
 }
 
-/// Cuts the newest record whole, tears it mid-frame, or appends garbage after it, if it
-/// lies beyond `floor` (the highest index the node may have told anyone of).
-fn damage_tail(data_dir: &std::path::Path, floor: u64, rng: &mut Rng) {
+/// Cuts the newest record whole, tears it mid-frame (the file cut short, or the frame's end
+/// left as the zeros the writer wrote ahead), or writes garbage after it, if it lies beyond
+/// `floor` (the highest index the node may have told anyone of).
+pub(super) fn damage_tail(data_dir: &std::path::Path, floor: u64, rng: &mut Rng) {
+    use std::os::unix::fs::FileExt;
     let log = storage::store::log_dir(data_dir);
     let Ok(Some((path, ends))) = storage::log::tail_frames(&log) else {
         return;
@@ -932,18 +934,20 @@ fn damage_tail(data_dir: &std::path::Path, floor: u64, rng: &mut Rng) {
     }
     let previous_end = ends.len().checked_sub(2).map_or(0, |i| ends[i].1);
     let file = std::fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&path)
         .expect("segment");
-    match rng.below(3) {
+    let torn_at = previous_end + rng.below(last_end - previous_end).max(1);
+    match rng.below(4) {
         0 => file.set_len(previous_end).expect("cut"),
-        1 => file
-            .set_len(previous_end + rng.below(last_end - previous_end).max(1))
-            .expect("tear"),
+        1 => file.set_len(torn_at).expect("tear"),
+        2 => {
+            let zeros = vec![0; (last_end - torn_at) as usize];
+            file.write_all_at(&zeros, torn_at).expect("tear over zeros");
+        }
         _ => {
-            use std::io::Write;
             let garbage: Vec<u8> = (0..1 + rng.below(64)).map(|_| rng.next() as u8).collect();
-            (&file).write_all(&garbage).expect("garbage");
+            file.write_all_at(&garbage, last_end).expect("garbage");
         }
     }
 }

@@ -775,38 +775,10 @@ impl World {
         }
     }
 
-    /// Cuts the newest record whole or tears it mid-frame, or appends garbage.
+    /// Damages the newest record, if it is not acknowledged (`cluster::damage_tail`).
     fn damage_tail(&mut self) {
-        let log = storage::store::log_dir(self.single_dir());
-        let Ok(Some((path, ends))) = storage::log::tail_frames(&log) else {
-            return;
-        };
-        let Some(&(last_lsn, last_end)) = ends.last() else {
-            return;
-        };
-        if last_lsn <= self.acked_through {
-            // The unacknowledged work never reached the log: nothing to damage.
-            return;
-        }
-        let previous_end = ends.len().checked_sub(2).map_or(0, |i| ends[i].1);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .append(true)
-            .open(&path)
-            .expect("segment");
-        match self.rng.below(3) {
-            0 => file.set_len(previous_end).expect("cut"),
-            1 => file
-                .set_len(previous_end + self.rng.below(last_end - previous_end).max(1))
-                .expect("tear"),
-            _ => {
-                use std::io::Write;
-                let garbage: Vec<u8> = (0..1 + self.rng.below(64))
-                    .map(|_| self.rng.next() as u8)
-                    .collect();
-                (&file).write_all(&garbage).expect("garbage");
-            }
-        }
+        let dir = self.single_dir().to_owned();
+        cluster::damage_tail(&dir, self.acked_through, &mut self.rng);
     }
 
     fn restart(&mut self) {
