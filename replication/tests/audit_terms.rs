@@ -3,8 +3,8 @@
 //! copy would leave it) and must be reported as a violation; the honest log is clean.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 mod common;
 
@@ -39,16 +39,6 @@ fn honest_log(dir: &Path) {
     node.shutdown();
 }
 
-fn segment(dir: &Path) -> PathBuf {
-    let mut files: Vec<_> = fs::read_dir(dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files.pop().unwrap()
-}
-
 /// Appends `event` as the next entry, in the last batch's chain (so replay admits it), and
 /// marks it committed: bypassing the engine's checks, as a bug or a tampered copy would.
 fn forge(dir: &Path, event: &Event) {
@@ -81,8 +71,9 @@ fn forge(dir: &Path, event: &Event) {
     });
     let mut frame = Vec::new();
     storage::log::encode_frame(&mut frame, last + 1, &payload);
-    let mut file = OpenOptions::new().append(true).open(segment(dir)).unwrap();
-    file.write_all(&frame).unwrap();
+    // Right after the last frame, over the zeros the writer wrote ahead.
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&frame, end).unwrap();
     file.sync_all().unwrap();
     fs::write(
         dir.join("log").join(storage::log::COMMITTED_FILE),
