@@ -319,6 +319,16 @@ pub fn open_storage(data_dir: &Path) -> Result<(LogStore, ShopMachine), Error> {
     Ok((log, ShopMachine { machine }))
 }
 
+/// openraft's runtime workers in a cluster: the leader's replication to each peer runs
+/// beside its core and its state machine.
+pub const RAFT_WORKERS: usize = 2;
+/// openraft's runtime workers for a voter alone, and under the simulator (where a node's
+/// tasks then take turns in an order that depends less on thread timing). Its core, log
+/// and state machine tasks hand each entry on to one another; on one worker a hand-off
+/// is a queued task, on two it wakes the idle one (1.78-1.88 -> 1.46-1.54 context switches
+/// per purchase, 64 in flight; docs/BENCHMARKS.md). Snapshots run on blocking threads.
+pub const RAFT_WORKERS_ALONE: usize = 1;
+
 /// How long `snapshot_now` waits in all, and how long before it asks again.
 const SNAPSHOT_WAIT_SECS: u64 = 600;
 const SNAPSHOT_ASK_AGAIN_MS: u64 = 2_000;
@@ -340,10 +350,13 @@ impl Node {
         }
         std::fs::create_dir_all(data_dir)?;
         crate::migrate::migrate_if_needed(data_dir, &config)?;
+        let workers = if config.manual_ticks || config.voters.len() <= 1 {
+            RAFT_WORKERS_ALONE
+        } else {
+            RAFT_WORKERS
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            // One worker under the simulator: a node's tasks then take turns in an order
-            // that depends less on thread timing.
-            .worker_threads(if config.manual_ticks { 1 } else { 2 })
+            .worker_threads(workers)
             .thread_name("raft")
             .enable_all()
             .build()?;
