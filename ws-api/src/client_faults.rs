@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tracing::field::{Field, Visit};
 use tracing::{Level, Metadata, Subscriber};
-use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::filter::{FilterFn, LevelFilter};
 use tracing_subscriber::layer::{Context, Layer};
 
 /// At most one client-fault line per this long.
@@ -25,8 +25,14 @@ pub fn is_client_fault(metadata: &Metadata<'_>) -> bool {
 }
 
 /// The filter for every other layer: client faults reach them only through `ClientFaults`.
-pub fn without_client_faults() -> FilterFn<fn(&Metadata<'_>) -> bool> {
-    FilterFn::new(|metadata| !is_client_fault(metadata))
+/// `max_level` is the most verbose level the global filter lets through: a per-layer filter
+/// without it leaves the whole subscriber without a level hint, and then every `trace!` and
+/// `debug!` (actix-http's per poll, openraft's, sled's `log` records) runs every layer's
+/// filter instead of stopping at its macro's level check.
+pub fn without_client_faults(max_level: LevelFilter) -> FilterFn<fn(&Metadata<'_>) -> bool> {
+    let filter: FilterFn<fn(&Metadata<'_>) -> bool> =
+        FilterFn::new(|metadata| !is_client_fault(metadata));
+    filter.with_max_level_hint(max_level)
 }
 
 /// Counts client faults and logs a sample of them at WARN.
@@ -60,6 +66,11 @@ impl ClientFaults {
 }
 
 impl<S: Subscriber> Layer<S> for ClientFaults {
+    /// Client faults are WARN and above.
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::WARN)
+    }
+
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
         let metadata = event.metadata();
         if !is_client_fault(metadata) {
