@@ -48,8 +48,8 @@ pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// How far past its last frame the writer keeps a segment written with zeros. An
 /// `fdatasync` after a write that grows the file must also write the file's new size and
 /// block allocation; one after a write over zeros writes the data alone (measured here with
-/// 1,000-byte records: 141-148 us per write and sync at the end of the file, 87-101 us over
-/// zeros written 1 MiB at a time; docs/BENCHMARKS.md).
+/// 1,000-byte records, medians of two runs each: 141-148 us per write and sync at the end
+/// of the file, 90-101 us over zeros written 1 MiB at a time; docs/BENCHMARKS.md).
 pub const ZEROED_AHEAD_BYTES: u64 = 1024 * 1024;
 const _: () = assert!(GROUP_OPS_MAX <= OPS_QUEUE_CAPACITY);
 const _: () = assert!(ZEROED_AHEAD_BYTES < SEGMENT_BYTES_MAX);
@@ -209,8 +209,8 @@ fn valid_frame_beyond(bytes: &[u8], from: usize, after: u64) -> bool {
 
 /// Reads every record in lsn order and hands it to `visit`, building the index. A damaged
 /// tail of the last segment (torn write) is zeroed when `repair` is set and only reported
-/// otherwise; damage anywhere else is `Error::Corrupt`. `Log::start` wants a repaired log. Empty segments are dropped when
-/// `repair` is set.
+/// otherwise; damage anywhere else is `Error::Corrupt`. Empty segments are dropped when
+/// `repair` is set. `Log::start` wants a repaired log: it writes on where the frames end.
 pub fn recover(
     dir: &Path,
     repair: bool,
@@ -281,7 +281,7 @@ pub fn recover(
             if repair {
                 // Zeroed, not cut: the writer counts on zeros after its frames.
                 let file = OpenOptions::new().write(true).open(path)?;
-                file.write_all_at(&vec![0; damaged], offset as u64)?;
+                write_zeros(&file, offset as u64, (offset + damaged) as u64)?;
                 file.sync_data()?;
                 // Bytes leave the data dir here: an operator at `warn` must see it.
                 tracing::warn!(
@@ -390,6 +390,20 @@ fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, u64), Error> {
     let len = file.metadata()?.len();
     File::open(dir)?.sync_all()?;
     Ok((file, len))
+}
+
+/// Zeros for `write_zeros` to copy from (in zero-filled static memory: no allocation).
+static ZEROS: [u8; ZEROED_AHEAD_BYTES as usize] = [0; ZEROED_AHEAD_BYTES as usize];
+
+/// Writes zeros over `from..to` of `file`, a `ZEROS` at a time.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let len = (to - at).min(ZEROED_AHEAD_BYTES) as usize;
+        file.write_all_at(&ZEROS[..len], at)?;
+        at += len as u64;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
@@ -527,8 +541,7 @@ impl Writer {
         }
         let from = self.zeroed_bytes.max(end);
         let to = (end + ZEROED_AHEAD_BYTES).min(SEGMENT_BYTES_MAX);
-        let zeros = vec![0; (to - from) as usize];
-        match self.file.write_all_at(&zeros, from) {
+        match write_zeros(&self.file, from, to) {
             Ok(()) => self.zeroed_bytes = to,
             Err(error) => {
                 // Part of it may be written: zeros either way, and frames go on at `end`.
@@ -924,6 +937,15 @@ mod tests {
         (seen, recovery)
     }
 
+    /// Writes records `lsns` to a new log in `dir` and closes it; its newest segment and
+    /// where each record in it ends (`tail_frames`).
+    fn written(dir: &Path, lsns: std::ops::RangeInclusive<u64>) -> (PathBuf, Vec<(u64, u64)>) {
+        let log = open(dir);
+        append(&log, lsns);
+        log.close();
+        tail_frames(dir).unwrap().unwrap()
+    }
+
     /// Bytes of `path` from `from` on.
     fn bytes_from(path: &Path, from: u64) -> Vec<u8> {
         std::fs::read(path).unwrap()[from as usize..].to_vec()
@@ -934,10 +956,7 @@ mod tests {
     #[test]
     fn frames_are_written_over_zeros_and_a_zero_tail_is_no_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path());
-        append(&log, 1..=40);
-        log.close();
-        let (path, ends) = tail_frames(dir.path()).unwrap().unwrap();
+        let (path, ends) = written(dir.path(), 1..=40);
         let end = ends.last().unwrap().1;
         let len = std::fs::metadata(&path).unwrap().len();
         assert!(
@@ -961,10 +980,7 @@ mod tests {
     #[test]
     fn a_frame_torn_over_zeros_is_zeroed_and_the_log_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path());
-        append(&log, 1..=5);
-        log.close();
-        let (path, ends) = tail_frames(dir.path()).unwrap().unwrap();
+        let (path, ends) = written(dir.path(), 1..=5);
         let (kept, torn_end) = (ends[3].1, ends[4].1);
         // The payload (the lsn's 8 bytes) never landed; the header did.
         let file = OpenOptions::new().write(true).open(&path).unwrap();
@@ -992,10 +1008,7 @@ mod tests {
     #[test]
     fn bytes_beyond_the_zeros_are_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path());
-        append(&log, 1..=3);
-        log.close();
-        let (path, ends) = tail_frames(dir.path()).unwrap().unwrap();
+        let (path, ends) = written(dir.path(), 1..=3);
         let end = ends.last().unwrap().1;
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[0xAB; 40], end + 100).unwrap();
