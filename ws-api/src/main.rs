@@ -1084,8 +1084,8 @@ mod tests {
     }
 
     /// Without a level hint every disabled `trace!` and `debug!` ran each layer's filter
-    /// (actix-http traces every poll; sled's `log` records went through them too): 2-3% of
-    /// a purchase's CPU.
+    /// (actix-http traces every poll; sled's `log` records went through them too): perf put
+    /// 1.4% of the server's samples in `__is_enabled` and 0.85% in the `log` bridge.
     #[test]
     fn the_log_subscriber_tells_its_most_verbose_level() {
         use tracing::Subscriber;
