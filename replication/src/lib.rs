@@ -49,6 +49,8 @@ pub enum Error {
     NoLeader,
     #[error("the node is stopped")]
     Stopped,
+    #[error("nothing is applied yet: there is no state to snapshot")]
+    NothingApplied,
 }
 
 impl From<openraft::error::Fatal<types::NodeId>> for Error {

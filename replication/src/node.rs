@@ -762,7 +762,8 @@ impl Node {
 
     /// Takes a snapshot now and waits for it; returns its file.
     ///
-    /// Bounded: `SNAPSHOT_WAIT_SECS` in all.
+    /// Bounded: `SNAPSHOT_WAIT_SECS` in all; `Error::NothingApplied` at once on a node that
+    /// has applied nothing yet.
     pub async fn snapshot_now(&self) -> Result<PathBuf, Error> {
         let raft = self.inner.raft.clone();
         let through = self.inner.store.applied_index();
@@ -777,6 +778,12 @@ impl Node {
                 )
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?;
+            // Nothing applied (a learner not yet joined, a voter before its cluster formed):
+            // openraft would build a snapshot of nothing and not count it, and the wait
+            // below would never end on simulated time (600 s on real time).
+            if raft.metrics().borrow().last_applied.is_none() {
+                return Err(Error::NothingApplied);
+            }
             // A trigger that comes while a snapshot is being built (or installed) is
             // dropped by openraft: ask again until one covers `through`.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(SNAPSHOT_WAIT_SECS);
