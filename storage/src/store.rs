@@ -40,12 +40,16 @@ pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
 /// rare flush only costs catch-up work after a crash.
 pub const SLED_FLUSH_EVERY_MS: u64 = 500;
-/// Rows per sled batch when sled is rewritten whole (a snapshot installed or restored):
-/// one batch of a million orders' rows held 20 GB and took over a minute. Atomicity is not
+/// Rows per sled batch when sled is rewritten whole (a snapshot installed or restored).
+/// sled keeps every node version a batch replaces until the batch ends, and splitting
+/// nodes under sequential keys makes many: a restore of a million orders (and their million
+/// keys) peaked at 3.4-3.8 GB and took 33 s with batches of 16,384 rows, 3.5 GB with 4,096,
+/// 1.60-1.65 GB and 19-21 s with 256 to 1,024 (one run each, docs/BENCHMARKS.md). One
+/// batch of all the rows held 20 GB and took over a minute. Atomicity is not
 /// needed: the trees, `meta` with them, are dropped first and `applied_lsn` is written
 /// after the last slice, so a crash part-way leaves sled behind the log and the next start
 /// rewrites it all.
-const RESET_SLICE_ROWS: usize = 16_384;
+const RESET_SLICE_ROWS: usize = 512;
 
 /// Observes commit latency and group sizes (metrics live in the caller's crate).
 pub trait CommitObserver: Send + Sync + 'static {
