@@ -89,13 +89,45 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 /// Makes `data_dir` (empty or absent) a data dir that serves exactly the state of the
 /// snapshot file `from` (a backup), as the only voter `node_id` of a new cluster. Returns
 /// the snapshot's header and state summary `(orders, cards)`.
+///
+/// A restore that fails (a full disk, a damaged file) leaves `data_dir` as it found it:
+/// absent, or empty.
 pub fn restore(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, u64), Error> {
-    if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
+    let existed = data_dir.exists();
+    if existed && std::fs::read_dir(data_dir)?.next().is_some() {
         return Err(Error::Config(format!(
             "{} is not empty: restore makes a new data dir",
             data_dir.display()
         )));
     }
+    let restored = restore_into(from, data_dir, node_id);
+    if restored.is_err() {
+        let removed = match existed {
+            false => std::fs::remove_dir_all(data_dir).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+            true => empty_dir(data_dir),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(%error, dir = %data_dir.display(), "a failed restore left files behind");
+        }
+    }
+    restored
+}
+
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        match path.is_dir() {
+            true => std::fs::remove_dir_all(&path)?,
+            false => std::fs::remove_file(&path)?,
+        }
+    }
+    Ok(())
+}
+
+fn restore_into(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, u64), Error> {
     let (header, state) = snapshot::read(from)?;
     let old: SnapshotMeta = crate::state_machine::decode_meta(&header.meta)?;
     let last = header.last_index;

@@ -96,16 +96,23 @@ pub fn write_to(file: File, header: &SnapshotHeader, state: &ShopState) -> Resul
     out.write_all(&header.meta)?;
     out.write_all(&header.last_index.to_le_bytes())?;
     out.write_all(&header.last_term.to_le_bytes())?;
-    bincode::encode_into_std_write(header.chains, &mut out, config())
-        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
-    bincode::encode_into_std_write(state, &mut out, config())
-        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    bincode::encode_into_std_write(header.chains, &mut out, config()).map_err(encode_error)?;
+    bincode::encode_into_std_write(state, &mut out, config()).map_err(encode_error)?;
     let crc = out.hasher.clone().finalize();
     let mut inner = out.inner;
     inner.write_all(&crc.to_le_bytes())?;
     let file = inner.into_inner().map_err(|e| Error::Io(e.into_error()))?;
     file.sync_all()?;
     Ok(())
+}
+
+/// The write's own error (a full disk stays `StorageFull`, and reads as one), not bincode's
+/// wrapper of it.
+fn encode_error(error: bincode::error::EncodeError) -> Error {
+    match error {
+        bincode::error::EncodeError::Io { inner, .. } => Error::Io(inner),
+        other => Error::Io(std::io::Error::other(other.to_string())),
+    }
 }
 
 fn remove_older(dir: &Path, keep: &Path) -> Result<(), Error> {

@@ -35,7 +35,7 @@ async fn fetch(url: &str, to: &Path, token: &str) -> anyhow::Result<(u64, u64, u
         .timeout(Duration::from_secs(BACKUP_TIMEOUT_SECS))
         .build()?;
     let base = url.trim_end_matches('/');
-    let mut response = client
+    let response = client
         .get(format!("{base}/api/v1/admin/backup"))
         .bearer_auth(token)
         .send()
@@ -47,25 +47,41 @@ async fn fetch(url: &str, to: &Path, token: &str) -> anyhow::Result<(u64, u64, u
         anyhow::bail!("{base} answered {status}: {body}");
     }
     let partial = to.with_extension("partial");
-    let mut file = std::fs::File::create(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
-    while let Some(chunk) = response.chunk().await.context("receiving the backup")? {
-        file.write_all(&chunk)?;
+    let kept = keep(response, &partial, to).await;
+    if kept.is_err() {
+        // A copy that did not arrive whole must not take the disk it filled.
+        let _ = std::fs::remove_file(&partial);
     }
-    file.sync_all()?;
-    drop(file);
-    // Checked whole (checksum, decoding, every invariant) before it takes the name.
-    let (header, state) = storage::snapshot::read(&partial)
-        .with_context(|| format!("checking {}", partial.display()))?;
-    std::fs::rename(&partial, to)?;
-    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+    let (header, state) = kept?;
     Ok((
         state.orders().len() as u64,
         state.cards_count(),
         header.last_index,
     ))
+}
+
+/// Writes the answer to `partial`, checks it whole (checksum, decoding, every invariant),
+/// and only then gives it the name `to`.
+async fn keep(
+    mut response: reqwest::Response,
+    partial: &Path,
+    to: &Path,
+) -> anyhow::Result<(storage::snapshot::SnapshotHeader, engine::state::ShopState)> {
+    let writing = || format!("writing {}", partial.display());
+    let mut file = std::fs::File::create(partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    while let Some(chunk) = response.chunk().await.context("receiving the backup")? {
+        file.write_all(&chunk).with_context(writing)?;
+    }
+    file.sync_all().with_context(writing)?;
+    drop(file);
+    let checked = storage::snapshot::read(partial)
+        .with_context(|| format!("checking {}", partial.display()))?;
+    std::fs::rename(partial, to)?;
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(checked)
 }
 
 pub fn restore(from: &Path, data: &Path, node_id: u64) -> ExitCode {
@@ -78,7 +94,10 @@ pub fn restore(from: &Path, data: &Path, node_id: u64) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("panshi restore: {error}");
+            eprintln!(
+                "panshi restore: {error} ({} is left as it was)",
+                data.display()
+            );
             ExitCode::FAILURE
         }
     }

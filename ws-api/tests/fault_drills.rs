@@ -371,3 +371,108 @@ async fn the_mirrors_lag_is_published_and_returns_to_zero() {
     assert_eq!(last, (0.0, 0.0), "sled caught up with the log");
     common::promtool_check(&server.get_text("/metrics").await);
 }
+
+/// `panshi backup` or `panshi restore` with `args`, as an operator runs them.
+fn panshi(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_panshi"))
+        .args(args)
+        .env("PANSHI_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap()
+}
+
+/// Postmortem (a drill on a full tmpfs): `panshi backup` onto a full disk kept its
+/// `.partial` file, which went on filling the disk; `panshi restore` onto one printed
+/// bincode's `Debug` of the error (`Io { inner: Os { .. }, index: .. }`) and left a half-made
+/// data dir, which its retry then refused as not empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_or_a_restore_onto_a_full_disk_says_so_and_leaves_nothing_behind() {
+    let Some(disk) = SmallDisk::mount(16) else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(data.path());
+    server
+        .product("full", 100, &keys("full-disk-drill", 12_000))
+        .await;
+    let (code, _) = server.order("full", 1).await;
+    assert_eq!(code, 201);
+    disk.fill();
+    // tmpfs counts pages: fill the last ones a page at a time.
+    {
+        use std::io::Write;
+        let mut last = fs::File::create(disk.path().join("filler-pages")).unwrap();
+        while last
+            .write_all(&[0u8; 4096])
+            .and_then(|_| last.flush())
+            .is_ok()
+        {}
+    }
+    let on_disk = |name: &str| disk.path().join(name).into_os_string();
+    let text = |output: &std::process::Output| {
+        String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout)
+    };
+
+    let base = std::ffi::OsString::from(&server.base);
+    let backup = panshi(&[
+        "backup".as_ref(),
+        "--url".as_ref(),
+        &base,
+        "--to".as_ref(),
+        &on_disk("shop.backup"),
+    ]);
+    assert!(!backup.status.success(), "{}", text(&backup));
+    assert!(
+        text(&backup).contains("No space left on device"),
+        "{}",
+        text(&backup)
+    );
+    let left: Vec<_> = fs::read_dir(disk.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("filler"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a failed backup left {left:?} on the full disk"
+    );
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let good = elsewhere.path().join("shop.backup").into_os_string();
+    let backup = panshi(&[
+        "backup".as_ref(),
+        "--url".as_ref(),
+        &base,
+        "--to".as_ref(),
+        &good,
+    ]);
+    assert!(backup.status.success(), "{}", text(&backup));
+    server.stop();
+
+    let restore_args = [
+        "restore".as_ref(),
+        "--from".as_ref(),
+        good.as_os_str(),
+        "--data".as_ref(),
+        &on_disk("restored"),
+    ];
+    let restore = panshi(&restore_args);
+    assert!(!restore.status.success(), "{}", text(&restore));
+    assert!(
+        text(&restore).contains("No space left on device") && !text(&restore).contains("inner:"),
+        "{}",
+        text(&restore)
+    );
+    assert!(
+        !disk.path().join("restored").exists(),
+        "a failed restore left a half-made data dir"
+    );
+
+    disk.free();
+    fs::remove_file(disk.path().join("filler-pages")).unwrap();
+    let restore = panshi(&restore_args);
+    assert!(restore.status.success(), "{}", text(&restore));
+    let (clean, report) = Server::audit_of(&disk.path().join("restored"));
+    assert!(clean, "{report}");
+}
