@@ -149,6 +149,8 @@ impl Server {
             .env("PANSHI_RISK__RESERVED_UNITS_PER_IP_MAX", "0")
             .env("PANSHI_RISK__ORDERS_PER_CONTACT_PER_WINDOW_MAX", "0")
             .env("PANSHI_RISK__ORDERS_PER_IP_PER_MINUTE_MAX", "0")
+            // The tests' own knob, not a setting: the server refuses unknown PANSHI_ names.
+            .env_remove("PANSHI_TEST_SERVER_LOGS")
             .stdout(Stdio::piped())
             .stderr(match &self.stderr {
                 Some(path) => Stdio::from(
