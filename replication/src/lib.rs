@@ -51,6 +51,8 @@ pub enum Error {
     Stopped,
     #[error("nothing is applied yet: there is no state to snapshot")]
     NothingApplied,
+    #[error("no snapshot could be written: {0}")]
+    SnapshotFailed(String),
 }
 
 impl From<openraft::error::Fatal<types::NodeId>> for Error {

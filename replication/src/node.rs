@@ -307,6 +307,7 @@ pub(crate) fn open_machine(
         apply_lock: Mutex::new(()),
         busy: std::sync::atomic::AtomicUsize::new(0),
         own_batch_refused: AtomicBool::new(false),
+        snapshot_failures: Mutex::default(),
     }))
 }
 
@@ -767,6 +768,13 @@ impl Node {
     pub async fn snapshot_now(&self) -> Result<PathBuf, Error> {
         let raft = self.inner.raft.clone();
         let through = self.inner.store.applied_index();
+        let machine = self.inner.machine.clone();
+        let failed_before = {
+            // Asked for: try now, even within the wait after a failure.
+            let mut failures = machine.snapshot_failures.lock();
+            failures.retry_at = None;
+            failures.count
+        };
         self.on_runtime(async move {
             // The store may have applied the leader's own batch before openraft counts it
             // applied: a snapshot triggered earlier would stop short of `through`, and no
@@ -801,6 +809,11 @@ impl Node {
                     .await;
                 if covered.is_ok() {
                     return Ok(());
+                }
+                let failures = machine.snapshot_failures.lock();
+                if failures.count > failed_before {
+                    let error = failures.last_error.clone().unwrap_or_default();
+                    return Err(Error::SnapshotFailed(error));
                 }
                 if tokio::time::Instant::now() >= deadline {
                     return Err(Error::Raft(format!("no snapshot through {through}")));

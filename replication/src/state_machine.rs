@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, StoredMembership};
@@ -69,7 +70,23 @@ pub(crate) struct Machine {
     /// A batch of this node's own was committed but not admitted (its chain is broken):
     /// the leadership watcher starts a new chain.
     pub(crate) own_batch_refused: AtomicBool,
+    pub(crate) snapshot_failures: Mutex<SnapshotFailures>,
 }
+
+/// Snapshot builds that wrote nothing (a full disk): the node goes on, its log kept until
+/// a build succeeds.
+#[derive(Default)]
+pub(crate) struct SnapshotFailures {
+    /// Builds that ended without a snapshot since the node started.
+    pub(crate) count: u64,
+    pub(crate) last_error: Option<String>,
+    /// No build is tried before this: openraft asks again after every applied entry, and
+    /// each try folds a whole state. `Node::snapshot_now` (an operator's request) clears it.
+    pub(crate) retry_at: Option<crate::clock::Instant>,
+}
+
+/// How long after a failed snapshot build the next is tried.
+pub(crate) const SNAPSHOT_RETRY_AFTER_SECS: u64 = 30;
 
 /// Counts one piece of snapshot work in `Machine::busy` while it lives.
 struct Busy(Arc<Machine>);
@@ -245,14 +262,67 @@ async fn open_snapshot(
 const INCOMING_SNAPSHOT: &str = "incoming.part";
 
 impl RaftSnapshotBuilder<PanshiRaft> for ShopMachine {
+    /// An I/O error (a full disk) is no error to openraft, which would stop the node for
+    /// good: the build is counted as failed, logged, retried after
+    /// `SNAPSHOT_RETRY_AFTER_SECS`, and openraft is handed `unchanged`.
     async fn build_snapshot(&mut self) -> Result<Snapshot<PanshiRaft>, StorageError> {
         let _busy = Busy::new(&self.machine);
+        let now = <crate::clock::Instant as openraft::Instant>::now();
+        let deferred = {
+            let mut failures = self.machine.snapshot_failures.lock();
+            let deferred = failures.retry_at.is_some_and(|at| now < at);
+            failures.count += u64::from(deferred);
+            deferred
+        };
+        if deferred {
+            return self.unchanged().await;
+        }
         let machine = self.machine.clone();
-        let (meta, path) = tokio::task::spawn_blocking(move || machine.build_snapshot())
+        let built = tokio::task::spawn_blocking(move || machine.build_snapshot())
             .await
-            .map_err(snapshot_error)?
             .map_err(snapshot_error)?;
-        open_snapshot(&path, meta).await
+        match built {
+            Ok((meta, path)) => {
+                self.machine.snapshot_failures.lock().retry_at = None;
+                open_snapshot(&path, meta).await
+            }
+            Err(storage::Error::Io(error)) => {
+                tracing::error!(
+                    %error,
+                    retry_after_secs = SNAPSHOT_RETRY_AFTER_SECS,
+                    "no snapshot written; the log is kept until one is"
+                );
+                {
+                    let mut failures = self.machine.snapshot_failures.lock();
+                    failures.count += 1;
+                    failures.last_error = Some(error.to_string());
+                    failures.retry_at = Some(now + Duration::from_secs(SNAPSHOT_RETRY_AFTER_SECS));
+                }
+                self.unchanged().await
+            }
+            Err(other) => Err(snapshot_error(other)),
+        }
+    }
+}
+
+impl ShopMachine {
+    /// What a build that wrote nothing hands openraft. openraft 0.9.25 keeps only a built
+    /// snapshot's meta (`sm::Worker::build_snapshot`) and takes it only when its log id is
+    /// newer than the current snapshot's (`SnapshotHandler::update_snapshot`): a meta without
+    /// one changes nothing, and clears its "building" flag so a later build may start. The
+    /// data is a handle on the data dir that nobody reads.
+    async fn unchanged(&self) -> Result<Snapshot<PanshiRaft>, StorageError> {
+        let placeholder = tokio::fs::File::open(&self.machine.data_dir)
+            .await
+            .map_err(snapshot_error)?;
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: StoredMembership::default(),
+                snapshot_id: "unchanged".into(),
+            },
+            snapshot: Box::new(placeholder),
+        })
     }
 }
 

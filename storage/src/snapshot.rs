@@ -73,7 +73,14 @@ pub fn write(dir: &Path, header: &SnapshotHeader, state: &ShopState) -> Result<P
     crate::private::create_dir(dir)?;
     let name = file_name(header.last_index, header.last_term);
     let temporary = dir.join(format!("{name}.tmp"));
-    write_to(crate::private::create_file(&temporary)?, header, state)?;
+    let written = crate::private::create_file(&temporary)
+        .map_err(Error::from)
+        .and_then(|file| write_to(file, header, state));
+    if let Err(error) = written {
+        // A full disk must not keep the part that filled it.
+        let _ = fs::remove_file(&temporary);
+        return Err(error);
+    }
     let path = dir.join(&name);
     fs::rename(&temporary, &path)?;
     File::open(dir)?.sync_all()?;
