@@ -128,6 +128,8 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     /// This node commits (it leads and passed its readiness gate).
     pub active: bool,
+    /// Snapshot builds that wrote nothing (a full disk) since this node started.
+    pub snapshot_failures: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -718,6 +720,7 @@ impl Node {
             millis_since_quorum_ack: metrics.millis_since_quorum_ack,
             members,
             active: self.is_active(),
+            snapshot_failures: self.inner.machine.snapshot_failures.lock().count,
         }
     }
 

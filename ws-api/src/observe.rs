@@ -194,6 +194,10 @@ pub fn describe_metrics() {
         "panshi_raft_follower_lag_entries",
         "On the leader: log entries each follower is behind."
     );
+    describe_gauge!(
+        "panshi_raft_snapshot_failures",
+        "Snapshot builds that wrote nothing (a full disk) since this node started; the log is kept until one succeeds."
+    );
     describe_counter!(
         "panshi_outbound_posts_total",
         "Outbound alert and error-report POSTs by outcome."
@@ -440,6 +444,7 @@ fn cluster_metrics(cluster: &replication::ClusterStatus) {
     metrics::gauge!("panshi_raft_active").set(if cluster.active { 1.0 } else { 0.0 });
     metrics::gauge!("panshi_raft_commit_index").set(cluster.commit_index as f64);
     metrics::gauge!("panshi_raft_applied_index").set(cluster.applied_index as f64);
+    metrics::gauge!("panshi_raft_snapshot_failures").set(cluster.snapshot_failures as f64);
     if let Some(ms) = cluster.millis_since_quorum_ack {
         metrics::gauge!("panshi_raft_quorum_ack_age_seconds").set(ms as f64 / 1000.0);
     }

@@ -563,6 +563,19 @@ async fn a_snapshot_that_does_not_fit_is_skipped_and_the_node_goes_on() {
         said.contains("503") && said.contains("No space left on device"),
         "{said}"
     );
+    let mut published = false;
+    for _ in 0..100 {
+        let text = server.get_text("/metrics").await;
+        published = text.lines().any(|line| {
+            line.strip_prefix("panshi_raft_snapshot_failures ")
+                .is_some_and(|n| n.parse::<f64>().is_ok_and(|n| n >= 1.0))
+        });
+        if published {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(published, "the failed snapshot is not in /metrics");
     let parts: Vec<_> = fs::read_dir(data.join("snapshot"))
         .map(|dir| dir.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
