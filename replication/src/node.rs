@@ -128,7 +128,8 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     /// This node commits (it leads and passed its readiness gate).
     pub active: bool,
-    /// Snapshot builds that wrote nothing (a full disk) since this node started.
+    /// Snapshot builds that failed (a full disk) since this node started; after one, the
+    /// next is tried 30 s later.
     pub snapshot_failures: u64,
 }
 

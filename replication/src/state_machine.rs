@@ -77,11 +77,11 @@ pub(crate) struct Machine {
 /// a build succeeds.
 #[derive(Default)]
 pub(crate) struct SnapshotFailures {
-    /// Builds that ended without a snapshot since the node started.
+    /// Builds that failed since the node started (not those skipped while waiting to retry).
     pub(crate) count: u64,
     pub(crate) last_error: Option<String>,
-    /// No build is tried before this: openraft asks again after every applied entry, and
-    /// each try folds a whole state. `Node::snapshot_now` (an operator's request) clears it.
+    /// No build is tried before this: openraft asks again whenever the commit index moves,
+    /// and each try folds a whole state. `Node::snapshot_now` (an operator's request) clears it.
     pub(crate) retry_at: Option<crate::clock::Instant>,
 }
 
@@ -268,12 +268,12 @@ impl RaftSnapshotBuilder<PanshiRaft> for ShopMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<PanshiRaft>, StorageError> {
         let _busy = Busy::new(&self.machine);
         let now = <crate::clock::Instant as openraft::Instant>::now();
-        let deferred = {
-            let mut failures = self.machine.snapshot_failures.lock();
-            let deferred = failures.retry_at.is_some_and(|at| now < at);
-            failures.count += u64::from(deferred);
-            deferred
-        };
+        let deferred = self
+            .machine
+            .snapshot_failures
+            .lock()
+            .retry_at
+            .is_some_and(|at| now < at);
         if deferred {
             return self.unchanged().await;
         }

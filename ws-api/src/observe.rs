@@ -196,7 +196,7 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "panshi_raft_snapshot_failures",
-        "Snapshot builds that wrote nothing (a full disk) since this node started; the log is kept until one succeeds."
+        "Snapshot builds that failed (a full disk) since this node started, tried every 30 s; the log is kept until one succeeds."
     );
     describe_counter!(
         "panshi_outbound_posts_total",
