@@ -56,7 +56,7 @@ pub(crate) fn migrate_if_needed(data_dir: &Path, config: &NodeConfig) -> Result<
         last_term: 1,
         chains,
     };
-    snapshot::write(&snapshot::snapshot_dir(data_dir), &header, &state)?;
+    snapshot::write(&snapshot::snapshot_dir(data_dir), &header, &state, 0)?;
     let old = data_dir.join(PRE_REPLICATION_LOG_DIR);
     std::fs::rename(&dir, &old)?;
     storage::private::create_dir(&dir)?;
@@ -149,7 +149,7 @@ fn restore_into(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64,
         ..header
     };
     storage::private::create_dir(data_dir)?;
-    snapshot::write(&snapshot::snapshot_dir(data_dir), &restored, &state)?;
+    snapshot::write(&snapshot::snapshot_dir(data_dir), &restored, &state, 0)?;
     let dir = log_dir(data_dir);
     storage::private::create_dir(&dir)?;
     // A vote past the snapshot's term: this node's first election starts a new term.

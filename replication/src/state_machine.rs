@@ -234,6 +234,7 @@ impl Machine {
             &snapshot::snapshot_dir(&self.data_dir),
             &header,
             &folded.state,
+            snapshot::SNAPSHOT_HEADROOM_BYTES,
         )?;
         tracing::info!(through, path = %path.display(), "snapshot written");
         Ok((meta, path))

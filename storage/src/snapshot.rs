@@ -22,6 +22,12 @@ use crate::replay::Chains;
 use crate::Error;
 
 pub const MAGIC: &[u8; 8] = b"PANSHISN";
+/// Free space a running node's snapshot never writes into: the log and sled go on writing
+/// while it is written, and a snapshot that filled the disk to the last byte (its part is
+/// removed only when it fails) would fail their writes, which stop the node.
+pub const SNAPSHOT_HEADROOM_BYTES: u64 = 64 * 1024 * 1024;
+/// How often a snapshot being written looks at the free space.
+const HEADROOM_CHECK_EVERY_BYTES: u64 = 1024 * 1024;
 pub const SNAPSHOT_FORMAT: u8 = 1;
 /// Largest `meta` section: membership of a few nodes is far smaller.
 pub const SNAPSHOT_META_BYTES_MAX: usize = 1024 * 1024;
@@ -63,19 +69,77 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
+/// Refuses to write once the file system holding the snapshot has less than `headroom`
+/// bytes free (looked at every `HEADROOM_CHECK_EVERY_BYTES`).
+struct Headroom<W: Write> {
+    inner: W,
+    dir: PathBuf,
+    headroom: u64,
+    unchecked: u64,
+}
+
+impl<W: Write> Headroom<W> {
+    fn check(&mut self) -> std::io::Result<()> {
+        self.unchecked = 0;
+        let free = crate::disk::free_bytes(&self.dir)?;
+        if free < self.headroom {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "No space left on device for a snapshot: {free} bytes free, {} kept for the log and sled",
+                    self.headroom
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for Headroom<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.headroom > 0 && self.unchecked >= HEADROOM_CHECK_EVERY_BYTES {
+            self.check()?;
+        }
+        let written = self.inner.write(bytes)?;
+        self.unchecked += written as u64;
+        Ok(written)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
 /// Writes `state` as the snapshot through `header.last_index` into `dir` (atomically), and
-/// removes older snapshots. Returns the new file.
-pub fn write(dir: &Path, header: &SnapshotHeader, state: &ShopState) -> Result<PathBuf, Error> {
+/// removes older snapshots. Returns the new file. With `headroom_bytes` (a running node's
+/// `SNAPSHOT_HEADROOM_BYTES`; 0 where nothing else writes), it fails with `StorageFull`
+/// rather than leave less than that free.
+pub fn write(
+    dir: &Path,
+    header: &SnapshotHeader,
+    state: &ShopState,
+    headroom_bytes: u64,
+) -> Result<PathBuf, Error> {
     crate::private::create_dir(dir)?;
     let name = file_name(header.last_index, header.last_term);
     let temporary = dir.join(format!("{name}.tmp"));
     let written = crate::private::create_file(&temporary)
         .map_err(Error::from)
-        .and_then(|file| write_to(file, header, state));
+        .and_then(|file| {
+            let mut out = Headroom {
+                inner: file,
+                dir: dir.to_owned(),
+                headroom: headroom_bytes,
+                unchecked: 0,
+            };
+            if headroom_bytes > 0 {
+                out.check()?;
+            }
+            write_to(out, header, state)
+        });
     if let Err(error) = written {
         // A full disk must not keep the part that filled it.
         let _ = fs::remove_file(&temporary);
@@ -89,7 +153,7 @@ pub fn write(dir: &Path, header: &SnapshotHeader, state: &ShopState) -> Result<P
 }
 
 /// Writes a snapshot into `file` and syncs it.
-pub fn write_to(file: File, header: &SnapshotHeader, state: &ShopState) -> Result<(), Error> {
+fn write_to(file: Headroom<File>, header: &SnapshotHeader, state: &ShopState) -> Result<(), Error> {
     if header.meta.len() > SNAPSHOT_META_BYTES_MAX {
         return Err(Error::RecordTooLarge(header.meta.len()));
     }
@@ -109,7 +173,7 @@ pub fn write_to(file: File, header: &SnapshotHeader, state: &ShopState) -> Resul
     let mut inner = out.inner;
     inner.write_all(&crc.to_le_bytes())?;
     let file = inner.into_inner().map_err(|e| Error::Io(e.into_error()))?;
-    file.sync_all()?;
+    file.inner.sync_all()?;
     Ok(())
 }
 
