@@ -93,6 +93,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 /// A restore that fails (a full disk, a damaged file) leaves `data_dir` as it found it:
 /// absent, or empty.
 pub fn restore(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, u64), Error> {
+    if !from.is_file() {
+        return Err(Error::Config(format!(
+            "{}: no such backup file",
+            from.display()
+        )));
+    }
     let existed = data_dir.exists();
     if existed && std::fs::read_dir(data_dir)?.next().is_some() {
         return Err(Error::Config(format!(

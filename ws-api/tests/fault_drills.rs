@@ -1,6 +1,7 @@
 //! Fault drills on a real `panshi` process: a torn log tail, a full disk that heals, an
-//! unreadable sled mirror, and a SIGTERM under keep-alive traffic. Each test is a drill that
-//! once needed a person (issue 17) and must not any more.
+//! unreadable sled mirror, a SIGTERM under keep-alive traffic, a snapshot that does not fit,
+//! and backups and restores onto a full disk or from a missing file. Each test is a drill
+//! that once needed a person (issues 14 and 17) and must not any more.
 
 mod common;
 
@@ -607,4 +608,30 @@ async fn a_snapshot_that_does_not_fit_is_skipped_and_the_node_goes_on() {
     let (clean, report) = audit(&data);
     assert!(clean, "{report}");
     assert!(report.contains("audit: 3 orders"), "{report}");
+}
+
+/// A restore from a file that is not there said only "I/O: No such file or directory".
+#[test]
+fn a_restore_from_a_missing_file_names_it_and_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such.backup").into_os_string();
+    let data = dir.path().join("restored");
+    let restore = panshi(&[
+        "restore".as_ref(),
+        "--from".as_ref(),
+        missing.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
+    let said = String::from_utf8_lossy(&restore.stderr).into_owned();
+    assert!(!restore.status.success(), "{said}");
+    assert!(
+        said.contains(&*missing.to_string_lossy()) && said.contains("no such backup file"),
+        "{said}"
+    );
+    assert!(
+        !data.exists(),
+        "a restore that read nothing made {}",
+        data.display()
+    );
 }
