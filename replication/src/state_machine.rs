@@ -73,8 +73,8 @@ pub(crate) struct Machine {
     pub(crate) snapshot_failures: Mutex<SnapshotFailures>,
 }
 
-/// Snapshot builds that wrote nothing (a full disk): the node goes on, its log kept until
-/// a build succeeds.
+/// Snapshot builds that failed (a full disk): the node goes on, its log kept until a build
+/// succeeds.
 #[derive(Default)]
 pub(crate) struct SnapshotFailures {
     /// Builds that failed since the node started (not those skipped while waiting to retry).
@@ -297,7 +297,11 @@ impl RaftSnapshotBuilder<PanshiRaft> for ShopMachine {
                     let mut failures = self.machine.snapshot_failures.lock();
                     failures.count += 1;
                     failures.last_error = Some(error.to_string());
-                    failures.retry_at = Some(now + Duration::from_secs(SNAPSHOT_RETRY_AFTER_SECS));
+                    // From the failure, not the start: a build at a million orders takes
+                    // seconds.
+                    let failed_at = <crate::clock::Instant as openraft::Instant>::now();
+                    failures.retry_at =
+                        Some(failed_at + Duration::from_secs(SNAPSHOT_RETRY_AFTER_SECS));
                 }
                 self.unchanged().await
             }
