@@ -107,13 +107,10 @@ pub fn restore(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, 
         )));
     }
     let restored = restore_into(from, data_dir, node_id);
-    if restored.is_err() {
+    if restored.is_err() && data_dir.exists() {
         let removed = match existed {
-            false => std::fs::remove_dir_all(data_dir).or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            }),
             true => empty_dir(data_dir),
+            false => std::fs::remove_dir_all(data_dir),
         };
         if let Err(error) = removed {
             tracing::warn!(%error, dir = %data_dir.display(), "a failed restore left files behind");

@@ -70,12 +70,24 @@ impl<W: Write> Write for CrcWriter<W> {
 }
 
 /// Refuses to write once the file system holding the snapshot has less than `headroom`
-/// bytes free (looked at every `HEADROOM_CHECK_EVERY_BYTES`).
+/// bytes free: looked at before the first write and every `HEADROOM_CHECK_EVERY_BYTES`
+/// (never, with a headroom of 0).
 struct Headroom<W: Write> {
     inner: W,
     dir: PathBuf,
     headroom: u64,
     unchecked: u64,
+}
+
+impl Headroom<File> {
+    fn new(file: File, dir: &Path, headroom: u64) -> Self {
+        Headroom {
+            inner: file,
+            dir: dir.to_owned(),
+            headroom,
+            unchecked: HEADROOM_CHECK_EVERY_BYTES,
+        }
+    }
 }
 
 impl<W: Write> Headroom<W> {
@@ -128,18 +140,7 @@ pub fn write(
     let temporary = dir.join(format!("{name}.tmp"));
     let written = crate::private::create_file(&temporary)
         .map_err(Error::from)
-        .and_then(|file| {
-            let mut out = Headroom {
-                inner: file,
-                dir: dir.to_owned(),
-                headroom: headroom_bytes,
-                unchecked: 0,
-            };
-            if headroom_bytes > 0 {
-                out.check()?;
-            }
-            write_to(out, header, state)
-        });
+        .and_then(|file| write_to(Headroom::new(file, dir, headroom_bytes), header, state));
     if let Err(error) = written {
         // A full disk must not keep the part that filled it.
         let _ = fs::remove_file(&temporary);

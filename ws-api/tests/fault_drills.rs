@@ -374,26 +374,8 @@ async fn the_mirrors_lag_is_published_and_returns_to_zero() {
     for _ in 0..20 {
         server.order("lag", 1).await;
     }
-    let gauge = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} is not in /metrics"))
-            .parse()
-            .unwrap()
-    };
-    let mut last = (f64::MAX, f64::MAX);
-    for _ in 0..50 {
-        let text = server.get_text("/metrics").await;
-        last = (
-            gauge(&text, "panshi_sled_lag_records"),
-            gauge(&text, "panshi_sled_lag_seconds"),
-        );
-        if last == (0.0, 0.0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(last, (0.0, 0.0), "sled caught up with the log");
+    let last = gauges_until(&server, &LAG, |lag| lag == [0.0, 0.0]).await;
+    assert_eq!(last, [Some(0.0), Some(0.0)], "sled caught up with the log");
     common::promtool_check(&server.get_text("/metrics").await);
 }
 
@@ -401,16 +383,34 @@ async fn the_mirrors_lag_is_published_and_returns_to_zero() {
 /// times larger) starts, and stops when it reaches the headroom.
 const SLED_AND_LOG_ROOM_BYTES: u64 = 1024 * 1024;
 
-/// Waits until sled holds everything the log does.
-async fn mirror_caught_up(server: &Server) {
+/// sled's lag behind the log, in records and in seconds.
+const LAG: [&str; 2] = ["panshi_sled_lag_records", "panshi_sled_lag_seconds"];
+
+/// The gauges `names` from `/metrics` (`None`: not there), read until `done` says yes of
+/// all of them, or for 5 s at most; the last reading.
+async fn gauges_until(
+    server: &Server,
+    names: &[&str],
+    done: impl Fn(&[f64]) -> bool,
+) -> Vec<Option<f64>> {
+    let mut last = Vec::new();
     for _ in 0..250 {
         let text = server.get_text("/metrics").await;
-        if text.lines().any(|line| line == "panshi_sled_lag_records 0") {
-            return;
+        last = names
+            .iter()
+            .map(|name| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                    .and_then(|value| value.parse().ok())
+            })
+            .collect();
+        let values: Option<Vec<f64>> = last.iter().copied().collect();
+        if values.is_some_and(|values| done(&values)) {
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!("sled did not catch up with the log");
+    last
 }
 
 /// `panshi backup` or `panshi restore` with `args`, as an operator runs them.
@@ -503,7 +503,7 @@ async fn a_backup_or_a_restore_onto_a_full_disk_says_so_and_leaves_nothing_behin
     disk.free();
     let restore = panshi(&restore_args);
     assert!(restore.status.success(), "{}", text(&restore));
-    let (clean, report) = Server::audit_of(&disk.path().join("restored"));
+    let (clean, report) = audit(&disk.path().join("restored"));
     assert!(clean, "{report}");
 }
 
@@ -551,7 +551,8 @@ async fn a_snapshot_that_does_not_fit_is_skipped_and_the_node_goes_on() {
     );
     // Room for the log and sled (caught up, and flushed) and a little more, not for another
     // snapshot.
-    mirror_caught_up(&server).await;
+    let lag = gauges_until(&server, &LAG[..1], |lag| lag == [0.0]).await;
+    assert_eq!(lag, [Some(0.0)], "sled did not catch up with the log");
     tokio::time::sleep(std::time::Duration::from_millis(
         2 * storage::store::SLED_FLUSH_EVERY_MS,
     ))
@@ -567,18 +568,9 @@ async fn a_snapshot_that_does_not_fit_is_skipped_and_the_node_goes_on() {
         said.contains("503") && said.contains("No space left on device"),
         "{said}"
     );
-    let mut published = false;
-    for _ in 0..100 {
-        let text = server.get_text("/metrics").await;
-        published = text.lines().any(|line| {
-            line.strip_prefix("panshi_raft_snapshot_failures ")
-                .is_some_and(|n| n.parse::<f64>().is_ok_and(|n| n >= 1.0))
-        });
-        if published {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let failures = ["panshi_raft_snapshot_failures"];
+    let counted = gauges_until(&server, &failures, |n| n[0] >= 1.0).await;
+    let published = counted[0].is_some_and(|n| n >= 1.0);
     assert!(published, "the failed snapshot is not in /metrics");
     let parts: Vec<_> = fs::read_dir(data.join("snapshot"))
         .map(|dir| dir.map(|e| e.unwrap().path()).collect())
