@@ -43,8 +43,8 @@ pub const SLED_FLUSH_EVERY_MS: u64 = 500;
 /// Rows per sled batch when sled is rewritten whole (a snapshot installed or restored).
 /// sled keeps every node version a batch replaces until the batch ends, and splitting
 /// nodes under sequential keys makes many: a restore of a million orders (and their million
-/// keys) peaked at 3.4-3.8 GB and took 33 s with batches of 16,384 rows, 3.5 GB with 4,096,
-/// 1.60-1.65 GB and 19-21 s with 256 to 1,024 (one run each, docs/BENCHMARKS.md). One
+/// keys) peaked at 3.8-3.9 GB and took 33-34 s with batches of 16,384 rows, 3.5 GB with
+/// 4,096, 1.60-1.65 GB and 19.5-22 s with 256 to 1,024 (docs/BENCHMARKS.md). One
 /// batch of all the rows held 20 GB and took over a minute. Atomicity is not
 /// needed: the trees, `meta` with them, are dropped first and `applied_lsn` is written
 /// after the last slice, so a crash part-way leaves sled behind the log and the next start
