@@ -64,7 +64,12 @@ impl OrderId {
     /// Builds the id of a new order from its creation time and 64 random bits: sortable by
     /// time, and unique without coordination (27 characters).
     pub fn generate(created_at_ms: u64, random: u64) -> Self {
-        let id = format!("{created_at_ms:011x}{random:016x}");
+        // `{created_at_ms:011x}{random:016x}`; times past 11 hex digits (year 7,500) keep
+        // every digit, as the format would.
+        let time_digits = (64 - created_at_ms.leading_zeros()).div_ceil(4).max(11);
+        let mut id = String::with_capacity(time_digits as usize + 16);
+        push_hex(&mut id, u128::from(created_at_ms), time_digits);
+        push_hex(&mut id, u128::from(random), 16);
         debug_assert!(valid_id(&id, ORDER_ID_LEN_MAX));
         Self(id)
     }
@@ -142,12 +147,43 @@ impl fmt::Display for ResellerId {
 
 /// Formats 128 random bits as 32 lowercase hex digits (tokens and trace ids).
 pub fn hex128(random: u128) -> String {
-    format!("{random:032x}")
+    let mut text = String::with_capacity(32);
+    push_hex(&mut text, random, 32);
+    text
+}
+
+/// Appends the low `digits` hex digits of `value`, lower case, zero-padded (`{:0digits$x}`
+/// without the formatting machinery: ids and tokens are made on every order).
+fn push_hex(text: &mut String, value: u128, digits: u32) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..digits).rev() {
+        text.push(char::from(DIGITS[(value >> (4 * shift)) as usize & 0xf]));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_match_the_format() {
+        for (time, random) in [
+            (0, 0),
+            (1, u64::MAX),
+            (1_764_162_585_123, 0x0123_4567_89ab_cdef),
+            (0xfff_ffff_ffff, 7),
+            (0x1000_0000_0000, 7),
+            (u64::MAX, u64::MAX),
+        ] {
+            assert_eq!(
+                OrderId::generate(time, random).as_str(),
+                format!("{time:011x}{random:016x}")
+            );
+        }
+        for value in [0, 1, u128::MAX, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {
+            assert_eq!(hex128(value), format!("{value:032x}"));
+        }
+    }
 
     #[test]
     fn order_ids_follow_the_contract_pattern() {

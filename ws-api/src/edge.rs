@@ -43,6 +43,49 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Records one answered request in the request metrics.
+///
+/// Handles are kept per worker thread for the routes with a static label (every route but
+/// the few made without `resource`): looking a labelled handle up in the registry hashed
+/// and compared its labels on every request (about 4% of an HTTP worker's time in a
+/// purchase). The set is bounded: routes x methods x status classes.
+pub fn record_request(
+    route: &std::borrow::Cow<'static, str>,
+    method: &'static str,
+    class: &'static str,
+    elapsed: std::time::Duration,
+) {
+    use std::borrow::Cow;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    type Handles = (metrics::Counter, metrics::Histogram);
+    thread_local! {
+        static HANDLES: RefCell<HashMap<(usize, usize, &'static str, &'static str), Handles>> =
+            RefCell::new(HashMap::new());
+    }
+    let seconds = elapsed.as_secs_f64();
+    let Cow::Borrowed(route) = route else {
+        let route = route.to_string();
+        metrics::counter!("panshi_http_requests_total", "route" => route.clone(), "method" => method, "status" => class).increment(1);
+        metrics::histogram!("panshi_http_request_duration_seconds", "route" => route, "method" => method)
+            .record(seconds);
+        return;
+    };
+    let route: &'static str = route;
+    HANDLES.with_borrow_mut(|handles| {
+        let (requests, duration) = handles
+            .entry((route.as_ptr() as usize, route.len(), method, class))
+            .or_insert_with(|| {
+                (
+                    metrics::counter!("panshi_http_requests_total", "route" => route, "method" => method, "status" => class),
+                    metrics::histogram!("panshi_http_request_duration_seconds", "route" => route, "method" => method),
+                )
+            });
+        requests.increment(1);
+        duration.record(seconds);
+    });
+}
+
 /// Why a request is refused before routing, if it is.
 pub fn refusal(request: &ServiceRequest) -> Option<ApiError> {
     let path = request.path();

@@ -204,7 +204,8 @@ pub fn app(
             use futures_util::future::{ready, Either};
             // A connection over its address's cap gets this answer, and is closed.
             if request.conn_data::<connections::OverCap>().is_some() {
-                let mut response = actix_web::ResponseError::error_response(&connections::refusal());
+                let mut response =
+                    actix_web::ResponseError::error_response(&connections::refusal());
                 response
                     .head_mut()
                     .set_connection_type(actix_web::http::ConnectionType::Close);
@@ -241,10 +242,8 @@ pub fn app(
                     Ok(response) => route_label(response.request()),
                     Err(_) => "unmatched".into(),
                 };
-                metrics::counter!("panshi_http_requests_total", "route" => route.clone(), "method" => method, "status" => class).increment(1);
                 let elapsed = started.elapsed();
-                metrics::histogram!("panshi_http_request_duration_seconds", "route" => route, "method" => method)
-                    .record(elapsed.as_secs_f64());
+                edge::record_request(&route, method, class, elapsed);
                 observatory.http.record(status, elapsed);
                 result
             })

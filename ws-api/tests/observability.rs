@@ -141,6 +141,20 @@ async fn check_metrics_content(server: &Server, order: &Value) -> String {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
+    // The actor gauges move with the actors (their handles are kept per kind): the
+    // catalogue actor is live (the order's actor ended with its delivery), and every
+    // message sent was answered.
+    assert!(
+        text.lines()
+            .any(|l| l == "panshi_actors_live{kind=\"catalog\"} 1"),
+        "no live catalogue actor in /metrics:\n{text}"
+    );
+    let depths: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("panshi_actor_mailbox_depth{"))
+        .collect();
+    assert!(!depths.is_empty(), "no mailbox depth in /metrics:\n{text}");
+    assert!(depths.iter().all(|l| l.ends_with(" 0")), "{depths:?}");
     assert!(
         !text.contains(order["order_id"].as_str().unwrap()),
         "an order id leaked into /metrics"
