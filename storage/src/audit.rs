@@ -72,7 +72,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
     note_open_permissions(data_dir, &mut report);
     if let Some((db, mirrored)) = &sled {
         compare_lsn(*mirrored, replayed.last_index, &mut report);
-        if store::rows_format(db)? != Some(store::ROWS_FORMAT) && *mirrored > 0 {
+        if !store::rows_readable(store::rows_format(db)?) && *mirrored > 0 {
             report.notes.push(
                 "sled holds rows in an older format; the next start rebuilds it \
                  (its rows are not compared)"
@@ -285,7 +285,7 @@ fn compare_sled(
     let unmirrored_new = unmirrored
         .orders
         .iter()
-        .filter(|id| !matches!(read_order(db, id), Ok(Some(_))))
+        .filter(|id| !matches!(rows::read_order(db, id), Ok(Some(_))))
         .count() as u64;
     if sled_orders + unmirrored_new != mirrored_orders {
         report.violations.push(format!(
@@ -297,23 +297,13 @@ fn compare_sled(
         if unmirrored.orders.contains(id) {
             continue;
         }
-        if read_order(db, id)?.as_ref() != Some(record) {
+        if rows::read_order(db, id)?.as_ref() != Some(record) {
             report
                 .violations
                 .push(format!("sled disagrees with the log on order {id}"));
         }
     }
     Ok(())
-}
-
-fn read_order(db: &sled::Db, id: &engine::OrderId) -> Result<Option<engine::OrderRecord>, Error> {
-    let index = db.open_tree(TreeName::OrderMonth.as_string())?;
-    let Some(month) = index.get(id.as_str())? else {
-        return Ok(None);
-    };
-    let tree =
-        db.open_tree(TreeName::Orders(String::from_utf8_lossy(&month).into_owned()).as_string())?;
-    tree.get(id.as_str())?.map(|b| rows::decode(&b)).transpose()
 }
 
 /// What comparing several nodes' data dirs found.

@@ -32,9 +32,19 @@ use crate::Error;
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
 /// The version of the rows' format in sled; a sled written in another is rebuilt whole
-/// from the log at open. 2: card keys sealed, order tokens kept as digests only.
+/// from the log at open. 2: card keys sealed, order tokens kept as digests only. 3:
+/// `order_month` rows only for ids that do not name their creation month.
 const ROWS_FORMAT_KEY: &[u8] = b"rows_format";
-pub const ROWS_FORMAT: u32 = 2;
+pub const ROWS_FORMAT: u32 = 3;
+/// An older format this build reads as it is: format 2's extra `order_month` rows are
+/// harmless, so such a sled is relabelled at open rather than rebuilt. (The label matters
+/// to older builds: one that meets format 3 rebuilds sled instead of missing orders.)
+const ROWS_FORMAT_READ_AS_IS: u32 = 2;
+
+/// Whether this build reads rows of `format` (none: a sled that never had rows written).
+pub fn rows_readable(format: Option<u32>) -> bool {
+    matches!(format, Some(ROWS_FORMAT | ROWS_FORMAT_READ_AS_IS))
+}
 /// Cache sled may use, in bytes.
 pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
@@ -465,7 +475,8 @@ impl Store {
         crate::private::create_dir(data_dir)?;
         remove_stale_sled(data_dir)?;
         let (mut db, mut mirrored) = crate::sled_dir::open_or_set_aside(data_dir)?;
-        let old_format = rows_format(&db)? != Some(ROWS_FORMAT);
+        let format = rows_format(&db)?;
+        let old_format = !rows_readable(format);
         if old_format && mirrored > 0 {
             // Rows an older version wrote (card keys, tokens in the clear) stay in sled's
             // files whatever is dropped: set the whole sled aside and rebuild it.
@@ -489,8 +500,9 @@ impl Store {
             rewrite_sled(&db, &state, applied)?;
             mirrored = applied;
         }
-        if old_format {
-            // A fresh sled (new, or the old one set aside): its rows are this format's.
+        if format != Some(ROWS_FORMAT) {
+            // A fresh sled (new, or the old one set aside), or one whose rows this format
+            // reads as they are: its rows are this format's from now on.
             let meta = db.open_tree(TreeName::Meta.as_string())?;
             meta.insert(ROWS_FORMAT_KEY, &ROWS_FORMAT.to_be_bytes())?;
             db.flush()?;
@@ -710,16 +722,7 @@ impl Store {
             return Ok(Some((*record).clone()));
         }
         let db = self.db.read();
-        let db = db.as_ref().ok_or(Error::Closed)?;
-        let index = db.open_tree(TreeName::OrderMonth.as_string())?;
-        let Some(month) = index.get(order_id.as_str())? else {
-            return Ok(None);
-        };
-        let month = String::from_utf8_lossy(&month).into_owned();
-        let tree = db.open_tree(TreeName::Orders(month).as_string())?;
-        tree.get(order_id.as_str())?
-            .map(|bytes| rows::decode(&bytes))
-            .transpose()
+        rows::read_order(db.as_ref().ok_or(Error::Closed)?, order_id)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -815,6 +818,10 @@ mod tests {
     }
 
     fn order_created(id: &str, card: CardId) -> Event {
+        order_created_at(id, card, 100)
+    }
+
+    fn order_created_at(id: &str, card: CardId, created_at_ms: u64) -> Event {
         Event::OrderCreated(Box::new(NewOrder {
             order_id: OrderId::parse(id).unwrap(),
             token: "t".into(),
@@ -828,8 +835,8 @@ mod tests {
             payment_channel: "epay".into(),
             payment_url: "https://pay.example/".into(),
             payment_ref: String::new(),
-            created_at_ms: 100,
-            expires_at_ms: 1_000,
+            created_at_ms,
+            expires_at_ms: created_at_ms + 1_000,
             cards: vec![card],
             idempotency: None,
         }))
@@ -861,6 +868,121 @@ mod tests {
         }
         let order = store.order(&OrderId::parse("lone").unwrap()).unwrap();
         assert_eq!(order.expect("in sled").created.contact, "buyer@example.com");
+    }
+
+    fn wait_mirrored(store: &Store) {
+        let started = Instant::now();
+        while store.unmirrored_orders_count() > 0 || store.mirror_lag().records > 0 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "the mirror never wrote: {:?}",
+                store.mirror_lag()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// An order whose id names its creation month (every order made here) is found in that
+    /// month's tree without an `order_month` row; any other id keeps its row, and both read
+    /// back from sled.
+    #[test]
+    fn orders_are_found_by_the_month_their_id_names_or_by_their_index_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), shop(0), 1, 1).unwrap();
+        let november = 1_764_162_585_123; // 2025-11-26
+        let december = november + 10 * 86_400_000;
+        let generated = OrderId::generate(november, 7);
+        let other_month = OrderId::generate(november, 8);
+        let made_elsewhere = OrderId::parse("reseller-42").unwrap();
+        store
+            .apply_committed(
+                2,
+                &[
+                    order_created_at(generated.as_str(), CardId(1), november),
+                    // An id whose time is not the order's: found through its row.
+                    order_created_at(other_month.as_str(), CardId(2), december),
+                    order_created_at(made_elsewhere.as_str(), CardId(3), november),
+                ],
+            )
+            .unwrap();
+        wait_mirrored(&store);
+        let db = store.db.read();
+        let index = db
+            .as_ref()
+            .unwrap()
+            .open_tree(TreeName::OrderMonth.as_string())
+            .unwrap();
+        let indexed: Vec<String> = index
+            .iter()
+            .keys()
+            .map(|key| String::from_utf8(key.unwrap().to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            indexed,
+            [other_month.as_str(), made_elsewhere.as_str()],
+            "only ids that do not name their month have a row"
+        );
+        drop(db);
+        for (id, month) in [
+            (&generated, "2025-11"),
+            (&other_month, "2025-12"),
+            (&made_elsewhere, "2025-11"),
+        ] {
+            let record = store.order(id).unwrap().expect("in sled");
+            assert_eq!(&record.created.order_id, id);
+            assert_eq!(rows::month_of(record.created.created_at_ms), month);
+        }
+        assert_eq!(store.order(&OrderId::generate(november, 9)).unwrap(), None);
+        assert_eq!(rows::month_in_id(&generated).as_deref(), Some("2025-11"));
+        assert_eq!(rows::month_in_id(&made_elsewhere), None);
+        assert_eq!(
+            rows::month_in_id(&OrderId::parse("0123456789abcdef").unwrap()),
+            None
+        );
+    }
+
+    /// A sled of rows format 2 (an `order_month` row for every order) reads as it is: it
+    /// is relabelled 3 at open, not set aside and rebuilt; one of an unknown format is.
+    #[test]
+    fn a_format_two_sled_is_relabelled_and_an_unknown_one_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = OrderId::generate(1_764_162_585_123, 7);
+        let event = order_created_at(created.as_str(), CardId(1), 1_764_162_585_123);
+        let state = || {
+            let mut state = shop(0);
+            state.apply(&event).unwrap();
+            state
+        };
+        let set_format = |format: u32| {
+            let db = open_sled(dir.path()).unwrap();
+            let meta = db.open_tree(TreeName::Meta.as_string()).unwrap();
+            meta.insert(ROWS_FORMAT_KEY, &format.to_be_bytes()).unwrap();
+            db.open_tree("kept").unwrap().insert("mark", "1").unwrap();
+            db.flush().unwrap();
+        };
+        let reopen = || {
+            let store = Store::open(dir.path(), state(), 2, 2).unwrap();
+            let format = rows_format(store.db.read().as_ref().unwrap()).unwrap();
+            let kept = store
+                .db
+                .read()
+                .as_ref()
+                .unwrap()
+                .tree_names()
+                .contains(&"kept".into());
+            let found = store.order(&created).unwrap().is_some();
+            store.close().unwrap();
+            (format, kept, found)
+        };
+        let store = Store::open(dir.path(), shop(0), 1, 1).unwrap();
+        store.apply_committed(2, &[event.clone()]).unwrap();
+        wait_mirrored(&store);
+        store.close().unwrap();
+        drop(store);
+        set_format(2);
+        assert_eq!(reopen(), (Some(3), true, true), "relabelled");
+        set_format(1);
+        assert_eq!(reopen(), (Some(3), false, true), "rebuilt");
     }
 
     /// A whole state's rows are made and handed over a slice at a time (a restore of a
