@@ -857,19 +857,12 @@ mod tests {
             1,
             "readable from the view at once"
         );
-        let started = Instant::now();
-        while store.unmirrored_orders_count() > 0 || store.mirror_lag().records > 0 {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(20),
-                "the mirror never took the gathered batch: {:?}",
-                store.mirror_lag()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_mirrored(&store);
         let order = store.order(&OrderId::parse("lone").unwrap()).unwrap();
         assert_eq!(order.expect("in sled").created.contact, "buyer@example.com");
     }
 
+    /// Waits until sled holds every applied change (the mirror took the gathered batch).
     fn wait_mirrored(store: &Store) {
         let started = Instant::now();
         while store.unmirrored_orders_count() > 0 || store.mirror_lag().records > 0 {
