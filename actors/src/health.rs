@@ -51,7 +51,7 @@ struct KindCounters {
     last_error: Mutex<Option<LastError>>,
     /// This kind's labelled metric handles, taken from the recorder at first use (after
     /// the server installed it): a lookup by name and label on every message hashed and
-    /// compared the labels each time (about 2% of a purchase's CPU).
+    /// compared the labels each time (about 1% of a purchase's CPU).
     metrics: OnceLock<KindMetrics>,
 }
 
