@@ -64,14 +64,33 @@ impl OrderId {
     /// Builds the id of a new order from its creation time and 64 random bits: sortable by
     /// time, and unique without coordination (27 characters).
     pub fn generate(created_at_ms: u64, random: u64) -> Self {
-        // `{created_at_ms:011x}{random:016x}`; times past 11 hex digits (year 7,500) keep
-        // every digit, as the format would.
+        // `{created_at_ms:011x}{random:016x}`; times past 11 hex digits (after the year
+        // 2527) keep every digit, as the format would.
         let time_digits = (64 - created_at_ms.leading_zeros()).div_ceil(4).max(11);
         let mut id = String::with_capacity(time_digits as usize + 16);
         push_hex(&mut id, u128::from(created_at_ms), time_digits);
         push_hex(&mut id, u128::from(random), 16);
         debug_assert!(valid_id(&id, ORDER_ID_LEN_MAX));
         Self(id)
+    }
+
+    /// The creation time an id made by `generate` begins with; `None` for an id of another
+    /// form (one a caller chose). The time is the one `generate` was given, which is not
+    /// always the order's (check before relying on it).
+    pub fn created_at_ms(&self) -> Option<u64> {
+        let time_digits = self
+            .0
+            .len()
+            .checked_sub(16)
+            .filter(|n| (11..=16).contains(n))?;
+        if !self
+            .0
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        u64::from_str_radix(&self.0[..time_digits], 16).ok()
     }
 
     pub fn as_str(&self) -> &str {
@@ -175,9 +194,19 @@ mod tests {
             (0x1000_0000_0000, 7),
             (u64::MAX, u64::MAX),
         ] {
+            let id = OrderId::generate(time, random);
+            assert_eq!(id.as_str(), format!("{time:011x}{random:016x}"));
+            assert_eq!(id.created_at_ms(), Some(time));
+        }
+        for other in [
+            "reseller-42",
+            "0123456789abcdef",
+            "0123456789ABCDEF0123456789a",
+        ] {
             assert_eq!(
-                OrderId::generate(time, random).as_str(),
-                format!("{time:011x}{random:016x}")
+                OrderId::parse(other).unwrap().created_at_ms(),
+                None,
+                "{other}"
             );
         }
         for value in [0, 1, u128::MAX, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {

@@ -145,22 +145,8 @@ pub fn holder_row(state: &ShopState, holder: Holder) -> HolderRow {
     }
 }
 
-/// The creation month a generated order id carries (`OrderId::generate`: the creation time
-/// in hex, then 16 hex digits), if the id has that form. Other ids (and ids whose time is
-/// not the order's) are found through `order_month`.
-pub fn month_in_id(id: &OrderId) -> Option<String> {
-    let id = id.as_str();
-    let time_digits = id.len().checked_sub(16).filter(|n| (11..=16).contains(n))?;
-    if !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    u64::from_str_radix(&id[..time_digits], 16)
-        .ok()
-        .map(month_of)
-}
-
-/// An order as sled holds it: in its id's month's tree when the id carries one, else
-/// through `order_month`.
+/// An order as sled holds it: in the month's tree its id names (`OrderId::created_at_ms`),
+/// else through `order_month`.
 pub fn read_order(db: &sled::Db, id: &OrderId) -> Result<Option<OrderRecord>, Error> {
     let get = |month: &str| -> Result<Option<OrderRecord>, Error> {
         db.open_tree(TreeName::Orders(month.to_owned()).as_string())?
@@ -168,7 +154,7 @@ pub fn read_order(db: &sled::Db, id: &OrderId) -> Result<Option<OrderRecord>, Er
             .map(|bytes| decode(&bytes))
             .transpose()
     };
-    if let Some(month) = month_in_id(id) {
+    if let Some(month) = id.created_at_ms().map(month_of) {
         if let Some(record) = get(&month)? {
             return Ok(Some(record));
         }
@@ -181,12 +167,13 @@ pub fn read_order(db: &sled::Db, id: &OrderId) -> Result<Option<OrderRecord>, Er
 }
 
 /// An order's row, and with `created` its index rows. `order_month` holds only the orders
-/// whose id does not name their month (one sled insert fewer for every order made here).
+/// whose id does not begin with their creation time (one sled insert fewer for every order
+/// made here; compared as times, so no month is formatted twice).
 pub fn order_rows(record: &OrderRecord, created: bool, rows: &mut Vec<Row>) {
     let month = month_of(record.created.created_at_ms);
     let id = record.created.order_id.as_str().as_bytes().to_vec();
     if created {
-        if month_in_id(&record.created.order_id).as_ref() != Some(&month) {
+        if record.created.order_id.created_at_ms() != Some(record.created.created_at_ms) {
             rows.push(Row {
                 tree: TreeName::OrderMonth,
                 key: id.clone(),
