@@ -5,8 +5,10 @@
 use panshi_simulations::sim::{run, Options};
 
 /// Seed 6066 asked a node that had applied nothing for a snapshot, and waited for ever on
-/// the simulated clock.
-const SEEDS: [(u64, u64); 3] = [(1, 80), (2, 80), (6066, 50)];
+/// the simulated clock. In seed 41130 a node committed and purged entries 0-6 within one
+/// step: the history, which only looked after each step, began at entry 7 and folded an
+/// order for a product it had never seen (a false double sale).
+const SEEDS: [(u64, u64); 4] = [(1, 80), (2, 80), (6066, 50), (41130, 50)];
 
 /// A seed that hangs fails the test instead of hanging it (simulated time does not pass on
 /// its own, so a wait for it never ends).

@@ -55,8 +55,9 @@ impl History {
     }
 
     /// A committed entry as one node holds it: compared with the history, or appended to it
-    /// (and folded) when it is the next one. A node whose log starts past the history's end
-    /// (a snapshot) cannot be compared there.
+    /// (and folded) when it is the next one. The history starts at index 0 (the initial
+    /// membership) and has no gaps: an entry past its end means the cluster purged entries
+    /// before the history saw them, and folding on would start from a state that lacks them.
     pub fn offer(&mut self, entry: &LoggedEntry) -> Result<(), String> {
         let mine = (entry.term, digest(&entry.bytes));
         if let Some(known) = self.entries.get(&entry.index) {
@@ -68,11 +69,15 @@ impl History {
             }
             return Ok(());
         }
-        let next = self.last_index().map_or(Some(entry.index), |l| Some(l + 1));
-        if next == Some(entry.index) {
-            self.entries.insert(entry.index, mine);
-            self.fold(entry);
+        let next = self.last_index().map_or(0, |l| l + 1);
+        if entry.index != next {
+            return Err(format!(
+                "committed entry {} offered to a history that ends before {next}: the entries between were purged unseen",
+                entry.index
+            ));
         }
+        self.entries.insert(entry.index, mine);
+        self.fold(entry);
         Ok(())
     }
 
@@ -153,5 +158,47 @@ impl History {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.entries.hash(&mut hasher);
         hasher.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::entry::{encode_entry, EntryRecord};
+
+    fn blank(index: u64) -> LoggedEntry {
+        let record = EntryRecord {
+            term: 1,
+            leader: 1,
+            index,
+            payload: EntryPayload::Blank,
+        };
+        LoggedEntry {
+            index,
+            term: 1,
+            bytes: encode_entry(&record.as_ref()),
+        }
+    }
+
+    #[test]
+    fn the_history_starts_at_entry_zero_and_refuses_a_gap() {
+        let mut history = History::new(false);
+        let refused = history
+            .offer(&blank(7))
+            .expect_err("a history that starts at 7");
+        assert!(refused.contains("purged unseen"), "{refused}");
+        assert_eq!(history.last_index(), None);
+        for index in 0..3 {
+            history.offer(&blank(index)).expect("the next entry");
+        }
+        history
+            .offer(&blank(1))
+            .expect("an entry already held, the same");
+        assert!(
+            history.offer(&blank(4)).is_err(),
+            "entry 3 was never offered"
+        );
+        assert_eq!(history.last_index(), Some(2));
+        assert!(history.take_violations().is_empty());
     }
 }
