@@ -245,7 +245,8 @@ pub struct BuyerTerms {
 
 /// An order as its buyer may see it.
 pub struct OrderView {
-    pub record: OrderRecord,
+    /// Shared with the store's view of recent changes: a lookup copies nothing.
+    pub record: Arc<OrderRecord>,
     /// The keys, once delivered.
     pub keys: Vec<String>,
     /// The coupon the order used, and what it took off.
@@ -806,7 +807,7 @@ impl Shop {
             let same = first.created.idempotency.as_ref().map(|i| i.fingerprint)
                 == Some(request.fingerprint);
             return if same {
-                Ok(Err(first.created))
+                Ok(Err((*first.created).clone()))
             } else {
                 Err(ShopError::IdempotencyMismatch)
             };
@@ -1006,16 +1007,7 @@ impl Shop {
             Event::OrderPlaced(placed) => Box::new(placed.order),
             _ => unreachable!("built above"),
         };
-        let order = OrderRecord {
-            created: (*new_order).clone(),
-            status: OrderStatus::AwaitingPayment,
-            cards,
-            payment: None,
-            paid_at_ms: None,
-            settled_at_ms: None,
-            review_reason: None,
-        }
-        .to_order();
+        let order = engine::Order::created(&new_order, cards);
         hold.keep();
         self.0
             .directory
@@ -1158,7 +1150,7 @@ impl Shop {
         Err(ShopError::Unavailable("order actor"))
     }
 
-    fn authorised(&self, order_id: &OrderId, token: &str) -> Result<OrderRecord, ShopError> {
+    fn authorised(&self, order_id: &OrderId, token: &str) -> Result<Arc<OrderRecord>, ShopError> {
         let record = self
             .store()
             .order(order_id)?
@@ -1174,7 +1166,7 @@ impl Shop {
     }
 
     /// What an order's record shows: the keys once delivered, and its coupon.
-    pub(crate) fn view_of(&self, record: OrderRecord) -> OrderView {
+    pub(crate) fn view_of(&self, record: Arc<OrderRecord>) -> OrderView {
         let keys = if record.status == OrderStatus::Delivered {
             self.card_keys(&record.cards)
         } else {

@@ -9,6 +9,7 @@
 //! contact.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use engine::{OrderRecord, Rejection};
 use ring::pbkdf2;
@@ -110,7 +111,7 @@ impl Shop {
         &self,
         contact: &str,
         password: &str,
-    ) -> Result<Vec<OrderRecord>, ShopError> {
+    ) -> Result<Vec<Arc<OrderRecord>>, ShopError> {
         if contact.trim().is_empty() || check_password(password).is_err() {
             return Ok(Vec::new());
         }

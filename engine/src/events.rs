@@ -3,6 +3,7 @@
 //! always rebuilds the same state. storage/ frames and versions these; it never interprets them.
 
 use bincode::{Decode, Encode};
+use std::sync::Arc;
 
 use crate::coupon::{Coupon, CouponUse};
 use crate::ids::{CardId, OrderId, ResellerId, Sku};
@@ -310,8 +311,10 @@ pub struct Idempotency {
 /// A verified payment: which gateway transaction paid how much.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Payment {
-    pub channel: String,
-    pub gateway_trade_no: String,
+    /// Shared when cloned (a payment passes through the route, the shop, the order's actor
+    /// and the state); encoded as strings.
+    pub channel: Arc<str>,
+    pub gateway_trade_no: Arc<str>,
     pub amount_cents: u64,
 }
 

@@ -2,6 +2,7 @@
 
 use bincode::{Decode, Encode};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::Rejection;
 
@@ -48,14 +49,17 @@ pub fn token_matches(stored: &str, presented: &str) -> bool {
         && crate::payment::signatures_equal(&stored_token(stored), &token_digest(presented))
 }
 
-/// An order's id, `^[A-Za-z0-9._-]{1,32}$`; it is the gateways' `out_trade_no`.
+/// An order's id, `^[A-Za-z0-9._-]{1,32}$`; it is the gateways' `out_trade_no`. Shared, not
+/// copied, when cloned: a purchase passes its id to a dozen owners (the state's maps, the
+/// actor, traces, the mirror), and each copy was an allocation freed on another thread.
+/// Encoded as a string.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
-pub struct OrderId(String);
+pub struct OrderId(Arc<str>);
 
 impl OrderId {
     pub fn parse(text: &str) -> Result<Self, Rejection> {
         if valid_id(text, ORDER_ID_LEN_MAX) {
-            Ok(Self(text.to_owned()))
+            Ok(Self(text.into()))
         } else {
             Err(Rejection::InvalidOrderId)
         }
@@ -67,11 +71,20 @@ impl OrderId {
         // `{created_at_ms:011x}{random:016x}`; times past 11 hex digits (after the year
         // 2527) keep every digit, as the format would.
         let time_digits = (64 - created_at_ms.leading_zeros()).div_ceil(4).max(11);
-        let mut id = String::with_capacity(time_digits as usize + 16);
-        push_hex(&mut id, u128::from(created_at_ms), time_digits);
-        push_hex(&mut id, u128::from(random), 16);
-        debug_assert!(valid_id(&id, ORDER_ID_LEN_MAX));
-        Self(id)
+        let mut id = [0; ORDER_ID_LEN_MAX];
+        let mut len = 0;
+        for (value, digits) in [
+            (u128::from(created_at_ms), time_digits),
+            (u128::from(random), 16),
+        ] {
+            for shift in (0..digits).rev() {
+                id[len] = hex_digit(value, shift);
+                len += 1;
+            }
+        }
+        let id = std::str::from_utf8(&id[..len]).expect("hex digits are ASCII");
+        debug_assert!(valid_id(id, ORDER_ID_LEN_MAX));
+        Self(Arc::from(id))
     }
 
     /// The creation time an id made by `generate` begins with; `None` for an id of another
@@ -98,14 +111,15 @@ impl OrderId {
     }
 }
 
-/// A product's stock-keeping unit, `^[A-Za-z0-9._-]{1,64}$`.
+/// A product's stock-keeping unit, `^[A-Za-z0-9._-]{1,64}$`. Shared when cloned, as
+/// `OrderId` is.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
-pub struct Sku(String);
+pub struct Sku(Arc<str>);
 
 impl Sku {
     pub fn parse(text: &str) -> Result<Self, Rejection> {
         if valid_id(text, SKU_LEN_MAX) {
-            Ok(Self(text.to_owned()))
+            Ok(Self(text.into()))
         } else {
             Err(Rejection::InvalidSku)
         }
@@ -174,10 +188,15 @@ pub fn hex128(random: u128) -> String {
 /// Appends the low `digits` hex digits of `value`, lower case, zero-padded (`{:0digits$x}`
 /// without the formatting machinery: ids and tokens are made on every order).
 fn push_hex(text: &mut String, value: u128, digits: u32) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for shift in (0..digits).rev() {
-        text.push(char::from(DIGITS[(value >> (4 * shift)) as usize & 0xf]));
+        text.push(char::from(hex_digit(value, shift)));
     }
+}
+
+/// The lowercase hex digit of `value` at `shift` (0: the lowest).
+fn hex_digit(value: u128, shift: u32) -> u8 {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    DIGITS[(value >> (4 * shift)) as usize & 0xf]
 }
 
 #[cfg(test)]
@@ -224,5 +243,33 @@ mod tests {
         let id = OrderId::generate(u64::MAX >> 20, u64::MAX);
         assert!(id.as_str().len() <= ORDER_ID_LEN_MAX);
         assert!(OrderId::parse(id.as_str()).is_ok());
+    }
+
+    #[test]
+    fn shared_ids_encode_as_the_strings_they_were() {
+        // Logs, snapshots and sled rows written when ids were `String`s must read the same.
+        let config = bincode::config::standard();
+        for (text, id, sku) in [
+            ("o-1", OrderId::parse("o-1"), Sku::parse("o-1")),
+            (
+                "0123456789abcdef0123456789abcdef",
+                OrderId::parse("0123456789abcdef0123456789abcdef"),
+                Sku::parse("0123456789abcdef0123456789abcdef"),
+            ),
+        ] {
+            let as_string = bincode::encode_to_vec(text.to_owned(), config).expect("encodes");
+            let (id, sku) = (id.expect("valid"), sku.expect("valid"));
+            assert_eq!(
+                bincode::encode_to_vec(&id, config).expect("encodes"),
+                as_string
+            );
+            assert_eq!(
+                bincode::encode_to_vec(&sku, config).expect("encodes"),
+                as_string
+            );
+            let (decoded, _): (OrderId, usize) =
+                bincode::decode_from_slice(&as_string, config).expect("decodes");
+            assert_eq!(decoded, id);
+        }
     }
 }

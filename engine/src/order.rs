@@ -143,6 +143,22 @@ pub enum PaymentDecision {
 }
 
 impl Order {
+    /// An order as its creation leaves it: awaiting payment, holding `cards`.
+    pub fn created(order: &crate::NewOrder, cards: Vec<CardId>) -> Order {
+        Order {
+            order_id: order.order_id.clone(),
+            sku: order.sku.clone(),
+            quantity: order.quantity,
+            amount_cents: order.amount_cents,
+            currency: order.currency,
+            status: OrderStatus::AwaitingPayment,
+            created_at_ms: order.created_at_ms,
+            expires_at_ms: order.expires_at_ms,
+            cards,
+            payment: None,
+        }
+    }
+
     /// Decides what a verified payment does to this order. Pure: the caller performs it.
     /// `channel_allowed` says whether the payment's channel may pay this order (its own
     /// channel, its method's fallbacks, or an operator): any other is sent to review.

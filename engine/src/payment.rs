@@ -224,7 +224,7 @@ pub fn signatures_equal(a: &str, b: &str) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub struct EpayNotify {
     pub order_id: OrderId,
-    pub trade_no: String,
+    pub trade_no: std::sync::Arc<str>,
     pub amount_cents: u64,
     /// `trade_status` is `TRADE_SUCCESS`.
     pub paid: bool,
@@ -232,8 +232,8 @@ pub struct EpayNotify {
 
 /// Verifies an Epay notify: parameters unique and bounded, signature (constant time), merchant
 /// id, then the fields. The amount is checked against the order by the order's owner.
-pub fn verify_epay_notify(
-    params: &[(String, String)],
+pub fn verify_epay_notify<K: AsRef<str>, V: AsRef<str>>(
+    params: &[(K, V)],
     merchant_pid: &str,
     merchant_key: &str,
 ) -> Result<EpayNotify, Rejection> {
@@ -244,15 +244,15 @@ pub fn verify_epay_notify(
         return Err(Rejection::MalformedNotify("too many parameters"));
     }
     let get = |name: &str| -> Result<Option<&str>, Rejection> {
-        let mut found = params.iter().filter(|(k, _)| k == name);
-        let first = found.next().map(|(_, v)| v.as_str());
+        let mut found = params.iter().filter(|(k, _)| k.as_ref() == name);
+        let first = found.next().map(|(_, v)| v.as_ref());
         if found.next().is_some() {
             return Err(Rejection::MalformedNotify("a parameter appears twice"));
         }
         Ok(first)
     };
     for (k, _) in params {
-        get(k)?;
+        get(k.as_ref())?;
     }
     let sign = get("sign")?.ok_or(Rejection::MalformedNotify("sign is missing"))?;
     if let Some(sign_type) = get("sign_type")? {
@@ -261,7 +261,7 @@ pub fn verify_epay_notify(
         }
     }
     let expected = epay_sign(
-        params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        params.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
         merchant_key,
     );
     if !signatures_equal(&expected, sign) {
@@ -278,7 +278,7 @@ pub fn verify_epay_notify(
         }
     };
     let order_id = OrderId::parse(required("out_trade_no")?)?;
-    let trade_no = required("trade_no")?.to_owned();
+    let trade_no = required("trade_no")?.into();
     let amount_cents = parse_decimal_cents(required("money")?)
         .ok_or(Rejection::MalformedNotify("money is not a decimal amount"))?;
     let paid = required("trade_status")? == "TRADE_SUCCESS";

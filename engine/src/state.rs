@@ -4,6 +4,7 @@
 //! `panshi audit` and the simulator replay logs through it, and the actors are seeded from it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 
@@ -134,7 +135,10 @@ pub struct CardSlot {
 /// An order as lookups show it; the sled row of an order.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct OrderRecord {
-    pub created: NewOrder,
+    /// What creation fixed, never changed after: shared by every copy of the record (the
+    /// view of recent changes, the mirror's batch, lookups), so a copy allocates only what
+    /// changes. Encoded as a `NewOrder`.
+    pub created: Arc<NewOrder>,
     pub status: OrderStatus,
     /// Keys held: reserved while awaiting payment, sold once delivered, none once lapsed.
     pub cards: Vec<CardId>,
@@ -149,16 +153,9 @@ impl OrderRecord {
     /// The order as its actor holds it.
     pub fn to_order(&self) -> Order {
         Order {
-            order_id: self.created.order_id.clone(),
-            sku: self.created.sku.clone(),
-            quantity: self.created.quantity,
-            amount_cents: self.created.amount_cents,
-            currency: self.created.currency,
             status: self.status,
-            created_at_ms: self.created.created_at_ms,
-            expires_at_ms: self.created.expires_at_ms,
-            cards: self.cards.clone(),
             payment: self.payment.clone(),
+            ..Order::created(&self.created, self.cards.clone())
         }
     }
 }
@@ -566,7 +563,7 @@ impl ShopState {
         created.token = crate::ids::stored_token(&order.token);
         let terms = placed.map(|p| self.add_terms(index, p));
         self.orders.push(OrderRecord {
-            created,
+            created: Arc::new(created),
             status: OrderStatus::AwaitingPayment,
             cards: order.cards.clone(),
             payment: None,

@@ -49,14 +49,29 @@ pub fn parse_day_ms(text: &str, offset_minutes: i16) -> Option<u64> {
 /// these, and `format!` took 15% of a lookup's CPU. Years past 9999 (or before 0) take the
 /// general path.
 pub fn format_rfc3339_ms(ms: u64) -> String {
+    match rfc3339_ms_ascii(ms) {
+        Some(text) => String::from_utf8(text.to_vec()).expect("ASCII digits"),
+        None => {
+            let (year, month, day) = civil_from_days((ms / 86_400_000) as i64);
+            let in_day = ms % 86_400_000;
+            let (hours, minutes) = (in_day / 3_600_000, in_day / 60_000 % 60);
+            let (seconds, millis) = (in_day / 1000 % 60, in_day % 1000);
+            format!(
+                "{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z"
+            )
+        }
+    }
+}
+
+/// `format_rfc3339_ms` as ASCII in a buffer, for the years 0-9999 (`None` outside them):
+/// what the wire serialises without allocating.
+pub fn rfc3339_ms_ascii(ms: u64) -> Option<[u8; 24]> {
     let (year, month, day) = civil_from_days((ms / 86_400_000) as i64);
     let in_day = ms % 86_400_000;
     let (hours, minutes) = (in_day / 3_600_000, in_day / 60_000 % 60);
     let (seconds, millis) = (in_day / 1000 % 60, in_day % 1000);
-    let Ok(year @ 0..=9999) = u64::try_from(year) else {
-        return format!(
-            "{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z"
-        );
+    let year @ 0..=9999 = u64::try_from(year).ok()? else {
+        return None;
     };
     let mut text = *b"0000-00-00T00:00:00.000Z";
     let mut put = |end: usize, width: usize, mut value: u64| {
@@ -72,7 +87,7 @@ pub fn format_rfc3339_ms(ms: u64) -> String {
     put(16, 2, minutes);
     put(19, 2, seconds);
     put(23, 3, millis);
-    String::from_utf8(text.to_vec()).expect("ASCII digits")
+    Some(text)
 }
 
 /// `YYYY-MM` of a Unix time in milliseconds.

@@ -129,7 +129,7 @@ fn step(store: &Store, model: &mut Model, op: &Op, now_ms: u64) {
             let quantity = model.orders[&id].1;
             let payment = Payment {
                 channel: "epay".into(),
-                gateway_trade_no: format!("G{id}"),
+                gateway_trade_no: format!("G{id}").into(),
                 amount_cents: PRICE_CENTS * u64::from(quantity),
             };
             let event = Event::PaymentApplied {

@@ -227,7 +227,7 @@ async fn an_epay_payment_is_notified_signed_and_queried_as_paid() {
     let notify = verify_epay_notify(&params, PID, KEY).expect("a correctly signed notify");
     assert_eq!(notify.order_id.as_str(), "o-1");
     assert_eq!(notify.amount_cents, 1250);
-    assert_eq!(notify.trade_no, created["trade_no"].as_str().unwrap());
+    assert_eq!(&*notify.trade_no, created["trade_no"].as_str().unwrap());
     assert!(notify.paid);
     // The money string goes back exactly as the merchant sent it.
     assert!(params.contains(&("money".into(), "12.50".into())));

@@ -716,13 +716,14 @@ impl Store {
         self.state.read()
     }
 
-    /// An order as it was last applied: from the view of recent changes, else sled.
-    pub fn order(&self, order_id: &OrderId) -> Result<Option<OrderRecord>, Error> {
+    /// An order as it was last applied: from the view of recent changes (shared, not
+    /// copied), else sled.
+    pub fn order(&self, order_id: &OrderId) -> Result<Option<Arc<OrderRecord>>, Error> {
         if let Some(record) = self.view.get(order_id) {
-            return Ok(Some((*record).clone()));
+            return Ok(Some(record));
         }
         let db = self.db.read();
-        rows::read_order(db.as_ref().ok_or(Error::Closed)?, order_id)
+        Ok(rows::read_order(db.as_ref().ok_or(Error::Closed)?, order_id)?.map(Arc::new))
     }
 
     pub fn is_healthy(&self) -> bool {

@@ -129,7 +129,7 @@ pub fn epay_query_answer(answer: &Value) -> Result<QueryAnswer, GatewayError> {
     match (trade_no, money) {
         (Some(gateway_trade_no), Some(amount_cents)) => Ok(QueryAnswer::Paid(Payment {
             channel: "epay".into(),
-            gateway_trade_no,
+            gateway_trade_no: gateway_trade_no.into(),
             amount_cents,
         })),
         _ => Err(GatewayError::Failed(
@@ -343,7 +343,7 @@ pub fn stripe_session_answer(session: &Value) -> Result<QueryAnswer, GatewayErro
     match (id, amount) {
         (Some(gateway_trade_no), Some(amount_cents)) => Ok(QueryAnswer::Paid(Payment {
             channel: "stripe".into(),
-            gateway_trade_no,
+            gateway_trade_no: gateway_trade_no.into(),
             amount_cents,
         })),
         _ => Err(GatewayError::Failed(

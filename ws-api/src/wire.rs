@@ -116,9 +116,9 @@ pub fn catalogue_item(listing: &actors::products::ProductListing) -> Value {
 #[derive(Serialize)]
 pub struct CreatedOrder<'a> {
     amount_cents: u64,
-    created_at: String,
+    created_at: Time,
     currency: &'a str,
-    expires_at: String,
+    expires_at: Time,
     order_id: &'a str,
     payment: PaymentLink<'a>,
     quantity: u32,
@@ -126,6 +126,19 @@ pub struct CreatedOrder<'a> {
     status: &'static str,
     token: &'a str,
     trace_id: &'a str,
+}
+
+/// A time on the wire: RFC 3339 in UTC with milliseconds, written without allocating.
+pub struct Time(pub u64);
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match engine::time::rfc3339_ms_ascii(self.0) {
+            Some(text) => serializer
+                .serialize_str(std::str::from_utf8(&text).expect("rfc3339_ms_ascii is ASCII")),
+            None => serializer.serialize_str(&format_rfc3339_ms(self.0)),
+        }
+    }
 }
 
 /// Where an order is paid.
@@ -138,9 +151,9 @@ pub struct PaymentLink<'a> {
 pub fn created_order<'a>(order: &'a NewOrder, token: &'a str) -> CreatedOrder<'a> {
     CreatedOrder {
         amount_cents: order.amount_cents,
-        created_at: format_rfc3339_ms(order.created_at_ms),
+        created_at: Time(order.created_at_ms),
         currency: order.currency.as_str(),
-        expires_at: format_rfc3339_ms(order.expires_at_ms),
+        expires_at: Time(order.expires_at_ms),
         order_id: order.order_id.as_str(),
         payment: PaymentLink {
             channel: &order.payment_channel,
@@ -159,15 +172,15 @@ pub fn created_order<'a>(order: &'a NewOrder, token: &'a str) -> CreatedOrder<'a
 pub struct OrderView<'a> {
     amount_cents: u64,
     cards: &'a [String],
-    created_at: String,
+    created_at: Time,
     currency: &'a str,
-    expires_at: String,
+    expires_at: Time,
     order_id: &'a str,
-    paid_at: Option<String>,
+    paid_at: Option<Time>,
     payment: PaymentLink<'a>,
     quantity: u32,
     review_reason: Option<&'static str>,
-    settled_at: Option<String>,
+    settled_at: Option<Time>,
     sku: &'a str,
     status: &'static str,
     trace_id: &'a str,
@@ -179,18 +192,18 @@ pub fn order_view<'a>(record: &'a OrderRecord, keys: &'a [String]) -> OrderView<
     OrderView {
         amount_cents: created.amount_cents,
         cards: keys,
-        created_at: format_rfc3339_ms(created.created_at_ms),
+        created_at: Time(created.created_at_ms),
         currency: created.currency.as_str(),
-        expires_at: format_rfc3339_ms(created.expires_at_ms),
+        expires_at: Time(created.expires_at_ms),
         order_id: created.order_id.as_str(),
-        paid_at: record.paid_at_ms.map(format_rfc3339_ms),
+        paid_at: record.paid_at_ms.map(Time),
         payment: PaymentLink {
             channel: &created.payment_channel,
             url: &created.payment_url,
         },
         quantity: created.quantity,
         review_reason: record.review_reason.map(|r| r.as_str()),
-        settled_at: record.settled_at_ms.map(format_rfc3339_ms),
+        settled_at: record.settled_at_ms.map(Time),
         sku: created.sku.as_str(),
         status: record.status.as_str(),
         trace_id: &created.trace_id,
@@ -272,7 +285,7 @@ mod tests {
             ),
         ] {
             let record = OrderRecord {
-                created: order.clone(),
+                created: std::sync::Arc::new(order.clone()),
                 status,
                 cards: Vec::new(),
                 payment: None,

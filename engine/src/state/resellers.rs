@@ -536,11 +536,11 @@ impl ShopState {
 fn reseller_order_record(order: &ResellerOrder, currency: crate::Currency) -> OrderRecord {
     let payment = Payment {
         channel: RESELLER_CHANNEL.into(),
-        gateway_trade_no: order.reseller_id.to_string(),
+        gateway_trade_no: order.reseller_id.to_string().into(),
         amount_cents: order.amount_cents,
     };
     OrderRecord {
-        created: NewOrder {
+        created: std::sync::Arc::new(NewOrder {
             order_id: order.order_id.clone(),
             token: crate::ids::stored_token(&order.token),
             trace_id: order.trace_id.clone(),
@@ -558,7 +558,7 @@ fn reseller_order_record(order: &ResellerOrder, currency: crate::Currency) -> Or
             cards: order.cards.clone(),
             // The reseller's key lives in its own scope, never in the buyers' one.
             idempotency: None,
-        },
+        }),
         status: OrderStatus::Delivered,
         cards: order.cards.clone(),
         payment: Some(payment),

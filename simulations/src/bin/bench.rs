@@ -248,7 +248,7 @@ async fn buy(shop: Shop, count: u64) -> anyhow::Result<Histogram<u64>> {
         let order = shop.create_order(request).await?;
         let payment = Payment {
             channel: "epay".into(),
-            gateway_trade_no: format!("T{}", order.order_id),
+            gateway_trade_no: format!("T{}", order.order_id).into(),
             amount_cents: order.amount_cents,
         };
         shop.apply_payment(&order.order_id, payment).await?;
@@ -322,7 +322,7 @@ fn commit_orders(store: &Store, first: u64, count: u64) -> anyhow::Result<Histog
             .wait_blocking()?;
         let payment = Payment {
             channel: "epay".into(),
-            gateway_trade_no: format!("T{n}"),
+            gateway_trade_no: format!("T{n}").into(),
             amount_cents: PRICE_CENTS,
         };
         let paid = Event::PaymentApplied {

@@ -67,7 +67,7 @@ pub fn verify(
                 .map_err(|e| e.to_string())?;
             Ok(Verified {
                 order_id: v.order_id,
-                trade_no: v.trade_no,
+                trade_no: v.trade_no.to_string(),
                 amount_cents: v.amount_cents,
             })
         }

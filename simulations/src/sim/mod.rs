@@ -641,7 +641,7 @@ impl World {
         };
         let payment = Payment {
             channel: notify_channel(&verified.order_id, notify.protocol.channel()).into(),
-            gateway_trade_no: verified.trade_no,
+            gateway_trade_no: verified.trade_no.into(),
             amount_cents: verified.amount_cents,
         };
         if self.apply_payment(&verified.order_id, &payment).is_ok() {
@@ -668,7 +668,7 @@ impl World {
             .store()
             .state()
             .order(id)
-            .is_some_and(|record| record.created.payment_channel == payment.channel);
+            .is_some_and(|record| *record.created.payment_channel == *payment.channel);
         let fulfilment = match order.decide_payment(payment, channel_allowed) {
             Ok(PaymentDecision::AlreadyApplied) => return Ok(()),
             Ok(PaymentDecision::Review(reason)) => Fulfilment::ManualReview { reason },

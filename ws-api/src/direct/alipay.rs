@@ -288,7 +288,7 @@ pub fn query_answer(answer: &Verified, order_id: &OrderId) -> Result<QueryAnswer
     match (trade_no.is_empty(), amount) {
         (false, Some(amount_cents)) => Ok(QueryAnswer::Paid(Payment {
             channel: "alipay".into(),
-            gateway_trade_no: trade_no.to_owned(),
+            gateway_trade_no: trade_no.into(),
             amount_cents,
         })),
         _ => Err(GatewayError::Failed(

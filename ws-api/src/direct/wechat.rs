@@ -266,7 +266,7 @@ pub fn transaction_state(
         order_id,
         payment: Payment {
             channel: "wechat".into(),
-            gateway_trade_no: transaction.transaction_id,
+            gateway_trade_no: transaction.transaction_id.into(),
             amount_cents,
         },
     })

@@ -842,7 +842,7 @@ async fn lookup(request: HttpRequest, query: web::Query<LookupQuery>) -> HttpRes
 /// What a lookup by contact found, to show under the forms.
 enum Found {
     /// Each order with the token that opens it.
-    Orders(Vec<(OrderRecord, String)>),
+    Orders(Vec<(std::sync::Arc<OrderRecord>, String)>),
     Refused(String),
 }
 

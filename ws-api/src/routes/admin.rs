@@ -141,7 +141,7 @@ async fn confirm_payment(
         .ok_or_else(|| ApiError::not_found("unknown order"))?;
     let payment = engine::Payment {
         channel: actors::payment::MANUAL_CHANNEL.into(),
-        gateway_trade_no: format!("manual:{order_id}"),
+        gateway_trade_no: format!("manual:{order_id}").into(),
         amount_cents: record.created.amount_cents,
     };
     state.shop.apply_payment(&order_id, payment).await?;

@@ -92,7 +92,7 @@ async fn alipay_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
     }
     let payment = Payment {
         channel: "alipay".into(),
-        gateway_trade_no: notify.trade_no,
+        gateway_trade_no: notify.trade_no.into(),
         amount_cents: notify.amount_cents,
     };
     match apply(&state, "alipay", &notify.order_id, payment).await {

@@ -173,7 +173,7 @@ async fn epusdt_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
     }
     let payment = Payment {
         channel: "epusdt".into(),
-        gateway_trade_no: callback.trade_id,
+        gateway_trade_no: callback.trade_id.into(),
         amount_cents: callback.amount_cents,
     };
     match apply(&state, "epusdt", &callback.order_id, payment).await {
@@ -364,7 +364,7 @@ async fn stripe_apply(state: &AppState, event: &serde_json::Value) -> HttpRespon
     }
     let payment = Payment {
         channel: "stripe".into(),
-        gateway_trade_no: session_id,
+        gateway_trade_no: session_id.into(),
         amount_cents,
     };
     match apply(state, "stripe", &order_id, payment).await {
@@ -393,30 +393,30 @@ async fn epay_notify(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let mut params: Vec<(String, String)> =
-        serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
-    if request.method() == actix_web::http::Method::POST {
-        let body = match read_body(payload, NOTIFY_BODY_BYTES_MAX, crate::payload_too_large).await {
+    let body = if request.method() == actix_web::http::Method::POST {
+        match read_body(payload, NOTIFY_BODY_BYTES_MAX, crate::payload_too_large).await {
             Ok(body) => body,
             // Too large (413) or too slow (408): the gateway retries.
             Err(error) => {
                 counted("rejected", "body");
                 return fail(error.status);
             }
-        };
-        match serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) {
-            Ok(form) => params.extend(form),
-            Err(_) => {
-                counted("rejected", "body");
-                return fail(StatusCode::BAD_REQUEST);
-            }
         }
-    }
+    } else {
+        Default::default()
+    };
+    // The query's parameters, then the form's. Borrowed where nothing was escaped (each
+    // owned copy was an allocation); invalid UTF-8 reads as U+FFFD, as serde's form did.
+    let query = form_urlencoded::parse(request.query_string().as_bytes());
+    let params: Vec<_> = query.chain(form_urlencoded::parse(&body)).collect();
     apply_epay_params(&state, &params).await
 }
 
 /// Verifies and applies Epay notify parameters; the answer is the gateway's.
-pub async fn apply_epay_params(state: &AppState, params: &[(String, String)]) -> HttpResponse {
+pub async fn apply_epay_params<K: AsRef<str>, V: AsRef<str>>(
+    state: &AppState,
+    params: &[(K, V)],
+) -> HttpResponse {
     let Some(epay) = &state.epay else {
         counted("rejected", "not_configured");
         return fail(StatusCode::BAD_REQUEST);
@@ -439,7 +439,7 @@ pub async fn apply_epay_params(state: &AppState, params: &[(String, String)]) ->
     }
     let payment = Payment {
         channel: "epay".into(),
-        gateway_trade_no: notify.trade_no,
+        gateway_trade_no: notify.trade_no.into(),
         amount_cents: notify.amount_cents,
     };
     match apply(state, "epay", &notify.order_id, payment).await {
