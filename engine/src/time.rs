@@ -49,45 +49,50 @@ pub fn parse_day_ms(text: &str, offset_minutes: i16) -> Option<u64> {
 /// these, and `format!` took 15% of a lookup's CPU. Years past 9999 (or before 0) take the
 /// general path.
 pub fn format_rfc3339_ms(ms: u64) -> String {
-    match rfc3339_ms_ascii(ms) {
-        Some(text) => String::from_utf8(text.to_vec()).expect("ASCII digits"),
-        None => {
-            let (year, month, day) = civil_from_days((ms / 86_400_000) as i64);
-            let in_day = ms % 86_400_000;
-            let (hours, minutes) = (in_day / 3_600_000, in_day / 60_000 % 60);
-            let (seconds, millis) = (in_day / 1000 % 60, in_day % 1000);
-            format!(
-                "{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z"
-            )
-        }
+    if let Some(text) = rfc3339_ms_ascii(ms) {
+        return String::from_utf8(text.to_vec()).expect("ASCII digits");
     }
+    let [year, month, day, hours, minutes, seconds, millis] = fields_of(ms);
+    format!("{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z")
 }
 
 /// `format_rfc3339_ms` as ASCII in a buffer, for the years 0-9999 (`None` outside them):
 /// what the wire serialises without allocating.
 pub fn rfc3339_ms_ascii(ms: u64) -> Option<[u8; 24]> {
-    let (year, month, day) = civil_from_days((ms / 86_400_000) as i64);
-    let in_day = ms % 86_400_000;
-    let (hours, minutes) = (in_day / 3_600_000, in_day / 60_000 % 60);
-    let (seconds, millis) = (in_day / 1000 % 60, in_day % 1000);
-    let year @ 0..=9999 = u64::try_from(year).ok()? else {
+    let [year, month, day, hours, minutes, seconds, millis] = fields_of(ms);
+    if !(0..=9999).contains(&year) {
         return None;
-    };
+    }
     let mut text = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |end: usize, width: usize, mut value: u64| {
+    let mut put = |end: usize, width: usize, mut value: i64| {
         for at in (end - width..end).rev() {
             text[at] = b'0' + (value % 10) as u8;
             value /= 10;
         }
     };
     put(4, 4, year);
-    put(7, 2, u64::from(month));
-    put(10, 2, u64::from(day));
+    put(7, 2, month);
+    put(10, 2, day);
     put(13, 2, hours);
     put(16, 2, minutes);
     put(19, 2, seconds);
     put(23, 3, millis);
     Some(text)
+}
+
+/// Year, month, day, hours, minutes, seconds and milliseconds of a Unix time (UTC).
+fn fields_of(ms: u64) -> [i64; 7] {
+    let (year, month, day) = civil_from_days((ms / 86_400_000) as i64);
+    let in_day = (ms % 86_400_000) as i64;
+    [
+        year,
+        i64::from(month),
+        i64::from(day),
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000,
+    ]
 }
 
 /// `YYYY-MM` of a Unix time in milliseconds.

@@ -171,7 +171,8 @@ pub struct Cluster {
     /// The active leader the shop runs on: (node, term).
     pub shop: Option<(NodeId, u64)>,
     pub history: History,
-    /// What the history found between two checks, for the next one to report.
+    /// What went wrong between two checks (the history's findings before a snapshot, a node
+    /// that could not start), for the next check to report.
     noticed: Vec<String>,
     /// Acknowledged entries: index -> (term, digest).
     acked: BTreeMap<u64, (u64, u64)>,
@@ -558,7 +559,7 @@ impl Cluster {
     pub fn snapshot(&mut self, id: NodeId) {
         self.stats.snapshots += 1;
         if self.node(id).is_some() {
-            if let Err(problem) = self.follow(id) {
+            for problem in self.follow(id) {
                 self.noticed
                     .push(format!("node {id}, before its snapshot: {problem}"));
             }
@@ -789,34 +790,36 @@ impl Cluster {
         for violation in node.store().state().check() {
             problems.push(format!("step {step}: node {id}: {}", violation.0));
         }
-        if let Err(problem) = self.follow(id) {
+        for problem in self.follow(id) {
             problems.push(format!("step {step}: node {id}: {problem}"));
         }
     }
 
-    /// Offers the history the entries `id` committed since it was last followed; the first
-    /// disagreement stops it there.
-    fn follow(&mut self, id: NodeId) -> Result<(), String> {
+    /// Offers the history the entries `id` committed since it was last followed, and what
+    /// each disagreement was (each is reported once: the node counts as followed through
+    /// its commit either way).
+    fn follow(&mut self, id: NodeId) -> Vec<String> {
         let node = self.slots[&id].node.clone().expect("running");
         let bounds = node.log_bounds();
         let Some(last) = bounds.last else {
-            return Ok(());
+            return Vec::new();
         };
         let first = bounds.purged.map_or(0, |p| p + 1);
         let through = bounds.committed.min(last);
         let verified = self.slots[&id].verified;
         let from = verified.unwrap_or(0).max(first);
         if verified.is_some_and(|v| v > through) || from > through {
-            return Ok(());
+            return Vec::new();
         }
-        let entries = node
-            .log_entries(from, through)
-            .map_err(|e| format!("log unreadable: {e}"))?;
-        for entry in &entries {
-            self.history.offer(entry)?;
-        }
+        let problems = match node.log_entries(from, through) {
+            Ok(entries) => entries
+                .iter()
+                .filter_map(|entry| self.history.offer(entry).err())
+                .collect(),
+            Err(e) => return vec![format!("log unreadable: {e}")],
+        };
         self.slots.get_mut(&id).expect("slot").verified = Some(through);
-        Ok(())
+        problems
     }
 
     fn check_leaders(&mut self, step: u64, problems: &mut Vec<String>) {
