@@ -322,15 +322,18 @@ impl Handler<Health> for ChannelActor {
 /// The configured channels by name: each actor's address and its published usability.
 #[derive(Default, Clone)]
 pub struct Channels {
-    by_name: HashMap<String, (Addr<ChannelActor>, Arc<Usability>)>,
+    /// Each address shared: an `Addr` clone allocates (actix gives each sender its own
+    /// parking slot), and every order actor holds its channel's.
+    by_name: HashMap<String, (Arc<Addr<ChannelActor>>, Arc<Usability>)>,
 }
 
 impl Channels {
     pub fn insert(&mut self, name: &str, addr: Addr<ChannelActor>, usability: Arc<Usability>) {
-        self.by_name.insert(name.to_owned(), (addr, usability));
+        self.by_name
+            .insert(name.to_owned(), (Arc::new(addr), usability));
     }
 
-    pub fn get(&self, name: &str) -> Option<&Addr<ChannelActor>> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Addr<ChannelActor>>> {
         self.by_name.get(name).map(|(addr, _)| addr)
     }
 

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::events::NewOrder;
@@ -66,7 +67,7 @@ pub enum TicketUpdate {
         position: u64,
         estimated_wait_secs: u64,
     },
-    Admitted(Box<NewOrder>),
+    Admitted(Arc<NewOrder>),
     SoldOut,
     Failed(String),
 }
@@ -650,7 +651,7 @@ impl Shop {
         let shop = self.clone();
         actix::spawn(async move {
             let outcome = match shop.create_admitted(request).await {
-                Ok(order) => TicketUpdate::Admitted(Box::new(order)),
+                Ok(order) => TicketUpdate::Admitted(order),
                 Err(ShopError::Rejected(Rejection::SoldOut)) => TicketUpdate::SoldOut,
                 // The buyer reads this: no storage detail, which goes to the log.
                 Err(ShopError::Storage(error)) => {
@@ -666,7 +667,7 @@ impl Shop {
     /// `create_order` for an admitted ticket. When the first request with the same
     /// idempotency key is still being served directly (it came before the room opened), the
     /// ticket waits for it and gets its order rather than failing with "in progress".
-    async fn create_admitted(&self, mut request: OrderRequest) -> Result<NewOrder, ShopError> {
+    async fn create_admitted(&self, mut request: OrderRequest) -> Result<Arc<NewOrder>, ShopError> {
         let mut waits = 0;
         loop {
             let retry = request.idempotency_key.is_some().then(|| request.clone());

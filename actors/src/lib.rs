@@ -27,6 +27,7 @@ pub mod channel;
 pub mod coupons;
 pub mod flash;
 pub mod health;
+pub mod kept;
 pub mod live;
 pub mod lookup;
 pub mod mail;
@@ -545,13 +546,16 @@ impl Shop {
     }
 
     /// The channel actor an order's payment goes through, if that channel can be queried.
-    pub(crate) fn channel_of(&self, order_id: &OrderId) -> Option<Addr<channel::ChannelActor>> {
+    pub(crate) fn channel_of(
+        &self,
+        order_id: &OrderId,
+    ) -> Option<Arc<Addr<channel::ChannelActor>>> {
         let state = self.store().state();
         let name = &state.order(order_id)?.created.payment_channel;
         self.0.channels.get(name).cloned()
     }
 
-    pub(crate) fn channel(&self, name: &str) -> Option<Addr<channel::ChannelActor>> {
+    pub(crate) fn channel(&self, name: &str) -> Option<Arc<Addr<channel::ChannelActor>>> {
         self.0.channels.get(name).cloned()
     }
 
@@ -790,7 +794,7 @@ impl Shop {
     fn begin_idempotent(
         &self,
         request: &OrderRequest,
-    ) -> Result<Result<InFlight<'_>, NewOrder>, ShopError> {
+    ) -> Result<Result<InFlight<'_>, Arc<NewOrder>>, ShopError> {
         let Some(key) = &request.idempotency_key else {
             return Ok(Ok(InFlight {
                 shop: self,
@@ -807,7 +811,7 @@ impl Shop {
             let same = first.created.idempotency.as_ref().map(|i| i.fingerprint)
                 == Some(request.fingerprint);
             return if same {
-                Ok(Err((*first.created).clone()))
+                Ok(Err(first.created.clone()))
             } else {
                 Err(ShopError::IdempotencyMismatch)
             };
@@ -901,7 +905,7 @@ impl Shop {
 
     /// Creates an order: reserves its keys, commits it, and starts its actor. With an
     /// `Idempotency-Key` seen before, answers the first order instead.
-    pub async fn create_order(&self, request: OrderRequest) -> Result<NewOrder, ShopError> {
+    pub async fn create_order(&self, request: OrderRequest) -> Result<Arc<NewOrder>, ShopError> {
         let started = Instant::now();
         self.ensure_active()?;
         let product = self.check_request(&request)?;
@@ -975,10 +979,10 @@ impl Shop {
             }),
         };
         let event = if coupon.is_none() && lookup_password_hash.is_none() {
-            Event::OrderCreated(Box::new(new_order))
+            Event::OrderCreated(Arc::new(new_order))
         } else {
             Event::OrderPlaced(Box::new(PlacedOrder {
-                order: new_order,
+                order: Arc::new(new_order),
                 coupon,
                 lookup_password_hash,
             }))
@@ -1004,7 +1008,7 @@ impl Shop {
         }
         let new_order = match event {
             Event::OrderCreated(new_order) => new_order,
-            Event::OrderPlaced(placed) => Box::new(placed.order),
+            Event::OrderPlaced(placed) => placed.order,
             _ => unreachable!("built above"),
         };
         let order = engine::Order::created(&new_order, cards);
@@ -1012,7 +1016,7 @@ impl Shop {
         self.0
             .directory
             .get_or_start(self, &order_id, || Ok(Some(order)))?;
-        metrics::counter!("panshi_orders_created_total").increment(1);
+        kept::count("panshi_orders_created_total", &[], 1);
         self.count_channel(&new_order.payment_channel, false);
         self.trace_created(
             &new_order,
@@ -1021,7 +1025,7 @@ impl Shop {
             reserve_elapsed,
             commit_started,
         );
-        Ok(*new_order)
+        Ok(new_order)
     }
 
     /// Traces a created order's first stages, measured by `create_order`.
@@ -1247,15 +1251,22 @@ impl Shop {
 
     pub(crate) fn record_payment(&self, order: &Order, fulfilment: &Fulfilment) {
         if let Some(payment) = &order.payment {
-            metrics::counter!("panshi_orders_paid_total", "channel" => payment_channel_label(&payment.channel)).increment(1);
+            kept::count(
+                "panshi_orders_paid_total",
+                &[("channel", payment_channel_label(&payment.channel))],
+                1,
+            );
             self.count_channel(&payment.channel, true);
         }
         match fulfilment {
             Fulfilment::Delivered { .. } => {
-                metrics::counter!("panshi_orders_delivered_total").increment(1);
+                kept::count("panshi_orders_delivered_total", &[], 1);
                 let waited_ms = self.now_ms().saturating_sub(order.created_at_ms);
-                metrics::histogram!("panshi_order_create_to_delivery_seconds")
-                    .record(waited_ms as f64 / 1000.0);
+                kept::record(
+                    "panshi_order_create_to_delivery_seconds",
+                    &[],
+                    waited_ms as f64 / 1000.0,
+                );
             }
             Fulfilment::ManualReview { reason } => {
                 metrics::counter!("panshi_orders_manual_review_total").increment(1);
@@ -1316,7 +1327,7 @@ pub struct CommitMetrics;
 
 impl storage::CommitObserver for CommitMetrics {
     fn group_committed(&self, records_count: usize, oldest_wait: Duration) {
-        metrics::histogram!("panshi_log_commit_seconds").record(oldest_wait.as_secs_f64());
-        metrics::histogram!("panshi_log_group_records").record(records_count as f64);
+        kept::record("panshi_log_commit_seconds", &[], oldest_wait.as_secs_f64());
+        kept::record("panshi_log_group_records", &[], records_count as f64);
     }
 }

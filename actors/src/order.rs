@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -63,7 +64,7 @@ pub struct OrderActor {
     order: Order,
     serial: u64,
     /// The order's payment channel, when it can be queried (reconciliation).
-    channel: Option<Addr<ChannelActor>>,
+    channel: Option<Arc<Addr<ChannelActor>>>,
     reconcile_attempts: u32,
     /// The gateway was asked once more before the keys are released.
     checked_before_expiry: bool,
@@ -109,7 +110,7 @@ impl OrderActor {
         let applied = (apply_started.0, apply_started.1.elapsed());
         let elapsed = started.1.elapsed();
         if matches!(steps.fulfilment, Fulfilment::Delivered { .. }) {
-            metrics::histogram!("panshi_delivery_seconds").record(elapsed.as_secs_f64());
+            crate::kept::record("panshi_delivery_seconds", &[], elapsed.as_secs_f64());
         }
         self.trace_payment(&steps, (started.0, elapsed), applied);
         self.shop.health().handled(ActorKind::Order, elapsed);

@@ -118,9 +118,9 @@ impl Shop {
                         .epay
                         .as_ref()
                         .is_some_and(|e| e.create_via_mapi);
-                    match (via_mapi, self.channel("epay")) {
-                        (true, Some(addr)) => self.create_at(&addr, "epay", &method, subject).await,
-                        _ => self.epay_link(&method, subject),
+                    match via_mapi.then(|| self.channel("epay")).flatten() {
+                        Some(addr) => self.create_at(&addr, "epay", &method, subject).await,
+                        None => self.epay_link(&method, subject),
                     }
                 }
                 other => match self.channel(other) {

@@ -19,7 +19,8 @@ pub enum Event {
         first_card_id: CardId,
         keys: Vec<String>,
     },
-    OrderCreated(Box<NewOrder>),
+    /// Shared, not copied, by the state's record of the order (encoded as a `NewOrder`).
+    OrderCreated(Arc<NewOrder>),
     PaymentApplied {
         order_id: OrderId,
         payment: Payment,
@@ -158,8 +159,9 @@ pub struct SealedCard {
 /// A buyer order with what the plain `OrderCreated` lacks.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct PlacedOrder {
-    /// Its `amount_cents` is the gross amount less the coupon's discount.
-    pub order: NewOrder,
+    /// Its `amount_cents` is the gross amount less the coupon's discount. Shared, not
+    /// copied, by the state's record of the order (encoded as a `NewOrder`).
+    pub order: Arc<NewOrder>,
     pub coupon: Option<CouponUse>,
     /// A slow salted hash of the buyer's lookup password (dujiaoka's 查询密码), in the
     /// actors' `lookup` format; the engine never reads it.
@@ -319,6 +321,23 @@ pub struct Payment {
 }
 
 impl Payment {
+    /// A built-in channel's name (`"epay"`) for its payments, made once per thread: a
+    /// payment then counts a reference to it instead of allocating the name.
+    pub fn channel_named(channel: &'static str) -> Arc<str> {
+        use std::cell::RefCell;
+        thread_local! {
+            static NAMES: RefCell<Vec<(&'static str, Arc<str>)>> = const { RefCell::new(Vec::new()) };
+        }
+        NAMES.with_borrow_mut(|names| {
+            if let Some((_, name)) = names.iter().find(|(n, _)| *n == channel) {
+                return name.clone();
+            }
+            let name: Arc<str> = channel.into();
+            names.push((channel, name.clone()));
+            name
+        })
+    }
+
     pub fn same_transaction(&self, other: &Payment) -> bool {
         self.channel == other.channel && self.gateway_trade_no == other.gateway_trade_no
     }

@@ -507,7 +507,7 @@ impl ShopState {
 
     fn apply_order_created(
         &mut self,
-        order: &NewOrder,
+        order: &Arc<NewOrder>,
         placed: Option<&PlacedOrder>,
     ) -> Result<Touched, Violation> {
         let id = &order.order_id;
@@ -558,12 +558,19 @@ impl ShopState {
             self.idempotency.insert(idempotency.key.clone(), index);
         }
         self.order_index.insert(id.clone(), index);
-        let mut created = order.clone();
-        // Only the token's digest is kept (an older version's event holds it in the clear).
-        created.token = crate::ids::stored_token(&order.token);
+        // Only the token's digest is kept: the event's order is shared as it is when it holds
+        // the digest (as every event this version makes does), copied when an older version's
+        // event holds the token in the clear.
+        let created = if order.token.starts_with(crate::ids::TOKEN_DIGEST_PREFIX) {
+            order.clone()
+        } else {
+            let mut created = NewOrder::clone(order);
+            created.token = crate::ids::stored_token(&order.token);
+            Arc::new(created)
+        };
         let terms = placed.map(|p| self.add_terms(index, p));
         self.orders.push(OrderRecord {
-            created: Arc::new(created),
+            created,
             status: OrderStatus::AwaitingPayment,
             cards: order.cards.clone(),
             payment: None,

@@ -56,12 +56,12 @@ fn order(n: u64, cards: &[u64], amount_cents: u64) -> NewOrder {
 }
 
 fn created(order: NewOrder) -> Event {
-    Event::OrderCreated(Box::new(order))
+    Event::OrderCreated(std::sync::Arc::new(order))
 }
 
 fn with_coupon(order: NewOrder, code: &str, discount_cents: u64) -> Event {
     Event::OrderPlaced(Box::new(PlacedOrder {
-        order,
+        order: order.into(),
         coupon: Some(CouponUse {
             code: code.into(),
             discount_cents,

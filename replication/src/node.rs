@@ -1075,10 +1075,16 @@ async fn watch_leadership(node: Node) {
     let fence_ms = node.inner.config.election_timeout_ms;
     let mut active_term: Option<u64> = None;
     loop {
-        let m = metrics.borrow().clone();
-        node.inner.store.set_leader_hint(m.current_leader);
-        let heard = m.millis_since_quorum_ack.is_none_or(|ms| ms <= fence_ms);
-        let leads = m.state == ServerState::Leader && heard && m.running_state.is_ok();
+        // What this loop reads, without a copy of the whole metrics (they change with every
+        // entry: a copy allocated its maps each time).
+        let (leader, term, leads, fatal) = {
+            let m = metrics.borrow();
+            let heard = m.millis_since_quorum_ack.is_none_or(|ms| ms <= fence_ms);
+            let leads = m.state == ServerState::Leader && heard && m.running_state.is_ok();
+            let fatal = m.running_state.as_ref().err().cloned();
+            (m.current_leader, m.current_term, leads, fatal)
+        };
+        node.inner.store.set_leader_hint(leader);
         // A halted chain (a batch failed, or committed without being admitted) takes no
         // more writes: close the gate and open it again with a new chain.
         let chain_broken = node.inner.proposer.is_halted()
@@ -1088,7 +1094,7 @@ async fn watch_leadership(node: Node) {
                 .own_batch_refused
                 .swap(false, Ordering::AcqRel);
         match active_term {
-            Some(term) if !leads || m.current_term != term || chain_broken => {
+            Some(active) if !leads || term != active || chain_broken => {
                 node.close_gate();
                 node.abandon_in_flight();
                 active_term = None;
@@ -1097,15 +1103,15 @@ async fn watch_leadership(node: Node) {
             None if leads => {
                 let ready = node.inner.config.unsafe_skip_readiness_gate
                     || node.inner.raft.ensure_linearizable().await.is_ok();
-                if ready && node.try_open_gate(m.current_term) {
-                    active_term = Some(m.current_term);
+                if ready && node.try_open_gate(term) {
+                    active_term = Some(term);
                     let learners = node.clone();
                     tokio::spawn(async move { learners.add_configured_learners().await });
                 }
             }
             _ => {}
         }
-        if let Err(fatal) = &m.running_state {
+        if let Some(fatal) = &fatal {
             // Nothing more is acknowledged here. A shutdown is no error; anything else is
             // (storage failed: a failed sync is sticky).
             if matches!(fatal, openraft::error::Fatal::Stopped) {

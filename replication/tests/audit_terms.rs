@@ -112,7 +112,7 @@ fn audit_reports_a_deleted_key_sold() {
     honest_log(dir.path());
     forge(
         dir.path(),
-        &Event::OrderCreated(Box::new(order(3, 3, 1_000))),
+        &Event::OrderCreated(std::sync::Arc::new(order(3, 3, 1_000))),
     );
     let report = storage::audit::audit(dir.path()).unwrap();
     assert!(

@@ -39,7 +39,7 @@ fn sku() -> Sku {
 const PRICE_CENTS: u64 = 500;
 
 fn new_order(id: &OrderId, quantity: u32, cards: Vec<CardId>, now_ms: u64) -> Event {
-    Event::OrderCreated(Box::new(NewOrder {
+    Event::OrderCreated(std::sync::Arc::new(NewOrder {
         order_id: id.clone(),
         token: "t".repeat(32),
         trace_id: "0".repeat(32),

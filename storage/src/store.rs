@@ -823,7 +823,7 @@ mod tests {
     }
 
     fn order_created_at(id: &str, card: CardId, created_at_ms: u64) -> Event {
-        Event::OrderCreated(Box::new(NewOrder {
+        Event::OrderCreated(std::sync::Arc::new(NewOrder {
             order_id: OrderId::parse(id).unwrap(),
             token: "t".into(),
             trace_id: "x".into(),

@@ -120,7 +120,7 @@ fn older_data_dir(data: &Path) -> (String, String) {
             first_card_id: CardId(1),
             keys: vec!["OLD-CLEAR-KEY-1".into(), "OLD-CLEAR-KEY-2".into()],
         },
-        Event::OrderCreated(Box::new(order)),
+        Event::OrderCreated(std::sync::Arc::new(order)),
     ] {
         store.commit(&event).unwrap().wait_blocking().unwrap();
     }

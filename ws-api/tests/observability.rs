@@ -141,6 +141,23 @@ async fn check_metrics_content(server: &Server, order: &Value) -> String {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
+    // The purchase's counters (their handles are kept per thread and label) count it once,
+    // each in its own series.
+    for line in [
+        "panshi_orders_created_total 1",
+        "panshi_orders_paid_total{channel=\"epay\"} 1",
+        "panshi_orders_delivered_total 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no `{line}` in /metrics:\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("panshi_delivery_seconds_count") && l.ends_with(" 1")),
+        "no single delivery timed in /metrics:\n{text}"
+    );
     // The actor gauges move with the actors (their handles are kept per kind): the
     // catalogue actor is live (the order's actor ended with its delivery), and every
     // message sent was answered.

@@ -212,7 +212,7 @@ mod tests {
         if outbox_open {
             events.push(Event::MailOutboxOpened { at_ms: 1 });
         }
-        events.push(Event::OrderCreated(Box::new(NewOrder {
+        events.push(Event::OrderCreated(std::sync::Arc::new(NewOrder {
             order_id: OrderId::parse("o-1").unwrap(),
             token: "t".into(),
             trace_id: "tr".into(),

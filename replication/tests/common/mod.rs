@@ -55,7 +55,7 @@ pub fn order(n: u64, card: u64, amount_cents: u64) -> NewOrder {
 /// Order `o{n}` for key `card`, paying 900 with `ONCE`.
 pub fn with_coupon(n: u64, card: u64) -> Event {
     Event::OrderPlaced(Box::new(PlacedOrder {
-        order: order(n, card, 900),
+        order: order(n, card, 900).into(),
         coupon: Some(CouponUse {
             code: "ONCE".into(),
             discount_cents: 100,

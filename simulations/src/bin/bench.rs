@@ -318,7 +318,7 @@ fn commit_orders(store: &Store, first: u64, count: u64) -> anyhow::Result<Histog
             idempotency: None,
         };
         store
-            .commit(&Event::OrderCreated(Box::new(created)))?
+            .commit(&Event::OrderCreated(std::sync::Arc::new(created)))?
             .wait_blocking()?;
         let payment = Payment {
             channel: "epay".into(),

@@ -137,7 +137,10 @@ impl World {
         };
         let Some(card) = deleted else { return };
         let order = self.new_order(sku, 1, vec![card], Protocol::Epay);
-        match self.store().commit(&Event::OrderCreated(Box::new(order))) {
+        match self
+            .store()
+            .commit(&Event::OrderCreated(std::sync::Arc::new(order)))
+        {
             Err(storage::Error::Violation(_)) => {}
             Ok(durable) => {
                 let _ = durable.wait_blocking();
@@ -163,16 +166,16 @@ impl World {
                 let mut order = created.clone();
                 order.amount_cents -= coupon.discount_cents;
                 Event::OrderPlaced(Box::new(PlacedOrder {
-                    order,
+                    order: order.into(),
                     coupon: Some(coupon),
                     lookup_password_hash: Some(LOOKUP_HASH.into()),
                 }))
             }
-            None => Event::OrderCreated(Box::new(created.clone())),
+            None => Event::OrderCreated(std::sync::Arc::new(created.clone())),
         };
         let with_coupon = matches!(event, Event::OrderPlaced(_));
         let placed = match &event {
-            Event::OrderPlaced(placed) => placed.order.clone(),
+            Event::OrderPlaced(placed) => NewOrder::clone(&placed.order),
             _ => created,
         };
         match self.commit(&event) {
@@ -222,7 +225,7 @@ impl World {
         let discount_cents = order.amount_cents / 10;
         order.amount_cents -= discount_cents;
         let event = Event::OrderPlaced(Box::new(PlacedOrder {
-            order,
+            order: order.into(),
             coupon: Some(CouponUse {
                 code: COUPON_CODE.into(),
                 discount_cents,
@@ -256,7 +259,7 @@ impl World {
             };
             created.amount_cents -= coupon.discount_cents;
             let event = Event::OrderPlaced(Box::new(PlacedOrder {
-                order: created,
+                order: created.into(),
                 coupon: Some(coupon),
                 lookup_password_hash: None,
             }));

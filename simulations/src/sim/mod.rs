@@ -731,7 +731,7 @@ impl World {
                 let created = self.new_order(&sku, 1, cards, Protocol::Epay);
                 if let Ok(durable) = self
                     .store()
-                    .commit(&Event::OrderCreated(Box::new(created.clone())))
+                    .commit(&Event::OrderCreated(std::sync::Arc::new(created.clone())))
                 {
                     drop(durable);
                     unacked = Some(created.order_id);

@@ -287,7 +287,7 @@ pub fn query_answer(answer: &Verified, order_id: &OrderId) -> Result<QueryAnswer
     let amount = parse_decimal_cents(field(answer, "total_amount"));
     match (trade_no.is_empty(), amount) {
         (false, Some(amount_cents)) => Ok(QueryAnswer::Paid(Payment {
-            channel: "alipay".into(),
+            channel: engine::Payment::channel_named("alipay"),
             gateway_trade_no: trade_no.into(),
             amount_cents,
         })),

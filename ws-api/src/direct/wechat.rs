@@ -265,7 +265,7 @@ pub fn transaction_state(
     Ok(TransactionState::Paid {
         order_id,
         payment: Payment {
-            channel: "wechat".into(),
+            channel: engine::Payment::channel_named("wechat"),
             gateway_trade_no: transaction.transaction_id.into(),
             amount_cents,
         },

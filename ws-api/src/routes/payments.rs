@@ -111,8 +111,15 @@ fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
 }
 
 pub(crate) fn counted_for(channel: &'static str, outcome: &'static str, reason: &'static str) {
-    metrics::counter!("panshi_payment_notifies_total", "channel" => channel, "outcome" => outcome, "reason" => reason)
-        .increment(1);
+    actors::kept::count(
+        "panshi_payment_notifies_total",
+        &[
+            ("channel", channel),
+            ("outcome", outcome),
+            ("reason", reason),
+        ],
+        1,
+    );
 }
 
 /// Every top-level field of a JSON object with its text: a string's decoded value, a
@@ -172,7 +179,7 @@ async fn epusdt_notify(payload: web::Payload, state: web::Data<AppState>) -> Htt
         return plain(StatusCode::BAD_REQUEST, "fail");
     }
     let payment = Payment {
-        channel: "epusdt".into(),
+        channel: Payment::channel_named("epusdt"),
         gateway_trade_no: callback.trade_id.into(),
         amount_cents: callback.amount_cents,
     };
@@ -363,7 +370,7 @@ async fn stripe_apply(state: &AppState, event: &serde_json::Value) -> HttpRespon
         return plain(StatusCode::BAD_REQUEST, "currency or order mismatch");
     }
     let payment = Payment {
-        channel: "stripe".into(),
+        channel: Payment::channel_named("stripe"),
         gateway_trade_no: session_id.into(),
         amount_cents,
     };
@@ -384,8 +391,7 @@ fn fail(status: StatusCode) -> HttpResponse {
 }
 
 fn counted(outcome: &'static str, reason: &'static str) {
-    metrics::counter!("panshi_payment_notifies_total", "channel" => "epay", "outcome" => outcome, "reason" => reason)
-        .increment(1);
+    counted_for("epay", outcome, reason);
 }
 
 async fn epay_notify(
@@ -438,7 +444,7 @@ pub async fn apply_epay_params<K: AsRef<str>, V: AsRef<str>>(
             .body("success");
     }
     let payment = Payment {
-        channel: "epay".into(),
+        channel: Payment::channel_named("epay"),
         gateway_trade_no: notify.trade_no.into(),
         amount_cents: notify.amount_cents,
     };
