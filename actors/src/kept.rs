@@ -2,7 +2,7 @@
 //!
 //! `metrics::counter!` and `metrics::histogram!` look their key up in the recorder's registry
 //! on every call (a hash of the name and each label, then a compare) and allocate a new
-//! handle: about seven allocations a purchase before these were kept. A kept handle is
+//! handle: about seven allocations a purchase (counted) before these were kept. A kept handle is
 //! taken on its first use, per thread and per name and label values, and counts into the
 //! same series as the macros do.
 //!
@@ -41,28 +41,42 @@ fn labels_of(labels: &[(&'static str, &'static str)]) -> Vec<Label> {
 }
 
 thread_local! {
-    static COUNTERS: RefCell<HashMap<Key, Counter>> = RefCell::new(HashMap::new());
-    static HISTOGRAMS: RefCell<HashMap<Key, Histogram>> = RefCell::new(HashMap::new());
+    static COUNTERS: Handles<Counter> = RefCell::new(HashMap::new());
+    static HISTOGRAMS: Handles<Histogram> = RefCell::new(HashMap::new());
 }
+
+type Handles<H> = RefCell<HashMap<Key, H>>;
 
 /// Adds `by` to the counter `name` with `labels`.
 pub fn count(name: &'static str, labels: &[(&'static str, &'static str)], by: u64) {
-    COUNTERS.with_borrow_mut(|counters| {
-        counters
-            .entry(key_of(name, labels))
-            .or_insert_with(|| metrics::counter!(name, labels_of(labels)))
-            .increment(by);
-    });
+    with_kept(&COUNTERS, name, labels, |name, labels| {
+        metrics::counter!(name, labels)
+    })
+    .increment(by);
 }
 
 /// Records `value` in the histogram `name` with `labels`.
 pub fn record(name: &'static str, labels: &[(&'static str, &'static str)], value: f64) {
-    HISTOGRAMS.with_borrow_mut(|histograms| {
-        histograms
+    with_kept(&HISTOGRAMS, name, labels, |name, labels| {
+        metrics::histogram!(name, labels)
+    })
+    .record(value);
+}
+
+/// This thread's handle for `name` and `labels`, taken with `take` on first use (a clone of
+/// a handle counts a reference: it does not allocate).
+fn with_kept<H: Clone>(
+    handles: &'static std::thread::LocalKey<Handles<H>>,
+    name: &'static str,
+    labels: &[(&'static str, &'static str)],
+    take: impl FnOnce(&'static str, Vec<Label>) -> H,
+) -> H {
+    handles.with_borrow_mut(|handles| {
+        handles
             .entry(key_of(name, labels))
-            .or_insert_with(|| metrics::histogram!(name, labels_of(labels)))
-            .record(value);
-    });
+            .or_insert_with(|| take(name, labels_of(labels)))
+            .clone()
+    })
 }
 
 #[cfg(test)]

@@ -33,10 +33,15 @@ pub fn token_digest(token: &str) -> String {
     out
 }
 
+/// Whether `token` is in its stored form (a digest), not in the clear.
+pub fn is_token_digest(token: &str) -> bool {
+    token.starts_with(TOKEN_DIGEST_PREFIX)
+}
+
 /// The stored form of `token`: a digest stays as it is; a token an older version stored
 /// in the clear becomes its digest.
 pub fn stored_token(token: &str) -> String {
-    if token.starts_with(TOKEN_DIGEST_PREFIX) {
+    if is_token_digest(token) {
         token.to_owned()
     } else {
         token_digest(token)
@@ -72,15 +77,12 @@ impl OrderId {
         // 2527) keep every digit, as the format would.
         let time_digits = (64 - created_at_ms.leading_zeros()).div_ceil(4).max(11);
         let mut id = [0; ORDER_ID_LEN_MAX];
+        let digits = hex_digits(u128::from(created_at_ms), time_digits)
+            .chain(hex_digits(u128::from(random), 16));
         let mut len = 0;
-        for (value, digits) in [
-            (u128::from(created_at_ms), time_digits),
-            (u128::from(random), 16),
-        ] {
-            for shift in (0..digits).rev() {
-                id[len] = hex_digit(value, shift);
-                len += 1;
-            }
+        for (at, digit) in id.iter_mut().zip(digits) {
+            *at = digit;
+            len += 1;
         }
         let id = std::str::from_utf8(&id[..len]).expect("hex digits are ASCII");
         debug_assert!(valid_id(id, ORDER_ID_LEN_MAX));
@@ -180,23 +182,16 @@ impl fmt::Display for ResellerId {
 
 /// Formats 128 random bits as 32 lowercase hex digits (tokens and trace ids).
 pub fn hex128(random: u128) -> String {
-    let mut text = String::with_capacity(32);
-    push_hex(&mut text, random, 32);
-    text
+    hex_digits(random, 32).map(char::from).collect()
 }
 
-/// Appends the low `digits` hex digits of `value`, lower case, zero-padded (`{:0digits$x}`
-/// without the formatting machinery: ids and tokens are made on every order).
-fn push_hex(text: &mut String, value: u128, digits: u32) {
-    for shift in (0..digits).rev() {
-        text.push(char::from(hex_digit(value, shift)));
-    }
-}
-
-/// The lowercase hex digit of `value` at `shift` (0: the lowest).
-fn hex_digit(value: u128, shift: u32) -> u8 {
+/// The low `digits` hex digits of `value`, lower case, zero-padded, highest first
+/// (`{:0digits$x}` without the formatting machinery: ids and tokens are made on every order).
+fn hex_digits(value: u128, digits: u32) -> impl Iterator<Item = u8> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    DIGITS[(value >> (4 * shift)) as usize & 0xf]
+    (0..digits)
+        .rev()
+        .map(move |shift| DIGITS[(value >> (4 * shift)) as usize & 0xf])
 }
 
 #[cfg(test)]

@@ -561,7 +561,7 @@ impl ShopState {
         // Only the token's digest is kept: the event's order is shared as it is when it holds
         // the digest (as every event this version makes does), copied when an older version's
         // event holds the token in the clear.
-        let created = if order.token.starts_with(crate::ids::TOKEN_DIGEST_PREFIX) {
+        let created = if crate::ids::is_token_digest(&order.token) {
             order.clone()
         } else {
             let mut created = NewOrder::clone(order);
@@ -839,11 +839,7 @@ impl ShopState {
             }
             None => {}
         }
-        if !record
-            .created
-            .token
-            .starts_with(crate::ids::TOKEN_DIGEST_PREFIX)
-        {
+        if !crate::ids::is_token_digest(&record.created.token) {
             violations.push(Violation(format!(
                 "order {id} keeps its token in the clear"
             )));

@@ -2,6 +2,8 @@
 //! again, stock conserved), listing edits (hidden products and purchase limits refuse
 //! orders, a new price prices the next order), coupons (exact discount, never past the
 //! limit, expiry, other products), and the shop identity. A refused event leaves no trace.
+//! An order's record shares its event's creation when the token is already a digest, and
+//! keeps only the digest of a token an older version wrote in the clear.
 
 use engine::coupon::{Coupon, CouponUse, Discount};
 use engine::listing::{IdentityChange, ProductChange};
@@ -293,4 +295,33 @@ fn the_identity_changes_field_by_field() {
         .apply(&set(vec![IdentityChange::UtcOffsetMinutes(2_000)]))
         .is_err());
     assert_eq!(state.identity().name, "Moon Keys");
+}
+
+#[test]
+fn a_record_shares_its_event_and_keeps_only_a_token_digest() {
+    use engine::ids::token_digest;
+    use std::sync::Arc;
+    let mut state = shop(2);
+    let mut digested = order(1, &[1], PRICE_CENTS);
+    digested.token = token_digest("t1");
+    let digested = Arc::new(digested);
+    state.apply(&Event::OrderCreated(digested.clone())).unwrap();
+    let record = state.order(&digested.order_id).unwrap();
+    assert!(
+        Arc::ptr_eq(&record.created, &digested),
+        "the record copied an order it could share"
+    );
+    // An older version's event holds the token in the clear: the record keeps its digest.
+    let clear = order(2, &[2], PRICE_CENTS);
+    state.apply(&created(clear.clone())).unwrap();
+    let record = state.order(&clear.order_id).unwrap();
+    assert_eq!(record.created.token, token_digest("t"));
+    assert_eq!(
+        NewOrder {
+            token: clear.token.clone(),
+            ..NewOrder::clone(&record.created)
+        },
+        clear
+    );
+    assert!(state.check().is_empty(), "{:?}", state.check());
 }
