@@ -35,6 +35,9 @@ struct Args {
     /// Data dir (a fresh temporary one by default).
     #[arg(long)]
     data: Option<std::path::PathBuf>,
+    /// After the run, measure the state's resident memory per order, by part (`memory`).
+    #[arg(long)]
+    memory: bool,
 }
 
 #[global_allocator]
@@ -83,6 +86,9 @@ fn main() -> anyhow::Result<()> {
     };
     node.shutdown();
     report(&args, elapsed, &latencies);
+    if args.memory {
+        memory::report(&store.state());
+    }
     // The actors still hold the store (and sled's lock), so check the state in-process.
     let violations = store.state().check();
     println!(
@@ -337,4 +343,124 @@ fn commit_orders(store: &Store, first: u64, count: u64) -> anyhow::Result<Histog
         latencies.record(began.elapsed().as_micros() as u64)?;
     }
     Ok(latencies)
+}
+
+/// What the state holds in memory per order, by part, as the process's resident memory
+/// grows while copies are decoded from their own encoding (as a start decodes a snapshot):
+/// the whole state (after a first copy that takes up the pages the run freed), every
+/// record, every key's slot, each copy kept until the end so that none reuses another's
+/// freed pages.
+mod memory {
+    use engine::state::ShopState;
+
+    /// Copies of the whole state made at most to take up freed pages.
+    const WARM_COPIES_MAX: usize = 6;
+
+    fn config() -> bincode::config::Configuration {
+        bincode::config::standard()
+    }
+
+    fn rss_bytes() -> i64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// The resident bytes that `make` adds (what it returns is kept by the caller).
+    fn resident<T>(make: impl FnOnce() -> T) -> (T, i64) {
+        let before = rss_bytes();
+        let made = make();
+        (made, rss_bytes() - before)
+    }
+
+    fn copy<T: bincode::Encode + bincode::Decode<()>>(value: &T) -> T {
+        let bytes = bincode::encode_to_vec(value, config()).expect("encodes");
+        bincode::decode_from_slice(&bytes, config())
+            .expect("decodes its own encoding")
+            .0
+    }
+
+    pub fn report(state: &ShopState) {
+        let orders = state.orders().len() as i64;
+        let cards = state.cards_count() as i64;
+        let encoded = bincode::encode_to_vec(state, config()).expect("encodes");
+        let decode = || -> ShopState {
+            bincode::decode_from_slice(&encoded, config())
+                .expect("decodes its own encoding")
+                .0
+        };
+        // The first copies take up the pages the run freed: copies are made until two in a
+        // row add the same (within 2%), and the last is the one measured.
+        let mut warm = Vec::new();
+        let (mut whole, mut whole_bytes) = resident(decode);
+        for _ in 0..WARM_COPIES_MAX {
+            let (next, next_bytes) = resident(decode);
+            let settled = (next_bytes - whole_bytes).abs() * 50 <= next_bytes;
+            warm.push(std::mem::replace(&mut whole, next));
+            whole_bytes = next_bytes;
+            if settled {
+                break;
+            }
+        }
+        let (records, record_bytes) = resident(|| {
+            let mut records = Vec::with_capacity(orders as usize);
+            records.extend(state.orders().into_iter().map(copy));
+            records
+        });
+        let (slots, card_bytes) = resident(|| {
+            let mut slots = Vec::with_capacity(cards as usize);
+            slots.extend(
+                (1..=cards as u64).filter_map(|id| state.card(engine::CardId(id)).map(copy)),
+            );
+            slots
+        });
+        let mut field_lens = [0usize; 5];
+        for record in state.orders() {
+            let created = &record.created;
+            for (sum, len) in field_lens.iter_mut().zip([
+                created.token.len(),
+                created.trace_id.len(),
+                created.contact.len(),
+                created.payment_url.len(),
+                record
+                    .payment
+                    .as_ref()
+                    .map_or(0, |p| p.gateway_trade_no.len()),
+            ]) {
+                *sum += len;
+            }
+        }
+        drop((warm, whole, records, slots));
+        let per = |bytes: i64, of: i64| bytes as f64 / of.max(1) as f64;
+        println!(
+            "memory: {orders} orders, {cards} keys: the state {:.1} MB resident ({:.0} B an order), \
+             {:.0} B an order encoded",
+            whole_bytes as f64 / 1e6,
+            per(whole_bytes, orders),
+            per(encoded.len() as i64, orders),
+        );
+        println!(
+            "memory: records {:.0} B an order; key slots {:.0} B a key; the rest (indexes, \
+             key digests, products, ledgers) {:.0} B an order",
+            per(record_bytes, orders),
+            per(card_bytes, cards),
+            per(whole_bytes - record_bytes - card_bytes, orders),
+        );
+        let names = [
+            "token",
+            "trace_id",
+            "contact",
+            "payment_url",
+            "gateway_trade_no",
+        ];
+        let lens: Vec<String> = names
+            .iter()
+            .zip(field_lens)
+            .map(|(name, sum)| format!("{name} {:.0}", per(sum as i64, orders)))
+            .collect();
+        println!("memory: mean text lengths in bytes: {}", lens.join(", "));
+    }
 }
