@@ -32,6 +32,7 @@ pub mod rows;
 pub mod sled_dir;
 pub mod snapshot;
 pub mod store;
+pub mod table;
 
 pub use log::Lsn;
 pub use store::{ChangeListener, CommitObserver, Durable, Pending, ProposalSink, Store};
