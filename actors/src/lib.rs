@@ -445,7 +445,7 @@ impl Shop {
         }));
         let catalog_shop = shop.clone();
         let catalog = Supervisor::start(move |_| catalog::Catalog { shop: catalog_shop });
-        shop.0.catalog.set(catalog).ok().expect("catalog set once");
+        assert!(shop.0.catalog.set(catalog).is_ok(), "catalog set once");
         shop.store()
             .set_listener(Arc::new(Listener(Arc::downgrade(&shop.0))));
         shop

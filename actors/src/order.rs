@@ -454,9 +454,12 @@ impl Handler<Reconcile> for OrderActor {
     }
 }
 
+/// Per order: the serial of the actor started for it, and its address.
+type Actors = HashMap<OrderId, (u64, Addr<OrderActor>)>;
+
 /// Where each live order's actor is. Sharded to keep lock hold times short.
 pub struct Directory {
-    shards: Vec<Mutex<HashMap<OrderId, (u64, Addr<OrderActor>)>>>,
+    shards: Vec<Mutex<Actors>>,
     serial: AtomicU64,
 }
 
@@ -470,7 +473,7 @@ impl Default for Directory {
 }
 
 impl Directory {
-    fn shard(&self, order_id: &OrderId) -> &Mutex<HashMap<OrderId, (u64, Addr<OrderActor>)>> {
+    fn shard(&self, order_id: &OrderId) -> &Mutex<Actors> {
         let hash = order_id
             .as_str()
             .bytes()

@@ -149,6 +149,11 @@ pub fn decode_entry(bytes: &[u8]) -> Result<EntryRecord, Error> {
     }
 }
 
+/// Whether a log payload is an event of the log format before replication.
+pub fn is_pre_replication(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&crate::rows::FORMAT_VERSION)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,9 +202,4 @@ mod tests {
         assert!(unpack_events(&events[..events.len() - 1]).is_err());
         assert!(unpack_events(&events[..2]).is_err());
     }
-}
-
-/// Whether a log payload is an event of the log format before replication.
-pub fn is_pre_replication(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&crate::rows::FORMAT_VERSION)
 }

@@ -46,7 +46,7 @@ pub(crate) enum Applied {
 pub(crate) enum MirrorWork {
     /// A batch began to be gathered: it falls due within `MIRROR_BATCH_MS`.
     Started,
-    Batch(MirrorBatch),
+    Batch(Box<MirrorBatch>),
     Reset {
         index: u64,
         rows: Vec<Row>,
@@ -77,10 +77,13 @@ pub const MIRROR_BATCH_CHANGES_MAX: usize = 20_000;
 pub const MIRROR_QUEUE_BATCHES: usize = 32;
 const VIEW_SHARDS: usize = 32;
 
+/// Per order: the lsn of its latest record, and the record.
+type Records = HashMap<OrderId, (u64, Arc<OrderRecord>)>;
+
 /// Order records that are durable but possibly not yet in sled, with the lsn of each.
 #[derive(Default)]
 pub struct DurableView {
-    shards: [Mutex<HashMap<OrderId, (u64, Arc<OrderRecord>)>>; VIEW_SHARDS],
+    shards: [Mutex<Records>; VIEW_SHARDS],
 }
 
 impl DurableView {
@@ -92,7 +95,7 @@ impl DurableView {
         (hash % VIEW_SHARDS as u64) as usize
     }
 
-    fn shard(&self, order_id: &OrderId) -> &Mutex<HashMap<OrderId, (u64, Arc<OrderRecord>)>> {
+    fn shard(&self, order_id: &OrderId) -> &Mutex<Records> {
         &self.shards[self.shard_index(order_id)]
     }
 
@@ -336,7 +339,12 @@ impl Applier {
         };
         // Sent without the batch's lock: the mirror thread takes that lock, and a full queue
         // waits for the mirror thread (back-pressure on acknowledgements).
-        full.is_none_or(|batch| self.context.mirror.send(MirrorWork::Batch(batch)).is_ok())
+        full.is_none_or(|batch| {
+            self.context
+                .mirror
+                .send(MirrorWork::Batch(Box::new(batch)))
+                .is_ok()
+        })
     }
 
     /// Hands what is gathered (changes, or only an applied index) to the mirror thread.
@@ -345,7 +353,12 @@ impl Applier {
             let mut batch = self.gathering.lock();
             (batch.last_lsn > 0).then(|| take_batch(&mut batch, &self.context.lag))
         };
-        gathered.is_none_or(|batch| self.context.mirror.send(MirrorWork::Batch(batch)).is_ok())
+        gathered.is_none_or(|batch| {
+            self.context
+                .mirror
+                .send(MirrorWork::Batch(Box::new(batch)))
+                .is_ok()
+        })
     }
 
     /// Sends the last batch; the mirror thread ends once it has written everything.
@@ -441,7 +454,7 @@ pub(crate) fn run_mirror(
     loop {
         let wait = gathering.lock().wait_for_next();
         match work.recv_timeout(wait) {
-            Ok(MirrorWork::Batch(batch)) => mirror.write(&mut trees, batch),
+            Ok(MirrorWork::Batch(batch)) => mirror.write(&mut trees, *batch),
             Ok(MirrorWork::Reset {
                 index,
                 rows,

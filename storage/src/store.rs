@@ -970,7 +970,9 @@ mod tests {
             (format, kept, found)
         };
         let store = Store::open(dir.path(), shop(0), 1, 1).unwrap();
-        store.apply_committed(2, &[event.clone()]).unwrap();
+        store
+            .apply_committed(2, std::slice::from_ref(&event))
+            .unwrap();
         wait_mirrored(&store);
         store.close().unwrap();
         drop(store);

@@ -310,8 +310,7 @@ fn print_ramp_summary(rows: &[RampRow], stop: &str) {
     let peak = rows.iter().max_by(|a, b| a.achieved.total_cmp(&b.achieved));
     let knee = rows
         .iter()
-        .filter(|row| row.achieved >= row.target * SUSTAINED_SHARE)
-        .last();
+        .rfind(|row| row.achieved >= row.target * SUSTAINED_SHARE);
     if let Some(knee) = knee {
         println!(
             "knee: {:.0}/s is the highest target sustained (>= {:.0}% completed), p99 {}",

@@ -24,7 +24,10 @@ fn expected_key(sku: &Sku, card: CardId) -> String {
 
 impl World {
     fn nonce(&mut self) -> [u8; 12] {
-        let (a, b) = (self.rng.next().to_le_bytes(), self.rng.next().to_le_bytes());
+        let (a, b) = (
+            self.rng.next_u64().to_le_bytes(),
+            self.rng.next_u64().to_le_bytes(),
+        );
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&a);
         nonce[8..].copy_from_slice(&b[..4]);

@@ -974,7 +974,9 @@ pub(super) fn damage_tail(data_dir: &std::path::Path, floor: u64, rng: &mut Rng)
             file.write_all_at(&zeros, torn_at).expect("tear over zeros");
         }
         _ => {
-            let garbage: Vec<u8> = (0..1 + rng.below(64)).map(|_| rng.next() as u8).collect();
+            let garbage: Vec<u8> = (0..1 + rng.below(64))
+                .map(|_| rng.next_u64() as u8)
+                .collect();
             file.write_all_at(&garbage, last_end).expect("garbage");
         }
     }

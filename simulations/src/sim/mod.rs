@@ -431,7 +431,7 @@ impl World {
     /// An order's stored token: its digest, as the actors commit it; one in ten in the
     /// clear, as an older version committed it (the state keeps only the digest).
     fn new_token(&mut self) -> String {
-        let token = engine::ids::hex128(u128::from(self.rng.next()));
+        let token = engine::ids::hex128(u128::from(self.rng.next_u64()));
         if self.rng.percent(10) {
             token
         } else {
@@ -454,9 +454,9 @@ impl World {
             .product
             .price_cents;
         NewOrder {
-            order_id: OrderId::generate(self.now_ms, self.rng.next()),
+            order_id: OrderId::generate(self.now_ms, self.rng.next_u64()),
             token: self.new_token(),
-            trace_id: engine::ids::hex128(u128::from(self.rng.next())),
+            trace_id: engine::ids::hex128(u128::from(self.rng.next_u64())),
             sku: sku.clone(),
             quantity,
             amount_cents: price * u64::from(quantity),
@@ -611,7 +611,7 @@ impl World {
             && (self.now_ms / 1000).abs_diff(signed_at_ms / 1000)
                 > engine::wechatpay::WECHATPAY_TOLERANCE_SECS;
         let must_refuse = notify.forged || stale;
-        let nonce = self.rng.next();
+        let nonce = self.rng.next_u64();
         let verified = direct::verify(
             &self.direct_keys,
             &notify,

@@ -55,7 +55,7 @@ impl World {
     fn random_key(&mut self) -> [u8; 32] {
         let mut key = [0u8; 32];
         for chunk in key.chunks_mut(8) {
-            chunk.copy_from_slice(&self.rng.next().to_le_bytes());
+            chunk.copy_from_slice(&self.rng.next_u64().to_le_bytes());
         }
         key
     }
@@ -81,10 +81,10 @@ impl World {
 
     /// A fresh webhook secret, and its sealed form for `id`, as the actors make them.
     fn sealed_secret(&mut self, id: ResellerId) -> (String, String) {
-        let secret = format!("whsec_{:016x}", self.rng.next());
+        let secret = format!("whsec_{:016x}", self.rng.next_u64());
         let mut nonce = [0u8; 12];
-        nonce[..8].copy_from_slice(&self.rng.next().to_le_bytes());
-        nonce[8..].copy_from_slice(&self.rng.next().to_le_bytes()[..4]);
+        nonce[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        nonce[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes()[..4]);
         let sealed = Sealer::new(&SEALING_KEY).seal(&secret, &id.to_string(), nonce);
         (secret, sealed)
     }
@@ -317,10 +317,10 @@ impl World {
             return;
         };
         let order = ResellerOrder {
-            order_id: OrderId::generate(self.now_ms, self.rng.next()),
+            order_id: OrderId::generate(self.now_ms, self.rng.next_u64()),
             reseller_id: id,
-            token: engine::ids::token_digest(&engine::ids::hex128(u128::from(self.rng.next()))),
-            trace_id: engine::ids::hex128(u128::from(self.rng.next())),
+            token: engine::ids::token_digest(&engine::ids::hex128(u128::from(self.rng.next_u64()))),
+            trace_id: engine::ids::hex128(u128::from(self.rng.next_u64())),
             sku: sku.clone(),
             cards: cards.clone(),
             amount_cents,

@@ -445,7 +445,7 @@ pub async fn apply_epay_params<K: AsRef<str>, V: AsRef<str>>(
     }
     let payment = Payment {
         channel: Payment::channel_named("epay"),
-        gateway_trade_no: notify.trade_no.into(),
+        gateway_trade_no: notify.trade_no,
         amount_cents: notify.amount_cents,
     };
     match apply(state, "epay", &notify.order_id, payment).await {
