@@ -102,6 +102,10 @@ impl<T> Queue<T> {
     pub(crate) fn len(&self) -> usize {
         self.inner.lock().items.len()
     }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.lock().closed
+    }
 }
 
 #[cfg(test)]
