@@ -181,7 +181,10 @@ impl Table {
         if fields.u32() != MAGIC {
             return Err(corrupt("no table magic"));
         }
-        if index_offset + index_len + filter_len + FOOTER_BYTES as u64 != size {
+        let tables_end = [index_len, filter_len, FOOTER_BYTES as u64]
+            .into_iter()
+            .try_fold(index_offset, u64::checked_add);
+        if tables_end != Some(size) {
             return Err(corrupt("its footer does not match its size"));
         }
         let mut tail = vec![0; (index_len + filter_len) as usize];
@@ -197,14 +200,18 @@ impl Table {
         let mut first_keys = Vec::new();
         let mut fields = Fields(index);
         while !fields.0.is_empty() {
+            // A key's length, the key, then 12 bytes: else the index is cut short (checked
+            // before reading, so that a short field is never read as zeros).
             let key_len = usize::from(fields.u16());
-            let key = fields
-                .take(key_len)
-                .ok_or_else(|| corrupt("index cut short"))?;
+            if fields.0.len() < key_len + 12 {
+                return Err(corrupt("index cut short"));
+            }
+            let key = fields.take(key_len).expect("length checked");
             first_keys.extend_from_slice(key);
             let offset = fields.u64();
             let len = fields.u32();
-            if offset + BLOCK_HEADER_BYTES as u64 + u64::from(len) > index_offset {
+            let end = offset.checked_add(BLOCK_HEADER_BYTES as u64 + u64::from(len));
+            if end.is_none_or(|end| end > index_offset) {
                 return Err(corrupt("a block past the index"));
             }
             blocks.push(BlockRef {
@@ -489,6 +496,52 @@ mod tests {
             passed < 300,
             "{passed} of 10,000 absent keys passed the filter"
         );
+    }
+
+    /// A file whose CRCs hold but whose fields do not (as a bug or a collision could make):
+    /// an index cut inside an entry, and offsets that overflow, are refused, never read.
+    #[test]
+    fn fields_that_pass_the_crc_are_still_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.cold");
+        // `index_offset` bytes of blocks (zeros) when it is small, then the index.
+        let file_of = |index_offset: u64, index: &[u8]| {
+            let blocks = vec![
+                0u8;
+                if index_offset < 64 {
+                    index_offset as usize
+                } else {
+                    0
+                }
+            ];
+            let filter = [0u8; 8];
+            let mut footer = Vec::new();
+            footer.extend_from_slice(&index_offset.to_le_bytes());
+            footer.extend_from_slice(&(index.len() as u32).to_le_bytes());
+            footer.extend_from_slice(&(filter.len() as u32).to_le_bytes());
+            footer.extend_from_slice(&0u64.to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(index);
+            crc.update(&filter);
+            crc.update(&footer);
+            footer.extend_from_slice(&crc.finalize().to_le_bytes());
+            footer.extend_from_slice(&MAGIC.to_le_bytes());
+            [&blocks[..], index, &filter[..], &footer].concat()
+        };
+        for (index_offset, index) in [
+            (16, vec![5]),
+            (16, vec![1, 0, b'k', 0, 0, 0]),
+            (u64::MAX - 3, vec![]),
+        ] {
+            fs::write(&path, file_of(index_offset, &index)).unwrap();
+            assert!(
+                matches!(Table::open(&path), Err(Error::Corrupt(_))),
+                "{index_offset} {index:?}"
+            );
+        }
+        // The same shape with a whole (empty) index opens as an empty table.
+        fs::write(&path, file_of(0, &[])).unwrap();
+        assert!(Table::open(&path).unwrap().is_empty());
     }
 
     #[test]
