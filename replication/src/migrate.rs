@@ -8,9 +8,9 @@ use std::path::Path;
 use engine::state::ShopState;
 use openraft::{Membership, StoredMembership};
 use storage::entry::is_pre_replication;
+use storage::log::log_dir;
 use storage::replay::{self, Chains};
 use storage::snapshot::{self, SnapshotHeader};
-use storage::store::log_dir;
 
 use crate::node::NodeConfig;
 use crate::types::{self, PeerNode, SnapshotMeta};

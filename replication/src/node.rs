@@ -318,8 +318,8 @@ pub(crate) fn open_machine(
 /// storage test suite.
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, ShopMachine), Error> {
     std::fs::create_dir_all(data_dir)?;
-    let (log, _) = LogStore::open(&storage::store::log_dir(data_dir))?;
-    let machine = open_machine(data_dir, &log, Arc::new(storage::store::NoObserver))?;
+    let (log, _) = LogStore::open(&storage::log::log_dir(data_dir))?;
+    let machine = open_machine(data_dir, &log, Arc::new(storage::NoObserver))?;
     Ok((log, ShopMachine { machine }))
 }
 
@@ -364,7 +364,7 @@ impl Node {
             .thread_name("raft")
             .enable_all()
             .build()?;
-        let (log, recovery) = LogStore::open(&storage::store::log_dir(data_dir))?;
+        let (log, recovery) = LogStore::open(&storage::log::log_dir(data_dir))?;
         let is_pristine = pristine(&log, data_dir)?;
         let machine = open_machine(data_dir, &log, observer)?;
         let store = machine.store.clone();
@@ -423,7 +423,7 @@ impl Node {
             data_dir,
             NodeConfig::single(),
             Arc::new(network::NoTransport),
-            Arc::new(storage::store::NoObserver),
+            Arc::new(storage::NoObserver),
         )?;
         let started = std::time::Instant::now();
         while !node.is_active() {

@@ -45,7 +45,7 @@ fn sled_rewritten_from_a_snapshot_holds_listings_coupons_terms_and_the_identity(
     assert!(before.violations.is_empty(), "{:?}", before.violations);
 
     // sled gone (a restore writes none): the next start rewrites it from the snapshot.
-    std::fs::remove_dir_all(storage::store::sled_dir(dir.path())).unwrap();
+    std::fs::remove_dir_all(storage::sled_dir::sled_dir(dir.path())).unwrap();
     let node = Node::start_single(dir.path()).unwrap();
     node.shutdown();
     let after = storage::audit::audit(dir.path()).unwrap();
@@ -79,7 +79,7 @@ fn sled_rewritten_in_slices_holds_every_row() {
     }
     runtime.block_on(node.snapshot_now()).unwrap();
     node.shutdown();
-    std::fs::remove_dir_all(storage::store::sled_dir(dir.path())).unwrap();
+    std::fs::remove_dir_all(storage::sled_dir::sled_dir(dir.path())).unwrap();
     let node = Node::start_single(dir.path()).unwrap();
     assert_eq!(node.store().state().cards_count(), 40_000);
     node.shutdown();

@@ -61,7 +61,7 @@ fn a_snapshot_of_a_node_that_applied_nothing_is_refused_at_once() {
         dir.path(),
         config,
         Arc::new(replication::network::NoTransport),
-        Arc::new(storage::store::NoObserver),
+        Arc::new(storage::NoObserver),
     )
     .unwrap();
     let asked = std::thread::spawn(move || {

@@ -12,9 +12,9 @@ use engine::state::ShopState;
 
 use crate::entry as storage_entry;
 use crate::replay;
+use crate::rows::TouchedSet;
 use crate::rows::{self, CardRow, ProductRow, TreeName};
-use crate::sled_dir::SledCopy;
-use crate::store::{self, TouchedSet};
+use crate::sled_dir::{self, SledCopy};
 use crate::Error;
 
 #[derive(Debug, Default)]
@@ -31,7 +31,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
     if !data_dir.is_dir() {
         return Err(Error::NoDataDir(data_dir.to_owned()));
     }
-    if !store::log_dir(data_dir).is_dir() {
+    if !crate::log::log_dir(data_dir).is_dir() {
         return Err(Error::NotADataDir(data_dir.to_owned()));
     }
     let mut report = AuditReport::default();
@@ -72,7 +72,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
     note_open_permissions(data_dir, &mut report);
     if let Some((db, mirrored)) = &sled {
         compare_lsn(*mirrored, replayed.last_index, &mut report);
-        if !store::rows_readable(store::rows_format(db)?) && *mirrored > 0 {
+        if !sled_dir::rows_readable(sled_dir::rows_format(db)?) && *mirrored > 0 {
             report.notes.push(
                 "sled holds rows in an older format; the next start rebuilds it \
                  (its rows are not compared)"
@@ -328,7 +328,7 @@ struct History {
 fn history(dir: &Path) -> Result<History, Error> {
     let snapshot_index = replay::from_snapshot(dir)?.last_index;
     let mut entries = std::collections::BTreeMap::new();
-    let log_dir = store::log_dir(dir);
+    let log_dir = crate::log::log_dir(dir);
     crate::log::recover(&log_dir, false, |lsn, payload| {
         let term = replay::decode_any(lsn.0, payload).map_or(0, |e| e.term);
         entries.insert(lsn.0, (term, crc32fast::hash(payload)));

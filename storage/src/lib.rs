@@ -35,7 +35,8 @@ pub mod store;
 pub mod table;
 
 pub use log::Lsn;
-pub use store::{ChangeListener, CommitObserver, Durable, Pending, ProposalSink, Store};
+pub use mirror::{ChangeListener, CommitObserver, NoObserver, Pending};
+pub use store::{Durable, ProposalSink, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

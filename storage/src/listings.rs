@@ -9,8 +9,8 @@ use engine::listing::{ProductDetails, ShopIdentity};
 use engine::state::{OrderTerms, ShopState, Touched};
 use engine::{OrderId, Sku};
 
+use crate::rows::TouchedSet;
 use crate::rows::{self, Change, Row, TreeName};
-use crate::store::TouchedSet;
 use crate::Error;
 
 /// The key of the identity's one row in the `shop` tree.

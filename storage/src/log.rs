@@ -152,6 +152,11 @@ impl LogIndex {
     }
 }
 
+/// The log's directory in a data dir.
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
 fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("{first_lsn:020}.log"))
 }

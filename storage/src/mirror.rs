@@ -22,10 +22,45 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use engine::{CardId, OrderId, OrderRecord, Product, Sku, Stock};
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use crate::log::Lsn;
 use crate::rows::{self, CardRow, Change, Row, TreeName};
-use crate::store::{write_rows, ChangeListener, CommitObserver, Pending};
+use crate::sled_dir::{reset_sled, write_rows};
+use crate::Error;
+
+/// Observes commit latency and group sizes (metrics live in the caller's crate).
+pub trait CommitObserver: Send + Sync + 'static {
+    fn group_committed(&self, records_count: usize, oldest_wait: std::time::Duration);
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+impl CommitObserver for NoObserver {
+    fn group_committed(&self, _: usize, _: std::time::Duration) {}
+}
+
+/// Hears every applied order record and reseller stream event, in apply order, on every
+/// node: live sockets are fed from here.
+pub trait ChangeListener: Send + Sync + 'static {
+    fn order_changed(&self, record: &Arc<OrderRecord>);
+    fn stream_appended(&self, reseller: engine::ResellerId, seq: u64);
+}
+
+/// A proposed event's caller, waiting for the event to be applied: its changes to publish
+/// and its completion.
+pub struct Pending {
+    pub(crate) changes: Vec<Change>,
+    pub(crate) done: oneshot::Sender<Result<Lsn, Error>>,
+    pub(crate) queued_at: Instant,
+}
+
+impl Pending {
+    /// Completes the caller with an error (the event did not, or may not, commit).
+    pub fn fail(self, error: Error) {
+        let _ = self.done.send(Err(error));
+    }
+}
 
 /// What the applier is told, in log order.
 pub(crate) enum Applied {
@@ -487,7 +522,7 @@ impl Mirror {
             .filter_map(|row| rows::decode::<rows::ProductRow>(&row.value).ok())
             .map(|row| (row.product.sku.clone(), row.product))
             .collect();
-        if let Err(error) = crate::store::reset_sled(&self.db, trees, rows, index) {
+        if let Err(error) = reset_sled(&self.db, trees, rows, index) {
             self.poisoned.store(true, Ordering::Release);
             tracing::error!(%error, "sled rewrite failed; store poisoned (the log holds everything)");
             return;

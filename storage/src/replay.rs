@@ -7,10 +7,10 @@ use engine::state::{ShopState, Touched};
 use engine::Event;
 
 use crate::entry::{self, EntryPayload, EntryRecord, Origin};
+use crate::log::log_dir;
 use crate::log::{self, Log, Lsn};
 use crate::rows;
 use crate::snapshot::{self, SnapshotHeader};
-use crate::store::log_dir;
 use crate::Error;
 
 /// The origin of an event from before replication: always admitted.

@@ -92,7 +92,7 @@ pub fn stream_row(id: ResellerId, seq: u64, row: &StreamRow) -> Row {
 pub(crate) fn compare(
     db: &sled::Db,
     state: &ShopState,
-    unmirrored: &crate::store::TouchedSet,
+    unmirrored: &crate::rows::TouchedSet,
     violations: &mut Vec<String>,
 ) -> Result<(), Error> {
     let resellers = db.open_tree(TreeName::Resellers.as_string())?;

@@ -2,6 +2,7 @@
 //! the rest is bincode 2 (standard config). A reader refuses versions it does not know.
 
 use bincode::{Decode, Encode};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use engine::state::{Holder, OrderRecord, ShopState, Stock, Touched};
@@ -340,5 +341,144 @@ pub fn audit_row(number: u64, action: &engine::OperatorAction) -> Row {
         tree: TreeName::Audit,
         key: number.to_be_bytes().to_vec(),
         value: encode(action),
+    }
+}
+
+/// Keys of rows to write or compare, by kind: what an audit found unmirrored, or
+/// everything a state holds (for rebuilding sled whole).
+#[derive(Default)]
+pub(crate) struct TouchedSet {
+    pub(crate) skus: BTreeSet<Sku>,
+    pub(crate) orders: BTreeSet<OrderId>,
+    pub(crate) cards: BTreeSet<CardId>,
+    pub(crate) audits: BTreeSet<u64>,
+    pub(crate) resellers: BTreeSet<engine::ResellerId>,
+    pub(crate) ledger_entries: BTreeSet<u64>,
+    pub(crate) streams: BTreeSet<(engine::ResellerId, u64)>,
+    pub(crate) listings: BTreeSet<Sku>,
+    pub(crate) coupons: BTreeSet<String>,
+    pub(crate) order_terms: BTreeSet<OrderId>,
+    pub(crate) identity: bool,
+}
+
+impl TouchedSet {
+    pub(crate) fn add(&mut self, touched: Touched) {
+        self.audits.extend(touched.audit);
+        self.resellers.extend(touched.reseller);
+        self.ledger_entries.extend(touched.ledger_entry);
+        self.streams.extend(touched.stream);
+        self.listings.extend(touched.listing);
+        self.coupons.extend(touched.coupon);
+        if touched.order_terms {
+            self.order_terms.extend(touched.order.clone());
+        }
+        self.identity |= touched.identity;
+        self.skus.extend(touched.sku);
+        self.orders.extend(touched.order);
+        self.cards.extend(touched.cards);
+    }
+
+    /// Every row the state has: for rebuilding sled whole. A struct literal, not `default()`
+    /// and extends: a new kind of row cannot be left out of a rewrite unnoticed (listings,
+    /// coupons, terms and the identity once were, and a rewritten sled lacked them).
+    pub(crate) fn everything(state: &ShopState) -> Self {
+        let mut resellers = BTreeSet::new();
+        let mut streams = BTreeSet::new();
+        for account in state.resellers() {
+            let id = account.reseller.reseller_id;
+            resellers.insert(id);
+            streams.extend((1..=account.stream.len() as u64).map(|seq| (id, seq)));
+        }
+        let skus: BTreeSet<Sku> = state.products().map(|p| p.product.sku.clone()).collect();
+        let orders: BTreeSet<OrderId> = state
+            .orders()
+            .iter()
+            .map(|r| r.created.order_id.clone())
+            .collect();
+        Self {
+            listings: skus.clone(),
+            order_terms: orders
+                .iter()
+                .filter(|id| state.terms_of(id).is_some())
+                .cloned()
+                .collect(),
+            skus,
+            orders,
+            cards: (1..=state.cards_count()).map(CardId).collect(),
+            audits: (1..=state.audit_count()).collect(),
+            resellers,
+            ledger_entries: (1..=state.ledger().entries().len() as u64).collect(),
+            streams,
+            coupons: state.coupons().map(|c| c.coupon.code.clone()).collect(),
+            identity: true,
+        }
+    }
+
+    pub(crate) fn rows(&self, state: &ShopState) -> Vec<Row> {
+        let mut rows = Vec::new();
+        self.slices(state, usize::MAX, &mut |slice| {
+            rows.extend(slice);
+            Ok(())
+        })
+        .map(|()| rows)
+        .expect("collecting rows cannot fail")
+    }
+
+    /// Every row, handed to `sink` in slices of about `slice_rows` (a whole state's rows at
+    /// once are several times the state's size).
+    pub(crate) fn slices(
+        &self,
+        state: &ShopState,
+        slice_rows: usize,
+        sink: &mut dyn FnMut(Vec<Row>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut rows = Vec::new();
+        let mut full = |rows: &mut Vec<Row>| match rows.len() >= slice_rows {
+            true => sink(std::mem::take(rows)),
+            false => Ok(()),
+        };
+        for sku in &self.skus {
+            let product = state.product(sku).expect("replayed product");
+            rows.push(product_row(&product.product, product.stock));
+        }
+        for order_id in &self.orders {
+            order_rows(
+                state.order(order_id).expect("replayed order"),
+                true,
+                &mut rows,
+            );
+            full(&mut rows)?;
+        }
+        for card in &self.cards {
+            rows.push(card_row(*card, &card_record(state, *card)));
+            full(&mut rows)?;
+        }
+        for number in &self.audits {
+            let action = &state.audit_trail()[(*number - 1) as usize];
+            rows.push(audit_row(*number, action));
+        }
+        self.reseller_rows(state, &mut rows);
+        crate::listings::replayed_rows(state, self, &mut rows);
+        match rows.is_empty() {
+            true => Ok(()),
+            false => sink(rows),
+        }
+    }
+
+    fn reseller_rows(&self, state: &ShopState, rows: &mut Vec<Row>) {
+        use crate::resellers as r;
+        for id in &self.resellers {
+            rows.push(r::reseller_row(*id, &r::reseller_record(state, *id)));
+        }
+        for number in &self.ledger_entries {
+            rows.push(r::ledger_row(&r::ledger_record(state, *number)));
+        }
+        for (id, seq) in &self.streams {
+            rows.push(r::stream_row(
+                *id,
+                *seq,
+                &r::stream_record(state, *id, *seq),
+            ));
+        }
     }
 }

@@ -13,71 +13,28 @@
 //! they are lost (leadership lost before they committed), the state is rebuilt from the
 //! snapshot and the log (`replace_state`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use engine::state::{ShopState, Touched};
-use engine::{CardId, Event, OrderId, OrderRecord, Sku};
+use engine::state::ShopState;
+use engine::{Event, OrderId, OrderRecord};
 use parking_lot::{RwLock, RwLockReadGuard};
 use tokio::sync::oneshot;
 
 use crate::log::Lsn;
-use crate::mirror::{self, Applied, DurableView, MirrorLag};
-use crate::rows::{self, Change, Row, TreeName};
+use crate::mirror::{
+    self, Applied, ChangeListener, CommitObserver, DurableView, MirrorLag, NoObserver, Pending,
+};
+use crate::rows::{self, TouchedSet, TreeName};
+use crate::sled_dir::{
+    apply_batches, batches_of, drop_trees, finish_reset, open_sled, remove_stale_sled, rows_format,
+    rows_readable, sled_dir, stale_sled_dir, RESET_SLICE_ROWS, ROWS_FORMAT, ROWS_FORMAT_KEY,
+};
 use crate::Error;
-
-const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
-/// The version of the rows' format in sled; a sled written in another is rebuilt whole
-/// from the log at open. 2: card keys sealed, order tokens kept as digests only. 3:
-/// `order_month` rows only for ids that do not name their creation month.
-const ROWS_FORMAT_KEY: &[u8] = b"rows_format";
-pub const ROWS_FORMAT: u32 = 3;
-/// An older format this build reads as it is: format 2's extra `order_month` rows are
-/// harmless, so such a sled is relabelled at open rather than rebuilt. (The label matters
-/// to older builds: one that meets format 3 rebuilds sled instead of missing orders.)
-const ROWS_FORMAT_READ_AS_IS: u32 = 2;
-
-/// Whether this build reads rows of `format` (none: a sled that never had rows written).
-pub fn rows_readable(format: Option<u32>) -> bool {
-    matches!(format, Some(ROWS_FORMAT | ROWS_FORMAT_READ_AS_IS))
-}
-/// Cache sled may use, in bytes.
-pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// How often sled writes its buffers out. sled is a mirror (the log is the truth), so a
-/// rare flush only costs catch-up work after a crash.
-pub const SLED_FLUSH_EVERY_MS: u64 = 500;
-/// Rows per sled batch when sled is rewritten whole (a snapshot installed or restored).
-/// sled keeps every node version a batch replaces until the batch ends, and splitting
-/// nodes under sequential keys makes many: a restore of a million orders (and their million
-/// keys) peaked at 3.8-3.9 GB and took 33-34 s with batches of 16,384 rows, 3.5 GB with
-/// 4,096, 1.60-1.65 GB and 19.5-22 s with 256 to 1,024 (docs/BENCHMARKS.md). One
-/// batch of all the rows held 20 GB and took over a minute. Atomicity is not
-/// needed: the trees, `meta` with them, are dropped first and `applied_lsn` is written
-/// after the last slice, so a crash part-way leaves sled behind the log and the next start
-/// rewrites it all.
-const RESET_SLICE_ROWS: usize = 512;
-
-/// Observes commit latency and group sizes (metrics live in the caller's crate).
-pub trait CommitObserver: Send + Sync + 'static {
-    fn group_committed(&self, records_count: usize, oldest_wait: std::time::Duration);
-}
-
-/// Observes nothing.
-pub struct NoObserver;
-impl CommitObserver for NoObserver {
-    fn group_committed(&self, _: usize, _: std::time::Duration) {}
-}
-
-/// Hears every applied order record and reseller stream event, in apply order, on every
-/// node: live sockets are fed from here.
-pub trait ChangeListener: Send + Sync + 'static {
-    fn order_changed(&self, record: &Arc<OrderRecord>);
-    fn stream_appended(&self, reseller: engine::ResellerId, seq: u64);
-}
 
 /// Where the leader's validated events go to be replicated. Called under the state's write
 /// lock: the order of calls is the order of the events in the log.
@@ -86,21 +43,6 @@ pub trait ProposalSink: Send + Sync + 'static {
     fn has_room(&self) -> bool;
     /// Queues one encoded event. Fails only when the sink is closed.
     fn propose(&self, payload: Vec<u8>, pending: Pending) -> Result<(), Error>;
-}
-
-/// A proposed event's caller, waiting for the event to be applied: its changes to publish
-/// and its completion.
-pub struct Pending {
-    pub(crate) changes: Vec<Change>,
-    pub(crate) done: oneshot::Sender<Result<Lsn, Error>>,
-    pub(crate) queued_at: Instant,
-}
-
-impl Pending {
-    /// Completes the caller with an error (the event did not, or may not, commit).
-    pub fn fail(self, error: Error) {
-        let _ = self.done.send(Err(error));
-    }
 }
 
 /// Resolves when a committed event is durable and applied.
@@ -151,256 +93,6 @@ pub struct Store {
     lag: Arc<MirrorLag>,
 }
 
-#[derive(Default)]
-pub(crate) struct TouchedSet {
-    pub(crate) skus: BTreeSet<Sku>,
-    pub(crate) orders: BTreeSet<OrderId>,
-    pub(crate) cards: BTreeSet<CardId>,
-    pub(crate) audits: BTreeSet<u64>,
-    pub(crate) resellers: BTreeSet<engine::ResellerId>,
-    pub(crate) ledger_entries: BTreeSet<u64>,
-    pub(crate) streams: BTreeSet<(engine::ResellerId, u64)>,
-    pub(crate) listings: BTreeSet<Sku>,
-    pub(crate) coupons: BTreeSet<String>,
-    pub(crate) order_terms: BTreeSet<OrderId>,
-    pub(crate) identity: bool,
-}
-
-impl TouchedSet {
-    pub(crate) fn add(&mut self, touched: Touched) {
-        self.audits.extend(touched.audit);
-        self.resellers.extend(touched.reseller);
-        self.ledger_entries.extend(touched.ledger_entry);
-        self.streams.extend(touched.stream);
-        self.listings.extend(touched.listing);
-        self.coupons.extend(touched.coupon);
-        if touched.order_terms {
-            self.order_terms.extend(touched.order.clone());
-        }
-        self.identity |= touched.identity;
-        self.skus.extend(touched.sku);
-        self.orders.extend(touched.order);
-        self.cards.extend(touched.cards);
-    }
-
-    /// Every row the state has: for rebuilding sled whole. A struct literal, not `default()`
-    /// and extends: a new kind of row cannot be left out of a rewrite unnoticed (listings,
-    /// coupons, terms and the identity once were, and a rewritten sled lacked them).
-    pub(crate) fn everything(state: &ShopState) -> Self {
-        let mut resellers = BTreeSet::new();
-        let mut streams = BTreeSet::new();
-        for account in state.resellers() {
-            let id = account.reseller.reseller_id;
-            resellers.insert(id);
-            streams.extend((1..=account.stream.len() as u64).map(|seq| (id, seq)));
-        }
-        let skus: BTreeSet<Sku> = state.products().map(|p| p.product.sku.clone()).collect();
-        let orders: BTreeSet<OrderId> = state
-            .orders()
-            .iter()
-            .map(|r| r.created.order_id.clone())
-            .collect();
-        Self {
-            listings: skus.clone(),
-            order_terms: orders
-                .iter()
-                .filter(|id| state.terms_of(id).is_some())
-                .cloned()
-                .collect(),
-            skus,
-            orders,
-            cards: (1..=state.cards_count()).map(CardId).collect(),
-            audits: (1..=state.audit_count()).collect(),
-            resellers,
-            ledger_entries: (1..=state.ledger().entries().len() as u64).collect(),
-            streams,
-            coupons: state.coupons().map(|c| c.coupon.code.clone()).collect(),
-            identity: true,
-        }
-    }
-
-    fn rows(&self, state: &ShopState) -> Vec<Row> {
-        let mut rows = Vec::new();
-        self.slices(state, usize::MAX, &mut |slice| {
-            rows.extend(slice);
-            Ok(())
-        })
-        .map(|()| rows)
-        .expect("collecting rows cannot fail")
-    }
-
-    /// Every row, handed to `sink` in slices of about `slice_rows` (a whole state's rows at
-    /// once are several times the state's size).
-    fn slices(
-        &self,
-        state: &ShopState,
-        slice_rows: usize,
-        sink: &mut dyn FnMut(Vec<Row>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        let mut rows = Vec::new();
-        let mut full = |rows: &mut Vec<Row>| match rows.len() >= slice_rows {
-            true => sink(std::mem::take(rows)),
-            false => Ok(()),
-        };
-        for sku in &self.skus {
-            let product = state.product(sku).expect("replayed product");
-            rows.push(rows::product_row(&product.product, product.stock));
-        }
-        for order_id in &self.orders {
-            rows::order_rows(
-                state.order(order_id).expect("replayed order"),
-                true,
-                &mut rows,
-            );
-            full(&mut rows)?;
-        }
-        for card in &self.cards {
-            rows.push(rows::card_row(*card, &rows::card_record(state, *card)));
-            full(&mut rows)?;
-        }
-        for number in &self.audits {
-            let action = &state.audit_trail()[(*number - 1) as usize];
-            rows.push(rows::audit_row(*number, action));
-        }
-        self.reseller_rows(state, &mut rows);
-        crate::listings::replayed_rows(state, self, &mut rows);
-        match rows.is_empty() {
-            true => Ok(()),
-            false => sink(rows),
-        }
-    }
-
-    fn reseller_rows(&self, state: &ShopState, rows: &mut Vec<Row>) {
-        use crate::resellers as r;
-        for id in &self.resellers {
-            rows.push(r::reseller_row(*id, &r::reseller_record(state, *id)));
-        }
-        for number in &self.ledger_entries {
-            rows.push(r::ledger_row(&r::ledger_record(state, *number)));
-        }
-        for (id, seq) in &self.streams {
-            rows.push(r::stream_row(
-                *id,
-                *seq,
-                &r::stream_record(state, *id, *seq),
-            ));
-        }
-    }
-}
-
-pub fn log_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("log")
-}
-
-pub fn sled_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("state")
-}
-
-/// How long `open_sled` waits for a previous user of the data dir to let go of sled's file
-/// lock: sled releases it from a background thread shortly after its last handle drops.
-pub const SLED_LOCK_WAIT_MS: u64 = 5_000;
-
-pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
-    let config = sled::Config::new()
-        .path(sled_dir(data_dir))
-        .cache_capacity(SLED_CACHE_BYTES)
-        .mode(sled::Mode::HighThroughput)
-        .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
-    let started = Instant::now();
-    loop {
-        match config.open() {
-            // sled reports a held lock as `Other` with this text (sled 0.34.7, config.rs).
-            Err(sled::Error::Io(e))
-                if e.to_string().starts_with("could not acquire lock")
-                    && started.elapsed().as_millis() < u128::from(SLED_LOCK_WAIT_MS) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
-                return Err(Error::InUse(data_dir.to_owned()));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
-/// Where a sled in an older format is set aside until it is deleted.
-fn stale_sled_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("state.stale")
-}
-
-/// Deletes a sled set aside (at this open, once rebuilt, or at the next one).
-fn remove_stale_sled(data_dir: &Path) -> Result<(), Error> {
-    match std::fs::remove_dir_all(stale_sled_dir(data_dir)) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
-        _ => Ok(()),
-    }
-}
-
-/// The rows' format sled was written in (`None` before formats were recorded).
-pub fn rows_format(db: &sled::Db) -> Result<Option<u32>, Error> {
-    let meta = db.open_tree(TreeName::Meta.as_string())?;
-    Ok(meta
-        .get(ROWS_FORMAT_KEY)?
-        .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes)))
-}
-
-/// The last log index whose rows sled holds.
-pub fn applied_lsn(db: &sled::Db) -> Result<u64, Error> {
-    let meta = db.open_tree(TreeName::Meta.as_string())?;
-    Ok(meta.get(APPLIED_LSN_KEY)?.map_or(0, |v| {
-        u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
-    }))
-}
-
-pub(crate) fn write_rows(
-    db: &sled::Db,
-    trees: &mut HashMap<TreeName, sled::Tree>,
-    rows: impl IntoIterator<Item = Row>,
-    applied: Lsn,
-) -> Result<(), Error> {
-    let mut batches = batches_of(rows);
-    let mut meta = batches.remove(&TreeName::Meta).unwrap_or_default();
-    meta.insert(APPLIED_LSN_KEY, &applied.0.to_be_bytes());
-    // Meta goes last (BTreeMap order puts it first otherwise): a crash in between leaves
-    // applied_lsn behind, and the next start rewrites those rows from the log.
-    apply_batches(
-        db,
-        trees,
-        batches.into_iter().chain([(TreeName::Meta, meta)]),
-    )
-}
-
-/// Rows grouped into one sled batch per tree.
-fn batches_of(rows: impl IntoIterator<Item = Row>) -> BTreeMap<TreeName, sled::Batch> {
-    let mut batches: BTreeMap<TreeName, sled::Batch> = BTreeMap::new();
-    for row in rows {
-        batches
-            .entry(row.tree)
-            .or_default()
-            .insert(row.key, row.value);
-    }
-    batches
-}
-
-/// Applies each tree's batch, in the order given, opening trees as needed.
-fn apply_batches(
-    db: &sled::Db,
-    trees: &mut HashMap<TreeName, sled::Tree>,
-    batches: impl IntoIterator<Item = (TreeName, sled::Batch)>,
-) -> Result<(), Error> {
-    for (name, batch) in batches {
-        let tree = match trees.get(&name) {
-            Some(tree) => tree,
-            None => trees
-                .entry(name.clone())
-                .or_insert(db.open_tree(name.as_string())?),
-        };
-        tree.apply_batch(batch)?;
-    }
-    Ok(())
-}
-
 /// Drops every sled tree and writes every row of `state` as of log index `applied`, made
 /// and written a slice at a time.
 fn rewrite_sled(db: &sled::Db, state: &ShopState, applied: u64) -> Result<(), Error> {
@@ -410,45 +102,6 @@ fn rewrite_sled(db: &sled::Db, state: &ShopState, applied: u64) -> Result<(), Er
         apply_batches(db, trees, batches_of(slice))
     })?;
     finish_reset(db, trees, applied)
-}
-
-/// Drops every sled tree and writes `rows` as the whole content, as of log index `applied`.
-pub(crate) fn reset_sled(
-    db: &sled::Db,
-    trees: &mut HashMap<TreeName, sled::Tree>,
-    rows: Vec<Row>,
-    applied: u64,
-) -> Result<(), Error> {
-    drop_trees(db, trees)?;
-    let mut rows = rows.into_iter();
-    loop {
-        let slice: Vec<Row> = rows.by_ref().take(RESET_SLICE_ROWS).collect();
-        if slice.is_empty() {
-            break;
-        }
-        apply_batches(db, trees, batches_of(slice))?;
-    }
-    finish_reset(db, trees, applied)
-}
-
-fn drop_trees(db: &sled::Db, trees: &mut HashMap<TreeName, sled::Tree>) -> Result<(), Error> {
-    trees.clear();
-    for name in db.tree_names() {
-        if name.as_ref() != b"__sled__default" {
-            db.drop_tree(name)?;
-        }
-    }
-    Ok(())
-}
-
-fn finish_reset(
-    db: &sled::Db,
-    trees: &mut HashMap<TreeName, sled::Tree>,
-    applied: u64,
-) -> Result<(), Error> {
-    write_rows(db, trees, Vec::new(), Lsn(applied))?;
-    db.flush()?;
-    Ok(())
 }
 
 impl Store {

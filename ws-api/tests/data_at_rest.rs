@@ -127,7 +127,7 @@ fn older_data_dir(data: &Path) -> (String, String) {
     drop(store);
     node.shutdown();
     // The older version's sled recorded no rows format.
-    let db = storage::store::open_sled(data).unwrap();
+    let db = storage::sled_dir::open_sled(data).unwrap();
     db.open_tree("meta").unwrap().remove("rows_format").unwrap();
     db.flush().unwrap();
     drop(db);

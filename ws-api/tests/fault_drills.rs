@@ -554,7 +554,7 @@ async fn a_snapshot_that_does_not_fit_is_skipped_and_the_node_goes_on() {
     let lag = gauges_until(&server, &LAG[..1], |lag| lag == [0.0]).await;
     assert_eq!(lag, [Some(0.0)], "sled did not catch up with the log");
     tokio::time::sleep(std::time::Duration::from_millis(
-        2 * storage::store::SLED_FLUSH_EVERY_MS,
+        2 * storage::sled_dir::SLED_FLUSH_EVERY_MS,
     ))
     .await;
     disk.fill_leaving(storage::snapshot::SNAPSHOT_HEADROOM_BYTES + SLED_AND_LOG_ROOM_BYTES);

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use storage::store::SLED_FLUSH_EVERY_MS;
+use storage::sled_dir::SLED_FLUSH_EVERY_MS;
 
 use super::api::Shop;
 use super::check::ImportedProduct;

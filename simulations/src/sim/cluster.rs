@@ -253,7 +253,7 @@ impl Cluster {
             slot.dir.path(),
             config,
             self.net.endpoint(id),
-            Arc::new(storage::store::NoObserver),
+            Arc::new(storage::NoObserver),
         ) {
             Ok(node) => node,
             Err(e) => {
@@ -950,7 +950,7 @@ impl Cluster {
 /// `floor` (the highest index the node may have told anyone of).
 pub(super) fn damage_tail(data_dir: &std::path::Path, floor: u64, rng: &mut Rng) {
     use std::os::unix::fs::FileExt;
-    let log = storage::store::log_dir(data_dir);
+    let log = storage::log::log_dir(data_dir);
     let Ok(Some((path, ends))) = storage::log::tail_frames(&log) else {
         return;
     };
@@ -985,7 +985,7 @@ pub(super) fn damage_tail(data_dir: &std::path::Path, floor: u64, rng: &mut Rng)
 /// The entries of a stopped node's log after `after`, as recovery would read them.
 fn read_log(data_dir: &std::path::Path, after: u64) -> BTreeMap<u64, (u64, u64)> {
     let mut entries = BTreeMap::new();
-    let _ = storage::log::recover(&storage::store::log_dir(data_dir), false, |lsn, payload| {
+    let _ = storage::log::recover(&storage::log::log_dir(data_dir), false, |lsn, payload| {
         if lsn.0 > after {
             if let Ok(entry) = storage::entry::decode_entry(payload) {
                 entries.insert(lsn.0, (entry.term, digest(payload)));
