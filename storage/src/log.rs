@@ -422,17 +422,18 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 fn run_writer(writer: Arc<Mutex<Writer>>, queue: Arc<Queue<Op>>) {
     let mut group: Vec<Op> = Vec::with_capacity(GROUP_OPS_MAX);
     while queue.recv_group(GROUP_OPS_MAX, &mut group) {
-        writer.lock().run_group(&mut group);
+        writer.lock().run_group(group.drain(..));
     }
 }
 
 impl Writer {
     /// Runs `group` in order: appends are buffered and synced together (before any other
     /// operation, and whenever `GROUP_BYTES_MAX` is buffered), then completed.
-    fn run_group(&mut self, group: &mut Vec<Op>) {
+    fn run_group(&mut self, group: impl IntoIterator<Item = Op>) {
         let mut appends: Vec<Done> = Vec::new();
-        let finished = group.len() as u64;
-        for op in group.drain(..) {
+        let mut finished = 0;
+        for op in group {
+            finished += 1;
             match op {
                 Op::Append { records, done } => {
                     match self.guarded(|w| w.buffer_append(&records)) {
@@ -846,7 +847,7 @@ impl Log {
             return Some(op);
         }
         self.ops.submitted.fetch_add(1, Ordering::AcqRel);
-        writer.run_group(&mut vec![op]);
+        writer.run_group([op]);
         None
     }
 

@@ -361,12 +361,7 @@ mod memory {
     }
 
     fn rss_bytes() -> i64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        panshi_simulations::load::cpu::rss_kib(None).map_or(0, |kib| kib as i64 * 1024)
     }
 
     /// The resident bytes that `make` adds (what it returns is kept by the caller).
@@ -462,5 +457,11 @@ mod memory {
             .map(|(name, sum)| format!("{name} {:.0}", per(sum as i64, orders)))
             .collect();
         println!("memory: mean text lengths in bytes: {}", lens.join(", "));
+        if whole_bytes < record_bytes + card_bytes {
+            println!(
+                "memory: the parts exceed the whole: copies reused pages the run freed, so \
+                 these figures do not hold; measure with more orders"
+            );
+        }
     }
 }

@@ -34,9 +34,9 @@ pub fn peak_rss_kib(pid: Option<u32>) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
 
-/// Resident memory now (`VmRSS`) of `pid`, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    status_kib(Some(pid), "VmRSS:")
+/// Resident memory now (`VmRSS`) of `pid`, or of this process when `None`, in KiB.
+pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
 }
 
 /// A KiB field of `/proc/<pid>/status` (this process's when `None`).

@@ -117,7 +117,7 @@ pub async fn run_watchers(
     )];
     let board = Arc::new(Board::new(orders.len()));
     tokio::time::sleep(SETTLE).await;
-    let before_kib = server.get().and_then(rss_kib);
+    let before_kib = server.get().and_then(|pid| rss_kib(Some(pid)));
     let mut sockets = open_sockets(shop, &orders, &board, &stats).await;
     let opened = board.opened.load(Ordering::Acquire);
     checks.push((
@@ -125,7 +125,7 @@ pub async fn run_watchers(
         format!("{opened} of {} sockets opened", orders.len()),
     ));
     tokio::time::sleep(SETTLE).await;
-    let after_kib = server.get().and_then(rss_kib);
+    let after_kib = server.get().and_then(|pid| rss_kib(Some(pid)));
     report_memory(before_kib, after_kib, opened, &mut checks);
     report_idle(server, &board, plan.idle).await;
     let deliveries = ((plan.deliveries_per_sec * plan.duration.as_secs_f64()).round() as usize)
