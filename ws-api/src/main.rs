@@ -352,10 +352,6 @@ fn audit_compare(dirs: &[PathBuf]) -> ExitCode {
     }
 }
 
-/// Buckets of the group-commit batch size (records, up to the log's group bound of 8,192);
-/// the default buckets are seconds and would put every batch in the top bucket.
-const LOG_GROUP_RECORDS_BUCKETS: [f64; 8] = [1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0];
-
 /// How long a panic report may take to leave before the process aborts.
 const SENTRY_PANIC_FLUSH_MS: u64 = 2_000;
 
@@ -594,16 +590,11 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         tracing::warn!(target: SETUP_LOG_TARGET, "{warning}");
     }
     raise_open_files_limit(settings.http.websockets_max, !settings.demo);
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-        ])?
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("panshi_log_group_records".into()),
-            &LOG_GROUP_RECORDS_BUCKETS,
-        )?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let recorder = ws_api::observe::metrics_recorder(Duration::from_millis(
+        ws_api::observe::METRICS_UPKEEP_MS,
+    ))?;
+    let metrics = recorder.handle();
+    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
     ws_api::observe::describe_metrics();
     let listener = listen(&settings.listen)?;
     // Production advice; the demo gives none (it takes no crowd).

@@ -1,0 +1,54 @@
+//! A shop nobody scrapes keeps its metrics' memory bounded: the recorder the server installs
+//! folds histogram samples into buckets on its own (the exporter otherwise keeps every
+//! sample until the next scrape). In a binary of its own, so resident memory is this test's.
+
+use std::time::Duration;
+
+use metrics::{Key, Metadata, Recorder};
+
+/// Samples recorded, in bursts with a pause after each.
+const SAMPLES: usize = 4_000_000;
+const BURST_SAMPLES: usize = 100_000;
+const UPKEEP_MS: u64 = 10;
+/// Growth allowed: the samples themselves take about 33 MB when nothing folds them.
+const GROWTH_KIB_MAX: u64 = 12 * 1024;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn histogram_samples_are_folded_without_a_scrape() {
+    let recorder = ws_api::observe::metrics_recorder(Duration::from_millis(UPKEEP_MS)).unwrap();
+    static METADATA: Metadata<'static> =
+        Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+    let histogram = recorder.register_histogram(
+        &Key::from_static_name("panshi_http_request_duration_seconds"),
+        &METADATA,
+    );
+    // A first burst and fold, so the allocator's own start-up is not counted as growth.
+    for i in 0..BURST_SAMPLES {
+        histogram.record(i as f64 * 1e-7);
+    }
+    std::thread::sleep(Duration::from_millis(UPKEEP_MS * 5));
+    let before = rss_kib();
+    for _ in 0..SAMPLES / BURST_SAMPLES {
+        for i in 0..BURST_SAMPLES {
+            histogram.record(i as f64 * 1e-7);
+        }
+        std::thread::sleep(Duration::from_millis(UPKEEP_MS * 3));
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown <= GROWTH_KIB_MAX,
+        "{SAMPLES} histogram samples never scraped grew memory by {grown} KiB"
+    );
+    let text = recorder.handle().render();
+    let count = format!(
+        "panshi_http_request_duration_seconds_count {}",
+        SAMPLES + BURST_SAMPLES
+    );
+    assert!(text.contains(&count), "every sample counted once: {text}");
+}
