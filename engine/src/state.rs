@@ -167,8 +167,8 @@ pub struct Touched {
     pub order: Option<OrderId>,
     /// The event created the order (its indexes are new).
     pub order_created: bool,
-    /// Cards whose sold-or-not state changed. A reservation is not a card change: the
-    /// order holds it.
+    /// Cards whose row changed: imported, sealed or deleted. Neither a reservation nor a
+    /// sale is a card change: the order's record holds its keys and its status.
     pub cards: Vec<CardId>,
     /// The audit-trail entry this event added (its number, from 1).
     pub audit: Option<u64>,
@@ -617,7 +617,7 @@ impl ShopState {
         let quantity = record.created.quantity as usize;
         let held = record.cards.clone();
         let lapsed = from != OrderStatus::AwaitingPayment;
-        let mut touched = Touched {
+        let touched = Touched {
             sku: Some(sku.clone()),
             order: Some(order_id.clone()),
             ..Touched::default()
@@ -668,8 +668,7 @@ impl ShopState {
                 stock.reserved -= cards.len() as u64;
             }
             stock.sold += cards.len() as u64;
-            self.orders[index as usize].cards = cards.clone();
-            touched.cards = cards;
+            self.orders[index as usize].cards = cards;
             self.enqueue_delivery_mail(index);
         }
         let record = &mut self.orders[index as usize];

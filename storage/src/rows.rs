@@ -56,24 +56,17 @@ pub struct ProductRow {
     pub stock: Stock,
 }
 
-/// Whether a card is sold, and to which order. A reserved card is `Unsold` here: the
-/// reservation lives in the order's row, so reserving writes no card row.
-#[derive(Encode, Decode, Debug, PartialEq, Eq, Clone)]
-pub enum HolderRow {
-    Unsold,
-    Sold(OrderId),
-    /// Deleted by an operator; never sold.
-    Deleted,
-}
-
-/// A card's sled row.
+/// A card's sled row: its product, its sealed key, and whether an operator deleted it.
+/// Whether it is reserved or sold, and to which order, is in that order's row (its status
+/// and its keys), so neither a reservation nor a sale writes a card row.
 #[derive(Encode, Decode, Debug, PartialEq, Eq)]
 pub struct CardRow {
     pub sku: Sku,
     /// The sealed key. `None` for a key still in the clear (an older version's, between an
     /// upgrade's open and the start-up sealing): sled never holds a key in the clear.
     pub sealed_key: Option<Vec<u8>>,
-    pub holder: HolderRow,
+    /// Deleted by an operator; never sold.
+    pub deleted: bool,
 }
 
 /// The sled trees. Orders live in one tree per creation month, so old months can be
@@ -84,7 +77,6 @@ pub enum TreeName {
     Products,
     Cards,
     OrderMonth,
-    Idempotency,
     /// The operators' audit trail, by entry number.
     Audit,
     /// Reseller accounts, by reseller id.
@@ -111,7 +103,6 @@ impl TreeName {
             TreeName::Products => "products".into(),
             TreeName::Cards => "cards".into(),
             TreeName::OrderMonth => "order_month".into(),
-            TreeName::Idempotency => "idempotency".into(),
             TreeName::Audit => "audit".into(),
             TreeName::Resellers => "resellers".into(),
             TreeName::Ledger => "ledger".into(),
@@ -137,15 +128,6 @@ pub fn card_key(card: CardId) -> [u8; 8] {
     card.0.to_be_bytes()
 }
 
-pub fn holder_row(state: &ShopState, holder: Holder) -> HolderRow {
-    let id = |index: u32| state.orders()[index as usize].created.order_id.clone();
-    match holder {
-        Holder::Available | Holder::Reserved(_) => HolderRow::Unsold,
-        Holder::Sold(index) => HolderRow::Sold(id(index)),
-        Holder::Deleted => HolderRow::Deleted,
-    }
-}
-
 /// An order as sled holds it: in the month's tree its id names (`OrderId::created_at_ms`),
 /// else through `order_month`.
 pub fn read_order(db: &sled::Db, id: &OrderId) -> Result<Option<OrderRecord>, Error> {
@@ -167,27 +149,19 @@ pub fn read_order(db: &sled::Db, id: &OrderId) -> Result<Option<OrderRecord>, Er
     }
 }
 
-/// An order's row, and with `created` its index rows. `order_month` holds only the orders
-/// whose id does not begin with their creation time (one sled insert fewer for every order
-/// made here; compared as times, so no month is formatted twice).
+/// An order's row, and with `created` its `order_month` row if it needs one: only orders
+/// whose id does not begin with their creation time have one (one sled insert fewer for
+/// every order made here; compared as times, so no month is formatted twice). sled keeps
+/// no index of idempotency keys: nothing read it (the state answers retries).
 pub fn order_rows(record: &OrderRecord, created: bool, rows: &mut Vec<Row>) {
     let month = month_of(record.created.created_at_ms);
     let id = record.created.order_id.as_str().as_bytes().to_vec();
-    if created {
-        if record.created.order_id.created_at_ms() != Some(record.created.created_at_ms) {
-            rows.push(Row {
-                tree: TreeName::OrderMonth,
-                key: id.clone(),
-                value: month.as_bytes().to_vec(),
-            });
-        }
-        if let Some(idempotency) = &record.created.idempotency {
-            rows.push(Row {
-                tree: TreeName::Idempotency,
-                key: idempotency.key.as_bytes().to_vec(),
-                value: id.clone(),
-            });
-        }
+    if created && record.created.order_id.created_at_ms() != Some(record.created.created_at_ms) {
+        rows.push(Row {
+            tree: TreeName::OrderMonth,
+            key: id.clone(),
+            value: month.as_bytes().to_vec(),
+        });
     }
     rows.push(Row {
         tree: TreeName::Orders(month),
@@ -316,7 +290,7 @@ pub fn card_record(state: &ShopState, card: CardId) -> CardRow {
     CardRow {
         sku: state.sku_of(card).expect("card has a sku"),
         sealed_key: sealed_key_row(&slot.key),
-        holder: holder_row(state, slot.holder),
+        deleted: slot.holder == Holder::Deleted,
     }
 }
 

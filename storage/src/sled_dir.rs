@@ -19,17 +19,15 @@ use crate::Error;
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
 /// The version of the rows' format in sled; a sled written in another is rebuilt whole
 /// from the log at open. 2: card keys sealed, order tokens kept as digests only. 3:
-/// `order_month` rows only for ids that do not name their creation month.
+/// `order_month` rows only for ids that do not name their creation month. 4: a card's row
+/// no longer says which order bought it (the order's row does; a sale writes no card row),
+/// and no `idempotency` tree.
 pub(crate) const ROWS_FORMAT_KEY: &[u8] = b"rows_format";
-pub const ROWS_FORMAT: u32 = 3;
-/// An older format this build reads as it is: format 2's extra `order_month` rows are
-/// harmless, so such a sled is relabelled at open rather than rebuilt. (The label matters
-/// to older builds: one that meets format 3 rebuilds sled instead of missing orders.)
-const ROWS_FORMAT_READ_AS_IS: u32 = 2;
+pub const ROWS_FORMAT: u32 = 4;
 
 /// Whether this build reads rows of `format` (none: a sled that never had rows written).
 pub fn rows_readable(format: Option<u32>) -> bool {
-    matches!(format, Some(ROWS_FORMAT | ROWS_FORMAT_READ_AS_IS))
+    format == Some(ROWS_FORMAT)
 }
 /// Cache sled may use, in bytes.
 pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;

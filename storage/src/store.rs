@@ -154,8 +154,7 @@ impl Store {
             mirrored = applied;
         }
         if format != Some(ROWS_FORMAT) {
-            // A fresh sled (new, or the old one set aside), or one whose rows this format
-            // reads as they are: its rows are this format's from now on.
+            // A fresh sled (new, or the old one set aside): its rows are this format's.
             let meta = db.open_tree(TreeName::Meta.as_string())?;
             meta.insert(ROWS_FORMAT_KEY, &ROWS_FORMAT.to_be_bytes())?;
             db.flush()?;
@@ -516,6 +515,72 @@ mod tests {
         assert_eq!(order.expect("in sled").created.contact, "buyer@example.com");
     }
 
+    /// A sale writes the order's row and no card row (the order's row says which keys it
+    /// bought), and sled keeps no index of idempotency keys: one sled insert a sale instead
+    /// of three. The card's row stays as the import wrote it.
+    #[test]
+    fn a_sale_writes_the_orders_row_and_no_card_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), shop(0), 1, 1).unwrap();
+        let card_row = |store: &Store| {
+            let db = store.db.read();
+            let cards = db.as_ref().unwrap().open_tree("cards").unwrap();
+            cards
+                .get(rows::card_key(CardId(1)))
+                .unwrap()
+                .map(|v| v.to_vec())
+        };
+        let imported = card_row(&store).expect("imported keys have rows");
+        let Event::OrderCreated(new) = order_created("sold", CardId(1)) else {
+            unreachable!()
+        };
+        let mut new = (*new).clone();
+        new.idempotency = Some(engine::Idempotency {
+            key: "retry-me".into(),
+            fingerprint: 7,
+        });
+        let paid = Event::PaymentApplied {
+            order_id: new.order_id.clone(),
+            payment: engine::Payment {
+                channel: "epay".into(),
+                gateway_trade_no: "T1".into(),
+                amount_cents: 1_000,
+            },
+            at_ms: 200,
+            fulfilment: engine::Fulfilment::Delivered {
+                newly_reserved: vec![],
+            },
+        };
+        let created = Event::OrderCreated(std::sync::Arc::new(new));
+        let mut changes = Vec::new();
+        let mut state = shop(0);
+        for event in [&created, &paid] {
+            let touched = state.apply(event).unwrap();
+            rows::changes(&state, event, touched, &mut changes);
+        }
+        assert!(
+            !changes
+                .iter()
+                .any(|c| matches!(c, rows::Change::Card { .. })),
+            "a sale wrote a card row"
+        );
+        store.apply_committed(2, &[created, paid]).unwrap();
+        wait_mirrored(&store);
+        let order = store.order(&OrderId::parse("sold").unwrap()).unwrap();
+        let order = order.expect("in sled");
+        assert_eq!(
+            (order.status, order.cards.as_slice()),
+            (engine::OrderStatus::Delivered, &[CardId(1)][..])
+        );
+        assert_eq!(card_row(&store), Some(imported), "the card's row changed");
+        let names = store.db.read().as_ref().unwrap().tree_names();
+        assert!(
+            !names.contains(&"idempotency".into()),
+            "an idempotency tree"
+        );
+        store.close().unwrap();
+    }
+
     /// Waits until sled holds every applied change (the mirror took the gathered batch).
     fn wait_mirrored(store: &Store) {
         let started = Instant::now();
@@ -589,10 +654,10 @@ mod tests {
         );
     }
 
-    /// A sled of rows format 2 (an `order_month` row for every order) reads as it is: it
-    /// is relabelled 3 at open, not set aside and rebuilt; one of an unknown format is.
+    /// A sled of an older rows format (3: sold keys' rows name their order) or of an unknown
+    /// one is set aside and rebuilt at open; one of this format is kept as it is.
     #[test]
-    fn a_format_two_sled_is_relabelled_and_an_unknown_one_rebuilt() {
+    fn a_sled_of_another_rows_format_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let created = OrderId::generate(1_764_162_585_123, 7);
         let event = order_created_at(created.as_str(), CardId(1), 1_764_162_585_123);
@@ -629,10 +694,12 @@ mod tests {
         wait_mirrored(&store);
         store.close().unwrap();
         drop(store);
-        set_format(2);
-        assert_eq!(reopen(), (Some(3), true, true), "relabelled");
-        set_format(1);
-        assert_eq!(reopen(), (Some(3), false, true), "rebuilt");
+        set_format(ROWS_FORMAT);
+        assert_eq!(reopen(), (Some(ROWS_FORMAT), true, true), "kept");
+        set_format(3);
+        assert_eq!(reopen(), (Some(ROWS_FORMAT), false, true), "rebuilt");
+        set_format(ROWS_FORMAT + 1);
+        assert_eq!(reopen(), (Some(ROWS_FORMAT), false, true), "rebuilt");
     }
 
     /// A whole state's rows are made and handed over a slice at a time (a restore of a
