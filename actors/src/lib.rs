@@ -1037,23 +1037,16 @@ impl Shop {
         reserve_elapsed: Duration,
         commit_started: (u64, Instant),
     ) {
-        let (order_id, trace_id) = (&order.order_id, order.trace_id.as_str());
-        let traces = &self.0.traces;
-        traces.record(
-            order_id,
-            trace_id,
-            Stage::Create,
-            order.created_at_ms,
-            started.elapsed(),
+        let (commit_at_ms, commit_at) = commit_started;
+        self.0.traces.record_all(
+            &order.order_id,
+            &order.trace_id,
+            &[
+                (Stage::Create, order.created_at_ms, started.elapsed()),
+                (Stage::Reserve, reserve_at_ms, reserve_elapsed),
+                (Stage::Commit, commit_at_ms, commit_at.elapsed()),
+            ],
         );
-        traces.record(
-            order_id,
-            trace_id,
-            Stage::Reserve,
-            reserve_at_ms,
-            reserve_elapsed,
-        );
-        self.trace_stage(order_id, trace_id, Stage::Commit, commit_started);
     }
 
     /// Checks the risk rules and holds the order's units against the buyer's limits; the

@@ -294,7 +294,7 @@ pub fn verify_epay_notify<K: AsRef<str>, V: AsRef<str>>(
 pub fn percent_encode(text: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+        if is_unreserved(b) {
             out.push(b as char);
         } else {
             out.push('%');
@@ -304,21 +304,47 @@ pub fn percent_encode(text: &str, out: &mut String) {
     }
 }
 
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The length of `text` once percent-encoded.
+fn percent_encoded_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| if is_unreserved(b) { 1 } else { 3 })
+        .sum()
+}
+
 /// The buyer-facing Epay `submit.php` URL for an order, signed; empty fields are left out.
+/// Made in one allocation of its exact length (orders keep it while they wait for payment).
 pub fn epay_submit_url(gateway_url: &str, merchant_key: &str, fields: &[(&str, &str)]) -> String {
+    const PATH: &str = "/submit.php?";
+    const SIGN: &str = "sign=";
+    const SIGN_TYPE: &str = "&sign_type=MD5";
     let sign = epay_sign(fields.iter().copied(), merchant_key);
-    let mut url = String::with_capacity(256);
-    url.push_str(gateway_url.trim_end_matches('/'));
-    url.push_str("/submit.php?");
-    for (k, v) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+    let gateway_url = gateway_url.trim_end_matches('/');
+    let fields = || fields.iter().filter(|(_, v)| !v.is_empty());
+    let length = gateway_url.len()
+        + PATH.len()
+        + fields()
+            .map(|(k, v)| k.len() + 1 + percent_encoded_len(v) + 1)
+            .sum::<usize>()
+        + SIGN.len()
+        + sign.len()
+        + SIGN_TYPE.len();
+    let mut url = String::with_capacity(length);
+    url.push_str(gateway_url);
+    url.push_str(PATH);
+    for (k, v) in fields() {
         url.push_str(k);
         url.push('=');
         percent_encode(v, &mut url);
         url.push('&');
     }
-    url.push_str("sign=");
+    url.push_str(SIGN);
     url.push_str(&sign);
-    url.push_str("&sign_type=MD5");
+    url.push_str(SIGN_TYPE);
+    debug_assert_eq!(url.len(), length);
     url
 }
 
@@ -403,6 +429,10 @@ mod tests {
                 "http://gw/submit.php?pid=1&name=a%20b%26c&money=1.00&sign={sign}&sign_type=MD5"
             )
         );
+        assert_eq!(url.capacity(), url.len(), "made at its exact length");
+        let long_name = "游戏点卡 / 月卡 ".repeat(20);
+        let url = epay_submit_url("http://gw", "K", &[("pid", "1"), ("name", &long_name)]);
+        assert_eq!(url.capacity(), url.len(), "made at its exact length");
     }
 
     #[test]
