@@ -77,6 +77,91 @@ async fn keys_are_sealed_tokens_hashed_and_the_data_dir_owner_only() {
     assert!(clean && !report.contains("note"), "{report}");
 }
 
+/// sled is derived, and the audit holds it to the log: a sold key's card row that claims
+/// the key was deleted, or an order row that lost its delivery, is a violation. (A sale
+/// writes no card row: the order's row says which keys it bought.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_sled_rows_that_disagree_with_the_log() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let mut server = Server::start(&data);
+    server.product("held", 100, &keys("HELD-KEY", 3)).await;
+    let (_, order) = server.order("held", 1).await;
+    assert_eq!(server.pay(&order).await.0, 200);
+    server.stop();
+    let (clean, report) = server.audit();
+    assert!(clean, "{report}");
+    let order_id = order["order_id"].as_str().unwrap().to_owned();
+    let tamper = |change: &dyn Fn(&sled::Db)| {
+        let db = storage::sled_dir::open_sled(&data).unwrap();
+        change(&db);
+        db.flush().unwrap();
+    };
+    // Which key the order bought, as sled's order row says.
+    let db = storage::sled_dir::open_sled(&data).unwrap();
+    let id = OrderId::parse(&order_id).unwrap();
+    let sold = storage::rows::read_order(&db, &id).unwrap().unwrap();
+    assert_eq!(sold.status, engine::OrderStatus::Delivered);
+    let card = sold.cards[0];
+    let card_key = storage::rows::card_key(card);
+    let card_row = db
+        .open_tree("cards")
+        .unwrap()
+        .get(card_key)
+        .unwrap()
+        .unwrap();
+    let order_tree =
+        storage::rows::TreeName::Orders(storage::rows::month_of(sold.created.created_at_ms))
+            .as_string();
+    let order_row = db
+        .open_tree(&order_tree)
+        .unwrap()
+        .get(&order_id)
+        .unwrap()
+        .unwrap();
+    drop(db);
+
+    tamper(&|db| {
+        let mut row: storage::rows::CardRow = storage::rows::decode(&card_row).unwrap();
+        row.deleted = true;
+        let cards = db.open_tree("cards").unwrap();
+        cards.insert(card_key, storage::rows::encode(&row)).unwrap();
+    });
+    let (clean, report) = server.audit();
+    assert!(!clean, "a sold key's row says deleted: {report}");
+    assert!(
+        report.contains(&format!("sled disagrees with the log on card {}", card.0)),
+        "{report}"
+    );
+    tamper(&|db| {
+        db.open_tree("cards")
+            .unwrap()
+            .insert(card_key, card_row.clone())
+            .unwrap();
+        let mut record = sold.clone();
+        record.status = engine::OrderStatus::Paid;
+        record.cards.clear();
+        let orders = db.open_tree(&order_tree).unwrap();
+        orders
+            .insert(order_id.as_bytes(), storage::rows::encode(&record))
+            .unwrap();
+    });
+    let (clean, report) = server.audit();
+    assert!(!clean, "an order row lost its delivery: {report}");
+    assert!(
+        report.contains(&format!("sled disagrees with the log on order {order_id}")),
+        "{report}"
+    );
+    tamper(&|db| {
+        let orders = db.open_tree(&order_tree).unwrap();
+        orders
+            .insert(order_id.as_bytes(), order_row.clone())
+            .unwrap();
+    });
+    let (clean, report) = server.audit();
+    assert!(clean, "as it was: {report}");
+}
+
 /// A data dir as an older version left it: keys and a token in the clear in the log,
 /// sled rows in the old format, everything readable by all.
 fn older_data_dir(data: &Path) -> (String, String) {
