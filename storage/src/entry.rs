@@ -20,7 +20,7 @@ pub const ENTRY_FORMAT: u8 = 3;
 /// on the committed state at `base` plus the earlier batches of its chain. A chain is one
 /// stretch of leadership of one process (`node`, `incarnation`, `epoch`); its batches are
 /// numbered from 1. A batch is admitted only if the entries applied since `base` are its own
-/// chain's earlier batches, in order (`replay::Chains`); otherwise its premises are gone and
+/// chain's earlier batches, in order (`Chains`); otherwise its premises are gone and
 /// every node skips it alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Origin {
@@ -152,6 +152,42 @@ pub fn decode_entry(bytes: &[u8]) -> Result<EntryRecord, Error> {
 /// Whether a log payload is an event of the log format before replication.
 pub fn is_pre_replication(bytes: &[u8]) -> bool {
     bytes.first() == Some(&crate::rows::FORMAT_VERSION)
+}
+
+/// The origin of an event from before replication: always admitted.
+pub const PRE_REPLICATION: Origin = Origin {
+    node: 0,
+    incarnation: 0,
+    epoch: 0,
+    batch: 0,
+    base: 0,
+};
+
+/// The last batch applied, to tell whether the next one's premises hold (`Origin`). Part of
+/// the replicated state: snapshots carry it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Chains {
+    /// The last admitted batch and the index of its entry.
+    pub last: Option<(Origin, u64)>,
+}
+
+impl Chains {
+    /// Whether a batch of `origin` may be applied now.
+    pub fn admits(&self, origin: &Origin) -> bool {
+        if *origin == PRE_REPLICATION {
+            return true;
+        }
+        match self.last {
+            _ if origin.batch == 1 => self.last.is_none_or(|(_, index)| index <= origin.base),
+            Some((last, _)) => last.same_chain(origin) && last.batch + 1 == origin.batch,
+            None => false,
+        }
+    }
+
+    /// Records an admitted batch applied as entry `index`.
+    pub fn admitted(&mut self, origin: Origin, index: u64) {
+        self.last = Some((origin, index));
+    }
 }
 
 #[cfg(test)]

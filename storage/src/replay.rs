@@ -6,48 +6,13 @@ use std::path::Path;
 use engine::state::{ShopState, Touched};
 use engine::Event;
 
-use crate::entry::{self, EntryPayload, EntryRecord, Origin};
+use crate::entry::{self, EntryPayload, EntryRecord};
+pub use crate::entry::{Chains, PRE_REPLICATION};
 use crate::log::log_dir;
 use crate::log::{self, Log, Lsn};
 use crate::rows;
 use crate::snapshot::{self, SnapshotHeader};
 use crate::Error;
-
-/// The origin of an event from before replication: always admitted.
-pub const PRE_REPLICATION: Origin = Origin {
-    node: 0,
-    incarnation: 0,
-    epoch: 0,
-    batch: 0,
-    base: 0,
-};
-
-/// The last batch applied, to tell whether the next one's premises hold (`Origin`). Part of
-/// the replicated state: snapshots carry it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bincode::Encode, bincode::Decode)]
-pub struct Chains {
-    /// The last admitted batch and the index of its entry.
-    pub last: Option<(Origin, u64)>,
-}
-
-impl Chains {
-    /// Whether a batch of `origin` may be applied now.
-    pub fn admits(&self, origin: &Origin) -> bool {
-        if *origin == PRE_REPLICATION {
-            return true;
-        }
-        match self.last {
-            _ if origin.batch == 1 => self.last.is_none_or(|(_, index)| index <= origin.base),
-            Some((last, _)) => last.same_chain(origin) && last.batch + 1 == origin.batch,
-            None => false,
-        }
-    }
-
-    /// Records an admitted batch applied as entry `index`.
-    pub fn admitted(&mut self, origin: Origin, index: u64) {
-        self.last = Some((origin, index));
-    }
-}
 
 /// The events of an entry, decoded (none for blank and membership entries).
 pub fn entry_events(entry: &EntryRecord) -> Result<Vec<Event>, Error> {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use engine::state::ShopState;
 
-use crate::replay::Chains;
+use crate::entry::Chains;
 
 use crate::Error;
 
