@@ -127,17 +127,23 @@ impl OrderActor {
             Fulfilment::Delivered { .. } => Stage::Deliver,
             Fulfilment::ManualReview { .. } => Stage::ManualReview,
         };
-        let stages = [
+        let mut stages = [(Stage::Notify, notify.0, notify.1); 4];
+        let mut count = 0;
+        for (stage, (at_ms, duration)) in [
             Some((Stage::Notify, notify)),
             steps.reserved.map(|timed| (Stage::Reserve, timed)),
             Some((Stage::Commit, steps.committed)),
             Some((settled, applied)),
-        ];
-        for (stage, (at_ms, duration)) in stages.into_iter().flatten() {
-            self.shop
-                .traces()
-                .record(order_id, &trace_id, stage, at_ms, duration);
+        ]
+        .into_iter()
+        .flatten()
+        {
+            stages[count] = (stage, at_ms, duration);
+            count += 1;
         }
+        self.shop
+            .traces()
+            .record_all(order_id, &trace_id, &stages[..count]);
     }
 
     /// Notes a failed message in the kind's health, and its handling time.
