@@ -27,6 +27,7 @@ pub mod mail;
 pub mod notify;
 pub mod observe;
 pub mod openapi;
+pub mod operator;
 pub mod pages;
 pub mod post;
 pub mod routes;

@@ -9,6 +9,13 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 
+/// `?token=T`: the buyer's token for an order (empty when absent: refused as a wrong one).
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    #[serde(default)]
+    pub token: String,
+}
+
 #[derive(Deserialize)]
 pub struct ProductBody {
     pub sku: String,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::routes::require_operator;
+use crate::operator::require_operator;
 use crate::AppState;
 
 /// Chunks a backup is streamed in.

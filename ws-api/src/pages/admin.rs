@@ -236,7 +236,7 @@ async fn sign_in(
     if form.csrf.is_empty() || !signatures_equal(&expected_csrf, &form.csrf) {
         return forbidden(&request);
     }
-    if let Err(error) = crate::routes::operator_token_ok(&request, &state, form.token.trim()) {
+    if let Err(error) = crate::operator::operator_token_ok(&request, &state, form.token.trim()) {
         let mut page = sign_in_page(&request, true);
         *page.status_mut() = error.status;
         return page;

@@ -6,7 +6,7 @@ use engine::Sku;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::routes::require_operator;
+use crate::operator::require_operator;
 use crate::wire::{ProductBody, StockBody};
 use crate::{payload_too_large, read_body, AppState};
 

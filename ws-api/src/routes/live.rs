@@ -8,9 +8,9 @@ use engine::OrderId;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::routes::orders::TokenQuery;
 use crate::socket::{self, Feed, Outgoing};
 use crate::wire::order_update;
+use crate::wire::TokenQuery;
 use crate::{resource, AppState};
 
 pub fn configure(config: &mut web::ServiceConfig) {

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::export::{self, CardsQueryText, OrdersQueryText, EXPORT_ROWS_MAX, PAGE_ROWS_MAX};
+use crate::operator::require_operator;
 use crate::routes::admin::record_action;
-use crate::routes::require_operator;
 use crate::AppState;
 
 pub fn configure(config: &mut web::ServiceConfig) {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::routes::require_operator;
+use crate::operator::require_operator;
 use crate::wire::parse_json;
 use crate::{payload_too_large, read_body, AppState};
 

@@ -55,7 +55,7 @@ fn scrape_allowed(request: &HttpRequest, state: &AppState) -> bool {
     let Some(required) = &state.metrics_token else {
         return true;
     };
-    let presented = crate::routes::bearer(request).unwrap_or("");
+    let presented = crate::operator::bearer(request).unwrap_or("");
     !presented.is_empty()
         && (signatures_equal(presented, required)
             || signatures_equal(presented, &state.admin_token))

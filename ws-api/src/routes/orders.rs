@@ -10,7 +10,7 @@ use engine::{OrderId, Sku};
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::wire::{catalogue_item, created_order, order_view, parse_json, OrderBody};
+use crate::wire::{catalogue_item, created_order, order_view, parse_json, OrderBody, TokenQuery};
 use crate::{payload_too_large, read_body, resource, AppState};
 
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -135,12 +135,6 @@ async fn create_order(
     let order = state.shop.create_order(order_request).await?;
     let token = state.shop.order_token(&order.order_id);
     Ok(HttpResponse::Created().json(created_order(&order, &token)))
-}
-
-#[derive(Deserialize)]
-pub struct TokenQuery {
-    #[serde(default)]
-    pub token: String,
 }
 
 #[derive(Deserialize)]

@@ -12,10 +12,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::routes::orders::TokenQuery;
-use crate::routes::require_operator;
+use crate::operator::require_operator;
 use crate::socket::{self, Feed, Outgoing};
 use crate::wire::created_order;
+use crate::wire::TokenQuery;
 use crate::AppState;
 
 pub fn configure(config: &mut web::ServiceConfig) {

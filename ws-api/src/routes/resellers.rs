@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::routes::{bearer, require_operator};
+use crate::operator::{bearer, require_operator};
 use crate::socket::{self, Feed, Outgoing};
 use crate::wire::order_view;
 use crate::{json_body, AppState};

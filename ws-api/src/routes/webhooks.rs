@@ -10,7 +10,7 @@ use engine::ResellerId;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::routes::require_operator;
+use crate::operator::require_operator;
 use crate::webhooks;
 use crate::AppState;
 
