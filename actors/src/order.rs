@@ -127,23 +127,20 @@ impl OrderActor {
             Fulfilment::Delivered { .. } => Stage::Deliver,
             Fulfilment::ManualReview { .. } => Stage::ManualReview,
         };
-        let mut stages = [(Stage::Notify, notify.0, notify.1); 4];
-        let mut count = 0;
-        for (stage, (at_ms, duration)) in [
-            Some((Stage::Notify, notify)),
-            steps.reserved.map(|timed| (Stage::Reserve, timed)),
-            Some((Stage::Commit, steps.committed)),
-            Some((settled, applied)),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            stages[count] = (stage, at_ms, duration);
-            count += 1;
+        let timed = |stage: Stage, (at_ms, duration): Timed| (stage, at_ms, duration);
+        let (notify, committed) = (
+            timed(Stage::Notify, notify),
+            timed(Stage::Commit, steps.committed),
+        );
+        let settled = timed(settled, applied);
+        let traces = self.shop.traces();
+        match steps.reserved {
+            Some(reserved) => {
+                let reserved = timed(Stage::Reserve, reserved);
+                traces.record_all(order_id, &trace_id, &[notify, reserved, committed, settled]);
+            }
+            None => traces.record_all(order_id, &trace_id, &[notify, committed, settled]),
         }
-        self.shop
-            .traces()
-            .record_all(order_id, &trace_id, &stages[..count]);
     }
 
     /// Notes a failed message in the kind's health, and its handling time.

@@ -126,21 +126,18 @@ impl Traces {
         });
         let mut ring = self.ring.lock();
         let Ring { traces, order } = &mut *ring;
-        let started = match traces.entry(order_id.clone()) {
-            Entry::Occupied(trace) => {
-                keep_stages(&mut trace.into_mut().stages, records);
-                false
-            }
+        let (trace, started) = match traces.entry(order_id.clone()) {
+            Entry::Occupied(trace) => (trace.into_mut(), false),
             Entry::Vacant(slot) => {
                 let trace = slot.insert(OrderTrace {
                     trace_id: trace_id.to_owned(),
                     stages: Vec::with_capacity(TRACE_STAGES_USUAL),
                     from_ring: true,
                 });
-                keep_stages(&mut trace.stages, records);
-                true
+                (trace, true)
             }
         };
+        keep_stages(&mut trace.stages, records);
         if started {
             order.push_back(order_id.clone());
             if order.len() > TRACE_RING_CAPACITY {
