@@ -465,10 +465,10 @@ impl Shop {
             // an order from before is not kept).
             let mut risk = self.0.risk.lock();
             *risk = engine::risk::RiskBook::new(self.settings().risk.clone());
-            for r in state
-                .orders()
-                .iter()
-                .filter(|r| r.status == OrderStatus::AwaitingPayment)
+            // Orders awaiting payment or review are never archived: they are all in memory.
+            for (_, r) in state
+                .hot_orders()
+                .filter(|(_, r)| r.status == OrderStatus::AwaitingPayment)
             {
                 let buyer = engine::risk::Buyer {
                     contact: r.created.contact.clone(),
@@ -484,15 +484,14 @@ impl Shop {
             }
             drop(risk);
             let live = state
-                .orders()
-                .iter()
-                .filter(|r| {
+                .hot_orders()
+                .filter(|(_, r)| {
                     matches!(
                         r.status,
                         OrderStatus::AwaitingPayment | OrderStatus::ManualReview
                     )
                 })
-                .map(OrderRecord::to_order)
+                .map(|(_, r)| r.to_order())
                 .collect();
             (skus, live)
         };
@@ -744,7 +743,7 @@ impl Shop {
         state
             .order_by_idempotency_key(key)
             .filter(|first| engine::state::idempotency_live(first, now_ms))
-            .cloned()
+            .map(std::borrow::Cow::into_owned)
     }
 
     /// A buyer's token for an order: derived, so that only its digest is stored, and the

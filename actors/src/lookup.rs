@@ -124,7 +124,7 @@ impl Shop {
                 .take(LOOKUP_ORDERS_CHECKED_MAX)
                 .filter_map(|index| {
                     let hash = state.order_terms(*index)?.lookup_password_hash.clone()?;
-                    Some((state.orders()[*index as usize].clone(), hash))
+                    Some((state.order_at(*index)?.into_owned(), hash))
                 })
                 .collect()
         };

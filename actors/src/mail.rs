@@ -105,7 +105,7 @@ impl Shop {
                 order_id: order_id.clone(),
                 // Empty for an order from before tokens were derived: the mail links to
                 // the lookup page instead.
-                token: self.buyer_token(record),
+                token: self.buyer_token(&record),
                 to: record.created.contact.clone(),
                 product_name: state
                     .product(&record.created.sku)

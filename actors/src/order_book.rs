@@ -111,16 +111,16 @@ impl OrderBook<'_> {
     /// Visits every order, newest first, a chunk per hold of the read lock; `visit` returns
     /// false to stop.
     fn scan_newest_first(&self, mut visit: impl FnMut(&OrderRecord) -> bool) {
-        let mut end = self.shop.store().state().orders().len();
+        let mut end = u32::try_from(self.shop.store().state().orders_count()).unwrap_or(u32::MAX);
         while end > 0 {
             let state = self.shop.store().state();
-            let start = end.saturating_sub(ORDER_SCAN_CHUNK);
-            for record in state.orders().range(start..end).rev() {
+            let page = state.orders_before(end, ORDER_SCAN_CHUNK);
+            for (_, record) in &page {
                 if !visit(record) {
                     return;
                 }
             }
-            end = start;
+            end = page.last().map_or(0, |(index, _)| *index);
         }
     }
 
@@ -130,11 +130,32 @@ impl OrderBook<'_> {
         Ok(record.map(|record| self.shop.view_of(record)))
     }
 
-    /// Orders matching `filter`, newest first: `limit` of them after skipping `offset`.
+    /// The orders in memory (every unsettled one: `engine::state::may_be_archived`), newest
+    /// first, a chunk per hold of the read lock; `visit` returns false to stop.
+    fn scan_in_memory_newest_first(&self, mut visit: impl FnMut(&OrderRecord) -> bool) {
+        let mut before = u32::MAX;
+        loop {
+            let state = self.shop.store().state();
+            let mut last = None;
+            for (index, record) in state.hot_orders_before(before).take(ORDER_SCAN_CHUNK) {
+                if !visit(record) {
+                    return;
+                }
+                last = Some(index);
+            }
+            match last {
+                Some(index) => before = index,
+                None => return,
+            }
+        }
+    }
+
+    /// Orders matching `filter`, newest first: `limit` of them after skipping `offset`. A
+    /// status that is never archived is looked for in memory only.
     pub fn search(&self, filter: &OrderFilter, offset: usize, limit: usize) -> OrderPage {
         let limit = limit.min(ORDERS_PAGE_MAX);
         let mut page = OrderPage::default();
-        self.scan_newest_first(|record| {
+        let visit = |record: &OrderRecord| {
             if filter.matches(record) {
                 page.total += 1;
                 if page.total > offset && page.orders.len() < limit {
@@ -142,7 +163,13 @@ impl OrderBook<'_> {
                 }
             }
             true
-        });
+        };
+        match filter.status {
+            Some(status) if !engine::state::may_be_archived(status) => {
+                self.scan_in_memory_newest_first(visit)
+            }
+            _ => self.scan_newest_first(visit),
+        }
         page
     }
 
@@ -158,11 +185,12 @@ impl OrderBook<'_> {
     }
 
     /// The manual-review queue size, and when the oldest paid but undelivered order (not in
-    /// review) was paid. Scans every order: called every few seconds, not per request.
+    /// review) was paid. Scans the orders in memory (neither status is ever archived): called
+    /// every few seconds, not per request.
     pub fn delivery_backlog(&self) -> (u64, Option<u64>) {
         let mut review_count = 0;
         let mut oldest_paid_at_ms: Option<u64> = None;
-        self.scan_newest_first(|record| {
+        self.scan_in_memory_newest_first(|record| {
             match record.status {
                 OrderStatus::ManualReview => review_count += 1,
                 OrderStatus::Paid => {

@@ -260,7 +260,7 @@ impl Products<'_> {
                 }
                 let order_id = match slot.holder {
                     Holder::Reserved(index) | Holder::Sold(index) => {
-                        Some(state.orders()[index as usize].created.order_id.clone())
+                        state.order_at(index).map(|r| r.created.order_id.clone())
                     }
                     Holder::Available | Holder::Deleted => None,
                 };

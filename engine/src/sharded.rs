@@ -96,6 +96,19 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         }
         replaced
     }
+
+    /// Removes `key`; its value, if it was there.
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let removed = self.shards[shard_of(key)].remove(key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
 }
 
 impl<K: Encode, V: Encode> Encode for ShardedMap<K, V> {

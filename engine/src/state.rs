@@ -42,10 +42,12 @@ macro_rules! ensure {
 mod coupons;
 mod listings;
 mod mail;
+mod orders;
 mod resellers;
 pub use coupons::{contact_key, CouponState, OrderTerms};
 pub use listings::CARDS_PER_DELETION_MAX;
 pub use mail::{MailTries, Outbox};
+pub use orders::{may_be_archived, ColdOrders, StateEncoding};
 pub use resellers::{
     api_key_sha256, ResellerState, StreamEntry, StreamItem, RESELLER_CHANNEL,
     RESELLER_NAME_LEN_MAX, RESELLER_ORDER_QUANTITY_MAX,
@@ -160,6 +162,13 @@ impl OrderRecord {
     }
 }
 
+/// Which orders `check` walks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Every,
+    InMemory,
+}
+
 /// What an applied event changed: the rows a mirror must rewrite.
 #[derive(Default, Debug)]
 pub struct Touched {
@@ -189,15 +198,19 @@ pub struct Touched {
 }
 
 /// The whole state is `Encode`/`Decode`: a snapshot is this struct, indexes included
-/// (`storage` versions the bytes; a decoded state is re-checked before use).
+/// (`storage` versions the bytes; a decoded state is re-checked before use). Decoding names
+/// the encoding it reads (`StateEncoding`: snapshots from before archiving hold every order).
 #[derive(Default, Encode, Decode)]
+#[bincode(decode_context = "StateEncoding")]
 pub struct ShopState {
     products: BTreeMap<Sku, ProductState>,
     skus: Vec<Sku>,
-    /// Every card and every order, by index (`Chunked`: growing never copies them).
+    /// Every card, by index (`Chunked`: growing never copies them).
     cards: Chunked<CardSlot>,
-    orders: Chunked<OrderRecord>,
-    /// Grow per order (`ShardedMap`: growing never rehashes them all at once).
+    /// Orders in memory and the archive of settled ones (`orders.rs`).
+    orders: orders::Orders,
+    /// The orders in memory, by id and by idempotency key (`ShardedMap`: growing never
+    /// rehashes them all at once).
     order_index: ShardedMap<OrderId, u32>,
     idempotency: ShardedMap<String, u32>,
     /// The operators' audit trail, oldest first (few entries: operators' actions).
@@ -219,22 +232,6 @@ impl ShopState {
 
     pub fn products(&self) -> impl Iterator<Item = &ProductState> {
         self.products.values()
-    }
-
-    pub fn order(&self, order_id: &OrderId) -> Option<&OrderRecord> {
-        self.order_index
-            .get(order_id)
-            .map(|index| &self.orders[*index as usize])
-    }
-
-    pub fn orders(&self) -> &Chunked<OrderRecord> {
-        &self.orders
-    }
-
-    pub fn order_by_idempotency_key(&self, key: &str) -> Option<&OrderRecord> {
-        self.idempotency
-            .get(key)
-            .map(|index| &self.orders[*index as usize])
     }
 
     pub fn card(&self, card: CardId) -> Option<&CardSlot> {
@@ -287,6 +284,12 @@ impl ShopState {
 
     /// Folds one committed event in. On `Err` nothing changed.
     pub fn apply(&mut self, event: &Event) -> Result<Touched, Violation> {
+        let touched = self.apply_event(event)?;
+        self.orders.applied();
+        Ok(touched)
+    }
+
+    fn apply_event(&mut self, event: &Event) -> Result<Touched, Violation> {
         match event {
             Event::ProductCreated(product) => self.apply_product(product),
             Event::CardsImported {
@@ -511,10 +514,7 @@ impl ShopState {
         placed: Option<&PlacedOrder>,
     ) -> Result<Touched, Violation> {
         let id = &order.order_id;
-        ensure!(
-            !self.order_index.contains_key(id),
-            "order {id} created twice"
-        );
+        ensure!(self.index_of(id).is_none(), "order {id} created twice");
         let product = self
             .products
             .get(&order.sku)
@@ -544,12 +544,12 @@ impl ShopState {
             // new order.
             let earlier = self.order_by_idempotency_key(&idempotency.key);
             ensure!(
-                earlier.is_none_or(|first| !idempotency_live(first, order.created_at_ms)),
+                earlier.is_none_or(|first| !idempotency_live(&first, order.created_at_ms)),
                 "idempotency key of order {id} used twice within its window"
             );
         }
         self.check_cards(&order.sku, &order.cards, Holder::Available)?;
-        let index = self.orders.len() as u32;
+        let index = self.orders.made();
         self.set_holders(&order.cards, Holder::Reserved(index));
         let stock = &mut self.products.get_mut(&order.sku).expect("checked").stock;
         stock.available -= order.cards.len() as u64;
@@ -588,13 +588,6 @@ impl ShopState {
         })
     }
 
-    fn order_index(&self, order_id: &OrderId) -> Result<u32, Violation> {
-        self.order_index
-            .get(order_id)
-            .copied()
-            .ok_or_else(|| Violation(format!("event for unknown order {order_id}")))
-    }
-
     fn apply_payment(
         &mut self,
         order_id: &OrderId,
@@ -602,8 +595,8 @@ impl ShopState {
         at_ms: u64,
         fulfilment: &Fulfilment,
     ) -> Result<Touched, Violation> {
-        let index = self.order_index(order_id)?;
-        let record = &self.orders[index as usize];
+        let index = self.hot_index(order_id)?;
+        let record = self.orders.hot(index).expect("brought in");
         let from = record.status;
         let paid = transition(from, OrderEventKind::PaymentConfirmed)
             .map_err(|e| Violation(format!("order {order_id}: {e}")))?;
@@ -656,7 +649,7 @@ impl ShopState {
             let stock = &mut self.products.get_mut(&sku).expect("order's sku").stock;
             stock.reserved -= held.len() as u64;
             stock.available += held.len() as u64;
-            self.orders[index as usize].cards.clear();
+            self.orders.changing(index).cards.clear();
         }
         if let Fulfilment::Delivered { newly_reserved } = fulfilment {
             let cards: Vec<CardId> = if lapsed { newly_reserved.clone() } else { held };
@@ -668,11 +661,11 @@ impl ShopState {
                 stock.reserved -= cards.len() as u64;
             }
             stock.sold += cards.len() as u64;
-            self.orders[index as usize].cards = cards;
+            self.orders.changing(index).cards = cards;
             self.enqueue_delivery_mail(index);
         }
-        let record = &mut self.orders[index as usize];
-        record.status = status;
+        self.orders.set_status(index, status);
+        let record = self.orders.changing(index);
         record.payment = Some(payment.clone());
         record.paid_at_ms = Some(at_ms);
         record.settled_at_ms = Some(at_ms);
@@ -681,8 +674,8 @@ impl ShopState {
     }
 
     fn apply_expiry(&mut self, order_id: &OrderId, at_ms: u64) -> Result<Touched, Violation> {
-        let index = self.order_index(order_id)?;
-        let record = &self.orders[index as usize];
+        let index = self.hot_index(order_id)?;
+        let record = self.orders.hot(index).expect("brought in");
         let to = transition(record.status, OrderEventKind::Expire)
             .map_err(|e| Violation(format!("order {order_id}: {e}")))?;
         ensure!(
@@ -696,8 +689,8 @@ impl ShopState {
         let stock = &mut self.products.get_mut(&sku).expect("order's sku").stock;
         stock.reserved -= cards.len() as u64;
         stock.available += cards.len() as u64;
-        let record = &mut self.orders[index as usize];
-        record.status = to;
+        self.orders.set_status(index, to);
+        let record = self.orders.changing(index);
         record.cards.clear();
         record.settled_at_ms = Some(at_ms);
         Ok(Touched {
@@ -708,8 +701,8 @@ impl ShopState {
     }
 
     fn apply_refund(&mut self, order_id: &OrderId, at_ms: u64) -> Result<Touched, Violation> {
-        let index = self.order_index(order_id)?;
-        let record = &self.orders[index as usize];
+        let index = self.hot_index(order_id)?;
+        let record = self.orders.hot(index).expect("brought in");
         let to = transition(record.status, OrderEventKind::Refund)
             .map_err(|e| Violation(format!("order {order_id}: {e}")))?;
         ensure!(
@@ -717,8 +710,8 @@ impl ShopState {
             "refunded order {order_id} holds keys"
         );
         let sku = record.created.sku.clone();
-        let record = &mut self.orders[index as usize];
-        record.status = to;
+        self.orders.set_status(index, to);
+        let record = self.orders.changing(index);
         record.settled_at_ms = Some(at_ms);
         Ok(Touched {
             sku: Some(sku),
@@ -738,6 +731,17 @@ impl ShopState {
 
     /// Re-derives every invariant from scratch; returns each broken one.
     pub fn check(&self) -> Vec<Violation> {
+        self.check_orders_of(Walk::Every)
+    }
+
+    /// `check` without reading the archived orders (checked before they were archived, and
+    /// by `panshi audit`): what a start and a snapshot build run, in time that does not grow
+    /// with history.
+    pub fn check_in_memory(&self) -> Vec<Violation> {
+        self.check_orders_of(Walk::InMemory)
+    }
+
+    fn check_orders_of(&self, walk: Walk) -> Vec<Violation> {
         let mut violations = Vec::new();
         let mut recount: Vec<Stock> = vec![Stock::default(); self.skus.len()];
         let mut deleted: Vec<u64> = vec![0; self.skus.len()];
@@ -780,15 +784,32 @@ impl ShopState {
                 violations.push(Violation(format!("{sku}: duplicate keys imported")));
             }
         }
-        let mut owner: HashMap<CardId, u32> = HashMap::new();
-        for (index, record) in self.orders.iter().enumerate() {
-            let index = index as u32;
-            self.check_order(index, record, &mut owner, &mut violations);
-        }
+        self.check_orders(walk, &mut violations);
         self.check_resellers(&mut violations);
         self.check_outbox(&mut violations);
         self.check_coupons(&mut violations);
         violations
+    }
+
+    /// Every reserved or sold key is listed by the order its holder names, among the orders
+    /// `walked` (`owner`: key -> the order listing it, from `check_order`).
+    fn check_card_owners(
+        &self,
+        owner: &HashMap<CardId, u32>,
+        walked: impl Fn(u32) -> bool,
+        violations: &mut Vec<Violation>,
+    ) {
+        for (at, slot) in self.cards.iter().enumerate() {
+            let card = CardId(at as u64 + 1);
+            if let Holder::Reserved(index) | Holder::Sold(index) = slot.holder {
+                if walked(index) && owner.get(&card) != Some(&index) {
+                    violations.push(Violation(format!(
+                        "card {card:?} is {:?} but that order does not list it",
+                        slot.holder
+                    )));
+                }
+            }
+        }
     }
 
     fn check_order(
@@ -820,9 +841,9 @@ impl ShopState {
                 }
                 for card in &record.cards {
                     if let Some(other) = owner.insert(*card, index) {
+                        let other = self.order_at(other).map(|r| r.created.order_id.clone());
                         violations.push(Violation(format!(
-                            "card {card:?} is in orders {} and {id}",
-                            self.orders[other as usize].created.order_id
+                            "card {card:?} is in orders {other:?} and {id}"
                         )));
                     }
                     if self.card(*card).map(|slot| slot.holder) != Some(holder) {

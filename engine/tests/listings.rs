@@ -82,9 +82,9 @@ fn deleted(cards: &[u64]) -> Event {
 
 /// Applies an event that must be refused, and checks that it left the state as it was.
 fn refused(state: &mut ShopState, event: &Event) {
-    let before = (state.product(&sku()).unwrap().stock, state.orders().len());
+    let before = (state.product(&sku()).unwrap().stock, state.orders_count());
     assert!(state.apply(event).is_err(), "{event:?} was accepted");
-    let after = (state.product(&sku()).unwrap().stock, state.orders().len());
+    let after = (state.product(&sku()).unwrap().stock, state.orders_count());
     assert_eq!(before, after, "a refused event left a trace");
     assert!(state.check().is_empty(), "{:?}", state.check());
 }
@@ -172,7 +172,7 @@ fn listing_edits_price_the_next_order_and_gate_buyers() {
         .unwrap();
     state.apply(&created(order(2, &[3], 800))).unwrap();
     // The first order keeps its amount; out-of-bounds edits change nothing.
-    assert_eq!(state.orders()[0].created.amount_cents, 1_600);
+    assert_eq!(state.order_at(0).unwrap().created.amount_cents, 1_600);
     refused(&mut state, &edit(vec![ProductChange::PriceCents(0)]));
     refused(&mut state, &edit(vec![]));
     assert_eq!(

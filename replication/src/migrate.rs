@@ -55,6 +55,7 @@ pub(crate) fn migrate_if_needed(data_dir: &Path, config: &NodeConfig) -> Result<
         last_index: last,
         last_term: 1,
         chains,
+        cold: Vec::new(),
     };
     snapshot::write(&snapshot::snapshot_dir(data_dir), &header, &state, 0)?;
     let old = data_dir.join(PRE_REPLICATION_LOG_DIR);
@@ -131,7 +132,23 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn restore_into(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, u64), Error> {
-    let (header, state) = snapshot::read(from)?;
+    storage::private::create_dir(&snapshot::snapshot_dir(data_dir))?;
+    let unpacked = snapshot::snapshot_dir(data_dir).join("restoring.unpacked");
+    storage::bundle::import(from, &storage::cold::cold_dir(data_dir), &unpacked)?;
+    let snapshot::Loaded {
+        header,
+        state,
+        archive,
+    } = snapshot::read(&unpacked)?;
+    std::fs::remove_file(&unpacked)?;
+    // A restore is a drill: every archived order is read and checked, not only memory's.
+    archive.verify()?;
+    if let Some(violation) = state.check().into_iter().next() {
+        return Err(storage::Error::Corrupt(format!(
+            "the backup's state breaks an invariant: {violation}"
+        ))
+        .into());
+    }
     let old: SnapshotMeta = crate::state_machine::decode_meta(&header.meta)?;
     let last = header.last_index;
     let term = header.last_term.max(1);
@@ -166,7 +183,7 @@ fn restore_into(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64,
         &serde_json::to_vec(&log_id).expect("a log id encodes"),
     )?;
     std::fs::File::open(data_dir)?.sync_all()?;
-    let counts = (state.orders().len() as u64, state.cards_count(), last);
+    let counts = (state.orders_count(), state.cards_count(), last);
     // sled is derived, but building it here (a minute for a million orders) lets the node
     // start in seconds and keeps that minute out of the restore drill's downtime.
     storage::Store::open(data_dir, state, last, last)?.close()?;

@@ -311,6 +311,7 @@ pub(crate) fn open_machine(
         busy: std::sync::atomic::AtomicUsize::new(0),
         own_batch_refused: AtomicBool::new(false),
         snapshot_failures: Mutex::default(),
+        snapshot_lock: Mutex::new(()),
     }))
 }
 
@@ -827,6 +828,24 @@ impl Node {
         .await?;
         storage::snapshot::latest(&storage::snapshot::snapshot_dir(&self.inner.data_dir))?
             .ok_or_else(|| Error::Raft("no snapshot written".into()))
+    }
+
+    /// A snapshot taken now, bundled with the cold tables it names (`storage::bundle`), as
+    /// an open file: what a backup streams. Opened under the snapshot lock, so a newer
+    /// snapshot cannot remove it or its tables half way.
+    pub async fn backup_bundle(&self) -> Result<std::fs::File, Error> {
+        self.snapshot_now().await?;
+        let machine = self.inner.machine.clone();
+        let data_dir = self.inner.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let _exporting = machine.snapshot_lock.lock();
+            let snapshot = storage::snapshot::latest(&storage::snapshot::snapshot_dir(&data_dir))?
+                .ok_or_else(|| Error::Raft("no snapshot written".into()))?;
+            let bundle = storage::bundle::export(&data_dir, &snapshot)?;
+            Ok(std::fs::File::open(bundle)?)
+        })
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?
     }
 
     async fn on_runtime<T: Send + 'static>(

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use storage::entry::{self as storage_entry};
 use storage::replay::{self, Chains};
 use storage::snapshot::{self, SnapshotHeader};
+use storage::{bundle, cold};
 use storage::{Pending, Store};
 
 use crate::log_store::LogStore;
@@ -71,6 +72,9 @@ pub(crate) struct Machine {
     /// the leadership watcher starts a new chain.
     pub(crate) own_batch_refused: AtomicBool,
     pub(crate) snapshot_failures: Mutex<SnapshotFailures>,
+    /// Held while a snapshot is built or installed: each writes cold tables and removes the
+    /// ones its snapshot does not name, so they never interleave.
+    pub(crate) snapshot_lock: Mutex<()>,
 }
 
 /// Snapshot builds that failed (a full disk): the node goes on, its log kept until a build
@@ -211,10 +215,23 @@ impl Machine {
 
     /// Writes a snapshot of the applied state (folded from the previous snapshot and the
     /// log, so the live state, possibly ahead on a leader, is never locked or copied).
+    /// Settled orders leave memory here: the folded state archives them into a cold table
+    /// (durable before the snapshot that names it), and the live state drops those it has
+    /// not changed since.
     fn build_snapshot(&self) -> Result<(SnapshotMeta, PathBuf), storage::Error> {
+        let _building = self.snapshot_lock.lock();
         let applied = self.applied.lock().clone();
         let through = applied.last.map_or(0, |l| l.index);
-        let folded = replay::fold_running(&self.data_dir, self.log.log(), applied.state_index())?;
+        let mut folded =
+            replay::fold_running(&self.data_dir, self.log.log(), applied.state_index())?;
+        let term = applied.last.map_or(0, |l| l.leader_id.term);
+        let cold_dir = cold::cold_dir(&self.data_dir);
+        let archived = cold::archive(
+            &cold_dir,
+            &cold::table_name(through, term),
+            &folded.archive,
+            &mut folded.state,
+        )?;
         let meta = SnapshotMeta {
             last_log_id: applied.last,
             last_membership: applied.membership,
@@ -227,8 +244,9 @@ impl Machine {
         let header = SnapshotHeader {
             meta: encode_meta(&meta),
             last_index: through,
-            last_term: applied.last.map_or(0, |l| l.leader_id.term),
+            last_term: term,
             chains: applied.chains,
+            cold: archived.archive.names(),
         };
         let path = snapshot::write(
             &snapshot::snapshot_dir(&self.data_dir),
@@ -236,6 +254,9 @@ impl Machine {
             &folded.state,
             snapshot::SNAPSHOT_HEADROOM_BYTES,
         )?;
+        cold::remove_unnamed(&cold_dir, &header.cold)?;
+        self.store
+            .archive(archived.archive, &archived.indexes, archived.through_events);
         tracing::info!(through, path = %path.display(), "snapshot written");
         Ok((meta, path))
     }
@@ -260,7 +281,9 @@ async fn open_snapshot(
     })
 }
 
+/// Where a snapshot bundle from the leader arrives, and where its snapshot is unpacked.
 const INCOMING_SNAPSHOT: &str = "incoming.part";
+const INCOMING_UNPACKED: &str = "incoming.unpacked";
 
 impl RaftSnapshotBuilder<PanshiRaft> for ShopMachine {
     /// An I/O error (a full disk) is no error to openraft, which would stop the node for
@@ -405,13 +428,26 @@ impl RaftStateMachine<PanshiRaft> for ShopMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<PanshiRaft>>, StorageError> {
         let _busy = Busy::new(&self.machine);
-        let dir = snapshot::snapshot_dir(&self.machine.data_dir);
-        let Some(path) = snapshot::latest(&dir).map_err(snapshot_error)? else {
-            return Ok(None);
-        };
-        let header = snapshot::verify(&path).map_err(snapshot_error)?;
-        let meta = decode_meta(&header.meta).map_err(snapshot_error)?;
-        Ok(Some(open_snapshot(&path, meta).await?))
+        let machine = self.machine.clone();
+        let bundled = tokio::task::spawn_blocking(move || {
+            // Not while a build or an install replaces the snapshot or removes tables the
+            // bundle copies.
+            let _exporting = machine.snapshot_lock.lock();
+            let dir = snapshot::snapshot_dir(&machine.data_dir);
+            let Some(path) = snapshot::latest(&dir)? else {
+                return Ok(None);
+            };
+            let header = snapshot::verify(&path)?;
+            let meta = decode_meta(&header.meta)?;
+            Ok::<_, storage::Error>(Some((bundle::export(&machine.data_dir, &path)?, meta)))
+        })
+        .await
+        .map_err(snapshot_error)?
+        .map_err(snapshot_error)?;
+        match bundled {
+            Some((bundle, meta)) => Ok(Some(open_snapshot(&bundle, meta).await?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -426,9 +462,14 @@ async fn same_file(file: &tokio::fs::File, path: &Path) -> bool {
 /// Installs a snapshot received from the leader: checks it, makes it the current one, and
 /// replaces the state and sled with it.
 fn install(machine: &Machine, meta: SnapshotMeta) -> Result<(), storage::Error> {
+    let _installing = machine.snapshot_lock.lock();
     let dir = snapshot::snapshot_dir(&machine.data_dir);
-    let incoming = dir.join(INCOMING_SNAPSHOT);
-    let (header, state) = snapshot::read(&incoming)?;
+    let cold_dir = cold::cold_dir(&machine.data_dir);
+    let bundle = dir.join(INCOMING_SNAPSHOT);
+    let incoming = dir.join(INCOMING_UNPACKED);
+    bundle::import(&bundle, &cold_dir, &incoming)?;
+    let _ = std::fs::remove_file(&bundle);
+    let snapshot::Loaded { header, state, .. } = snapshot::read(&incoming)?;
     let last = meta.last_log_id.map_or(0, |l| l.index);
     if header.last_index != last {
         return Err(storage::Error::Corrupt(format!(
@@ -444,10 +485,15 @@ fn install(machine: &Machine, meta: SnapshotMeta) -> Result<(), storage::Error> 
     std::fs::File::open(&dir)?.sync_all()?;
     for entry in std::fs::read_dir(&dir)? {
         let other = entry?.path();
-        if other != path && other.extension().is_some_and(|e| e == "snap") {
+        if other != path
+            && other
+                .extension()
+                .is_some_and(|e| e == "snap" || e == "bundle")
+        {
             std::fs::remove_file(other)?;
         }
     }
+    cold::remove_unnamed(&cold_dir, &header.cold)?;
     let lost: Vec<InFlight> = machine.in_flight.lock().drain(..).collect();
     for batch in lost {
         for pending in batch.pendings {

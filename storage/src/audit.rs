@@ -89,7 +89,7 @@ pub fn audit(data_dir: &Path) -> Result<AuditReport, Error> {
             crate::listings::compare(db, state, unmirrored, &mut report.violations)?;
         }
     }
-    report.orders_count = replayed.state.orders().len() as u64;
+    report.orders_count = replayed.state.orders_count();
     report.cards_count = replayed.state.cards_count();
     report.last_lsn = replayed.last_index;
     Ok(report)
@@ -107,6 +107,12 @@ struct Replayed {
 /// engine refuses in an admitted batch is a violation, a skipped batch a note.
 fn replay_log(data_dir: &Path, mirrored: u64, report: &mut AuditReport) -> Result<Replayed, Error> {
     let folded = replay::from_snapshot(data_dir)?;
+    // Every block of every cold table, before the state reads archived orders from them.
+    if let Err(error) = folded.archive.verify() {
+        report
+            .violations
+            .push(format!("the archive of settled orders is damaged: {error}"));
+    }
     let snapshot_index = folded.last_index;
     let mut state = folded.state;
     let mut chains = folded.chains;
@@ -281,7 +287,7 @@ fn compare_sled(
             sled_orders += db.open_tree(name)?.len() as u64;
         }
     }
-    let mirrored_orders = state.orders().len() as u64;
+    let mirrored_orders = state.orders_count();
     let unmirrored_new = unmirrored
         .orders
         .iter()
@@ -292,18 +298,15 @@ fn compare_sled(
             "sled holds {sled_orders} orders, the log {mirrored_orders}"
         ));
     }
-    for record in state.orders() {
+    rows::try_for_each_order(state, |record| {
         let id = &record.created.order_id;
-        if unmirrored.orders.contains(id) {
-            continue;
-        }
-        if rows::read_order(db, id)?.as_ref() != Some(record) {
+        if !unmirrored.orders.contains(id) && rows::read_order(db, id)?.as_ref() != Some(record) {
             report
                 .violations
                 .push(format!("sled disagrees with the log on order {id}"));
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// What comparing several nodes' data dirs found.
@@ -421,9 +424,7 @@ fn state_at(dir: &Path, through: u64) -> Result<engine::state::ShopState, Error>
 /// same for equal states whatever order their maps were filled in.
 pub fn fingerprint(state: &engine::state::ShopState) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    for record in state.orders() {
-        hasher.update(&rows::encode(record));
-    }
+    state.for_each_order(|_, record| hasher.update(&rows::encode(record)));
     for id in 1..=state.cards_count() {
         let slot = state.card(engine::CardId(id)).expect("counted");
         hasher.update(&rows::encode(&slot.key));

@@ -18,6 +18,8 @@
 //! after a crash is idempotent.
 
 pub mod audit;
+pub mod bundle;
+pub mod cold;
 pub mod disk;
 pub mod entry;
 pub mod keyfile;

@@ -152,16 +152,17 @@ pub(crate) fn compare(
         }
     }
     let terms = db.open_tree(TreeName::OrderTerms.as_string())?;
-    for record in state.orders() {
+    crate::rows::try_for_each_order(state, |record| {
         let id = &record.created.order_id;
         let Some(want) = state.terms_of(id) else {
-            continue;
+            return Ok(());
         };
         let row: Option<OrderTerms> = read(&terms, id.as_str().as_bytes())?;
         if row.as_ref() != Some(want) && !unmirrored.order_terms.contains(id) {
             violations.push(format!("sled disagrees with the log on the terms of {id}"));
         }
-    }
+        Ok(())
+    })?;
     let shop = db.open_tree(TreeName::Shop.as_string())?;
     let identity: Option<ShopIdentity> = read(&shop, IDENTITY_KEY)?;
     let agrees = identity.as_ref() == Some(state.identity())

@@ -2,10 +2,12 @@
 //! to rebuild a leader's state after its uncommitted proposals were lost, and in `audit`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use engine::state::{ShopState, Touched};
 use engine::Event;
 
+use crate::cold::ColdArchive;
 use crate::entry::{self, EntryPayload, EntryRecord};
 pub use crate::entry::{Chains, PRE_REPLICATION};
 use crate::log::log_dir;
@@ -53,6 +55,8 @@ pub fn apply_entry(
 /// A state folded from the newest snapshot and the log.
 pub struct Folded {
     pub state: ShopState,
+    /// The archived orders the state reads (the snapshot's cold tables).
+    pub archive: Arc<ColdArchive>,
     pub chains: Chains,
     pub snapshot: Option<SnapshotHeader>,
     /// The last entry folded in (0 for none).
@@ -64,9 +68,14 @@ pub struct Folded {
 pub fn from_snapshot(data_dir: &Path) -> Result<Folded, Error> {
     match snapshot::latest(&snapshot::snapshot_dir(data_dir))? {
         Some(path) => {
-            let (header, state) = snapshot::read(&path)?;
+            let snapshot::Loaded {
+                header,
+                state,
+                archive,
+            } = snapshot::read(&path)?;
             Ok(Folded {
                 state,
+                archive,
                 chains: header.chains,
                 last_index: header.last_index,
                 last_term: header.last_term,
@@ -75,6 +84,7 @@ pub fn from_snapshot(data_dir: &Path) -> Result<Folded, Error> {
         }
         None => Ok(Folded {
             state: ShopState::default(),
+            archive: Arc::new(ColdArchive::empty()),
             chains: Chains::default(),
             snapshot: None,
             last_index: 0,

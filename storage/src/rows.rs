@@ -153,6 +153,20 @@ pub fn read_order(db: &sled::Db, id: &OrderId) -> Result<Option<OrderRecord>, Er
 /// whose id does not begin with their creation time have one (one sled insert fewer for
 /// every order made here; compared as times, so no month is formatted twice). sled keeps
 /// no index of idempotency keys: nothing read it (the state answers retries).
+/// `visit` on every order, hot or archived, index rising, until it fails.
+pub fn try_for_each_order(
+    state: &ShopState,
+    mut visit: impl FnMut(&OrderRecord) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut result = Ok(());
+    state.for_each_order(|_, record| {
+        if result.is_ok() {
+            result = visit(record);
+        }
+    });
+    result
+}
+
 pub fn order_rows(record: &OrderRecord, created: bool, rows: &mut Vec<Row>) {
     let month = month_of(record.created.created_at_ms);
     let id = record.created.order_id.as_str().as_bytes().to_vec();
@@ -235,7 +249,7 @@ pub fn changes(state: &ShopState, event: &Event, touched: Touched, out: &mut Vec
     if let Some(order_id) = &touched.order {
         let record = state.order(order_id).expect("touched order exists");
         out.push(Change::Order {
-            record: Arc::new(record.clone()),
+            record: Arc::new(record.into_owned()),
             created: touched.order_created,
         });
     }
@@ -364,11 +378,10 @@ impl TouchedSet {
             streams.extend((1..=account.stream.len() as u64).map(|seq| (id, seq)));
         }
         let skus: BTreeSet<Sku> = state.products().map(|p| p.product.sku.clone()).collect();
-        let orders: BTreeSet<OrderId> = state
-            .orders()
-            .iter()
-            .map(|r| r.created.order_id.clone())
-            .collect();
+        let mut orders = BTreeSet::new();
+        state.for_each_order(|_, record| {
+            orders.insert(record.created.order_id.clone());
+        });
         Self {
             listings: skus.clone(),
             order_terms: orders
@@ -417,7 +430,7 @@ impl TouchedSet {
         }
         for order_id in &self.orders {
             order_rows(
-                state.order(order_id).expect("replayed order"),
+                &state.order(order_id).expect("replayed order"),
                 true,
                 &mut rows,
             );

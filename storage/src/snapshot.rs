@@ -4,8 +4,10 @@
 //!
 //! File `snapshot/{index:020}-{term:020}.snap`:
 //! `MAGIC | SNAPSHOT_FORMAT: u8 | meta_len: u32 | meta | last_index: u64 | last_term: u64 |
-//! bincode(Chains) | bincode(ShopState) | crc32: u32` (little-endian; the CRC covers
-//! everything before it).
+//! bincode(Chains) | bincode(cold: Vec<String>) | bincode(ShopState) | crc32: u32`
+//! (little-endian; the CRC covers everything before it). `cold` names the tables of
+//! archived orders (`cold.rs`, in `cold/` beside `snapshot/`), newest first; the state holds
+//! the orders in memory. Format 1 (before archiving) has no `cold` and holds every order.
 //! `meta` is opaque here (the replication layer's snapshot metadata: membership and log id).
 //! A snapshot is written to a temporary file, fsync'd, renamed and the directory fsync'd,
 //! so a crash leaves either the old snapshot or the new one. Reading checks the CRC in a
@@ -15,8 +17,11 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use engine::state::ShopState;
+use std::sync::Arc;
 
+use engine::state::{ShopState, StateEncoding};
+
+use crate::cold::ColdArchive;
 use crate::entry::Chains;
 
 use crate::Error;
@@ -28,7 +33,9 @@ pub const MAGIC: &[u8; 8] = b"PANSHISN";
 pub const SNAPSHOT_HEADROOM_BYTES: u64 = 64 * 1024 * 1024;
 /// How often a snapshot being written looks at the free space.
 const HEADROOM_CHECK_EVERY_BYTES: u64 = 1024 * 1024;
-pub const SNAPSHOT_FORMAT: u8 = 1;
+pub const SNAPSHOT_FORMAT: u8 = 2;
+/// Snapshots written before orders were archived: read, never written.
+const SNAPSHOT_FORMAT_ALL_ORDERS: u8 = 1;
 /// Largest `meta` section: membership of a few nodes is far smaller.
 pub const SNAPSHOT_META_BYTES_MAX: usize = 1024 * 1024;
 const IO_BUFFER_BYTES: usize = 1 << 20;
@@ -42,6 +49,8 @@ pub struct SnapshotHeader {
     pub last_term: u64,
     /// The last admitted batch (part of the replicated state).
     pub chains: Chains,
+    /// The cold tables of archived orders, newest first.
+    pub cold: Vec<String>,
 }
 
 pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
@@ -169,6 +178,7 @@ fn write_to(file: Headroom<File>, header: &SnapshotHeader, state: &ShopState) ->
     out.write_all(&header.last_index.to_le_bytes())?;
     out.write_all(&header.last_term.to_le_bytes())?;
     bincode::encode_into_std_write(header.chains, &mut out, config()).map_err(encode_error)?;
+    bincode::encode_into_std_write(&header.cold, &mut out, config()).map_err(encode_error)?;
     bincode::encode_into_std_write(state, &mut out, config()).map_err(encode_error)?;
     let crc = out.hasher.clone().finalize();
     let mut inner = out.inner;
@@ -187,10 +197,12 @@ fn encode_error(error: bincode::error::EncodeError) -> Error {
     }
 }
 
+/// Removes every snapshot but `keep`, with their bundles and parts.
 fn remove_older(dir: &Path, keep: &Path) -> Result<(), Error> {
+    let old = |e: &std::ffi::OsStr| e == "snap" || e == "tmp" || e == "bundle";
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path != keep && path.extension().is_some_and(|e| e == "snap" || e == "tmp") {
+        if path != keep && path.extension().is_some_and(old) {
             fs::remove_file(&path)?;
         }
     }
@@ -244,13 +256,21 @@ fn corrupt(path: &Path, what: &str) -> Error {
 }
 
 fn read_header(reader: &mut impl Read, path: &Path) -> Result<SnapshotHeader, Error> {
+    read_header_and_format(reader, path).map(|(header, _)| header)
+}
+
+fn read_header_and_format(
+    reader: &mut impl Read,
+    path: &Path,
+) -> Result<(SnapshotHeader, u8), Error> {
     let mut magic = [0u8; 9];
     reader.read_exact(&mut magic)?;
     if &magic[..8] != MAGIC {
         return Err(corrupt(path, "not a snapshot"));
     }
-    if magic[8] != SNAPSHOT_FORMAT {
-        return Err(corrupt(path, &format!("unknown format {}", magic[8])));
+    let format = magic[8];
+    if format != SNAPSHOT_FORMAT && format != SNAPSHOT_FORMAT_ALL_ORDERS {
+        return Err(corrupt(path, &format!("unknown format {format}")));
     }
     let mut word = [0u8; 4];
     reader.read_exact(&mut word)?;
@@ -267,26 +287,69 @@ fn read_header(reader: &mut impl Read, path: &Path) -> Result<SnapshotHeader, Er
     let last_term = u64::from_le_bytes(long);
     let chains = bincode::decode_from_std_read(reader, config())
         .map_err(|e| corrupt(path, &format!("undecodable chains: {e}")))?;
-    Ok(SnapshotHeader {
+    let cold: Vec<String> = match format {
+        SNAPSHOT_FORMAT_ALL_ORDERS => Vec::new(),
+        _ => bincode::decode_from_std_read(reader, config())
+            .map_err(|e| corrupt(path, &format!("undecodable table names: {e}")))?,
+    };
+    if let Some(name) = cold.iter().find(|name| !crate::cold::is_table_name(name)) {
+        return Err(corrupt(path, &format!("names a table {name:?}")));
+    }
+    let header = SnapshotHeader {
         meta,
         last_index,
         last_term,
         chains,
-    })
+        cold,
+    };
+    Ok((header, format))
 }
 
-/// Reads a snapshot whole: checks the CRC, decodes the state and checks its invariants.
-pub fn read(path: &Path) -> Result<(SnapshotHeader, ShopState), Error> {
+/// A snapshot as read: its header, its state (reading archived orders from `archive`).
+pub struct Loaded {
+    pub header: SnapshotHeader,
+    pub state: ShopState,
+    pub archive: Arc<ColdArchive>,
+}
+
+/// Reads a snapshot whole: checks the CRC, opens the cold tables it names (in `cold/`
+/// beside the snapshot's directory), decodes the state and checks its invariants as far as
+/// they are in memory (`ShopState::check_in_memory`: `panshi audit`, a backup's check and a
+/// restore check the archived orders too).
+pub fn read(path: &Path) -> Result<Loaded, Error> {
     verify(path)?;
     let mut reader = BufReader::with_capacity(IO_BUFFER_BYTES, File::open(path)?);
-    let header = read_header(&mut reader, path)?;
-    let state: ShopState = bincode::decode_from_std_read(&mut reader, config())
-        .map_err(|e| corrupt(path, &format!("undecodable state: {e}")))?;
-    if let Some(violation) = state.check().into_iter().next() {
+    let (header, format) = read_header_and_format(&mut reader, path)?;
+    let encoding = match format {
+        SNAPSHOT_FORMAT_ALL_ORDERS => StateEncoding::AllOrders,
+        _ => StateEncoding::HotOrders,
+    };
+    let mut state: ShopState =
+        bincode::decode_from_std_read_with_context(&mut reader, config(), encoding)
+            .map_err(|e| corrupt(path, &format!("undecodable state: {e}")))?;
+    let archive = match header.cold.is_empty() {
+        true => Arc::new(ColdArchive::empty()),
+        false => {
+            let data_dir = path
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."));
+            let archive = ColdArchive::open(&crate::cold::cold_dir(data_dir), &header.cold)?;
+            Arc::new(archive)
+        }
+    };
+    if !header.cold.is_empty() {
+        state.set_cold(archive.clone());
+    }
+    if let Some(violation) = state.check_in_memory().into_iter().next() {
         return Err(corrupt(
             path,
             &format!("state breaks an invariant: {violation}"),
         ));
     }
-    Ok((header, state))
+    Ok(Loaded {
+        header,
+        state,
+        archive,
+    })
 }

@@ -345,7 +345,8 @@ impl Store {
             // Through the applier and the mirror, after everything queued before it; sent
             // without the state lock (the applier's live feeds read the state).
             let rows = TouchedSet::everything(&state).rows(&state);
-            let orders = state.orders().iter().cloned().map(Arc::new).collect();
+            let mut orders = Vec::new();
+            state.for_each_order(|_, record| orders.push(Arc::new(record.clone())));
             self.send_applied(Applied::Reset {
                 index: applied,
                 rows,
@@ -354,6 +355,19 @@ impl Store {
         }
         *self.state.write() = state;
         Ok(())
+    }
+
+    /// A snapshot archived the orders at `indexes` when its state had applied
+    /// `through_events` events; `archive` reads them and every earlier archive. The live
+    /// state drops those it has not changed since (`ShopState::archive`); lookups are
+    /// unaffected (sled and the view serve acknowledged orders).
+    pub fn archive(
+        &self,
+        archive: Arc<dyn engine::state::ColdOrders>,
+        indexes: &[u32],
+        through_events: u64,
+    ) {
+        self.state.write().archive(archive, indexes, through_events);
     }
 
     /// The last log index whose changes are published (readable).

@@ -66,7 +66,7 @@ impl TableWriter {
     /// Begins the table that `finish` puts at `path` (which must not exist yet).
     pub fn create(path: &Path) -> Result<Self, Error> {
         let temporary = path.with_extension("tmp");
-        let file = File::create(&temporary)?;
+        let file = crate::private::create_file(&temporary)?;
         Ok(Self {
             path: path.to_owned(),
             temporary,
@@ -279,6 +279,28 @@ impl Table {
         Ok(())
     }
 
+    /// The entries from the first key at or above `from`, in key order, a block read at a
+    /// time (to merge tables without holding one whole).
+    pub fn cursor(&self, from: &[u8]) -> Cursor<'_> {
+        // The last block whose first key is below `from` may hold it; blocks before it not.
+        let (mut after, mut high) = (0, self.blocks.len());
+        while after < high {
+            let middle = after + (high - after) / 2;
+            if self.first_key(middle) < from {
+                after = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Cursor {
+            table: self,
+            next_block: after.saturating_sub(1),
+            entries: Vec::new(),
+            at: 0,
+            from: from.to_vec(),
+        }
+    }
+
     /// Block `block`'s entries, checked against its CRC.
     fn block(&self, block: usize) -> Result<Vec<u8>, Error> {
         let BlockRef { offset, len, .. } = self.blocks[block];
@@ -293,6 +315,53 @@ impl Table {
             )));
         }
         Ok(entries)
+    }
+}
+
+/// Entries of a table in key order from a key on (`Table::cursor`).
+pub struct Cursor<'a> {
+    table: &'a Table,
+    next_block: usize,
+    /// The block being read, and where its next entry begins.
+    entries: Vec<u8>,
+    at: usize,
+    /// Entries below this key are skipped (only in the first block read).
+    from: Vec<u8>,
+}
+
+impl Iterator for Cursor<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.at >= self.entries.len() {
+                if self.next_block >= self.table.blocks.len() {
+                    return None;
+                }
+                match self.table.block(self.next_block) {
+                    Ok(entries) => (self.entries, self.at) = (entries, 0),
+                    Err(error) => {
+                        self.next_block = self.table.blocks.len();
+                        return Some(Err(error));
+                    }
+                }
+                self.next_block += 1;
+                continue;
+            }
+            let mut rest = Entries(&self.entries[self.at..]);
+            let entry = match rest.next()? {
+                Ok((key, value)) => (key.to_vec(), value.to_vec()),
+                Err(error) => {
+                    (self.next_block, self.at) = (self.table.blocks.len(), self.entries.len());
+                    return Some(Err(error));
+                }
+            };
+            self.at = self.entries.len() - rest.0.len();
+            if entry.0 < self.from {
+                continue;
+            }
+            return Some(Ok(entry));
+        }
     }
 }
 

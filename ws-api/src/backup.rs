@@ -1,5 +1,6 @@
 //! `panshi backup` and `panshi restore`: an online, consistent copy of a running node's
-//! state (a snapshot file, checked before it is kept), and a new data dir made from one.
+//! state (a snapshot bundle: the snapshot and the cold tables of archived orders it names,
+//! checked before it is kept), and a new data dir made from one.
 
 use std::io::Write;
 use std::path::Path;
@@ -52,21 +53,17 @@ async fn fetch(url: &str, to: &Path, token: &str) -> anyhow::Result<(u64, u64, u
         // A copy that did not arrive whole must not take the disk it filled.
         let _ = std::fs::remove_file(&partial);
     }
-    let (header, state) = kept?;
-    Ok((
-        state.orders().len() as u64,
-        state.cards_count(),
-        header.last_index,
-    ))
+    let storage::snapshot::Loaded { header, state, .. } = kept?;
+    Ok((state.orders_count(), state.cards_count(), header.last_index))
 }
 
-/// Writes the answer to `partial`, checks it whole (checksum, decoding, every invariant),
-/// and only then gives it the name `to`.
+/// Writes the answer to `partial`, checks it whole (unpacked beside it: every checksum, the
+/// decoding, every invariant, every archived order), and only then gives it the name `to`.
 async fn keep(
     mut response: reqwest::Response,
     partial: &Path,
     to: &Path,
-) -> anyhow::Result<(storage::snapshot::SnapshotHeader, engine::state::ShopState)> {
+) -> anyhow::Result<storage::snapshot::Loaded> {
     let writing = || format!("writing {}", partial.display());
     let mut file = std::fs::File::create(partial)
         .with_context(|| format!("creating {}", partial.display()))?;
@@ -75,13 +72,35 @@ async fn keep(
     }
     file.sync_all().with_context(writing)?;
     drop(file);
-    let checked = storage::snapshot::read(partial)
-        .with_context(|| format!("checking {}", partial.display()))?;
+    let checked = check(partial).with_context(|| format!("checking {}", partial.display()))?;
     std::fs::rename(partial, to)?;
     if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(checked)
+}
+
+/// Unpacks a bundle into a scratch data dir beside it, reads it back whole, and removes the
+/// scratch dir.
+fn check(bundle: &Path) -> anyhow::Result<storage::snapshot::Loaded> {
+    let scratch = bundle.with_extension("checking");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let checked = (|| {
+        let snapshot_dir = storage::snapshot::snapshot_dir(&scratch);
+        storage::private::create_dir(&snapshot_dir)?;
+        let snapshot = snapshot_dir.join("backup.snap");
+        storage::bundle::import(bundle, &storage::cold::cold_dir(&scratch), &snapshot)?;
+        let loaded = storage::snapshot::read(&snapshot)?;
+        loaded.archive.verify()?;
+        if let Some(violation) = loaded.state.check().into_iter().next() {
+            return Err(storage::Error::Corrupt(format!(
+                "the state breaks an invariant: {violation}"
+            )));
+        }
+        Ok::<_, storage::Error>(loaded)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(checked?)
 }
 
 pub fn restore(from: &Path, data: &Path, node_id: u64) -> ExitCode {

@@ -190,6 +190,11 @@ pub fn describe_metrics() {
         "panshi_manual_review_orders",
         "Orders waiting in the manual-review queue."
     );
+    describe_gauge!("panshi_orders", "Orders ever made, in memory and archived.");
+    describe_gauge!(
+        "panshi_orders_in_memory",
+        "Orders held in memory; the rest are settled, archived by a snapshot into cold tables."
+    );
     describe_counter!("panshi_payment_notifies_total", "Payment notifications by channel, outcome and reason; success rate is outcome=applied over all.");
     describe_histogram!(
         "panshi_delivery_seconds",
@@ -367,6 +372,12 @@ impl Observatory {
         let sample = self.sample(shop, cluster);
         cluster_metrics(cluster);
         metrics::gauge!("panshi_manual_review_orders").set(sample.manual_review_count as f64);
+        let (orders, in_memory) = {
+            let state = shop.store().state();
+            (state.orders_count(), state.hot_orders_count())
+        };
+        metrics::gauge!("panshi_orders").set(orders as f64);
+        metrics::gauge!("panshi_orders_in_memory").set(in_memory as f64);
         let (changes, counts) = {
             let mut alerts = self.alerts.lock();
             let changes = alerts.evaluate(sample);

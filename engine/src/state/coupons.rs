@@ -61,8 +61,8 @@ impl ShopState {
 
     /// An order's terms, by id.
     pub fn terms_of(&self, order_id: &crate::OrderId) -> Option<&OrderTerms> {
-        let index = self.order_index.get(order_id)?;
-        self.terms.by_order.get(index)
+        let index = self.index_of(order_id)?;
+        self.terms.by_order.get(&index)
     }
 
     /// Indexes of the orders with a lookup password whose contact is `contact` (compared
@@ -206,7 +206,7 @@ impl ShopState {
     pub(super) fn check_coupons(&self, violations: &mut Vec<Violation>) {
         let mut counted: HashMap<&str, u32> = HashMap::new();
         for (index, terms) in &self.terms.by_order {
-            if (*index as usize) >= self.orders.len() {
+            if *index >= self.orders.made() {
                 violations.push(Violation(format!("terms of unknown order index {index}")));
             }
             if let Some(used) = &terms.coupon {

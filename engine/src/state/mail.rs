@@ -55,18 +55,28 @@ impl ShopState {
 
     /// Waiting mails, oldest order first: (order id, its tries).
     pub fn mails_waiting(&self) -> impl Iterator<Item = (&OrderId, &MailTries)> {
-        self.outbox
-            .waiting
-            .iter()
-            .map(|(index, tries)| (&self.orders[*index as usize].created.order_id, tries))
+        self.mails_of(&self.outbox.waiting)
     }
 
     /// Given-up mails, oldest order first.
     pub fn mails_given_up(&self) -> impl Iterator<Item = (&OrderId, &MailTries)> {
-        self.outbox
-            .given_up
-            .iter()
-            .map(|(index, tries)| (&self.orders[*index as usize].created.order_id, tries))
+        self.mails_of(&self.outbox.given_up)
+    }
+
+    /// A list's mails with their orders' ids (orders with a mail stay in memory).
+    fn mails_of<'a>(
+        &'a self,
+        list: &'a BTreeMap<u32, MailTries>,
+    ) -> impl Iterator<Item = (&'a OrderId, &'a MailTries)> {
+        list.iter().filter_map(|(index, tries)| {
+            let record = self.orders.hot(*index)?;
+            Some((&record.created.order_id, tries))
+        })
+    }
+
+    /// Whether the order at `index` has a mail waiting or given up.
+    pub(super) fn has_mail(&self, index: u32) -> bool {
+        self.outbox.waiting.contains_key(&index) || self.outbox.given_up.contains_key(&index)
     }
 
     /// The tries of an order's mail while it waits.
@@ -78,7 +88,7 @@ impl ShopState {
     /// Called as an order is delivered: queues its mail when the outbox is open and the
     /// contact is an e-mail address.
     pub(super) fn enqueue_delivery_mail(&mut self, index: u32) {
-        let contact = &self.orders[index as usize].created.contact;
+        let contact = &self.orders.hot(index).expect("delivered").created.contact;
         if self.outbox.opened_at_ms.is_some() && is_email(contact) {
             self.outbox.waiting.insert(index, MailTries::default());
             self.outbox.queued_count += 1;
@@ -95,12 +105,14 @@ impl ShopState {
     }
 
     fn waiting_index(&self, order_id: &OrderId, event: &str) -> Result<u32, Violation> {
-        let index = self.order_index(order_id)?;
-        ensure!(
-            self.outbox.waiting.contains_key(&index),
-            "{event} for order {order_id}, whose mail is not waiting"
-        );
-        Ok(index)
+        // An order whose mail waits is in memory.
+        let index = self.order_index.get(order_id).copied();
+        let index = index.filter(|index| self.outbox.waiting.contains_key(index));
+        index.ok_or_else(|| {
+            Violation(format!(
+                "{event} for order {order_id}, whose mail is not waiting"
+            ))
+        })
     }
 
     pub(super) fn apply_mail_sent(&mut self, order_id: &OrderId) -> Result<Touched, Violation> {
@@ -165,7 +177,12 @@ impl ShopState {
         let lists = [(&outbox.waiting, false), (&outbox.given_up, true)];
         for (list, given_up) in lists {
             for (index, tries) in list {
-                let record = &self.orders[*index as usize];
+                let Some(record) = self.orders.hot(*index) else {
+                    violations.push(Violation(format!(
+                        "the order of mail {index} is not in memory"
+                    )));
+                    continue;
+                };
                 let id = &record.created.order_id;
                 if record.status != OrderStatus::Delivered || !is_email(&record.created.contact) {
                     violations.push(Violation(format!(

@@ -139,7 +139,12 @@ impl ShopState {
         key: &str,
     ) -> Option<(&OrderRecord, u64)> {
         let (index, fingerprint) = self.reseller(reseller)?.idempotency.get(key)?;
-        Some((&self.orders[*index as usize], *fingerprint))
+        Some((self.orders.hot(*index)?, *fingerprint))
+    }
+
+    /// Whether the order at `index` is a reseller's (reseller orders stay in memory).
+    pub(super) fn is_reseller_order(&self, index: u32) -> bool {
+        self.resellers.charges.contains_key(&index)
     }
 
     /// The last seq of a reseller's stream (0 when empty).
@@ -168,10 +173,12 @@ impl ShopState {
         state.stream[start..end.max(start)]
             .iter()
             .take(count_max)
-            .map(|entry| StreamItem {
-                seq: entry.seq,
-                status: entry.status,
-                record: &self.orders[entry.order_index as usize],
+            .filter_map(|entry| {
+                Some(StreamItem {
+                    seq: entry.seq,
+                    status: entry.status,
+                    record: self.orders.hot(entry.order_index)?,
+                })
             })
             .collect()
     }
@@ -301,10 +308,7 @@ impl ShopState {
             state.revoked_at_ms.is_none(),
             "order {id} of revoked {reseller}"
         );
-        ensure!(
-            !self.order_index.contains_key(id),
-            "order {id} created twice"
-        );
+        ensure!(self.index_of(id).is_none(), "order {id} created twice");
         let product = self
             .products
             .get(&order.sku)
@@ -346,7 +350,7 @@ impl ShopState {
     ) -> Result<Touched, Violation> {
         let charge = self.check_reseller_order(order)?;
         let (reseller, charge_number) = (order.reseller_id, charge.number);
-        let index = self.orders.len() as u32;
+        let index = self.orders.made();
         self.set_holders(&order.cards, Holder::Sold(index));
         let product = self.products.get_mut(&order.sku).expect("checked");
         product.stock.available -= order.cards.len() as u64;
@@ -471,7 +475,12 @@ impl ShopState {
             )));
         }
         for index in &state.orders {
-            let record = &self.orders[*index as usize];
+            let Some(record) = self.orders.hot(*index) else {
+                violations.push(Violation(format!(
+                    "{reseller}: order {index} is not in memory"
+                )));
+                continue;
+            };
             let id = &record.created.order_id;
             if charged.get(id).copied() != Some(1) {
                 violations.push(Violation(format!(

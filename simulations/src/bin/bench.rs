@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
     let violations = store.state().check();
     println!(
         "check: {} orders, {} violations",
-        store.state().orders().len(),
+        store.state().orders_count(),
         violations.len()
     );
     anyhow::ensure!(
@@ -379,11 +379,12 @@ mod memory {
     }
 
     pub fn report(state: &ShopState) {
-        let orders = state.orders().len() as i64;
+        let orders = state.hot_orders_count() as i64;
         let cards = state.cards_count() as i64;
         let encoded = bincode::encode_to_vec(state, config()).expect("encodes");
         let decode = || -> ShopState {
-            bincode::decode_from_slice(&encoded, config())
+            let encoding = engine::state::StateEncoding::HotOrders;
+            bincode::decode_from_slice_with_context(&encoded, config(), encoding)
                 .expect("decodes its own encoding")
                 .0
         };
@@ -402,7 +403,7 @@ mod memory {
         }
         let (records, record_bytes) = resident(|| {
             let mut records = Vec::with_capacity(orders as usize);
-            records.extend(state.orders().into_iter().map(copy));
+            records.extend(state.hot_orders().map(|(_, record)| copy(record)));
             records
         });
         let (slots, card_bytes) = resident(|| {
@@ -413,7 +414,7 @@ mod memory {
             slots
         });
         let mut field_lens = [0usize; 5];
-        for record in state.orders() {
+        for (_, record) in state.hot_orders() {
             let created = &record.created;
             for (sum, len) in field_lens.iter_mut().zip([
                 created.token.len(),

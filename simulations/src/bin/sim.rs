@@ -75,14 +75,16 @@ fn main() -> ExitCode {
             );
         }
         println!(
-            "  seed {seed}: {} orders, {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} violations{}{}",
+            "  seed {seed}: {} orders ({} archived), {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} snapshots, {} violations{}{}",
             outcome.orders,
+            outcome.archived,
             outcome.reseller_orders,
             outcome.mails_sent,
             outcome.mails_given_up,
             outcome.notifies,
             outcome.notifies_refused,
             outcome.crashes,
+            outcome.snapshots,
             outcome.violations.len(),
             match outcome.first_violation_step {
                 Some(step) => format!(" (first at step {step}; replay: panshi-sim --seed {seed} --steps {} --nodes {})", args.steps, args.nodes),

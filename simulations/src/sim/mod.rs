@@ -61,6 +61,8 @@ pub struct Faults {
     pub sync_failure_per_mille: u64,
     /// Tries of a delivery mail that the simulated mail server refuses.
     pub mail_failure_percent: u64,
+    /// One node: a snapshot (which archives settled orders out of memory) per step.
+    pub snapshot_per_mille: u64,
 }
 
 impl Faults {
@@ -75,6 +77,7 @@ impl Faults {
             torn_tail_percent: rng.below(100),
             sync_failure_per_mille: rng.below(8),
             mail_failure_percent: rng.below(60),
+            snapshot_per_mille: rng.below(60),
         }
     }
 
@@ -89,6 +92,7 @@ impl Faults {
             torn_tail_percent: 0,
             sync_failure_per_mille: 0,
             mail_failure_percent: 0,
+            snapshot_per_mille: 0,
         }
     }
 }
@@ -97,7 +101,7 @@ impl fmt::Display for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%, replayed {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%",
+            "notify drop {}%, duplicate {}%, delay <= {} ms, forged {}%, replayed {}%; crash {}‰ per step, torn tail {}%, sync failure {}‰; mail refused {}%; snapshot {}‰ per step",
             self.notify_drop_percent,
             self.notify_duplicate_percent,
             self.notify_delay_ms_max,
@@ -106,7 +110,8 @@ impl fmt::Display for Faults {
             self.crash_per_mille,
             self.torn_tail_percent,
             self.sync_failure_per_mille,
-            self.mail_failure_percent
+            self.mail_failure_percent,
+            self.snapshot_per_mille
         )
     }
 }
@@ -131,6 +136,10 @@ pub struct Outcome {
     pub mails_sent: u64,
     pub mails_given_up: u64,
     pub crashes: u64,
+    /// One node: snapshots taken.
+    pub snapshots: u64,
+    /// Orders out of memory at the end (archived by snapshots).
+    pub archived: u64,
     /// Writes whose outcome the client never learned (three nodes: the leader changed or the
     /// network held them too long).
     pub unknown_outcomes: u64,
@@ -367,8 +376,23 @@ impl World {
             }
             self.workload_step();
             self.run_network();
+        } else if self.rng.per_mille(self.faults.snapshot_per_mille) {
+            self.snapshot();
         } else {
             self.workload_step();
+        }
+    }
+
+    /// One node: a snapshot now (archiving what has settled).
+    fn snapshot(&mut self) {
+        self.outcome.snapshots += 1;
+        if let Backend::Single {
+            node: Some(node), ..
+        } = &self.backend
+        {
+            if let Err(error) = node.trigger(replication::Trigger::Snapshot) {
+                self.violation(format!("snapshot failed: {error}"));
+            }
         }
     }
 
@@ -811,7 +835,7 @@ impl World {
                 }
                 self.pools.insert(product.product.sku.clone(), shards);
             }
-            for record in state.orders() {
+            for (_, record) in state.hot_orders() {
                 if record.status == OrderStatus::AwaitingPayment {
                     self.live
                         .insert(record.created.order_id.clone(), record.to_order());
@@ -836,7 +860,7 @@ impl World {
     fn adopt_unacknowledged(&mut self) {
         let state = self.store().state();
         let mut adopted = Vec::new();
-        for record in state.orders() {
+        state.for_each_order(|_, record| {
             let id = &record.created.order_id;
             let known = self.acked.get(id).copied();
             let now = match record.status {
@@ -844,12 +868,12 @@ impl World {
                 OrderStatus::Delivered => Acked::Delivered,
                 OrderStatus::ManualReview => Acked::Review,
                 OrderStatus::Expired => Acked::Expired,
-                _ => continue,
+                _ => return,
             };
             if known != Some(now) && !known.is_some_and(|k| moved_back(k, now)) {
                 adopted.push((id.clone(), now));
             }
-        }
+        });
         drop(state);
         for (id, status) in adopted {
             if !self.acked.contains_key(&id) {
@@ -931,6 +955,10 @@ impl World {
         };
         self.outcome.mails_sent = sent;
         self.outcome.mails_given_up = given_up;
+        self.outcome.archived = {
+            let state = self.store().state();
+            state.orders_count() - state.hot_orders_count()
+        };
         let last = self.outcome.violations.len();
         self.check(u64::MAX);
         if self.outcome.violations.len() > last {

@@ -193,7 +193,8 @@ async fn remove_member(
     Ok(HttpResponse::Ok().json(status_json(&state.cluster.node.status())))
 }
 
-/// A consistent copy of the state as a snapshot file: everything acknowledged before the
+/// A consistent copy of the state as a snapshot bundle (the snapshot and its cold tables,
+/// `storage::bundle`): everything acknowledged before the
 /// request is in it (this node has caught up with the leader before it snapshots).
 async fn backup(
     state: web::Data<AppState>,
@@ -204,13 +205,11 @@ async fn backup(
     node.read_barrier()
         .await
         .map_err(|e| ApiError::unavailable("no_leader", e.to_string()))?;
-    let path = node
-        .snapshot_now()
+    let file = node
+        .backup_bundle()
         .await
         .map_err(|e| ApiError::unavailable("unavailable", e.to_string()))?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::unavailable("unavailable", e.to_string()))?;
+    let file = tokio::fs::File::from_std(file);
     let length = file
         .metadata()
         .await

@@ -392,16 +392,14 @@ async fn payments_missing(lang: Lang, state: &AppState) -> Markup {
 
 fn recent_orders(state: &AppState) -> (Vec<OrderRecord>, Vec<(OrderStatus, usize)>) {
     let shop_state = state.shop.store().state();
-    let orders = shop_state.orders();
-    let recent = orders
-        .iter()
-        .rev()
-        .take(DASHBOARD_ORDERS_MAX)
-        .cloned()
+    let recent = shop_state
+        .orders_before(u32::MAX, DASHBOARD_ORDERS_MAX)
+        .into_iter()
+        .map(|(_, record)| record.into_owned())
         .collect();
-    let counts = OrderStatus::ALL
-        .iter()
-        .map(|s| (*s, orders.iter().filter(|r| r.status == *s).count()))
+    let counts = shop_state
+        .orders_by_status()
+        .map(|(status, count)| (status, count as usize))
         .collect();
     (recent, counts)
 }
@@ -568,10 +566,11 @@ async fn incident(
 /// Orders waiting for an operator: paid but in review, and unpaid in the manual queue.
 fn queue_orders(state: &AppState) -> (Vec<OrderRecord>, Vec<OrderRecord>) {
     let shop_state = state.shop.store().state();
+    // Orders in review or unpaid are never archived: all are in memory.
     let pick = |wanted: fn(&OrderRecord) -> bool| -> Vec<OrderRecord> {
         shop_state
-            .orders()
-            .iter()
+            .hot_orders()
+            .map(|(_, r)| r)
             .filter(|r| wanted(r))
             .take(QUEUE_ORDERS_MAX)
             .cloned()

@@ -250,9 +250,10 @@ async fn manual_payments(
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&request, &state)?;
     let shop_state = state.shop.store().state();
+    // Unpaid orders are never archived: all are in memory.
     let orders = shop_state
-        .orders()
-        .iter()
+        .hot_orders()
+        .map(|(_, r)| r)
         .filter(|r| r.status == engine::OrderStatus::AwaitingPayment)
         .filter(|r| r.created.payment_channel == actors::payment::MANUAL_CHANNEL);
     Ok(queue_json(orders))

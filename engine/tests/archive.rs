@@ -1,0 +1,287 @@
+//! Settled orders leaving memory (`ShopState::archive`): a state that archives, and restarts
+//! from its encoded hot part and its archive, answers every question exactly as a state
+//! that never archived. An order changed after the snapshot that archived it stays in
+//! memory: dropping it would bring back the archived copy (the canary below shows the
+//! check that catches that).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use engine::events::{Fulfilment, Idempotency, Payment};
+use engine::state::{ColdOrders, OrderRecord, ShopState, StateEncoding};
+use engine::{CardId, Currency, Event, NewOrder, OrderId, OrderStatus, Product, Sku};
+
+const PRICE_CENTS: u64 = 1_000;
+const EXPIRES_AT_MS: u64 = 1_000;
+
+/// Archived orders as a snapshot's tables hold them: each archive adds copies, a newer copy
+/// shadows an older one.
+#[derive(Clone, Default)]
+struct MemCold {
+    records: BTreeMap<u32, OrderRecord>,
+}
+
+impl ColdOrders for MemCold {
+    fn record(&self, index: u32) -> Option<OrderRecord> {
+        self.records.get(&index).cloned()
+    }
+
+    fn index_of(&self, id: &OrderId) -> Option<u32> {
+        let found = self.records.iter().find(|(_, r)| &r.created.order_id == id);
+        found.map(|(index, _)| *index)
+    }
+
+    fn index_of_idempotency_key(&self, key: &str) -> Option<u32> {
+        self.records
+            .iter()
+            .filter(|(_, r)| r.created.idempotency.as_ref().is_some_and(|i| i.key == key))
+            .map(|(index, _)| *index)
+            .max()
+    }
+
+    fn for_each_in(&self, indexes: std::ops::Range<u32>, visit: &mut dyn FnMut(u32, &OrderRecord)) {
+        for (index, record) in self.records.range(indexes) {
+            visit(*index, record);
+        }
+    }
+}
+
+/// What a snapshot does: archives what `builder` calls archivable into `cold`, and drops it
+/// from `builder`. Returns what the live state is told.
+fn snapshot(builder: &mut ShopState, cold: &mut MemCold) -> (Vec<u32>, u64) {
+    let fresh: Vec<(u32, OrderRecord)> = builder
+        .archivable_orders()
+        .map(|(index, record)| (index, record.clone()))
+        .collect();
+    let indexes: Vec<u32> = fresh.iter().map(|(index, _)| *index).collect();
+    cold.records.extend(fresh);
+    let through = builder.events_applied();
+    builder.archive(Arc::new(cold.clone()), &indexes, through);
+    (indexes, through)
+}
+
+/// A start from a snapshot: the encoded state read back, reading `cold`.
+fn restart(state: &ShopState, cold: &MemCold) -> ShopState {
+    let config = bincode::config::standard();
+    let bytes = bincode::encode_to_vec(state, config).unwrap();
+    let (mut copy, _): (ShopState, usize) =
+        bincode::decode_from_slice_with_context(&bytes, config, StateEncoding::HotOrders).unwrap();
+    copy.set_cold(Arc::new(cold.clone()));
+    copy
+}
+
+fn sku() -> Sku {
+    Sku::parse("game-1").unwrap()
+}
+
+fn setup(keys: u64) -> Vec<Event> {
+    let product = Product {
+        sku: sku(),
+        name: "Game".into(),
+        price_cents: PRICE_CENTS,
+        currency: Currency::parse("CNY").unwrap(),
+        created_at_ms: 1,
+    };
+    let keys = (0..keys).map(|i| format!("KEY-{i}")).collect();
+    vec![
+        Event::ProductCreated(product),
+        Event::CardsImported {
+            sku: sku(),
+            first_card_id: CardId(1),
+            keys,
+        },
+    ]
+}
+
+fn id(n: u64) -> OrderId {
+    OrderId::parse(&format!("o{n}")).unwrap()
+}
+
+fn created(n: u64, card: u64, key: Option<&str>, at_ms: u64) -> Event {
+    Event::OrderCreated(Arc::new(NewOrder {
+        order_id: id(n),
+        token: "t".into(),
+        trace_id: "x".into(),
+        sku: sku(),
+        quantity: 1,
+        amount_cents: PRICE_CENTS,
+        currency: Currency::parse("CNY").unwrap(),
+        contact: "buyer@example.com".into(),
+        channel: "epay".into(),
+        payment_channel: "epay".into(),
+        payment_url: "https://pay.example/".into(),
+        payment_ref: String::new(),
+        created_at_ms: at_ms,
+        expires_at_ms: at_ms + EXPIRES_AT_MS,
+        cards: vec![CardId(card)],
+        idempotency: key.map(|key| Idempotency {
+            key: key.into(),
+            fingerprint: 7,
+        }),
+    }))
+}
+
+fn paid(n: u64, newly_reserved: &[u64]) -> Event {
+    Event::PaymentApplied {
+        order_id: id(n),
+        payment: Payment {
+            channel: "epay".into(),
+            gateway_trade_no: format!("T{n}").into(),
+            amount_cents: PRICE_CENTS,
+        },
+        at_ms: 500,
+        fulfilment: Fulfilment::Delivered {
+            newly_reserved: newly_reserved.iter().copied().map(CardId).collect(),
+        },
+    }
+}
+
+fn expired(n: u64) -> Event {
+    Event::OrderExpired {
+        order_id: id(n),
+        at_ms: 10 * EXPIRES_AT_MS,
+    }
+}
+
+fn folded(events: &[Event]) -> ShopState {
+    let mut state = ShopState::default();
+    for event in events {
+        state.apply(event).unwrap();
+    }
+    state
+}
+
+/// Every order, as `for_each_order` walks them.
+fn orders(state: &ShopState) -> Vec<(u32, OrderRecord)> {
+    let mut all = Vec::new();
+    state.for_each_order(|index, record| all.push((index, record.clone())));
+    all
+}
+
+/// The state answers as `reference` does: every order by index, by id and by key, the
+/// counts, and no broken invariant.
+fn assert_same(state: &ShopState, reference: &ShopState) {
+    assert_eq!(state.check(), Vec::new());
+    let all = orders(reference);
+    assert_eq!(orders(state), all);
+    let newest_first: Vec<(u32, OrderRecord)> = state
+        .orders_before(u32::MAX, all.len())
+        .into_iter()
+        .map(|(index, record)| (index, record.into_owned()))
+        .collect();
+    assert!(
+        newest_first.iter().rev().eq(all.iter()),
+        "a page holds every order"
+    );
+    for (index, record) in &all {
+        let id = &record.created.order_id;
+        assert_eq!(state.order(id).as_deref(), Some(record));
+        assert_eq!(state.index_of(id), Some(*index));
+        assert_eq!(state.order_at(*index).as_deref(), Some(record));
+        if let Some(idempotency) = &record.created.idempotency {
+            assert_eq!(
+                state.order_by_idempotency_key(&idempotency.key),
+                reference.order_by_idempotency_key(&idempotency.key)
+            );
+        }
+    }
+    assert_eq!(state.orders_count(), reference.orders_count());
+    assert_eq!(
+        state.orders_by_status().collect::<Vec<_>>(),
+        reference.orders_by_status().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        state.product(&sku()).unwrap().stock,
+        reference.product(&sku()).unwrap().stock
+    );
+}
+
+/// A late payment lands on an expired order after the snapshot that archives it was
+/// folded but before the live state hears of the archive: the live state keeps the paid
+/// order. Told to drop it regardless (the canary), it would read the archived, expired
+/// copy back, and the check finds the sold key that no order lists.
+#[test]
+fn an_order_changed_after_its_archive_stays_in_memory() {
+    let mut events = setup(3);
+    events.push(created(1, 1, None, 100));
+    events.push(expired(1));
+    let mut live = folded(&events);
+    let mut builder = folded(&events);
+    let mut cold = MemCold::default();
+    let late = paid(1, &[2]);
+    live.apply(&late).unwrap();
+    events.push(late);
+    let (archived, through) = snapshot(&mut builder, &mut cold);
+    assert_eq!(archived, vec![0]);
+    assert_eq!(builder.hot_orders_count(), 0);
+
+    let mut canary = folded(&events);
+    canary.archive(Arc::new(cold.clone()), &archived, u64::MAX);
+    assert_eq!(canary.order(&id(1)).unwrap().status, OrderStatus::Expired);
+    assert!(
+        canary
+            .check()
+            .iter()
+            .any(|v| v.0.contains("does not list it")),
+        "the check must catch an order dropped after it changed"
+    );
+
+    live.archive(Arc::new(cold.clone()), &archived, through);
+    assert_eq!(live.hot_orders_count(), 1);
+    assert_eq!(live.order(&id(1)).unwrap().status, OrderStatus::Delivered);
+    assert_same(&live, &folded(&events));
+}
+
+/// Orders archived across several snapshots, restarts from each, an archived expired order
+/// paid late (brought back, changed, archived again), an idempotency key reused after its
+/// window: every answer equals the never-archived state's, and memory holds only what has
+/// not settled.
+#[test]
+fn a_state_that_archives_and_restarts_answers_as_one_that_never_did() {
+    let window = engine::order::IDEMPOTENCY_WINDOW_MS;
+    let mut events = setup(8);
+    let mut state = folded(&events);
+    let mut cold = MemCold::default();
+    let apply = |state: &mut ShopState, events: &mut Vec<Event>, event: Event| {
+        state.apply(&event).unwrap();
+        events.push(event);
+    };
+    apply(&mut state, &mut events, created(1, 1, Some("k1"), 100));
+    apply(&mut state, &mut events, created(2, 2, Some("k2"), 100));
+    apply(&mut state, &mut events, created(3, 3, None, 100));
+    apply(&mut state, &mut events, paid(1, &[]));
+    apply(&mut state, &mut events, expired(2));
+    snapshot(&mut state, &mut cold);
+    assert_eq!(state.hot_orders_count(), 1, "o3 awaits payment");
+    assert_same(&state, &folded(&events));
+
+    // A start from the snapshot, then the late payment of the archived, expired o2.
+    let mut state = restart(&state, &cold);
+    apply(&mut state, &mut events, paid(2, &[4]));
+    assert_eq!(state.hot_orders_count(), 2, "o2 is back in memory");
+    assert_same(&state, &folded(&events));
+    // The key of o1 again, once its window closed: a new order; the newest answers for it.
+    apply(
+        &mut state,
+        &mut events,
+        created(4, 5, Some("k1"), 100 + window),
+    );
+    apply(&mut state, &mut events, expired(3));
+    snapshot(&mut state, &mut cold);
+    assert_eq!(state.hot_orders_count(), 1, "o4 awaits payment");
+    let state = restart(&state, &cold);
+    assert_eq!(
+        state
+            .order_by_idempotency_key("k1")
+            .unwrap()
+            .created
+            .order_id,
+        id(4)
+    );
+    assert_same(&state, &folded(&events));
+    // Creating an archived order again is refused, as for one in memory.
+    let mut state = state;
+    assert!(state.apply(&created(1, 6, None, 100)).is_err());
+    assert!(state.apply(&paid(1, &[])).is_err(), "o1 was paid already");
+    assert_same(&state, &folded(&events));
+}
