@@ -841,8 +841,7 @@ impl Node {
             let _exporting = machine.snapshot_lock.lock();
             let snapshot = storage::snapshot::latest(&storage::snapshot::snapshot_dir(&data_dir))?
                 .ok_or_else(|| Error::Raft("no snapshot written".into()))?;
-            let bundle = storage::bundle::export(&data_dir, &snapshot)?;
-            Ok(std::fs::File::open(bundle)?)
+            Ok(storage::bundle::export(&data_dir, &snapshot)?)
         })
         .await
         .map_err(|e| Error::Raft(e.to_string()))?

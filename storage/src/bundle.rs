@@ -9,8 +9,9 @@
 //! versions before archiving sent and backed up): it names no tables.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use crate::snapshot::{self, MAGIC};
 use crate::{cold, Error};
@@ -20,18 +21,23 @@ pub const BUNDLE_MAGIC: &[u8; 8] = b"PANSHIBN";
 pub const BUNDLE_TABLES_MAX: u32 = 4_096;
 const IO_BUFFER_BYTES: usize = 1 << 20;
 
-/// The bundle of the snapshot at `snapshot_path` (in `data_dir`'s snapshot directory), made
-/// once beside it and kept while the snapshot is the newest (`snapshot::write` removes it
-/// with the snapshot).
-pub fn export(data_dir: &Path, snapshot_path: &Path) -> Result<PathBuf, Error> {
-    let bundle = snapshot_path.with_extension("bundle");
-    if bundle.is_file() {
-        return Ok(bundle);
-    }
+/// The bundle of the snapshot at `snapshot_path` (in `data_dir`'s snapshot directory), as an
+/// open file at its start whose name is already removed: it takes disk space only while it
+/// is read (a bundle is as large as the archive). The caller keeps the snapshot and its
+/// tables from being removed meanwhile.
+pub fn export(data_dir: &Path, snapshot_path: &Path) -> Result<File, Error> {
     let header = snapshot::verify(snapshot_path)?;
     let temporary = snapshot_path.with_extension("bundle.tmp");
-    let mut out =
-        BufWriter::with_capacity(IO_BUFFER_BYTES, crate::private::create_file(&temporary)?);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::private::FILE_MODE)
+        .open(&temporary)?;
+    let removed = fs::remove_file(&temporary);
+    let mut out = BufWriter::with_capacity(IO_BUFFER_BYTES, file);
+    removed?;
     out.write_all(BUNDLE_MAGIC)?;
     out.write_all(&(header.cold.len() as u32).to_le_bytes())?;
     let cold_dir = cold::cold_dir(data_dir);
@@ -43,10 +49,9 @@ pub fn export(data_dir: &Path, snapshot_path: &Path) -> Result<PathBuf, Error> {
         std::io::copy(&mut table, &mut out)?;
     }
     std::io::copy(&mut File::open(snapshot_path)?, &mut out)?;
-    let file = out.into_inner().map_err(|e| Error::Io(e.into_error()))?;
-    file.sync_all()?;
-    fs::rename(&temporary, &bundle)?;
-    Ok(bundle)
+    let mut file = out.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 /// Unpacks a bundle (or a plain snapshot): its tables into `cold_dir`, each durable under

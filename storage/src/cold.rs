@@ -577,7 +577,13 @@ mod tests {
         };
         let path =
             snapshot::write(&snapshot::snapshot_dir(from.path()), &header, &state, 0).unwrap();
-        let bundle = crate::bundle::export(from.path(), &path).unwrap();
+        let mut exported = crate::bundle::export(from.path(), &path).unwrap();
+        let bundle = from.path().join("copied.bundle");
+        std::io::copy(&mut exported, &mut fs::File::create(&bundle).unwrap()).unwrap();
+        let left: Vec<_> = fs::read_dir(snapshot::snapshot_dir(from.path()))
+            .unwrap()
+            .collect();
+        assert_eq!(left.len(), 1, "only the snapshot: the bundle has no name");
         let unpacked = snapshot::snapshot_dir(to.path()).join("in.snap");
         crate::private::create_dir(&snapshot::snapshot_dir(to.path())).unwrap();
         crate::bundle::import(&bundle, &cold_dir(to.path()), &unpacked).unwrap();

@@ -197,9 +197,9 @@ fn encode_error(error: bincode::error::EncodeError) -> Error {
     }
 }
 
-/// Removes every snapshot but `keep`, with their bundles and parts.
+/// Removes every snapshot but `keep`, and parts of unfinished ones.
 fn remove_older(dir: &Path, keep: &Path) -> Result<(), Error> {
-    let old = |e: &std::ffi::OsStr| e == "snap" || e == "tmp" || e == "bundle";
+    let old = |e: &std::ffi::OsStr| e == "snap" || e == "tmp";
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         if path != keep && path.extension().is_some_and(old) {
