@@ -1,6 +1,5 @@
-//! Cold tables: immutable files of values sorted by key, for what is to leave memory
-//! (settled orders: step 1 of the plan under "Bounded memory with history" in
-//! docs/ARCHITECTURE.md). Nothing writes them yet.
+//! Cold tables: immutable files of values sorted by key, for what leaves memory (settled
+//! orders, archived by `cold.rs`).
 //!
 //! File: `block* | index | filter | footer`, little-endian.
 //! - Block: `len: u32 | crc32: u32 | entry*`, the CRC over the entries. Entry:
