@@ -540,6 +540,35 @@ mod tests {
         assert_eq!(reopened.index_of(&id(201)), None);
     }
 
+    /// A table whose block rots under it: `verify` (what `panshi audit` runs) names it, and
+    /// a read of an order in that block stops the process rather than answer "no such order"
+    /// (a state that decided without it would part from every other replica).
+    #[test]
+    fn a_damaged_table_is_reported_and_never_read_as_missing_orders() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = shop();
+        for n in 1..=40 {
+            create(&mut state, n);
+            pay(&mut state, n, Vec::new());
+        }
+        let empty = Arc::new(ColdArchive::empty());
+        let names = archive_state(dir.path(), 1, &empty, &mut state)
+            .archive
+            .names();
+        let path = dir.path().join(&names[0]);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[100] ^= 0x40; // inside the first block's entries
+        fs::write(&path, &bytes).unwrap();
+        let damaged = ColdArchive::open(dir.path(), &names).unwrap();
+        let error = damaged.verify().unwrap_err().to_string();
+        assert!(error.contains("CRC"), "{error}");
+        let read = std::panic::catch_unwind(|| damaged.index_of(&id(1)));
+        assert!(
+            read.is_err(),
+            "a damaged block is never read as a missing order"
+        );
+    }
+
     fn archive_state(
         dir: &Path,
         round: u64,
