@@ -305,7 +305,7 @@ impl ShopState {
                 }
             });
         }
-        page.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        page.sort_unstable_by_key(|(index, _)| std::cmp::Reverse(*index));
         page
     }
 
