@@ -132,23 +132,8 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn restore_into(from: &Path, data_dir: &Path, node_id: u64) -> Result<(u64, u64, u64), Error> {
-    storage::private::create_dir(&snapshot::snapshot_dir(data_dir))?;
-    let unpacked = snapshot::snapshot_dir(data_dir).join("restoring.unpacked");
-    storage::bundle::import(from, &storage::cold::cold_dir(data_dir), &unpacked)?;
-    let snapshot::Loaded {
-        header,
-        state,
-        archive,
-    } = snapshot::read(&unpacked)?;
-    std::fs::remove_file(&unpacked)?;
     // A restore is a drill: every archived order is read and checked, not only memory's.
-    archive.verify()?;
-    if let Some(violation) = state.check().into_iter().next() {
-        return Err(storage::Error::Corrupt(format!(
-            "the backup's state breaks an invariant: {violation}"
-        ))
-        .into());
-    }
+    let snapshot::Loaded { header, state, .. } = storage::bundle::unpack_checked(from, data_dir)?;
     let old: SnapshotMeta = crate::state_machine::decode_meta(&header.meta)?;
     let last = header.last_index;
     let term = header.last_term.max(1);

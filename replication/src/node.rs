@@ -841,7 +841,7 @@ impl Node {
             let _exporting = machine.snapshot_lock.lock();
             let snapshot = storage::snapshot::latest(&storage::snapshot::snapshot_dir(&data_dir))?
                 .ok_or_else(|| Error::Raft("no snapshot written".into()))?;
-            Ok(storage::bundle::export(&data_dir, &snapshot)?)
+            Ok(storage::bundle::export(&data_dir, &snapshot)?.0)
         })
         .await
         .map_err(|e| Error::Raft(e.to_string()))?

@@ -293,9 +293,8 @@ async fn open_snapshot(
     })
 }
 
-/// Where a snapshot bundle from the leader arrives, and where its snapshot is unpacked.
+/// Where a snapshot bundle from the leader arrives.
 const INCOMING_SNAPSHOT: &str = "incoming.part";
-const INCOMING_UNPACKED: &str = "incoming.unpacked";
 
 impl RaftSnapshotBuilder<PanshiRaft> for ShopMachine {
     /// An I/O error (a full disk) is no error to openraft, which would stop the node for
@@ -449,9 +448,8 @@ impl RaftStateMachine<PanshiRaft> for ShopMachine {
             let Some(path) = snapshot::latest(&dir)? else {
                 return Ok(None);
             };
-            let header = snapshot::verify(&path)?;
-            let meta = decode_meta(&header.meta)?;
-            Ok::<_, storage::Error>(Some((bundle::export(&machine.data_dir, &path)?, meta)))
+            let (bundle, header) = bundle::export(&machine.data_dir, &path)?;
+            Ok::<_, storage::Error>(Some((bundle, decode_meta(&header.meta)?)))
         })
         .await
         .map_err(snapshot_error)?
@@ -476,12 +474,10 @@ async fn same_file(file: &tokio::fs::File, path: &Path) -> bool {
 fn install(machine: &Machine, meta: SnapshotMeta) -> Result<(), storage::Error> {
     let _installing = machine.snapshot_lock.lock();
     let dir = snapshot::snapshot_dir(&machine.data_dir);
-    let cold_dir = cold::cold_dir(&machine.data_dir);
     let bundle = dir.join(INCOMING_SNAPSHOT);
-    let incoming = dir.join(INCOMING_UNPACKED);
-    bundle::import(&bundle, &cold_dir, &incoming)?;
+    let (snapshot::Loaded { header, state, .. }, incoming) =
+        bundle::unpack(&bundle, &machine.data_dir)?;
     let _ = std::fs::remove_file(&bundle);
-    let snapshot::Loaded { header, state, .. } = snapshot::read(&incoming)?;
     let last = meta.last_log_id.map_or(0, |l| l.index);
     if header.last_index != last {
         return Err(storage::Error::Corrupt(format!(
@@ -501,7 +497,7 @@ fn install(machine: &Machine, meta: SnapshotMeta) -> Result<(), storage::Error> 
             std::fs::remove_file(other)?;
         }
     }
-    cold::remove_unnamed(&cold_dir, &header.cold)?;
+    cold::remove_unnamed(&cold::cold_dir(&machine.data_dir), &header.cold)?;
     let lost: Vec<InFlight> = machine.in_flight.lock().drain(..).collect();
     for batch in lost {
         for pending in batch.pendings {

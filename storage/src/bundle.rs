@@ -4,28 +4,32 @@
 //!
 //! File: `BUNDLE_MAGIC | tables: u32 | (name_len: u16 | name | len: u64 | table)* |
 //! snapshot` (little-endian). Each table and the snapshot carry their own checksums, which
-//! `import` leaves to `snapshot::read` and `Table::open` (a bundle is checked by reading what
-//! it unpacked). A file that begins with the snapshot's own magic is a plain snapshot (what
+//! unpacking leaves to `snapshot::read` and `Table::open` (a bundle is checked by reading
+//! what it unpacked). A file that begins with the snapshot's own magic is a plain snapshot (what
 //! versions before archiving sent and backed up): it names no tables.
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::snapshot::{self, MAGIC};
+use crate::snapshot::{self, Loaded, SnapshotHeader, MAGIC};
 use crate::{cold, Error};
 
 pub const BUNDLE_MAGIC: &[u8; 8] = b"PANSHIBN";
 /// More tables than a snapshot ever names (about log2 of the orders archived).
 pub const BUNDLE_TABLES_MAX: u32 = 4_096;
 const IO_BUFFER_BYTES: usize = 1 << 20;
+/// Where a bundle's snapshot is unpacked in the snapshot directory (not a `.snap`: a start
+/// never takes it for the newest snapshot).
+const UNPACKED: &str = "unpacked.snapshot";
 
 /// The bundle of the snapshot at `snapshot_path` (in `data_dir`'s snapshot directory), as an
 /// open file at its start whose name is already removed: it takes disk space only while it
 /// is read (a bundle is as large as the archive). The caller keeps the snapshot and its
-/// tables from being removed meanwhile.
-pub fn export(data_dir: &Path, snapshot_path: &Path) -> Result<File, Error> {
+/// tables from being removed meanwhile. Returns the snapshot's header too (the snapshot is
+/// verified once, here).
+pub fn export(data_dir: &Path, snapshot_path: &Path) -> Result<(File, SnapshotHeader), Error> {
     let header = snapshot::verify(snapshot_path)?;
     let temporary = snapshot_path.with_extension("bundle.tmp");
     let file = fs::OpenOptions::new()
@@ -51,13 +55,36 @@ pub fn export(data_dir: &Path, snapshot_path: &Path) -> Result<File, Error> {
     std::io::copy(&mut File::open(snapshot_path)?, &mut out)?;
     let mut file = out.into_inner().map_err(|e| Error::Io(e.into_error()))?;
     file.seek(SeekFrom::Start(0))?;
-    Ok(file)
+    Ok((file, header))
 }
 
-/// Unpacks a bundle (or a plain snapshot): its tables into `cold_dir`, each durable under
-/// its own name, and its snapshot to `snapshot_to` (durable). Check the result with
-/// `snapshot::read`.
-pub fn import(bundle: &Path, cold_dir: &Path, snapshot_to: &Path) -> Result<(), Error> {
+/// Unpacks a bundle (or a plain snapshot) into `data_dir`, each table durable in `cold/`
+/// under its own name, its snapshot durable in the snapshot directory, and reads it back
+/// (`snapshot::read`: what a start checks). Returns it with where its snapshot file is.
+pub fn unpack(bundle: &Path, data_dir: &Path) -> Result<(Loaded, PathBuf), Error> {
+    let snapshot_dir = snapshot::snapshot_dir(data_dir);
+    crate::private::create_dir(&snapshot_dir)?;
+    let unpacked = snapshot_dir.join(UNPACKED);
+    import(bundle, &cold::cold_dir(data_dir), &unpacked)?;
+    Ok((snapshot::read(&unpacked)?, unpacked))
+}
+
+/// `unpack`, then what a backup and a restore check beyond a start: every block of every
+/// table, and every invariant over every order, archived ones included. The unpacked
+/// snapshot file is removed (its tables stay in `cold/`).
+pub fn unpack_checked(bundle: &Path, data_dir: &Path) -> Result<Loaded, Error> {
+    let (loaded, unpacked) = unpack(bundle, data_dir)?;
+    fs::remove_file(&unpacked)?;
+    loaded.archive.verify()?;
+    if let Some(violation) = loaded.state.check().into_iter().next() {
+        return Err(Error::Corrupt(format!(
+            "the state breaks an invariant: {violation}"
+        )));
+    }
+    Ok(loaded)
+}
+
+fn import(bundle: &Path, cold_dir: &Path, snapshot_to: &Path) -> Result<(), Error> {
     let corrupt = |what: &str| Error::Corrupt(format!("bundle {}: {what}", bundle.display()));
     let mut input = BufReader::with_capacity(IO_BUFFER_BYTES, File::open(bundle)?);
     let mut magic = [0u8; 8];

@@ -38,6 +38,8 @@ const IDEMPOTENCY: u8 = b'k';
 pub const TABLE_EXTENSION: &str = "cold";
 /// A table joins a merge while it is at most this many times what is merged so far.
 const MERGE_RATIO: u64 = 2;
+/// Entries an archived order writes at most: its record, its id, its idempotency key.
+const ENTRIES_PER_ORDER_MAX: u64 = 3;
 
 pub fn cold_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("cold")
@@ -160,9 +162,9 @@ impl ColdArchive {
                 })
             })
             .collect();
-        merge(cursors, |key, value| {
+        merge(cursors, |key, copies| {
             let index = u32::from_be_bytes(key[1..].try_into().map_err(|_| bad_key())?);
-            visit(index, rows::decode(value)?)
+            visit(index, rows::decode(&copies[0])?)
         })
     }
 }
@@ -182,37 +184,30 @@ fn section(
 
 type Entry = (Vec<u8>, Vec<u8>);
 
-/// Merges sorted sources (`sources[0]` newest): each key once, from the newest source that
-/// holds it, in key order.
+/// Merges sorted sources (`sources[0]` newest): each key once, in key order, with the
+/// values every source holds for it, newest first.
 fn merge<I: Iterator<Item = Result<Entry, Error>>>(
     mut sources: Vec<I>,
-    mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), Error>,
+    mut visit: impl FnMut(&[u8], &[Vec<u8>]) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut heads: Vec<Option<Entry>> = sources
         .iter_mut()
         .map(|source| source.next().transpose())
         .collect::<Result<_, _>>()?;
+    let mut copies = Vec::new();
     loop {
-        // The least key; among equal keys, the newest source's.
-        let mut least: Option<usize> = None;
-        for (at, head) in heads.iter().enumerate() {
-            if let Some((key, _)) = head {
-                if least.is_none_or(|l| key < &heads[l].as_ref().expect("a head").0) {
-                    least = Some(at);
-                }
-            }
-        }
-        let Some(least) = least else {
+        let Some(key) = heads.iter().flatten().map(|(key, _)| key).min().cloned() else {
             return Ok(());
         };
-        let (key, value) = heads[least].take().expect("the least head");
-        visit(&key, &value)?;
-        for (at, head) in heads.iter_mut().enumerate() {
-            let same = at == least || head.as_ref().is_some_and(|(k, _)| *k == key);
-            if same {
-                *head = sources[at].next().transpose()?;
+        copies.clear();
+        for (head, source) in heads.iter_mut().zip(&mut sources) {
+            if head.as_ref().is_some_and(|(k, _)| *k == key) {
+                let (_, value) = head.take().expect("a head");
+                copies.push(value);
+                *head = source.next().transpose()?;
             }
         }
+        visit(&key, &copies)?;
     }
 }
 
@@ -278,7 +273,7 @@ pub fn archive(
         });
     }
     // The newest tables join while each is at most MERGE_RATIO times what is merged so far.
-    let mut merged_entries = fresh.len() as u64 * 3;
+    let mut merged_entries = fresh.len() as u64 * ENTRIES_PER_ORDER_MAX;
     let mut joining = 0;
     for (_, table) in &current.tables {
         if table.len() > merged_entries * MERGE_RATIO {
@@ -312,28 +307,25 @@ pub fn archive(
         .into_iter()
         .map(|(key, index)| (key, index.to_le_bytes().to_vec()))
         .collect();
-    // An idempotency key's newest order may be in an older table: keep the largest index of
-    // those merged (a reader takes the largest of every table's).
-    let idempotency_newest = |key: &[u8], value: &[u8]| -> Result<Vec<u8>, Error> {
-        let mut newest = index_value(value)?;
-        for (_, table) in joined {
-            if let Some(older) = table.get(key)? {
-                newest = newest.max(index_value(&older)?);
-            }
-        }
-        Ok(newest.to_le_bytes().to_vec())
-    };
-    let mut add = |key: &[u8], value: &[u8]| writer.add(key, value);
-    merge(sources(ids.into_iter(), joined, ID), &mut add)?;
+    // An id or a record: the newest copy. An idempotency key: the largest index of those
+    // merged, whichever table held it (a reader takes the largest of every table's).
+    let mut newest = |key: &[u8], copies: &[Vec<u8>]| writer.add(key, &copies[0]);
+    merge(sources(ids.into_iter(), joined, ID), &mut newest)?;
     merge(
         sources(key_entries.into_iter(), joined, IDEMPOTENCY),
-        |key, value| add(key, &idempotency_newest(key, value)?),
+        |key, copies| {
+            let mut largest = 0;
+            for copy in copies {
+                largest = largest.max(index_value(copy)?);
+            }
+            newest(key, &[largest.to_le_bytes().to_vec()])
+        },
     )?;
     // Encoded as they are written, not all at once (a first archive may be every order).
     let orders = fresh
         .iter()
         .map(|(index, record)| (order_key(*index).to_vec(), rows::encode(*record)));
-    merge(sources(orders, joined, ORDER), &mut add)?;
+    merge(sources(orders, joined, ORDER), &mut newest)?;
     writer.finish()?;
     let mut names = vec![format!("{name}.{TABLE_EXTENSION}")];
     names.extend(
@@ -540,6 +532,41 @@ mod tests {
         assert_eq!(reopened.index_of(&id(201)), None);
     }
 
+    /// A merge hands each key once, in key order, with every source's value newest first
+    /// (what lets an idempotency key keep its largest index across tables).
+    #[test]
+    fn a_merge_hands_every_copy_of_a_key_newest_first() {
+        let source = |entries: &[(&str, &str)]| {
+            let entries: Vec<Result<Entry, Error>> = entries
+                .iter()
+                .map(|(k, v)| Ok((k.as_bytes().to_vec(), v.as_bytes().to_vec())))
+                .collect();
+            entries.into_iter()
+        };
+        let newest = source(&[("b", "new b"), ("c", "new c")]);
+        let older = source(&[("a", "old a"), ("b", "old b")]);
+        let mut seen = Vec::new();
+        merge(vec![newest, older], |key, copies| {
+            let copies: Vec<String> = copies
+                .iter()
+                .map(|c| String::from_utf8(c.clone()).unwrap())
+                .collect();
+            seen.push((String::from_utf8(key.to_vec()).unwrap(), copies));
+            Ok(())
+        })
+        .unwrap();
+        let want = [
+            ("a", vec!["old a"]),
+            ("b", vec!["new b", "old b"]),
+            ("c", vec!["new c"]),
+        ];
+        let want: Vec<(String, Vec<String>)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        assert_eq!(seen, want);
+    }
+
     /// A table whose block rots under it: `verify` (what `panshi audit` runs) names it, and
     /// a read of an order in that block stops the process rather than answer "no such order"
     /// (a state that decided without it would part from every other replica).
@@ -606,17 +633,14 @@ mod tests {
         };
         let path =
             snapshot::write(&snapshot::snapshot_dir(from.path()), &header, &state, 0).unwrap();
-        let mut exported = crate::bundle::export(from.path(), &path).unwrap();
+        let (mut exported, _) = crate::bundle::export(from.path(), &path).unwrap();
         let bundle = from.path().join("copied.bundle");
         std::io::copy(&mut exported, &mut fs::File::create(&bundle).unwrap()).unwrap();
         let left: Vec<_> = fs::read_dir(snapshot::snapshot_dir(from.path()))
             .unwrap()
             .collect();
         assert_eq!(left.len(), 1, "only the snapshot: the bundle has no name");
-        let unpacked = snapshot::snapshot_dir(to.path()).join("in.snap");
-        crate::private::create_dir(&snapshot::snapshot_dir(to.path())).unwrap();
-        crate::bundle::import(&bundle, &cold_dir(to.path()), &unpacked).unwrap();
-        let loaded = snapshot::read(&unpacked).unwrap();
+        let loaded = crate::bundle::unpack_checked(&bundle, to.path()).unwrap();
         assert_eq!(loaded.header.cold, header.cold);
         assert_eq!(all(&loaded.state), before);
         assert_eq!(loaded.state.check(), Vec::new());
@@ -629,8 +653,8 @@ mod tests {
         let state = shop();
         let path =
             snapshot::write(&snapshot::snapshot_dir(plain.path()), &header, &state, 0).unwrap();
-        let unpacked = to.path().join("plain.snap");
-        crate::bundle::import(&path, &cold_dir(to.path()), &unpacked).unwrap();
-        assert_eq!(snapshot::read(&unpacked).unwrap().state.orders_count(), 0);
+        let elsewhere = tempfile::tempdir().unwrap();
+        let (loaded, _) = crate::bundle::unpack(&path, elsewhere.path()).unwrap();
+        assert_eq!(loaded.state.orders_count(), 0);
     }
 }

@@ -149,11 +149,8 @@ pub fn read_order(db: &sled::Db, id: &OrderId) -> Result<Option<OrderRecord>, Er
     }
 }
 
-/// An order's row, and with `created` its `order_month` row if it needs one: only orders
-/// whose id does not begin with their creation time have one (one sled insert fewer for
-/// every order made here; compared as times, so no month is formatted twice). sled keeps
-/// no index of idempotency keys: nothing read it (the state answers retries).
-/// `visit` on every order, hot or archived, index rising, until it fails.
+/// `visit` on every order, hot or archived, index rising; after its first error it visits
+/// nothing more, and that error is returned.
 pub fn try_for_each_order(
     state: &ShopState,
     mut visit: impl FnMut(&OrderRecord) -> Result<(), Error>,
@@ -167,6 +164,10 @@ pub fn try_for_each_order(
     result
 }
 
+/// An order's row, and with `created` its `order_month` row if it needs one: only orders
+/// whose id does not begin with their creation time have one (one sled insert fewer for
+/// every order made here; compared as times, so no month is formatted twice). sled keeps
+/// no index of idempotency keys: nothing read it (the state answers retries).
 pub fn order_rows(record: &OrderRecord, created: bool, rows: &mut Vec<Row>) {
     let month = month_of(record.created.created_at_ms);
     let id = record.created.order_id.as_str().as_bytes().to_vec();

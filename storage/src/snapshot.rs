@@ -334,13 +334,12 @@ pub fn read(path: &Path) -> Result<Loaded, Error> {
                 .parent()
                 .and_then(Path::parent)
                 .unwrap_or(Path::new("."));
-            let archive = ColdArchive::open(&crate::cold::cold_dir(data_dir), &header.cold)?;
-            Arc::new(archive)
+            let cold_dir = crate::cold::cold_dir(data_dir);
+            let archive = Arc::new(ColdArchive::open(&cold_dir, &header.cold)?);
+            state.set_cold(archive.clone());
+            archive
         }
     };
-    if !header.cold.is_empty() {
-        state.set_cold(archive.clone());
-    }
     if let Some(violation) = state.check_in_memory().into_iter().next() {
         return Err(corrupt(
             path,

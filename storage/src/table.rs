@@ -243,17 +243,7 @@ impl Table {
         if !self.filter.may_hold(key_hash(key)) {
             return Ok(None);
         }
-        // The last block whose first key is at or below `key`.
-        let (mut after, mut high) = (0, self.blocks.len());
-        while after < high {
-            let middle = after + (high - after) / 2;
-            if self.first_key(middle) <= key {
-                after = middle + 1;
-            } else {
-                high = middle;
-            }
-        }
-        let Some(block) = after.checked_sub(1) else {
+        let Some(block) = self.block_holding(key) else {
             return Ok(None);
         };
         let entries = self.block(block)?;
@@ -266,34 +256,28 @@ impl Table {
         Ok(None)
     }
 
-    /// Every entry, in key order.
-    pub fn for_each(&self, mut visit: impl FnMut(&[u8], &[u8])) -> Result<(), Error> {
-        for block in 0..self.blocks.len() {
-            let entries = self.block(block)?;
-            for entry in Entries(&entries) {
-                let (key, value) = entry?;
-                visit(key, value);
-            }
-        }
-        Ok(())
-    }
-
-    /// The entries from the first key at or above `from`, in key order, a block read at a
-    /// time (to merge tables without holding one whole).
-    pub fn cursor(&self, from: &[u8]) -> Cursor<'_> {
-        // The last block whose first key is below `from` may hold it; blocks before it not.
+    /// The block that holds `key` if any block does: the last whose first key is at or
+    /// below it (keys rise strictly across blocks).
+    fn block_holding(&self, key: &[u8]) -> Option<usize> {
         let (mut after, mut high) = (0, self.blocks.len());
         while after < high {
             let middle = after + (high - after) / 2;
-            if self.first_key(middle) < from {
+            if self.first_key(middle) <= key {
                 after = middle + 1;
             } else {
                 high = middle;
             }
         }
+        after.checked_sub(1)
+    }
+
+    /// The entries from the first key at or above `from` (every entry from `&[]`), in key
+    /// order, a block read at a time (to merge tables without holding one whole). A block
+    /// its CRC refuses ends the walk with that error.
+    pub fn cursor(&self, from: &[u8]) -> Cursor<'_> {
         Cursor {
             table: self,
-            next_block: after.saturating_sub(1),
+            next_block: self.block_holding(from).unwrap_or(0),
             entries: Vec::new(),
             at: 0,
             from: from.to_vec(),
@@ -538,9 +522,14 @@ mod tests {
                 prop_assert_eq!(table.get(key).unwrap(), Some(value.clone()));
             }
             prop_assert_eq!(table.get(&absent).unwrap(), entries.get(&absent).cloned());
-            let mut walked = BTreeMap::new();
-            table.for_each(|key, value| { walked.insert(key.to_vec(), value.to_vec()); }).unwrap();
-            prop_assert_eq!(walked, entries);
+            let walked: BTreeMap<_, _> = table.cursor(&[]).collect::<Result<_, _>>().unwrap();
+            prop_assert_eq!(&walked, &entries);
+            let from: BTreeMap<_, _> = table.cursor(&absent).collect::<Result<_, _>>().unwrap();
+            let want: BTreeMap<_, _> = entries
+                .range(absent.clone()..)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            prop_assert_eq!(from, want);
         }
     }
 
@@ -643,13 +632,8 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x40;
             fs::write(&path, &bad).unwrap();
-            let read = Table::open(&path).and_then(|table| {
-                let mut all = BTreeMap::new();
-                table.for_each(|key, value| {
-                    all.insert(key.to_vec(), value.to_vec());
-                })?;
-                Ok(all)
-            });
+            let read = Table::open(&path)
+                .and_then(|table| table.cursor(&[]).collect::<Result<BTreeMap<_, _>, _>>());
             assert!(
                 read.is_err(),
                 "a flip at byte {at} of {} read as a table",

@@ -85,20 +85,7 @@ async fn keep(
 fn check(bundle: &Path) -> anyhow::Result<storage::snapshot::Loaded> {
     let scratch = bundle.with_extension("checking");
     let _ = std::fs::remove_dir_all(&scratch);
-    let checked = (|| {
-        let snapshot_dir = storage::snapshot::snapshot_dir(&scratch);
-        storage::private::create_dir(&snapshot_dir)?;
-        let snapshot = snapshot_dir.join("backup.snap");
-        storage::bundle::import(bundle, &storage::cold::cold_dir(&scratch), &snapshot)?;
-        let loaded = storage::snapshot::read(&snapshot)?;
-        loaded.archive.verify()?;
-        if let Some(violation) = loaded.state.check().into_iter().next() {
-            return Err(storage::Error::Corrupt(format!(
-                "the state breaks an invariant: {violation}"
-            )));
-        }
-        Ok::<_, storage::Error>(loaded)
-    })();
+    let checked = storage::bundle::unpack_checked(bundle, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(checked?)
 }
