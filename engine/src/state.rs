@@ -644,13 +644,16 @@ impl ShopState {
                 (to, Some(*reason))
             }
         };
+        // The order's keys after the payment, when they change.
+        let mut cards_after = None;
         if let (Fulfilment::ManualReview { .. }, false) = (fulfilment, lapsed) {
             self.set_holders(&held, Holder::Available);
             let stock = &mut self.products.get_mut(&sku).expect("order's sku").stock;
             stock.reserved -= held.len() as u64;
             stock.available += held.len() as u64;
-            self.orders.changing(index).cards.clear();
+            cards_after = Some(Vec::new());
         }
+        let delivered = matches!(fulfilment, Fulfilment::Delivered { .. });
         if let Fulfilment::Delivered { newly_reserved } = fulfilment {
             let cards: Vec<CardId> = if lapsed { newly_reserved.clone() } else { held };
             self.set_holders(&cards, Holder::Sold(index));
@@ -661,15 +664,19 @@ impl ShopState {
                 stock.reserved -= cards.len() as u64;
             }
             stock.sold += cards.len() as u64;
-            self.orders.changing(index).cards = cards;
-            self.enqueue_delivery_mail(index);
+            cards_after = Some(cards);
         }
-        self.orders.set_status(index, status);
-        let record = self.orders.changing(index);
+        let record = self.orders.set_status(index, status);
+        if let Some(cards) = cards_after {
+            record.cards = cards;
+        }
         record.payment = Some(payment.clone());
         record.paid_at_ms = Some(at_ms);
         record.settled_at_ms = Some(at_ms);
         record.review_reason = review_reason;
+        if delivered {
+            self.enqueue_delivery_mail(index);
+        }
         Ok(touched)
     }
 
@@ -689,8 +696,7 @@ impl ShopState {
         let stock = &mut self.products.get_mut(&sku).expect("order's sku").stock;
         stock.reserved -= cards.len() as u64;
         stock.available += cards.len() as u64;
-        self.orders.set_status(index, to);
-        let record = self.orders.changing(index);
+        let record = self.orders.set_status(index, to);
         record.cards.clear();
         record.settled_at_ms = Some(at_ms);
         Ok(Touched {
@@ -710,9 +716,7 @@ impl ShopState {
             "refunded order {order_id} holds keys"
         );
         let sku = record.created.sku.clone();
-        self.orders.set_status(index, to);
-        let record = self.orders.changing(index);
-        record.settled_at_ms = Some(at_ms);
+        self.orders.set_status(index, to).settled_at_ms = Some(at_ms);
         Ok(Touched {
             sku: Some(sku),
             order: Some(order_id.clone()),

@@ -9,9 +9,12 @@ use std::sync::Arc;
 
 use engine::events::{Fulfilment, Idempotency, Payment};
 use engine::state::{ColdOrders, OrderRecord, ShopState, StateEncoding};
-use engine::{CardId, Currency, Event, NewOrder, OrderId, OrderStatus, Product, Sku};
+use engine::{CardId, Event, OrderId, OrderStatus};
 
-const PRICE_CENTS: u64 = 1_000;
+mod common;
+
+use common::{folded, new_order, sku, stocked, PRICE_CENTS};
+
 const EXPIRES_AT_MS: u64 = 1_000;
 
 /// Archived orders as a snapshot's tables hold them: each archive adds copies, a newer copy
@@ -70,55 +73,19 @@ fn restart(state: &ShopState, cold: &MemCold) -> ShopState {
     copy
 }
 
-fn sku() -> Sku {
-    Sku::parse("game-1").unwrap()
-}
-
-fn setup(keys: u64) -> Vec<Event> {
-    let product = Product {
-        sku: sku(),
-        name: "Game".into(),
-        price_cents: PRICE_CENTS,
-        currency: Currency::parse("CNY").unwrap(),
-        created_at_ms: 1,
-    };
-    let keys = (0..keys).map(|i| format!("KEY-{i}")).collect();
-    vec![
-        Event::ProductCreated(product),
-        Event::CardsImported {
-            sku: sku(),
-            first_card_id: CardId(1),
-            keys,
-        },
-    ]
-}
-
 fn id(n: u64) -> OrderId {
     OrderId::parse(&format!("o{n}")).unwrap()
 }
 
 fn created(n: u64, card: u64, key: Option<&str>, at_ms: u64) -> Event {
-    Event::OrderCreated(Arc::new(NewOrder {
-        order_id: id(n),
-        token: "t".into(),
-        trace_id: "x".into(),
-        sku: sku(),
-        quantity: 1,
-        amount_cents: PRICE_CENTS,
-        currency: Currency::parse("CNY").unwrap(),
-        contact: "buyer@example.com".into(),
-        channel: "epay".into(),
-        payment_channel: "epay".into(),
-        payment_url: "https://pay.example/".into(),
-        payment_ref: String::new(),
-        created_at_ms: at_ms,
-        expires_at_ms: at_ms + EXPIRES_AT_MS,
-        cards: vec![CardId(card)],
-        idempotency: key.map(|key| Idempotency {
-            key: key.into(),
-            fingerprint: 7,
-        }),
-    }))
+    let mut order = new_order(n, &[card], PRICE_CENTS);
+    order.created_at_ms = at_ms;
+    order.expires_at_ms = at_ms + EXPIRES_AT_MS;
+    order.idempotency = key.map(|key| Idempotency {
+        key: key.into(),
+        fingerprint: 7,
+    });
+    common::created(order)
 }
 
 fn paid(n: u64, newly_reserved: &[u64]) -> Event {
@@ -141,14 +108,6 @@ fn expired(n: u64) -> Event {
         order_id: id(n),
         at_ms: 10 * EXPIRES_AT_MS,
     }
-}
-
-fn folded(events: &[Event]) -> ShopState {
-    let mut state = ShopState::default();
-    for event in events {
-        state.apply(event).unwrap();
-    }
-    state
 }
 
 /// Every order, as `for_each_order` walks them.
@@ -202,7 +161,7 @@ fn assert_same(state: &ShopState, reference: &ShopState) {
 /// copy back, and the check finds the sold key that no order lists.
 #[test]
 fn an_order_changed_after_its_archive_stays_in_memory() {
-    let mut events = setup(3);
+    let mut events = stocked(3);
     events.push(created(1, 1, None, 100));
     events.push(expired(1));
     let mut live = folded(&events);
@@ -239,7 +198,7 @@ fn an_order_changed_after_its_archive_stays_in_memory() {
 #[test]
 fn a_state_that_archives_and_restarts_answers_as_one_that_never_did() {
     let window = engine::order::IDEMPOTENCY_WINDOW_MS;
-    let mut events = setup(8);
+    let mut events = stocked(8);
     let mut state = folded(&events);
     let mut cold = MemCold::default();
     let apply = |state: &mut ShopState, events: &mut Vec<Event>, event: Event| {

@@ -10,55 +10,12 @@ use engine::listing::{IdentityChange, ProductChange};
 use engine::state::ShopState;
 use engine::{CardId, Currency, Event, NewOrder, OrderId, PlacedOrder, Product, Sku};
 
-const PRICE_CENTS: u64 = 1_000;
+mod common;
 
-fn sku() -> Sku {
-    Sku::parse("game-1").unwrap()
-}
+use common::{created, folded, new_order as order, sku, stocked, PRICE_CENTS};
 
 fn shop(keys: u64) -> ShopState {
-    let mut state = ShopState::default();
-    let product = Product {
-        sku: sku(),
-        name: "Game".into(),
-        price_cents: PRICE_CENTS,
-        currency: Currency::parse("CNY").unwrap(),
-        created_at_ms: 1,
-    };
-    state.apply(&Event::ProductCreated(product)).unwrap();
-    let keys = (0..keys).map(|i| format!("KEY-{i}")).collect();
-    let import = Event::CardsImported {
-        sku: sku(),
-        first_card_id: CardId(1),
-        keys,
-    };
-    state.apply(&import).unwrap();
-    state
-}
-
-fn order(n: u64, cards: &[u64], amount_cents: u64) -> NewOrder {
-    NewOrder {
-        order_id: OrderId::parse(&format!("o{n}")).unwrap(),
-        token: "t".into(),
-        trace_id: "x".into(),
-        sku: sku(),
-        quantity: cards.len() as u32,
-        amount_cents,
-        currency: Currency::parse("CNY").unwrap(),
-        contact: "buyer@example.com".into(),
-        channel: "epay".into(),
-        payment_channel: "epay".into(),
-        payment_url: "https://pay.example/".into(),
-        payment_ref: String::new(),
-        created_at_ms: 100,
-        expires_at_ms: 1_000,
-        cards: cards.iter().copied().map(CardId).collect(),
-        idempotency: None,
-    }
-}
-
-fn created(order: NewOrder) -> Event {
-    Event::OrderCreated(std::sync::Arc::new(order))
+    folded(&stocked(keys))
 }
 
 fn with_coupon(order: NewOrder, code: &str, discount_cents: u64) -> Event {

@@ -1,6 +1,5 @@
 //! Orders inside `ShopState`: the hot ones in memory, settled ones that a snapshot archived
-//! read back through `ColdOrders` (step 2 of "Bounded memory with history" in
-//! docs/ARCHITECTURE.md).
+//! read back through `ColdOrders` (docs/ARCHITECTURE.md, engine/, "Orders").
 //!
 //! Invariants (re-derived by `check_orders`):
 //! - every index below `made` is an order, hot or cold or both, and never changes;
@@ -107,20 +106,16 @@ impl Orders {
         self.hot.get(&index).map(|order| &order.record)
     }
 
-    /// The hot order at `index`, to be changed by the event being applied.
-    pub(super) fn changing(&mut self, index: u32) -> &mut OrderRecord {
+    /// Moves the hot order at `index` to `status` and returns it for the rest of the change:
+    /// every event that changes an order moves its status, and counts as its change.
+    pub(super) fn set_status(&mut self, index: u32, status: OrderStatus) -> &mut OrderRecord {
         let event = self.events + 1;
         let order = self.hot.get_mut(&index).expect("a changed order is hot");
         order.changed_at = event;
-        &mut order.record
-    }
-
-    /// Moves the hot order at `index` to `status` (the event being applied changes it).
-    pub(super) fn set_status(&mut self, index: u32, status: OrderStatus) {
-        let record = self.changing(index);
-        let from = std::mem::replace(&mut record.status, status);
+        let from = std::mem::replace(&mut order.record.status, status);
         self.by_status[status_slot(from)] -= 1;
         self.by_status[status_slot(status)] += 1;
+        &mut order.record
     }
 
     pub(super) fn push(&mut self, record: OrderRecord) -> u32 {
@@ -162,11 +157,16 @@ impl Decode<StateEncoding> for Orders {
         match *decoder.context() {
             StateEncoding::AllOrders => {
                 let records: Vec<OrderRecord> = Decode::decode(decoder)?;
-                for record in records {
-                    orders.push(record);
-                }
-                for order in orders.hot.values_mut() {
-                    order.changed_at = 0;
+                for (index, record) in (0..).zip(records) {
+                    orders.by_status[status_slot(record.status)] += 1;
+                    orders.hot.insert(
+                        index,
+                        HotOrder {
+                            record,
+                            changed_at: 0,
+                        },
+                    );
+                    orders.made = index + 1;
                 }
             }
             StateEncoding::HotOrders => {
@@ -447,5 +447,89 @@ impl ShopState {
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::NewOrder;
+    use crate::{CardId, Currency, Sku};
+
+    fn record(n: u32, status: OrderStatus) -> OrderRecord {
+        let created = NewOrder {
+            order_id: OrderId::parse(&format!("o{n}")).unwrap(),
+            token: "t".into(),
+            trace_id: "x".into(),
+            sku: Sku::parse("game-1").unwrap(),
+            quantity: 1,
+            amount_cents: 100,
+            currency: Currency::parse("CNY").unwrap(),
+            contact: "buyer@example.com".into(),
+            channel: "epay".into(),
+            payment_channel: "epay".into(),
+            payment_url: String::new(),
+            payment_ref: String::new(),
+            created_at_ms: 1,
+            expires_at_ms: 2,
+            cards: vec![CardId(u64::from(n) + 1)],
+            idempotency: None,
+        };
+        OrderRecord {
+            created: Arc::new(created),
+            status,
+            cards: Vec::new(),
+            payment: None,
+            paid_at_ms: None,
+            settled_at_ms: None,
+            review_reason: None,
+        }
+    }
+
+    /// A snapshot from before archiving (format 1) holds every order as a `Vec`: each is
+    /// read into memory at its index, counted by status, and unchanged since any archive
+    /// (so the first snapshot after the upgrade archives the settled ones on every node
+    /// alike). The current encoding reads back what it wrote.
+    #[test]
+    fn orders_of_both_encodings_read_back() {
+        let config = bincode::config::standard();
+        let statuses = [
+            OrderStatus::Delivered,
+            OrderStatus::AwaitingPayment,
+            OrderStatus::Expired,
+        ];
+        let records: Vec<OrderRecord> = (0..3).map(|n| record(n, statuses[n as usize])).collect();
+        let old = bincode::encode_to_vec(&records, config).unwrap();
+        let (orders, _): (Orders, usize) =
+            bincode::decode_from_slice_with_context(&old, config, StateEncoding::AllOrders)
+                .unwrap();
+        assert_eq!(orders.made, 3);
+        assert_eq!(orders.events, 0);
+        let read: Vec<(u32, OrderRecord, u64)> = orders
+            .hot
+            .iter()
+            .map(|(index, order)| (*index, order.record.clone(), order.changed_at))
+            .collect();
+        let want: Vec<(u32, OrderRecord, u64)> = (0..)
+            .zip(records)
+            .map(|(index, record)| (index, record, 0))
+            .collect();
+        assert_eq!(read, want);
+        for status in statuses {
+            assert_eq!(orders.by_status[status_slot(status)], 1, "{status:?}");
+        }
+
+        let mut current = orders;
+        current.events = 9;
+        current.hot.remove(&0);
+        let new = bincode::encode_to_vec(&current, config).unwrap();
+        let (again, _): (Orders, usize) =
+            bincode::decode_from_slice_with_context(&new, config, StateEncoding::HotOrders)
+                .unwrap();
+        assert_eq!(
+            (again.made, again.events, again.by_status),
+            (3, 9, current.by_status)
+        );
+        assert_eq!(again.hot.keys().collect::<Vec<_>>(), vec![&1, &2]);
     }
 }
