@@ -382,35 +382,16 @@ pub fn remove_unnamed(dir: &Path, keep: &[String]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use engine::events::{Fulfilment, Idempotency, Payment};
-    use engine::{CardId, Currency, Event, NewOrder, OrderStatus, Product, Sku};
+    use engine::{CardId, Event, OrderStatus};
 
     use super::*;
+    use crate::fixtures::{created, new_order, stocked};
     use crate::snapshot::{self, SnapshotHeader};
 
     const KEYS: u64 = 400;
 
-    fn sku() -> Sku {
-        Sku::parse("game-1").unwrap()
-    }
-
     fn shop() -> ShopState {
-        let mut state = ShopState::default();
-        let product = Product {
-            sku: sku(),
-            name: "Game".into(),
-            price_cents: 1_000,
-            currency: Currency::parse("CNY").unwrap(),
-            created_at_ms: 1,
-        };
-        state.apply(&Event::ProductCreated(product)).unwrap();
-        let keys = (0..KEYS).map(|i| format!("KEY-{i}")).collect();
-        let import = Event::CardsImported {
-            sku: sku(),
-            first_card_id: CardId(1),
-            keys,
-        };
-        state.apply(&import).unwrap();
-        state
+        stocked(KEYS)
     }
 
     fn id(n: u64) -> OrderId {
@@ -419,28 +400,12 @@ mod tests {
 
     /// Order `n` takes key `n`; the even ones carry an idempotency key.
     fn create(state: &mut ShopState, n: u64) {
-        let order = NewOrder {
-            order_id: id(n),
-            token: "t".into(),
-            trace_id: "x".into(),
-            sku: sku(),
-            quantity: 1,
-            amount_cents: 1_000,
-            currency: Currency::parse("CNY").unwrap(),
-            contact: "buyer@example.com".into(),
-            channel: "epay".into(),
-            payment_channel: "epay".into(),
-            payment_url: "https://pay.example/".into(),
-            payment_ref: String::new(),
-            created_at_ms: 100,
-            expires_at_ms: 1_100,
-            cards: vec![CardId(n)],
-            idempotency: n.is_multiple_of(2).then(|| Idempotency {
-                key: format!("key-{n}"),
-                fingerprint: n,
-            }),
-        };
-        state.apply(&Event::OrderCreated(Arc::new(order))).unwrap();
+        let mut order = new_order(&format!("o{n}"), CardId(n), 100);
+        order.idempotency = n.is_multiple_of(2).then(|| Idempotency {
+            key: format!("key-{n}"),
+            fingerprint: n,
+        });
+        state.apply(&created(order)).unwrap();
     }
 
     fn pay(state: &mut ShopState, n: u64, newly_reserved: Vec<CardId>) {

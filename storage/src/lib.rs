@@ -22,6 +22,8 @@ pub mod bundle;
 pub mod cold;
 pub mod disk;
 pub mod entry;
+#[cfg(test)]
+mod fixtures;
 pub mod keyfile;
 pub mod listings;
 pub mod log;

@@ -454,29 +454,13 @@ impl Drop for Store {
 
 #[cfg(test)]
 mod tests {
-    use engine::{CardId, Currency, Event, NewOrder, OrderId, Product, Sku};
+    use engine::{CardId, Event, OrderId};
 
     use super::*;
+    use crate::fixtures::{created, new_order, stocked};
 
     fn shop(orders: u64) -> ShopState {
-        let sku = Sku::parse("game-1").unwrap();
-        let currency = Currency::parse("CNY").unwrap();
-        let mut state = ShopState::default();
-        let product = Product {
-            sku: sku.clone(),
-            name: "Game".into(),
-            price_cents: 1_000,
-            currency,
-            created_at_ms: 1,
-        };
-        state.apply(&Event::ProductCreated(product)).unwrap();
-        let keys = (0..orders + 5).map(|i| format!("KEY-{i}")).collect();
-        let import = Event::CardsImported {
-            sku: sku.clone(),
-            first_card_id: CardId(1),
-            keys,
-        };
-        state.apply(&import).unwrap();
+        let mut state = stocked(orders + 5);
         for n in 1..=orders {
             let order = order_created(&format!("o{n}"), CardId(n));
             state.apply(&order).unwrap();
@@ -489,24 +473,7 @@ mod tests {
     }
 
     fn order_created_at(id: &str, card: CardId, created_at_ms: u64) -> Event {
-        Event::OrderCreated(std::sync::Arc::new(NewOrder {
-            order_id: OrderId::parse(id).unwrap(),
-            token: "t".into(),
-            trace_id: "x".into(),
-            sku: Sku::parse("game-1").unwrap(),
-            quantity: 1,
-            amount_cents: 1_000,
-            currency: Currency::parse("CNY").unwrap(),
-            contact: "buyer@example.com".into(),
-            channel: "epay".into(),
-            payment_channel: "epay".into(),
-            payment_url: "https://pay.example/".into(),
-            payment_ref: String::new(),
-            created_at_ms,
-            expires_at_ms: created_at_ms + 1_000,
-            cards: vec![card],
-            idempotency: None,
-        }))
+        created(new_order(id, card, created_at_ms))
     }
 
     /// The applier gathers on the applying thread and wakes nobody per entry: the mirror
