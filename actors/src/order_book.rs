@@ -5,6 +5,7 @@
 //! orders, so a search over a long history never stalls checkouts (which need the write
 //! lock); results are bounded by `ORDERS_PAGE_MAX`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use engine::time::civil_from_days;
@@ -108,19 +109,30 @@ pub fn local_day(ms: u64, offset_minutes: i16) -> String {
 }
 
 impl OrderBook<'_> {
-    /// Visits every order, newest first, a chunk per hold of the read lock; `visit` returns
-    /// false to stop.
-    fn scan_newest_first(&self, mut visit: impl FnMut(&OrderRecord) -> bool) {
-        let mut end = u32::try_from(self.shop.store().state().orders_count()).unwrap_or(u32::MAX);
-        while end > 0 {
+    /// Visits the orders newest first, a chunk per hold of the read lock: every order, or
+    /// with `in_memory_only` those in memory (every unsettled one:
+    /// `engine::state::may_be_archived`). `visit` returns false to stop.
+    fn scan_newest_first(&self, in_memory_only: bool, mut visit: impl FnMut(&OrderRecord) -> bool) {
+        let mut before = u32::MAX;
+        loop {
             let state = self.shop.store().state();
-            let page = state.orders_before(end, ORDER_SCAN_CHUNK);
+            let page: Vec<(u32, Cow<'_, OrderRecord>)> = match in_memory_only {
+                true => state
+                    .hot_orders_before(before)
+                    .take(ORDER_SCAN_CHUNK)
+                    .map(|(index, record)| (index, Cow::Borrowed(record)))
+                    .collect(),
+                false => state.orders_before(before, ORDER_SCAN_CHUNK),
+            };
+            let Some((oldest, _)) = page.last() else {
+                return;
+            };
+            before = *oldest;
             for (_, record) in &page {
                 if !visit(record) {
                     return;
                 }
             }
-            end = page.last().map_or(0, |(index, _)| *index);
         }
     }
 
@@ -128,26 +140,6 @@ impl OrderBook<'_> {
     pub fn order(&self, order_id: &engine::OrderId) -> Result<Option<OrderView>, ShopError> {
         let record = self.shop.store().order(order_id)?;
         Ok(record.map(|record| self.shop.view_of(record)))
-    }
-
-    /// The orders in memory (every unsettled one: `engine::state::may_be_archived`), newest
-    /// first, a chunk per hold of the read lock; `visit` returns false to stop.
-    fn scan_in_memory_newest_first(&self, mut visit: impl FnMut(&OrderRecord) -> bool) {
-        let mut before = u32::MAX;
-        loop {
-            let state = self.shop.store().state();
-            let mut last = None;
-            for (index, record) in state.hot_orders_before(before).take(ORDER_SCAN_CHUNK) {
-                if !visit(record) {
-                    return;
-                }
-                last = Some(index);
-            }
-            match last {
-                Some(index) => before = index,
-                None => return,
-            }
-        }
     }
 
     /// Orders matching `filter`, newest first: `limit` of them after skipping `offset`. A
@@ -164,12 +156,10 @@ impl OrderBook<'_> {
             }
             true
         };
-        match filter.status {
-            Some(status) if !engine::state::may_be_archived(status) => {
-                self.scan_in_memory_newest_first(visit)
-            }
-            _ => self.scan_newest_first(visit),
-        }
+        let in_memory_only = filter
+            .status
+            .is_some_and(|status| !engine::state::may_be_archived(status));
+        self.scan_newest_first(in_memory_only, visit);
         page
     }
 
@@ -190,7 +180,7 @@ impl OrderBook<'_> {
     pub fn delivery_backlog(&self) -> (u64, Option<u64>) {
         let mut review_count = 0;
         let mut oldest_paid_at_ms: Option<u64> = None;
-        self.scan_in_memory_newest_first(|record| {
+        self.scan_newest_first(true, |record| {
             match record.status {
                 OrderStatus::ManualReview => review_count += 1,
                 OrderStatus::Paid => {
@@ -217,7 +207,7 @@ impl OrderBook<'_> {
         let since_ms = (today_start - i64::from(days - 1) * DAY_MS).max(0) as u64;
         let mut per_day: BTreeMap<(String, Currency), (u64, u64)> = BTreeMap::new();
         let mut per_product: BTreeMap<(Sku, Currency), (u64, u64)> = BTreeMap::new();
-        self.scan_newest_first(|record| {
+        self.scan_newest_first(false, |record| {
             let counted = matches!(
                 record.status,
                 OrderStatus::Paid | OrderStatus::Delivered | OrderStatus::ManualReview

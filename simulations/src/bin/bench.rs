@@ -390,7 +390,9 @@ mod memory {
     }
 
     pub fn report(state: &ShopState) {
-        let orders = state.hot_orders_count() as i64;
+        // Every order counts for the whole state; records and texts are of those in memory
+        // (a snapshot during the run archives the settled ones).
+        let (orders, hot) = (state.orders_count() as i64, state.hot_orders_count() as i64);
         let cards = state.cards_count() as i64;
         let encoded = bincode::encode_to_vec(state, config()).expect("encodes");
         let decode = || -> ShopState {
@@ -413,7 +415,7 @@ mod memory {
             }
         }
         let (records, record_bytes) = resident(|| {
-            let mut records = Vec::with_capacity(orders as usize);
+            let mut records = Vec::with_capacity(hot as usize);
             records.extend(state.hot_orders().map(|(_, record)| copy(record)));
             records
         });
@@ -443,16 +445,16 @@ mod memory {
         drop((warm, whole, records, slots));
         let per = |bytes: i64, of: i64| bytes as f64 / of.max(1) as f64;
         println!(
-            "memory: {orders} orders, {cards} keys: the state {:.1} MB resident ({:.0} B an order), \
-             {:.0} B an order encoded",
+            "memory: {orders} orders ({hot} in memory), {cards} keys: the state {:.1} MB \
+             resident ({:.0} B an order), {:.0} B an order encoded",
             whole_bytes as f64 / 1e6,
             per(whole_bytes, orders),
             per(encoded.len() as i64, orders),
         );
         println!(
-            "memory: records {:.0} B an order; key slots {:.0} B a key; the rest (indexes, \
-             key digests, products, ledgers) {:.0} B an order",
-            per(record_bytes, orders),
+            "memory: records {:.0} B an order in memory; key slots {:.0} B a key; the rest \
+             (indexes, key digests, products, ledgers) {:.0} B an order",
+            per(record_bytes, hot),
             per(card_bytes, cards),
             per(whole_bytes - record_bytes - card_bytes, orders),
         );
@@ -466,7 +468,7 @@ mod memory {
         let lens: Vec<String> = names
             .iter()
             .zip(field_lens)
-            .map(|(name, sum)| format!("{name} {:.0}", per(sum as i64, orders)))
+            .map(|(name, sum)| format!("{name} {:.0}", per(sum as i64, hot)))
             .collect();
         println!("memory: mean text lengths in bytes: {}", lens.join(", "));
         if whole_bytes < record_bytes + card_bytes {
