@@ -30,6 +30,7 @@ pub mod openapi;
 pub mod operator;
 pub mod pages;
 pub mod post;
+pub mod recorder;
 pub mod routes;
 pub mod sentry_transport;
 pub mod settings;
@@ -48,7 +49,6 @@ use actix_web::web;
 use actix_web::ResponseError;
 use actors::{EpaySettings, Shop};
 use futures_util::{FutureExt, StreamExt};
-use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::ApiError;
 
@@ -57,7 +57,7 @@ pub struct AppState {
     pub shop: Shop,
     pub admin_token: String,
     pub epay: Option<EpaySettings>,
-    pub metrics: Option<PrometheusHandle>,
+    pub metrics: Option<recorder::MetricsHandle>,
     pub websockets_open: Arc<AtomicUsize>,
     pub websockets_max: usize,
     pub json_body_bytes_max: usize,

@@ -22,42 +22,6 @@ use crate::AppState;
 /// Longest incident note an operator may set.
 pub const INCIDENT_NOTE_BYTES_MAX: usize = 2_000;
 
-/// Buckets, in seconds, of every duration histogram.
-const DURATION_BUCKETS_SECONDS: [f64; 13] = [
-    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-/// Buckets of the group-commit batch size (records, up to the log's group bound of 8,192);
-/// the duration buckets would put every batch in the top bucket.
-const LOG_GROUP_RECORDS_BUCKETS: [f64; 8] = [1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0];
-/// How often the recorder folds histogram samples into their buckets. The exporter keeps
-/// every sample recorded since the last fold (16 bytes each, measured; several a
-/// purchase) and folds only on a scrape or on this upkeep: a shop nobody scrapes grew
-/// without bound.
-pub const METRICS_UPKEEP_MS: u64 = 5_000;
-
-/// The shop's metrics recorder (every histogram bucketed), with a thread that folds its
-/// histogram samples every `upkeep_every`, scraped or not. Install it once.
-pub fn metrics_recorder(
-    upkeep_every: Duration,
-) -> anyhow::Result<metrics_exporter_prometheus::PrometheusRecorder> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let recorder = PrometheusBuilder::new()
-        .set_buckets(&DURATION_BUCKETS_SECONDS)?
-        .set_buckets_for_metric(
-            Matcher::Full("panshi_log_group_records".into()),
-            &LOG_GROUP_RECORDS_BUCKETS,
-        )?
-        .build_recorder();
-    let handle = recorder.handle();
-    std::thread::Builder::new()
-        .name("metrics-upkeep".into())
-        .spawn(move || loop {
-            std::thread::sleep(upkeep_every);
-            handle.run_upkeep();
-        })?;
-    Ok(recorder)
-}
-
 /// Help text and unit of every metric the shop records, so the scrape passes
 /// `promtool check metrics`. Call once, after the recorder is installed.
 pub fn describe_metrics() {
