@@ -28,7 +28,15 @@ const CHROMIUM_ARGS = [
 const binary = path.resolve(process.cwd(), process.argv[2] || "../../target/release/panshi");
 // However this script ends, the servers go with it (one listener for them all).
 const servers = new Set();
-process.on("exit", () => { for (const child of servers) child.kill("SIGKILL"); });
+/** Chromium profile directories not yet removed (Chromium may write one as it exits). */
+const profiles = new Set();
+const removeDir = (dir) => {
+  try { rmSync(dir, { recursive: true, force: true, maxRetries: 5 }); return true; } catch { return false; }
+};
+process.on("exit", () => {
+  for (const child of servers) child.kill("SIGKILL");
+  for (const dir of profiles) removeDir(dir);
+});
 
 /**
  * Starts `panshi serve --demo` (port 0 and a fresh data dir unless given; without the demo
@@ -91,9 +99,10 @@ async function newPage(options = {}) {
     args: CHROMIUM_ARGS,
     ...options,
   });
+  profiles.add(userDataDir);
   context.on("close", () => {
-    // Chromium may still be writing its profile as it exits; a leftover is only a temp dir.
-    try { rmSync(userDataDir, { recursive: true, force: true, maxRetries: 5 }); } catch { /* ignored */ }
+    // Chromium may still be writing its profile as it exits: what stays is removed at exit.
+    if (removeDir(userDataDir)) profiles.delete(userDataDir);
   });
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = context.pages()[0] || (await context.newPage());
