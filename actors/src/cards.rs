@@ -61,7 +61,7 @@ pub(crate) fn keys_of(state: &ShopState, sealer: &Sealer, cards: &[CardId]) -> V
         .iter()
         .filter_map(|card| {
             let key = state.card_key(*card)?;
-            open_key(sealer, *card, key)
+            open_key(sealer, *card, &key)
                 .inspect_err(
                     |error| tracing::error!(card = card.0, %error, "a card key does not open"),
                 )

@@ -130,7 +130,7 @@ impl Handler<ImportCards> for Catalog {
                 let mut duplicates = parsed.duplicates_count;
                 let mut keys = Vec::with_capacity(parsed.keys.len());
                 for (key, digest) in parsed.keys.into_iter().zip(digests) {
-                    if product.has_digest(&digest) || product.has_key(key) {
+                    if state.has_digest(&msg.sku, &digest) || product.has_key(key) {
                         duplicates += 1;
                     } else {
                         keys.push(key.to_owned());

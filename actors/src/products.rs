@@ -232,31 +232,36 @@ impl Products<'_> {
 
     /// A page of a product's keys, oldest first, filtered by `query`.
     pub fn cards(&self, sku: &Sku, query: &CardQuery) -> Result<CardPage, ShopError> {
-        let ids: Vec<CardId> = {
+        let runs: Vec<(CardId, u64)> = {
             let state = self.shop.store().state();
             let product = state.product(sku).ok_or(Rejection::UnknownSku)?;
-            product.card_ids().to_vec()
+            product.card_runs().to_vec()
         };
         let needle = query.search.trim().to_lowercase();
         let limit = query.limit.min(CARDS_PAGE_MAX);
         let mut page = CardPage::default();
-        for chunk in ids.chunks(CARD_SCAN_CHUNK) {
+        let chunks = runs.iter().flat_map(|(first, count)| {
+            let end = first.0 + count;
+            (first.0..end)
+                .step_by(CARD_SCAN_CHUNK)
+                .map(move |start| start..end.min(start + CARD_SCAN_CHUNK as u64))
+        });
+        for chunk in chunks {
             let state = self.shop.store().state();
-            for card in chunk {
-                let slot = state.card(*card).expect("a product's card exists");
+            state.for_each_card(chunk, |card, slot| {
                 let status = status_of(slot.holder);
                 if query.status.is_some_and(|wanted| wanted != status) {
-                    continue;
+                    return;
                 }
                 // Keys are sealed at rest: a search opens each one it looks at.
-                let key = crate::cards::open_key(self.shop.sealer(), *card, &slot.key)
+                let key = crate::cards::open_key(self.shop.sealer(), card, &slot.key)
                     .unwrap_or_else(|_| "(does not open)".to_owned());
                 if !needle.is_empty() && !key.to_lowercase().contains(&needle) {
-                    continue;
+                    return;
                 }
                 page.total += 1;
                 if page.total <= query.offset || page.cards.len() >= limit {
-                    continue;
+                    return;
                 }
                 let order_id = match slot.holder {
                     Holder::Reserved(index) | Holder::Sold(index) => {
@@ -265,12 +270,12 @@ impl Products<'_> {
                     Holder::Available | Holder::Deleted => None,
                 };
                 page.cards.push(CardLine {
-                    card: *card,
+                    card,
                     key,
                     status,
                     order_id,
                 });
-            }
+            });
         }
         Ok(page)
     }

@@ -3,12 +3,13 @@
 //! invariant; `check` re-derives every invariant from scratch. storage/ mirrors it into sled,
 //! `panshi audit` and the simulator replay logs through it, and the actors are seeded from it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 
-use crate::chunked::Chunked;
 use crate::events::{
     Event, Fulfilment, NewOrder, Payment, PlacedOrder, Product, ReviewReason, SealedCard,
 };
@@ -39,6 +40,7 @@ macro_rules! ensure {
     };
 }
 
+mod cards;
 mod coupons;
 mod listings;
 mod mail;
@@ -47,7 +49,7 @@ mod resellers;
 pub use coupons::{contact_key, CouponState, OrderTerms};
 pub use listings::CARDS_PER_DELETION_MAX;
 pub use mail::{MailTries, Outbox};
-pub use orders::{may_be_archived, ColdOrders, StateEncoding};
+pub use orders::{may_be_archived, ArchivableCard, ColdOrders, StateEncoding};
 pub use resellers::{
     api_key_sha256, ResellerState, StreamEntry, StreamItem, RESELLER_CHANNEL,
     RESELLER_NAME_LEN_MAX, RESELLER_ORDER_QUANTITY_MAX,
@@ -68,7 +70,6 @@ impl Stock {
     }
 }
 
-#[derive(Encode, Decode)]
 pub struct ProductState {
     pub product: Product,
     pub stock: Stock,
@@ -76,11 +77,87 @@ pub struct ProductState {
     pub details: ProductDetails,
     /// Keys deleted by operators: no longer in `stock.imported`, never sold.
     pub deleted: u64,
-    /// Every key ever imported (deleted ones too, so a deleted key is not imported again).
-    /// What deduplicates them: a key in the clear, or a sealed key's digest.
-    keys: HashSet<KeyId>,
-    /// The SKU's cards in import order, for operators' listings.
-    cards: Vec<CardId>,
+    /// The keys of the product's cards in memory (deleted ones too, so a deleted key is not
+    /// imported again), each with its card: what deduplicates them. The keys of archived
+    /// cards are in the cold tables (`ShopState::has_digest`).
+    keys: HashMap<KeyId, CardId>,
+    /// Keys whose cards are archived.
+    archived_keys: u64,
+    /// The SKU's cards in import order, for operators' listings: each import is a run of
+    /// ids `(first, count)`.
+    imports: Vec<(CardId, u64)>,
+}
+
+/// A key whose card an older snapshot did not record (format 2 and before): it stays in
+/// memory, and so does its card.
+const UNRECORDED_CARD: CardId = CardId(0);
+
+impl Encode for ProductState {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.product.encode(encoder)?;
+        self.stock.encode(encoder)?;
+        self.details.encode(encoder)?;
+        self.deleted.encode(encoder)?;
+        self.keys.encode(encoder)?;
+        self.archived_keys.encode(encoder)?;
+        self.imports.encode(encoder)
+    }
+}
+
+impl Decode<StateEncoding> for ProductState {
+    fn decode<D: bincode::de::Decoder<Context = StateEncoding>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let product = Product::decode(decoder)?;
+        let stock = Stock::decode(decoder)?;
+        let details = ProductDetails::decode(decoder)?;
+        let deleted = u64::decode(decoder)?;
+        let (keys, archived_keys, imports) = match *decoder.context() {
+            StateEncoding::AllOrders | StateEncoding::HotOrders => {
+                let keys: HashSet<KeyId> = Decode::decode(decoder)?;
+                let cards: Vec<CardId> = Decode::decode(decoder)?;
+                let keys = keys.into_iter().map(|key| (key, UNRECORDED_CARD)).collect();
+                (keys, 0, runs_of(&cards))
+            }
+            StateEncoding::HotCards => (
+                Decode::decode(decoder)?,
+                u64::decode(decoder)?,
+                Decode::decode(decoder)?,
+            ),
+        };
+        Ok(Self {
+            product,
+            stock,
+            details,
+            deleted,
+            keys,
+            archived_keys,
+            imports,
+        })
+    }
+}
+
+impl<'de> bincode::BorrowDecode<'de, StateEncoding> for ProductState {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = StateEncoding>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Self::decode(decoder)
+    }
+}
+
+/// Card ids as runs of consecutive ids `(first, count)`, in their order.
+fn runs_of(cards: &[CardId]) -> Vec<(CardId, u64)> {
+    let mut runs: Vec<(CardId, u64)> = Vec::new();
+    for card in cards {
+        match runs.last_mut() {
+            Some((first, count)) if first.0 + *count == card.0 => *count += 1,
+            _ => runs.push((*card, 1)),
+        }
+    }
+    runs
 }
 
 /// A key's identity for deduplication.
@@ -95,17 +172,19 @@ enum KeyId {
 impl ProductState {
     /// Whether a key imported in the clear (by an older version) is this one.
     pub fn has_key(&self, key: &str) -> bool {
-        self.keys.contains(&KeyId::Clear(key.into()))
+        self.keys.contains_key(&KeyId::Clear(key.into()))
     }
 
-    /// The SKU's cards, oldest first, deleted ones included.
-    pub fn card_ids(&self) -> &[CardId] {
-        &self.cards
+    /// The SKU's cards, oldest first, deleted and archived ones included.
+    pub fn card_ids(&self) -> impl Iterator<Item = CardId> + '_ {
+        self.imports
+            .iter()
+            .flat_map(|(first, count)| (first.0..first.0 + count).map(CardId))
     }
 
-    /// Whether a sealed key with this digest is the product's.
-    pub fn has_digest(&self, digest: &[u8; 32]) -> bool {
-        self.keys.contains(&KeyId::Digest(*digest))
+    /// The SKU's cards: `imports` runs of `(first, count)`, oldest first.
+    pub fn card_runs(&self) -> &[(CardId, u64)] {
+        &self.imports
     }
 }
 
@@ -127,7 +206,7 @@ pub enum Holder {
     Deleted,
 }
 
-#[derive(Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct CardSlot {
     pub sku_index: u32,
     pub key: CardKey,
@@ -205,8 +284,8 @@ pub struct Touched {
 pub struct ShopState {
     products: BTreeMap<Sku, ProductState>,
     skus: Vec<Sku>,
-    /// Every card, by index (`Chunked`: growing never copies them).
-    cards: Chunked<CardSlot>,
+    /// The cards in memory, by index: all but the archived (`cards.rs`).
+    cards: cards::CardTable,
     /// Orders in memory and the archive of settled ones (`orders.rs`).
     orders: orders::Orders,
     /// The orders in memory, by id and by idempotency key (`ShardedMap`: growing never
@@ -234,7 +313,20 @@ impl ShopState {
         self.products.values()
     }
 
-    pub fn card(&self, card: CardId) -> Option<&CardSlot> {
+    /// The card `card`, in memory or archived.
+    pub fn card(&self, card: CardId) -> Option<Cow<'_, CardSlot>> {
+        if let Some(slot) = self.hot_card(card) {
+            return Some(Cow::Borrowed(slot));
+        }
+        if card.0 == 0 || card.0 > self.cards.len() as u64 {
+            return None;
+        }
+        self.orders.cold()?.card(card).map(Cow::Owned)
+    }
+
+    /// The card `card` if it is in memory: every card but the sold ones archived with
+    /// their orders.
+    fn hot_card(&self, card: CardId) -> Option<&CardSlot> {
         let index = card.0.checked_sub(1)?;
         self.cards.get(usize::try_from(index).ok()?)
     }
@@ -244,23 +336,87 @@ impl ShopState {
             .map(|slot| self.skus[slot.sku_index as usize].clone())
     }
 
-    pub fn card_key(&self, card: CardId) -> Option<&CardKey> {
-        self.card(card).map(|slot| &slot.key)
+    /// The product a card's `sku_index` names.
+    pub fn sku_at(&self, sku_index: u32) -> Option<&Sku> {
+        self.skus.get(sku_index as usize)
+    }
+
+    pub fn card_key(&self, card: CardId) -> Option<Cow<'_, CardKey>> {
+        match self.card(card)? {
+            Cow::Borrowed(slot) => Some(Cow::Borrowed(&slot.key)),
+            Cow::Owned(slot) => Some(Cow::Owned(slot.key)),
+        }
+    }
+
+    /// The cards with ids in `cards`, in memory or archived, id rising.
+    pub fn for_each_card(&self, cards: Range<u64>, mut visit: impl FnMut(CardId, &CardSlot)) {
+        let end = cards.end.min(self.cards.len() as u64 + 1);
+        let start = cards.start.max(1);
+        if start >= end {
+            return;
+        }
+        let mut archived = Vec::new();
+        if let Some(cold) = self.orders.cold() {
+            cold.for_each_card_in(start..end, &mut |card, slot| {
+                archived.push((card, slot.clone()))
+            });
+        }
+        let mut archived = archived.into_iter().peekable();
+        for id in start..end {
+            let card = CardId(id);
+            if let Some(slot) = self.hot_card(card) {
+                visit(card, slot);
+            } else if archived.peek().is_some_and(|(next, _)| *next == card) {
+                let (_, slot) = archived.next().expect("peeked");
+                visit(card, &slot);
+            }
+        }
+    }
+
+    /// Whether product `sku` has a sealed key with this digest, in memory or archived.
+    pub fn has_digest(&self, sku: &Sku, digest: &[u8; 32]) -> bool {
+        let Some(product) = self.products.get(sku) else {
+            return false;
+        };
+        if product.keys.contains_key(&KeyId::Digest(*digest)) {
+            return true;
+        }
+        product.archived_keys > 0
+            && self.orders.cold().is_some_and(|cold| {
+                let sku_index = self
+                    .skus
+                    .iter()
+                    .position(|s| s == sku)
+                    .expect("a product's sku");
+                cold.holds_digest(sku_index as u32, digest)
+            })
     }
 
     /// Cards whose key is still in the clear (imported by an older version), in id order.
     pub fn clear_cards(&self) -> impl Iterator<Item = (CardId, &str)> {
         self.cards
             .iter()
-            .enumerate()
             .filter_map(|(index, slot)| match &slot.key {
                 CardKey::Clear(key) => Some((CardId(index as u64 + 1), key.as_str())),
                 CardKey::Sealed(_) => None,
             })
     }
 
+    /// Cards ever imported, archived ones included.
     pub fn cards_count(&self) -> u64 {
         self.cards.len() as u64
+    }
+
+    /// The cards in memory, id rising.
+    pub fn hot_cards(&self) -> impl Iterator<Item = (CardId, &CardSlot)> {
+        self.cards
+            .iter()
+            .map(|(index, slot)| (CardId(index as u64 + 1), slot))
+    }
+
+    /// Cards in memory.
+    pub fn hot_cards_count(&self) -> u64 {
+        self.cards.hot_len() as u64
     }
 
     /// The id the next imported key gets.
@@ -273,12 +429,12 @@ impl ShopState {
         let Some(sku_index) = self.skus.iter().position(|s| s == sku) else {
             return Vec::new();
         };
-        (1..=self.cards.len() as u64)
-            .map(CardId)
-            .filter(|id| {
-                let slot = &self.cards[(id.0 - 1) as usize];
+        self.cards
+            .iter()
+            .filter(|(_, slot)| {
                 slot.sku_index == sku_index as u32 && slot.holder == Holder::Available
             })
+            .map(|(index, _)| CardId(index as u64 + 1))
             .collect()
     }
 
@@ -384,8 +540,9 @@ impl ShopState {
                 stock: Stock::default(),
                 details: ProductDetails::default(),
                 deleted: 0,
-                keys: HashSet::new(),
-                cards: Vec::new(),
+                keys: HashMap::new(),
+                archived_keys: 0,
+                imports: Vec::new(),
             },
         );
         Ok(Touched {
@@ -405,13 +562,16 @@ impl ShopState {
             "import at {first_card_id:?} leaves a gap"
         );
         let sku_index = self.skus.iter().position(|s| s == sku);
-        let product = self.products.get_mut(sku);
-        let (Some(sku_index), Some(product)) = (sku_index, product) else {
+        let (Some(sku_index), Some(product)) = (sku_index, self.products.get(sku)) else {
             return Err(Violation(format!("import into unknown sku {sku}")));
         };
         let mut fresh = HashSet::with_capacity(keys.len());
         for (id, _) in &keys {
-            ensure!(!product.keys.contains(id), "key imported twice into {sku}");
+            let known = match id {
+                KeyId::Digest(digest) => self.has_digest(sku, digest),
+                KeyId::Clear(_) => product.keys.contains_key(id),
+            };
+            ensure!(!known, "key imported twice into {sku}");
             ensure!(
                 fresh.insert(id),
                 "key repeated inside one import into {sku}"
@@ -422,11 +582,15 @@ impl ShopState {
             ..Touched::default()
         };
         let count = keys.len() as u64;
+        let product = self.products.get_mut(sku).expect("looked up");
+        match product.imports.last_mut() {
+            Some((first, run)) if first.0 + *run == first_card_id.0 => *run += count,
+            _ => product.imports.push((first_card_id, count)),
+        }
         for (id, key) in keys {
             let card = CardId(self.cards.len() as u64 + 1);
             touched.cards.push(card);
-            product.cards.push(card);
-            product.keys.insert(id);
+            product.keys.insert(id, card);
             self.cards.push(CardSlot {
                 sku_index: sku_index as u32,
                 key,
@@ -448,32 +612,29 @@ impl ShopState {
                 "card {card:?} sealed twice in one event"
             );
             let slot = self
-                .card(*card)
+                .hot_card(*card)
                 .ok_or_else(|| Violation(format!("sealing unknown card {card:?}")))?;
             ensure!(
                 matches!(slot.key, CardKey::Clear(_)),
                 "card {card:?} is sealed already"
             );
-            let product = &self.products[&self.skus[slot.sku_index as usize]];
+            let sku = &self.skus[slot.sku_index as usize];
             ensure!(
-                !product.has_digest(&sealed.digest)
+                !self.has_digest(sku, &sealed.digest)
                     && digests.insert((slot.sku_index, sealed.digest)),
                 "card {card:?}'s key is imported twice (sealed)"
             );
         }
         let mut touched = Touched::default();
         for (card, sealed) in cards {
-            let index = (card.0 - 1) as usize;
-            let sku = self.skus[self.cards[index].sku_index as usize].clone();
-            let key = std::mem::replace(
-                &mut self.cards[index].key,
-                CardKey::Sealed(sealed.sealed.clone()),
-            );
+            let slot = self.cards.get_mut((card.0 - 1) as usize).expect("checked");
+            let sku = self.skus[slot.sku_index as usize].clone();
+            let key = std::mem::replace(&mut slot.key, CardKey::Sealed(sealed.sealed.clone()));
             let product = self.products.get_mut(&sku).expect("card's sku");
             if let CardKey::Clear(clear) = key {
                 product.keys.remove(&KeyId::Clear(clear.into()));
             }
-            product.keys.insert(KeyId::Digest(sealed.digest));
+            product.keys.insert(KeyId::Digest(sealed.digest), *card);
             touched.cards.push(*card);
         }
         Ok(touched)
@@ -487,7 +648,7 @@ impl ShopState {
                 "card {card:?} listed twice in one event"
             );
             let slot = self
-                .card(*card)
+                .hot_card(*card)
                 .ok_or_else(|| Violation(format!("unknown card {card:?}")))?;
             ensure!(
                 &self.skus[slot.sku_index as usize] == sku,
@@ -504,7 +665,8 @@ impl ShopState {
 
     fn set_holders(&mut self, cards: &[CardId], holder: Holder) {
         for card in cards {
-            self.cards[(card.0 - 1) as usize].holder = holder;
+            let slot = self.cards.get_mut((card.0 - 1) as usize);
+            slot.expect("a checked card is in memory").holder = holder;
         }
     }
 
@@ -749,7 +911,7 @@ impl ShopState {
         let mut violations = Vec::new();
         let mut recount: Vec<Stock> = vec![Stock::default(); self.skus.len()];
         let mut deleted: Vec<u64> = vec![0; self.skus.len()];
-        for slot in &self.cards {
+        for (_, slot) in self.cards.iter() {
             let stock = &mut recount[slot.sku_index as usize];
             stock.imported += 1;
             match slot.holder {
@@ -762,6 +924,43 @@ impl ShopState {
                     deleted[slot.sku_index as usize] += 1;
                 }
             }
+        }
+        // Archived cards are sold: counted by their products, and read back in a full check.
+        let mut archived: Vec<u64> = self
+            .skus
+            .iter()
+            .map(|sku| self.products[sku].archived_keys)
+            .collect();
+        if walk == Walk::Every {
+            let mut found = vec![0_u64; self.skus.len()];
+            if let Some(cold) = self.orders.cold() {
+                cold.for_each_card_in(1..self.cards.len() as u64 + 1, &mut |card, slot| {
+                    match found.get_mut(slot.sku_index as usize) {
+                        Some(count) if matches!(slot.holder, Holder::Sold(_)) => *count += 1,
+                        _ => violations.push(Violation(format!(
+                            "archived card {card:?} is {:?} of product {}",
+                            slot.holder, slot.sku_index
+                        ))),
+                    }
+                    if self.hot_card(card).is_some() {
+                        violations.push(Violation(format!(
+                            "card {card:?} is both in memory and archived"
+                        )));
+                    }
+                });
+            }
+            for (sku, (counted, found)) in self.skus.iter().zip(archived.iter().zip(&found)) {
+                if counted != found {
+                    violations.push(Violation(format!(
+                        "{sku}: {counted} keys archived but the archive holds {found}"
+                    )));
+                }
+            }
+            archived = found;
+        }
+        for (stock, archived) in recount.iter_mut().zip(&archived) {
+            stock.imported += archived;
+            stock.sold += archived;
         }
         for (sku_index, sku) in self.skus.iter().enumerate() {
             let product = &self.products[sku];
@@ -784,8 +983,20 @@ impl ShopState {
                     product.deleted, deleted[sku_index]
                 )));
             }
-            if product.keys.len() as u64 != counted.imported + deleted[sku_index] {
+            if product.keys.len() as u64 + product.archived_keys
+                != counted.imported + deleted[sku_index]
+            {
                 violations.push(Violation(format!("{sku}: duplicate keys imported")));
+            }
+            for (key, card) in &product.keys {
+                let slot = self.hot_card(*card);
+                if *card != UNRECORDED_CARD
+                    && slot.is_none_or(|slot| slot.sku_index as usize != sku_index)
+                {
+                    violations.push(Violation(format!(
+                        "{sku}: key {key:?} names card {card:?}, not one of its cards in memory"
+                    )));
+                }
             }
         }
         self.check_orders(walk, &mut violations);
@@ -796,22 +1007,67 @@ impl ShopState {
     }
 
     /// Every reserved or sold key is listed by the order its holder names, among the orders
-    /// `walked` (`owner`: key -> the order listing it, from `check_order`).
+    /// `walked`, and every key an order lists is held as that order expects (`owner`: key ->
+    /// the order listing it and the holder it wants, from `check_order`). `Walk::Every` reads
+    /// the archived cards too; otherwise only those that orders in memory list.
     fn check_card_owners(
         &self,
-        owner: &HashMap<CardId, u32>,
+        owner: &HashMap<CardId, (u32, Holder)>,
         walked: impl Fn(u32) -> bool,
+        walk: Walk,
         violations: &mut Vec<Violation>,
     ) {
-        for (at, slot) in self.cards.iter().enumerate() {
-            let card = CardId(at as u64 + 1);
+        let mut listed = 0_usize;
+        let mut visit = |card: CardId, slot: &CardSlot, violations: &mut Vec<Violation>| {
+            let listing = owner.get(&card);
+            if let Some((index, expected)) = listing {
+                listed += 1;
+                if slot.holder != *expected {
+                    violations.push(Violation(format!(
+                        "card {card:?} of order {index} is {:?}, not {expected:?}",
+                        slot.holder
+                    )));
+                }
+            }
             if let Holder::Reserved(index) | Holder::Sold(index) = slot.holder {
-                if walked(index) && owner.get(&card) != Some(&index) {
+                if walked(index) && listing.map(|(i, _)| *i) != Some(index) {
                     violations.push(Violation(format!(
                         "card {card:?} is {:?} but that order does not list it",
                         slot.holder
                     )));
                 }
+            }
+        };
+        for (at, slot) in self.cards.iter() {
+            visit(CardId(at as u64 + 1), slot, violations);
+        }
+        if walk == Walk::Every {
+            if let Some(cold) = self.orders.cold() {
+                let all = 1..self.cards.len() as u64 + 1;
+                cold.for_each_card_in(all, &mut |card, slot| visit(card, slot, violations));
+            }
+        }
+        if listed == owner.len() {
+            return;
+        }
+        // Keys listed but not visited: archived ones (in memory only), or none at all.
+        for (card, (index, expected)) in owner {
+            if self.hot_card(*card).is_some() {
+                continue;
+            }
+            match self.card(*card) {
+                Some(slot) if walk == Walk::InMemory => {
+                    if slot.holder != *expected {
+                        violations.push(Violation(format!(
+                            "card {card:?} of order {index} is {:?}, not {expected:?}",
+                            slot.holder
+                        )));
+                    }
+                }
+                Some(_) => {}
+                None => violations.push(Violation(format!(
+                    "order {index} lists card {card:?}, which is not a card"
+                ))),
             }
         }
     }
@@ -820,7 +1076,7 @@ impl ShopState {
         &self,
         index: u32,
         record: &OrderRecord,
-        owner: &mut HashMap<CardId, u32>,
+        owner: &mut HashMap<CardId, (u32, Holder)>,
         violations: &mut Vec<Violation>,
     ) {
         let id = &record.created.order_id;
@@ -844,14 +1100,11 @@ impl ShopState {
                     )));
                 }
                 for card in &record.cards {
-                    if let Some(other) = owner.insert(*card, index) {
+                    if let Some((other, _)) = owner.insert(*card, (index, holder)) {
                         let other = self.order_at(other).map(|r| r.created.order_id.clone());
                         violations.push(Violation(format!(
                             "card {card:?} is in orders {other:?} and {id}"
                         )));
-                    }
-                    if self.card(*card).map(|slot| slot.holder) != Some(holder) {
-                        violations.push(Violation(format!("card {card:?} of {id} not {holder:?}")));
                     }
                 }
             }
@@ -871,5 +1124,56 @@ impl ShopState {
         if record.status.is_paid() && record.payment.is_none() {
             violations.push(Violation(format!("order {id} is paid without a payment")));
         }
+    }
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+
+    /// A product as snapshots before format 3 hold it: its keys without their cards, and
+    /// the list of its cards. It reads back with its cards as runs, and keys it cannot
+    /// tie to a card stay in memory (`UNRECORDED_CARD`).
+    #[test]
+    fn a_product_of_an_older_snapshot_reads_back() {
+        let product = Product {
+            sku: Sku::parse("game-1").unwrap(),
+            name: "Game".into(),
+            price_cents: 100,
+            currency: crate::Currency::parse("CNY").unwrap(),
+            created_at_ms: 1,
+        };
+        let keys: HashSet<KeyId> = [KeyId::Digest([1; 32]), KeyId::Clear("K".into())].into();
+        let cards = vec![CardId(1), CardId(2), CardId(3), CardId(7), CardId(8)];
+        let config = bincode::config::standard();
+        let stock = Stock {
+            imported: 5,
+            available: 5,
+            ..Stock::default()
+        };
+        let old = (
+            product,
+            stock,
+            ProductDetails::default(),
+            0_u64,
+            keys,
+            cards,
+        );
+        let bytes = bincode::encode_to_vec(&old, config).unwrap();
+        let (decoded, read): (ProductState, usize) =
+            bincode::decode_from_slice_with_context(&bytes, config, StateEncoding::HotOrders)
+                .unwrap();
+        assert_eq!(read, bytes.len());
+        assert_eq!(decoded.imports, vec![(CardId(1), 3), (CardId(7), 2)]);
+        assert_eq!(decoded.keys.len(), 2);
+        assert!(decoded.keys.values().all(|card| *card == UNRECORDED_CARD));
+        assert_eq!(decoded.archived_keys, 0);
+        // And as format 3 writes it.
+        let bytes = bincode::encode_to_vec(&decoded, config).unwrap();
+        let (again, _): (ProductState, usize) =
+            bincode::decode_from_slice_with_context(&bytes, config, StateEncoding::HotCards)
+                .unwrap();
+        assert_eq!(again.imports, decoded.imports);
+        assert_eq!(again.keys, decoded.keys);
     }
 }

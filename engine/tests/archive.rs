@@ -4,16 +4,16 @@
 //! memory: dropping it would bring back the archived copy (the canary below shows the
 //! check that catches that).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use engine::events::{Fulfilment, Idempotency, Payment};
-use engine::state::{ColdOrders, OrderRecord, ShopState, StateEncoding};
+use engine::events::{Fulfilment, Idempotency, Payment, SealedCard};
+use engine::state::{CardSlot, ColdOrders, OrderRecord, ShopState, StateEncoding};
 use engine::{CardId, Event, OrderId, OrderStatus};
 
 mod common;
 
-use common::{folded, new_order, sku, stocked, PRICE_CENTS};
+use common::{folded, new_order, sku, PRICE_CENTS};
 
 const EXPIRES_AT_MS: u64 = 1_000;
 
@@ -22,6 +22,8 @@ const EXPIRES_AT_MS: u64 = 1_000;
 #[derive(Clone, Default)]
 struct MemCold {
     records: BTreeMap<u32, OrderRecord>,
+    cards: BTreeMap<u64, CardSlot>,
+    digests: BTreeSet<(u32, [u8; 32])>,
 }
 
 impl ColdOrders for MemCold {
@@ -47,6 +49,52 @@ impl ColdOrders for MemCold {
             visit(*index, record);
         }
     }
+
+    fn card(&self, card: CardId) -> Option<CardSlot> {
+        self.cards.get(&card.0).cloned()
+    }
+
+    fn for_each_card_in(
+        &self,
+        cards: std::ops::Range<u64>,
+        visit: &mut dyn FnMut(CardId, &CardSlot),
+    ) {
+        for (id, slot) in self.cards.range(cards) {
+            visit(CardId(*id), slot);
+        }
+    }
+
+    fn holds_digest(&self, sku_index: u32, digest: &[u8; 32]) -> bool {
+        self.digests.contains(&(sku_index, *digest))
+    }
+}
+
+/// The digest of sealed key `i` (what the actors compute with the shop's secret).
+fn digest(i: u64) -> [u8; 32] {
+    let mut digest = [0; 32];
+    digest[..8].copy_from_slice(&i.to_le_bytes());
+    digest
+}
+
+/// The product, and `keys` sealed keys imported as cards 1, 2, ...
+fn stocked(keys: u64) -> Vec<Event> {
+    let mut events = common::stocked(0);
+    events.push(import(1, 0..keys));
+    events
+}
+
+/// Sealed keys `keys` imported from card `first`.
+fn import(first: u64, keys: std::ops::Range<u64>) -> Event {
+    Event::SealedCardsImported {
+        sku: sku(),
+        first_card_id: CardId(first),
+        cards: keys
+            .map(|i| SealedCard {
+                digest: digest(i),
+                sealed: format!("sealed-{i}").into_bytes(),
+            })
+            .collect(),
+    }
 }
 
 /// What a snapshot does: archives what `builder` calls archivable into `cold`, and drops it
@@ -57,9 +105,15 @@ fn snapshot(builder: &mut ShopState, cold: &mut MemCold) -> (Vec<u32>, u64) {
         .map(|(index, record)| (index, record.clone()))
         .collect();
     let indexes: Vec<u32> = fresh.iter().map(|(index, _)| *index).collect();
+    let mut cards = Vec::new();
+    for card in builder.archivable_cards(&indexes) {
+        cold.cards.insert(card.card.0, card.slot.clone());
+        cold.digests.insert((card.sku_index, card.digest));
+        cards.push((card.card, card.digest));
+    }
     cold.records.extend(fresh);
     let through = builder.events_applied();
-    builder.archive(Arc::new(cold.clone()), &indexes, through);
+    builder.archive(Arc::new(cold.clone()), &indexes, through, &cards);
     (indexes, through)
 }
 
@@ -68,7 +122,7 @@ fn restart(state: &ShopState, cold: &MemCold) -> ShopState {
     let config = bincode::config::standard();
     let bytes = bincode::encode_to_vec(state, config).unwrap();
     let (mut copy, _): (ShopState, usize) =
-        bincode::decode_from_slice_with_context(&bytes, config, StateEncoding::HotOrders).unwrap();
+        bincode::decode_from_slice_with_context(&bytes, config, StateEncoding::HotCards).unwrap();
     copy.set_cold(Arc::new(cold.clone()));
     copy
 }
@@ -175,7 +229,7 @@ fn an_order_changed_after_its_archive_stays_in_memory() {
     assert_eq!(builder.hot_orders_count(), 0);
 
     let mut canary = folded(&events);
-    canary.archive(Arc::new(cold.clone()), &archived, u64::MAX);
+    canary.archive(Arc::new(cold.clone()), &archived, u64::MAX, &[]);
     assert_eq!(canary.order(&id(1)).unwrap().status, OrderStatus::Expired);
     assert!(
         canary
@@ -185,7 +239,7 @@ fn an_order_changed_after_its_archive_stays_in_memory() {
         "the check must catch an order dropped after it changed"
     );
 
-    live.archive(Arc::new(cold.clone()), &archived, through);
+    live.archive(Arc::new(cold.clone()), &archived, through, &[]);
     assert_eq!(live.hot_orders_count(), 1);
     assert_eq!(live.order(&id(1)).unwrap().status, OrderStatus::Delivered);
     assert_same(&live, &folded(&events));
@@ -243,4 +297,79 @@ fn a_state_that_archives_and_restarts_answers_as_one_that_never_did() {
     assert!(state.apply(&created(1, 6, None, 100)).is_err());
     assert!(state.apply(&paid(1, &[])).is_err(), "o1 was paid already");
     assert_same(&state, &folded(&events));
+}
+
+/// Sold keys leave memory with their orders: the card reads back from the archive, in
+/// listings too, the stock still counts it, and the same key imported again is refused,
+/// before and after a restart. The canaries: an archive that forgot the key's digest lets
+/// the duplicate in, and one that forgot the card fails the full check.
+#[test]
+fn sold_keys_leave_memory_and_are_never_imported_again() {
+    let mut events = stocked(4);
+    events.push(created(1, 1, None, 100));
+    events.push(paid(1, &[]));
+    events.push(created(2, 2, None, 100));
+    events.push(expired(2));
+    let mut state = folded(&events);
+    let mut cold = MemCold::default();
+    snapshot(&mut state, &mut cold);
+    assert_eq!(state.hot_orders_count(), 0);
+    assert_eq!((state.hot_cards_count(), state.cards_count()), (3, 4));
+    assert_eq!(cold.cards.keys().copied().collect::<Vec<_>>(), vec![1]);
+    let reference = folded(&events);
+    let duplicate = import(5, 0..1);
+    let mut restarted = restart(&state, &cold);
+    for state in [&mut state, &mut restarted] {
+        assert_same(state, &reference);
+        let card = state.card(CardId(1)).unwrap();
+        assert_eq!(card.holder, engine::state::Holder::Sold(0));
+        assert_eq!(
+            state.card_key(CardId(1)).unwrap().into_owned(),
+            engine::CardKey::Sealed(b"sealed-0".to_vec())
+        );
+        let mut listed = Vec::new();
+        state.for_each_card(1..10, |card, slot| listed.push((card.0, slot.holder)));
+        let reference_listed: Vec<_> = (1..=4)
+            .map(|id| (id, reference.card(CardId(id)).unwrap().holder))
+            .collect();
+        assert_eq!(listed, reference_listed);
+        let ids: Vec<u64> = state
+            .product(&sku())
+            .unwrap()
+            .card_ids()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        assert!(state.has_digest(&sku(), &digest(0)));
+        let refused = state.apply(&duplicate).unwrap_err();
+        assert!(refused.0.contains("imported twice"), "{refused}");
+        state.apply(&import(5, 7..8)).unwrap();
+        assert_eq!(state.check(), Vec::new());
+        assert_eq!(state.product(&sku()).unwrap().stock.imported, 5);
+    }
+
+    let mut forgot_digests = cold.clone();
+    forgot_digests.digests.clear();
+    let mut canary = restart(&folded(&events), &MemCold::default());
+    snapshot(&mut canary, &mut MemCold::default());
+    let mut canary = restart(&canary, &forgot_digests);
+    assert!(
+        canary.apply(&duplicate).is_ok(),
+        "without the archived digest the duplicate gets in: the lookup is what refuses it"
+    );
+    let mut forgot_cards = cold.clone();
+    forgot_cards.cards.clear();
+    let canary = restart(&state_after_snapshot(&events), &forgot_cards);
+    assert!(
+        canary.check().iter().any(|v| v.0.contains("not a card")),
+        "{:?}",
+        canary.check()
+    );
+}
+
+/// `events` folded, then snapshotted (into an archive that is dropped).
+fn state_after_snapshot(events: &[Event]) -> ShopState {
+    let mut state = folded(events);
+    snapshot(&mut state, &mut MemCold::default());
+    state
 }

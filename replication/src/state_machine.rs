@@ -267,8 +267,12 @@ impl Machine {
             snapshot::SNAPSHOT_HEADROOM_BYTES,
         )?;
         cold::remove_unnamed(&cold_dir, &header.cold)?;
-        self.store
-            .archive(archived.archive, &archived.indexes, archived.through_events);
+        self.store.archive(
+            archived.archive,
+            &archived.indexes,
+            archived.through_events,
+            &archived.cards,
+        );
         tracing::info!(through, path = %path.display(), "snapshot written");
         Ok((meta, path))
     }

@@ -248,26 +248,28 @@ fn compare_sled(
         }
     }
     let cards = db.open_tree(TreeName::Cards.as_string())?;
-    for id in 1..=state.cards_count() {
-        let card = engine::CardId(id);
-        if unmirrored.cards.contains(&card) {
-            continue;
+    let mut failure = None;
+    state.for_each_card(1..state.cards_count() + 1, |card, slot| {
+        if unmirrored.cards.contains(&card) || failure.is_some() {
+            return;
         }
-        let row: Option<CardRow> = cards
-            .get(rows::card_key(card))?
-            .map(|b| rows::decode(&b))
-            .transpose()?;
-        let slot = state.card(card).expect("counted");
-        let agrees = row.is_some_and(|row| {
-            Some(&row.sku) == state.sku_of(card).as_ref()
-                && row.sealed_key == rows::sealed_key_row(&slot.key)
-                && row.deleted == (slot.holder == engine::state::Holder::Deleted)
-        });
-        if !agrees {
+        let row = cards.get(rows::card_key(card)).map_err(Error::from);
+        let row = row.and_then(|row| row.map(|b| rows::decode::<CardRow>(&b)).transpose());
+        let row = match row {
+            Ok(row) => row,
+            Err(error) => {
+                failure = Some(error);
+                return;
+            }
+        };
+        if row.as_ref() != Some(&rows::card_record_of(state, slot)) {
             report
                 .violations
-                .push(format!("sled disagrees with the log on card {id}"));
+                .push(format!("sled disagrees with the log on card {}", card.0));
         }
+    });
+    if let Some(error) = failure {
+        return Err(error);
     }
     let audit_rows = db.open_tree(TreeName::Audit.as_string())?.len() as u64;
     let unmirrored_audits = unmirrored
@@ -425,11 +427,10 @@ fn state_at(dir: &Path, through: u64) -> Result<engine::state::ShopState, Error>
 pub fn fingerprint(state: &engine::state::ShopState) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     state.for_each_order(|_, record| hasher.update(&rows::encode(record)));
-    for id in 1..=state.cards_count() {
-        let slot = state.card(engine::CardId(id)).expect("counted");
+    state.for_each_card(1..state.cards_count() + 1, |_, slot| {
         hasher.update(&rows::encode(&slot.key));
         hasher.update(&rows::encode(&slot.holder));
-    }
+    });
     for product in state.products() {
         hasher.update(&rows::encode(&product.stock));
     }

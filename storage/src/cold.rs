@@ -1,10 +1,13 @@
 //! Archived orders: the settled orders a snapshot moved out of memory, in cold tables
 //! (`table.rs`) under `cold/` in the data dir, read through `engine::state::ColdOrders`.
 //!
-//! A table holds three sections, each sorted by its key:
+//! A table holds five sections, each sorted by its key:
 //! - `ORDER | index: u32 BE` -> the order's record (`rows::encode`);
 //! - `ID | order id` -> its index (`u32` LE);
-//! - `IDEMPOTENCY | key` -> the newest index made with that `Idempotency-Key` (`u32` LE).
+//! - `IDEMPOTENCY | key` -> the newest index made with that `Idempotency-Key` (`u32` LE);
+//! - `CARD | card id: u64 BE` -> the card a delivered order bought (`rows::encode`);
+//! - `DIGEST | product index: u32 BE | key digest: 32 bytes` -> that card's id (`u64` LE),
+//!   what deduplicates an import against archived keys.
 //!
 //! A snapshot names its tables, newest first. An order archived again (an event brought it
 //! back, changed it, and a later snapshot archived it anew) is in a newer table, which
@@ -25,8 +28,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engine::ids::OrderId;
-use engine::state::{ColdOrders, OrderRecord, ShopState};
+use engine::ids::{CardId, OrderId};
+use engine::state::{CardSlot, ColdOrders, OrderRecord, ShopState};
 
 use crate::table::{Cursor, Table, TableWriter};
 use crate::{rows, Error};
@@ -34,12 +37,16 @@ use crate::{rows, Error};
 const ORDER: u8 = b'o';
 const ID: u8 = b'i';
 const IDEMPOTENCY: u8 = b'k';
+const CARD: u8 = b'c';
+const DIGEST: u8 = b'd';
 /// File name extension of a cold table.
 pub const TABLE_EXTENSION: &str = "cold";
 /// A table joins a merge while it is at most this many times what is merged so far.
 const MERGE_RATIO: u64 = 2;
 /// Entries an archived order writes at most: its record, its id, its idempotency key.
 const ENTRIES_PER_ORDER_MAX: u64 = 3;
+/// Entries an archived card writes: the card, its digest.
+const ENTRIES_PER_CARD: u64 = 2;
 
 pub fn cold_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("cold")
@@ -69,6 +76,19 @@ fn order_key(index: u32) -> [u8; 5] {
     key
 }
 
+fn card_key(card: CardId) -> [u8; 9] {
+    let mut key = [CARD; 9];
+    key[1..].copy_from_slice(&card.0.to_be_bytes());
+    key
+}
+
+fn digest_key(sku_index: u32, digest: &[u8; 32]) -> [u8; 37] {
+    let mut key = [DIGEST; 37];
+    key[1..5].copy_from_slice(&sku_index.to_be_bytes());
+    key[5..].copy_from_slice(digest);
+    key
+}
+
 fn keyed(section: u8, text: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + text.len());
     key.push(section);
@@ -82,6 +102,9 @@ fn index_value(value: &[u8]) -> Result<u32, Error> {
         .map_err(|_| Error::Corrupt("a cold table's index is not 4 bytes".into()))?;
     Ok(u32::from_le_bytes(bytes))
 }
+
+/// What a walk over a range of keys hands each key and its newest copy to.
+type VisitEntry<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), Error> + 'a;
 
 /// An unreadable archive: see the module's last paragraph.
 fn unreadable(error: Error) -> ! {
@@ -120,9 +143,15 @@ impl ColdArchive {
         for (name, table) in &self.tables {
             for entry in table.cursor(&[]) {
                 let (key, value) = entry.map_err(|e| Error::Corrupt(format!("{name}: {e}")))?;
-                if key.first() == Some(&ORDER) {
-                    rows::decode::<OrderRecord>(&value)?;
-                    records += 1;
+                match key.first() {
+                    Some(&ORDER) => {
+                        rows::decode::<OrderRecord>(&value)?;
+                        records += 1;
+                    }
+                    Some(&CARD) => {
+                        rows::decode::<CardSlot>(&value)?;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -138,10 +167,28 @@ impl ColdArchive {
         Ok(None)
     }
 
-    fn try_record(&self, index: u32) -> Result<Option<OrderRecord>, Error> {
-        self.get(&order_key(index))?
-            .map(|bytes| rows::decode(&bytes))
-            .transpose()
+    /// The newest copy under `key`, decoded.
+    fn try_decoded<T: bincode::Decode<()>>(&self, key: &[u8]) -> Result<Option<T>, Error> {
+        self.get(key)?.map(|bytes| rows::decode(&bytes)).transpose()
+    }
+
+    /// Every key in `from..end` with its newest copy, key rising, until `visit` fails.
+    fn try_for_each_between(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        visit: &mut VisitEntry<'_>,
+    ) -> Result<(), Error> {
+        let cursors = self
+            .tables
+            .iter()
+            .map(|(_, table)| {
+                let cursor = table.cursor(from);
+                cursor
+                    .take_while(move |entry| entry.as_ref().map_or(true, |(key, _)| key[..] < *end))
+            })
+            .collect();
+        merge(cursors, |key, copies| visit(key, &copies[0]))
     }
 
     /// Every archived order's newest copy with an index in `indexes`, index rising, until
@@ -152,25 +199,29 @@ impl ColdArchive {
         visit: &mut dyn FnMut(u32, OrderRecord) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let (from, end) = (order_key(indexes.start), order_key(indexes.end));
-        let cursors = self
-            .tables
-            .iter()
-            .map(|(_, table)| {
-                let cursor = table.cursor(&from);
-                cursor.take_while(move |entry| {
-                    entry.as_ref().map_or(true, |(key, _)| key[..] < end[..])
-                })
-            })
-            .collect();
-        merge(cursors, |key, copies| {
+        self.try_for_each_between(&from, &end, &mut |key, value| {
             let index = u32::from_be_bytes(key[1..].try_into().map_err(|_| bad_key())?);
-            visit(index, rows::decode(&copies[0])?)
+            visit(index, rows::decode(value)?)
+        })
+    }
+
+    /// Every archived card with an id in `cards`, id rising, until `visit` fails. A card is
+    /// archived once and never changes: any copy is it.
+    fn try_for_each_card_in(
+        &self,
+        cards: Range<u64>,
+        visit: &mut dyn FnMut(CardId, CardSlot) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let (from, end) = (card_key(CardId(cards.start)), card_key(CardId(cards.end)));
+        self.try_for_each_between(&from, &end, &mut |key, value| {
+            let id = u64::from_be_bytes(key[1..].try_into().map_err(|_| bad_key())?);
+            visit(CardId(id), rows::decode(value)?)
         })
     }
 }
 
 fn bad_key() -> Error {
-    Error::Corrupt("a cold table's order key is not 5 bytes".into())
+    Error::Corrupt("a cold table's order or card key is malformed".into())
 }
 
 /// The entries of one section of a table.
@@ -213,7 +264,8 @@ fn merge<I: Iterator<Item = Result<Entry, Error>>>(
 
 impl ColdOrders for ColdArchive {
     fn record(&self, index: u32) -> Option<OrderRecord> {
-        self.try_record(index).unwrap_or_else(|e| unreadable(e))
+        self.try_decoded(&order_key(index))
+            .unwrap_or_else(|e| unreadable(e))
     }
 
     fn index_of(&self, id: &OrderId) -> Option<u32> {
@@ -241,6 +293,24 @@ impl ColdOrders for ColdArchive {
         })
         .unwrap_or_else(|e| unreadable(e))
     }
+
+    fn card(&self, card: CardId) -> Option<CardSlot> {
+        self.try_decoded(&card_key(card))
+            .unwrap_or_else(|e| unreadable(e))
+    }
+
+    fn for_each_card_in(&self, cards: Range<u64>, visit: &mut dyn FnMut(CardId, &CardSlot)) {
+        self.try_for_each_card_in(cards, &mut |card, slot| {
+            visit(card, &slot);
+            Ok(())
+        })
+        .unwrap_or_else(|e| unreadable(e))
+    }
+
+    fn holds_digest(&self, sku_index: u32, digest: &[u8; 32]) -> bool {
+        let found = self.get(&digest_key(sku_index, digest));
+        found.unwrap_or_else(|e| unreadable(e)).is_some()
+    }
 }
 
 /// What archiving a state did: the tables its snapshot names, what it archived and when.
@@ -250,6 +320,8 @@ pub struct Archived {
     pub indexes: Vec<u32>,
     /// The state's `events_applied` when they were archived.
     pub through_events: u64,
+    /// Cards archived now with their keys' digests, id rising.
+    pub cards: Vec<(CardId, [u8; 32])>,
 }
 
 /// Archives `state`'s archivable orders into a new table in `dir` (merged with the newest
@@ -264,16 +336,20 @@ pub fn archive(
 ) -> Result<Archived, Error> {
     let fresh: Vec<(u32, &OrderRecord)> = state.archivable_orders().collect();
     let indexes: Vec<u32> = fresh.iter().map(|(index, _)| *index).collect();
+    let fresh_cards = state.archivable_cards(&indexes);
+    let cards: Vec<(CardId, [u8; 32])> = fresh_cards.iter().map(|c| (c.card, c.digest)).collect();
     let through_events = state.events_applied();
-    if fresh.is_empty() {
+    if fresh.is_empty() && fresh_cards.is_empty() {
         return Ok(Archived {
             archive: current.clone(),
             indexes,
             through_events,
+            cards,
         });
     }
     // The newest tables join while each is at most MERGE_RATIO times what is merged so far.
-    let mut merged_entries = fresh.len() as u64 * ENTRIES_PER_ORDER_MAX;
+    let mut merged_entries =
+        fresh.len() as u64 * ENTRIES_PER_ORDER_MAX + fresh_cards.len() as u64 * ENTRIES_PER_CARD;
     let mut joining = 0;
     for (_, table) in &current.tables {
         if table.len() > merged_entries * MERGE_RATIO {
@@ -310,6 +386,21 @@ pub fn archive(
     // An id or a record: the newest copy. An idempotency key: the largest index of those
     // merged, whichever table held it (a reader takes the largest of every table's).
     let mut newest = |key: &[u8], copies: &[Vec<u8>]| writer.add(key, &copies[0]);
+    // Sections in key order: CARD, DIGEST, ID, IDEMPOTENCY, ORDER.
+    const _: () = assert!(CARD < DIGEST && DIGEST < ID && ID < IDEMPOTENCY && IDEMPOTENCY < ORDER);
+    let card_entries = fresh_cards
+        .iter()
+        .map(|c| (card_key(c.card).to_vec(), rows::encode(c.slot)));
+    merge(sources(card_entries, joined, CARD), &mut newest)?;
+    let mut digests: Vec<Entry> = fresh_cards
+        .iter()
+        .map(|c| {
+            let key = digest_key(c.sku_index, &c.digest).to_vec();
+            (key, c.card.0.to_le_bytes().to_vec())
+        })
+        .collect();
+    digests.sort_unstable();
+    merge(sources(digests.into_iter(), joined, DIGEST), &mut newest)?;
     merge(sources(ids.into_iter(), joined, ID), &mut newest)?;
     merge(
         sources(key_entries.into_iter(), joined, IDEMPOTENCY),
@@ -334,11 +425,12 @@ pub fn archive(
             .map(|(name, _)| name.clone()),
     );
     let archive = Arc::new(ColdArchive::open(dir, &names)?);
-    state.archive(archive.clone(), &indexes, through_events);
+    state.archive(archive.clone(), &indexes, through_events, &cards);
     Ok(Archived {
         archive,
         indexes,
         through_events,
+        cards,
     })
 }
 
@@ -385,13 +477,13 @@ mod tests {
     use engine::{CardId, Event, OrderStatus};
 
     use super::*;
-    use crate::fixtures::{created, new_order, stocked};
+    use crate::fixtures::{created, digest, new_order, stocked_sealed};
     use crate::snapshot::{self, SnapshotHeader};
 
     const KEYS: u64 = 400;
 
     fn shop() -> ShopState {
-        stocked(KEYS)
+        stocked_sealed(KEYS)
     }
 
     fn id(n: u64) -> OrderId {
@@ -470,6 +562,14 @@ mod tests {
             archive = archived.archive;
             remove_unnamed(dir.path(), &archive.names()).unwrap();
         }
+        // The sold keys left with their orders (o3's first key went back to the stock).
+        let sold: Vec<u64> = (1..=200).filter(|n| n % 3 != 0).chain([KEYS]).collect();
+        assert_eq!(state.hot_cards_count(), KEYS - sold.len() as u64);
+        assert_eq!(
+            state.check(),
+            Vec::new(),
+            "the full check reads the archived cards"
+        );
         let names = archive.names();
         assert!(names.len() <= 6, "{} tables for 200 orders", names.len());
         let on_disk = fs::read_dir(dir.path()).unwrap().count();
@@ -495,6 +595,31 @@ mod tests {
         assert_eq!(reopened.index_of_idempotency_key("key-200"), Some(199));
         assert_eq!(reopened.index_of_idempotency_key("key-3"), None);
         assert_eq!(reopened.index_of(&id(201)), None);
+        // Every sold key, from whichever table holds it; no other key.
+        let mut cards = Vec::new();
+        reopened.for_each_card_in(1..KEYS + 1, &mut |card, slot| {
+            cards.push((card, slot.clone()))
+        });
+        assert_eq!(
+            cards.iter().map(|(card, _)| card.0).collect::<Vec<_>>(),
+            sold
+        );
+        let (card, slot) = &cards[0];
+        assert_eq!(reopened.card(*card).as_ref(), Some(slot));
+        assert_eq!(slot.holder, engine::state::Holder::Sold(0));
+        assert_eq!(slot.key, engine::CardKey::Sealed(b"sealed-0".to_vec()));
+        assert!(
+            reopened.card(CardId(3)).is_none(),
+            "o3's first key is not sold"
+        );
+        for n in &sold {
+            assert!(reopened.holds_digest(0, &digest(n - 1)), "key {n}'s digest");
+        }
+        assert!(
+            !reopened.holds_digest(0, &digest(2)),
+            "an unsold key's digest"
+        );
+        assert!(!reopened.holds_digest(1, &digest(0)), "another product's");
     }
 
     /// A merge hands each key once, in key order, with every source's value newest first

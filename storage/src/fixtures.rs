@@ -30,6 +30,33 @@ pub(crate) fn stocked(keys: u64) -> ShopState {
     state
 }
 
+/// The digest of sealed key `i` of `stocked_sealed` (what the actors compute with the shop's
+/// secret).
+pub(crate) fn digest(i: u64) -> [u8; 32] {
+    let mut digest = [0; 32];
+    digest[..8].copy_from_slice(&i.to_le_bytes());
+    digest
+}
+
+/// As `stocked`, with sealed keys (`sealed-{i}`, digest `digest(i)`): what archives with
+/// its orders.
+pub(crate) fn stocked_sealed(keys: u64) -> ShopState {
+    let mut state = stocked(0);
+    let cards = (0..keys)
+        .map(|i| engine::events::SealedCard {
+            digest: digest(i),
+            sealed: format!("sealed-{i}").into_bytes(),
+        })
+        .collect();
+    let import = Event::SealedCardsImported {
+        sku: sku(),
+        first_card_id: CardId(1),
+        cards,
+    };
+    state.apply(&import).unwrap();
+    state
+}
+
 /// Order `id` of `card` at 1,000 cents, made at `created_at_ms`, due a second later.
 pub(crate) fn new_order(id: &str, card: CardId, created_at_ms: u64) -> NewOrder {
     NewOrder {

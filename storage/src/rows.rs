@@ -301,12 +301,34 @@ impl From<&Touched> for TouchedResellers {
 }
 
 pub fn card_record(state: &ShopState, card: CardId) -> CardRow {
-    let slot = state.card(card).expect("touched card exists");
+    card_record_of(state, &state.card(card).expect("touched card exists"))
+}
+
+pub fn card_record_of(state: &ShopState, slot: &engine::state::CardSlot) -> CardRow {
     CardRow {
-        sku: state.sku_of(card).expect("card has a sku"),
+        sku: state
+            .sku_at(slot.sku_index)
+            .expect("card has a sku")
+            .clone(),
         sealed_key: sealed_key_row(&slot.key),
         deleted: slot.holder == Holder::Deleted,
     }
+}
+
+/// Ids at most this far apart are read together (`ShopState::for_each_card`: archived
+/// cards come from a cursor, not a lookup each).
+const CARDS_READ_TOGETHER: u64 = 4_096;
+
+/// The runs of `cards` (rising) as id ranges of at most `most` ids.
+fn card_ranges(cards: &BTreeSet<CardId>, most: u64) -> Vec<std::ops::Range<u64>> {
+    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+    for card in cards {
+        match ranges.last_mut() {
+            Some(range) if range.end == card.0 && range.end - range.start < most => range.end += 1,
+            _ => ranges.push(card.0..card.0 + 1),
+        }
+    }
+    ranges
 }
 
 /// What sled keeps of a card's key: the sealed bytes, never a clear key.
@@ -437,9 +459,18 @@ impl TouchedSet {
             );
             full(&mut rows)?;
         }
-        for card in &self.cards {
-            rows.push(card_row(*card, &card_record(state, *card)));
-            full(&mut rows)?;
+        for range in card_ranges(&self.cards, CARDS_READ_TOGETHER) {
+            let mut start = range.start;
+            while start < range.end {
+                // A row a card: as many as the slice has room for.
+                let room = slice_rows.saturating_sub(rows.len()).max(1) as u64;
+                let end = range.end.min(start.saturating_add(room));
+                state.for_each_card(start..end, |card, slot| {
+                    rows.push(card_row(card, &card_record_of(state, slot)));
+                });
+                full(&mut rows)?;
+                start = end;
+            }
         }
         for number in &self.audits {
             let action = &state.audit_trail()[(*number - 1) as usize];

@@ -7,7 +7,9 @@
 //! bincode(Chains) | bincode(cold: Vec<String>) | bincode(ShopState) | crc32: u32`
 //! (little-endian; the CRC covers everything before it). `cold` names the tables of
 //! archived orders (`cold.rs`, in `cold/` beside `snapshot/`), newest first; the state holds
-//! the orders in memory. Format 1 (before archiving) has no `cold` and holds every order.
+//! the orders and cards in memory. Format 2 (before cards were archived) holds every card
+//! and each product's keys without their cards; format 1 (before archiving) has no `cold`
+//! and holds every order. Both are read, never written.
 //! `meta` is opaque here (the replication layer's snapshot metadata: membership and log id).
 //! A snapshot is written to a temporary file, fsync'd, renamed and the directory fsync'd,
 //! so a crash leaves either the old snapshot or the new one. Reading checks the CRC in a
@@ -33,7 +35,9 @@ pub const MAGIC: &[u8; 8] = b"PANSHISN";
 pub const SNAPSHOT_HEADROOM_BYTES: u64 = 64 * 1024 * 1024;
 /// How often a snapshot being written looks at the free space.
 const HEADROOM_CHECK_EVERY_BYTES: u64 = 1024 * 1024;
-pub const SNAPSHOT_FORMAT: u8 = 2;
+pub const SNAPSHOT_FORMAT: u8 = 3;
+/// Snapshots written before cards were archived: read, never written.
+const SNAPSHOT_FORMAT_HOT_ORDERS: u8 = 2;
 /// Snapshots written before orders were archived: read, never written.
 const SNAPSHOT_FORMAT_ALL_ORDERS: u8 = 1;
 /// Largest `meta` section: membership of a few nodes is far smaller.
@@ -269,7 +273,13 @@ fn read_header_and_format(
         return Err(corrupt(path, "not a snapshot"));
     }
     let format = magic[8];
-    if format != SNAPSHOT_FORMAT && format != SNAPSHOT_FORMAT_ALL_ORDERS {
+    if ![
+        SNAPSHOT_FORMAT,
+        SNAPSHOT_FORMAT_HOT_ORDERS,
+        SNAPSHOT_FORMAT_ALL_ORDERS,
+    ]
+    .contains(&format)
+    {
         return Err(corrupt(path, &format!("unknown format {format}")));
     }
     let mut word = [0u8; 4];
@@ -322,7 +332,8 @@ pub fn read(path: &Path) -> Result<Loaded, Error> {
     let (header, format) = read_header_and_format(&mut reader, path)?;
     let encoding = match format {
         SNAPSHOT_FORMAT_ALL_ORDERS => StateEncoding::AllOrders,
-        _ => StateEncoding::HotOrders,
+        SNAPSHOT_FORMAT_HOT_ORDERS => StateEncoding::HotOrders,
+        _ => StateEncoding::HotCards,
     };
     let mut state: ShopState =
         bincode::decode_from_std_read_with_context(&mut reader, config(), encoding)

@@ -357,17 +357,21 @@ impl Store {
         Ok(())
     }
 
-    /// A snapshot archived the orders at `indexes` when its state had applied
-    /// `through_events` events; `archive` reads them and every earlier archive. The live
-    /// state drops those it has not changed since (`ShopState::archive`); lookups are
-    /// unaffected (sled and the view serve acknowledged orders).
+    /// A snapshot archived the orders at `indexes` and the cards `cards` (with their keys'
+    /// digests) when its state had applied `through_events` events; `archive` reads them
+    /// and every earlier archive. The live state drops the cards and the orders it has not
+    /// changed since (`ShopState::archive`); lookups are unaffected (sled and the view
+    /// serve acknowledged orders).
     pub fn archive(
         &self,
         archive: Arc<dyn engine::state::ColdOrders>,
         indexes: &[u32],
         through_events: u64,
+        cards: &[(engine::CardId, [u8; 32])],
     ) {
-        self.state.write().archive(archive, indexes, through_events);
+        self.state
+            .write()
+            .archive(archive, indexes, through_events, cards);
     }
 
     /// The last log index whose changes are published (readable).

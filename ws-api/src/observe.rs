@@ -159,6 +159,14 @@ pub fn describe_metrics() {
         "panshi_orders_in_memory",
         "Orders held in memory; the rest are settled, archived by a snapshot into cold tables."
     );
+    describe_gauge!(
+        "panshi_keys",
+        "Card keys ever imported, in memory and archived."
+    );
+    describe_gauge!(
+        "panshi_keys_in_memory",
+        "Card keys held in memory; the rest were sold by archived orders and left with them."
+    );
     describe_counter!("panshi_payment_notifies_total", "Payment notifications by channel, outcome and reason; success rate is outcome=applied over all.");
     describe_histogram!(
         "panshi_delivery_seconds",
@@ -336,12 +344,20 @@ impl Observatory {
         let sample = self.sample(shop, cluster);
         cluster_metrics(cluster);
         metrics::gauge!("panshi_manual_review_orders").set(sample.manual_review_count as f64);
-        let (orders, in_memory) = {
+        let (orders, in_memory, keys, keys_in_memory) = {
             let state = shop.store().state();
-            (state.orders_count(), state.hot_orders_count())
+            let orders = (state.orders_count(), state.hot_orders_count());
+            (
+                orders.0,
+                orders.1,
+                state.cards_count(),
+                state.hot_cards_count(),
+            )
         };
         metrics::gauge!("panshi_orders").set(orders as f64);
         metrics::gauge!("panshi_orders_in_memory").set(in_memory as f64);
+        metrics::gauge!("panshi_keys").set(keys as f64);
+        metrics::gauge!("panshi_keys_in_memory").set(keys_in_memory as f64);
         let (changes, counts) = {
             let mut alerts = self.alerts.lock();
             let changes = alerts.evaluate(sample);

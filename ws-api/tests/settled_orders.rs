@@ -1,7 +1,8 @@
 //! Settled orders leave memory: a snapshot (here the one an online backup takes) archives
-//! them into a cold table, the node's memory keeps only what has not settled, and after a
-//! kill -9 every archived order is still looked up, searched, paid late (an expired order
-//! comes back, is delivered, and stays delivered) and audited clean.
+//! them into a cold table with the keys they bought, the node's memory keeps only what has
+//! not settled, and after a kill -9 every archived order is still looked up with its key,
+//! searched, paid late (an expired order comes back, is delivered, and stays delivered) and
+//! audited clean; its key is listed to operators and never imported again.
 
 mod common;
 
@@ -25,19 +26,29 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
 /// Waits until the evaluator published `panshi_orders_in_memory` at `want` (with the
 /// total at `orders`).
 async fn wait_in_memory(server: &Server, orders: f64, want: f64) {
+    wait_gauges(
+        server,
+        ("panshi_orders", orders),
+        ("panshi_orders_in_memory", want),
+    )
+    .await;
+}
+
+/// Waits until the evaluator published both gauges at their values.
+async fn wait_gauges(server: &Server, total: (&str, f64), in_memory: (&str, f64)) {
+    let (orders, want) = (total.1, in_memory.1);
     let started = Instant::now();
     loop {
         let metrics = server.get_text("/metrics").await;
-        let seen = (
-            gauge(&metrics, "panshi_orders"),
-            gauge(&metrics, "panshi_orders_in_memory"),
-        );
+        let seen = (gauge(&metrics, total.0), gauge(&metrics, in_memory.0));
         if seen == (Some(orders), Some(want)) {
             return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "orders, in memory: {seen:?}, want ({orders}, {want})"
+            "{}, {}: {seen:?}, want ({orders}, {want})",
+            total.0,
+            in_memory.0
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -62,11 +73,15 @@ async fn settled_orders_leave_memory_and_are_served_after_kill_9() {
         ("PANSHI_ALERTS__EVALUATION_INTERVAL_SECS", "1"),
     ];
     let mut server = Server::start_with(dir.path(), &env);
-    server.product("arc", 500, &keys("A", BOUGHT + 5)).await;
+    let stock = keys("A", BOUGHT + 5);
+    server.product("arc", 500, &stock).await;
     let mut bought = Vec::new();
+    let mut delivered = Vec::new();
     for _ in 0..BOUGHT {
         let (_, order) = server.order("arc", 1).await;
         assert_eq!(server.pay(&order).await, (200, "success".into()));
+        wait_status(&server, &order, "delivered").await;
+        delivered.push(server.lookup(&order).await.1["cards"][0].clone());
         bought.push(order);
     }
     let (_, lapsed) = server.order("arc", 1).await;
@@ -90,15 +105,54 @@ async fn settled_orders_leave_memory_and_are_served_after_kill_9() {
     assert_eq!(tables.len(), 1, "{tables:?}");
     assert!(tables[0].extension().is_some_and(|e| e == "cold"));
     wait_in_memory(&server, total, 0.0).await;
+    // The sold keys left with their orders; the unsold (the lapsed order's too) stay.
+    let keys_total = (BOUGHT + 5) as f64;
+    wait_gauges(
+        &server,
+        ("panshi_keys", keys_total),
+        ("panshi_keys_in_memory", 5.0),
+    )
+    .await;
 
     server.kill9();
     server.relaunch();
-    for order in &bought {
+    for (order, key) in bought.iter().zip(&delivered) {
         let (code, view) = server.lookup(order).await;
         assert_eq!(code, 200);
         assert_eq!(view["status"], "delivered", "{view}");
         assert_eq!(view["cards"].as_array().unwrap().len(), 1, "{view}");
+        assert_eq!(&view["cards"][0], key, "the key it was delivered");
     }
+    // Operators see the archived keys as sold, with their orders.
+    let (code, sold) = server
+        .admin_get("/api/v1/admin/products/arc/cards?status=sold&limit=100")
+        .await;
+    assert_eq!(
+        (code, &sold["total"]),
+        (200, &serde_json::json!(BOUGHT)),
+        "{sold}"
+    );
+    let listed: std::collections::HashMap<&serde_json::Value, &serde_json::Value> = sold["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| (&line["key"], &line["order_id"]))
+        .collect();
+    for (order, key) in bought.iter().zip(&delivered) {
+        assert_eq!(
+            listed.get(key),
+            Some(&&order["order_id"]),
+            "{key} in {sold}"
+        );
+    }
+    // A sold, archived key imported again is a duplicate, as it was in memory.
+    let sold_key = delivered[0].as_str().unwrap().to_owned();
+    let (code, body) = server.import("arc", sold_key).await;
+    assert_eq!(
+        (code, &body["imported"], &body["duplicates"]),
+        (200, &serde_json::json!(0), &serde_json::json!(1)),
+        "{body}"
+    );
     let (code, page) = server
         .admin_get("/api/v1/admin/orders?status=delivered&limit=100")
         .await;

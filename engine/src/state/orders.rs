@@ -25,8 +25,8 @@ use bincode::enc::Encoder;
 use bincode::error::{DecodeError, EncodeError};
 use bincode::{BorrowDecode, Decode, Encode};
 
-use super::{OrderRecord, ShopState, Violation, Walk};
-use crate::ids::OrderId;
+use super::{CardKey, CardSlot, Holder, KeyId, OrderRecord, ShopState, Violation, Walk};
+use crate::ids::{CardId, OrderId};
 use crate::order::OrderStatus;
 
 /// Settled orders that left memory, as archived by snapshots: engine/ defines it, storage/
@@ -46,6 +46,13 @@ pub trait ColdOrders: Send + Sync {
     fn for_each(&self, visit: &mut dyn FnMut(u32, &OrderRecord)) {
         self.for_each_in(0..u32::MAX, visit);
     }
+
+    /// The archived card `card`: sold, by an archived order (`cards.rs`).
+    fn card(&self, card: CardId) -> Option<CardSlot>;
+    /// The archived cards with ids in `cards`, id rising.
+    fn for_each_card_in(&self, cards: Range<u64>, visit: &mut dyn FnMut(CardId, &CardSlot));
+    /// Whether an archived card of the product at `sku_index` has a key with this digest.
+    fn holds_digest(&self, sku_index: u32, digest: &[u8; 32]) -> bool;
 }
 
 /// Whether an order in `status` may be archived: settled. Orders in any other status are
@@ -60,13 +67,25 @@ pub fn may_be_archived(status: OrderStatus) -> bool {
     )
 }
 
+/// A card a snapshot archives (`ShopState::archivable_cards`).
+pub struct ArchivableCard<'a> {
+    pub card: CardId,
+    pub sku_index: u32,
+    /// Its key's digest (what deduplicates imports).
+    pub digest: [u8; 32],
+    pub slot: &'a CardSlot,
+}
+
 /// How the state was encoded: bincode's decode context for `ShopState`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateEncoding {
     /// Before archiving (snapshot format 1): every order, in index order.
     AllOrders,
-    /// The hot orders with their indexes; the rest is archived.
+    /// The hot orders with their indexes; the rest is archived (snapshot format 2).
     HotOrders,
+    /// As `HotOrders`, and the cards in memory with their indexes, each product's keys with
+    /// their cards (snapshot format 3): archived orders' cards are archived with them.
+    HotCards,
 }
 
 pub(super) struct HotOrder {
@@ -131,7 +150,7 @@ impl Orders {
         self.events += 1;
     }
 
-    fn cold(&self) -> Option<&dyn ColdOrders> {
+    pub(super) fn cold(&self) -> Option<&dyn ColdOrders> {
         self.cold.as_deref()
     }
 }
@@ -169,7 +188,7 @@ impl Decode<StateEncoding> for Orders {
                     orders.made = index + 1;
                 }
             }
-            StateEncoding::HotOrders => {
+            StateEncoding::HotOrders | StateEncoding::HotCards => {
                 orders.made = u32::decode(decoder)?;
                 orders.events = u64::decode(decoder)?;
                 orders.by_status = Decode::decode(decoder)?;
@@ -336,10 +355,50 @@ impl ShopState {
         self.orders.cold = Some(cold);
     }
 
+    /// The cards that leave memory with the orders at `archiving` (indexes rising): sold
+    /// cards in memory whose order is archiving or archived already, card id rising, each
+    /// with its product's index and its key's digest. A card whose key is in the clear, or
+    /// whose digest an older snapshot did not record, stays.
+    pub fn archivable_cards(&self, archiving: &[u32]) -> Vec<ArchivableCard<'_>> {
+        let mut cards = Vec::new();
+        for (sku_index, sku) in self.skus.iter().enumerate() {
+            for (key, card) in &self.products[sku].keys {
+                let KeyId::Digest(digest) = key else {
+                    continue;
+                };
+                let Some(slot) = self.hot_card(*card) else {
+                    continue;
+                };
+                let Holder::Sold(index) = slot.holder else {
+                    continue;
+                };
+                let leaving = archiving.binary_search(&index).is_ok()
+                    || !self.orders.hot.contains_key(&index);
+                if leaving && matches!(slot.key, CardKey::Sealed(_)) {
+                    cards.push(ArchivableCard {
+                        card: *card,
+                        sku_index: sku_index as u32,
+                        digest: *digest,
+                        slot,
+                    });
+                }
+            }
+        }
+        cards.sort_unstable_by_key(|card| card.card);
+        cards
+    }
+
     /// A snapshot taken when this state's `events_applied` was `through_events` archived
-    /// the orders at `archived` (indexes rising); `cold` reads them and every earlier archive.
-    /// Drops each of them that no event changed since, with its index entries.
-    pub fn archive(&mut self, cold: Arc<dyn ColdOrders>, archived: &[u32], through_events: u64) {
+    /// the orders at `archived` (indexes rising) and the cards `cards` (sold for good:
+    /// nothing changes them since); `cold` reads them and every earlier archive. Drops each
+    /// order that no event changed since, with its index entries, and each of the cards.
+    pub fn archive(
+        &mut self,
+        cold: Arc<dyn ColdOrders>,
+        archived: &[u32],
+        through_events: u64,
+        cards: &[(CardId, [u8; 32])],
+    ) {
         self.orders.cold = Some(cold);
         for index in archived {
             let Some(order) = self.orders.hot.get(index) else {
@@ -358,6 +417,23 @@ impl ShopState {
                     self.idempotency.remove(&idempotency.key);
                 }
             }
+        }
+        for (card, digest) in cards {
+            let index = (card.0 - 1) as usize;
+            let Some(slot) = self.cards.get(index) else {
+                continue;
+            };
+            let product = self
+                .products
+                .get_mut(&self.skus[slot.sku_index as usize])
+                .expect("a card's product");
+            let key = KeyId::Digest(*digest);
+            if !matches!(slot.holder, Holder::Sold(_)) || product.keys.get(&key) != Some(card) {
+                continue;
+            }
+            product.keys.remove(&key);
+            product.archived_keys += 1;
+            self.cards.remove(index);
         }
     }
 
@@ -395,7 +471,7 @@ impl ShopState {
                 self.check_order(index, record, &mut owner, violations);
             }
             let hot = |index: u32| self.orders.hot.contains_key(&index);
-            self.check_card_owners(&owner, hot, violations);
+            self.check_card_owners(&owner, hot, walk, violations);
             self.check_indexes(violations);
             return;
         }
@@ -417,7 +493,7 @@ impl ShopState {
                 self.orders.by_status
             )));
         }
-        self.check_card_owners(&owner, |_| true, violations);
+        self.check_card_owners(&owner, |_| true, walk, violations);
         if expected != self.orders.made {
             violations.push(Violation(format!(
                 "{} orders made but {expected} found",

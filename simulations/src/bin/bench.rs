@@ -394,9 +394,10 @@ mod memory {
         // (a snapshot during the run archives the settled ones).
         let (orders, hot) = (state.orders_count() as i64, state.hot_orders_count() as i64);
         let cards = state.cards_count() as i64;
+        let hot_cards = state.hot_cards_count() as i64;
         let encoded = bincode::encode_to_vec(state, config()).expect("encodes");
         let decode = || -> ShopState {
-            let encoding = engine::state::StateEncoding::HotOrders;
+            let encoding = engine::state::StateEncoding::HotCards;
             bincode::decode_from_slice_with_context(&encoded, config(), encoding)
                 .expect("decodes its own encoding")
                 .0
@@ -420,10 +421,8 @@ mod memory {
             records
         });
         let (slots, card_bytes) = resident(|| {
-            let mut slots = Vec::with_capacity(cards as usize);
-            slots.extend(
-                (1..=cards as u64).filter_map(|id| state.card(engine::CardId(id)).map(copy)),
-            );
+            let mut slots = Vec::with_capacity(hot_cards as usize);
+            slots.extend(state.hot_cards().map(|(_, slot)| copy(slot)));
             slots
         });
         let mut field_lens = [0usize; 5];
@@ -445,17 +444,17 @@ mod memory {
         drop((warm, whole, records, slots));
         let per = |bytes: i64, of: i64| bytes as f64 / of.max(1) as f64;
         println!(
-            "memory: {orders} orders ({hot} in memory), {cards} keys: the state {:.1} MB \
+            "memory: {orders} orders ({hot} in memory), {cards} keys ({hot_cards} in memory): the state {:.1} MB \
              resident ({:.0} B an order), {:.0} B an order encoded",
             whole_bytes as f64 / 1e6,
             per(whole_bytes, orders),
             per(encoded.len() as i64, orders),
         );
         println!(
-            "memory: records {:.0} B an order in memory; key slots {:.0} B a key; the rest \
+            "memory: records {:.0} B an order in memory; key slots {:.0} B a key in memory; the rest \
              (indexes, key digests, products, ledgers) {:.0} B an order",
             per(record_bytes, hot),
-            per(card_bytes, cards),
+            per(card_bytes, hot_cards),
             per(whole_bytes - record_bytes - card_bytes, orders),
         );
         let names = [

@@ -75,9 +75,10 @@ fn main() -> ExitCode {
             );
         }
         println!(
-            "  seed {seed}: {} orders ({} archived), {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} snapshots, {} violations{}{}",
+            "  seed {seed}: {} orders ({} archived, with {} keys), {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} snapshots, {} violations{}{}",
             outcome.orders,
             outcome.archived,
+            outcome.archived_keys,
             outcome.reseller_orders,
             outcome.mails_sent,
             outcome.mails_given_up,

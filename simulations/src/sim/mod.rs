@@ -140,6 +140,8 @@ pub struct Outcome {
     pub snapshots: u64,
     /// Orders out of memory at the end (archived by snapshots).
     pub archived: u64,
+    /// Keys out of memory at the end (archived with the orders that bought them).
+    pub archived_keys: u64,
     /// Writes whose outcome the client never learned (three nodes: the leader changed or the
     /// network held them too long).
     pub unknown_outcomes: u64,
@@ -955,9 +957,12 @@ impl World {
         };
         self.outcome.mails_sent = sent;
         self.outcome.mails_given_up = given_up;
-        self.outcome.archived = {
+        (self.outcome.archived, self.outcome.archived_keys) = {
             let state = self.store().state();
-            state.orders_count() - state.hot_orders_count()
+            (
+                state.orders_count() - state.hot_orders_count(),
+                state.cards_count() - state.hot_cards_count(),
+            )
         };
         let last = self.outcome.violations.len();
         self.check(u64::MAX);
