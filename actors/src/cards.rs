@@ -120,13 +120,14 @@ impl Shop {
     /// is found at start, not at the next delivery.
     pub fn check_sealed_cards(&self) -> Result<(), SealError> {
         let state = self.store().state();
-        let mut checked = std::collections::HashSet::new();
-        for id in 1..=state.cards_count() {
-            let card = CardId(id);
-            let Some(slot) = state.card(card) else {
-                continue;
-            };
-            if matches!(slot.key, CardKey::Sealed(_)) && checked.insert(slot.sku_index) {
+        for listing in state.products() {
+            // The first sealed key of each: keys in the clear come first if any (an older
+            // version's), and archived keys are sealed, so this reads at most one of them.
+            let first_sealed = listing.card_ids().find_map(|card| {
+                let slot = state.card(card)?;
+                matches!(slot.key, CardKey::Sealed(_)).then_some((card, slot))
+            });
+            if let Some((card, slot)) = first_sealed {
                 open_key(&self.0.sealer, card, &slot.key)?;
             }
         }
