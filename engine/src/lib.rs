@@ -14,7 +14,6 @@
 
 pub mod alipay;
 pub mod breaker;
-pub mod chunked;
 pub mod coupon;
 pub mod error;
 pub mod events;

@@ -2,7 +2,7 @@
 //!
 //! A hash map that fills up moves every entry into a table twice as large, in one insert:
 //! the order index of 1,835,008 orders took 238-270 ms for it, under the state's write
-//! lock (see `Chunked` for the same with the orders themselves). Here the entries are spread
+//! lock (see `state/cards.rs` for the same with the cards). Here the entries are spread
 //! over `SHARDS` maps by a hash of the key, so each grows on its own and one growth moves
 //! a `SHARDS`th of them. The shard's hash has fixed keys; each shard keeps std's randomly
 //! keyed hasher, so keys chosen to collide crowd one shard at worst (a map as large as

@@ -312,6 +312,7 @@ pub(crate) fn open_machine(
         own_batch_refused: AtomicBool::new(false),
         snapshot_failures: Mutex::default(),
         snapshot_lock: Mutex::new(()),
+        starting: AtomicBool::new(false),
     }))
 }
 
@@ -376,10 +377,13 @@ impl Node {
         let sm = ShopMachine {
             machine: machine.clone(),
         };
+        machine.starting.store(true, Ordering::Release);
         let raft = block_on_outside(
             runtime.handle(),
             Raft::new(config.node_id, raft_config, network, log.clone(), sm),
-        )?;
+        );
+        machine.starting.store(false, Ordering::Release);
+        let raft = raft?;
         let incarnation = config.incarnation.unwrap_or_else(rand::random::<u64>) | 1;
         // Decided from the configuration at start: a voter alone has no round trip to
         // overlap (a cluster grown at run time keeps this until its next start).

@@ -1,5 +1,10 @@
 //! The cards in memory, by id: every card but those a snapshot archived with their orders.
 //!
+//! Cards sit in chunks of `CARDS_PER_CHUNK` that never grow past it: in a `Vec`, the push
+//! that finds it full copies every card into one twice as large, hundreds of megabytes at
+//! millions of keys, under the state's write lock while every checkout waits. Here a push
+//! allocates at most one new chunk, and only the list of chunks is ever copied.
+//!
 //! A card is archived once the order that bought it is: its order is delivered, so the card
 //! is sold for good, and nothing changes it again (a refund needs an order that holds no
 //! keys, a deletion an available key, sealing a clear one). Archived cards live in the cold
