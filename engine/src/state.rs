@@ -88,6 +88,9 @@ pub struct ProductState {
     imports: Vec<(CardId, u64)>,
 }
 
+/// Card ids `for_each_card` reads from the archive at a time.
+const CARDS_READ_TOGETHER: u64 = 4_096;
+
 /// A key whose card an older snapshot did not record (format 2 and before): it stays in
 /// memory, and so does its card.
 const UNRECORDED_CARD: CardId = CardId(0);
@@ -348,28 +351,31 @@ impl ShopState {
         }
     }
 
-    /// The cards with ids in `cards`, in memory or archived, id rising.
+    /// The cards with ids in `cards`, in memory or archived, id rising. Archived cards are
+    /// read `CARDS_READ_TOGETHER` ids at a time (a cursor each, not a lookup a card).
     pub fn for_each_card(&self, cards: Range<u64>, mut visit: impl FnMut(CardId, &CardSlot)) {
         let end = cards.end.min(self.cards.len() as u64 + 1);
-        let start = cards.start.max(1);
-        if start >= end {
-            return;
-        }
+        let mut start = cards.start.max(1);
         let mut archived = Vec::new();
-        if let Some(cold) = self.orders.cold() {
-            cold.for_each_card_in(start..end, &mut |card, slot| {
-                archived.push((card, slot.clone()))
-            });
-        }
-        let mut archived = archived.into_iter().peekable();
-        for id in start..end {
-            let card = CardId(id);
-            if let Some(slot) = self.hot_card(card) {
-                visit(card, slot);
-            } else if archived.peek().is_some_and(|(next, _)| *next == card) {
-                let (_, slot) = archived.next().expect("peeked");
-                visit(card, &slot);
+        while start < end {
+            let part = start..end.min(start.saturating_add(CARDS_READ_TOGETHER));
+            archived.clear();
+            if let Some(cold) = self.orders.cold() {
+                cold.for_each_card_in(part.clone(), &mut |card, slot| {
+                    archived.push((card, slot.clone()))
+                });
             }
+            let mut archived = archived.drain(..).peekable();
+            for id in part.clone() {
+                let card = CardId(id);
+                if let Some(slot) = self.hot_card(card) {
+                    visit(card, slot);
+                } else if archived.peek().is_some_and(|(next, _)| *next == card) {
+                    let (_, slot) = archived.next().expect("peeked");
+                    visit(card, &slot);
+                }
+            }
+            start = part.end;
         }
     }
 

@@ -373,3 +373,31 @@ fn state_after_snapshot(events: &[Event]) -> ShopState {
     snapshot(&mut state, &mut MemCold::default());
     state
 }
+
+/// Walking cards by id crosses the stretches it reads from the archive at a time, in memory
+/// and archived cards interleaved, and gives each card once, in order.
+#[test]
+fn cards_walk_in_id_order_across_archive_reads() {
+    const KEYS: u64 = 9_000;
+    let mut events = stocked(KEYS);
+    // Every third key of the first 8,400 is sold; the others stay available.
+    for n in (3..=8_400).step_by(3) {
+        events.push(created(n, n, None, 100));
+        events.push(paid(n, &[]));
+    }
+    let reference = folded(&events);
+    let mut cold = MemCold::default();
+    let mut state = folded(&events);
+    snapshot(&mut state, &mut cold);
+    assert_eq!(state.hot_cards_count(), KEYS - 2_800);
+    let state = restart(&state, &cold);
+    let mut walked = Vec::new();
+    state.for_each_card(0..KEYS + 10, |card, slot| walked.push((card.0, slot.holder)));
+    let expected: Vec<_> = (1..=KEYS)
+        .map(|id| (id, reference.card(CardId(id)).unwrap().holder))
+        .collect();
+    assert_eq!(walked, expected);
+    let mut part = Vec::new();
+    state.for_each_card(4_090..4_100, |card, _| part.push(card.0));
+    assert_eq!(part, (4_090..4_100).collect::<Vec<_>>());
+}

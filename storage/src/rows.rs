@@ -315,16 +315,13 @@ pub fn card_record_of(state: &ShopState, slot: &engine::state::CardSlot) -> Card
     }
 }
 
-/// Ids at most this far apart are read together (`ShopState::for_each_card`: archived
-/// cards come from a cursor, not a lookup each).
-const CARDS_READ_TOGETHER: u64 = 4_096;
-
-/// The runs of `cards` (rising) as id ranges of at most `most` ids.
-fn card_ranges(cards: &BTreeSet<CardId>, most: u64) -> Vec<std::ops::Range<u64>> {
+/// The runs of consecutive ids in `cards` (rising), as id ranges: `ShopState::for_each_card`
+/// reads a range's archived cards with a cursor, not a lookup each.
+fn card_ranges(cards: &BTreeSet<CardId>) -> Vec<std::ops::Range<u64>> {
     let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
     for card in cards {
         match ranges.last_mut() {
-            Some(range) if range.end == card.0 && range.end - range.start < most => range.end += 1,
+            Some(range) if range.end == card.0 => range.end += 1,
             _ => ranges.push(card.0..card.0 + 1),
         }
     }
@@ -459,7 +456,7 @@ impl TouchedSet {
             );
             full(&mut rows)?;
         }
-        for range in card_ranges(&self.cards, CARDS_READ_TOGETHER) {
+        for range in card_ranges(&self.cards) {
             let mut start = range.start;
             while start < range.end {
                 // A row a card: as many as the slice has room for.
