@@ -392,7 +392,9 @@ fn cards_walk_in_id_order_across_archive_reads() {
     assert_eq!(state.hot_cards_count(), KEYS - 2_800);
     let state = restart(&state, &cold);
     let mut walked = Vec::new();
-    state.for_each_card(0..KEYS + 10, |card, slot| walked.push((card.0, slot.holder)));
+    state.for_each_card(0..KEYS + 10, |card, slot| {
+        walked.push((card.0, slot.holder))
+    });
     let expected: Vec<_> = (1..=KEYS)
         .map(|id| (id, reference.card(CardId(id)).unwrap().holder))
         .collect();
