@@ -381,21 +381,21 @@ impl ShopState {
 
     /// Whether product `sku` has a sealed key with this digest, in memory or archived.
     pub fn has_digest(&self, sku: &Sku, digest: &[u8; 32]) -> bool {
-        let Some(product) = self.products.get(sku) else {
-            return false;
-        };
+        let sku_index = self.skus.iter().position(|s| s == sku);
+        sku_index.is_some_and(|sku_index| self.has_digest_at(sku_index, digest))
+    }
+
+    /// `has_digest` of the product at `sku_index`.
+    fn has_digest_at(&self, sku_index: usize, digest: &[u8; 32]) -> bool {
+        let product = &self.products[&self.skus[sku_index]];
         if product.keys.contains_key(&KeyId::Digest(*digest)) {
             return true;
         }
         product.archived_keys > 0
-            && self.orders.cold().is_some_and(|cold| {
-                let sku_index = self
-                    .skus
-                    .iter()
-                    .position(|s| s == sku)
-                    .expect("a product's sku");
-                cold.holds_digest(sku_index as u32, digest)
-            })
+            && self
+                .orders
+                .cold()
+                .is_some_and(|cold| cold.holds_digest(sku_index as u32, digest))
     }
 
     /// Cards whose key is still in the clear (imported by an older version), in id order.
@@ -574,7 +574,7 @@ impl ShopState {
         let mut fresh = HashSet::with_capacity(keys.len());
         for (id, _) in &keys {
             let known = match id {
-                KeyId::Digest(digest) => self.has_digest(sku, digest),
+                KeyId::Digest(digest) => self.has_digest_at(sku_index, digest),
                 KeyId::Clear(_) => product.keys.contains_key(id),
             };
             ensure!(!known, "key imported twice into {sku}");
@@ -624,9 +624,8 @@ impl ShopState {
                 matches!(slot.key, CardKey::Clear(_)),
                 "card {card:?} is sealed already"
             );
-            let sku = &self.skus[slot.sku_index as usize];
             ensure!(
-                !self.has_digest(sku, &sealed.digest)
+                !self.has_digest_at(slot.sku_index as usize, &sealed.digest)
                     && digests.insert((slot.sku_index, sealed.digest)),
                 "card {card:?}'s key is imported twice (sealed)"
             );
@@ -931,39 +930,24 @@ impl ShopState {
                 }
             }
         }
-        // Archived cards are sold: counted by their products, and read back in a full check.
-        let mut archived: Vec<u64> = self
+        // Archived cards are sold: counted by their products, and read back in a full check
+        // (`check_card_owners`, which reads them once for both).
+        let archived_read = self.check_orders(walk, &mut violations);
+        let counted: Vec<u64> = self
             .skus
             .iter()
             .map(|sku| self.products[sku].archived_keys)
             .collect();
-        if walk == Walk::Every {
-            let mut found = vec![0_u64; self.skus.len()];
-            if let Some(cold) = self.orders.cold() {
-                cold.for_each_card_in(1..self.cards.len() as u64 + 1, &mut |card, slot| {
-                    match found.get_mut(slot.sku_index as usize) {
-                        Some(count) if matches!(slot.holder, Holder::Sold(_)) => *count += 1,
-                        _ => violations.push(Violation(format!(
-                            "archived card {card:?} is {:?} of product {}",
-                            slot.holder, slot.sku_index
-                        ))),
-                    }
-                    if self.hot_card(card).is_some() {
-                        violations.push(Violation(format!(
-                            "card {card:?} is both in memory and archived"
-                        )));
-                    }
-                });
-            }
-            for (sku, (counted, found)) in self.skus.iter().zip(archived.iter().zip(&found)) {
+        if let Some(found) = &archived_read {
+            for (sku, (counted, found)) in self.skus.iter().zip(counted.iter().zip(found)) {
                 if counted != found {
                     violations.push(Violation(format!(
                         "{sku}: {counted} keys archived but the archive holds {found}"
                     )));
                 }
             }
-            archived = found;
         }
+        let archived = archived_read.unwrap_or(counted);
         for (stock, archived) in recount.iter_mut().zip(&archived) {
             stock.imported += archived;
             stock.sold += archived;
@@ -1005,7 +989,6 @@ impl ShopState {
                 }
             }
         }
-        self.check_orders(walk, &mut violations);
         self.check_resellers(&mut violations);
         self.check_outbox(&mut violations);
         self.check_coupons(&mut violations);
@@ -1015,14 +998,15 @@ impl ShopState {
     /// Every reserved or sold key is listed by the order its holder names, among the orders
     /// `walked`, and every key an order lists is held as that order expects (`owner`: key ->
     /// the order listing it and the holder it wants, from `check_order`). `Walk::Every` reads
-    /// the archived cards too; otherwise only those that orders in memory list.
+    /// the archived cards too (each sold, none also in memory) and returns how many each
+    /// product has; otherwise it reads only those that orders in memory list.
     fn check_card_owners(
         &self,
         owner: &HashMap<CardId, (u32, Holder)>,
         walked: impl Fn(u32) -> bool,
         walk: Walk,
         violations: &mut Vec<Violation>,
-    ) {
+    ) -> Option<Vec<u64>> {
         let mut listed = 0_usize;
         let mut visit = |card: CardId, slot: &CardSlot, violations: &mut Vec<Violation>| {
             let listing = owner.get(&card);
@@ -1047,14 +1031,31 @@ impl ShopState {
         for (at, slot) in self.cards.iter() {
             visit(CardId(at as u64 + 1), slot, violations);
         }
+        let mut archived = None;
         if walk == Walk::Every {
+            let mut found = vec![0_u64; self.skus.len()];
             if let Some(cold) = self.orders.cold() {
                 let all = 1..self.cards.len() as u64 + 1;
-                cold.for_each_card_in(all, &mut |card, slot| visit(card, slot, violations));
+                cold.for_each_card_in(all, &mut |card, slot| {
+                    match found.get_mut(slot.sku_index as usize) {
+                        Some(count) if matches!(slot.holder, Holder::Sold(_)) => *count += 1,
+                        _ => violations.push(Violation(format!(
+                            "archived card {card:?} is {:?} of product {}",
+                            slot.holder, slot.sku_index
+                        ))),
+                    }
+                    if self.hot_card(card).is_some() {
+                        violations.push(Violation(format!(
+                            "card {card:?} is both in memory and archived"
+                        )));
+                    }
+                    visit(card, slot, violations)
+                });
             }
+            archived = Some(found);
         }
         if listed == owner.len() {
-            return;
+            return archived;
         }
         // Keys listed but not visited: archived ones (in memory only), or none at all.
         for (card, (index, expected)) in owner {
@@ -1076,6 +1077,7 @@ impl ShopState {
                 ))),
             }
         }
+        archived
     }
 
     fn check_order(

@@ -357,21 +357,17 @@ impl Store {
         Ok(())
     }
 
-    /// A snapshot archived the orders at `indexes` and the cards `cards` (with their keys'
-    /// digests) when its state had applied `through_events` events; `archive` reads them
-    /// and every earlier archive. The live state drops the cards and the orders it has not
-    /// changed since (`ShopState::archive`); lookups are unaffected (sled and the view
-    /// serve acknowledged orders).
-    pub fn archive(
-        &self,
-        archive: Arc<dyn engine::state::ColdOrders>,
-        indexes: &[u32],
-        through_events: u64,
-        cards: &[(engine::CardId, [u8; 32])],
-    ) {
-        self.state
-            .write()
-            .archive(archive, indexes, through_events, cards);
+    /// A snapshot archived orders and cards (`cold::archive`, on a folded copy of the
+    /// state). The live state drops the cards and the orders it has not changed since
+    /// (`ShopState::archive`); lookups are unaffected (sled and the view serve acknowledged
+    /// orders).
+    pub fn archive(&self, archived: &crate::cold::Archived) {
+        self.state.write().archive(
+            archived.archive.clone(),
+            &archived.indexes,
+            archived.through_events,
+            &archived.cards,
+        );
     }
 
     /// The last log index whose changes are published (readable).

@@ -54,21 +54,24 @@ impl CardTable {
     }
 
     pub(super) fn push(&mut self, slot: CardSlot) {
+        let chunk = self.next_chunk();
+        chunk.slots.push(Some(slot));
+        chunk.held += 1;
+        self.len += 1;
+        self.hot += 1;
+    }
+
+    /// The chunk the next index falls in, opened when the last one is full (only full
+    /// chunks are ever freed).
+    fn next_chunk(&mut self) -> &mut Chunk {
         if self.len.is_multiple_of(CARDS_PER_CHUNK) {
             self.chunks.push(Some(Chunk {
                 slots: Vec::with_capacity(CARDS_PER_CHUNK),
                 held: 0,
             }));
         }
-        let chunk = self.chunks.last_mut().expect("a chunk has room");
-        let chunk = chunk.get_or_insert_with(|| Chunk {
-            slots: Vec::with_capacity(CARDS_PER_CHUNK),
-            held: 0,
-        });
-        chunk.slots.push(Some(slot));
-        chunk.held += 1;
-        self.len += 1;
-        self.hot += 1;
+        let last = self.chunks.last_mut().and_then(Option::as_mut);
+        last.expect("the last chunk is open")
     }
 
     /// The card at `index`, if it is in memory.
@@ -123,17 +126,10 @@ impl CardTable {
             if self.len.is_multiple_of(CARDS_PER_CHUNK) && len - self.len >= CARDS_PER_CHUNK {
                 self.chunks.push(None);
                 self.len += CARDS_PER_CHUNK;
-                continue;
+            } else {
+                self.next_chunk().slots.push(None);
+                self.len += 1;
             }
-            if self.len.is_multiple_of(CARDS_PER_CHUNK) {
-                self.chunks.push(Some(Chunk {
-                    slots: Vec::with_capacity(CARDS_PER_CHUNK),
-                    held: 0,
-                }));
-            }
-            let chunk = self.chunks.last_mut().expect("a chunk has room");
-            chunk.as_mut().expect("a chunk in use").slots.push(None);
-            self.len += 1;
         }
     }
 }

@@ -463,8 +463,13 @@ impl ShopState {
 
     /// Every index is an order, the indexes name hot orders of their ids; then each order's
     /// own invariants (`check_order`), and every held key's order lists it. `Walk::InMemory`
-    /// checks the hot orders only (and the keys they hold).
-    pub(super) fn check_orders(&self, walk: Walk, violations: &mut Vec<Violation>) {
+    /// checks the hot orders only (and the keys they hold). `Walk::Every` returns the
+    /// archived cards it read, by product (`check_card_owners`).
+    pub(super) fn check_orders(
+        &self,
+        walk: Walk,
+        violations: &mut Vec<Violation>,
+    ) -> Option<Vec<u64>> {
         let mut owner = std::collections::HashMap::new();
         if walk == Walk::InMemory {
             for (index, record) in self.hot_orders() {
@@ -473,7 +478,7 @@ impl ShopState {
             let hot = |index: u32| self.orders.hot.contains_key(&index);
             self.check_card_owners(&owner, hot, walk, violations);
             self.check_indexes(violations);
-            return;
+            return None;
         }
         let mut expected = 0u32;
         let mut by_status = [0u64; STATUSES];
@@ -493,7 +498,7 @@ impl ShopState {
                 self.orders.by_status
             )));
         }
-        self.check_card_owners(&owner, |_| true, walk, violations);
+        let archived = self.check_card_owners(&owner, |_| true, walk, violations);
         if expected != self.orders.made {
             violations.push(Violation(format!(
                 "{} orders made but {expected} found",
@@ -501,6 +506,7 @@ impl ShopState {
             )));
         }
         self.check_indexes(violations);
+        archived
     }
 
     /// The id and idempotency indexes name hot orders that carry that id or key.
