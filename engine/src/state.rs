@@ -327,8 +327,13 @@ impl ShopState {
         self.orders.cold()?.card(card).map(Cow::Owned)
     }
 
-    /// The card `card` if it is in memory: every card but the sold ones archived with
+    /// Whether the card `card` is in memory: every card but the sold ones archived with
     /// their orders.
+    pub fn holds_card(&self, card: CardId) -> bool {
+        self.hot_card(card).is_some()
+    }
+
+    /// The card `card` if it is in memory.
     fn hot_card(&self, card: CardId) -> Option<&CardSlot> {
         let index = card.0.checked_sub(1)?;
         self.cards.get(usize::try_from(index).ok()?)

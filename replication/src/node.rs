@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// Tells this process's chains from an earlier run's (`storage::entry::Origin`); `None`
     /// draws it at random (the simulator derives it from its seed).
     pub incarnation: Option<u64>,
+    /// When a snapshot that archives orders (or a start) rebuilds sled with the rows memory
+    /// holds (`storage::sled_dir::outgrown`).
+    pub sled_rebuild: storage::sled_dir::SledRebuild,
 }
 
 impl NodeConfig {
@@ -82,6 +85,7 @@ impl NodeConfig {
             unsafe_skip_readiness_gate: false,
             manual_ticks: false,
             incarnation: None,
+            sled_rebuild: storage::sled_dir::SledRebuild::default(),
         }
     }
 
@@ -276,6 +280,7 @@ pub(crate) fn open_machine(
     data_dir: &Path,
     log: &LogStore,
     observer: Arc<dyn CommitObserver>,
+    sled_rebuild: storage::sled_dir::SledRebuild,
 ) -> Result<Arc<Machine>, Error> {
     let folded = replay::from_snapshot(data_dir)?;
     let applied = match &folded.snapshot {
@@ -299,6 +304,7 @@ pub(crate) fn open_machine(
         applied.last.map_or(0, |l| l.index),
         log.last_log_id().map_or(0, |l| l.index),
         observer,
+        sled_rebuild,
     )?);
     Ok(Arc::new(Machine {
         store,
@@ -321,7 +327,8 @@ pub(crate) fn open_machine(
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, ShopMachine), Error> {
     std::fs::create_dir_all(data_dir)?;
     let (log, _) = LogStore::open(&storage::log::log_dir(data_dir))?;
-    let machine = open_machine(data_dir, &log, Arc::new(storage::NoObserver))?;
+    let rebuild = storage::sled_dir::SledRebuild::default();
+    let machine = open_machine(data_dir, &log, Arc::new(storage::NoObserver), rebuild)?;
     Ok((log, ShopMachine { machine }))
 }
 
@@ -368,7 +375,7 @@ impl Node {
             .build()?;
         let (log, recovery) = LogStore::open(&storage::log::log_dir(data_dir))?;
         let is_pristine = pristine(&log, data_dir)?;
-        let machine = open_machine(data_dir, &log, observer)?;
+        let machine = open_machine(data_dir, &log, observer, config.sled_rebuild)?;
         let store = machine.store.clone();
         let raft_config = Arc::new(config.raft_config()?);
         let network = NetworkFactory {
@@ -424,9 +431,14 @@ impl Node {
     /// One node on its own, started and leading (for tools, tests and the simulator): blocks
     /// until its readiness gate is open.
     pub fn start_single(data_dir: &Path) -> Result<Node, Error> {
+        Self::start_alone(data_dir, NodeConfig::single())
+    }
+
+    /// As `start_single`, configured (`config` names this node the only voter).
+    pub fn start_alone(data_dir: &Path, config: NodeConfig) -> Result<Node, Error> {
         let node = Node::start(
             data_dir,
-            NodeConfig::single(),
+            config,
             Arc::new(network::NoTransport),
             Arc::new(storage::NoObserver),
         )?;

@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use engine::state::ShopState;
 use engine::{CardId, OrderId, OrderRecord, Product, Sku, Stock};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::log::Lsn;
 use crate::rows::{self, CardRow, Change, Row, TreeName};
-use crate::sled_dir::{reset_sled, write_rows};
+use crate::sled_dir::{self, reset_sled, write_rows};
 use crate::Error;
 
 /// Observes commit latency and group sizes (metrics live in the caller's crate).
@@ -75,6 +76,9 @@ pub(crate) enum Applied {
         rows: Vec<Row>,
         orders: Vec<Arc<OrderRecord>>,
     },
+    /// sled has outgrown what the state holds in memory (a snapshot archived orders): the
+    /// mirror thread rebuilds it with those rows only (`Mirror::rebuild`).
+    Rebuild,
 }
 
 /// What the mirror thread is told.
@@ -87,6 +91,7 @@ pub(crate) enum MirrorWork {
         rows: Vec<Row>,
         orders: Vec<OrderId>,
     },
+    Rebuild,
 }
 
 pub(crate) struct ApplierContext {
@@ -193,6 +198,8 @@ pub struct MirrorLag {
     /// (last lsn, first change's time) of each batch not yet in sled, oldest first; the batch
     /// being gathered has `u64::MAX` until it is sent. At most `MIRROR_QUEUE_BATCHES` + 2.
     batches: Mutex<VecDeque<(u64, Instant)>>,
+    /// Rebuilds swapped in while the node runs (`Mirror::rebuild`).
+    rebuilds: AtomicU64,
 }
 
 /// What `MirrorLag` reports.
@@ -201,6 +208,8 @@ pub struct LagSample {
     pub records: u64,
     /// How long the oldest durable change not yet in sled has waited.
     pub age: Duration,
+    /// Times sled was rebuilt with the rows memory holds since the start.
+    pub rebuilds: u64,
 }
 
 impl MirrorLag {
@@ -223,6 +232,7 @@ impl MirrorLag {
         LagSample {
             records: durable.saturating_sub(mirrored),
             age,
+            rebuilds: self.rebuilds.load(Ordering::Relaxed),
         }
     }
 
@@ -359,6 +369,7 @@ impl Applier {
                 self.context.lag.durable_lsn.store(index, Ordering::Release);
                 return true;
             }
+            Applied::Rebuild => return self.context.mirror.send(MirrorWork::Rebuild).is_ok(),
             work => {
                 let mut batch = self.gathering.lock();
                 let started = batch.started.is_some();
@@ -457,7 +468,7 @@ fn publish(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
             context.applied_index.store(index, Ordering::Release);
             context.lag.durable_lsn.store(index, Ordering::Release);
         }
-        Applied::Reset { .. } => unreachable!("handled by Applier::apply"),
+        Applied::Reset { .. } | Applied::Rebuild => unreachable!("handled by Applier::apply"),
     }
 }
 
@@ -472,7 +483,14 @@ fn publish(work: Applied, context: &ApplierContext, batch: &mut MirrorBatch) {
 /// applies again up to there are not written again (a start after a million orders spent
 /// most of its time rewriting rows sled had).
 pub(crate) struct Mirror {
-    pub(crate) db: sled::Db,
+    /// Shared with the store's readers; `None` once closed, and while a rebuilt sled is
+    /// swapped in.
+    pub(crate) db: Arc<RwLock<Option<sled::Db>>>,
+    pub(crate) data_dir: std::path::PathBuf,
+    /// What a rebuild keeps: the orders and cards the state holds in memory.
+    pub(crate) state: Arc<RwLock<ShopState>>,
+    /// Set while a rebuild is asked for or running.
+    pub(crate) rebuilding: Arc<AtomicBool>,
     pub(crate) held_through: u64,
     pub(crate) products: HashMap<Sku, Product>,
     pub(crate) view: Arc<DurableView>,
@@ -495,6 +513,7 @@ pub(crate) fn run_mirror(
                 rows,
                 orders,
             }) => mirror.reset(&mut trees, index, rows, &orders),
+            Ok(MirrorWork::Rebuild) => mirror.rebuild(&mut trees),
             Ok(MirrorWork::Started) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
@@ -522,7 +541,9 @@ impl Mirror {
             .filter_map(|row| rows::decode::<rows::ProductRow>(&row.value).ok())
             .map(|row| (row.product.sku.clone(), row.product))
             .collect();
-        if let Err(error) = reset_sled(&self.db, trees, rows, index) {
+        let db = self.db.read();
+        let Some(db) = db.as_ref() else { return };
+        if let Err(error) = reset_sled(db, trees, rows, index) {
             self.poisoned.store(true, Ordering::Release);
             tracing::error!(%error, "sled rewrite failed; store poisoned (the log holds everything)");
             return;
@@ -531,6 +552,61 @@ impl Mirror {
         self.lag.written(index);
         // sled now holds exactly this history: whatever follows is written.
         self.held_through = 0;
+    }
+
+    /// Rebuilds sled with the rows of what the state holds in memory, from the rows sled
+    /// holds now (every batch before this one is written; later ones go to the new sled).
+    /// An order the state does not hold is archived and unchanged since (any change brings
+    /// it back to memory before it is applied), so its row can go: lookups read its table.
+    /// A rebuild that fails before the swap keeps the old sled; one that fails after it
+    /// stops the store, as a failed write does.
+    fn rebuild(&mut self, trees: &mut HashMap<TreeName, sled::Tree>) {
+        let held = {
+            let state = self.state.read();
+            sled_dir::Held {
+                orders: state
+                    .hot_orders()
+                    .map(|(_, record)| record.created.order_id.clone())
+                    .collect(),
+                cards: state.hot_cards().map(|(card, _)| card).collect(),
+            }
+        };
+        let started = Instant::now();
+        let built = match self.db.read().as_ref() {
+            Some(old) => sled_dir::rebuild_held(&self.data_dir, old, &held),
+            None => Err(Error::Closed),
+        };
+        if let Err(error) = built {
+            let _ = sled_dir::remove_next_sled(&self.data_dir);
+            self.rebuilding.store(false, Ordering::Release);
+            tracing::warn!(%error, "rebuilding sled failed; the old one is kept");
+            return;
+        }
+        {
+            // Readers wait here: every handle of the old sled goes before it is moved.
+            let mut db = self.db.write();
+            trees.clear();
+            db.take();
+            match sled_dir::swap_in_next(&self.data_dir) {
+                Ok(new) => *db = Some(new),
+                Err(error) => {
+                    self.poisoned.store(true, Ordering::Release);
+                    tracing::error!(%error, "swapping in a rebuilt sled failed; store poisoned (the log holds everything)");
+                    return;
+                }
+            }
+        }
+        if let Err(error) = sled_dir::remove_stale_sled(&self.data_dir) {
+            tracing::warn!(%error, "the sled a rebuild replaced could not be deleted; the next start does");
+        }
+        self.lag.rebuilds.fetch_add(1, Ordering::Relaxed);
+        self.rebuilding.store(false, Ordering::Release);
+        tracing::info!(
+            orders = held.orders.len(),
+            cards = held.cards.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "rebuilt sled with the rows memory holds"
+        );
     }
 
     fn write(&mut self, trees: &mut HashMap<TreeName, sled::Tree>, mut batch: MirrorBatch) {
@@ -543,7 +619,9 @@ impl Mirror {
             batch.orders.into_keys().collect()
         } else {
             let (rows, orders) = batch_rows(batch, &self.products);
-            if let Err(error) = write_rows(&self.db, trees, rows, Lsn(last_lsn)) {
+            let db = self.db.read();
+            let Some(db) = db.as_ref() else { return };
+            if let Err(error) = write_rows(db, trees, rows, Lsn(last_lsn)) {
                 self.poisoned.store(true, Ordering::Release);
                 tracing::error!(%error, "sled mirror write failed; store poisoned (the log holds everything)");
                 return;

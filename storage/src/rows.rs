@@ -386,10 +386,13 @@ impl TouchedSet {
         self.cards.extend(touched.cards);
     }
 
-    /// Every row the state has: for rebuilding sled whole. A struct literal, not `default()`
-    /// and extends: a new kind of row cannot be left out of a rewrite unnoticed (listings,
-    /// coupons, terms and the identity once were, and a rewritten sled lacked them).
-    pub(crate) fn everything(state: &ShopState) -> Self {
+    /// Every row of what the state holds in memory: for rebuilding sled whole. sled mirrors
+    /// memory, not the archive: an archived order or card is read from its table
+    /// (`Store::order`, `ShopState::card`), so a rebuild never walks the archive and its
+    /// rows do not grow with history. A struct literal, not `default()` and extends: a new
+    /// kind of row cannot be left out of a rewrite unnoticed (listings, coupons, terms and
+    /// the identity once were, and a rewritten sled lacked them).
+    pub(crate) fn held(state: &ShopState) -> Self {
         let mut resellers = BTreeSet::new();
         let mut streams = BTreeSet::new();
         for account in state.resellers() {
@@ -398,20 +401,20 @@ impl TouchedSet {
             streams.extend((1..=account.stream.len() as u64).map(|seq| (id, seq)));
         }
         let skus: BTreeSet<Sku> = state.products().map(|p| p.product.sku.clone()).collect();
-        let mut orders = BTreeSet::new();
-        state.for_each_order(|_, record| {
-            orders.insert(record.created.order_id.clone());
-        });
+        let order_id = |index| {
+            let record = state.order_at(index).expect("an order with terms exists");
+            record.created.order_id.clone()
+        };
         Self {
             listings: skus.clone(),
-            order_terms: orders
-                .iter()
-                .filter(|id| state.terms_of(id).is_some())
-                .cloned()
-                .collect(),
+            // Terms stay in memory for archived orders too (coupon counts, lookups).
+            order_terms: state.orders_with_terms().map(order_id).collect(),
             skus,
-            orders,
-            cards: (1..=state.cards_count()).map(CardId).collect(),
+            orders: state
+                .hot_orders()
+                .map(|(_, record)| record.created.order_id.clone())
+                .collect(),
+            cards: state.hot_cards().map(|(card, _)| card).collect(),
             audits: (1..=state.audit_count()).collect(),
             resellers,
             ledger_entries: (1..=state.ledger().entries().len() as u64).collect(),

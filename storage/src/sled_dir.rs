@@ -45,6 +45,98 @@ pub const SLED_FLUSH_EVERY_MS: u64 = 500;
 /// rewrites it all.
 pub(crate) const RESET_SLICE_ROWS: usize = 512;
 
+/// Below this size of sled's files sled is never rebuilt (`SledRebuild::min_bytes`).
+pub const SLED_REBUILD_MIN_BYTES: u64 = 256 * 1024 * 1024;
+/// sled is rebuilt when its files take more than this many times `SLED_ROW_BYTES` a row of
+/// what the state holds in memory (`SledRebuild::ratio`).
+pub const SLED_OUTGROWN_RATIO: u64 = 8;
+/// What a row takes in sled's files, for that comparison: a million delivered orders (their
+/// rows about 700 B) with their keys (about 120 B) took 2.6 GB, 1.3 KB an order and key.
+pub const SLED_ROW_BYTES: u64 = 1_024;
+
+/// When sled has outgrown what memory holds (`outgrown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SledRebuild {
+    /// sled's files take more than this,
+    pub min_bytes: u64,
+    /// and more than this many times `SLED_ROW_BYTES` a row memory holds.
+    pub ratio: u64,
+}
+
+impl Default for SledRebuild {
+    fn default() -> Self {
+        Self {
+            min_bytes: SLED_REBUILD_MIN_BYTES,
+            ratio: SLED_OUTGROWN_RATIO,
+        }
+    }
+}
+
+impl SledRebuild {
+    /// Whenever a snapshot archived anything, and at every start after one did (the
+    /// simulator, so that rebuilds meet crashes and lookups).
+    pub const ALWAYS: Self = Self {
+        min_bytes: 0,
+        ratio: 0,
+    };
+}
+
+/// Whether sled's files have outgrown the rows `state` holds in memory (`when`) and it is to
+/// be rebuilt (before it is opened, at a start). sled mirrors memory, and a snapshot that
+/// archives orders and keys leaves their rows behind: sled 0.34 deletes a row without
+/// freeing its pages, and reads a page table over every page it ever wrote at open. Ten
+/// million archived orders left 11.5 GB of files, which took about 750 MB to open. Only a
+/// state with archived orders can have outgrown its sled: a rebuild of any other replays
+/// what sled already held.
+pub(crate) fn outgrown(
+    data_dir: &Path,
+    state: &engine::state::ShopState,
+    when: SledRebuild,
+) -> Result<bool, Error> {
+    if state.hot_orders_count() == state.orders_count() {
+        return Ok(false);
+    }
+    let bytes = disk_bytes(&sled_dir(data_dir))?;
+    let rows = state.hot_orders_count() + state.hot_cards_count() + state.audit_count();
+    let outgrown = bytes > when.min_bytes && bytes / SLED_ROW_BYTES >= rows * when.ratio;
+    if outgrown {
+        tracing::info!(
+            sled_bytes = bytes,
+            rows_in_memory = rows,
+            "sled holds the rows of archived orders; rebuilding it with the rows memory holds"
+        );
+    }
+    Ok(outgrown)
+}
+
+/// Sets sled aside unopened (`outgrown`), to be deleted once a fresh one is rebuilt; fails
+/// with `Error::InUse` while a server holds it.
+pub(crate) fn set_aside_outgrown(data_dir: &Path) -> Result<(), Error> {
+    let _held = hold_unused(data_dir)?;
+    std::fs::rename(sled_dir(data_dir), stale_sled_dir(data_dir))?;
+    Ok(())
+}
+
+/// The disk space the files under `dir` take (0 for none).
+pub(crate) fn disk_bytes(dir: &Path) -> Result<u64, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(error.into()),
+    };
+    let mut bytes = 0;
+    for entry in entries {
+        let entry = entry?;
+        let metadata = entry.metadata()?;
+        bytes += match metadata.is_dir() {
+            true => disk_bytes(&entry.path())?,
+            false => metadata.blocks() * 512,
+        };
+    }
+    Ok(bytes)
+}
+
 pub fn sled_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("state")
 }
@@ -54,8 +146,13 @@ pub fn sled_dir(data_dir: &Path) -> PathBuf {
 pub const SLED_LOCK_WAIT_MS: u64 = 5_000;
 
 pub fn open_sled(data_dir: &Path) -> Result<sled::Db, Error> {
+    open_sled_in(sled_dir(data_dir), data_dir)
+}
+
+/// Opens the sled in `dir`, a sled directory of `data_dir`.
+fn open_sled_in(dir: PathBuf, data_dir: &Path) -> Result<sled::Db, Error> {
     let config = sled::Config::new()
-        .path(sled_dir(data_dir))
+        .path(dir)
         .cache_capacity(SLED_CACHE_BYTES)
         .mode(sled::Mode::HighThroughput)
         .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
@@ -84,10 +181,107 @@ pub(crate) fn stale_sled_dir(data_dir: &Path) -> PathBuf {
 
 /// Deletes a sled set aside (at this open, once rebuilt, or at the next one).
 pub(crate) fn remove_stale_sled(data_dir: &Path) -> Result<(), Error> {
-    match std::fs::remove_dir_all(stale_sled_dir(data_dir)) {
+    remove_if_there(&stale_sled_dir(data_dir))
+}
+
+fn remove_if_there(dir: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(dir) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
         _ => Ok(()),
     }
+}
+
+/// Where a running node rebuilds an outgrown sled before it takes `state/`'s place.
+pub(crate) fn next_sled_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state.next")
+}
+
+/// Deletes a rebuild a crash interrupted (`state/` is still the old sled, or missing and
+/// rebuilt from the snapshot).
+pub(crate) fn remove_next_sled(data_dir: &Path) -> Result<(), Error> {
+    remove_if_there(&next_sled_dir(data_dir))
+}
+
+/// What memory holds of the rows that grow with history: the orders and cards a rebuilt
+/// sled keeps (`rebuild_held`).
+pub(crate) struct Held {
+    pub(crate) orders: Vec<engine::OrderId>,
+    pub(crate) cards: Vec<engine::CardId>,
+}
+
+/// Builds a sled in `next_sled_dir` from `old` with the rows of `held` orders and cards and
+/// every other row, and flushes it (the caller swaps it in: `swap_in_next`). Rows are read
+/// from `old`, so the new sled mirrors exactly what `old` does, minus archived orders and
+/// cards; `meta` (with `applied_lsn`) is copied last.
+pub(crate) fn rebuild_held(data_dir: &Path, old: &sled::Db, held: &Held) -> Result<(), Error> {
+    remove_next_sled(data_dir)?;
+    crate::private::create_dir(&next_sled_dir(data_dir))?;
+    let new = open_sled_in(next_sled_dir(data_dir), data_dir)?;
+    let trees = &mut HashMap::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut flush = |rows: &mut Vec<Row>, force: bool| match force || rows.len() >= RESET_SLICE_ROWS
+    {
+        true => apply_batches(&new, trees, batches_of(std::mem::take(rows))),
+        false => Ok(()),
+    };
+    for id in &held.orders {
+        if let Some(record) = crate::rows::read_order(old, id)? {
+            crate::rows::order_rows(&record, true, &mut rows);
+            flush(&mut rows, false)?;
+        }
+    }
+    let cards = old.open_tree(TreeName::Cards.as_string())?;
+    for card in &held.cards {
+        let key = crate::rows::card_key(*card);
+        if let Some(value) = cards.get(key)? {
+            rows.push(Row {
+                tree: TreeName::Cards,
+                key: key.to_vec(),
+                value: value.to_vec(),
+            });
+            flush(&mut rows, false)?;
+        }
+    }
+    flush(&mut rows, true)?;
+    let grows_with_history = |name: &[u8]| {
+        name.starts_with(b"orders/")
+            || name == TreeName::OrderMonth.as_string().as_bytes()
+            || name == TreeName::Cards.as_string().as_bytes()
+    };
+    let meta = TreeName::Meta.as_string();
+    let mut names: Vec<sled::IVec> = old.tree_names();
+    names.retain(|name| !grows_with_history(name) && name.as_ref() != b"__sled__default");
+    // `meta` last: a sled with `applied_lsn` holds every row before it.
+    names.sort_by_key(|name| name.as_ref() == meta.as_bytes());
+    for name in names {
+        let from = old.open_tree(&name)?;
+        let to = new.open_tree(&name)?;
+        let mut batch = sled::Batch::default();
+        let mut count = 0;
+        for entry in from.iter() {
+            let (key, value) = entry?;
+            batch.insert(key, value);
+            count += 1;
+            if count % RESET_SLICE_ROWS == 0 {
+                to.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        to.apply_batch(batch)?;
+    }
+    new.flush()?;
+    Ok(())
+}
+
+/// Puts the sled `rebuild_held` made in `state/`'s place and opens it, once the caller has
+/// dropped every handle of the old one (which is left in `stale_sled_dir` to be deleted). A
+/// crash in between leaves `state/` the old sled, or missing (a start rebuilds it from the
+/// snapshot). sled 0.34 touches its files by path only when it opens (the rest goes
+/// through open files), so the old one's last writes cannot land in the new one.
+pub(crate) fn swap_in_next(data_dir: &Path) -> Result<sled::Db, Error> {
+    std::fs::rename(sled_dir(data_dir), stale_sled_dir(data_dir))?;
+    std::fs::rename(next_sled_dir(data_dir), sled_dir(data_dir))?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    open_sled(data_dir)
 }
 
 /// The rows' format sled was written in (`None` before formats were recorded).

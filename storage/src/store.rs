@@ -7,7 +7,9 @@
 //! event's log entry is fdatasync'd on a majority, committed and applied, and its order
 //! record is readable (`complete_own`). On every other node the same entries arrive as
 //! committed facts (`apply_committed`). Reads of orders go to the view, then to sled: both
-//! hold only applied state.
+//! hold only applied state. sled mirrors what the state holds in memory: an order a snapshot
+//! archived is read from its table, and a start rebuilds a sled grown far past the rows
+//! memory holds (`sled_dir::outgrown`).
 //!
 //! The leader's `ShopState` runs ahead of what is committed by the proposals in flight; if
 //! they are lost (leadership lost before they committed), the state is rebuilt from the
@@ -32,7 +34,8 @@ use crate::mirror::{
 use crate::rows::{self, TouchedSet, TreeName};
 use crate::sled_dir::{
     apply_batches, batches_of, drop_trees, finish_reset, open_sled, remove_stale_sled, rows_format,
-    rows_readable, sled_dir, stale_sled_dir, RESET_SLICE_ROWS, ROWS_FORMAT, ROWS_FORMAT_KEY,
+    rows_readable, sled_dir, stale_sled_dir, SledRebuild, RESET_SLICE_ROWS, ROWS_FORMAT,
+    ROWS_FORMAT_KEY,
 };
 use crate::Error;
 
@@ -80,8 +83,9 @@ pub struct Store {
     state: Arc<RwLock<ShopState>>,
     sink: OnceLock<Arc<dyn ProposalSink>>,
     gate: Gate,
-    /// `None` once closed: sled's file lock goes with the last handle.
-    db: RwLock<Option<sled::Db>>,
+    /// `None` once closed (sled's file lock goes with the last handle), and while the
+    /// mirror thread swaps in a rebuilt sled.
+    db: Arc<RwLock<Option<sled::Db>>>,
     view: Arc<DurableView>,
     /// `None` once closed. Its lock keeps applied entries in log order.
     applier: parking_lot::Mutex<Option<mirror::Applier>>,
@@ -91,6 +95,10 @@ pub struct Store {
     listener: Arc<OnceLock<Arc<dyn ChangeListener>>>,
     data_dir: PathBuf,
     lag: Arc<MirrorLag>,
+    /// When an archive makes sled rebuilt (`sled_dir::outgrown`).
+    rebuild: SledRebuild,
+    /// Set while a rebuild is asked for or running (the mirror thread clears it).
+    rebuilding: Arc<AtomicBool>,
 }
 
 /// Drops every sled tree and writes every row of `state` as of log index `applied`, made
@@ -98,7 +106,7 @@ pub struct Store {
 fn rewrite_sled(db: &sled::Db, state: &ShopState, applied: u64) -> Result<(), Error> {
     let trees = &mut HashMap::new();
     drop_trees(db, trees)?;
-    TouchedSet::everything(state).slices(state, RESET_SLICE_ROWS, &mut |slice| {
+    TouchedSet::held(state).slices(state, RESET_SLICE_ROWS, &mut |slice| {
         apply_batches(db, trees, batches_of(slice))
     })?;
     finish_reset(db, trees, applied)
@@ -115,18 +123,36 @@ impl Store {
         applied: u64,
         log_last: u64,
     ) -> Result<Self, Error> {
-        Self::open_with(data_dir, state, applied, log_last, Arc::new(NoObserver))
+        let observer = Arc::new(NoObserver);
+        Self::open_with(
+            data_dir,
+            state,
+            applied,
+            log_last,
+            observer,
+            SledRebuild::default(),
+        )
     }
 
+    /// As `open`, telling `observer` of each group committed. A sled that has outgrown the
+    /// state (`sled_dir::outgrown`, as `rebuild` says) is set aside unopened and rebuilt now,
+    /// and rebuilt by the mirror thread when a snapshot's archive makes it so later.
     pub fn open_with(
         data_dir: &Path,
         state: ShopState,
         applied: u64,
         log_last: u64,
         observer: Arc<dyn CommitObserver>,
+        rebuild: SledRebuild,
     ) -> Result<Self, Error> {
         crate::private::create_dir(data_dir)?;
         remove_stale_sled(data_dir)?;
+        crate::sled_dir::remove_next_sled(data_dir)?;
+        if crate::sled_dir::outgrown(data_dir, &state, rebuild)? {
+            // Opening it would cost what the rebuild saves: sled 0.34 reads its page table
+            // over every page it ever wrote, and deleted rows free none of it.
+            crate::sled_dir::set_aside_outgrown(data_dir)?;
+        }
         let (mut db, mut mirrored) = crate::sled_dir::open_or_set_aside(data_dir)?;
         let format = rows_format(&db)?;
         let old_format = !rows_readable(format);
@@ -182,9 +208,15 @@ impl Store {
             },
             gathering.clone(),
         );
+        let state = Arc::new(RwLock::new(state));
+        let db = Arc::new(RwLock::new(Some(db)));
+        let rebuilding = Arc::new(AtomicBool::new(false));
         let mirror_thread = {
             let mirror = mirror::Mirror {
                 db: db.clone(),
+                data_dir: data_dir.to_owned(),
+                state: state.clone(),
+                rebuilding: rebuilding.clone(),
                 held_through: mirrored,
                 products,
                 view: view.clone(),
@@ -196,13 +228,13 @@ impl Store {
                 .spawn(move || mirror::run_mirror(mirror, batches, gathering))?
         };
         Ok(Self {
-            state: Arc::new(RwLock::new(state)),
+            state,
             sink: OnceLock::new(),
             gate: Gate {
                 open: AtomicBool::new(false),
                 leader_hint: AtomicU64::new(0),
             },
-            db: RwLock::new(Some(db)),
+            db,
             view,
             applier: parking_lot::Mutex::new(Some(applier)),
             threads: parking_lot::Mutex::new(vec![mirror_thread]),
@@ -211,6 +243,8 @@ impl Store {
             listener,
             data_dir: data_dir.to_owned(),
             lag,
+            rebuild,
+            rebuilding,
         })
     }
 
@@ -333,41 +367,65 @@ impl Store {
     }
 
     /// Replaces the state with `state` as of `applied` (after the leader's speculative tail
-    /// was lost, or a snapshot was installed). With `rewrite_sled`, sled is rewritten whole
-    /// first (an installed snapshot: sled may hold another history).
+    /// was lost, or a snapshot was installed). With `rewrite`, sled is rewritten whole with
+    /// what `state` holds in memory (an installed snapshot: sled may hold an older history).
     pub fn replace_state(
         &self,
         state: ShopState,
         applied: u64,
         rewrite: bool,
     ) -> Result<(), Error> {
-        if rewrite {
-            // Through the applier and the mirror, after everything queued before it; sent
-            // without the state lock (the applier's live feeds read the state).
-            let rows = TouchedSet::everything(&state).rows(&state);
-            let mut orders = Vec::new();
-            state.for_each_order(|_, record| orders.push(Arc::new(record.clone())));
-            self.send_applied(Applied::Reset {
-                index: applied,
-                rows,
-                orders,
-            })?;
+        if !rewrite {
+            *self.state.write() = state;
+            return Ok(());
         }
+        let rows = TouchedSet::held(&state).rows(&state);
+        let orders = state
+            .hot_orders()
+            .map(|(_, record)| Arc::new(record.clone()))
+            .collect();
+        // The state first: from here an order the new state archived is read from its
+        // table, never from a row of the older history still in sled. (The snapshot holds
+        // committed entries only, so such a read may show them a moment before the applied
+        // index moves; never an older copy after it has.)
         *self.state.write() = state;
-        Ok(())
+        // Through the applier and the mirror, after everything queued before it; sent
+        // without the state lock (the applier's live feeds read the state).
+        self.send_applied(Applied::Reset {
+            index: applied,
+            rows,
+            orders,
+        })
     }
 
     /// A snapshot archived orders and cards (`cold::archive`, on a folded copy of the
     /// state). The live state drops the cards and the orders it has not changed since
-    /// (`ShopState::archive`); lookups are unaffected (sled and the view serve acknowledged
-    /// orders).
+    /// (`ShopState::archive`); lookups read a dropped order from its table from then on.
+    /// sled keeps their rows until it has outgrown memory (`sled_dir::outgrown`); then the
+    /// mirror thread rebuilds it.
     pub fn archive(&self, archived: &crate::cold::Archived) {
-        self.state.write().archive(
-            archived.archive.clone(),
-            &archived.indexes,
-            archived.through_events,
-            &archived.cards,
-        );
+        let outgrown = {
+            let mut state = self.state.write();
+            state.archive(
+                archived.archive.clone(),
+                &archived.indexes,
+                archived.through_events,
+                &archived.cards,
+            );
+            let state = parking_lot::RwLockWriteGuard::downgrade(state);
+            !self.rebuilding.load(Ordering::Acquire)
+                && crate::sled_dir::outgrown(&self.data_dir, &state, self.rebuild).unwrap_or_else(
+                    |error| {
+                        tracing::warn!(%error, "sled's size could not be read; not rebuilt");
+                        false
+                    },
+                )
+        };
+        // Through the applier, without the state lock (its live feeds read the state); a
+        // closed store rebuilds nothing.
+        if outgrown && !self.rebuilding.swap(true, Ordering::AcqRel) {
+            let _ = self.send_applied(Applied::Rebuild);
+        }
     }
 
     /// The last log index whose changes are published (readable).
@@ -383,13 +441,27 @@ impl Store {
     }
 
     /// An order as it was last applied: from the view of recent changes (shared, not
-    /// copied), else sled.
+    /// copied), else sled for an order in memory, else its archived copy.
     pub fn order(&self, order_id: &OrderId) -> Result<Option<Arc<OrderRecord>>, Error> {
         if let Some(record) = self.view.get(order_id) {
             return Ok(Some(record));
         }
+        {
+            // Not in memory: archived and unchanged since (or unknown). sled may hold its
+            // row from before the archive, or not since a rebuild.
+            let state = self.state.read();
+            if !state.holds_order(order_id) {
+                return Ok(state.archived_order(order_id).map(Arc::new));
+            }
+        }
         let db = self.db.read();
-        Ok(rows::read_order(db.as_ref().ok_or(Error::Closed)?, order_id)?.map(Arc::new))
+        if let Some(record) = rows::read_order(db.as_ref().ok_or(Error::Closed)?, order_id)? {
+            return Ok(Some(Arc::new(record)));
+        }
+        drop(db);
+        // In memory, in neither the view nor sled: made by an event not yet applied (none),
+        // or brought back from the archive by one (its archived copy is the applied one).
+        Ok(self.state.read().archived_order(order_id).map(Arc::new))
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -683,21 +755,164 @@ mod tests {
         assert_eq!(reopen(), (Some(ROWS_FORMAT), false, true), "rebuilt");
     }
 
+    const SOLD: u64 = 200;
+    /// The default rule from any size: 200 orders' rows outgrow six rows in memory.
+    const OUTGROWN: SledRebuild = SledRebuild {
+        min_bytes: 0,
+        ratio: crate::sled_dir::SLED_OUTGROWN_RATIO,
+    };
+
+    /// Orders `o1`..`o200` sold (each its key) and `pending` made, as entry 2, on a state of
+    /// 205 sealed keys (`stocked_sealed`).
+    fn sold_then_pending() -> Vec<Event> {
+        let paid = |n: u64| Event::PaymentApplied {
+            order_id: OrderId::parse(&format!("o{n}")).unwrap(),
+            payment: engine::Payment {
+                channel: "epay".into(),
+                gateway_trade_no: format!("T{n}").into(),
+                amount_cents: 1_000,
+            },
+            at_ms: 200,
+            fulfilment: engine::Fulfilment::Delivered {
+                newly_reserved: vec![],
+            },
+        };
+        let mut events: Vec<Event> = (1..=SOLD)
+            .flat_map(|n| [order_created(&format!("o{n}"), CardId(n)), paid(n)])
+            .collect();
+        events.push(order_created("pending", CardId(SOLD + 1)));
+        events
+    }
+
+    fn unsold() -> ShopState {
+        crate::fixtures::stocked_sealed(SOLD + 5)
+    }
+
+    /// What a snapshot of `sold_then_pending` archives (every delivered order and its key),
+    /// with its tables in `data_dir`; the folded state keeps the pending order alone.
+    fn archived_fold(data_dir: &Path) -> (ShopState, crate::cold::Archived) {
+        let mut folded = unsold();
+        for event in &sold_then_pending() {
+            folded.apply(event).unwrap();
+        }
+        let empty = Arc::new(crate::cold::ColdArchive::empty());
+        let cold_dir = crate::cold::cold_dir(data_dir);
+        let archived = crate::cold::archive(&cold_dir, "t", &empty, &mut folded).unwrap();
+        assert_eq!(folded.hot_orders_count(), 1, "only the pending order stays");
+        let bytes = crate::sled_dir::disk_bytes(&sled_dir(data_dir)).unwrap();
+        let held = folded.hot_orders_count() + folded.hot_cards_count();
+        let outgrown = crate::sled_dir::SLED_OUTGROWN_RATIO * crate::sled_dir::SLED_ROW_BYTES;
+        assert!(bytes > held * outgrown, "{bytes} B of sled for {held} rows");
+        (folded, archived)
+    }
+
+    /// sled holds no row of the archived orders and keys, and every row of the pending
+    /// order and the unsold keys; lookups read the archived orders from their table.
+    fn assert_holds_memory_only(store: &Store) {
+        let db = store.db.read().as_ref().unwrap().clone();
+        let first = OrderId::parse("o1").unwrap();
+        assert_eq!(rows::read_order(&db, &first).unwrap(), None, "row kept");
+        let cards = db.open_tree(TreeName::Cards.as_string()).unwrap();
+        assert_eq!(cards.get(rows::card_key(CardId(1))).unwrap(), None);
+        assert!(cards
+            .get(rows::card_key(CardId(SOLD + 1)))
+            .unwrap()
+            .is_some());
+        let pending = OrderId::parse("pending").unwrap();
+        assert!(rows::read_order(&db, &pending).unwrap().is_some());
+        let order = store.order(&first).unwrap().expect("read from its table");
+        assert_eq!(order.status, engine::OrderStatus::Delivered);
+        assert!(store.order(&pending).unwrap().is_some());
+        assert_eq!(
+            crate::sled_dir::applied_lsn(&db).unwrap(),
+            store.applied_index()
+        );
+        let dir = store.data_dir();
+        assert!(!stale_sled_dir(dir).exists(), "the old sled is deleted");
+        assert!(!crate::sled_dir::next_sled_dir(dir).exists());
+    }
+
+    /// A start after a snapshot archived orders rebuilds a sled grown past what memory
+    /// holds, without opening it: the archived orders' rows and their keys' rows are gone
+    /// (sled 0.34 frees nothing a deletion leaves), and lookups read those orders from their
+    /// table. An order in memory keeps its row.
+    #[test]
+    fn a_start_rebuilds_a_sled_holding_archived_orders_and_reads_them_from_their_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), unsold(), 1, 1).unwrap();
+        store.apply_committed(2, &sold_then_pending()).unwrap();
+        wait_mirrored(&store);
+        store.close().unwrap();
+        drop(store);
+        let (folded, _) = archived_fold(dir.path());
+        let store =
+            Store::open_with(dir.path(), folded, 2, 2, Arc::new(NoObserver), OUTGROWN).unwrap();
+        assert_holds_memory_only(&store);
+        store.close().unwrap();
+    }
+
+    /// A running node whose snapshot archives orders rebuilds sled once it has outgrown
+    /// memory, swaps it in under its readers, and goes on mirroring into it; a restart
+    /// finds everything.
+    #[test]
+    fn an_archive_rebuilds_an_outgrown_sled_while_the_node_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open_with(dir.path(), unsold(), 1, 1, Arc::new(NoObserver), OUTGROWN).unwrap();
+        store.apply_committed(2, &sold_then_pending()).unwrap();
+        wait_mirrored(&store);
+        let (_, archived) = archived_fold(dir.path());
+        store.archive(&archived);
+        let started = Instant::now();
+        while store.rebuilding.load(Ordering::Acquire) {
+            assert!(started.elapsed().as_secs() < 20, "never rebuilt");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(store.is_healthy());
+        assert_holds_memory_only(&store);
+        let later = order_created("later", CardId(SOLD + 2));
+        store.apply_committed(3, &[later]).unwrap();
+        wait_mirrored(&store);
+        store.close().unwrap();
+        drop(store);
+        let mut state = unsold();
+        for event in &sold_then_pending() {
+            state.apply(event).unwrap();
+        }
+        state
+            .apply(&order_created("later", CardId(SOLD + 2)))
+            .unwrap();
+        state.archive(
+            archived.archive.clone(),
+            &archived.indexes,
+            archived.through_events,
+            &archived.cards,
+        );
+        let store = Store::open(dir.path(), state, 3, 3).unwrap();
+        let later = OrderId::parse("later").unwrap();
+        let db = store.db.read().as_ref().unwrap().clone();
+        assert!(
+            rows::read_order(&db, &later).unwrap().is_some(),
+            "written after the swap"
+        );
+        assert_holds_memory_only(&store);
+        store.close().unwrap();
+    }
+
     /// A whole state's rows are made and handed over a slice at a time (a restore of a
     /// million orders held 5.6 GB when they were all made first), and the slices are the
     /// same rows in the same order.
     #[test]
     fn a_rewrite_makes_its_rows_a_slice_at_a_time() {
         let state = shop(100);
-        let everything = TouchedSet::everything(&state);
-        let whole = everything.rows(&state);
+        let held = TouchedSet::held(&state);
+        let whole = held.rows(&state);
         let mut slices = Vec::new();
-        everything
-            .slices(&state, 16, &mut |slice| {
-                slices.push(slice);
-                Ok(())
-            })
-            .unwrap();
+        held.slices(&state, 16, &mut |slice| {
+            slices.push(slice);
+            Ok(())
+        })
+        .unwrap();
         assert!(slices.len() > whole.len() / 32, "{} slices", slices.len());
         // An item's rows are never split: a slice may pass the mark by one item's rows.
         let sizes: Vec<usize> = slices.iter().map(Vec::len).collect();

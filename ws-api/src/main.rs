@@ -615,8 +615,9 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     if settings.demo {
         announce_demo(&bound);
     }
-    let (node_config, cluster_secret) =
+    let (mut node_config, cluster_secret) =
         ws_api::cluster::node_config(&settings.cluster, &public_url)?;
+    node_config.sled_rebuild.min_bytes = settings.storage.sled_rebuild_min_bytes;
     anyhow::ensure!(
         cluster_secret.is_none() || settings.resellers.sealing_key.is_some(),
         "a cluster needs resellers.sealing_key, the same on every node (a key file in each \

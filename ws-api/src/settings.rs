@@ -94,6 +94,10 @@ pub struct StorageSection {
     /// Below this many free bytes on the data dir's disk `/readyz` answers 503 (a full disk
     /// stops the log; a balancer should stop sending before that).
     pub free_bytes_min: u64,
+    /// sled (`state/`, a mirror of what memory holds) is rebuilt with only those rows when
+    /// its files take more than this and over eight times what those rows need: at a
+    /// snapshot that archives orders, and at a start.
+    pub sled_rebuild_min_bytes: u64,
 }
 
 /// Default readiness threshold of free space: 256 MiB.
@@ -103,6 +107,7 @@ impl Default for StorageSection {
     fn default() -> Self {
         Self {
             free_bytes_min: FREE_BYTES_MIN_DEFAULT,
+            sled_rebuild_min_bytes: storage::sled_dir::SLED_REBUILD_MIN_BYTES,
         }
     }
 }

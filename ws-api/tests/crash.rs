@@ -80,7 +80,13 @@ async fn acknowledged_work_survives_kill_9_at_random_moments() {
     println!("crash test seed {seed} (CRASH_SEED={seed} replays the kill timings)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path());
+    // Snapshots often, so kills meet archives and lookups read archived orders (sled
+    // rebuilds allowed from any size, though 20,000 keys in memory rarely let one happen).
+    let env = [
+        ("PANSHI_CLUSTER__SNAPSHOT_EVERY_ENTRIES", "100"),
+        ("PANSHI_STORAGE__SLED_REBUILD_MIN_BYTES", "0"),
+    ];
+    let mut server = Server::start_with(dir.path(), &env);
     server.product("crash", 100, &keys("CRASH", 20_000)).await;
     let seen = Arc::new(Mutex::new(Acknowledged::default()));
     for round in 0..5 {
@@ -97,7 +103,7 @@ async fn acknowledged_work_survives_kill_9_at_random_moments() {
         for task in tasks {
             task.await.unwrap();
         }
-        server = Server::start(dir.path());
+        server = Server::start_with(dir.path(), &env);
         let (created, paid) = {
             let seen = seen.lock();
             (seen.created.clone(), seen.paid.clone())
@@ -132,4 +138,6 @@ async fn acknowledged_work_survives_kill_9_at_random_moments() {
     server.stop();
     let (clean, report) = server.audit();
     assert!(clean, "{report}");
+    let tables = std::fs::read_dir(dir.path().join("cold")).map_or(0, |d| d.count());
+    assert!(tables > 0, "no snapshot archived an order: the kills met no archive");
 }

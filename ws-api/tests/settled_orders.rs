@@ -2,7 +2,9 @@
 //! them into a cold table with the keys they bought, the node's memory keeps only what has
 //! not settled, and after a kill -9 every archived order is still looked up with its key,
 //! searched, paid late (an expired order comes back, is delivered, and stays delivered) and
-//! audited clean; its key is listed to operators and never imported again.
+//! audited clean; its key is listed to operators and never imported again. sled, which
+//! mirrors memory, is rebuilt without the archived orders' rows while the node runs (here
+//! from any size), and lookups read them from their table.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const BOUGHT: usize = 20;
+const BOUGHT: usize = 100;
 
 /// A gauge's value in the Prometheus text.
 fn gauge(metrics: &str, name: &str) -> Option<f64> {
@@ -54,6 +56,19 @@ async fn wait_gauges(server: &Server, total: (&str, f64), in_memory: (&str, f64)
     }
 }
 
+/// Waits until sled was rebuilt while the node runs.
+async fn wait_rebuilt(server: &Server) {
+    let started = Instant::now();
+    loop {
+        let metrics = server.get_text("/metrics").await;
+        if gauge(&metrics, "panshi_sled_rebuilds_total").is_some_and(|n| n >= 1.0) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never rebuilt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_status(server: &Server, order: &serde_json::Value, status: &str) {
     let started = Instant::now();
     while server.lookup(order).await.1["status"] != status {
@@ -71,6 +86,7 @@ async fn settled_orders_leave_memory_and_are_served_after_kill_9() {
     let env = [
         ("PANSHI_ORDER_TTL_SECS", "1"),
         ("PANSHI_ALERTS__EVALUATION_INTERVAL_SECS", "1"),
+        ("PANSHI_STORAGE__SLED_REBUILD_MIN_BYTES", "0"),
     ];
     let mut server = Server::start_with(dir.path(), &env);
     let stock = keys("A", BOUGHT + 5);
@@ -105,6 +121,11 @@ async fn settled_orders_leave_memory_and_are_served_after_kill_9() {
     assert_eq!(tables.len(), 1, "{tables:?}");
     assert!(tables[0].extension().is_some_and(|e| e == "cold"));
     wait_in_memory(&server, total, 0.0).await;
+    wait_rebuilt(&server).await;
+    for (order, key) in bought.iter().zip(&delivered) {
+        let (code, view) = server.lookup(order).await;
+        assert_eq!((code, &view["cards"][0]), (200, key), "{view}");
+    }
     // The sold keys left with their orders; the unsold (the lapsed order's too) stay.
     let keys_total = (BOUGHT + 5) as f64;
     wait_gauges(
@@ -173,6 +194,15 @@ async fn settled_orders_leave_memory_and_are_served_after_kill_9() {
     assert_eq!(view["status"], "delivered", "{view}");
     assert_eq!(view["cards"].as_array().unwrap().len(), 1, "{view}");
     server.stop();
+    // sled holds the order in memory and none of those archived.
+    let db = storage::sled_dir::open_sled(dir.path()).unwrap();
+    let in_sled = |order: &serde_json::Value| {
+        let id = engine::OrderId::parse(order["order_id"].as_str().unwrap()).unwrap();
+        storage::rows::read_order(&db, &id).unwrap().is_some()
+    };
+    assert!(in_sled(&lapsed), "the order paid late has its row");
+    assert!(!bought.iter().any(in_sled), "a row of an archived order");
+    drop(db);
     let (clean, report) = server.audit();
     assert!(clean, "{report}");
     assert!(

@@ -55,6 +55,11 @@ impl ShopState {
         self.terms.coupons.values()
     }
 
+    /// Indexes of the orders that have terms (hot or archived), in no order.
+    pub fn orders_with_terms(&self) -> impl Iterator<Item = u32> + '_ {
+        self.terms.by_order.keys().copied()
+    }
+
     pub fn order_terms(&self, order_index: u32) -> Option<&OrderTerms> {
         self.terms.by_order.get(&order_index)
     }

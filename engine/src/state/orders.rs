@@ -232,6 +232,19 @@ impl ShopState {
         }
     }
 
+    /// Whether the order with this id is in memory: made or changed since the last
+    /// snapshot that archived it, or never settled.
+    pub fn holds_order(&self, order_id: &OrderId) -> bool {
+        self.order_index.contains_key(order_id)
+    }
+
+    /// The archived copy of the order with this id, even when an event brought it back
+    /// to memory since.
+    pub fn archived_order(&self, order_id: &OrderId) -> Option<OrderRecord> {
+        let cold = self.orders.cold()?;
+        cold.record(cold.index_of(order_id)?)
+    }
+
     /// The order at `index`, hot or archived.
     pub fn order_at(&self, index: u32) -> Option<Cow<'_, OrderRecord>> {
         match self.orders.hot(index) {

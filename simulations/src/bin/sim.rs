@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             );
         }
         println!(
-            "  seed {seed}: {} orders ({} archived, with {} keys), {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} snapshots, {} violations{}{}",
+            "  seed {seed}: {} orders ({} archived, with {} keys), {} reseller orders, {} mails sent ({} given up), {} notifies ({} forged or stale refused), {} crashes, {} snapshots ({} sled rebuilds), {} violations{}{}",
             outcome.orders,
             outcome.archived,
             outcome.archived_keys,
@@ -86,6 +86,7 @@ fn main() -> ExitCode {
             outcome.notifies_refused,
             outcome.crashes,
             outcome.snapshots,
+            outcome.sled_rebuilds,
             outcome.violations.len(),
             match outcome.first_violation_step {
                 Some(step) => format!(" (first at step {step}; replay: panshi-sim --seed {seed} --steps {} --nodes {})", args.steps, args.nodes),

@@ -241,6 +241,8 @@ impl Cluster {
         (self.seed, id, starts).hash(&mut hasher);
         config.incarnation = Some(hasher.finish());
         config.unsafe_skip_readiness_gate = self.canary;
+        // sled is rebuilt at every archive, so that rebuilds meet crashes and lookups.
+        config.sled_rebuild = storage::sled_dir::SledRebuild::ALWAYS;
         config
     }
 

@@ -142,6 +142,8 @@ pub struct Outcome {
     pub archived: u64,
     /// Keys out of memory at the end (archived with the orders that bought them).
     pub archived_keys: u64,
+    /// One node: sled rebuilt with the rows memory holds while the node ran.
+    pub sled_rebuilds: u64,
     /// Writes whose outcome the client never learned (three nodes: the leader changed or the
     /// network held them too long).
     pub unknown_outcomes: u64,
@@ -224,6 +226,17 @@ struct World {
     listings: listings::Model,
 }
 
+/// The single node's configuration: the default, except that sled is rebuilt at every
+/// archive, so that rebuilds meet crashes and lookups.
+/// How often (in steps) the single node's lookups are checked (`World::check_lookups`).
+const LOOKUPS_EVERY_STEPS: u64 = 20;
+
+fn single_config() -> replication::NodeConfig {
+    let mut config = replication::NodeConfig::single();
+    config.sled_rebuild = storage::sled_dir::SledRebuild::ALWAYS;
+    config
+}
+
 pub fn run(options: &Options) -> Outcome {
     let mut rng = Rng::new(options.seed);
     let faults = Faults::from_rng(&mut rng);
@@ -242,7 +255,7 @@ pub fn run(options: &Options) -> Outcome {
         )))
     } else {
         let dir = tempfile::tempdir().expect("temporary dir");
-        let node = Node::start_single(dir.path()).expect("a fresh node");
+        let node = Node::start_alone(dir.path(), single_config()).expect("a fresh node");
         Backend::Single {
             dir,
             node: Some(node),
@@ -775,6 +788,7 @@ impl World {
                     // "crash", as it would have with a slower process death: what follows
                     // depends only on the seed.
                     node.quiesce();
+                    self.outcome.sled_rebuilds += node.store().mirror_lag().rebuilds;
                     node.shutdown();
                 }
             }
@@ -808,7 +822,7 @@ impl World {
     }
 
     fn restart(&mut self) {
-        let node = match Node::start_single(self.single_dir()) {
+        let node = match Node::start_alone(self.single_dir(), single_config()) {
             Ok(node) => node,
             Err(error) => {
                 self.violation(format!("restart failed: {error}"));
@@ -885,6 +899,25 @@ impl World {
         }
     }
 
+    /// One node: a buyer's lookup (`Store::order`: the view, sled, or the archive's tables)
+    /// shows every acknowledged order as the state has it, whatever snapshots archived and
+    /// sled rebuilds dropped.
+    fn check_lookups(&mut self, step: u64) {
+        let store = self.store_handle();
+        let mut wrong = Vec::new();
+        for (id, acked) in &self.acked {
+            let status = store.order(id).map(|o| o.map(|record| record.status));
+            if !matches!(status, Ok(Some(status)) if status == acked.status()) {
+                wrong.push(format!(
+                    "step {step}: a lookup of order {id} found {status:?}, acknowledged {acked:?}"
+                ));
+            }
+        }
+        for problem in wrong {
+            self.violation(problem);
+        }
+    }
+
     /// After each step: the invariants, and everything acknowledged is there as acknowledged.
     fn check(&mut self, step: u64) {
         if self.is_cluster() && !self.check_cluster(step) {
@@ -916,6 +949,9 @@ impl World {
         }
         for problem in lost {
             self.violation(problem);
+        }
+        if !self.is_cluster() && (step.is_multiple_of(LOOKUPS_EVERY_STEPS) || step == u64::MAX) {
+            self.check_lookups(step);
         }
         self.check_card_keys(step);
         self.check_resellers(step);
@@ -976,6 +1012,7 @@ impl World {
         }
         if let Backend::Single { node, .. } = &mut self.backend {
             if let Some(node) = node.take() {
+                self.outcome.sled_rebuilds += node.store().mirror_lag().rebuilds;
                 node.shutdown();
             }
         }

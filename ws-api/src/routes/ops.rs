@@ -123,4 +123,11 @@ fn storage_gauges(state: &AppState, text: &mut String) {
         "How long the oldest durable change not yet in sled has waited.",
         format!("{:.3}", lag.age.as_secs_f64()),
     );
+    let name = "panshi_sled_rebuilds_total";
+    let _ = write!(
+        text,
+        "# HELP {name} Times sled was rebuilt with only the rows memory holds since the start.\n\
+         # TYPE {name} counter\n{name} {}\n",
+        lag.rebuilds
+    );
 }
