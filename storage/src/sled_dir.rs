@@ -50,8 +50,8 @@ pub const SLED_REBUILD_MIN_BYTES: u64 = 256 * 1024 * 1024;
 /// sled is rebuilt when its files take more than this many times `SLED_ROW_BYTES` a row of
 /// what the state holds in memory (`SledRebuild::ratio`).
 pub const SLED_OUTGROWN_RATIO: u64 = 8;
-/// What a row takes in sled's files, for that comparison: a million delivered orders (their
-/// rows about 700 B) with their keys (about 120 B) took 2.6 GB, 1.3 KB an order and key.
+/// What a row takes in sled's files, for that comparison: a million delivered orders (rows
+/// of about 700 B) with their keys (about 120 B) took 1.28 GB, 1.3 KB an order and key.
 pub const SLED_ROW_BYTES: u64 = 1_024;
 
 /// When sled has outgrown what memory holds (`outgrown`).
@@ -82,7 +82,8 @@ impl SledRebuild {
 }
 
 /// Whether sled's files have outgrown the rows `state` holds in memory (`when`) and it is to
-/// be rebuilt (before it is opened, at a start). sled mirrors memory, and a snapshot that
+/// be rebuilt: at a start before it is opened, while the node runs by the mirror thread
+/// (`Store::archive`). sled mirrors memory, and a snapshot that
 /// archives orders and keys leaves their rows behind: sled 0.34 deletes a row without
 /// freeing its pages, and reads a page table over every page it ever wrote at open. Ten
 /// million archived orders left 11.5 GB of files, which took about 750 MB to open. Only a

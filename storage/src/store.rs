@@ -148,7 +148,8 @@ impl Store {
         crate::private::create_dir(data_dir)?;
         remove_stale_sled(data_dir)?;
         crate::sled_dir::remove_next_sled(data_dir)?;
-        if crate::sled_dir::outgrown(data_dir, &state, rebuild)? {
+        let outgrown = crate::sled_dir::outgrown(data_dir, &state, rebuild)?;
+        if outgrown {
             // Opening it would cost what the rebuild saves: sled 0.34 reads its page table
             // over every page it ever wrote, and deleted rows free none of it.
             crate::sled_dir::set_aside_outgrown(data_dir)?;
@@ -169,13 +170,15 @@ impl Store {
         if mirrored < applied || mirrored > log_last.max(applied) {
             // sled misses rows the snapshot covers (or was set aside), or holds rows of
             // entries the log no longer has: rewrite it whole from the snapshot (the log's
-            // entries follow).
-            tracing::warn!(
-                mirrored,
-                applied,
-                log_last,
-                "sled does not match the snapshot and the log; rewriting it from the snapshot"
-            );
+            // entries follow). An outgrown sled set aside was said at INFO.
+            if !outgrown {
+                tracing::warn!(
+                    mirrored,
+                    applied,
+                    log_last,
+                    "sled does not match the snapshot and the log; rewriting it from the snapshot"
+                );
+            }
             rewrite_sled(&db, &state, applied)?;
             mirrored = applied;
         }

@@ -139,5 +139,8 @@ async fn acknowledged_work_survives_kill_9_at_random_moments() {
     let (clean, report) = server.audit();
     assert!(clean, "{report}");
     let tables = std::fs::read_dir(dir.path().join("cold")).map_or(0, |d| d.count());
-    assert!(tables > 0, "no snapshot archived an order: the kills met no archive");
+    assert!(
+        tables > 0,
+        "no snapshot archived an order: the kills met no archive"
+    );
 }
