@@ -18,6 +18,13 @@ impl World {
         self.with_cluster(|cluster, _| cluster)
     }
 
+    fn cluster_ref(&self) -> &Cluster {
+        match &self.backend {
+            Backend::Cluster(cluster) => cluster,
+            Backend::Single { .. } => unreachable!("only on a cluster"),
+        }
+    }
+
     /// The cluster and the seed's generator, borrowed together.
     fn with_cluster<'a, T: 'a>(
         &'a mut self,
@@ -197,14 +204,40 @@ impl World {
 
     /// Faults off: every node restarted and caught up, then stopped; each data dir audited
     /// and all compared.
+    /// Once converged: on every running node, a buyer's lookup (`Store::order`: the view,
+    /// sled, or the archive's tables, after snapshots installed and sled rebuilt) shows
+    /// every acknowledged order as that node's state has it.
+    fn cluster_lookups(&self) -> Vec<String> {
+        let cluster = self.cluster_ref();
+        let mut wrong = Vec::new();
+        for id in cluster.running() {
+            let Some(node) = cluster.node(id) else {
+                continue;
+            };
+            let store = node.store();
+            for order_id in self.acked.keys() {
+                let want = store.state().order(order_id).map(|r| r.status);
+                let found = store.order(order_id).map(|o| o.map(|r| r.status));
+                if !matches!(&found, Ok(status) if *status == want) {
+                    wrong.push(format!(
+                        "node {id}: a lookup of order {order_id} found {found:?}, its state {want:?}"
+                    ));
+                }
+            }
+        }
+        wrong
+    }
+
     pub(super) fn finish_cluster(&mut self) {
         let converged = self.with_cluster(|cluster, rng| cluster.converge(rng));
         if !converged {
             self.violation("liveness: the nodes never caught up with the leader".into());
         }
         let step = self.step;
+        let lookups = self.cluster_lookups();
         let cluster = self.cluster();
-        let problems = cluster.check(step);
+        let mut problems = cluster.check(step);
+        problems.extend(lookups);
         let stats = cluster.stats.clone();
         let digest = cluster.digest();
         cluster.stop();
