@@ -529,8 +529,9 @@ mod tests {
 
     use super::*;
 
-    /// A data dir whose node committed one product and stopped.
-    fn stopped_with_a_product(dir: &Path) {
+    /// The storage of a data dir whose node committed one product and stopped, opened
+    /// again without a node: its log, its state machine and the machine inside.
+    fn reopened_with_a_product(dir: &Path) -> (LogStore, ShopMachine, Arc<Machine>) {
         let node = crate::Node::start_single(dir).unwrap();
         let product = Product {
             sku: Sku::parse("one").unwrap(),
@@ -542,6 +543,9 @@ mod tests {
         let durable = node.store().commit(&Event::ProductCreated(product));
         durable.unwrap().wait_blocking().unwrap();
         node.shutdown();
+        let (log, state_machine) = crate::node::open_storage(dir).unwrap();
+        let machine = state_machine.machine.clone();
+        (log, state_machine, machine)
     }
 
     /// An entry's batch is admitted to the chains before the entry counts as applied. A
@@ -551,10 +555,7 @@ mod tests {
     #[test]
     fn a_snapshot_waits_for_the_entry_being_applied() {
         let dir = tempfile::tempdir().unwrap();
-        stopped_with_a_product(dir.path());
-
-        let (log, state_machine) = crate::node::open_storage(dir.path()).unwrap();
-        let machine = state_machine.machine.clone();
+        let (log, _state_machine, machine) = reopened_with_a_product(dir.path());
         let entries = log.entries(..).unwrap();
         let at = entries
             .iter()
@@ -613,10 +614,7 @@ mod tests {
     #[test]
     fn a_start_reads_the_snapshot_without_bundling_its_tables() {
         let dir = tempfile::tempdir().unwrap();
-        stopped_with_a_product(dir.path());
-
-        let (_log, state_machine) = crate::node::open_storage(dir.path()).unwrap();
-        let machine = state_machine.machine.clone();
+        let (_log, state_machine, machine) = reopened_with_a_product(dir.path());
         let (meta, path) = machine.build_snapshot().unwrap();
         let plain = std::fs::metadata(&path).unwrap().len();
         let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -81,8 +81,8 @@ impl SledRebuild {
     };
 }
 
-/// Whether sled's files have outgrown the rows `state` holds in memory (`when`) and it is to
-/// be rebuilt: at a start before it is opened, while the node runs by the mirror thread
+/// Whether sled's files (`sled_bytes`, `disk_bytes` of `sled_dir`) have outgrown the rows
+/// `state` holds in memory (`when`) and it is to be rebuilt: at a start before it is opened, while the node runs by the mirror thread
 /// (`Store::archive`). sled mirrors memory, and a snapshot that
 /// archives orders and keys leaves their rows behind: sled 0.34 deletes a row without
 /// freeing its pages, and reads a page table over every page it ever wrote at open. Ten
@@ -90,24 +90,23 @@ impl SledRebuild {
 /// state with archived orders can have outgrown its sled: a rebuild of any other replays
 /// what sled already held.
 pub(crate) fn outgrown(
-    data_dir: &Path,
+    sled_bytes: u64,
     state: &engine::state::ShopState,
     when: SledRebuild,
-) -> Result<bool, Error> {
+) -> bool {
     if state.hot_orders_count() == state.orders_count() {
-        return Ok(false);
+        return false;
     }
-    let bytes = disk_bytes(&sled_dir(data_dir))?;
     let rows = state.hot_orders_count() + state.hot_cards_count() + state.audit_count();
-    let outgrown = bytes > when.min_bytes && bytes / SLED_ROW_BYTES >= rows * when.ratio;
+    let outgrown = sled_bytes > when.min_bytes && sled_bytes / SLED_ROW_BYTES >= rows * when.ratio;
     if outgrown {
         tracing::info!(
-            sled_bytes = bytes,
+            sled_bytes,
             rows_in_memory = rows,
             "sled holds the rows of archived orders; rebuilding it with the rows memory holds"
         );
     }
-    Ok(outgrown)
+    outgrown
 }
 
 /// Sets sled aside unopened (`outgrown`), to be deleted once a fresh one is rebuilt; fails
@@ -405,9 +404,7 @@ pub fn open_or_set_aside(data_dir: &Path) -> Result<(sled::Db, u64), Error> {
         Err(error) => error,
     };
     let aside = set_aside_dir(data_dir);
-    if aside.exists() {
-        std::fs::remove_dir_all(&aside)?;
-    }
+    remove_if_there(&aside)?;
     std::fs::rename(sled_dir(data_dir), &aside)?;
     tracing::warn!(
         %error,

@@ -148,7 +148,8 @@ impl Store {
         crate::private::create_dir(data_dir)?;
         remove_stale_sled(data_dir)?;
         crate::sled_dir::remove_next_sled(data_dir)?;
-        let outgrown = crate::sled_dir::outgrown(data_dir, &state, rebuild)?;
+        let sled_bytes = crate::sled_dir::disk_bytes(&sled_dir(data_dir))?;
+        let outgrown = crate::sled_dir::outgrown(sled_bytes, &state, rebuild);
         if outgrown {
             // Opening it would cost what the rebuild saves: sled 0.34 reads its page table
             // over every page it ever wrote, and deleted rows free none of it.
@@ -407,6 +408,8 @@ impl Store {
     /// sled keeps their rows until it has outgrown memory (`sled_dir::outgrown`); then the
     /// mirror thread rebuilds it.
     pub fn archive(&self, archived: &crate::cold::Archived) {
+        // Read outside the state lock: sled's size does not depend on it.
+        let sled_bytes = crate::sled_dir::disk_bytes(&sled_dir(&self.data_dir));
         let outgrown = {
             let mut state = self.state.write();
             state.archive(
@@ -415,14 +418,13 @@ impl Store {
                 archived.through_events,
                 &archived.cards,
             );
-            let state = parking_lot::RwLockWriteGuard::downgrade(state);
-            !self.rebuilding.load(Ordering::Acquire)
-                && crate::sled_dir::outgrown(&self.data_dir, &state, self.rebuild).unwrap_or_else(
-                    |error| {
-                        tracing::warn!(%error, "sled's size could not be read; not rebuilt");
-                        false
-                    },
-                )
+            match sled_bytes {
+                Ok(bytes) => crate::sled_dir::outgrown(bytes, &state, self.rebuild),
+                Err(error) => {
+                    tracing::warn!(%error, "sled's size could not be read; not rebuilt");
+                    false
+                }
+            }
         };
         // Through the applier, without the state lock (its live feeds read the state); a
         // closed store rebuilds nothing.

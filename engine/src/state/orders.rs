@@ -223,12 +223,7 @@ impl ShopState {
     pub fn order(&self, order_id: &OrderId) -> Option<Cow<'_, OrderRecord>> {
         match self.order_index.get(order_id) {
             Some(index) => self.orders.hot(*index).map(Cow::Borrowed),
-            None => {
-                let cold = self.orders.cold()?;
-                cold.index_of(order_id)
-                    .and_then(|index| cold.record(index))
-                    .map(Cow::Owned)
-            }
+            None => self.archived_order(order_id).map(Cow::Owned),
         }
     }
 

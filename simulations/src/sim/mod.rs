@@ -226,11 +226,11 @@ struct World {
     listings: listings::Model,
 }
 
-/// The single node's configuration: the default, except that sled is rebuilt at every
-/// archive, so that rebuilds meet crashes and lookups.
 /// How often (in steps) the single node's lookups are checked (`World::check_lookups`).
 const LOOKUPS_EVERY_STEPS: u64 = 20;
 
+/// The single node's configuration: the default, except that sled is rebuilt at every
+/// archive, so that rebuilds meet crashes and lookups.
 fn single_config() -> replication::NodeConfig {
     let mut config = replication::NodeConfig::single();
     config.sled_rebuild = storage::sled_dir::SledRebuild::ALWAYS;
@@ -899,22 +899,12 @@ impl World {
         }
     }
 
-    /// One node: a buyer's lookup (`Store::order`: the view, sled, or the archive's tables)
-    /// shows every acknowledged order as the state has it, whatever snapshots archived and
-    /// sled rebuilds dropped.
+    /// One node: a buyer's lookup shows every acknowledged order as the state has it (which
+    /// `check` compares with what was acknowledged).
     fn check_lookups(&mut self, step: u64) {
         let store = self.store_handle();
-        let mut wrong = Vec::new();
-        for (id, acked) in &self.acked {
-            let status = store.order(id).map(|o| o.map(|record| record.status));
-            if !matches!(status, Ok(Some(status)) if status == acked.status()) {
-                wrong.push(format!(
-                    "step {step}: a lookup of order {id} found {status:?}, acknowledged {acked:?}"
-                ));
-            }
-        }
-        for problem in wrong {
-            self.violation(problem);
+        for problem in lookups_disagreeing(&store, self.acked.keys()) {
+            self.violation(format!("step {step}: {problem}"));
         }
     }
 
@@ -1028,6 +1018,23 @@ impl World {
 }
 
 /// A lost acknowledgement can only have moved an order forward, never back.
+/// The orders among `ids` whose lookup (`Store::order`: the view, sled, or the archive's
+/// tables, whatever snapshots archived and sled rebuilds dropped) disagrees with the store's
+/// own state, each said in a sentence.
+fn lookups_disagreeing<'a>(store: &Store, ids: impl Iterator<Item = &'a OrderId>) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for id in ids {
+        let want = store.state().order(id).map(|record| record.status);
+        let found = store.order(id).map(|o| o.map(|record| record.status));
+        if !matches!(&found, Ok(status) if *status == want) {
+            wrong.push(format!(
+                "a lookup of order {id} found {found:?}, its state {want:?}"
+            ));
+        }
+    }
+    wrong
+}
+
 fn moved_back(known: Acked, now: Acked) -> bool {
     matches!(
         (known, now),

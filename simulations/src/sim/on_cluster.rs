@@ -204,25 +204,15 @@ impl World {
 
     /// Faults off: every node restarted and caught up, then stopped; each data dir audited
     /// and all compared.
-    /// Once converged: on every running node, a buyer's lookup (`Store::order`: the view,
-    /// sled, or the archive's tables, after snapshots installed and sled rebuilt) shows
-    /// every acknowledged order as that node's state has it.
+    /// Once converged: on every running node, a buyer's lookup shows every acknowledged
+    /// order as that node's state has it (after snapshots installed and sled rebuilt).
     fn cluster_lookups(&self) -> Vec<String> {
         let cluster = self.cluster_ref();
         let mut wrong = Vec::new();
         for id in cluster.running() {
-            let Some(node) = cluster.node(id) else {
-                continue;
-            };
-            let store = node.store();
-            for order_id in self.acked.keys() {
-                let want = store.state().order(order_id).map(|r| r.status);
-                let found = store.order(order_id).map(|o| o.map(|r| r.status));
-                if !matches!(&found, Ok(status) if *status == want) {
-                    wrong.push(format!(
-                        "node {id}: a lookup of order {order_id} found {found:?}, its state {want:?}"
-                    ));
-                }
+            if let Some(node) = cluster.node(id) {
+                let problems = super::lookups_disagreeing(node.store(), self.acked.keys());
+                wrong.extend(problems.into_iter().map(|p| format!("node {id}: {p}")));
             }
         }
         wrong

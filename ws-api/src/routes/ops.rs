@@ -100,12 +100,13 @@ async fn metrics_text(
 fn storage_gauges(state: &AppState, text: &mut String) {
     use std::fmt::Write;
     let lag = state.shop.store().mirror_lag();
-    let mut gauge = |name: &str, help: &str, value: String| {
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
         let _ = write!(
             text,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         );
     };
+    let mut gauge = |name: &str, help: &str, value: String| metric(name, "gauge", help, value);
     if let Some(free) = free_bytes(state) {
         gauge(
             "panshi_data_dir_free_bytes",
@@ -123,11 +124,10 @@ fn storage_gauges(state: &AppState, text: &mut String) {
         "How long the oldest durable change not yet in sled has waited.",
         format!("{:.3}", lag.age.as_secs_f64()),
     );
-    let name = "panshi_sled_rebuilds_total";
-    let _ = write!(
-        text,
-        "# HELP {name} Times sled was rebuilt with only the rows memory holds since the start.\n\
-         # TYPE {name} counter\n{name} {}\n",
-        lag.rebuilds
+    metric(
+        "panshi_sled_rebuilds_total",
+        "counter",
+        "Times sled was rebuilt with only the rows memory holds since the start.",
+        lag.rebuilds.to_string(),
     );
 }
