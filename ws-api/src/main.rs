@@ -590,9 +590,7 @@ fn serve(settings: ServerSettings) -> anyhow::Result<()> {
         tracing::warn!(target: SETUP_LOG_TARGET, "{warning}");
     }
     raise_open_files_limit(settings.http.websockets_max, !settings.demo);
-    let recorder = ws_api::recorder::ShopRecorder::start(Duration::from_millis(
-        ws_api::recorder::METRICS_UPKEEP_MS,
-    ))?;
+    let recorder = ws_api::recorder::ShopRecorder::new();
     let metrics = recorder.handle();
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
     ws_api::observe::describe_metrics();
