@@ -46,9 +46,11 @@ pub const BATCHES_IN_FLIGHT_ALONE: usize = 1;
 /// flight). It lingers when the last batch carried at least this many events...
 pub const LINGER_AFTER_EVENTS: usize = 8;
 /// ...and fewer than half as many are waiting, for this long. tokio's timer counts whole
-/// milliseconds, so the wait ends at its next tick: at most 1 ms, never at low load (the
+/// milliseconds, so the wait ends at its next tick, 1-2 ms later; never at low load (the
 /// last batch is small there). Five paired runs, 64 in flight: 2.4-2.7 -> 1.7-2.1 context
-/// switches per purchase, server CPU per purchase 239 -> 221 us (means).
+/// switches per purchase, server CPU per purchase 239 -> 221 us (means). An exact wait (a
+/// thread sleep of 100-800 us) left the machine less idle but added entries at about
+/// 370 us of CPU each, for no more purchases (docs/BENCHMARKS.md, fifteenth session).
 pub const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 const _: () = assert!(BATCH_EVENTS_MAX <= PROPOSAL_QUEUE_EVENTS);
 const _: () = assert!(BATCH_BYTES_MAX < storage::log::RECORD_BYTES_MAX);
