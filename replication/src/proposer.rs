@@ -6,8 +6,8 @@
 //! `BATCHES_IN_FLIGHT_MAX` entries not yet applied (`BATCHES_IN_FLIGHT_ALONE` for a voter
 //! without peers); while they are in flight the next batch
 //! grows, which is group commit carried over to consensus (openraft 0.9 syncs once per
-//! entry). A voter alone, with one entry in flight, lingers up to a timer tick before a
-//! batch much smaller than the last (`LINGER`), so that stragglers share its entry.
+//! entry). A voter alone, with one entry in flight, lingers `LINGER` before a batch much
+//! smaller than the last, so that stragglers share its entry.
 //!
 //! A chain of batches is one stretch of leadership (`storage::entry::Origin`). The first
 //! failure in a chain halts it: every later event of the chain fails (`NotLeader`, never
@@ -45,13 +45,20 @@ pub const BATCHES_IN_FLIGHT_ALONE: usize = 1;
 /// with its own fsync (a third of the entries held 4 events or fewer at 64 purchases in
 /// flight). It lingers when the last batch carried at least this many events...
 pub const LINGER_AFTER_EVENTS: usize = 8;
-/// ...and fewer than half as many are waiting, for this long. tokio's timer counts whole
-/// milliseconds, so the wait ends at its next tick, 1-2 ms later; never at low load (the
-/// last batch is small there). Five paired runs, 64 in flight: 2.4-2.7 -> 1.7-2.1 context
-/// switches per purchase, server CPU per purchase 239 -> 221 us (means). An exact wait (a
-/// thread sleep of 100-800 us) left the machine less idle but added entries at about
-/// 370 us of CPU each, for no more purchases (docs/BENCHMARKS.md, fifteenth session).
-pub const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
+/// ...and fewer than half as many are waiting, for this long: about the time the HTTP
+/// workers take to answer the last entry's clients and read their next requests. Never at
+/// low load (the last batch is small there).
+///
+/// The wait is a thread sleep, not tokio's timer. That one counts whole milliseconds, so
+/// a wait of 200 us ended 1-2 ms later, and at 64 purchases in flight the machine sat
+/// 20-29% idle with every buyer waiting on the next entry. Exactly 400 us: 10% idle,
+/// 52-55% of the no-work ceiling against 38-46% (3 pairs each; docs/BENCHMARKS.md), for
+/// twice the entries (0.087 against 0.046 a purchase) and 0.2 more context switches a
+/// purchase; 200-300 us made more entries than they filled. Blocking is safe here: only a
+/// voter alone lingers, its Raft runtime has one worker (`node::RAFT_WORKERS_ALONE`), and
+/// with its one entry applied that worker has nothing else to do but replicate to
+/// learners, which waits this long at most.
+pub const LINGER: std::time::Duration = std::time::Duration::from_micros(400);
 const _: () = assert!(BATCH_EVENTS_MAX <= PROPOSAL_QUEUE_EVENTS);
 const _: () = assert!(BATCH_BYTES_MAX < storage::log::RECORD_BYTES_MAX);
 
@@ -93,6 +100,11 @@ impl Proposer {
         batches_in_flight: usize,
     ) -> Arc<Self> {
         assert!(batches_in_flight >= 1);
+        // A lingering proposer blocks its runtime's worker (`LINGER`): it must be the only one.
+        assert!(
+            batches_in_flight != BATCHES_IN_FLIGHT_ALONE || runtime.metrics().num_workers() == 1,
+            "a voter alone's proposer lingers on a runtime of one worker"
+        );
         let (queue, receiver) = mpsc::channel(PROPOSAL_QUEUE_EVENTS);
         let proposer = Arc::new(Self {
             queue,
@@ -203,7 +215,7 @@ async fn run(
         if batches_in_flight == BATCHES_IN_FLIGHT_ALONE
             && lingers(last_batch_events, receiver.len() + 1)
         {
-            tokio::time::sleep(LINGER).await;
+            std::thread::sleep(LINGER);
         }
         let mut batch = vec![first];
         let mut bytes = batch[0].payload.len();
