@@ -51,10 +51,11 @@ pub const LINGER_AFTER_EVENTS: usize = 8;
 ///
 /// The wait is a thread sleep, not tokio's timer. That one counts whole milliseconds, so
 /// a wait of 200 us ended 1-2 ms later, and at 64 purchases in flight the machine sat
-/// 20-29% idle with every buyer waiting on the next entry. Exactly 400 us: 10% idle,
-/// 52-55% of the no-work ceiling against 38-46% (3 pairs each; docs/BENCHMARKS.md), for
-/// twice the entries (0.087 against 0.046 a purchase) and 0.2 more context switches a
-/// purchase; 200-300 us made more entries than they filled. Blocking is safe here: only a
+/// 20-29% idle with every buyer waiting on the next entry. Exactly 400 us: 9-11% idle,
+/// 45-55% of the no-work ceiling against 38-46% (7 runs each; docs/BENCHMARKS.md), for
+/// about twice the entries (0.085-0.090 against 0.044-0.053 a purchase) and 0.2 more
+/// context switches a purchase; 200-300 us made still more entries and gained less. It
+/// costs tail latency at middling steady load (docs/BENCHMARKS.md). Blocking is safe: only a
 /// voter alone lingers, its Raft runtime has one worker (`node::RAFT_WORKERS_ALONE`), and
 /// with its one entry applied that worker has nothing else to do but replicate to
 /// learners, which waits this long at most.
