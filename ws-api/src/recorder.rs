@@ -154,20 +154,17 @@ impl Histograms {
             })
             .collect();
         by_name.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        let descriptions = self.descriptions.lock().clone();
-        for (index, (name, labels, buckets)) in by_name.iter().enumerate() {
-            let first_of_name = index == 0 || by_name[index - 1].0 != *name;
-            if first_of_name {
-                if let Some(description) = descriptions.get(name) {
-                    write_help_line(output, name, description);
-                }
-                write_type_line(output, name, "histogram");
+        let descriptions = self.descriptions.lock();
+        for family in by_name.chunk_by(|a, b| a.0 == b.0) {
+            let name = &family[0].0;
+            if let Some(description) = descriptions.get(name) {
+                write_help_line(output, name, description);
             }
-            buckets.render(output, name, labels);
-            let last_of_name = by_name.get(index + 1).is_none_or(|next| next.0 != *name);
-            if last_of_name {
-                output.push('\n');
+            write_type_line(output, name, "histogram");
+            for (_, labels, buckets) in family {
+                buckets.render(output, name, labels);
             }
+            output.push('\n');
         }
     }
 }
