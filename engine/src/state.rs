@@ -49,7 +49,7 @@ mod resellers;
 pub use coupons::{contact_key, CouponState, OrderTerms};
 pub use listings::CARDS_PER_DELETION_MAX;
 pub use mail::{MailTries, Outbox};
-pub use orders::{may_be_archived, ArchivableCard, ColdOrders, StateEncoding};
+pub use orders::{may_be_archived, ArchivableCard, ColdOrders, Released, StateEncoding};
 pub use resellers::{
     api_key_sha256, ResellerState, StreamEntry, StreamItem, RESELLER_CHANNEL,
     RESELLER_NAME_LEN_MAX, RESELLER_ORDER_QUANTITY_MAX,

@@ -39,6 +39,11 @@ use crate::sled_dir::{
 };
 use crate::Error;
 
+/// Orders (and then cards) an archive drops from the live state in one hold of its write
+/// lock; creates and lookups wait for each hold. A snapshot of 20,000 entries at 5,000
+/// purchases/s archives about 33,000 of each: in one hold that took 47 ms.
+pub const ARCHIVE_STEP_ITEMS: usize = 1_024;
+
 /// Where the leader's validated events go to be replicated. Called under the state's write
 /// lock: the order of calls is the order of the events in the log.
 pub trait ProposalSink: Send + Sync + 'static {
@@ -404,26 +409,46 @@ impl Store {
 
     /// A snapshot archived orders and cards (`cold::archive`, on a folded copy of the
     /// state). The live state drops the cards and the orders it has not changed since
-    /// (`ShopState::archive`); lookups read a dropped order from its table from then on.
-    /// sled keeps their rows until it has outgrown memory (`sled_dir::outgrown`); then the
-    /// mirror thread rebuilds it.
+    /// (`ShopState::archive`), `ARCHIVE_STEP_ITEMS` at a time; lookups read a dropped order
+    /// from its table from then on. sled keeps their rows until it has outgrown memory
+    /// (`sled_dir::outgrown`); then the mirror thread rebuilds it.
     pub fn archive(&self, archived: &crate::cold::Archived) {
-        // Read outside the state lock: sled's size does not depend on it.
-        let sled_bytes = crate::sled_dir::disk_bytes(&sled_dir(&self.data_dir));
-        let outgrown = {
-            let mut state = self.state.write();
-            state.archive(
+        self.archive_in_steps(archived, ARCHIVE_STEP_ITEMS, |_| {});
+    }
+
+    /// `archive`, `step_items` at a time, calling `between` after each step with the lock
+    /// released.
+    fn archive_in_steps(
+        &self,
+        archived: &crate::cold::Archived,
+        step_items: usize,
+        mut between: impl FnMut(&Self),
+    ) {
+        type Step<'a> = (&'a [u32], &'a [(engine::CardId, [u8; 32])]);
+        let orders = archived.indexes.chunks(step_items);
+        let cards = archived.cards.chunks(step_items);
+        let mut steps: Vec<Step> = orders.map(|orders| (orders, &[][..])).collect();
+        steps.extend(cards.map(|cards| (&[][..], cards)));
+        if steps.is_empty() {
+            // The state learns of the table even when none of its orders were in memory.
+            steps.push((&[], &[]));
+        }
+        for (orders, cards) in steps {
+            let released = self.state.write().archive(
                 archived.archive.clone(),
-                &archived.indexes,
+                orders,
                 archived.through_events,
-                &archived.cards,
+                cards,
             );
-            match sled_bytes {
-                Ok(bytes) => crate::sled_dir::outgrown(bytes, &state, self.rebuild),
-                Err(error) => {
-                    tracing::warn!(%error, "sled's size could not be read; not rebuilt");
-                    false
-                }
+            drop(released);
+            between(self);
+        }
+        // Read outside the state lock: sled's size does not depend on it.
+        let outgrown = match crate::sled_dir::disk_bytes(&sled_dir(&self.data_dir)) {
+            Ok(bytes) => crate::sled_dir::outgrown(bytes, &self.state.read(), self.rebuild),
+            Err(error) => {
+                tracing::warn!(%error, "sled's size could not be read; not rebuilt");
+                false
             }
         };
         // Through the applier, without the state lock (its live feeds read the state); a
@@ -789,6 +814,14 @@ mod tests {
         events
     }
 
+    /// A store of `unsold` that applied `sold_then_pending` as entry 2 and mirrored it.
+    fn sold_then_pending_store(dir: &Path) -> Store {
+        let store = Store::open_with(dir, unsold(), 1, 1, Arc::new(NoObserver), OUTGROWN).unwrap();
+        store.apply_committed(2, &sold_then_pending()).unwrap();
+        wait_mirrored(&store);
+        store
+    }
+
     fn unsold() -> ShopState {
         crate::fixtures::stocked_sealed(SOLD + 5)
     }
@@ -809,6 +842,33 @@ mod tests {
         let outgrown = crate::sled_dir::SLED_OUTGROWN_RATIO * crate::sled_dir::SLED_ROW_BYTES;
         assert!(bytes > held * outgrown, "{bytes} B of sled for {held} rows");
         (folded, archived)
+    }
+
+    /// An archive drops orders, then cards, from the live state a step at a time, with the
+    /// state's lock free between steps (one hold for a 33,000-order archive stalled every
+    /// create and lookup for 47 ms), and ends where a single step ends.
+    #[test]
+    fn an_archive_lets_go_of_the_state_between_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sold_then_pending_store(dir.path());
+        let (folded, archived) = archived_fold(dir.path());
+        let mut held = Vec::new();
+        store.archive_in_steps(&archived, 64, |store| {
+            let state = store.state.try_read().expect("free between steps");
+            held.push((state.hot_orders_count(), state.hot_cards_count()));
+        });
+        // 201 orders and 205 cards in memory; 200 of each archived, 64 a step.
+        let orders = [137, 73, 9, 1, 1, 1, 1, 1];
+        let cards = [205, 205, 205, 205, 141, 77, 13, 5];
+        let expected: Vec<_> = orders.into_iter().zip(cards).collect();
+        assert_eq!(held, expected);
+        let state = store.state();
+        assert_eq!(state.hot_orders_count(), folded.hot_orders_count());
+        assert_eq!(state.hot_cards_count(), folded.hot_cards_count());
+        drop(state);
+        let first = OrderId::parse("o1").unwrap();
+        let order = store.order(&first).unwrap().expect("read from its table");
+        assert_eq!(order.status, engine::OrderStatus::Delivered);
     }
 
     /// sled holds no row of the archived orders and keys, and every row of the pending
@@ -862,10 +922,7 @@ mod tests {
     #[test]
     fn an_archive_rebuilds_an_outgrown_sled_while_the_node_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open_with(dir.path(), unsold(), 1, 1, Arc::new(NoObserver), OUTGROWN).unwrap();
-        store.apply_committed(2, &sold_then_pending()).unwrap();
-        wait_mirrored(&store);
+        let store = sold_then_pending_store(dir.path());
         let (_, archived) = archived_fold(dir.path());
         store.archive(&archived);
         let started = Instant::now();

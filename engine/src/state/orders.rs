@@ -88,6 +88,26 @@ pub enum StateEncoding {
     HotCards,
 }
 
+/// What an archive dropped from memory: freeing a large archive's records takes tens of
+/// milliseconds, which its caller spends outside its lock.
+#[derive(Default)]
+pub struct Released {
+    orders: Vec<HotOrder>,
+    cards: Vec<CardSlot>,
+}
+
+impl Released {
+    /// Orders dropped from memory.
+    pub fn orders(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// Cards dropped from memory.
+    pub fn cards(&self) -> usize {
+        self.cards.len()
+    }
+}
+
 pub(super) struct HotOrder {
     pub(super) record: OrderRecord,
     /// The state's event count when an event last changed the order (0: not since it was
@@ -400,13 +420,19 @@ impl ShopState {
     /// the orders at `archived` (indexes rising) and the cards `cards` (sold for good:
     /// nothing changes them since); `cold` reads them and every earlier archive. Drops each
     /// order that no event changed since, with its index entries, and each of the cards.
+    ///
+    /// Each order and card is decided on its own, so an archive may be applied in parts
+    /// (the same `cold` each time, every part of `archived` before any of `cards`), with
+    /// reads and events between them. What it drops is returned, to be freed outside the
+    /// caller's lock.
     pub fn archive(
         &mut self,
         cold: Arc<dyn ColdOrders>,
         archived: &[u32],
         through_events: u64,
         cards: &[(CardId, [u8; 32])],
-    ) {
+    ) -> Released {
+        let mut released = Released::default();
         self.orders.cold = Some(cold);
         for index in archived {
             let Some(order) = self.orders.hot.get(index) else {
@@ -425,6 +451,7 @@ impl ShopState {
                     self.idempotency.remove(&idempotency.key);
                 }
             }
+            released.orders.push(order);
         }
         for (card, digest) in cards {
             let index = (card.0 - 1) as usize;
@@ -441,8 +468,9 @@ impl ShopState {
             }
             product.keys.remove(&key);
             product.archived_keys += 1;
-            self.cards.remove(index);
+            released.cards.extend(self.cards.remove(index));
         }
+        released
     }
 
     /// The index of the order an event names, its archived copy brought back hot if it is
