@@ -69,6 +69,10 @@ pub struct NodeConfig {
     /// When a snapshot that archives orders (or a start) rebuilds sled with the rows memory
     /// holds (`storage::sled_dir::outgrown`).
     pub sled_rebuild: storage::sled_dir::SledRebuild,
+    /// Archived orders (or cards) the live state drops per hold of its lock
+    /// (`storage::store::ARCHIVE_STEP_ITEMS`; the simulator takes small steps so that its small
+    /// archives take several).
+    pub archive_step_items: usize,
 }
 
 impl NodeConfig {
@@ -86,6 +90,7 @@ impl NodeConfig {
             manual_ticks: false,
             incarnation: None,
             sled_rebuild: storage::sled_dir::SledRebuild::default(),
+            archive_step_items: storage::store::ARCHIVE_STEP_ITEMS,
         }
     }
 
@@ -377,6 +382,7 @@ impl Node {
         let is_pristine = pristine(&log, data_dir)?;
         let machine = open_machine(data_dir, &log, observer, config.sled_rebuild)?;
         let store = machine.store.clone();
+        store.set_archive_step_items(config.archive_step_items);
         let raft_config = Arc::new(config.raft_config()?);
         let network = NetworkFactory {
             transport: transport.clone(),

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -104,6 +104,8 @@ pub struct Store {
     rebuild: SledRebuild,
     /// Set while a rebuild is asked for or running (the mirror thread clears it).
     rebuilding: Arc<AtomicBool>,
+    /// `set_archive_step_items`.
+    archive_step_items: AtomicUsize,
 }
 
 /// Drops every sled tree and writes every row of `state` as of log index `applied`, made
@@ -254,6 +256,7 @@ impl Store {
             lag,
             rebuild,
             rebuilding,
+            archive_step_items: AtomicUsize::new(ARCHIVE_STEP_ITEMS),
         })
     }
 
@@ -413,7 +416,15 @@ impl Store {
     /// from its table from then on. sled keeps their rows until it has outgrown memory
     /// (`sled_dir::outgrown`); then the mirror thread rebuilds it.
     pub fn archive(&self, archived: &crate::cold::Archived) {
-        self.archive_in_steps(archived, ARCHIVE_STEP_ITEMS, |_| {});
+        let step_items = self.archive_step_items.load(Ordering::Relaxed);
+        self.archive_in_steps(archived, step_items, |_| {});
+    }
+
+    /// Sets how many archived orders (or cards) `archive` drops per hold of the state's
+    /// lock (`ARCHIVE_STEP_ITEMS` unless set; at least 1).
+    pub fn set_archive_step_items(&self, items: usize) {
+        self.archive_step_items
+            .store(items.max(1), Ordering::Relaxed);
     }
 
     /// `archive`, `step_items` at a time, calling `between` after each step with the lock

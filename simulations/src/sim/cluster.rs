@@ -241,8 +241,10 @@ impl Cluster {
         (self.seed, id, starts).hash(&mut hasher);
         config.incarnation = Some(hasher.finish());
         config.unsafe_skip_readiness_gate = self.canary;
-        // sled is rebuilt at every archive, so that rebuilds meet crashes and lookups.
+        // sled is rebuilt at every archive, so that rebuilds meet crashes and lookups, and
+        // archives take small steps.
         config.sled_rebuild = storage::sled_dir::SledRebuild::ALWAYS;
+        config.archive_step_items = super::SIM_ARCHIVE_STEP_ITEMS;
         config
     }
 

@@ -229,11 +229,17 @@ struct World {
 /// How often (in steps) the single node's lookups are checked (`World::check_lookups`).
 const LOOKUPS_EVERY_STEPS: u64 = 20;
 
+/// Archived orders (or cards) a node's live state drops per hold of its lock: small, so
+/// that a seed's archives of a few dozen orders take several steps, with reads and events
+/// between them.
+pub(crate) const SIM_ARCHIVE_STEP_ITEMS: usize = 7;
+
 /// The single node's configuration: the default, except that sled is rebuilt at every
-/// archive, so that rebuilds meet crashes and lookups.
+/// archive, so that rebuilds meet crashes and lookups, and archives take small steps.
 fn single_config() -> replication::NodeConfig {
     let mut config = replication::NodeConfig::single();
     config.sled_rebuild = storage::sled_dir::SledRebuild::ALWAYS;
+    config.archive_step_items = SIM_ARCHIVE_STEP_ITEMS;
     config
 }
 
