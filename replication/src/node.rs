@@ -285,7 +285,7 @@ pub(crate) fn open_machine(
     data_dir: &Path,
     log: &LogStore,
     observer: Arc<dyn CommitObserver>,
-    sled_rebuild: storage::sled_dir::SledRebuild,
+    config: &NodeConfig,
 ) -> Result<Arc<Machine>, Error> {
     let folded = replay::from_snapshot(data_dir)?;
     let applied = match &folded.snapshot {
@@ -309,10 +309,11 @@ pub(crate) fn open_machine(
         applied.last.map_or(0, |l| l.index),
         log.last_log_id().map_or(0, |l| l.index),
         observer,
-        sled_rebuild,
+        config.sled_rebuild,
     )?);
     Ok(Arc::new(Machine {
         store,
+        archive_step_items: config.archive_step_items,
         data_dir: data_dir.to_owned(),
         log: log.clone(),
         in_flight: Mutex::default(),
@@ -332,8 +333,8 @@ pub(crate) fn open_machine(
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, ShopMachine), Error> {
     std::fs::create_dir_all(data_dir)?;
     let (log, _) = LogStore::open(&storage::log::log_dir(data_dir))?;
-    let rebuild = storage::sled_dir::SledRebuild::default();
-    let machine = open_machine(data_dir, &log, Arc::new(storage::NoObserver), rebuild)?;
+    let config = NodeConfig::single();
+    let machine = open_machine(data_dir, &log, Arc::new(storage::NoObserver), &config)?;
     Ok((log, ShopMachine { machine }))
 }
 
@@ -380,9 +381,8 @@ impl Node {
             .build()?;
         let (log, recovery) = LogStore::open(&storage::log::log_dir(data_dir))?;
         let is_pristine = pristine(&log, data_dir)?;
-        let machine = open_machine(data_dir, &log, observer, config.sled_rebuild)?;
+        let machine = open_machine(data_dir, &log, observer, &config)?;
         let store = machine.store.clone();
-        store.set_archive_step_items(config.archive_step_items);
         let raft_config = Arc::new(config.raft_config()?);
         let network = NetworkFactory {
             transport: transport.clone(),

@@ -56,6 +56,8 @@ impl Applied {
 /// Shared by the state machine, the proposer and the node.
 pub(crate) struct Machine {
     pub(crate) store: Arc<Store>,
+    /// `NodeConfig::archive_step_items`.
+    pub(crate) archive_step_items: usize,
     pub(crate) data_dir: PathBuf,
     pub(crate) log: LogStore,
     /// This node's batches not yet applied, in proposal order.
@@ -281,7 +283,7 @@ impl Machine {
             snapshot::SNAPSHOT_HEADROOM_BYTES,
         )?;
         cold::remove_unnamed(&cold_dir, &header.cold)?;
-        self.store.archive(&archived);
+        self.store.archive(&archived, self.archive_step_items);
         tracing::info!(through, path = %path.display(), "snapshot written");
         Ok((meta, path))
     }

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -104,8 +104,6 @@ pub struct Store {
     rebuild: SledRebuild,
     /// Set while a rebuild is asked for or running (the mirror thread clears it).
     rebuilding: Arc<AtomicBool>,
-    /// `set_archive_step_items`.
-    archive_step_items: AtomicUsize,
 }
 
 /// Drops every sled tree and writes every row of `state` as of log index `applied`, made
@@ -256,7 +254,6 @@ impl Store {
             lag,
             rebuild,
             rebuilding,
-            archive_step_items: AtomicUsize::new(ARCHIVE_STEP_ITEMS),
         })
     }
 
@@ -412,23 +409,15 @@ impl Store {
 
     /// A snapshot archived orders and cards (`cold::archive`, on a folded copy of the
     /// state). The live state drops the cards and the orders it has not changed since
-    /// (`ShopState::archive`), `ARCHIVE_STEP_ITEMS` at a time; lookups read a dropped order
-    /// from its table from then on. sled keeps their rows until it has outgrown memory
-    /// (`sled_dir::outgrown`); then the mirror thread rebuilds it.
-    pub fn archive(&self, archived: &crate::cold::Archived) {
-        let step_items = self.archive_step_items.load(Ordering::Relaxed);
+    /// (`ShopState::archive`), `step_items` at a time (`ARCHIVE_STEP_ITEMS` unless a test
+    /// or the simulator says otherwise); lookups read a dropped order from its table from
+    /// then on. sled keeps their rows until it has outgrown memory (`sled_dir::outgrown`);
+    /// then the mirror thread rebuilds it.
+    pub fn archive(&self, archived: &crate::cold::Archived, step_items: usize) {
         self.archive_in_steps(archived, step_items, |_| {});
     }
 
-    /// Sets how many archived orders (or cards) `archive` drops per hold of the state's
-    /// lock (`ARCHIVE_STEP_ITEMS` unless set; at least 1).
-    pub fn set_archive_step_items(&self, items: usize) {
-        self.archive_step_items
-            .store(items.max(1), Ordering::Relaxed);
-    }
-
-    /// `archive`, `step_items` at a time, calling `between` after each step with the lock
-    /// released.
+    /// `archive`, calling `between` after each step with the lock released.
     fn archive_in_steps(
         &self,
         archived: &crate::cold::Archived,
@@ -444,6 +433,7 @@ impl Store {
             // The state learns of the table even when none of its orders were in memory.
             steps.push((&[], &[]));
         }
+        let (steps_count, mut orders_dropped, mut cards_dropped) = (steps.len(), 0, 0);
         for (orders, cards) in steps {
             let released = self.state.write().archive(
                 archived.archive.clone(),
@@ -451,9 +441,17 @@ impl Store {
                 archived.through_events,
                 cards,
             );
+            orders_dropped += released.orders();
+            cards_dropped += released.cards();
             drop(released);
             between(self);
         }
+        tracing::debug!(
+            orders = orders_dropped,
+            cards = cards_dropped,
+            steps = steps_count,
+            "archived orders and cards left memory"
+        );
         // Read outside the state lock: sled's size does not depend on it.
         let outgrown = match crate::sled_dir::disk_bytes(&sled_dir(&self.data_dir)) {
             Ok(bytes) => crate::sled_dir::outgrown(bytes, &self.state.read(), self.rebuild),
@@ -935,7 +933,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = sold_then_pending_store(dir.path());
         let (_, archived) = archived_fold(dir.path());
-        store.archive(&archived);
+        store.archive(&archived, ARCHIVE_STEP_ITEMS);
         let started = Instant::now();
         while store.rebuilding.load(Ordering::Acquire) {
             assert!(started.elapsed().as_secs() < 20, "never rebuilt");

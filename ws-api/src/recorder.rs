@@ -20,7 +20,7 @@ use metrics::{
     Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
 use metrics_exporter_prometheus::formatting::{
-    key_to_parts, write_help_line, write_metric_line, write_type_line,
+    key_to_parts, sanitize_metric_name, write_help_line, write_metric_line, write_type_line,
 };
 use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 use parking_lot::Mutex;
@@ -210,7 +210,7 @@ impl Recorder for ShopRecorder {
     }
 
     fn describe_histogram(&self, key: KeyName, _unit: Option<Unit>, description: SharedString) {
-        let name = metrics_exporter_prometheus::formatting::sanitize_metric_name(key.as_str());
+        let name = sanitize_metric_name(key.as_str());
         self.histograms
             .descriptions
             .lock()
